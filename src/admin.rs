@@ -1,0 +1,174 @@
+//! The admin listener: health, readiness, metrics and reload, on its own address.
+//!
+//! It binds to loopback (or the mesh) by default and is never exposed with the public
+//! listeners. `/healthz` says the process is up; `/readyz` says this PoP can serve: every
+//! listener accepts connections and the core's default group has a host that passed its last
+//! health check. `/reload` needs the bearer token from `admin.token_file` when one is set.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics;
+use crate::proxy::upstream::CoreUpstreams;
+use crate::reload::Reloader;
+
+/// How long `/readyz` waits for a listener to accept.
+const LISTENER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub struct AdminApp {
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub core: Arc<CoreUpstreams>,
+    pub reloader: Arc<Reloader>,
+    pub token: Option<String>,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
+    let body = body.into().into_bytes();
+    let length = body.len();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(length),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// A listener bound to the unspecified address is probed through loopback.
+fn probe_address(address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), address.port())
+        }
+        _ => address,
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+impl AdminApp {
+    async fn readiness(&self) -> Response<Vec<u8>> {
+        let mut problems = Vec::new();
+        for (name, address) in &self.listeners {
+            let target = probe_address(*address);
+            let connected = tokio::time::timeout(
+                LISTENER_PROBE_TIMEOUT,
+                tokio::net::TcpStream::connect(target),
+            )
+            .await;
+            if !matches!(connected, Ok(Ok(_))) {
+                problems.push(format!(
+                    "listener {name} ({address}) is not accepting connections"
+                ));
+            }
+        }
+        if !self.core.ready() {
+            problems.push(format!(
+                "no host of core group {} passed its last health check",
+                self.core.default_group
+            ));
+        }
+        if problems.is_empty() {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready\n{}\n", problems.join("\n")),
+            )
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        session
+            .get_header(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes()))
+    }
+
+    async fn reload(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        }
+        let reloader = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(report)) => {
+                let mut body = format!(
+                    "reloaded\ncertificates replaced: {}\n",
+                    report.certificates_replaced.join(", ")
+                );
+                for item in &report.needs_restart {
+                    body.push_str(&format!("needs restart: {item}\n"));
+                }
+                text(StatusCode::OK, body)
+            }
+            Ok(Err(e)) => text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload refused, the running configuration stays in service:\n{e}\n"),
+            ),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reload failed: {e}\n"),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (path.as_str(), &method) {
+            ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
+            ("/readyz", &Method::GET | &Method::HEAD) => self.readiness().await,
+            ("/metrics", &Method::GET | &Method::HEAD) => match metrics::gather_text() {
+                Ok(body) => {
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    resp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}\n")),
+            },
+            ("/reload", &Method::POST) => self.reload(session).await,
+            ("/healthz" | "/readyz" | "/metrics", _) | ("/reload", _) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}

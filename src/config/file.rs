@@ -1,0 +1,246 @@
+//! The config file as written: serde structs that mirror the YAML one to one.
+//!
+//! Every struct denies unknown fields (a typo is an error, not a silently ignored key) and
+//! every optional field has a default here, in one place. Nothing in this module checks
+//! meaning; `model.rs` turns these structs into the validated configuration the server uses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    pub listeners: Vec<ListenerFile>,
+    #[serde(default)]
+    pub admin: AdminFile,
+    pub core: CoreFile,
+    #[serde(default)]
+    pub proxy: ProxyFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub logging: LoggingFile,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    /// Worker threads for each listener's runtime.
+    pub threads: usize,
+    /// After SIGTERM, how long listeners keep accepting before the drain starts.
+    pub grace_period: HumanDuration,
+    /// How long in-flight requests get to finish once the drain starts.
+    pub graceful_shutdown_timeout: HumanDuration,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            threads: 2,
+            grace_period: HumanDuration::from_secs(5),
+            graceful_shutdown_timeout: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub certificates: Vec<CertificateFile>,
+    /// The certificate for clients that send no SNI or an unknown name; defaults to the
+    /// first name of the first certificate.
+    #[serde(default)]
+    pub default_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminFile {
+    pub address: String,
+    /// A file holding the bearer token that `/reload` (and later purge) requires. Without
+    /// it those endpoints are open to whoever can reach the admin address.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile {
+            address: "127.0.0.1:9901".to_string(),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreFile {
+    /// The group that gets every request no route claims; defaults to the only group, or
+    /// to `web` when there are several.
+    #[serde(default)]
+    pub default_group: Option<String>,
+    pub groups: BTreeMap<String, UpstreamGroupFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamGroupFile {
+    pub hosts: Vec<String>,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    #[serde(default = "defaults::io_timeout")]
+    pub read_timeout: HumanDuration,
+    #[serde(default = "defaults::io_timeout")]
+    pub write_timeout: HumanDuration,
+    /// How long an idle pooled connection to the core is kept.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    #[serde(default)]
+    pub health: HealthFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthFile {
+    pub interval: HumanDuration,
+    /// An HTTP path to GET; without it the check is a TCP connect.
+    pub path: Option<String>,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        HealthFile {
+            interval: HumanDuration::from_secs(5),
+            path: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyFile {
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For` and `X-Forwarded-Proto` are
+    /// believed; everyone else's are replaced.
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// Longest request target accepted; longer gets 414.
+    pub max_uri_length: ByteSize,
+    /// Largest request header block accepted; larger gets 431.
+    pub max_header_size: ByteSize,
+    /// How long a client may take to send the next request on a kept-alive connection.
+    pub keepalive_timeout: HumanDuration,
+    /// How long a client may stall while sending a request body.
+    pub client_body_timeout: HumanDuration,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_uri_length: ByteSize(8 * 1024),
+            max_header_size: ByteSize(32 * 1024),
+            keepalive_timeout: HumanDuration::from_secs(60),
+            client_body_timeout: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingFile {
+    /// A tracing filter: `info`, `warn`, `edgecache=debug,pingora=warn`, ...
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: AccessLogFile,
+}
+
+impl Default for LoggingFile {
+    fn default() -> Self {
+        LoggingFile {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+            access_log: AccessLogFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogFile {
+    pub output: AccessLogOutput,
+    /// Required when `output: file`.
+    pub path: Option<PathBuf>,
+    /// Lines waiting to be written; when the writer falls this far behind, lines are
+    /// dropped and counted rather than slowing requests down.
+    pub queue_size: usize,
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        AccessLogFile {
+            output: AccessLogOutput::Stdout,
+            path: None,
+            queue_size: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogOutput {
+    Stdout,
+    File,
+    Off,
+}
+
+mod defaults {
+    use super::HumanDuration;
+
+    pub fn connect_timeout() -> HumanDuration {
+        HumanDuration::from_secs(2)
+    }
+
+    pub fn io_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+
+    pub fn idle_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+}

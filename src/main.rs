@@ -1,0 +1,89 @@
+//! The edgecache binary: parse the command line, load the config, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use edgecache::cli::{Cli, Command};
+use edgecache::{config, devcert, logging, reload, server, EXIT_CONFIG, EXIT_UNAVAILABLE};
+
+fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process, installed before anything builds a
+    // rustls config.
+    pingora::tls::install_default_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config: path } => {
+            let config = match config::load(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            logging::init(&config.logging);
+            let server = match server::build(config) {
+                Ok(server) => server,
+                Err(e) => {
+                    eprintln!("edgecache: {e}");
+                    return ExitCode::from(EXIT_UNAVAILABLE);
+                }
+            };
+            tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "edgecache starting");
+            server.run_forever()
+        }
+        Command::CheckConfig { file } => match config::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} listeners, {} core groups)",
+                    file.display(),
+                    config.listeners.len(),
+                    config.core.groups.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Reload { config: path } => {
+            let config = match config::load(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match reload::request_reload(config.admin.address, config.admin.token.as_deref()) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgecache: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::GenCert {
+            cert,
+            key,
+            names,
+            if_missing,
+        } => match devcert::write(&cert, &key, &names, if_missing) {
+            Ok(true) => {
+                println!("wrote {} and {}", cert.display(), key.display());
+                ExitCode::SUCCESS
+            }
+            Ok(false) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edgecache: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Version => {
+            println!("edgecache {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Every Prometheus metric edgecache exports, declared in one place.
+//!
+//! The metrics live in one registry built on first use; [`gather_text`] renders it for the
+//! admin listener's `/metrics`. Names follow Prometheus conventions: `_total` for counters,
+//! base units (seconds, bytes), and labels with small, bounded value sets (listener and group
+//! names come from the config, never from requests).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by listener and status class (`2xx`, `4xx`, ...).
+    pub requests: IntCounterVec,
+    /// Response body bytes sent to clients, by listener.
+    pub response_bytes: IntCounterVec,
+    /// Requests refused before proxying, by reason (`uri_too_long`, `headers_too_large`,
+    /// `conflicting_framing`).
+    pub rejected_requests: IntCounterVec,
+    /// Client connections open now, by listener (counted once TLS, if any, is established).
+    pub open_connections: IntGaugeVec,
+    /// Client connections accepted since start, by listener.
+    pub connections: IntCounterVec,
+    /// TLS ClientHellos received, by listener. Hellos minus completed handshakes is the
+    /// number of handshakes that failed or were abandoned after the hello.
+    pub tls_client_hellos: IntCounterVec,
+    /// TLS handshakes completed, by listener and protocol version.
+    pub tls_handshakes: IntCounterVec,
+    /// Seconds from sending a request to the core to receiving its response header, by group.
+    pub upstream_response_seconds: HistogramVec,
+    /// Failed attempts to reach the core, by group and kind (`connect`, `timeout`, `other`).
+    pub upstream_errors: IntCounterVec,
+    /// 1 when the health check finds a core host reachable, 0 when not, by group and host.
+    pub core_host_up: IntGaugeVec,
+    /// Certificate and config reloads, by result (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+    /// Constant 1, labelled with the running version.
+    pub build_info: IntGaugeVec,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    metric
+}
+
+impl Metrics {
+    // The names and label sets below are constants: a failure here is a programming error
+    // caught by the first test that starts the server, never a runtime condition.
+    fn new() -> Self {
+        let registry = Registry::new();
+        let upstream_response_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "edgecache_upstream_response_seconds",
+                "Seconds from sending a request to the core to receiving its response header.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["group"],
+        )
+        .unwrap_or_else(|e| panic!("histogram is malformed: {e}"));
+        registry
+            .register(Box::new(upstream_response_seconds.clone()))
+            .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
+        let access_log_dropped = IntCounter::new(
+            "edgecache_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind.",
+        )
+        .unwrap_or_else(|e| panic!("counter is malformed: {e}"));
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
+
+        let metrics = Metrics {
+            requests: counter_vec(
+                &registry,
+                "edgecache_requests_total",
+                "Requests answered, by listener and status class.",
+                &["listener", "status_class"],
+            ),
+            response_bytes: counter_vec(
+                &registry,
+                "edgecache_response_body_bytes_total",
+                "Response body bytes sent to clients.",
+                &["listener"],
+            ),
+            rejected_requests: counter_vec(
+                &registry,
+                "edgecache_rejected_requests_total",
+                "Requests refused before proxying, by reason.",
+                &["listener", "reason"],
+            ),
+            open_connections: gauge_vec(
+                &registry,
+                "edgecache_open_connections",
+                "Client connections open now.",
+                &["listener"],
+            ),
+            connections: counter_vec(
+                &registry,
+                "edgecache_connections_total",
+                "Client connections accepted since start.",
+                &["listener"],
+            ),
+            tls_client_hellos: counter_vec(
+                &registry,
+                "edgecache_tls_client_hellos_total",
+                "TLS ClientHellos received; minus completed handshakes, the failed or abandoned ones.",
+                &["listener"],
+            ),
+            tls_handshakes: counter_vec(
+                &registry,
+                "edgecache_tls_handshakes_total",
+                "TLS handshakes completed, by protocol version.",
+                &["listener", "version"],
+            ),
+            upstream_response_seconds,
+            upstream_errors: counter_vec(
+                &registry,
+                "edgecache_upstream_errors_total",
+                "Failed attempts to reach the core, by kind.",
+                &["group", "kind"],
+            ),
+            core_host_up: gauge_vec(
+                &registry,
+                "edgecache_core_host_up",
+                "1 when the health check finds the core host reachable.",
+                &["group", "host"],
+            ),
+            reloads: counter_vec(
+                &registry,
+                "edgecache_reloads_total",
+                "Certificate and config reloads, by result.",
+                &["result"],
+            ),
+            access_log_dropped,
+            build_info: gauge_vec(
+                &registry,
+                "edgecache_build_info",
+                "Constant 1, labelled with the running version.",
+                &["version"],
+            ),
+            registry,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics
+    }
+}
+
+/// The status class label for a status code: `1xx` ... `5xx`.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn gather_text() -> Result<String, prometheus::Error> {
+    let families = get().registry.gather();
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&families, &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}

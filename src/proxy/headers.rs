@@ -1,0 +1,269 @@
+//! Request and response header rules at the edge: who the client is, and what may cross.
+//!
+//! The core (Mastodon's Rails app) believes `X-Forwarded-For`, `X-Real-IP` and
+//! `X-Forwarded-Proto` from us, so we never pass on what a client wrote there unless the
+//! client is itself a configured trusted proxy. Hop-by-hop headers (RFC 9110 §7.6.1) describe
+//! one connection and are dropped at each hop, except the `Upgrade` handshake of a websocket.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::model::{canonical_ip, TrustedProxies};
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_REAL_IP: &str = "x-real-ip";
+
+/// Headers only meaningful between a client and the proxy it talks to.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+];
+
+/// Headers a client could use to make the core build URLs for another host; only a trusted
+/// proxy in front of us may set them.
+const UNTRUSTED_FORWARDING: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+];
+
+/// The client's address as the core should see it.
+///
+/// With an untrusted peer that is the peer itself. With a trusted peer (a load balancer in
+/// front of this PoP), walk `X-Forwarded-For` from the right, skipping trusted hops, and take
+/// the first address that is not one of ours, as nginx's `real_ip_recursive` does.
+pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &TrustedProxies) -> IpAddr {
+    let peer = canonical_ip(peer);
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops = forwarded_for
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // A malformed entry ends the trusted chain: what lies left of it cannot be checked.
+            break;
+        };
+        client = canonical_ip(ip);
+        if !trusted.contains(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// Sets the forwarding headers on the request sent to the core.
+pub fn set_forwarding(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    tls: bool,
+    trusted: &TrustedProxies,
+) -> Option<IpAddr> {
+    let peer_trusted = peer.is_some_and(|p| trusted.contains(&p));
+    let existing_xff: Vec<String> = req
+        .headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let client = peer.map(|peer| {
+        let refs: Vec<&str> = existing_xff.iter().map(String::as_str).collect();
+        client_ip(peer, &refs, trusted)
+    });
+
+    let _ = req.remove_header(X_FORWARDED_FOR);
+    let _ = req.remove_header(X_REAL_IP);
+    if let Some(peer) = peer.map(canonical_ip) {
+        let chain = if peer_trusted && !existing_xff.is_empty() {
+            format!("{}, {peer}", existing_xff.join(", "))
+        } else {
+            peer.to_string()
+        };
+        let _ = req.insert_header(X_FORWARDED_FOR, chain);
+    }
+    if let Some(client) = client {
+        let _ = req.insert_header(X_REAL_IP, client.to_string());
+    }
+
+    let keep_proto = peer_trusted && req.headers.contains_key(X_FORWARDED_PROTO);
+    if !keep_proto {
+        let _ = req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" });
+    }
+    if !peer_trusted {
+        for name in UNTRUSTED_FORWARDING {
+            let _ = req.remove_header(name);
+        }
+    }
+    client
+}
+
+/// Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Drops hop-by-hop headers from a request bound for the core. An upgrade (websocket)
+/// request keeps `Connection: upgrade` and `Upgrade`, which the core needs to switch.
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
+    for token in connection_tokens(&req.headers) {
+        if token == "upgrade" && is_upgrade {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if !is_end_to_end_essential(&name) {
+                let _ = req.remove_header(&name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        let _ = req.remove_header(name);
+    }
+    if is_upgrade {
+        let _ = req.insert_header(header::CONNECTION, "upgrade");
+    } else {
+        let _ = req.remove_header(&header::UPGRADE);
+    }
+}
+
+/// Drops hop-by-hop headers from the core's response; a `101 Switching Protocols` keeps
+/// what the client needs to complete the upgrade.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    for token in connection_tokens(&resp.headers) {
+        if token == "upgrade" && switching {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if !is_end_to_end_essential(&name) {
+                let _ = resp.remove_header(&name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        if switching && name == "connection" {
+            continue;
+        }
+        let _ = resp.remove_header(name);
+    }
+    if switching {
+        let _ = resp.insert_header(header::CONNECTION, "upgrade");
+    }
+}
+
+/// A `Connection: host` or `Connection: content-length` is an attack, not a request to drop
+/// the framing or routing of the message.
+fn is_end_to_end_essential(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::new(vec!["10.0.0.0/8".parse().expect("cidr")])
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &["1.2.3.4"], &trusted()),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn a_trusted_peer_hands_over_the_first_untrusted_hop() {
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &["198.51.100.7, 10.0.0.5"], &trusted()),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &["6.6.6.6", "198.51.100.7"], &trusted()),
+            ip("198.51.100.7")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), &[], &trusted()), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &["garbage, 10.0.0.3"], &trusted()),
+            ip("10.0.0.3")
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_replace_client_values_from_untrusted_peers() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.insert_header("X-Forwarded-For", "1.2.3.4").expect("h");
+        req.insert_header("X-Real-IP", "1.2.3.4").expect("h");
+        req.insert_header("X-Forwarded-Proto", "https").expect("h");
+        req.insert_header("X-Forwarded-Host", "evil.example")
+            .expect("h");
+        set_forwarding(&mut req, Some(ip("203.0.113.9")), false, &trusted());
+        assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(req.headers["x-real-ip"], "203.0.113.9");
+        assert_eq!(req.headers["x-forwarded-proto"], "http");
+        assert!(!req.headers.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn forwarding_headers_extend_a_trusted_chain() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.insert_header("X-Forwarded-For", "198.51.100.7")
+            .expect("h");
+        req.insert_header("X-Forwarded-Proto", "https").expect("h");
+        set_forwarding(&mut req, Some(ip("10.0.0.1")), false, &trusted());
+        assert_eq!(req.headers["x-forwarded-for"], "198.51.100.7, 10.0.0.1");
+        assert_eq!(req.headers["x-real-ip"], "198.51.100.7");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_but_upgrades_survive() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.insert_header("Connection", "keep-alive, X-Secret, Host")
+            .expect("h");
+        req.insert_header("X-Secret", "1").expect("h");
+        req.insert_header("Keep-Alive", "timeout=5").expect("h");
+        req.insert_header("Host", "example.social").expect("h");
+        req.insert_header("Upgrade", "h2c").expect("h");
+        strip_request_hop_by_hop(&mut req, false);
+        assert!(!req.headers.contains_key("x-secret"));
+        assert!(!req.headers.contains_key("keep-alive"));
+        assert!(!req.headers.contains_key("connection"));
+        assert!(!req.headers.contains_key("upgrade"));
+        assert_eq!(req.headers["host"], "example.social");
+
+        let mut ws = RequestHeader::build("GET", b"/api/v1/streaming", None).expect("request");
+        ws.insert_header("Connection", "Upgrade").expect("h");
+        ws.insert_header("Upgrade", "websocket").expect("h");
+        strip_request_hop_by_hop(&mut ws, true);
+        assert_eq!(ws.headers["connection"], "upgrade");
+        assert_eq!(ws.headers["upgrade"], "websocket");
+    }
+}

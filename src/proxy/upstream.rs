@@ -1,0 +1,211 @@
+//! The core's upstream groups: which host gets a request, and whether any host is up.
+//!
+//! Each group is a pingora `LoadBalancer` (round robin) run as a background service that
+//! health-checks its hosts on the configured interval. Our own wrapper around the check
+//! records every result, so `/readyz` and the `edgecache_core_host_up` gauge reflect checks
+//! that actually ran rather than pingora's optimistic initial "healthy".
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::model::{Core, UpstreamGroup};
+use crate::metrics;
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// What the last health check of one host found.
+struct HostState {
+    label: String,
+    address: SocketAddr,
+    state: AtomicU8,
+}
+
+/// One upstream group, ready to pick hosts.
+pub struct CoreGroup {
+    pub name: String,
+    balancer: Arc<LoadBalancer<RoundRobin>>,
+    hosts: Arc<Vec<HostState>>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Records each check's outcome, then reports it to pingora unchanged.
+struct ObservedCheck {
+    group: String,
+    inner: Box<dyn HealthCheck + Send + Sync>,
+    hosts: Arc<Vec<HostState>>,
+}
+
+#[async_trait]
+impl HealthCheck for ObservedCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let result = self.inner.check(target).await;
+        let up = result.is_ok();
+        if let Some(host) = self
+            .hosts
+            .iter()
+            .find(|h| target.addr.as_inet() == Some(&h.address))
+        {
+            let previous = host
+                .state
+                .swap(if up { UP } else { DOWN }, Ordering::Relaxed);
+            if previous != UNKNOWN && (previous == UP) != up {
+                if up {
+                    tracing::info!(group = %self.group, host = %host.label, "core host is up again");
+                } else {
+                    tracing::warn!(group = %self.group, host = %host.label, error = ?result.as_ref().err(), "core host failed its health check");
+                }
+            }
+            metrics::get()
+                .core_host_up
+                .with_label_values(&[self.group.as_str(), host.label.as_str()])
+                .set(i64::from(up));
+        }
+        result
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
+    }
+}
+
+impl CoreGroup {
+    /// Builds the group and its balancer; the caller runs the balancer as a background
+    /// service (see [`CoreGroup::balancer`]).
+    pub fn new(group: &UpstreamGroup) -> std::io::Result<Self> {
+        let addresses: Vec<SocketAddr> = group.hosts.iter().map(|h| h.address).collect();
+        let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(addresses)?;
+        let hosts = Arc::new(
+            group
+                .hosts
+                .iter()
+                .map(|h| HostState {
+                    label: h.label.clone(),
+                    address: h.address,
+                    state: AtomicU8::new(UNKNOWN),
+                })
+                .collect::<Vec<_>>(),
+        );
+        let timeout = group.connect_timeout.min(group.health.interval);
+        let inner: Box<dyn HealthCheck + Send + Sync> = match &group.health.path {
+            Some(path) => {
+                let mut check = HttpHealthCheck::new(&group.hosts[0].label, false);
+                check.peer_template.options.connection_timeout = Some(timeout);
+                check.peer_template.options.read_timeout = Some(group.health.interval);
+                if let Ok(req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
+                    check.req = req;
+                    let _ = check
+                        .req
+                        .insert_header("Host", group.hosts[0].label.as_str());
+                    let _ = check.req.insert_header("User-Agent", "edgecache-health");
+                }
+                Box::new(check)
+            }
+            None => {
+                let mut check = TcpHealthCheck::new();
+                check.peer_template.options.connection_timeout = Some(timeout);
+                check
+            }
+        };
+        balancer.set_health_check(Box::new(ObservedCheck {
+            group: group.name.clone(),
+            inner,
+            hosts: hosts.clone(),
+        }));
+        balancer.health_check_frequency = Some(group.health.interval);
+        balancer.parallel_health_check = true;
+        Ok(CoreGroup {
+            name: group.name.clone(),
+            balancer: Arc::new(balancer),
+            hosts,
+            connect_timeout: group.connect_timeout,
+            read_timeout: group.read_timeout,
+            write_timeout: group.write_timeout,
+            idle_timeout: group.idle_timeout,
+        })
+    }
+
+    /// The balancer, for the background service that runs its health checks.
+    pub fn balancer(&self) -> Arc<LoadBalancer<RoundRobin>> {
+        self.balancer.clone()
+    }
+
+    /// True when the last health check of at least one host passed.
+    pub fn any_host_up(&self) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.state.load(Ordering::Relaxed) == UP)
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// The next healthy host not already tried for this request, as a peer with the group's
+    /// timeouts.
+    pub fn pick(&self, tried: &[SocketAddr]) -> Option<(HttpPeer, String)> {
+        let backend = self.balancer.select_with(b"", 256, |backend, healthy| {
+            healthy
+                && backend
+                    .addr
+                    .as_inet()
+                    .is_some_and(|addr| !tried.contains(addr))
+        })?;
+        let address = *backend.addr.as_inet()?;
+        let label = self
+            .hosts
+            .iter()
+            .find(|h| h.address == address)
+            .map(|h| h.label.clone())
+            .unwrap_or_else(|| address.to_string());
+        let mut peer = HttpPeer::new(address, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.write_timeout);
+        peer.options.idle_timeout = Some(self.idle_timeout);
+        Some((peer, label))
+    }
+}
+
+/// Every upstream group of the core, by name.
+pub struct CoreUpstreams {
+    pub default_group: String,
+    pub groups: BTreeMap<String, Arc<CoreGroup>>,
+}
+
+impl CoreUpstreams {
+    pub fn new(core: &Core) -> std::io::Result<Self> {
+        let mut groups = BTreeMap::new();
+        for (name, group) in &core.groups {
+            groups.insert(name.clone(), Arc::new(CoreGroup::new(group)?));
+        }
+        Ok(CoreUpstreams {
+            default_group: core.default_group.clone(),
+            groups,
+        })
+    }
+
+    pub fn default(&self) -> Option<&Arc<CoreGroup>> {
+        self.groups.get(&self.default_group)
+    }
+
+    /// True when the default group (the one every unrouted request goes to) has at least
+    /// one host whose last health check passed.
+    pub fn ready(&self) -> bool {
+        self.default().is_some_and(|g| g.any_host_up())
+    }
+}

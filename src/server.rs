@@ -1,0 +1,154 @@
+//! Wires the pingora server from a validated config: one proxy service per listener, the
+//! admin service, the core's health checks and the SIGHUP reloader.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::HttpProxy;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
+
+use crate::access_log::{AccessLogError, AccessLogger};
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::connections::CountedApp;
+use crate::proxy::upstream::CoreUpstreams;
+use crate::proxy::{EdgeProxy, LimitsSnapshot, ProxyShared};
+use crate::reload::{Reloader, SighupService};
+use crate::tls::{HandshakeCounter, LiveCertificates, SniResolver};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
+    #[error("cannot set up core upstream group: {0}")]
+    Upstream(std::io::Error),
+    #[error("cannot listen on {address} (listener {name}): {source}")]
+    Bind {
+        name: String,
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS setup of listener {name} failed: {detail}")]
+    Tls { name: String, detail: String },
+}
+
+/// Builds a ready-to-run pingora server.
+pub fn build(config: Config) -> Result<Server, StartError> {
+    check_addresses_free(&config)?;
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let access_log = AccessLogger::start(&config.logging.access_log)?;
+    let core = Arc::new(CoreUpstreams::new(&config.core).map_err(StartError::Upstream)?);
+    for group in core.groups.values() {
+        server.add_service(GenBackgroundService::new(
+            format!("health checks of core group {}", group.name),
+            group.balancer(),
+        ));
+    }
+
+    let shared = Arc::new(ProxyShared {
+        core: core.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        limits: LimitsSnapshot::from(&config.limits),
+        access_log: access_log.clone(),
+    });
+
+    let mut reloadable = HashMap::new();
+    let mut listener_addresses = Vec::new();
+    for listener in config.listeners {
+        let tls = listener.tls.is_some();
+        let mut proxy = HttpProxy::new(
+            EdgeProxy::new(&listener.name, tls, shared.clone()),
+            conf.clone(),
+        );
+        proxy.handle_init_modules();
+        let mut options = HttpServerOptions::default();
+        options.h2c = listener.h2c;
+        proxy.server_options = Some(options);
+        let mut service = Service::new(
+            format!("listener {}", listener.name),
+            CountedApp::new(&listener.name, proxy),
+        );
+        let address = listener.address.to_string();
+        let live = match listener.tls {
+            Some(tls_config) => {
+                let live = LiveCertificates::new(tls_config.certificates);
+                let mut settings =
+                    TlsSettings::with_callbacks(Box::new(HandshakeCounter::new(&listener.name)))
+                        .map_err(|e| StartError::Tls {
+                            name: listener.name.clone(),
+                            detail: e.to_string(),
+                        })?;
+                settings
+                    .set_cert_resolver(Arc::new(SniResolver::new(&listener.name, live.clone())));
+                settings.enable_h2();
+                service.add_tls_with_settings(&address, None, settings);
+                Some(live)
+            }
+            None => {
+                service.add_tcp(&address);
+                None
+            }
+        };
+        reloadable.insert(listener.name.clone(), (listener.address, live));
+        listener_addresses.push((listener.name.clone(), listener.address));
+        server.add_service(service);
+    }
+
+    let reloader = Arc::new(Reloader::new(config.source.clone(), reloadable, access_log));
+    server.add_service(GenBackgroundService::new(
+        "reload on SIGHUP".to_string(),
+        Arc::new(SighupService {
+            reloader: reloader.clone(),
+        }),
+    ));
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        HttpServer::new_app(AdminApp {
+            listeners: listener_addresses,
+            core,
+            reloader,
+            token: config.admin.token.clone(),
+        }),
+    );
+    admin.add_tcp(&config.admin.address.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+    Ok(server)
+}
+
+/// Pingora panics in a service thread when it cannot bind, leaving a process without that
+/// listener. Trying each address first turns that into one clear error at start.
+fn check_addresses_free(config: &Config) -> Result<(), StartError> {
+    let all = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address))
+        .chain(std::iter::once(("admin".to_string(), config.admin.address)));
+    for (name, address) in all {
+        if let Err(source) = std::net::TcpListener::bind(address) {
+            return Err(StartError::Bind {
+                name,
+                address,
+                source,
+            });
+        }
+    }
+    Ok(())
+}

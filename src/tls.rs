@@ -1,0 +1,228 @@
+//! TLS termination: certificates chosen by SNI, swapped at runtime without a restart.
+//!
+//! Pingora's rustls listener accepts a certificate resolver. Ours holds an `ArcSwap` of a
+//! [`CertificateSet`], so a reload builds a whole new set off to the side (every file read
+//! and every key checked against its certificate) and publishes it in one atomic store:
+//! handshakes in flight finish with the old set, the next handshake sees the new one, and a
+//! bad file never replaces a good one. Certificates are never handed to pingora as paths,
+//! because its `TlsSettings::build()` panics on a bad file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::metrics;
+
+/// Why a certificate or key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)", path.display())]
+    NoKey { path: PathBuf },
+    #[error("{} is not valid PEM: {detail}", path.display())]
+    BadPem { path: PathBuf, detail: String },
+    #[error("key {} does not match certificate {}: {detail}", key.display(), cert.display())]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        detail: String,
+    },
+    #[error("no TLS crypto provider is installed")]
+    NoProvider,
+}
+
+/// Reads a PEM certificate chain and its private key and checks that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, CertificateError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertificateError::BadPem {
+            path: cert.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(CertificateError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
+    }
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => CertificateError::NoKey {
+            path: key.to_path_buf(),
+        },
+        other => CertificateError::BadPem {
+            path: key.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })?;
+    pingora::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default().ok_or(CertificateError::NoProvider)?;
+    CertifiedKey::from_der(chain, private_key, provider).map_err(|e| CertificateError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CertificateError> {
+    std::fs::read(path).map_err(|source| CertificateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The certificates of one listener, indexed by the names they serve.
+pub struct CertificateSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.social` is stored under `example.social` and matches one label below it.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for CertificateSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateSet")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl CertificateSet {
+    /// Builds the index. `names` are already lower-cased and checked by the config loader;
+    /// `default` is the certificate for clients without SNI or with an unknown name.
+    pub fn new(entries: Vec<(Vec<String>, Arc<CertifiedKey>)>, default: Arc<CertifiedKey>) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (names, key) in entries {
+            for name in names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.insert(parent.to_string(), key.clone()),
+                    None => exact.insert(name, key.clone()),
+                };
+            }
+        }
+        CertificateSet {
+            exact,
+            wildcard,
+            default,
+        }
+    }
+
+    /// The certificate for an SNI name: exact match, then a wildcard one label up, then the
+    /// default (as nginx does, an unknown name still completes the handshake).
+    pub fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return self.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(key) = self.exact.get(&name) {
+            return key.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(key) = self.wildcard.get(parent) {
+                return key.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// The live certificates of one listener; cheap to clone, shared by its resolver and the
+/// reloader.
+#[derive(Clone)]
+pub struct LiveCertificates {
+    current: Arc<ArcSwap<CertificateSet>>,
+}
+
+impl LiveCertificates {
+    pub fn new(set: CertificateSet) -> Self {
+        LiveCertificates {
+            current: Arc::new(ArcSwap::from_pointee(set)),
+        }
+    }
+
+    /// Publishes a new set; handshakes from now on use it.
+    pub fn replace(&self, set: CertificateSet) {
+        self.current.store(Arc::new(set));
+    }
+
+    pub fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        self.current.load().select(server_name)
+    }
+}
+
+/// The rustls resolver of one listener.
+#[derive(Debug)]
+pub struct SniResolver {
+    listener: String,
+    certificates: LiveCertificates,
+}
+
+impl fmt::Debug for LiveCertificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.current.load().fmt(f)
+    }
+}
+
+impl SniResolver {
+    pub fn new(listener: &str, certificates: LiveCertificates) -> Self {
+        SniResolver {
+            listener: listener.to_string(),
+            certificates,
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        metrics::get()
+            .tls_client_hellos
+            .with_label_values(&[self.listener.as_str()])
+            .inc();
+        Some(self.certificates.select(hello.server_name()))
+    }
+}
+
+/// Counts completed handshakes per listener and protocol version.
+pub struct HandshakeCounter {
+    listener: String,
+}
+
+impl HandshakeCounter {
+    pub fn new(listener: &str) -> Self {
+        HandshakeCounter {
+            listener: listener.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl TlsAccept for HandshakeCounter {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        metrics::get()
+            .tls_handshakes
+            .with_label_values(&[self.listener.as_str(), tls.version().unwrap_or("unknown")])
+            .inc();
+        None
+    }
+}
