@@ -2,12 +2,11 @@
 //!
 //! It binds to loopback (or the mesh) by default and is never exposed with the public
 //! listeners. `/healthz` says the process is up; `/readyz` says this PoP can serve: every
-//! listener accepts connections and the core's default group has a host that passed its last
+//! listener is bound and the core's default group has a host that passed its last
 //! health check. `/reload` needs the bearer token from `admin.token_file` when one is set.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -17,9 +16,7 @@ use pingora::protocols::http::ServerSession;
 use crate::metrics;
 use crate::proxy::upstream::CoreUpstreams;
 use crate::reload::Reloader;
-
-/// How long `/readyz` waits for a listener to accept.
-const LISTENER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+use crate::sockets;
 
 pub struct AdminApp {
     pub listeners: Vec<(String, SocketAddr)>,
@@ -49,19 +46,6 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
     resp
 }
 
-/// A listener bound to the unspecified address is probed through loopback.
-fn probe_address(address: SocketAddr) -> SocketAddr {
-    match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), address.port())
-        }
-        _ => address,
-    }
-}
-
 /// Compares in time independent of where the first difference is.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     if given.len() != expected.len() {
@@ -77,18 +61,15 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 impl AdminApp {
     async fn readiness(&self) -> Response<Vec<u8>> {
         let mut problems = Vec::new();
-        for (name, address) in &self.listeners {
-            let target = probe_address(*address);
-            let connected = tokio::time::timeout(
-                LISTENER_PROBE_TIMEOUT,
-                tokio::net::TcpStream::connect(target),
-            )
-            .await;
-            if !matches!(connected, Ok(Ok(_))) {
-                problems.push(format!(
-                    "listener {name} ({address}) is not accepting connections"
-                ));
+        match sockets::own_listening_addresses() {
+            Ok(bound) => {
+                for (name, address) in &self.listeners {
+                    if !bound.contains(address) {
+                        problems.push(format!("listener {name} ({address}) is not bound"));
+                    }
+                }
             }
+            Err(e) => problems.push(format!("cannot list listening sockets: {e}")),
         }
         if !self.core.ready() {
             problems.push(format!(

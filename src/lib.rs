@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod sockets;
 pub mod tls;
 
 /// Exit code for a config that cannot be used (EX_USAGE, as sysexits.h numbers it).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TcpSocketOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -85,6 +86,11 @@ pub fn build(config: Config) -> Result<Server, StartError> {
             CountedApp::new(&listener.name, proxy),
         );
         let address = listener.address.to_string();
+        // `[::]:443` next to `0.0.0.0:443` needs the IPv6 socket to stay IPv6-only.
+        let mut socket_options = TcpSocketOptions::default();
+        if listener.address.is_ipv6() {
+            socket_options.ipv6_only = Some(true);
+        }
         let live = match listener.tls {
             Some(tls_config) => {
                 let live = LiveCertificates::new(tls_config.certificates);
@@ -97,11 +103,11 @@ pub fn build(config: Config) -> Result<Server, StartError> {
                 settings
                     .set_cert_resolver(Arc::new(SniResolver::new(&listener.name, live.clone())));
                 settings.enable_h2();
-                service.add_tls_with_settings(&address, None, settings);
+                service.add_tls_with_settings(&address, Some(socket_options), settings);
                 Some(live)
             }
             None => {
-                service.add_tcp(&address);
+                service.add_tcp_with_settings(&address, socket_options);
                 None
             }
         };

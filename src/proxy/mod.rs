@@ -157,7 +157,8 @@ impl ProxyHttp for EdgeProxy {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("no healthy host left in upstream group {}", group.name),
-            ));
+            )
+            .into_up());
         };
         if let Some(address) = peer._address.as_inet() {
             ctx.tried.push(*address);
@@ -212,7 +213,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
@@ -223,6 +224,11 @@ impl ProxyHttp for EdgeProxy {
                 .observe(sent.elapsed().as_secs_f64());
         }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
+        // An HTTP/1.0 core answer still goes out as HTTP/1.1 to an HTTP/1.1 client; the
+        // version is per hop (RFC 9110 §2.5).
+        if session.req_header().version == http::Version::HTTP_11 {
+            upstream_response.set_version(http::Version::HTTP_11);
+        }
         headers::strip_response_hop_by_hop(upstream_response);
         Ok(())
     }

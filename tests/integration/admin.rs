@@ -1,0 +1,172 @@
+//! The admin listener: health, readiness, metrics; and the access log.
+
+use crate::harness::{free_address, Edge, EdgeSetup, Origin, TestCert};
+
+async fn edge_for(core: std::net::SocketAddr, extra: &str) -> (Edge, EdgeSetup) {
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(&[&cert], &[core], extra);
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    (edge, setup)
+}
+
+#[tokio::test]
+async fn readiness_follows_the_core() {
+    let core = free_address();
+    let (edge, _setup) = edge_for(core, "").await;
+    assert_eq!(edge.admin_get("/healthz").await, (200, "ok\n".to_string()));
+    edge.wait_ready_status(503).await;
+    let (_, body) = edge.admin_get("/readyz").await;
+    assert!(body.contains("core group web"), "{body}");
+    assert!(!body.contains("not bound"), "{body}");
+
+    // The core comes up on its address: the next health check (1s) makes the PoP ready.
+    let _origin = Origin::start_at(core).await;
+    edge.wait_ready_status(200).await;
+    let up = edge
+        .metric(&format!(
+            "edgecache_core_host_up{{group=\"web\",host=\"{core}\"}}"
+        ))
+        .await;
+    assert_eq!(up, Some(1.0));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_latency_and_connections() {
+    let origin = Origin::start().await;
+    let (edge, setup) = edge_for(origin.address, "").await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let resp = client
+            .get(format!("http://{}/api/v1/instance", setup.http))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = client
+        .get(format!("http://{}/status/404", setup.http))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 404);
+
+    let ok = edge
+        .metric("edgecache_requests_total{listener=\"http\",status_class=\"2xx\"}")
+        .await;
+    assert_eq!(ok, Some(3.0));
+    let not_found = edge
+        .metric("edgecache_requests_total{listener=\"http\",status_class=\"4xx\"}")
+        .await;
+    assert_eq!(not_found, Some(1.0));
+    let latency_count = edge
+        .metric("edgecache_upstream_response_seconds_count{group=\"web\"}")
+        .await;
+    assert_eq!(latency_count, Some(4.0));
+    let connections = edge
+        .metric("edgecache_connections_total{listener=\"http\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(connections >= 1.0, "{connections}");
+    let (_, text) = edge.admin_get("/metrics").await;
+    assert!(
+        text.contains("# TYPE edgecache_open_connections gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE edgecache_upstream_response_seconds histogram"),
+        "{text}"
+    );
+
+    assert_eq!(edge.admin_get("/nowhere").await.0, 404);
+    let post = client
+        .post(format!("http://{}/metrics", edge.admin))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(post.status(), 405);
+}
+
+#[tokio::test]
+async fn each_request_writes_one_json_access_log_line() {
+    let origin = Origin::start().await;
+    let (edge, setup) = edge_for(origin.address, "").await;
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/@alice/statuses?x=1", setup.http))
+        .header("Host", "hachyderm.example")
+        .header("User-Agent", "access-log-test")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let length = resp.bytes().await.expect("body").len();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let text = edge.stdout_text();
+        if let Some(line) = text.lines().find(|l| l.contains("access-log-test")) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access log line in {text:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(record["client_ip"], "127.0.0.1");
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["host"], "hachyderm.example");
+    assert_eq!(record["path"], "/@alice/statuses?x=1");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["bytes"], length);
+    assert_eq!(record["upstream"], origin.address.to_string());
+    assert_eq!(record["upstream_status"], 200);
+    assert_eq!(record["cache"], "");
+    assert_eq!(record["listener"], "http");
+    assert!(
+        record["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "{record}"
+    );
+    assert!(
+        record["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{record}"
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_can_go_to_a_file() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let log = setup.path("access.log");
+    let extra = format!(
+        "logging:\n  access_log:\n    output: file\n    path: {}\n",
+        log.display()
+    );
+    let config = setup.config(&[&cert], &[origin.address], &extra);
+    let path = setup.write_config(&config);
+    let _edge = Edge::start(&setup, &path).await;
+    for _ in 0..2 {
+        reqwest::get(format!("http://{}/file-log", setup.http))
+            .await
+            .expect("request");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("/file-log")).collect();
+        if lines.len() == 2 {
+            for line in lines {
+                let _: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            }
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log file holds {text:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,134 @@
+//! Malformed and hostile requests: the right 4xx, nothing forwarded, and the process lives.
+
+use crate::harness::{
+    raw_exchange, raw_exchange_then_close, raw_status, Edge, EdgeSetup, Origin, TestCert,
+};
+
+async fn edge_with_origin() -> (Edge, EdgeSetup, Origin) {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let extra = "limits:\n  max_uri_length: 2KiB\n  max_header_size: 16KiB\n";
+    let config = setup.config(&[&cert], &[origin.address], extra);
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    (edge, setup, origin)
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_right_status_and_never_reach_the_core() {
+    let (mut edge, setup, origin) = edge_with_origin().await;
+    let long_path = format!("/{}", "a".repeat(3000));
+    let big_header = "b".repeat(20 * 1024);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("garbage request line", b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400),
+        ("bad method token", b"GE(T / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), 400),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two different Content-Length values",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+            400,
+        ),
+        (
+            "chunked not last",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "over-long target",
+            format!("GET {long_path} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes(),
+            414,
+        ),
+        (
+            "over-large header block",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big_header}\r\n\r\n").into_bytes(),
+            431,
+        ),
+        (
+            "header block beyond the parser's hard limit",
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-Huge: {}\r\n\r\n", "c".repeat(1_100_000)).into_bytes(),
+            400,
+        ),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (name, request, expected) in &cases {
+        let answer = raw_exchange(setup.http, request).await;
+        assert_eq!(
+            raw_status(&answer),
+            Some(*expected),
+            "{name}: got {answer:?}"
+        );
+    }
+    assert_eq!(origin.hits(), 0, "a malformed request reached the core");
+    assert!(edge.is_running());
+    assert_eq!(edge.admin_get("/healthz").await.0, 200);
+
+    let refused = edge
+        .metric("edgecache_rejected_requests_total{listener=\"http\",reason=\"headers_too_large\"}")
+        .await;
+    assert_eq!(refused, Some(1.0));
+
+    // A good request on a fresh connection still works.
+    let answer = raw_exchange(
+        setup.http,
+        b"GET /fine HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&answer), Some(200), "{answer}");
+}
+
+/// Deterministic pseudo-random bytes: the same "fuzz" corpus on every run.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn random_bytes_on_every_port_never_take_the_process_down() {
+    let (mut edge, setup, _origin) = edge_with_origin().await;
+    for seed in 0..60u64 {
+        let len = 1 + (seed as usize * 97) % 4000;
+        let mut bytes = noise(seed, len);
+        if seed % 3 == 0 {
+            // Start like a request, then go wrong.
+            let mut prefixed = b"GET /".to_vec();
+            prefixed.append(&mut bytes);
+            bytes = prefixed;
+        }
+        let target = if seed % 2 == 0 {
+            setup.http
+        } else {
+            setup.https
+        };
+        let answer = raw_exchange_then_close(target, &bytes).await;
+        if target == setup.http {
+            if let Some(status) = raw_status(&answer) {
+                assert!((400..500).contains(&status), "seed {seed}: {answer}");
+            }
+        }
+    }
+    assert!(edge.is_running(), "{}", edge.stderr_text());
+    assert_eq!(edge.admin_get("/healthz").await.0, 200);
+}

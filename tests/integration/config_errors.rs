@@ -1,0 +1,162 @@
+//! Bad configs: every one exits 64 and names the file, the line and the key.
+
+use crate::harness::{run_binary, TestCert};
+
+fn testdata(name: &str) -> String {
+    format!("{}/config/testdata/bad/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `check-config` on a bad file and returns its one-line-per-problem stderr.
+fn refused(path: &str) -> String {
+    let (code, stdout, stderr) = run_binary(&["check-config", path]);
+    assert_eq!(
+        code, 64,
+        "{path}: exit {code}, stdout {stdout:?}, stderr {stderr:?}"
+    );
+    stderr
+}
+
+#[test]
+fn each_bad_file_names_file_line_and_key() {
+    let cases = [
+        ("unknown-key.yaml", ":8: listeners[1].tls: unknown field `certs`"),
+        ("bad-duration.yaml", ":9: core.groups.web.connect_timeout: invalid duration \"5 fortnights\""),
+        ("missing-cert.yaml", ":8: listeners[0].tls.certificates[0].cert: file not found: /nonexistent/edgecache/hachyderm.pem"),
+        ("bad-address.yaml", ":6: listeners[1].address: invalid address \"everywhere:80\""),
+        ("bad-enum.yaml", ":10: logging.format: unknown variant `xml`"),
+        ("duplicate-listener.yaml", ":5: listeners[1].name: duplicate listener name \"http\""),
+        ("no-core.yaml", ":2: missing field `core`"),
+        ("not-yaml.yaml", ":5: "),
+    ];
+    for (file, expected) in cases {
+        let path = testdata(file);
+        let stderr = refused(&path);
+        let wanted = format!("{path}{expected}");
+        assert!(
+            stderr.contains(&wanted),
+            "{file}: wanted {wanted:?} in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let path = testdata("bad-limits.yaml");
+    let stderr = refused(&path);
+    assert!(
+        stderr.contains(&format!(
+            "{path}:10: proxy.trusted_proxies[1]: invalid address or CIDR"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{path}:12: limits.max_header_size: must be between"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_key_that_does_not_match_its_certificate_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = TestCert::create(dir.path(), "a", &["a.example"]);
+    let b = TestCert::create(dir.path(), "b", &["b.example"]);
+    let config = format!(
+        "listeners:\n  - name: https\n    address: \"127.0.0.1:8443\"\n    tls:\n      certificates:\n        - names: [a.example]\n          cert: {}\n          key: {}\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\n",
+        a.cert.display(),
+        b.key.display()
+    );
+    let path = dir.path().join("mismatch.yaml");
+    std::fs::write(&path, config).expect("write");
+    let stderr = refused(path.to_str().expect("utf-8 path"));
+    assert!(
+        stderr.contains(&format!(
+            "{}:8: listeners[0].tls.certificates[0].key: key {} does not match certificate",
+            path.display(),
+            b.key.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreadable_key_and_garbage_pem_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = TestCert::create(dir.path(), "a", &["a.example"]);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "this is not a certificate\n").expect("write");
+    let config = format!(
+        "listeners:\n  - name: https\n    address: \"127.0.0.1:8443\"\n    tls:\n      certificates:\n        - names: [a.example]\n          cert: {}\n          key: {}\n        - names: [b.example]\n          cert: {}\n          key: {}\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\n",
+        garbage.display(),
+        a.key.display(),
+        a.cert.display(),
+        dir.path().join("missing.key").display(),
+    );
+    let path = dir.path().join("bad-pem.yaml");
+    std::fs::write(&path, config).expect("write");
+    let stderr = refused(path.to_str().expect("utf-8 path"));
+    assert!(
+        stderr.contains(":7: listeners[0].tls.certificates[0].cert:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
+    assert!(
+        stderr.contains(":11: listeners[0].tls.certificates[1].key: file not found:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_64_too() {
+    let path = testdata("missing-cert.yaml");
+    let (code, _, stderr) = run_binary(&["serve", "--config", &path]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("file not found"), "{stderr}");
+    let (code, _, stderr) = run_binary(&["serve", "--config", "/nonexistent/edgecache.yaml"]);
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("/nonexistent/edgecache.yaml: cannot read config"),
+        "{stderr}"
+    );
+}
+
+/// The fully commented example is a real config: with its certificate paths pointed at
+/// generated files, it loads.
+#[test]
+fn the_commented_example_config_loads() {
+    let example = std::fs::read_to_string(format!(
+        "{}/config/mastodon-pop.example.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("example config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    TestCert::create(
+        dir.path(),
+        "hachyderm.example",
+        &["hachyderm.example", "www.hachyderm.example"],
+    );
+    TestCert::create(
+        dir.path(),
+        "media.hachyderm.example",
+        &["media.hachyderm.example"],
+    );
+    std::fs::write(dir.path().join("admin.token"), "s3cret-token\n").expect("token");
+    let text = example.replace("/etc/edgecache/tls/", &format!("{}/", dir.path().display()));
+    let text = text.replace(
+        "/etc/edgecache/admin.token",
+        &dir.path().join("admin.token").display().to_string(),
+    );
+    let text = text.replace(
+        "/var/log/edgecache/access.log",
+        &dir.path().join("access.log").display().to_string(),
+    );
+    let path = dir.path().join("mastodon-pop.yaml");
+    std::fs::write(&path, text).expect("write");
+    let (code, stdout, stderr) = run_binary(&["check-config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ok (3 listeners, 2 core groups)"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,236 @@
+//! The real edgecache binary, started with a config written for one test.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_edgecache");
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind probe");
+    listener.local_addr().expect("probe address")
+}
+
+/// A certificate written into a test directory.
+pub struct TestCert {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
+impl TestCert {
+    /// Generates a self-signed certificate for `names` into `dir/<file>.pem` and `.key`.
+    pub fn create(dir: &Path, file: &str, names: &[&str]) -> TestCert {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = dir.join(format!("{file}.pem"));
+        let key = dir.join(format!("{file}.key"));
+        let generated = edgecache::devcert::generate(&names).expect("generate cert");
+        std::fs::write(&cert, &generated.cert_pem).expect("write cert");
+        std::fs::write(&key, &generated.key_pem).expect("write key");
+        TestCert {
+            der: pem_to_der(&generated.cert_pem),
+            names,
+            cert,
+            key,
+            pem: generated.cert_pem,
+        }
+    }
+
+    /// The YAML list item for this certificate.
+    pub fn yaml(&self) -> String {
+        format!(
+            "        - names: [{}]\n          cert: {}\n          key: {}\n",
+            self.names
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+fn pem_to_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .to_vec()
+}
+
+/// Addresses and files of one test's edge.
+pub struct EdgeSetup {
+    pub dir: TempDir,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl EdgeSetup {
+    pub fn new() -> EdgeSetup {
+        EdgeSetup {
+            dir: tempfile::tempdir().expect("tempdir"),
+            http: free_address(),
+            https: free_address(),
+            admin: free_address(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A config with an HTTP listener, an HTTPS listener serving `certs`, the admin
+    /// listener, the core at `core`, plus `extra` YAML appended at top level.
+    pub fn config(&self, certs: &[&TestCert], core: &[SocketAddr], extra: &str) -> String {
+        let certificates: String = certs.iter().map(|c| c.yaml()).collect();
+        let hosts: Vec<String> = core.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            "listeners:\n  - name: http\n    address: \"{http}\"\n  - name: https\n    address: \"{https}\"\n    tls:\n      certificates:\n{certificates}admin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [{hosts}]\n      connect_timeout: 1s\n      read_timeout: 3s\n      health:\n        interval: 1s\nserver:\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n{extra}",
+            http = self.http,
+            https = self.https,
+            admin = self.admin,
+            hosts = hosts.join(", "),
+        )
+    }
+
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.path("edgecache.yaml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+/// A running edgecache process; killed when dropped.
+pub struct Edge {
+    child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub admin: SocketAddr,
+}
+
+impl Edge {
+    /// Starts `edgecache serve` on `config` and waits until every listener is bound.
+    pub async fn start(setup: &EdgeSetup, config: &Path) -> Edge {
+        let stdout = setup.path("stdout.log");
+        let stderr = setup.path("stderr.log");
+        let child = Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn edgecache");
+        let mut edge = Edge {
+            child,
+            stdout,
+            stderr,
+            admin: setup.admin,
+        };
+        edge.wait_bound().await;
+        edge
+    }
+
+    async fn wait_bound(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "edgecache exited early with {status}: {}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            let url = format!("http://{}/readyz", self.admin);
+            if let Ok(resp) = client.get(&url).send().await {
+                let body = resp.text().await.unwrap_or_default();
+                if !body.contains("not bound") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "edgecache did not bind in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .expect("admin request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("admin body"))
+    }
+
+    /// The value of one sample in `/metrics`, e.g. `edgecache_requests_total{listener="http",status_class="2xx"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    pub async fn wait_ready_status(&self, status: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.admin_get("/readyz").await.0 == status {
+                return;
+            }
+            assert!(Instant::now() < deadline, "/readyz never answered {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion: (exit code, stdout, stderr).
+pub fn run_binary(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run edgecache");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}

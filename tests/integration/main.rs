@@ -1,0 +1,11 @@
+//! Integration tests: the real edgecache binary on 127.0.0.1, ports chosen at run time, a real
+//! HTTP origin, real TLS clients and raw sockets.
+
+mod harness;
+
+mod admin;
+mod bad_input;
+mod config_errors;
+mod proxy;
+mod reload;
+mod tls;
