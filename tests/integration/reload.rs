@@ -139,8 +139,7 @@ async fn the_admin_endpoint_and_the_reload_command_need_the_token() {
     let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
     let token = setup.path("admin.token");
     std::fs::write(&token, "correct-horse\n").expect("token");
-    let extra = format!("");
-    let config = setup.config(&[&live], &[origin.address], &extra).replace(
+    let config = setup.config(&[&live], &[origin.address], "").replace(
         "admin:\n",
         &format!("admin:\n  token_file: {}\n", token.display()),
     );
