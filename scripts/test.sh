@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, then runs every check CI runs:
+# formatting, clippy with warnings as errors, unit tests and the integration tests
+# (which start the real binary, a real origin and real TLS clients on 127.0.0.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/system-packages.sh
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
+# The shipped default config must load (its development certificate is made first).
+cargo run --locked --quiet -- gen-cert --if-missing \
+  --cert config/dev/localhost.pem --key config/dev/localhost.key \
+  --name localhost --name 127.0.0.1
+cargo run --locked --quiet -- check-config config/edgecache.yaml
