@@ -9,8 +9,3 @@ bash scripts/system-packages.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
-# The shipped default config must load (its development certificate is made first).
-cargo run --locked --quiet -- gen-cert --if-missing \
-  --cert config/dev/localhost.pem --key config/dev/localhost.key \
-  --name localhost --name 127.0.0.1
-cargo run --locked --quiet -- check-config config/edgecache.yaml

@@ -34,9 +34,10 @@ pub struct ConfigFile {
 pub struct ServerFile {
     /// Worker threads for each listener's runtime.
     pub threads: usize,
-    /// After SIGTERM, how long listeners keep accepting before the drain starts.
+    /// After SIGTERM the listeners stop accepting at once; requests in flight get this long
+    /// to finish before the process exits (it waits the whole period).
     pub grace_period: HumanDuration,
-    /// How long in-flight requests get to finish once the drain starts.
+    /// After the grace period, how long blocking work (file writes) gets to finish.
     pub graceful_shutdown_timeout: HumanDuration,
 }
 

@@ -100,16 +100,19 @@ impl CoreGroup {
                 .collect::<Vec<_>>(),
         );
         let timeout = group.connect_timeout.min(group.health.interval);
+        // The Host header of HTTP checks: the first host as written in the config.
+        let check_host = group
+            .hosts
+            .first()
+            .map_or("localhost", |h| h.label.as_str());
         let inner: Box<dyn HealthCheck + Send + Sync> = match &group.health.path {
             Some(path) => {
-                let mut check = HttpHealthCheck::new(&group.hosts[0].label, false);
+                let mut check = HttpHealthCheck::new(check_host, false);
                 check.peer_template.options.connection_timeout = Some(timeout);
                 check.peer_template.options.read_timeout = Some(group.health.interval);
                 if let Ok(req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
                     check.req = req;
-                    let _ = check
-                        .req
-                        .insert_header("Host", group.hosts[0].label.as_str());
+                    let _ = check.req.insert_header("Host", check_host);
                     let _ = check.req.insert_header("User-Agent", "edgecache-health");
                 }
                 Box::new(check)

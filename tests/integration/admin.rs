@@ -170,3 +170,40 @@ async fn the_access_log_can_go_to_a_file() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn an_http_health_check_takes_a_failing_core_out_of_rotation() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    // The core accepts connections but its health endpoint says 503.
+    let config = setup.config(&[&cert], &[origin.address], "").replace(
+        "        interval: 1s\n",
+        "        interval: 1s\n        path: /status/503\n",
+    );
+    assert!(config.contains("path: /status/503"));
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    edge.wait_ready_status(503).await;
+    // pingora flips the host's state right after our check records it; allow it that moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let resp = reqwest::get(format!("http://{}/api/v1/instance", setup.http))
+            .await
+            .expect("request");
+        if resp.status() == 502 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failing host stayed in rotation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let before = origin.hits();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        origin.hits() > before,
+        "the health check does not GET its path"
+    );
+}

@@ -93,6 +93,15 @@ fn an_unreadable_key_and_garbage_pem_are_refused() {
         a.cert.display(),
         dir.path().join("missing.key").display(),
     );
+    let config = config.replacen(
+        "core:",
+        &format!(
+            "        - names: [c.example]\n          cert: {}\n          key: {}\ncore:",
+            dir.path().display(),
+            a.key.display()
+        ),
+        1,
+    );
     let path = dir.path().join("bad-pem.yaml");
     std::fs::write(&path, config).expect("write");
     let stderr = refused(path.to_str().expect("utf-8 path"));
@@ -103,6 +112,11 @@ fn an_unreadable_key_and_garbage_pem_are_refused() {
     assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
     assert!(
         stderr.contains(":11: listeners[0].tls.certificates[1].key: file not found:"),
+        "{stderr}"
+    );
+    // A directory where a file should be.
+    assert!(
+        stderr.contains(":13: listeners[0].tls.certificates[2].cert: cannot read"),
         "{stderr}"
     );
 }
@@ -157,6 +171,61 @@ fn the_commented_example_config_loads() {
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("ok (3 listeners, 2 core groups)"),
+        "{stdout}"
+    );
+}
+
+/// The shipped default config loads once its development certificate exists, which is what
+/// `scripts/run.sh` makes before serving it.
+#[test]
+fn the_default_config_loads_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let default = format!("{}/config/edgecache.yaml", env!("CARGO_MANIFEST_DIR"));
+    let copy = dir.path().join("edgecache.yaml");
+    std::fs::copy(&default, &copy).expect("copy default config");
+    let copy = copy.to_str().expect("utf-8");
+
+    let (code, _, stderr) = run_binary(&["check-config", copy]);
+    assert_eq!(
+        code, 64,
+        "without its certificate the default must not load"
+    );
+    assert!(stderr.contains("file not found"), "{stderr}");
+
+    let cert = dir.path().join("dev/localhost.pem");
+    let key = dir.path().join("dev/localhost.key");
+    let (code, _, stderr) = run_binary(&[
+        "gen-cert",
+        "--if-missing",
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--name",
+        "localhost",
+        "--name",
+        "127.0.0.1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let first = std::fs::read(&cert).expect("cert written");
+    // --if-missing leaves an existing pair alone.
+    let (code, _, _) = run_binary(&[
+        "gen-cert",
+        "--if-missing",
+        "--cert",
+        cert.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+        "--name",
+        "localhost",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read(&cert).expect("cert"), first);
+
+    let (code, stdout, stderr) = run_binary(&["check-config", copy]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ok (2 listeners, 1 core groups)"),
         "{stdout}"
     );
 }

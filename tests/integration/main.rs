@@ -6,6 +6,7 @@ mod harness;
 mod admin;
 mod bad_input;
 mod config_errors;
+mod listeners;
 mod proxy;
 mod reload;
 mod tls;

@@ -1,0 +1,146 @@
+//! Plain listeners beyond the basics: IPv6, h2c, and the connection gauge.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::{http1_on, seen_headers, Edge, EdgeSetup, Origin, TestCert};
+
+#[tokio::test]
+async fn an_ipv6_listener_serves_and_reports_the_ipv6_client() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let v6: SocketAddr = TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .expect("IPv6 loopback");
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(&[&cert], &[origin.address], "").replacen(
+        "listeners:\n",
+        &format!("listeners:\n  - name: http-v6\n    address: \"{v6}\"\n"),
+        1,
+    );
+    let path = setup.write_config(&config);
+    let _edge = Edge::start(&setup, &path).await;
+    let resp = reqwest::get(format!("http://{v6}/over-v6"))
+        .await
+        .expect("request over IPv6");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(seen_headers(&body, "x-forwarded-for"), vec!["::1"]);
+    assert_eq!(seen_headers(&body, "x-real-ip"), vec!["::1"]);
+}
+
+#[tokio::test]
+async fn h2c_is_offered_on_a_plain_listener_when_configured() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(&[&cert], &[origin.address], "").replacen(
+        &format!("  - name: http\n    address: \"{}\"\n", setup.http),
+        &format!(
+            "  - name: http\n    address: \"{}\"\n    h2c: true\n",
+            setup.http
+        ),
+        1,
+    );
+    assert!(config.contains("h2c: true"));
+    let path = setup.write_config(&config);
+    let _edge = Edge::start(&setup, &path).await;
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let resp = h2
+        .get(format!("http://{}/h2c", setup.http))
+        .send()
+        .await
+        .expect("h2c request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    // HTTP/1.1 on the same port still works.
+    let h1 = reqwest::get(format!("http://{}/h1", setup.http))
+        .await
+        .expect("http/1.1 request");
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn open_connections_are_counted_while_open() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(&[&cert], &[origin.address], "");
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    let gauge = "edgecache_open_connections{listener=\"http\"}";
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(setup.http)
+            .await
+            .expect("connect");
+        assert_eq!(http1_on(&mut stream, "a", "/hold").await.0, 200);
+        held.push(stream);
+    }
+    assert_eq!(edge.metric(gauge).await, Some(3.0));
+
+    for mut stream in held {
+        stream.shutdown().await.expect("close");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while edge.metric(gauge).await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "closed connections still counted as open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    // In-flight requests get the grace period; the test config's is 0s.
+    let config = setup
+        .config(&[&cert], &[origin.address], "")
+        .replace("  grace_period: 0s\n", "  grace_period: 3s\n");
+    assert!(config.contains("grace_period: 3s"));
+    let path = setup.write_config(&config);
+    let mut edge = Edge::start(&setup, &path).await;
+
+    let url = format!("http://{}/slow/1500", setup.http);
+    let in_flight = tokio::spawn(async move {
+        reqwest::get(url)
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.signal("TERM");
+
+    assert_eq!(
+        in_flight.await.expect("join"),
+        Ok(200),
+        "in-flight request cut off"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = edge.exit_status() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edgecache did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        edge.stderr_text()
+    );
+}
