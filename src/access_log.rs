@@ -97,10 +97,11 @@ impl AccessLogger {
         }
     }
 
-    /// Asks the writer to reopen its file (after logrotate moved it).
+    /// Asks the writer to reopen its file (after logrotate moved it). Waits for room in the
+    /// queue, so the request is never lost; called from reloads, never from requests.
     pub fn reopen(&self) {
         if let Some(sender) = &self.sender {
-            let _ = sender.try_send(Message::Reopen);
+            let _ = sender.send(Message::Reopen);
         }
     }
 }

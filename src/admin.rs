@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -22,7 +23,8 @@ pub struct AdminApp {
     pub listeners: Vec<(String, SocketAddr)>,
     pub core: Arc<CoreUpstreams>,
     pub reloader: Arc<Reloader>,
-    pub token: Option<String>,
+    /// The bearer token `/reload` requires; a reload may change it.
+    pub token: Arc<ArcSwapOption<String>>,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
@@ -72,8 +74,20 @@ impl AdminApp {
             Err(e) => problems.push(format!("cannot list listening sockets: {e}")),
         }
         if !self.core.ready() {
+            let hosts = self
+                .core
+                .default()
+                .map(|group| {
+                    group
+                        .host_states()
+                        .iter()
+                        .map(|(host, state)| format!("{host} {state}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
             problems.push(format!(
-                "no host of core group {} passed its last health check",
+                "no host of core group {} passed its last health check ({hosts})",
                 self.core.default_group
             ));
         }
@@ -88,7 +102,8 @@ impl AdminApp {
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(token) = &self.token else {
+        let token = self.token.load();
+        let Some(token) = token.as_deref() else {
             return true;
         };
         session

@@ -2,22 +2,28 @@
 //! all land here.
 //!
 //! A reload reads the config file again and validates all of it, certificates included. Only
-//! if everything is valid are the new certificate sets published to the listeners; a bad
-//! file leaves the running set untouched and is reported in the log and to the caller.
-//! Settings that need new sockets or runtimes (listener addresses, threads) are reported as
-//! needing a restart rather than half-applied.
+//! if everything is valid is anything published: each listener's certificate set, the
+//! forwarding and limit settings, and the admin token, each in one atomic store. A bad file
+//! leaves everything as it was and is reported in the log and to the caller. Settings that
+//! need new sockets, runtimes or health-check services (listeners added, removed or moved,
+//! core groups, threads, logging, the admin address) are reported as needing a restart rather
+//! than half-applied.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::access_log::AccessLogger;
-use crate::config;
+use crate::config::model::{Core, Logging, ServerSettings};
+use crate::config::{self, Config};
 use crate::metrics;
+use crate::proxy::ProxySettings;
 use crate::tls::LiveCertificates;
 
 /// What a reload changed.
@@ -35,30 +41,65 @@ pub enum ReloadError {
     Config(#[from] config::ConfigError),
 }
 
-/// Holds what a reload may swap.
-pub struct Reloader {
-    config_path: PathBuf,
-    /// Listener name → (address, live certificates); address to spot moves.
-    listeners: HashMap<String, (std::net::SocketAddr, Option<LiveCertificates>)>,
-    access_log: AccessLogger,
-    /// One reload at a time: SIGHUP and the admin endpoint may race.
-    running: Mutex<()>,
+/// The settings only a restart applies, as the running process has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartOnly {
+    server: ServerSettings,
+    admin_address: SocketAddr,
+    core: Core,
+    logging: Logging,
 }
 
-impl Reloader {
-    pub fn new(
-        config_path: PathBuf,
-        listeners: HashMap<String, (std::net::SocketAddr, Option<LiveCertificates>)>,
-        access_log: AccessLogger,
-    ) -> Self {
-        Reloader {
-            config_path,
-            listeners,
-            access_log,
-            running: Mutex::new(()),
+impl RestartOnly {
+    pub fn of(config: &Config) -> Self {
+        RestartOnly {
+            server: config.server.clone(),
+            admin_address: config.admin.address,
+            core: config.core.clone(),
+            logging: config.logging.clone(),
         }
     }
 
+    /// Names the sections of `new` that differ from the running ones.
+    fn differences(&self, new: &RestartOnly) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.server != new.server {
+            out.push("server settings changed".to_string());
+        }
+        if self.admin_address != new.admin_address {
+            out.push(format!("admin address changed to {}", new.admin_address));
+        }
+        if self.core != new.core {
+            out.push("core upstream groups changed".to_string());
+        }
+        if self.logging != new.logging {
+            out.push("logging changed".to_string());
+        }
+        out
+    }
+}
+
+/// A listener as it runs: what a reload compares against, and its live certificates.
+pub struct RunningListener {
+    pub address: SocketAddr,
+    pub h2c: bool,
+    pub certificates: Option<LiveCertificates>,
+}
+
+/// Holds what a reload may swap.
+pub struct Reloader {
+    pub config_path: PathBuf,
+    /// The running listeners by name.
+    pub listeners: HashMap<String, RunningListener>,
+    pub proxy_settings: Arc<ArcSwap<ProxySettings>>,
+    pub admin_token: Arc<ArcSwapOption<String>>,
+    pub restart_only: RestartOnly,
+    pub access_log: AccessLogger,
+    /// One reload at a time: SIGHUP and the admin endpoint may race.
+    pub running: Mutex<()>,
+}
+
+impl Reloader {
     /// Reads and validates the config again and applies what can change live.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,33 +124,52 @@ impl Reloader {
 
     fn apply(&self) -> Result<ReloadReport, ReloadError> {
         let new = config::load(&self.config_path)?;
-        let mut report = ReloadReport::default();
-        for listener in new.listeners {
-            match self.listeners.get(&listener.name) {
-                None => report
+        let mut report = ReloadReport {
+            needs_restart: self.restart_only.differences(&RestartOnly::of(&new)),
+            ..ReloadReport::default()
+        };
+        self.proxy_settings
+            .store(Arc::new(ProxySettings::from_config(&new)));
+        self.admin_token
+            .store(new.admin.token.clone().map(Arc::new));
+        for name in self.listeners.keys() {
+            if !new.listeners.iter().any(|l| &l.name == name) {
+                report
                     .needs_restart
-                    .push(format!("new listener {}", listener.name)),
-                Some((address, live)) => {
-                    if *address != listener.address {
-                        report.needs_restart.push(format!(
-                            "listener {} moves from {address} to {}",
-                            listener.name, listener.address
-                        ));
-                    }
-                    match (live, listener.tls) {
-                        (Some(live), Some(tls)) => {
-                            live.replace(tls.certificates);
-                            report.certificates_replaced.push(listener.name.clone());
-                        }
-                        (None, None) => {}
-                        _ => report.needs_restart.push(format!(
-                            "listener {} switches between TLS and plain",
-                            listener.name
-                        )),
-                    }
-                }
+                    .push(format!("listener {name} removed"));
             }
         }
+        for listener in new.listeners {
+            let Some(running) = self.listeners.get(&listener.name) else {
+                report
+                    .needs_restart
+                    .push(format!("new listener {}", listener.name));
+                continue;
+            };
+            if running.address != listener.address {
+                report.needs_restart.push(format!(
+                    "listener {} moves from {} to {}",
+                    listener.name, running.address, listener.address
+                ));
+            }
+            if running.h2c != listener.h2c {
+                report
+                    .needs_restart
+                    .push(format!("listener {} changes h2c", listener.name));
+            }
+            match (&running.certificates, listener.tls) {
+                (Some(live), Some(tls)) => {
+                    live.replace(tls.certificates);
+                    report.certificates_replaced.push(listener.name.clone());
+                }
+                (None, None) => {}
+                _ => report.needs_restart.push(format!(
+                    "listener {} switches between TLS and plain",
+                    listener.name
+                )),
+            }
+        }
+        report.certificates_replaced.sort();
         self.access_log.reopen();
         Ok(report)
     }

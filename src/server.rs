@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -19,8 +20,8 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::connections::CountedApp;
 use crate::proxy::upstream::CoreUpstreams;
-use crate::proxy::{EdgeProxy, LimitsSnapshot, ProxyShared};
-use crate::reload::{Reloader, SighupService};
+use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
+use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
 use crate::tls::{HandshakeCounter, LiveCertificates, SniResolver};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +63,14 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         ));
     }
 
+    let proxy_settings = Arc::new(ArcSwap::from_pointee(ProxySettings::from_config(&config)));
+    let admin_token = Arc::new(ArcSwapOption::from(
+        config.admin.token.clone().map(Arc::new),
+    ));
+    let restart_only = RestartOnly::of(&config);
     let shared = Arc::new(ProxyShared {
         core: core.clone(),
-        trusted_proxies: config.trusted_proxies.clone(),
-        limits: LimitsSnapshot::from(&config.limits),
+        settings: proxy_settings.clone(),
         access_log: access_log.clone(),
     });
 
@@ -80,6 +85,8 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         proxy.handle_init_modules();
         let mut options = HttpServerOptions::default();
         options.h2c = listener.h2c;
+        // HTTP/2 connections ignore the per-request keep-alive setting; this bounds them.
+        options.h2_idle_timeout = Some(config.limits.keepalive_timeout);
         proxy.server_options = Some(options);
         let mut service = Service::new(
             format!("listener {}", listener.name),
@@ -111,12 +118,27 @@ pub fn build(config: Config) -> Result<Server, StartError> {
                 None
             }
         };
-        reloadable.insert(listener.name.clone(), (listener.address, live));
+        reloadable.insert(
+            listener.name.clone(),
+            RunningListener {
+                address: listener.address,
+                h2c: listener.h2c,
+                certificates: live,
+            },
+        );
         listener_addresses.push((listener.name.clone(), listener.address));
         server.add_service(service);
     }
 
-    let reloader = Arc::new(Reloader::new(config.source.clone(), reloadable, access_log));
+    let reloader = Arc::new(Reloader {
+        config_path: config.source.clone(),
+        listeners: reloadable,
+        proxy_settings,
+        admin_token: admin_token.clone(),
+        restart_only,
+        access_log,
+        running: Default::default(),
+    });
     server.add_service(GenBackgroundService::new(
         "reload on SIGHUP".to_string(),
         Arc::new(SighupService {
@@ -130,7 +152,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
             listeners: listener_addresses,
             core,
             reloader,
-            token: config.admin.token.clone(),
+            token: admin_token,
         }),
     );
     admin.add_tcp(&config.admin.address.to_string());
@@ -140,20 +162,45 @@ pub fn build(config: Config) -> Result<Server, StartError> {
 }
 
 /// Pingora panics in a service thread when it cannot bind, leaving a process without that
-/// listener. Trying each address first turns that into one clear error at start.
+/// listener. Binding every address first, all held at once so that `0.0.0.0:80` and
+/// `127.0.0.1:80` collide here as they would there, turns that into one clear error at start.
 fn check_addresses_free(config: &Config) -> Result<(), StartError> {
     let all = config
         .listeners
         .iter()
         .map(|l| (l.name.clone(), l.address))
         .chain(std::iter::once(("admin".to_string(), config.admin.address)));
+    let mut held = Vec::new();
     for (name, address) in all {
-        if let Err(source) = std::net::TcpListener::bind(address) {
-            return Err(StartError::Bind {
-                name,
-                address,
-                source,
-            });
+        let socket = match address {
+            std::net::SocketAddr::V4(_) => {
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            }
+            std::net::SocketAddr::V6(_) => {
+                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+            }
+        };
+        let bound = socket.and_then(|socket| {
+            if address.is_ipv6() {
+                // As the listener will be: IPv6 only, beside an IPv4 one on the same port.
+                socket.set_only_v6(true)?;
+            }
+            // Like the real listener: reuse past TIME_WAIT, and listen, which is where
+            // overlapping addresses collide on Linux.
+            socket.set_reuse_address(true)?;
+            socket.bind(&address.into())?;
+            socket.listen(1)?;
+            Ok(socket)
+        });
+        match bound {
+            Ok(socket) => held.push(socket),
+            Err(source) => {
+                return Err(StartError::Bind {
+                    name,
+                    address,
+                    source,
+                })
+            }
         }
     }
     Ok(())

@@ -34,6 +34,7 @@ pub struct Config {
     pub logging: Logging,
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub threads: usize,
     pub grace_period: Duration,
@@ -57,11 +58,13 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct Core {
     pub default_group: String,
     pub groups: BTreeMap<String, UpstreamGroup>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamGroup {
     pub name: String,
     pub hosts: Vec<UpstreamHost>,
@@ -79,13 +82,14 @@ pub struct UpstreamHost {
     pub address: SocketAddr,
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     pub interval: Duration,
     pub path: Option<String>,
 }
 
 /// Peers whose forwarding headers are believed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrustedProxies {
     nets: Vec<IpNet>,
 }
@@ -123,12 +127,14 @@ pub struct Limits {
     pub client_body_timeout: Duration,
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct Logging {
     pub level: String,
     pub format: LogFormat,
     pub access_log: AccessLog,
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLog {
     pub output: AccessLogOutput,
     pub path: Option<PathBuf>,
@@ -469,6 +475,12 @@ fn upstream_group(
     for (i, host) in group.hosts.iter().enumerate() {
         let host_key = format!("{key}.hosts[{i}]");
         match resolve_host(host) {
+            Ok(address) if hosts.iter().any(|h: &UpstreamHost| h.address == address) => {
+                check.problem(
+                    &host_key,
+                    format!("{address} is listed twice in this group"),
+                );
+            }
             Ok(address) => hosts.push(UpstreamHost {
                 label: host.clone(),
                 address,

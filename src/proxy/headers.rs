@@ -27,13 +27,20 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
 ];
 
-/// Headers a client could use to make the core build URLs for another host; only a trusted
-/// proxy in front of us may set them.
-const UNTRUSTED_FORWARDING: [&str; 4] = [
+/// Headers a client could use to make the core believe another host, scheme or address
+/// (Rack reads `X-Forwarded-Ssl` and `X-Forwarded-Scheme` before `X-Forwarded-Proto`;
+/// Rails reads `Client-IP`); only a trusted proxy in front of us may set them.
+const UNTRUSTED_FORWARDING: [&str; 10] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "front-end-https",
+    "x-url-scheme",
+    "client-ip",
+    "true-client-ip",
 ];
 
 /// The client's address as the core should see it.
@@ -108,6 +115,22 @@ pub fn set_forwarding(
         }
     }
     client
+}
+
+/// A websocket handshake: HTTP/1.1, `Connection: upgrade` and `Upgrade: websocket`. Any other
+/// `Upgrade` (h2c in particular, a known way to tunnel past a proxy) is dropped, never passed.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && connection_tokens(&req.headers)
+            .iter()
+            .any(|t| t == "upgrade")
+        && req
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
@@ -229,6 +252,28 @@ mod tests {
         assert_eq!(req.headers["x-real-ip"], "203.0.113.9");
         assert_eq!(req.headers["x-forwarded-proto"], "http");
         assert!(!req.headers.contains_key("x-forwarded-host"));
+        assert!(!req.headers.contains_key("x-forwarded-ssl"));
+        assert!(!req.headers.contains_key("client-ip"));
+    }
+
+    #[test]
+    fn only_websocket_handshakes_are_upgrades() {
+        let build = |connection: &str, upgrade: &str| {
+            let mut req = RequestHeader::build("GET", b"/api/v1/streaming", None).expect("request");
+            req.insert_header("Connection", connection).expect("h");
+            req.insert_header("Upgrade", upgrade).expect("h");
+            req
+        };
+        assert!(is_websocket_upgrade(&build("Upgrade", "websocket")));
+        assert!(is_websocket_upgrade(&build(
+            "keep-alive, upgrade",
+            "WebSocket"
+        )));
+        assert!(!is_websocket_upgrade(&build(
+            "Upgrade, HTTP2-Settings",
+            "h2c"
+        )));
+        assert!(!is_websocket_upgrade(&build("keep-alive", "websocket")));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -28,9 +29,25 @@ use upstream::{CoreGroup, CoreUpstreams};
 /// What every listener's proxy shares.
 pub struct ProxyShared {
     pub core: Arc<CoreUpstreams>,
+    /// Replaced whole by a reload.
+    pub settings: Arc<ArcSwap<ProxySettings>>,
+    pub access_log: AccessLogger,
+}
+
+/// The settings a reload may change while requests are flowing.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
     pub trusted_proxies: TrustedProxies,
     pub limits: LimitsSnapshot,
-    pub access_log: AccessLogger,
+}
+
+impl ProxySettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        ProxySettings {
+            trusted_proxies: config.trusted_proxies.clone(),
+            limits: LimitsSnapshot::from(&config.limits),
+        }
+    }
 }
 
 /// The request limits, copied out of the config.
@@ -76,8 +93,10 @@ pub struct RequestContext {
     started_at: SystemTime,
     client_ip: Option<IpAddr>,
     group: Option<Arc<CoreGroup>>,
-    /// Core hosts already tried for this request, so a retry goes elsewhere.
-    tried: Vec<SocketAddr>,
+    /// Core hosts this request could not connect to, so a retry goes elsewhere.
+    connect_failed: Vec<SocketAddr>,
+    /// The host of the current attempt.
+    current_host: Option<SocketAddr>,
     upstream_label: String,
     upstream_sent: Option<Instant>,
     upstream_status: Option<u16>,
@@ -96,7 +115,8 @@ impl ProxyHttp for EdgeProxy {
             started_at: SystemTime::now(),
             client_ip: None,
             group: None,
-            tried: Vec::new(),
+            connect_failed: Vec::new(),
+            current_host: None,
             upstream_label: String::new(),
             upstream_sent: None,
             upstream_status: None,
@@ -111,8 +131,13 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
-        let limits = &self.shared.limits;
-        session.set_keepalive(Some(limits.keepalive_secs));
+        let settings = self.shared.settings.load();
+        let limits = &settings.limits;
+        // Only a connection the client wants kept alive gets our idle timeout; an HTTP/1.0
+        // request without `Connection: keep-alive` stays a one-shot connection.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive_secs));
+        }
         session.set_read_timeout(Some(limits.client_body_timeout));
         let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         let rejection = limits::check_request(
@@ -134,7 +159,7 @@ impl ProxyHttp for EdgeProxy {
         Ok(true)
     }
 
-    /// Picks a core host from the default group, skipping hosts this request already tried.
+    /// Picks a core host from the default group, skipping hosts this request could not reach.
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -153,16 +178,14 @@ impl ProxyHttp for EdgeProxy {
         if ctx.client_ip.is_none() {
             ctx.client_ip = client_addr(session).map(|a| a.ip());
         }
-        let Some((peer, label)) = group.pick(&ctx.tried) else {
+        let Some((peer, label)) = group.pick(&ctx.connect_failed) else {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("no healthy host left in upstream group {}", group.name),
             )
             .into_up());
         };
-        if let Some(address) = peer._address.as_inet() {
-            ctx.tried.push(*address);
-        }
+        ctx.current_host = peer._address.as_inet().copied();
         ctx.upstream_label = label;
         Ok(Box::new(peer))
     }
@@ -184,8 +207,11 @@ impl ProxyHttp for EdgeProxy {
             .upstream_errors
             .with_label_values(&[group, kind])
             .inc();
+        if let Some(host) = ctx.current_host.take() {
+            ctx.connect_failed.push(host);
+        }
         let hosts = ctx.group.as_ref().map_or(0, |g| g.host_count());
-        if ctx.tried.len() < hosts {
+        if ctx.connect_failed.len() < hosts {
             e.set_retry(true);
         }
         e
@@ -198,14 +224,14 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        let is_upgrade = session.is_upgrade_req();
-        headers::strip_request_hop_by_hop(upstream_request, is_upgrade);
+        let is_websocket = headers::is_websocket_upgrade(session.req_header());
+        headers::strip_request_hop_by_hop(upstream_request, is_websocket);
         let peer = client_addr(session).map(|a| a.ip());
         ctx.client_ip = headers::set_forwarding(
             upstream_request,
             peer,
             self.tls,
-            &self.shared.trusted_proxies,
+            &self.shared.settings.load().trusted_proxies,
         );
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
@@ -268,6 +294,8 @@ impl ProxyHttp for EdgeProxy {
                 .with_label_values(&[group, kind])
                 .inc();
         }
+        // The connection is not reused after an error; say so in the answer.
+        session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
             let message = match code {
                 502 => "502 bad gateway: the core is unreachable\n",

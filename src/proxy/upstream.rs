@@ -153,6 +153,21 @@ impl CoreGroup {
             .any(|h| h.state.load(Ordering::Relaxed) == UP)
     }
 
+    /// Each host with what its last health check found: `up`, `down` or `unchecked`.
+    pub fn host_states(&self) -> Vec<(String, &'static str)> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let state = match h.state.load(Ordering::Relaxed) {
+                    UP => "up",
+                    DOWN => "down",
+                    _ => "unchecked",
+                };
+                (h.label.clone(), state)
+            })
+            .collect()
+    }
+
     pub fn host_count(&self) -> usize {
         self.hosts.len()
     }

@@ -27,6 +27,7 @@ fn each_bad_file_names_file_line_and_key() {
         ("duplicate-listener.yaml", ":5: listeners[1].name: duplicate listener name \"http\""),
         ("no-core.yaml", ":2: missing field `core`"),
         ("not-yaml.yaml", ":5: "),
+        ("duplicate-host.yaml", ":8: core.groups.web.hosts[2]: 127.0.0.1:3000 is listed twice"),
     ];
     for (file, expected) in cases {
         let path = testdata(file);
@@ -227,5 +228,26 @@ fn the_default_config_loads_with_a_generated_certificate() {
     assert!(
         stdout.contains("ok (2 listeners, 1 core groups)"),
         "{stdout}"
+    );
+}
+
+/// Addresses that overlap without being equal (a wildcard and a loopback on one port) pass
+/// validation but cannot both be bound: a clear start error, not a panic in a service thread.
+#[test]
+fn overlapping_listen_addresses_fail_at_start_with_69() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::harness::free_address().port();
+    let config = format!(
+        "listeners:\n  - name: http\n    address: \"0.0.0.0:{port}\"\nadmin:\n  address: \"127.0.0.1:{port}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\n"
+    );
+    let path = dir.path().join("overlap.yaml");
+    std::fs::write(&path, config).expect("write");
+    let (code, _, stderr) = run_binary(&["serve", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 69, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (listener admin)"
+        )),
+        "{stderr}"
     );
 }

@@ -119,7 +119,15 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
             .map(|r| r.status().as_u16())
             .map_err(|e| e.to_string())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Signal only once the request is at the core, so it is truly in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the core"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     edge.signal("TERM");
 
     assert_eq!(

@@ -33,6 +33,9 @@ async fn the_core_sees_the_real_client_and_no_client_forgeries() {
         .header("X-Forwarded-Proto", "https")
         .header("X-Forwarded-Host", "evil.example")
         .header("Forwarded", "for=6.6.6.6;host=evil.example")
+        .header("X-Forwarded-Ssl", "on")
+        .header("X-Forwarded-Scheme", "https")
+        .header("Client-IP", "6.6.6.6")
         .header("Connection", "X-Hop-Secret")
         .header("X-Hop-Secret", "only for the first hop")
         .header("Keep-Alive", "timeout=99")
@@ -135,11 +138,26 @@ async fn a_core_that_does_not_answer_in_time_gets_a_504() {
         .contains("did not answer in time"));
 }
 
+/// A host that passed its last health check but refuses connections now: every request,
+/// POSTs included (a refused connect sent nothing), goes on to the host that is up.
 #[tokio::test]
-async fn requests_fail_over_to_the_host_that_is_up() {
+async fn requests_fail_over_when_a_checked_host_stops_accepting() {
     let origin = Origin::start().await;
-    let dead = free_address();
-    let (_edge, setup) = plain_edge(&[dead, origin.address], "").await;
+    let vanishing = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let vanishing_address = vanishing.local_addr().expect("address");
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    // Checks every 60s: after the first one, the edge believes both hosts are up.
+    let config = setup
+        .config(&[&cert], &[vanishing_address, origin.address], "")
+        .replace("        interval: 1s\n", "        interval: 60s\n");
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    edge.wait_ready_status(200).await;
+    let gauge = format!("edgecache_core_host_up{{group=\"web\",host=\"{vanishing_address}\"}}");
+    assert_eq!(edge.metric(&gauge).await, Some(1.0));
+    drop(vanishing);
+
     for i in 0..10 {
         let resp = client()
             .post(format!("http://{}/api/v1/statuses", setup.http))
@@ -149,7 +167,12 @@ async fn requests_fail_over_to_the_host_that_is_up() {
             .expect("request");
         assert_eq!(resp.status(), 200, "request {i}");
     }
-    assert_eq!(origin.hits(), 10);
+    assert_eq!(origin.hits(), 10, "each POST reached the core exactly once");
+    let refused = edge
+        .metric("edgecache_upstream_errors_total{group=\"web\",kind=\"connect\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(refused >= 1.0, "no connect failure was retried: {refused}");
 }
 
 #[tokio::test]
@@ -166,4 +189,55 @@ async fn request_bodies_reach_the_core() {
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(body["body_length"], 3 * 1024 * 1024);
+}
+
+/// `Upgrade: h2c` is a known way to open a tunnel past a proxy's checks; only websocket
+/// handshakes may upgrade.
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_passed_to_the_core() {
+    let origin = Origin::start().await;
+    let (_edge, setup) = plain_edge(&[origin.address], "").await;
+    let answer = crate::harness::raw_exchange(
+        setup.http,
+        b"GET /api/v1/instance HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(crate::harness::raw_status(&answer), Some(200), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a body");
+    let body: serde_json::Value = serde_json::from_str(body.trim()).expect("json");
+    for dropped in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            seen_headers(&body, dropped).is_empty(),
+            "{dropped} reached the core: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http10_request_without_keep_alive_gets_its_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let (_edge, setup) = plain_edge(&[origin.address], "").await;
+    let mut stream = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /old HTTP/1.0\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    // A kept-alive connection would stay open for the 60 s keep-alive timeout; the edge must
+    // close this one right after the answer, which read_to_end sees as the end of the stream.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection was held open after an HTTP/1.0 answer")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(crate::harness::raw_status(&answer), Some(200), "{answer}");
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{answer}"
+    );
 }

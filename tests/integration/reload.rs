@@ -54,7 +54,14 @@ async fn sighup_swaps_the_certificate_and_connections_in_flight_carry_on() {
         let url = format!("https://{NAME}:{}/slow/1500", setup.https.port());
         async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.hits() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the core"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let renewed = renew(&setup, &live);
     edge.signal("HUP");
@@ -179,4 +186,47 @@ async fn the_admin_endpoint_and_the_reload_command_need_the_token() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("reloaded"), "{stdout}");
     assert_eq!(served_leaf(&setup).await, again.der);
+}
+
+/// Forwarding settings apply live on reload; what needs new services is reported as such.
+#[tokio::test]
+async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
+    let config = setup.config(&[&live], &[origin.address], "");
+    let path = setup.write_config(&config);
+    let _edge = Edge::start(&setup, &path).await;
+    let client = reqwest::Client::new();
+    let seen_xff = || async {
+        let resp = client
+            .get(format!("http://{}/", setup.http))
+            .header("X-Forwarded-For", "198.51.100.7")
+            .send()
+            .await
+            .expect("request");
+        let body: serde_json::Value = resp.json().await.expect("json");
+        crate::harness::seen_headers(&body, "x-forwarded-for")
+    };
+    assert_eq!(seen_xff().await, vec!["127.0.0.1"]);
+
+    let other_core = crate::harness::free_address();
+    let changed = config.replace(
+        &format!("hosts: [\"{}\"]", origin.address),
+        &format!("hosts: [\"{}\", \"{other_core}\"]", origin.address),
+    ) + "proxy:\n  trusted_proxies: [\"127.0.0.0/8\"]\n";
+    std::fs::write(&path, changed).expect("rewrite config");
+    let resp = client
+        .post(format!("http://{}/reload", setup.admin))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(resp.status(), 200);
+    let report = resp.text().await.expect("report");
+    assert!(
+        report.contains("needs restart: core upstream groups changed"),
+        "{report}"
+    );
+
+    assert_eq!(seen_xff().await, vec!["198.51.100.7, 127.0.0.1"]);
 }

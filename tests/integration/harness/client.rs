@@ -195,20 +195,27 @@ pub async fn raw_exchange_then_close(address: SocketAddr, request: &[u8]) -> Str
 }
 
 async fn exchange(address: SocketAddr, request: &[u8], half_close: bool) -> String {
-    let mut stream = TcpStream::connect(address).await.expect("connect");
-    // The edge may answer and close before reading everything; that is not a test failure.
-    let _ = stream.write_all(request).await;
-    if half_close {
-        let _ = stream.shutdown().await;
-    }
+    let stream = TcpStream::connect(address).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    // Write and read at once: the edge may answer (and close) before it has read everything,
+    // and an answer read early cannot be lost to the reset that follows.
+    let request = request.to_vec();
+    let sending = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        if half_close {
+            let _ = writer.shutdown().await;
+        }
+        writer
+    });
     let mut answer = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+        match tokio::time::timeout(Duration::from_secs(3), reader.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
         }
     }
+    sending.abort();
     String::from_utf8_lossy(&answer).to_string()
 }
 

@@ -206,6 +206,22 @@ impl Edge {
             .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
     }
 
+    /// Waits until `/readyz` answers `status` with a body containing `text`.
+    pub async fn wait_ready_answer(&self, status: u16, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (got, body) = self.admin_get("/readyz").await;
+            if got == status && body.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never answered {status} with {text:?}; last: {got} {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `/readyz` answers `status`.
     pub async fn wait_ready_status(&self, status: u16) {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Pass-through proxying, edgecache against nginx on the same origin, in one run.
+#
+#   bash benches/proxy_pass/run.sh          (ROUNDS=3 DURATION=10 CONNS=64 by default)
+#
+# Both proxies forward every request (nothing is cached) to one nginx origin serving a
+# 1 KiB and a 100 KiB file. Proxies run pinned to CPU 0, origin and wrk to CPU 1. Rounds are
+# interleaved (A B, B A, ...), and each ratio is the median of the per-round ratios
+# edgecache / nginx: above 1.0 means more requests per second (or higher latency, for the
+# latency rows). Only ratios from one run mean anything on a shared 2-core machine.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+WORK=/tmp/edgecache-bench
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+(cd "$ROOT" && cargo build --release --locked --quiet)
+BIN=$ROOT/target/release/edgecache
+
+mkdir -p $WORK/run $WORK/log $WORK/tmp $WORK/www
+head -c 1024 /dev/urandom > $WORK/www/1k.bin
+head -c 102400 /dev/urandom > $WORK/www/100k.bin
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in $WORK/run/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+taskset -c 1 nginx -c "$HERE/origin.conf" -g 'daemon on;'
+taskset -c 0 nginx -c "$HERE/nginx-proxy.conf" -g 'daemon on;'
+taskset -c 0 "$BIN" serve --config "$HERE/edgecache.yaml" > $WORK/log/edgecache.out 2> $WORK/log/edgecache.err &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -sf http://127.0.0.1:18901/readyz >/dev/null && break
+  sleep 0.1
+done
+curl -sf http://127.0.0.1:18901/readyz >/dev/null || { echo "edgecache not ready"; cat $WORK/log/edgecache.err; exit 1; }
+
+declare -A TARGET=([nginx]=http://127.0.0.1:18101 [edgecache]=http://127.0.0.1:18100)
+for t in nginx edgecache; do
+  for o in 1k.bin 100k.bin; do
+    cmp -s <(curl -sf "${TARGET[$t]}/$o") "$WORK/www/$o" || { echo "$t serves a wrong $o"; exit 1; }
+  done
+done
+
+RAW=$WORK/raw.tsv
+: > "$RAW"
+measure() { # target object round
+  local out
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${TARGET[$1]}/$2")
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$1" "$rps" "$p50" "$p99" >> "$RAW"
+  echo "round $3 $2 $1: $rps req/s, p50 $p50, p99 $p99"
+}
+for round in $(seq "$ROUNDS"); do
+  order=(nginx edgecache)
+  [ $((round % 2)) -eq 0 ] && order=(edgecache nginx)
+  for o in 1k.bin 100k.bin; do
+    for t in "${order[@]}"; do measure "$t" "$o" "$round"; done
+  done
+done
+
+python3 - "$RAW" <<'PY'
+import statistics, sys
+def ms(v):
+    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if v.endswith(unit) and not (unit == "s" and v.endswith(("us", "ms"))):
+            return float(v[: -len(unit)]) * f
+    return float(v)
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for obj, rnd, tgt, rps, p50, p99 in rows:
+    by.setdefault((obj, rnd), {})[tgt] = (float(rps), ms(p50), ms(p99))
+print("\nobject    metric     nginx(median)  edgecache(median)  ratio edgecache/nginx (median of rounds)")
+for obj in sorted({k[0] for k in by}):
+    rounds = [v for k, v in by.items() if k[0] == obj and len(v) == 2]
+    for i, name in enumerate(("req/s", "p50 ms", "p99 ms")):
+        n = statistics.median(r["nginx"][i] for r in rounds)
+        e = statistics.median(r["edgecache"][i] for r in rounds)
+        ratio = statistics.median(r["edgecache"][i] / r["nginx"][i] for r in rounds)
+        print(f"{obj:9} {name:9} {n:14.2f} {e:18.2f}  {ratio:6.2f}")
+PY
