@@ -6,8 +6,9 @@
 # Both proxies forward every request (nothing is cached) to one nginx origin serving a
 # 1 KiB and a 100 KiB file. Proxies run pinned to CPU 0, origin and wrk to CPU 1. Rounds are
 # interleaved (A B, B A, ...), and each ratio is the median of the per-round ratios
-# edgecache / nginx: above 1.0 means more requests per second (or higher latency, for the
-# latency rows). Only ratios from one run mean anything on a shared 2-core machine.
+# edgecache / nginx: above 1.0 means more requests per second (or higher latency or more
+# proxy CPU time per request, for those rows). Only ratios from one run mean anything on a
+# shared 2-core machine.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -54,15 +55,29 @@ done
 
 RAW=$WORK/raw.tsv
 : > "$RAW"
+declare -A PIDS
+NGINX_MASTER=$(cat $WORK/run/nginx-proxy.pid)
+PIDS[nginx]="$NGINX_MASTER $(ps -o pid= --ppid "$NGINX_MASTER" | tr '\n' ' ')"
+PIDS[edgecache]=${pids[0]}
+cpu_ticks() { # summed user+system clock ticks of a target's processes
+  local total=0 p
+  for p in ${PIDS[$1]}; do total=$((total + $(awk '{print $14 + $15}' /proc/$p/stat))); done
+  echo $total
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 measure() { # target object round
-  local out
+  local out before after
+  before=$(cpu_ticks "$1")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${TARGET[$1]}/$2")
-  local rps p50 p99
+  after=$(cpu_ticks "$1")
+  local rps p50 p99 requests cpu_us
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$1" "$rps" "$p50" "$p99" >> "$RAW"
-  echo "round $3 $2 $1: $rps req/s, p50 $p50, p99 $p99"
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu_us=$(python3 -c "print(round(($after - $before) * $TICK_US / $requests, 2))")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$1" "$rps" "$p50" "$p99" "$cpu_us" >> "$RAW"
+  echo "round $3 $2 $1: $rps req/s, p50 $p50, p99 $p99, proxy CPU $cpu_us us/request"
 }
 for round in $(seq "$ROUNDS"); do
   order=(nginx edgecache)
@@ -81,12 +96,12 @@ def ms(v):
     return float(v)
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for obj, rnd, tgt, rps, p50, p99 in rows:
-    by.setdefault((obj, rnd), {})[tgt] = (float(rps), ms(p50), ms(p99))
+for obj, rnd, tgt, rps, p50, p99, cpu in rows:
+    by.setdefault((obj, rnd), {})[tgt] = (float(rps), ms(p50), ms(p99), float(cpu))
 print("\nobject    metric     nginx(median)  edgecache(median)  ratio edgecache/nginx (median of rounds)")
 for obj in sorted({k[0] for k in by}):
     rounds = [v for k, v in by.items() if k[0] == obj and len(v) == 2]
-    for i, name in enumerate(("req/s", "p50 ms", "p99 ms")):
+    for i, name in enumerate(("req/s", "p50 ms", "p99 ms", "CPU us/req")):
         n = statistics.median(r["nginx"][i] for r in rounds)
         e = statistics.median(r["edgecache"][i] for r in rounds)
         ratio = statistics.median(r["edgecache"][i] / r["nginx"][i] for r in rounds)
