@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mimalloc::MiMalloc;
 use edgecache::cli::{Cli, Command};
 use edgecache::{config, devcert, logging, reload, server, EXIT_CONFIG, EXIT_UNAVAILABLE};
+use mimalloc::MiMalloc;
 
 /// Proxying allocates and frees many small buffers per request; mimalloc does that with
 /// less CPU than glibc's allocator (see benches/README.md).

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub tls_client_hellos: IntCounterVec,
     /// TLS handshakes completed, by listener and protocol version.
     pub tls_handshakes: IntCounterVec,
+    /// When each served certificate expires (Unix seconds), by listener and its first name.
+    pub tls_certificate_expiry: IntGaugeVec,
     /// Seconds from sending a request to the core to receiving its response header, by group.
     pub upstream_response_seconds: HistogramVec,
     /// Failed attempts to reach the core, by group and kind (`connect`, `timeout`, `other`).
@@ -139,6 +141,12 @@ impl Metrics {
                 "edgecache_tls_handshakes_total",
                 "TLS handshakes completed, by protocol version.",
                 &["listener", "version"],
+            ),
+            tls_certificate_expiry: gauge_vec(
+                &registry,
+                "edgecache_tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires, in Unix seconds.",
+                &["listener", "name"],
             ),
             upstream_response_seconds,
             upstream_errors: counter_vec(

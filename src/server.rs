@@ -100,7 +100,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         }
         let live = match listener.tls {
             Some(tls_config) => {
-                let live = LiveCertificates::new(tls_config.certificates);
+                let live = LiveCertificates::new(&listener.name, tls_config.certificates);
                 let mut settings =
                     TlsSettings::with_callbacks(Box::new(HandshakeCounter::new(&listener.name)))
                         .map_err(|e| StartError::Tls {

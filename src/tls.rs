@@ -87,8 +87,17 @@ fn read(path: &Path) -> Result<Vec<u8>, CertificateError> {
     })
 }
 
+/// The end of a certificate's validity, as seconds since the Unix epoch.
+fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
 /// The certificates of one listener, indexed by the names they serve.
 pub struct CertificateSet {
+    /// Each certificate's first name with its expiry, for the expiry gauge.
+    expiries: Vec<(String, i64)>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.social` is stored under `example.social` and matches one label below it.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -110,7 +119,11 @@ impl CertificateSet {
     pub fn new(entries: Vec<(Vec<String>, Arc<CertifiedKey>)>, default: Arc<CertifiedKey>) -> Self {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
+        let mut expiries = Vec::new();
         for (names, key) in entries {
+            if let (Some(first), Some(expiry)) = (names.first(), not_after(&key)) {
+                expiries.push((first.clone(), expiry));
+            }
             for name in names {
                 match name.strip_prefix("*.") {
                     Some(parent) => wildcard.insert(parent.to_string(), key.clone()),
@@ -119,6 +132,7 @@ impl CertificateSet {
             }
         }
         CertificateSet {
+            expiries,
             exact,
             wildcard,
             default,
@@ -148,23 +162,42 @@ impl CertificateSet {
 /// reloader.
 #[derive(Clone)]
 pub struct LiveCertificates {
+    listener: Arc<str>,
     current: Arc<ArcSwap<CertificateSet>>,
 }
 
 impl LiveCertificates {
-    pub fn new(set: CertificateSet) -> Self {
+    pub fn new(listener: &str, set: CertificateSet) -> Self {
+        publish_expiries(listener, &[], &set);
         LiveCertificates {
+            listener: listener.into(),
             current: Arc::new(ArcSwap::from_pointee(set)),
         }
     }
 
     /// Publishes a new set; handshakes from now on use it.
     pub fn replace(&self, set: CertificateSet) {
+        publish_expiries(&self.listener, &self.current.load().expiries, &set);
         self.current.store(Arc::new(set));
     }
 
     pub fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
         self.current.load().select(server_name)
+    }
+}
+
+/// Sets the expiry gauge for each certificate of `new`, dropping names only `old` had.
+fn publish_expiries(listener: &str, old: &[(String, i64)], new: &CertificateSet) {
+    let gauge = &metrics::get().tls_certificate_expiry;
+    for (name, _) in old {
+        if !new.expiries.iter().any(|(n, _)| n == name) {
+            let _ = gauge.remove_label_values(&[listener, name.as_str()]);
+        }
+    }
+    for (name, expiry) in &new.expiries {
+        gauge
+            .with_label_values(&[listener, name.as_str()])
+            .set(*expiry);
     }
 }
 
