@@ -26,20 +26,9 @@ impl ByteSize {
     /// Parses `<number><unit>`; units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB,
     /// GiB, TiB (powers of 1024), case-insensitive on the prefix letter.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        if number.is_empty() {
-            return Err(format!(
-                "invalid size {text:?}: expected a number with a unit such as 64KiB, 512MiB or 1GiB"
-            ));
-        }
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid size {text:?}: number too large"))?;
-        let multiplier: u64 = match unit.trim() {
+        let (text, value, unit) =
+            split_number_and_unit(text, "size", "such as 64KiB, 512MiB or 1GiB")?;
+        let multiplier: u64 = match unit {
             "" | "B" | "b" => 1,
             "KB" | "kB" | "kb" => 1_000,
             "MB" | "mb" => 1_000_000,
@@ -73,20 +62,9 @@ impl HumanDuration {
 
     /// Parses `<number><unit>` with units ms, s, m, h, d; a bare number is seconds.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        if number.is_empty() {
-            return Err(format!(
-                "invalid duration {text:?}: expected a number with a unit such as 250ms, 30s, 5m or 1h"
-            ));
-        }
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
-        let millis_per_unit: u64 = match unit.trim() {
+        let (text, value, unit) =
+            split_number_and_unit(text, "duration", "such as 250ms, 30s, 5m or 1h")?;
+        let millis_per_unit: u64 = match unit {
             "ms" => 1,
             "" | "s" => 1_000,
             "m" => 60_000,
@@ -103,6 +81,28 @@ impl HumanDuration {
             .map(|ms| HumanDuration(Duration::from_millis(ms)))
             .ok_or_else(|| format!("invalid duration {text:?}: too large"))
     }
+}
+
+/// Splits `12 MiB` into (the trimmed text, 12, "MiB"); `what` and `examples` word the error.
+fn split_number_and_unit<'a>(
+    text: &'a str,
+    what: &str,
+    examples: &str,
+) -> Result<(&'a str, u64, &'a str), String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(format!(
+            "invalid {what} {text:?}: expected a number with a unit {examples}"
+        ));
+    }
+    let value = number
+        .parse()
+        .map_err(|_| format!("invalid {what} {text:?}: number too large"))?;
+    Ok((text, value, unit.trim()))
 }
 
 impl fmt::Display for ByteSize {

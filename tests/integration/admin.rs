@@ -151,17 +151,36 @@ async fn the_access_log_can_go_to_a_file() {
     );
     let config = setup.config(&[&cert], &[origin.address], &extra);
     let path = setup.write_config(&config);
-    let _edge = Edge::start(&setup, &path).await;
+    let edge = Edge::start(&setup, &path).await;
     for _ in 0..2 {
         reqwest::get(format!("http://{}/file-log", setup.http))
             .await
             .expect("request");
     }
+    wait_for_lines(&log, "/file-log", 2).await;
+
+    // logrotate moves the file away and signals: new lines go to a new file at the old path.
+    let rotated = setup.path("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    edge.signal("HUP");
+    edge.wait_metric("edgecache_reloads_total{result=\"ok\"}", 1.0)
+        .await;
+    reqwest::get(format!("http://{}/after-rotation", setup.http))
+        .await
+        .expect("request");
+    wait_for_lines(&log, "/after-rotation", 1).await;
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert!(!old.contains("/after-rotation"), "{old}");
+    assert_eq!(old.lines().count(), 2, "{old}");
+}
+
+/// Waits until `path` holds `count` JSON lines containing `needle`.
+async fn wait_for_lines(path: &std::path::Path, needle: &str, count: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains("/file-log")).collect();
-        if lines.len() == 2 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        if lines.len() == count {
             for line in lines {
                 let _: serde_json::Value = serde_json::from_str(line).expect("JSON line");
             }
@@ -169,7 +188,8 @@ async fn the_access_log_can_go_to_a_file() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "log file holds {text:?}"
+            "{} holds {text:?}",
+            path.display()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

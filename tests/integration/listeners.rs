@@ -89,14 +89,7 @@ async fn open_connections_are_counted_while_open() {
     for mut stream in held {
         stream.shutdown().await.expect("close");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while edge.metric(gauge).await != Some(0.0) {
-        assert!(
-            Instant::now() < deadline,
-            "closed connections still counted as open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    edge.wait_metric(gauge, 0.0).await;
 }
 
 #[tokio::test]

@@ -74,6 +74,19 @@ async fn sni_picks_the_certificate_and_no_sni_gets_the_default() {
         unknown.leaf_der, sites.main.der,
         "an unknown name must get the default certificate"
     );
+
+    // Each certificate's expiry is exported, for alerts before it runs out.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as f64;
+    for name in ["hachyderm.example", "media.hachyderm.example"] {
+        let sample = format!(
+            "edgecache_tls_certificate_expiry_timestamp_seconds{{listener=\"https\",name=\"{name}\"}}"
+        );
+        let expiry = sites.edge.metric(&sample).await;
+        assert!(expiry.is_some_and(|e| e > now), "{name}: {expiry:?}");
+    }
 }
 
 #[tokio::test]

@@ -206,6 +206,22 @@ impl Edge {
             .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
     }
 
+    /// Waits until the `/metrics` sample equals `value`.
+    pub async fn wait_metric(&self, sample: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.metric(sample).await;
+            if got == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} never became {value}; last: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `/readyz` answers `status` with a body containing `text`.
     pub async fn wait_ready_answer(&self, status: u16, text: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
