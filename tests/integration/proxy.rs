@@ -64,6 +64,9 @@ async fn the_core_sees_the_real_client_and_no_client_forgeries() {
     for dropped in [
         "x-forwarded-host",
         "forwarded",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "client-ip",
         "x-hop-secret",
         "keep-alive",
     ] {
