@@ -25,6 +25,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     /// Client connections accepted since start, by listener.
     pub connections: IntCounterVec,
+    /// Client connections closed at once because the listener was at `max_connections`.
+    pub connections_refused: IntCounterVec,
     /// TLS ClientHellos received, by listener. Hellos minus completed handshakes is the
     /// number of handshakes that failed or were abandoned after the hello.
     pub tls_client_hellos: IntCounterVec,
@@ -128,6 +130,12 @@ impl Metrics {
                 &registry,
                 "edgecache_connections_total",
                 "Client connections accepted since start.",
+                &["listener"],
+            ),
+            connections_refused: counter_vec(
+                &registry,
+                "edgecache_connections_refused_total",
+                "Client connections closed at once because the listener was full.",
                 &["listener"],
             ),
             tls_client_hellos: counter_vec(

@@ -90,7 +90,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         proxy.server_options = Some(options);
         let mut service = Service::new(
             format!("listener {}", listener.name),
-            CountedApp::new(&listener.name, proxy),
+            CountedApp::new(&listener.name, proxy, proxy_settings.clone()),
         );
         let address = listener.address.to_string();
         // `[::]:443` next to `0.0.0.0:443` needs the IPv6 socket to stay IPv6-only.

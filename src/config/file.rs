@@ -158,8 +158,12 @@ pub struct LimitsFile {
     pub max_uri_length: ByteSize,
     /// Largest request header block accepted; larger gets 431.
     pub max_header_size: ByteSize,
-    /// How long a client may take to send the next request on a kept-alive connection.
+    /// How long a client may take to send the next request on a kept-alive connection (and
+    /// how long an idle HTTP/2 connection stays open).
     pub keepalive_timeout: HumanDuration,
+    /// Client connections each listener keeps open at most; beyond it, new connections are
+    /// closed at once and counted.
+    pub max_connections: usize,
     /// How long a client may stall while sending a request body.
     pub client_body_timeout: HumanDuration,
 }
@@ -170,6 +174,7 @@ impl Default for LimitsFile {
             max_uri_length: ByteSize(8 * 1024),
             max_header_size: ByteSize(32 * 1024),
             keepalive_timeout: HumanDuration::from_secs(60),
+            max_connections: 16_384,
             client_body_timeout: HumanDuration::from_secs(60),
         }
     }

@@ -124,6 +124,7 @@ pub struct Limits {
     pub max_uri_length: usize,
     pub max_header_size: usize,
     pub keepalive_timeout: Duration,
+    pub max_connections: usize,
     pub client_body_timeout: Duration,
 }
 
@@ -574,7 +575,11 @@ fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {
             "must be at least 256 bytes and no more than limits.max_header_size",
         );
     }
+    if limits.max_connections == 0 {
+        check.problem("limits.max_connections", "must be greater than zero");
+    }
     Limits {
+        max_connections: limits.max_connections.max(1),
         max_uri_length: usize::try_from(uri).unwrap_or(usize::MAX),
         max_header_size: usize::try_from(header).unwrap_or(usize::MAX),
         keepalive_timeout: limits.keepalive_timeout.get(),

@@ -56,6 +56,7 @@ pub struct LimitsSnapshot {
     pub max_uri_length: usize,
     pub max_header_size: usize,
     pub keepalive_secs: u64,
+    pub max_connections: usize,
     pub client_body_timeout: std::time::Duration,
 }
 
@@ -65,6 +66,7 @@ impl From<&Limits> for LimitsSnapshot {
             max_uri_length: limits.max_uri_length,
             max_header_size: limits.max_header_size,
             keepalive_secs: limits.keepalive_timeout.as_secs().max(1),
+            max_connections: limits.max_connections,
             client_body_timeout: limits.client_body_timeout,
         }
     }

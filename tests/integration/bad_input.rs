@@ -132,3 +132,61 @@ async fn random_bytes_on_every_port_never_take_the_process_down() {
     assert!(edge.is_running(), "{}", edge.stderr_text());
     assert_eq!(edge.admin_get("/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_gets_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(
+        &[&cert],
+        &[origin.address],
+        "limits:\n  client_body_timeout: 1s\n",
+    );
+    let path = setup.write_config(&config);
+    let mut edge = Edge::start(&setup, &path).await;
+
+    let mut stream = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /api/v2/media HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nonly a little",
+        )
+        .await
+        .expect("write");
+    // Then nothing more: the edge gives up on the body.
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the stalled upload was held open")
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(raw_status(&answer), Some(408), "{answer}");
+    assert!(edge.is_running());
+}
+
+#[tokio::test]
+async fn an_http2_request_with_oversized_headers_gets_431() {
+    let (_edge, setup, origin) = edge_with_origin().await;
+    let cert_pem = std::fs::read_to_string(setup.path("site.pem")).expect("cert");
+    let client = crate::harness::https_client(
+        &[cert_pem.as_str()],
+        &["hachyderm.example"],
+        setup.https,
+        false,
+    );
+    let resp = client
+        .get(format!("https://hachyderm.example:{}/", setup.https.port()))
+        .header("X-Big", "b".repeat(20 * 1024))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 431);
+    assert_eq!(origin.hits(), 0);
+}

@@ -145,3 +145,103 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
         edge.stderr_text()
     );
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(
+        &[&cert],
+        &[origin.address],
+        "limits:\n  max_connections: 2\n",
+    );
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+
+    let mut first = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    assert_eq!(http1_on(&mut first, "a", "/one").await.0, 200);
+    let mut second = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    assert_eq!(http1_on(&mut second, "a", "/two").await.0, 200);
+
+    // The third is accepted by the kernel and closed by the edge without an answer.
+    let mut third = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    third
+        .write_all(b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer))
+        .await
+        .expect("the connection over the limit was held open");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        edge.metric("edgecache_connections_refused_total{listener=\"http\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // A slot frees up when a connection closes.
+    drop(first);
+    edge.wait_metric("edgecache_open_connections{listener=\"http\"}", 1.0)
+        .await;
+    let mut fourth = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    assert_eq!(http1_on(&mut fourth, "a", "/four").await.0, 200);
+    assert_eq!(origin.hits(), 3);
+}
+
+/// Idle client connections are closed after `keepalive_timeout`, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_keepalive_timeout() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(
+        &[&cert],
+        &[origin.address],
+        "limits:\n  keepalive_timeout: 1s\n",
+    );
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+
+    let mut h1 = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    assert_eq!(http1_on(&mut h1, "a", "/idle").await.0, 200);
+    let h2 = crate::harness::https_client(
+        &[cert.pem.as_str()],
+        &["hachyderm.example"],
+        setup.https,
+        false,
+    );
+    let resp = h2
+        .get(format!(
+            "https://hachyderm.example:{}/idle",
+            setup.https.port()
+        ))
+        .send()
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(
+        edge.metric("edgecache_open_connections{listener=\"https\"}")
+            .await,
+        Some(1.0)
+    );
+
+    // Both clients keep their side open; the edge ends both connections.
+    edge.wait_metric("edgecache_open_connections{listener=\"http\"}", 0.0)
+        .await;
+    edge.wait_metric("edgecache_open_connections{listener=\"https\"}", 0.0)
+        .await;
+    drop(h1);
+}
