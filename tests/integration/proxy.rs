@@ -244,3 +244,47 @@ async fn an_http10_request_without_keep_alive_gets_its_connection_closed() {
         "{answer}"
     );
 }
+
+/// The streaming API's websocket handshake passes through, and bytes then flow both ways.
+#[tokio::test]
+async fn a_websocket_upgrade_passes_through_and_carries_bytes_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let (_edge, setup) = plain_edge(&[origin.address], "").await;
+    let mut stream = tokio::net::TcpStream::connect(setup.http)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"GET /echo-upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .expect("write handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("handshake answer in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed during the handshake: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+
+    for message in [&b"first frame"[..], &b"second, longer frame of bytes"[..]] {
+        stream.write_all(message).await.expect("write");
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echoed))
+            .await
+            .expect("echo in time")
+            .expect("read echo");
+        assert_eq!(echoed, message);
+    }
+}

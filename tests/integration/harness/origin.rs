@@ -85,6 +85,9 @@ async fn answer(
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    if path == "/echo-upgrade" {
+        return Ok(echo_upgrade(req));
+    }
     let mut status = 200u16;
     if let Some(ms) = path.strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(1000);
@@ -130,6 +133,40 @@ async fn answer(
         .body(Full::new(Bytes::from(body)))
         .expect("response");
     Ok(response)
+}
+
+/// Answers an `Upgrade: websocket` request with 101 and then echoes every byte back, as a
+/// stand-in for the streaming API (no websocket framing: the edge must not care).
+fn echo_upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let wants_websocket = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !wants_websocket {
+        return Response::builder()
+            .status(426)
+            .body(Full::new(Bytes::from_static(b"upgrade required")))
+            .expect("response");
+    }
+    tokio::spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .expect("response")
 }
 
 /// The headers an origin answer says it received, by lower-case name.
