@@ -1,4 +1,5 @@
-//! Configuration: one YAML file, parsed into `file` structs, validated into the `model`.
+//! Configuration: one YAML file, parsed into `file` structs, checked by `validate` into the
+//! `model`.
 //!
 //! [`load`] is the only way in. Every error it returns names the file, the line and the key,
 //! and `main` turns it into exit code 64.
@@ -8,6 +9,7 @@ pub mod file;
 pub mod locate;
 pub mod model;
 pub mod units;
+pub mod validate;
 
 use std::path::Path;
 

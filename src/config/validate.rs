@@ -1,0 +1,542 @@
+//! Validation: the parsed file structs become the [`Config`] model, or a list of problems.
+//!
+//! [`Config::from_file`] checks every value (addresses parse, certificates load and match
+//! their keys, names are unique, limits are within what the HTTP parser can enforce) and
+//! records every problem with the line of the key it is about, so one run of `check-config`
+//! lists them all.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::error::{ConfigError, ConfigProblem};
+use super::file::{self, AccessLogOutput, ConfigFile};
+use super::locate::KeyLines;
+use super::model::{
+    AccessLog, Admin, Config, Core, HealthCheck, Limits, Listener, ListenerTls, Logging,
+    ServerSettings, TrustedProxies, UpstreamGroup, UpstreamHost, PARSER_HEADER_LIMIT,
+};
+use crate::tls::{load_certified_key, CertificateSet};
+
+/// Collects problems with the line of the key each is about.
+struct Checker<'a> {
+    file: &'a Path,
+    lines: &'a KeyLines,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            file: self.file.to_path_buf(),
+            line: self.lines.line_of(key),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// A relative path in the config is relative to the config file's own directory, so the
+    /// same file works whatever directory the process starts in.
+    fn resolve_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.file.parent() {
+            Some(dir) => dir.join(path),
+            None => path.to_path_buf(),
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("invalid address {text:?}: expected IP:port such as 0.0.0.0:443 or [::]:443"),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Validates a parsed file. `lines` maps key paths to lines of `file`.
+    pub fn from_file(
+        parsed: ConfigFile,
+        file: &Path,
+        lines: &KeyLines,
+    ) -> Result<Config, ConfigError> {
+        let mut check = Checker {
+            file,
+            lines,
+            problems: Vec::new(),
+        };
+        let server = server_settings(&mut check, &parsed.server);
+        let listeners = listeners(&mut check, &parsed.listeners);
+        let admin = admin(&mut check, &parsed.admin);
+        let core = core(&mut check, &parsed.core);
+        let trusted_proxies = trusted_proxies(&mut check, &parsed.proxy);
+        let limits = limits(&mut check, &parsed.limits);
+        let logging = logging(&mut check, &parsed.logging);
+
+        if let Some(admin) = &admin {
+            for (i, listener) in listeners.iter().enumerate() {
+                if listener.address == admin.address {
+                    check.problem(
+                        &format!("listeners[{i}].address"),
+                        format!("{} is also the admin address", listener.address),
+                    );
+                }
+            }
+        }
+
+        match (admin, core) {
+            (Some(admin), Some(core)) if check.problems.is_empty() => Ok(Config {
+                source: file.to_path_buf(),
+                server,
+                listeners,
+                admin,
+                core,
+                trusted_proxies,
+                limits,
+                logging,
+            }),
+            _ => Err(ConfigError {
+                problems: check.problems,
+            }),
+        }
+    }
+}
+
+fn server_settings(check: &mut Checker, server: &file::ServerFile) -> ServerSettings {
+    if server.threads == 0 || server.threads > 256 {
+        check.problem("server.threads", "must be between 1 and 256");
+    }
+    ServerSettings {
+        threads: server.threads.clamp(1, 256),
+        grace_period: server.grace_period.get(),
+        graceful_shutdown_timeout: server.graceful_shutdown_timeout.get(),
+    }
+}
+
+fn listeners(check: &mut Checker, files: &[file::ListenerFile]) -> Vec<Listener> {
+    if files.is_empty() {
+        check.problem("listeners", "at least one listener is needed");
+    }
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    let mut out = Vec::new();
+    for (i, listener) in files.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if !valid_label(&listener.name) {
+            check.problem(
+                &format!("{key}.name"),
+                format!(
+                    "invalid name {:?}: use letters, digits, '-' and '_'",
+                    listener.name
+                ),
+            );
+        } else if !names.insert(listener.name.clone()) {
+            check.problem(
+                &format!("{key}.name"),
+                format!("duplicate listener name {:?}", listener.name),
+            );
+        }
+        let address = check.socket_addr(&format!("{key}.address"), &listener.address);
+        if let Some(address) = address {
+            if !addresses.insert(address) {
+                check.problem(
+                    &format!("{key}.address"),
+                    format!("{address} is used by another listener"),
+                );
+            }
+        }
+        if listener.h2c && listener.tls.is_some() {
+            check.problem(
+                &format!("{key}.h2c"),
+                "h2c is for plain listeners; TLS listeners offer h2 through ALPN",
+            );
+        }
+        let tls = listener
+            .tls
+            .as_ref()
+            .and_then(|tls| listener_tls(check, &format!("{key}.tls"), tls));
+        if let Some(address) = address {
+            out.push(Listener {
+                name: listener.name.clone(),
+                address,
+                tls,
+                h2c: listener.h2c,
+            });
+        }
+    }
+    out
+}
+
+fn listener_tls(check: &mut Checker, key: &str, tls: &file::TlsFile) -> Option<ListenerTls> {
+    if tls.certificates.is_empty() {
+        check.problem(
+            &format!("{key}.certificates"),
+            "a TLS listener needs at least one certificate",
+        );
+        return None;
+    }
+    let before = check.problems.len();
+    let mut entries = Vec::new();
+    let mut seen_names = HashSet::new();
+    for (i, cert) in tls.certificates.iter().enumerate() {
+        let cert_key = format!("{key}.certificates[{i}]");
+        let mut names = Vec::new();
+        if cert.names.is_empty() {
+            check.problem(
+                &format!("{cert_key}.names"),
+                "list the host names this certificate serves",
+            );
+        }
+        for (j, name) in cert.names.iter().enumerate() {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if !valid_server_name(&name) {
+                check.problem(
+                    &format!("{cert_key}.names[{j}]"),
+                    format!("invalid host name {name:?}"),
+                );
+            } else if !seen_names.insert(name.clone()) {
+                check.problem(
+                    &format!("{cert_key}.names[{j}]"),
+                    format!("{name} is already served by another certificate on this listener"),
+                );
+            } else {
+                names.push(name);
+            }
+        }
+        let cert_path = check.resolve_path(&cert.cert);
+        let key_path = check.resolve_path(&cert.key);
+        match load_certified_key(&cert_path, &key_path) {
+            Ok(loaded) => entries.push((names, Arc::new(loaded))),
+            Err(e) => {
+                let field = match &e {
+                    crate::tls::CertificateError::Read { path, .. }
+                    | crate::tls::CertificateError::BadPem { path, .. }
+                        if *path == key_path =>
+                    {
+                        "key"
+                    }
+                    crate::tls::CertificateError::NoKey { .. } => "key",
+                    crate::tls::CertificateError::Mismatch { .. } => "key",
+                    _ => "cert",
+                };
+                let message = match &e {
+                    crate::tls::CertificateError::Read { path, source }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        format!("file not found: {}", path.display())
+                    }
+                    other => other.to_string(),
+                };
+                check.problem(&format!("{cert_key}.{field}"), message);
+            }
+        }
+    }
+    if check.problems.len() > before {
+        return None;
+    }
+    let default_name = match &tls.default_name {
+        Some(name) => name.trim_end_matches('.').to_ascii_lowercase(),
+        None => entries
+            .first()
+            .and_then(|(names, _)| names.first().cloned())
+            .unwrap_or_default(),
+    };
+    let default = entries
+        .iter()
+        .find(|(names, _)| names.contains(&default_name))
+        .map(|(_, key)| key.clone());
+    let Some(default) = default else {
+        check.problem(
+            &format!("{key}.default_name"),
+            format!("{default_name:?} is not one of this listener's certificate names"),
+        );
+        return None;
+    };
+    Some(ListenerTls {
+        certificates: CertificateSet::new(entries, default),
+    })
+}
+
+fn admin(check: &mut Checker, admin: &file::AdminFile) -> Option<Admin> {
+    let address = check.socket_addr("admin.address", &admin.address);
+    let token = match &admin.token_file {
+        None => None,
+        Some(path) => {
+            let path = check.resolve_path(path);
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+                Ok(_) => {
+                    check.problem("admin.token_file", format!("{} is empty", path.display()));
+                    None
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    check.problem(
+                        "admin.token_file",
+                        format!("file not found: {}", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    check.problem(
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    address.map(|address| Admin { address, token })
+}
+
+fn core(check: &mut Checker, core: &file::CoreFile) -> Option<Core> {
+    if core.groups.is_empty() {
+        check.problem("core.groups", "define at least one upstream group");
+        return None;
+    }
+    let mut groups = BTreeMap::new();
+    for (name, group) in &core.groups {
+        let key = format!("core.groups.{name}");
+        if !valid_label(name) {
+            check.problem(
+                &key,
+                format!("invalid group name {name:?}: use letters, digits, '-' and '_'"),
+            );
+            continue;
+        }
+        if let Some(group) = upstream_group(check, &key, name, group) {
+            groups.insert(name.clone(), group);
+        }
+    }
+    let default_group = match &core.default_group {
+        Some(name) => name.clone(),
+        None if core.groups.len() == 1 => core.groups.keys().next().cloned().unwrap_or_default(),
+        None => "web".to_string(),
+    };
+    if !core.groups.contains_key(&default_group) {
+        check.problem(
+            "core.default_group",
+            format!("no upstream group named {default_group:?} (set core.default_group to one of the groups)"),
+        );
+    }
+    Some(Core {
+        default_group,
+        groups,
+    })
+}
+
+fn upstream_group(
+    check: &mut Checker,
+    key: &str,
+    name: &str,
+    group: &file::UpstreamGroupFile,
+) -> Option<UpstreamGroup> {
+    if group.hosts.is_empty() {
+        check.problem(&format!("{key}.hosts"), "list at least one host:port");
+    }
+    let mut hosts = Vec::new();
+    for (i, host) in group.hosts.iter().enumerate() {
+        let host_key = format!("{key}.hosts[{i}]");
+        match resolve_host(host) {
+            Ok(address) if hosts.iter().any(|h: &UpstreamHost| h.address == address) => {
+                check.problem(
+                    &host_key,
+                    format!("{address} is listed twice in this group"),
+                );
+            }
+            Ok(address) => hosts.push(UpstreamHost {
+                label: host.clone(),
+                address,
+            }),
+            Err(message) => check.problem(&host_key, message),
+        }
+    }
+    for (field, value) in [
+        ("connect_timeout", group.connect_timeout),
+        ("read_timeout", group.read_timeout),
+        ("write_timeout", group.write_timeout),
+        ("health.interval", group.health.interval),
+    ] {
+        if value.get().is_zero() {
+            check.problem(&format!("{key}.{field}"), "must be greater than zero");
+        }
+    }
+    if let Some(path) = &group.health.path {
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            check.problem(
+                &format!("{key}.health.path"),
+                format!("invalid path {path:?}: must start with '/'"),
+            );
+        }
+    }
+    if hosts.is_empty() {
+        return None;
+    }
+    Some(UpstreamGroup {
+        name: name.to_string(),
+        hosts,
+        connect_timeout: group.connect_timeout.get(),
+        read_timeout: group.read_timeout.get(),
+        write_timeout: group.write_timeout.get(),
+        idle_timeout: group.idle_timeout.get(),
+        health: HealthCheck {
+            interval: group.health.interval.get(),
+            path: group.health.path.clone(),
+        },
+    })
+}
+
+/// `host:port`, where host is an IP or a name the resolver knows (the mesh's DNS, /etc/hosts).
+fn resolve_host(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("invalid host {text:?}: expected host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("invalid host {text:?}: expected host:port"));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {host}: {e}")),
+    }
+}
+
+fn trusted_proxies(check: &mut Checker, proxy: &file::ProxyFile) -> TrustedProxies {
+    let mut nets = Vec::new();
+    for (i, text) in proxy.trusted_proxies.iter().enumerate() {
+        if let Ok(net) = text.parse::<IpNet>() {
+            nets.push(net);
+        } else if let Ok(ip) = text.parse::<IpAddr>() {
+            nets.push(IpNet::from(ip));
+        } else {
+            check.problem(
+                &format!("proxy.trusted_proxies[{i}]"),
+                format!("invalid address or CIDR {text:?}"),
+            );
+        }
+    }
+    TrustedProxies::new(nets)
+}
+
+fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {
+    let header = limits.max_header_size.bytes();
+    let uri = limits.max_uri_length.bytes();
+    if !(1024..=PARSER_HEADER_LIMIT).contains(&header) {
+        check.problem(
+            "limits.max_header_size",
+            format!("must be between 1KiB and {PARSER_HEADER_LIMIT} bytes (the HTTP parser's own limit)"),
+        );
+    }
+    if uri < 256 || uri > header {
+        check.problem(
+            "limits.max_uri_length",
+            "must be at least 256 bytes and no more than limits.max_header_size",
+        );
+    }
+    if limits.max_connections == 0 {
+        check.problem("limits.max_connections", "must be greater than zero");
+    }
+    Limits {
+        max_connections: limits.max_connections.max(1),
+        max_uri_length: usize::try_from(uri).unwrap_or(usize::MAX),
+        max_header_size: usize::try_from(header).unwrap_or(usize::MAX),
+        keepalive_timeout: limits.keepalive_timeout.get(),
+        client_body_timeout: limits.client_body_timeout.get(),
+    }
+}
+
+fn logging(check: &mut Checker, logging: &file::LoggingFile) -> Logging {
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&logging.level) {
+        check.problem(
+            "logging.level",
+            format!("invalid filter {:?}: {e}", logging.level),
+        );
+    }
+    let access = &logging.access_log;
+    let path = match (access.output, &access.path) {
+        (AccessLogOutput::File, None) => {
+            check.problem("logging.access_log.path", "output: file needs a path");
+            None
+        }
+        (AccessLogOutput::File, Some(path)) => Some(check.resolve_path(path)),
+        (_, Some(_)) => {
+            check.problem(
+                "logging.access_log.path",
+                "a path is only used with output: file",
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    if access.queue_size == 0 {
+        check.problem("logging.access_log.queue_size", "must be greater than zero");
+    }
+    Logging {
+        level: logging.level.clone(),
+        format: logging.format,
+        access_log: AccessLog {
+            output: access.output,
+            path,
+            queue_size: access.queue_size.max(1),
+        },
+    }
+}
+
+fn valid_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A DNS name, optionally with one leading `*.` label.
+fn valid_server_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names() {
+        assert!(valid_server_name("hachyderm.example"));
+        assert!(valid_server_name("*.hachyderm.example"));
+        assert!(!valid_server_name("*"));
+        assert!(!valid_server_name("bad name"));
+        assert!(!valid_server_name("-x.example"));
+    }
+
+    #[test]
+    fn hosts_resolve_or_explain() {
+        assert_eq!(resolve_host("127.0.0.1:3000").map(|a| a.port()), Ok(3000));
+        assert!(resolve_host("localhost:3000").is_ok());
+        assert!(resolve_host("nohost").is_err());
+        assert!(resolve_host("core:99999").is_err());
+    }
+}
