@@ -232,3 +232,41 @@ async fn an_http_health_check_takes_a_failing_core_out_of_rotation() {
         "the health check does not GET its path"
     );
 }
+
+#[tokio::test]
+async fn process_logs_can_be_json() {
+    let origin = Origin::start().await;
+    let (edge, setup) = edge_for(origin.address, "logging:\n  format: json\n").await;
+    reqwest::get(format!("http://{}/", setup.http))
+        .await
+        .expect("request");
+    let text = edge.stderr_text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no process log lines");
+    for line in lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(record["level"].is_string(), "{record}");
+    }
+}
+
+#[test]
+fn the_reload_command_says_when_no_pop_is_listening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_address();
+    let path = dir.path().join("edgecache.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners:\n  - name: http\n    address: \"127.0.0.1:8080\"\nadmin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\n"
+        ),
+    )
+    .expect("write");
+    let (code, _, stderr) =
+        crate::harness::run_binary(&["reload", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach the admin listener at {admin}")),
+        "{stderr}"
+    );
+}
