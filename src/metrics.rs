@@ -36,7 +36,8 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGaugeVec,
     /// Seconds from sending a request to the core to receiving its response header, by group.
     pub upstream_response_seconds: HistogramVec,
-    /// Failed attempts to reach the core, by group and kind (`connect`, `timeout`, `other`).
+    /// Failed attempts to reach the core, by group and kind (`connect`, `connect_timeout`,
+    /// `timeout`, `no_healthy_host`, `other`).
     pub upstream_errors: IntCounterVec,
     /// 1 when the health check finds a core host reachable, 0 when not, by group and host.
     pub core_host_up: IntGaugeVec,

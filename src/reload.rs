@@ -48,6 +48,8 @@ pub struct RestartOnly {
     admin_address: SocketAddr,
     core: Core,
     logging: Logging,
+    /// Idle HTTP/2 connections are bounded by a server option set at start.
+    h2_idle_timeout: std::time::Duration,
 }
 
 impl RestartOnly {
@@ -57,6 +59,7 @@ impl RestartOnly {
             admin_address: config.admin.address,
             core: config.core.clone(),
             logging: config.logging.clone(),
+            h2_idle_timeout: config.limits.keepalive_timeout,
         }
     }
 
@@ -74,6 +77,12 @@ impl RestartOnly {
         }
         if self.logging != new.logging {
             out.push("logging changed".to_string());
+        }
+        if self.h2_idle_timeout != new.h2_idle_timeout {
+            out.push(
+                "limits.keepalive_timeout changed: HTTP/1.1 uses it now, HTTP/2 after a restart"
+                    .to_string(),
+            );
         }
         out
     }

@@ -46,8 +46,10 @@ pub fn build(config: Config) -> Result<Server, StartError> {
 
     let conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        grace_period_seconds: Some(whole_seconds_up(config.server.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(whole_seconds_up(
+            config.server.graceful_shutdown_timeout,
+        )),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -159,6 +161,11 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     admin.threads = Some(1);
     server.add_service(admin);
     Ok(server)
+}
+
+/// Pingora counts these periods in whole seconds; `500ms` must not become no time at all.
+fn whole_seconds_up(duration: std::time::Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 /// Pingora panics in a service thread when it cannot bind, leaving a process without that

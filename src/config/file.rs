@@ -2,7 +2,7 @@
 //!
 //! Every struct denies unknown fields (a typo is an error, not a silently ignored key) and
 //! every optional field has a default here, in one place. Nothing in this module checks
-//! meaning; `model.rs` turns these structs into the validated configuration the server uses.
+//! meaning; `validate.rs` turns these structs into the model the server uses.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -162,7 +162,7 @@ async fn the_access_log_can_go_to_a_file() {
     // logrotate moves the file away and signals: new lines go to a new file at the old path.
     let rotated = setup.path("access.log.1");
     std::fs::rename(&log, &rotated).expect("rotate");
-    edge.signal("HUP");
+    edge.signal(nix::sys::signal::Signal::SIGHUP);
     edge.wait_metric("edgecache_reloads_total{result=\"ok\"}", 1.0)
         .await;
     reqwest::get(format!("http://{}/after-rotation", setup.http))

@@ -11,9 +11,12 @@ use crate::harness::{http1_on, seen_headers, Edge, EdgeSetup, Origin, TestCert};
 async fn an_ipv6_listener_serves_and_reports_the_ipv6_client() {
     let origin = Origin::start().await;
     let setup = EdgeSetup::new();
-    let v6: SocketAddr = TcpListener::bind("[::1]:0")
-        .and_then(|l| l.local_addr())
-        .expect("IPv6 loopback");
+    let Ok(v6) = TcpListener::bind("[::1]:0").and_then(|l| l.local_addr()) else {
+        // Some CI containers have IPv6 switched off; there is nothing to test there.
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    };
+    let v6: SocketAddr = v6;
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let config = setup.config(&[&cert], &[origin.address], "").replacen(
         "listeners:\n",
@@ -121,7 +124,7 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    edge.signal("TERM");
+    edge.signal(nix::sys::signal::Signal::SIGTERM);
 
     assert_eq!(
         in_flight.await.expect("join"),

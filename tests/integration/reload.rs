@@ -64,7 +64,7 @@ async fn sighup_swaps_the_certificate_and_connections_in_flight_carry_on() {
     }
 
     let renewed = renew(&setup, &live);
-    edge.signal("HUP");
+    edge.signal(nix::sys::signal::Signal::SIGHUP);
     wait_for_leaf(&setup, &renewed.der).await;
 
     assert_eq!(
@@ -101,7 +101,7 @@ async fn a_bad_new_certificate_is_refused_and_the_old_one_stays() {
     // A key that does not belong to the certificate, as a botched copy would leave it.
     let other = TestCert::create(setup.dir.path(), "other", &[NAME]);
     std::fs::copy(&other.key, &live.key).expect("copy key");
-    edge.signal("HUP");
+    edge.signal(nix::sys::signal::Signal::SIGHUP);
 
     edge.wait_metric("edgecache_reloads_total{result=\"error\"}", 1.0)
         .await;

@@ -165,12 +165,9 @@ impl Edge {
         self.child.id()
     }
 
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("kill {signal}: {e}"));
     }
 
     /// The exit status, once the process has exited.
