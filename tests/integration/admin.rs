@@ -1,13 +1,9 @@
 //! The admin listener: health, readiness, metrics; and the access log.
 
-use crate::harness::{free_address, Edge, EdgeSetup, Origin, TestCert};
+use crate::harness::{free_address, start_pop, Edge, EdgeSetup, Origin, TestCert, TestPop};
 
 async fn edge_for(core: std::net::SocketAddr, extra: &str) -> (Edge, EdgeSetup) {
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(&[&cert], &[core], extra);
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
+    let TestPop { edge, setup, .. } = start_pop(&[core], extra).await;
     (edge, setup)
 }
 

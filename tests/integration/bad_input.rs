@@ -1,17 +1,13 @@
 //! Malformed and hostile requests: the right 4xx, nothing forwarded, and the process lives.
 
 use crate::harness::{
-    raw_exchange, raw_exchange_then_close, raw_status, Edge, EdgeSetup, Origin, TestCert,
+    raw_exchange, raw_exchange_then_close, raw_status, start_pop, Edge, EdgeSetup, Origin, TestPop,
 };
 
 async fn edge_with_origin() -> (Edge, EdgeSetup, Origin) {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let extra = "limits:\n  max_uri_length: 2KiB\n  max_header_size: 16KiB\n";
-    let config = setup.config(&[&cert], &[origin.address], extra);
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
+    let TestPop { edge, setup, .. } = start_pop(&[origin.address], extra).await;
     (edge, setup, origin)
 }
 
@@ -137,15 +133,9 @@ async fn random_bytes_on_every_port_never_take_the_process_down() {
 async fn a_client_that_stalls_its_body_gets_a_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(
-        &[&cert],
-        &[origin.address],
-        "limits:\n  client_body_timeout: 1s\n",
-    );
-    let path = setup.write_config(&config);
-    let mut edge = Edge::start(&setup, &path).await;
+    let TestPop {
+        mut edge, setup, ..
+    } = start_pop(&[origin.address], "limits:\n  client_body_timeout: 1s\n").await;
 
     let mut stream = tokio::net::TcpStream::connect(setup.http)
         .await

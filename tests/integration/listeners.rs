@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{http1_on, seen_headers, Edge, EdgeSetup, Origin, TestCert};
+use crate::harness::{
+    http1_on, seen_headers, start_pop, Edge, EdgeSetup, Origin, TestCert, TestPop,
+};
 
 #[tokio::test]
 async fn an_ipv6_listener_serves_and_reports_the_ipv6_client() {
@@ -72,11 +74,7 @@ async fn h2c_is_offered_on_a_plain_listener_when_configured() {
 #[tokio::test]
 async fn open_connections_are_counted_while_open() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(&[&cert], &[origin.address], "");
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
+    let TestPop { edge, setup, .. } = start_pop(&[origin.address], "").await;
     let gauge = "edgecache_open_connections{listener=\"http\"}";
 
     let mut held = Vec::new();
@@ -153,15 +151,8 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
 async fn connections_beyond_the_limit_are_closed_at_once() {
     use tokio::io::AsyncReadExt;
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(
-        &[&cert],
-        &[origin.address],
-        "limits:\n  max_connections: 2\n",
-    );
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
+    let TestPop { edge, setup, .. } =
+        start_pop(&[origin.address], "limits:\n  max_connections: 2\n").await;
 
     let mut first = tokio::net::TcpStream::connect(setup.http)
         .await
@@ -206,15 +197,8 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_keepalive_timeout() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(
-        &[&cert],
-        &[origin.address],
-        "limits:\n  keepalive_timeout: 1s\n",
-    );
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
+    let TestPop { edge, setup, cert } =
+        start_pop(&[origin.address], "limits:\n  keepalive_timeout: 1s\n").await;
 
     let mut h1 = tokio::net::TcpStream::connect(setup.http)
         .await

@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use crate::harness::{free_address, seen_headers, Edge, EdgeSetup, Origin, TestCert};
+use crate::harness::{
+    free_address, seen_headers, start_pop, Edge, EdgeSetup, Origin, TestCert, TestPop,
+};
 
 async fn plain_edge(origin_hosts: &[std::net::SocketAddr], extra: &str) -> (Edge, EdgeSetup) {
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(&[&cert], origin_hosts, extra);
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
+    let TestPop { edge, setup, .. } = start_pop(origin_hosts, extra).await;
     (edge, setup)
 }
 

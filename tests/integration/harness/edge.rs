@@ -107,6 +107,25 @@ impl EdgeSetup {
     }
 }
 
+/// An edge started for one test, with what it was started from.
+pub struct TestPop {
+    pub edge: Edge,
+    pub setup: EdgeSetup,
+    /// The HTTPS listener's one certificate, for `hachyderm.example`.
+    pub cert: TestCert,
+}
+
+/// Starts an edge with the test config (HTTP, HTTPS for `hachyderm.example`, admin) in front
+/// of `core`, with `extra` YAML appended.
+pub async fn start_pop(core: &[SocketAddr], extra: &str) -> TestPop {
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(&[&cert], core, extra);
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    TestPop { edge, setup, cert }
+}
+
 /// A running edgecache process; killed when dropped.
 pub struct Edge {
     child: Child,
