@@ -84,6 +84,12 @@ impl AccessLogger {
         })
     }
 
+    /// Whether lines are written at all (`output: off` writes none), so callers can skip
+    /// building them.
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
     /// Queues one line; drops it (and counts the drop) when the queue is full.
     pub fn log(&self, record: &AccessRecord<'_>) {
         let Some(sender) = &self.sender else {

@@ -193,17 +193,6 @@ impl Metrics {
     }
 }
 
-/// The status class label for a status code: `1xx` ... `5xx`.
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 /// Renders every metric in the Prometheus text format.
 pub fn gather_text() -> Result<String, prometheus::Error> {
     let families = get().registry.gather();

@@ -20,6 +20,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
+use prometheus::IntCounter;
 
 use crate::access_log::{AccessLogger, AccessRecord};
 use crate::config::model::{Limits, TrustedProxies};
@@ -77,6 +78,33 @@ pub struct EdgeProxy {
     listener: String,
     tls: bool,
     shared: Arc<ProxyShared>,
+    counters: ListenerCounters,
+}
+
+/// This listener's per-request counters, looked up once rather than on every request.
+struct ListenerCounters {
+    /// Requests by status class: 1xx ... 5xx.
+    requests_by_class: [IntCounter; 5],
+    response_bytes: IntCounter,
+}
+
+impl ListenerCounters {
+    fn new(listener: &str) -> Self {
+        let m = metrics::get();
+        ListenerCounters {
+            requests_by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| m.requests.with_label_values(&[listener, class])),
+            response_bytes: m.response_bytes.with_label_values(&[listener]),
+        }
+    }
+
+    fn count(&self, status: u16, bytes: usize) {
+        if status > 0 {
+            let class = usize::from((status / 100).clamp(1, 5)) - 1;
+            self.requests_by_class[class].inc();
+        }
+        self.response_bytes.inc_by(bytes as u64);
+    }
 }
 
 impl EdgeProxy {
@@ -85,6 +113,7 @@ impl EdgeProxy {
             listener: listener.to_string(),
             tls,
             shared,
+            counters: ListenerCounters::new(listener),
         }
     }
 }
@@ -321,16 +350,11 @@ impl ProxyHttp for EdgeProxy {
             .map(|r| r.status.as_u16())
             .or(ctx.own_status)
             .unwrap_or(0);
-        let m = metrics::get();
-        if status > 0 {
-            m.requests
-                .with_label_values(&[self.listener.as_str(), metrics::status_class(status)])
-                .inc();
-        }
         let bytes = session.body_bytes_sent();
-        m.response_bytes
-            .with_label_values(&[self.listener.as_str()])
-            .inc_by(bytes as u64);
+        self.counters.count(status, bytes);
+        if !self.shared.access_log.enabled() {
+            return;
+        }
 
         let req = session.req_header();
         let header = |name: http::header::HeaderName| {
