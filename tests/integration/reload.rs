@@ -116,17 +116,9 @@ async fn a_bad_new_certificate_is_refused_and_the_old_one_stays() {
     assert!(edge.is_running());
 
     // Through the admin endpoint the refusal is explained to the caller.
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}/reload", setup.admin))
-        .send()
-        .await
-        .expect("reload request");
-    assert_eq!(resp.status(), 422);
-    assert!(resp
-        .text()
-        .await
-        .expect("body")
-        .contains("does not match certificate"));
+    let (status, body) = edge.admin_reload(None).await;
+    assert_eq!(status, 422);
+    assert!(body.contains("does not match certificate"), "{body}");
 }
 
 #[tokio::test]
@@ -141,33 +133,15 @@ async fn the_admin_endpoint_and_the_reload_command_need_the_token() {
         &format!("admin:\n  token_file: {}\n", token.display()),
     );
     let path = setup.write_config(&config);
-    let _edge = Edge::start(&setup, &path).await;
-    let client = reqwest::Client::new();
-    let url = format!("http://{}/reload", setup.admin);
+    let edge = Edge::start(&setup, &path).await;
 
-    let anonymous = client.post(&url).send().await.expect("request");
-    assert_eq!(anonymous.status(), 401);
-    let wrong = client
-        .post(&url)
-        .bearer_auth("battery-staple")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(wrong.status(), 401);
+    assert_eq!(edge.admin_reload(None).await.0, 401);
+    assert_eq!(edge.admin_reload(Some("battery-staple")).await.0, 401);
 
     let renewed = renew(&setup, &live);
-    let right = client
-        .post(&url)
-        .bearer_auth("correct-horse")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(right.status(), 200);
-    assert!(right
-        .text()
-        .await
-        .expect("body")
-        .contains("certificates replaced: https"));
+    let (status, body) = edge.admin_reload(Some("correct-horse")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("certificates replaced: https"), "{body}");
     assert_eq!(served_leaf(&setup).await, renewed.der);
 
     // The command reads the admin address and token from the same config.
@@ -186,7 +160,7 @@ async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
     let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
     let config = setup.config(&[&live], &[origin.address], "");
     let path = setup.write_config(&config);
-    let _edge = Edge::start(&setup, &path).await;
+    let edge = Edge::start(&setup, &path).await;
     let client = reqwest::Client::new();
     let seen_xff = || async {
         let resp = client
@@ -206,13 +180,8 @@ async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
         &format!("hosts: [\"{}\", \"{other_core}\"]", origin.address),
     ) + "proxy:\n  trusted_proxies: [\"127.0.0.0/8\"]\n";
     std::fs::write(&path, changed).expect("rewrite config");
-    let resp = client
-        .post(format!("http://{}/reload", setup.admin))
-        .send()
-        .await
-        .expect("reload");
-    assert_eq!(resp.status(), 200);
-    let report = resp.text().await.expect("report");
+    let (status, report) = edge.admin_reload(None).await;
+    assert_eq!(status, 200);
     assert!(
         report.contains("needs restart: core upstream groups changed"),
         "{report}"

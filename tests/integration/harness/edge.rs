@@ -215,6 +215,17 @@ impl Edge {
         (status, resp.text().await.expect("admin body"))
     }
 
+    /// POST /reload on the admin listener, with a bearer token if given: (status, body).
+    pub async fn admin_reload(&self, token: Option<&str>) -> (u16, String) {
+        let mut request = reqwest::Client::new().post(format!("http://{}/reload", self.admin));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().await.expect("reload request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("reload answer"))
+    }
+
     /// The value of one sample in `/metrics`, e.g. `edgecache_requests_total{listener="http",status_class="2xx"}`.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let (_, text) = self.admin_get("/metrics").await;
