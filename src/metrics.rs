@@ -47,6 +47,31 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Constant 1, labelled with the running version.
     pub build_info: IntGaugeVec,
+    /// Cacheable-route requests by how the cache answered (`HIT`, `MISS`, `STALE`,
+    /// `REVALIDATED`, `BYPASS`, `EXPIRED`).
+    pub cache_responses: IntCounterVec,
+    /// Lookups answered by a tier (`memory`, `disk`, `fill` for an object still arriving).
+    pub cache_tier_hits: IntCounterVec,
+    /// Lookups a tier could not answer.
+    pub cache_tier_misses: IntCounterVec,
+    /// Body bytes read out of a tier for clients.
+    pub cache_tier_read_bytes: IntCounterVec,
+    /// Body bytes written into a tier.
+    pub cache_tier_written_bytes: IntCounterVec,
+    /// Bytes a tier holds now (bodies and metadata); for `disk`, the directory's usage.
+    pub cache_tier_bytes: IntGaugeVec,
+    /// Objects a tier holds now.
+    pub cache_tier_objects: IntGaugeVec,
+    /// Objects a tier dropped to stay within its size.
+    pub cache_tier_evictions: IntCounterVec,
+    /// Disk entries found truncated, damaged or from an old format, and removed.
+    pub cache_disk_corrupt: IntCounter,
+    /// Requests that waited for another request's fetch of the same object.
+    pub cache_lock_waits: IntCounter,
+    /// Seconds those requests waited.
+    pub cache_lock_wait_seconds: prometheus::Histogram,
+    /// Objects removed by purge requests, by kind (`url`, `prefix`).
+    pub cache_purged_objects: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -101,6 +126,36 @@ impl Metrics {
         registry
             .register(Box::new(access_log_dropped.clone()))
             .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
+
+        let cache_disk_corrupt = IntCounter::new(
+            "edgecache_cache_disk_corrupt_total",
+            "Disk entries found truncated, damaged or from an old format, and removed.",
+        )
+        .unwrap_or_else(|e| panic!("counter is malformed: {e}"));
+        registry
+            .register(Box::new(cache_disk_corrupt.clone()))
+            .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
+        let cache_lock_waits = IntCounter::new(
+            "edgecache_cache_lock_waits_total",
+            "Requests that waited for another request's fetch of the same object.",
+        )
+        .unwrap_or_else(|e| panic!("counter is malformed: {e}"));
+        registry
+            .register(Box::new(cache_lock_waits.clone()))
+            .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
+        let cache_lock_wait_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "edgecache_cache_lock_wait_seconds",
+                "Seconds a request waited for another request's fetch of the same object.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("histogram is malformed: {e}"));
+        registry
+            .register(Box::new(cache_lock_wait_seconds.clone()))
+            .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
 
         let metrics = Metrics {
             requests: counter_vec(
@@ -182,6 +237,63 @@ impl Metrics {
                 "edgecache_build_info",
                 "Constant 1, labelled with the running version.",
                 &["version"],
+            ),
+            cache_responses: counter_vec(
+                &registry,
+                "edgecache_cache_responses_total",
+                "Requests on cacheable routes, by cache status.",
+                &["status"],
+            ),
+            cache_tier_hits: counter_vec(
+                &registry,
+                "edgecache_cache_tier_hits_total",
+                "Lookups answered by a tier.",
+                &["tier"],
+            ),
+            cache_tier_misses: counter_vec(
+                &registry,
+                "edgecache_cache_tier_misses_total",
+                "Lookups a tier could not answer.",
+                &["tier"],
+            ),
+            cache_tier_read_bytes: counter_vec(
+                &registry,
+                "edgecache_cache_tier_read_bytes_total",
+                "Body bytes read out of a tier for clients.",
+                &["tier"],
+            ),
+            cache_tier_written_bytes: counter_vec(
+                &registry,
+                "edgecache_cache_tier_written_bytes_total",
+                "Body bytes written into a tier.",
+                &["tier"],
+            ),
+            cache_tier_bytes: gauge_vec(
+                &registry,
+                "edgecache_cache_tier_bytes",
+                "Bytes a tier holds now.",
+                &["tier"],
+            ),
+            cache_tier_objects: gauge_vec(
+                &registry,
+                "edgecache_cache_tier_objects",
+                "Objects a tier holds now.",
+                &["tier"],
+            ),
+            cache_tier_evictions: counter_vec(
+                &registry,
+                "edgecache_cache_tier_evictions_total",
+                "Objects a tier dropped to stay within its size.",
+                &["tier"],
+            ),
+            cache_disk_corrupt,
+            cache_lock_waits,
+            cache_lock_wait_seconds,
+            cache_purged_objects: counter_vec(
+                &registry,
+                "edgecache_cache_purged_objects_total",
+                "Objects removed by purge requests.",
+                &["kind"],
             ),
             registry,
         };

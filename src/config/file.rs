@@ -26,6 +26,12 @@ pub struct ConfigFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub logging: LoggingFile,
+    /// Absent: nothing is cached and every request goes to the core.
+    #[serde(default)]
+    pub cache: Option<CacheFile>,
+    /// Per-host, per-path rules; without any, the response headers alone decide.
+    #[serde(default)]
+    pub sites: Vec<SiteFile>,
 }
 
 /// Process-wide settings.
@@ -235,8 +241,108 @@ pub enum AccessLogOutput {
     Off,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheFile {
+    pub memory: CacheMemoryFile,
+    /// Absent: only the memory tier, and objects above its `max_object_size` are not cached.
+    pub disk: Option<CacheDiskFile>,
+    /// How long a request waits for another request's fetch of the same object before it
+    /// goes to the core itself.
+    pub lock_timeout: HumanDuration,
+    /// A fetch that has held an object's lock this long lets waiting requests compete for it.
+    pub lock_age_timeout: HumanDuration,
+    /// When the core is down or answers 5xx, cached objects are served stale for this long
+    /// past their freshness (unless they say `must-revalidate`); 0s turns it off.
+    pub serve_stale_on_error: HumanDuration,
+    /// Add `X-Cache-Status` (HIT, MISS, ...) to responses.
+    pub status_header: bool,
+    /// Cookies that mark a signed-in user: a request carrying one is never answered from,
+    /// nor stored into, the shared cache.
+    pub session_cookies: Vec<String>,
+}
+
+impl Default for CacheFile {
+    fn default() -> Self {
+        CacheFile {
+            memory: CacheMemoryFile::default(),
+            disk: None,
+            lock_timeout: HumanDuration::from_secs(10),
+            lock_age_timeout: HumanDuration::from_secs(30),
+            serve_stale_on_error: HumanDuration::from_secs(24 * 3600),
+            status_header: true,
+            session_cookies: ["_session_id", "_mastodon_session", "remember_user_token"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheMemoryFile {
+    /// Bytes the memory tier holds at most (bodies and headers).
+    pub max_size: ByteSize,
+    /// Larger objects live on disk only.
+    pub max_object_size: ByteSize,
+}
+
+impl Default for CacheMemoryFile {
+    fn default() -> Self {
+        CacheMemoryFile {
+            max_size: ByteSize(256 * 1024 * 1024),
+            max_object_size: ByteSize(1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDiskFile {
+    /// A directory edgecache owns; entries survive restarts.
+    pub path: PathBuf,
+    /// Bytes the directory holds at most; the least recently used objects go first.
+    pub max_size: ByteSize,
+    /// Larger objects are passed through uncached.
+    #[serde(default = "defaults::disk_max_object_size")]
+    pub max_object_size: ByteSize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    /// Host names this site answers for (`*.example.social` matches subdomains); empty or
+    /// absent: every host no other site claims.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// A path prefix; the longest matching prefix wins.
+    pub path: String,
+    /// `false`: never cached (websockets, private APIs).
+    #[serde(default = "defaults::enabled")]
+    pub cache: bool,
+    /// How long a response that states no freshness of its own is kept (`Cache-Control`
+    /// and `Expires` still win when present).
+    #[serde(default)]
+    pub cache_ttl: Option<HumanDuration>,
+}
+
 mod defaults {
-    use super::HumanDuration;
+    use super::{ByteSize, HumanDuration};
+
+    pub fn enabled() -> bool {
+        true
+    }
+
+    pub fn disk_max_object_size() -> ByteSize {
+        ByteSize(1024 * 1024 * 1024)
+    }
 
     pub fn connect_timeout() -> HumanDuration {
         HumanDuration::from_secs(2)

@@ -27,6 +27,9 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     pub limits: Limits,
     pub logging: Logging,
+    /// `None`: nothing is cached.
+    pub cache: Option<CacheSettings>,
+    pub sites: Sites,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,5 +150,90 @@ mod tests {
         assert!(trusted.contains(&"10.1.2.3".parse().expect("ip")));
         assert!(trusted.contains(&"::ffff:10.1.2.3".parse().expect("ip")));
         assert!(!trusted.contains(&"11.0.0.1".parse().expect("ip")));
+    }
+}
+
+/// The cache as configured: `storage` needs a restart to change, `policy` reloads live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    pub storage: CacheStorage,
+    pub policy: CachePolicy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheStorage {
+    pub memory_max_size: u64,
+    pub memory_max_object_size: u64,
+    pub disk: Option<DiskTierSettings>,
+    pub lock_timeout: Duration,
+    pub lock_age_timeout: Duration,
+}
+
+impl CacheStorage {
+    /// The largest object any tier stores.
+    pub fn max_object_size(&self) -> u64 {
+        match &self.disk {
+            Some(disk) => disk.max_object_size.max(self.memory_max_object_size),
+            None => self.memory_max_object_size,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskTierSettings {
+    pub path: PathBuf,
+    pub max_size: u64,
+    pub max_object_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    pub serve_stale_on_error: Duration,
+    pub status_header: bool,
+    pub session_cookies: Vec<String>,
+}
+
+/// Sites in config order; a request's host picks one, its path then picks a route.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sites {
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// Lower-case names; `*.example.social` matches any subdomain. Empty: any host.
+    pub hosts: Vec<String>,
+    /// Longest path first, so the first match is the most specific.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub path: String,
+    pub cache: bool,
+    pub cache_ttl: Option<Duration>,
+}
+
+impl Sites {
+    /// The route for a request: the site that names `host` (exactly, then by wildcard, then
+    /// a site without hosts) and in it the longest path prefix.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+        let site = self
+            .sites
+            .iter()
+            .find(|s| s.hosts.iter().any(|h| h == host))
+            .or_else(|| {
+                self.sites.iter().find(|s| {
+                    s.hosts.iter().any(|h| {
+                        h.strip_prefix("*.").is_some_and(|suffix| {
+                            host.len() > suffix.len() + 1
+                                && host.ends_with(suffix)
+                                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                        })
+                    })
+                })
+            })
+            .or_else(|| self.sites.iter().find(|s| s.hosts.is_empty()))?;
+        site.routes.iter().find(|r| path.starts_with(&r.path))
     }
 }

@@ -16,8 +16,9 @@ use super::error::{ConfigError, ConfigProblem};
 use super::file::{self, AccessLogOutput, ConfigFile};
 use super::locate::KeyLines;
 use super::model::{
-    AccessLog, Admin, Config, Core, HealthCheck, Limits, Listener, ListenerTls, Logging,
-    ServerSettings, TrustedProxies, UpstreamGroup, UpstreamHost, PARSER_HEADER_LIMIT,
+    AccessLog, Admin, CachePolicy, CacheSettings, CacheStorage, Config, Core, DiskTierSettings,
+    HealthCheck, Limits, Listener, ListenerTls, Logging, Route, ServerSettings, Site, Sites,
+    TrustedProxies, UpstreamGroup, UpstreamHost, PARSER_HEADER_LIMIT,
 };
 use crate::tls::{load_certified_key, CertificateSet};
 
@@ -83,6 +84,8 @@ impl Config {
         let trusted_proxies = trusted_proxies(&mut check, &parsed.proxy);
         let limits = limits(&mut check, &parsed.limits);
         let logging = logging(&mut check, &parsed.logging);
+        let cache = parsed.cache.as_ref().map(|c| cache(&mut check, c));
+        let sites = sites(&mut check, &parsed.sites);
 
         if let Some(admin) = &admin {
             for (i, listener) in listeners.iter().enumerate() {
@@ -105,6 +108,8 @@ impl Config {
                 trusted_proxies,
                 limits,
                 logging,
+                cache,
+                sites,
             }),
             _ => Err(ConfigError {
                 problems: check.problems,
@@ -495,6 +500,131 @@ fn logging(check: &mut Checker, logging: &file::LoggingFile) -> Logging {
             queue_size: access.queue_size.max(1),
         },
     }
+}
+
+fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettings {
+    let memory = &cache.memory;
+    // The memory tier weighs objects in 32-bit units.
+    if memory.max_object_size.bytes() > u64::from(u32::MAX) {
+        check.problem("cache.memory.max_object_size", "must be below 4GiB");
+    }
+    if memory.max_object_size > memory.max_size {
+        check.problem(
+            "cache.memory.max_object_size",
+            "must not exceed cache.memory.max_size",
+        );
+    }
+    let disk = cache.disk.as_ref().map(|disk| {
+        if disk.max_size.bytes() < 1024 * 1024 {
+            check.problem("cache.disk.max_size", "must be at least 1MiB");
+        }
+        if disk.max_object_size > disk.max_size {
+            check.problem(
+                "cache.disk.max_object_size",
+                "must not exceed cache.disk.max_size",
+            );
+        }
+        DiskTierSettings {
+            path: check.resolve_path(&disk.path),
+            max_size: disk.max_size.bytes(),
+            max_object_size: disk.max_object_size.bytes(),
+        }
+    });
+    if cache.lock_timeout.get().is_zero() {
+        check.problem("cache.lock_timeout", "must be greater than zero");
+    }
+    if cache.lock_age_timeout.get().is_zero() {
+        check.problem("cache.lock_age_timeout", "must be greater than zero");
+    }
+    for (i, name) in cache.session_cookies.iter().enumerate() {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
+        {
+            check.problem(
+                &format!("cache.session_cookies[{i}]"),
+                format!("{name:?} is not a cookie name"),
+            );
+        }
+    }
+    CacheSettings {
+        storage: CacheStorage {
+            memory_max_size: memory.max_size.bytes(),
+            memory_max_object_size: memory.max_object_size.bytes(),
+            disk,
+            lock_timeout: cache.lock_timeout.get(),
+            lock_age_timeout: cache.lock_age_timeout.get(),
+        },
+        policy: CachePolicy {
+            serve_stale_on_error: cache.serve_stale_on_error.get(),
+            status_header: cache.status_header,
+            session_cookies: cache.session_cookies.clone(),
+        },
+    }
+}
+
+fn sites(check: &mut Checker, files: &[file::SiteFile]) -> Sites {
+    let mut sites = Vec::new();
+    let mut catch_all_seen = false;
+    for (i, site) in files.iter().enumerate() {
+        if site.hosts.is_empty() {
+            if catch_all_seen {
+                check.problem(
+                    &format!("sites[{i}].hosts"),
+                    "only one site may leave out hosts (the site for every other host)",
+                );
+            }
+            catch_all_seen = true;
+        }
+        let mut hosts = Vec::new();
+        for (j, host) in site.hosts.iter().enumerate() {
+            let host = host.to_ascii_lowercase();
+            let name = host.strip_prefix("*.").unwrap_or(&host);
+            if !valid_server_name(name) {
+                check.problem(
+                    &format!("sites[{i}].hosts[{j}]"),
+                    format!("{host:?} is not a host name"),
+                );
+            }
+            let claimed = sites
+                .iter()
+                .any(|s: &Site| s.hosts.iter().any(|h| h == &host));
+            if claimed || hosts.contains(&host) {
+                check.problem(
+                    &format!("sites[{i}].hosts[{j}]"),
+                    format!("{host} is named by another site too"),
+                );
+            }
+            hosts.push(host);
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        for (j, route) in site.routes.iter().enumerate() {
+            if !route.path.starts_with('/') {
+                check.problem(&format!("sites[{i}].routes[{j}].path"), "must start with /");
+            }
+            if routes.iter().any(|r| r.path == route.path) {
+                check.problem(
+                    &format!("sites[{i}].routes[{j}].path"),
+                    format!("{} appears twice in this site", route.path),
+                );
+            }
+            if !route.cache && route.cache_ttl.is_some() {
+                check.problem(
+                    &format!("sites[{i}].routes[{j}].cache_ttl"),
+                    "has no effect on a route with cache: false",
+                );
+            }
+            routes.push(Route {
+                path: route.path.clone(),
+                cache: route.cache,
+                cache_ttl: route.cache_ttl.map(|t| t.get()),
+            });
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        sites.push(Site { hosts, routes });
+    }
+    Sites { sites }
 }
 
 fn valid_label(name: &str) -> bool {

@@ -1,0 +1,894 @@
+//! The disk tier: every cached object as two files under the cache directory, an LRU index
+//! in memory, and a scan at start that rebuilds the index from the files.
+//!
+//! Layout: `<dir>/v1/<pp>/<primary>-<combined>-<generation>.meta` and `.body`, where
+//! `primary` is the hash of the URL, `combined` the hash of the URL and its `Vary` variant,
+//! `pp` the first two hex digits of `primary`, and `generation` tells successive copies of
+//! one object apart. A body is written under `<dir>/v1/tmp/` while it arrives and renamed
+//! into place only once complete; the meta file is renamed last, so an entry exists exactly
+//! when its meta file does. Every 256 KiB block of a body has a CRC-32 in the meta file and
+//! is checked as it is read: a truncated or damaged entry becomes a miss and is removed.
+//!
+//! The LRU order survives restarts through the meta files' modification times: a hit
+//! touches its meta file at most once a minute, and the start-up scan orders entries by it.
+//!
+//! File I/O here is plain blocking calls from the request's thread, the way nginx reads
+//! cache files by default: reads and writes land in the page cache and take microseconds.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::codec::{Reader, Writer};
+use super::meta::StoredMeta;
+use super::{CacheError, Hash};
+use crate::config::model::DiskTierSettings;
+use crate::metrics;
+
+/// The on-disk format's directory; a different format lives in a different directory, and
+/// directories of other formats are removed at start.
+const FORMAT_DIR: &str = "v1";
+const META_MAGIC: &[u8; 8] = b"ECMETA01";
+const BODY_MAGIC: &[u8; 8] = b"ECBODY01";
+/// The body file starts with its magic and generation.
+pub const BODY_HEADER_LEN: u64 = 16;
+/// Bodies are checksummed and read in blocks of this size.
+pub const BLOCK_SIZE: usize = 256 * 1024;
+/// Marks a directory as edgecache's own, so a mistyped path is never emptied.
+const MARKER: &str = "EDGECACHE-CACHE-DIR";
+/// A hit moves an entry's meta file time forward at most this often.
+const TOUCH_INTERVAL_SECS: u64 = 60;
+/// No meta file is larger than this; a larger one is damage.
+const MAX_META_FILE: u64 = 16 * 1024 * 1024;
+
+/// What the index keeps per entry.
+#[derive(Clone)]
+struct DiskEntry {
+    primary: Hash,
+    generation: u64,
+    /// Both files' bytes.
+    size: u64,
+    /// Known once the meta file has been read (entries found by the start-up scan are not
+    /// read until used).
+    url: Option<Arc<str>>,
+    touched_secs: u64,
+}
+
+struct DiskIndex {
+    entries: LruCache<Hash, DiskEntry>,
+    /// Bytes of committed entries.
+    used: u64,
+    /// Bytes promised to bodies still being written.
+    reserved: u64,
+}
+
+pub struct DiskTier {
+    root: PathBuf,
+    tmp: PathBuf,
+    max_size: u64,
+    max_object_size: u64,
+    index: Mutex<DiskIndex>,
+    next_generation: AtomicU64,
+}
+
+/// A committed entry opened for reading.
+pub struct DiskObject {
+    pub url: Arc<str>,
+    pub primary: Hash,
+    pub combined: Hash,
+    pub generation: u64,
+    pub meta: StoredMeta,
+    pub body_len: u64,
+    crcs: Arc<[u32]>,
+    file: Arc<File>,
+}
+
+/// A body being written under `tmp/`.
+pub struct TempBody {
+    pub file: Arc<File>,
+    path: PathBuf,
+    generation: u64,
+}
+
+/// The parsed contents of a meta file.
+struct MetaRecord {
+    generation: u64,
+    primary: Hash,
+    combined: Hash,
+    url: String,
+    body_len: u64,
+    crcs: Vec<u32>,
+    meta: StoredMeta,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl DiskTier {
+    /// Opens (or creates) the cache directory and rebuilds the index from what is in it.
+    pub fn open(settings: &DiskTierSettings) -> Result<DiskTier, CacheError> {
+        let base = &settings.path;
+        let io_error = |what: &str, path: &Path, e: io::Error| CacheError::Io {
+            what: format!("{what} {}", path.display()),
+            source: e,
+        };
+        fs::create_dir_all(base).map_err(|e| io_error("cannot create", base, e))?;
+        let marker = base.join(MARKER);
+        if !marker.exists() {
+            let mut listing = fs::read_dir(base).map_err(|e| io_error("cannot read", base, e))?;
+            if listing.next().is_some() {
+                return Err(CacheError::ForeignDirectory(base.clone()));
+            }
+            fs::write(
+                &marker,
+                "This directory holds edgecache's disk cache; edgecache may delete anything in it.\n",
+            )
+            .map_err(|e| io_error("cannot write", &marker, e))?;
+        }
+        // Directories of other formats: their entries are misses now, so they go.
+        for entry in fs::read_dir(base).map_err(|e| io_error("cannot read", base, e))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_format_dir = name.len() > 1
+                && name.starts_with('v')
+                && name[1..].bytes().all(|b| b.is_ascii_digit());
+            if is_format_dir && name != FORMAT_DIR {
+                tracing::info!(dir = %entry.path().display(), "removing a cache directory of an old format");
+                if let Err(e) = fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove old cache directory");
+                }
+            }
+        }
+        let root = base.join(FORMAT_DIR);
+        let tmp = root.join("tmp");
+        // Bodies that were still arriving when the process stopped are never complete.
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| io_error("cannot clear", &tmp, e))?;
+        }
+        fs::create_dir_all(&tmp).map_err(|e| io_error("cannot create", &tmp, e))?;
+
+        let started = std::time::Instant::now();
+        let (found, highest_generation) = scan(&root);
+        let mut entries: Vec<(Hash, DiskEntry)> = found.into_iter().collect();
+        entries.sort_by_key(|(_, e)| e.touched_secs);
+        let mut index = DiskIndex {
+            entries: LruCache::unbounded(),
+            used: 0,
+            reserved: 0,
+        };
+        for (combined, entry) in entries {
+            index.used += entry.size;
+            index.entries.push(combined, entry);
+        }
+        let now_nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let tier = DiskTier {
+            root,
+            tmp,
+            max_size: settings.max_size,
+            max_object_size: settings.max_object_size,
+            index: Mutex::new(index),
+            next_generation: AtomicU64::new(now_nanos.max(highest_generation + 1)),
+        };
+        // The bound may have shrunk since the entries were written.
+        let victims = tier.evict_to_fit(&mut tier.index.lock());
+        tier.delete_files(&victims);
+        {
+            let index = tier.index.lock();
+            tracing::info!(
+                dir = %base.display(),
+                objects = index.entries.len(),
+                bytes = index.used,
+                evicted = victims.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "disk cache opened"
+            );
+        }
+        tier.report();
+        Ok(tier)
+    }
+
+    pub fn max_object_size(&self) -> u64 {
+        self.max_object_size
+    }
+
+    fn entry_path(&self, primary: &Hash, combined: &Hash, generation: u64, ext: &str) -> PathBuf {
+        let primary_hex = hex::encode(primary);
+        self.root.join(&primary_hex[..2]).join(format!(
+            "{primary_hex}-{}-{generation:016x}.{ext}",
+            hex::encode(combined)
+        ))
+    }
+
+    /// Opens the committed entry for `combined`, or `None`. A damaged entry is removed and
+    /// reported as absent.
+    pub fn lookup(&self, combined: &Hash) -> Option<DiskObject> {
+        let entry = self.index.lock().entries.get(combined).cloned()?;
+        match self.open_entry(combined, &entry) {
+            Ok(object) => {
+                let now = now_secs();
+                let url = object.url.clone();
+                let mut index = self.index.lock();
+                if let Some(live) = index.entries.peek_mut(combined) {
+                    if live.generation == entry.generation {
+                        live.url.get_or_insert(url);
+                        if now.saturating_sub(live.touched_secs) >= TOUCH_INTERVAL_SECS {
+                            live.touched_secs = now;
+                            drop(index);
+                            let meta_path =
+                                self.entry_path(&entry.primary, combined, entry.generation, "meta");
+                            if let Ok(file) = File::options().write(true).open(&meta_path) {
+                                let _ = file.set_modified(SystemTime::now());
+                            }
+                        }
+                    }
+                }
+                Some(object)
+            }
+            Err(problem) => {
+                if problem.is_missing {
+                    // Evicted or purged between the index look-up and the open.
+                    return None;
+                }
+                tracing::warn!(
+                    entry = %hex::encode(combined),
+                    problem = %problem.message,
+                    "removing a damaged disk cache entry"
+                );
+                metrics::get().cache_disk_corrupt.inc();
+                self.remove_generation(combined, entry.generation);
+                None
+            }
+        }
+    }
+
+    fn open_entry(&self, combined: &Hash, entry: &DiskEntry) -> Result<DiskObject, EntryProblem> {
+        let meta_path = self.entry_path(&entry.primary, combined, entry.generation, "meta");
+        let record = read_meta_file(&meta_path)?;
+        if record.generation != entry.generation
+            || &record.combined != combined
+            || record.primary != entry.primary
+        {
+            return Err(EntryProblem::damaged("meta file names another entry"));
+        }
+        let body_path = self.entry_path(&entry.primary, combined, entry.generation, "body");
+        let file = File::open(&body_path).map_err(EntryProblem::from_io)?;
+        let length = file.metadata().map_err(EntryProblem::from_io)?.len();
+        if length != BODY_HEADER_LEN + record.body_len {
+            return Err(EntryProblem::damaged(format!(
+                "body file has {length} bytes, expected {}",
+                BODY_HEADER_LEN + record.body_len
+            )));
+        }
+        let mut head = [0u8; BODY_HEADER_LEN as usize];
+        file.read_exact_at(&mut head, 0)
+            .map_err(EntryProblem::from_io)?;
+        if &head[..8] != BODY_MAGIC || head[8..] != record.generation.to_le_bytes() {
+            return Err(EntryProblem::damaged("body file header does not match"));
+        }
+        Ok(DiskObject {
+            url: Arc::from(record.url),
+            primary: record.primary,
+            combined: *combined,
+            generation: record.generation,
+            meta: record.meta,
+            body_len: record.body_len,
+            crcs: Arc::from(record.crcs),
+            file: Arc::new(file),
+        })
+    }
+
+    /// Reads and checks one block of a body. A block that fails its checksum removes the
+    /// entry.
+    pub fn read_block(&self, object: &DiskObject, block: usize) -> Result<Bytes, String> {
+        let start = block as u64 * BLOCK_SIZE as u64;
+        if start >= object.body_len {
+            return Err(format!("block {block} is past the end of the body"));
+        }
+        let len = (object.body_len - start).min(BLOCK_SIZE as u64) as usize;
+        let mut buf = vec![0u8; len];
+        let outcome = object
+            .file
+            .read_exact_at(&mut buf, BODY_HEADER_LEN + start)
+            .map_err(|e| format!("read failed: {e}"))
+            .and_then(|()| {
+                let expected = object.crcs.get(block).copied();
+                if expected == Some(crc32fast::hash(&buf)) {
+                    Ok(())
+                } else {
+                    Err(format!("block {block} fails its checksum"))
+                }
+            });
+        match outcome {
+            Ok(()) => Ok(Bytes::from(buf)),
+            Err(message) => {
+                tracing::warn!(entry = %hex::encode(object.combined), problem = %message, "removing a damaged disk cache entry");
+                metrics::get().cache_disk_corrupt.inc();
+                self.remove_generation(&object.combined, object.generation);
+                Err(message)
+            }
+        }
+    }
+
+    /// Reads a whole (small) body, every block checked.
+    pub fn read_all(&self, object: &DiskObject) -> Result<Bytes, String> {
+        let blocks = object.crcs.len();
+        if blocks == 1 {
+            return self.read_block(object, 0);
+        }
+        let mut out = Vec::with_capacity(object.body_len as usize);
+        for block in 0..blocks {
+            out.extend_from_slice(&self.read_block(object, block)?);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Starts a body file under `tmp/`.
+    pub fn begin_body(&self) -> Result<TempBody, CacheError> {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{generation:016x}.body"));
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| CacheError::Io {
+                what: format!("cannot create {}", path.display()),
+                source: e,
+            })?;
+        let mut head = Vec::with_capacity(BODY_HEADER_LEN as usize);
+        head.extend_from_slice(BODY_MAGIC);
+        head.extend_from_slice(&generation.to_le_bytes());
+        file.write_all(&head).map_err(|e| CacheError::Io {
+            what: format!("cannot write {}", path.display()),
+            source: e,
+        })?;
+        Ok(TempBody {
+            file: Arc::new(file),
+            path,
+            generation,
+        })
+    }
+
+    /// Accounts for `bytes` more of a body being written, evicting to make room. `false`
+    /// when even an empty cache could not hold what is being written now.
+    pub fn reserve(&self, bytes: u64) -> bool {
+        let mut index = self.index.lock();
+        index.reserved += bytes;
+        let victims = self.evict_to_fit(&mut index);
+        let fits = index.used + index.reserved <= self.max_size;
+        drop(index);
+        self.delete_files(&victims);
+        fits
+    }
+
+    pub fn release(&self, bytes: u64) {
+        let mut index = self.index.lock();
+        index.reserved = index.reserved.saturating_sub(bytes);
+    }
+
+    /// Makes a complete body an entry: writes its meta file, moves both into place and
+    /// indexes it, replacing any older copy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit(
+        &self,
+        body: TempBody,
+        url: &Arc<str>,
+        primary: &Hash,
+        combined: &Hash,
+        meta: &StoredMeta,
+        body_len: u64,
+        crcs: Vec<u32>,
+    ) -> Result<(), CacheError> {
+        let record = MetaRecord {
+            generation: body.generation,
+            primary: *primary,
+            combined: *combined,
+            url: url.to_string(),
+            body_len,
+            crcs,
+            meta: meta.clone(),
+        };
+        let meta_bytes = encode_meta_file(&record);
+        let meta_tmp = self.tmp.join(format!("{:016x}.meta", body.generation));
+        let body_path = self.entry_path(primary, combined, body.generation, "body");
+        let meta_path = self.entry_path(primary, combined, body.generation, "meta");
+        let io = |what: &str, path: &Path, e: io::Error| CacheError::Io {
+            what: format!("{what} {}", path.display()),
+            source: e,
+        };
+        let result = (|| {
+            fs::write(&meta_tmp, &meta_bytes).map_err(|e| io("cannot write", &meta_tmp, e))?;
+            if let Some(dir) = body_path.parent() {
+                fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+            }
+            fs::rename(&body.path, &body_path).map_err(|e| io("cannot move", &body.path, e))?;
+            fs::rename(&meta_tmp, &meta_path).map_err(|e| io("cannot move", &meta_tmp, e))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&meta_tmp);
+            let _ = fs::remove_file(&body.path);
+            let _ = fs::remove_file(&body_path);
+            return Err(e);
+        }
+        let size = BODY_HEADER_LEN + body_len + meta_bytes.len() as u64;
+        let entry = DiskEntry {
+            primary: *primary,
+            generation: body.generation,
+            size,
+            url: Some(url.clone()),
+            touched_secs: now_secs(),
+        };
+        let mut index = self.index.lock();
+        let mut victims = Vec::new();
+        if let Some((old_key, old)) = index.entries.push(*combined, entry) {
+            if old_key == *combined && old.generation != body.generation {
+                index.used = index.used.saturating_sub(old.size);
+                victims.push((old_key, old));
+            }
+        }
+        index.used += size;
+        victims.extend(self.evict_to_fit(&mut index));
+        drop(index);
+        self.delete_files(&victims);
+        Ok(())
+    }
+
+    /// Rewrites an entry's metadata (after a 304 refreshed it); its body stays.
+    pub fn update_meta(&self, combined: &Hash, meta: &StoredMeta) -> bool {
+        let Some(entry) = self.index.lock().entries.peek(combined).cloned() else {
+            return false;
+        };
+        let meta_path = self.entry_path(&entry.primary, combined, entry.generation, "meta");
+        let Ok(mut record) = read_meta_file(&meta_path) else {
+            return false;
+        };
+        record.meta = meta.clone();
+        let bytes = encode_meta_file(&record);
+        let tmp = self.tmp.join(format!(
+            "{:016x}-{:x}.meta",
+            entry.generation,
+            self.next_generation.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &meta_path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+            return false;
+        }
+        true
+    }
+
+    /// Removes the entry for `combined`, whatever its generation.
+    pub fn remove(&self, combined: &Hash) -> bool {
+        let mut index = self.index.lock();
+        let Some(victim) = index.entries.pop_entry(combined) else {
+            return false;
+        };
+        index.used = index.used.saturating_sub(victim.1.size);
+        drop(index);
+        self.delete_files(&[victim]);
+        true
+    }
+
+    fn remove_generation(&self, combined: &Hash, generation: u64) {
+        let mut index = self.index.lock();
+        let same = index
+            .entries
+            .peek(combined)
+            .is_some_and(|e| e.generation == generation);
+        if !same {
+            return;
+        }
+        if let Some(victim) = index.entries.pop_entry(combined) {
+            index.used = index.used.saturating_sub(victim.1.size);
+            drop(index);
+            self.delete_files(&[victim]);
+        }
+    }
+
+    /// Removes every entry (all variants) of the URL whose hash is `primary`.
+    pub fn remove_primary(&self, primary: &Hash) -> usize {
+        self.remove_where(|_, entry| &entry.primary == primary)
+    }
+
+    /// Removes every entry whose URL starts with `prefix`. Entries not yet read since start
+    /// have their meta file read to learn their URL.
+    pub fn remove_prefix(&self, prefix: &str) -> usize {
+        let unknown: Vec<(Hash, DiskEntry)> = {
+            let index = self.index.lock();
+            index
+                .entries
+                .iter()
+                .filter(|(_, e)| e.url.is_none())
+                .map(|(k, e)| (*k, e.clone()))
+                .collect()
+        };
+        for (combined, entry) in unknown {
+            let path = self.entry_path(&entry.primary, &combined, entry.generation, "meta");
+            let url = read_meta_file(&path).ok().map(|r| Arc::<str>::from(r.url));
+            let mut index = self.index.lock();
+            if let Some(live) = index.entries.peek_mut(&combined) {
+                if live.generation == entry.generation {
+                    // An unreadable meta file is damage: its entry goes with the purge.
+                    live.url = Some(url.unwrap_or_else(|| Arc::from(prefix)));
+                }
+            }
+        }
+        self.remove_where(|_, entry| entry.url.as_deref().is_some_and(|u| u.starts_with(prefix)))
+    }
+
+    fn remove_where(&self, doomed: impl Fn(&Hash, &DiskEntry) -> bool) -> usize {
+        let mut index = self.index.lock();
+        let keys: Vec<Hash> = index
+            .entries
+            .iter()
+            .filter(|(k, e)| doomed(k, e))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut victims = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(victim) = index.entries.pop_entry(&key) {
+                index.used = index.used.saturating_sub(victim.1.size);
+                victims.push(victim);
+            }
+        }
+        drop(index);
+        self.delete_files(&victims);
+        victims.len()
+    }
+
+    /// Pops least recently used entries until committed and reserved bytes fit.
+    fn evict_to_fit(&self, index: &mut DiskIndex) -> Vec<(Hash, DiskEntry)> {
+        let mut victims = Vec::new();
+        while index.used + index.reserved > self.max_size {
+            let Some(victim) = index.entries.pop_lru() else {
+                break;
+            };
+            index.used = index.used.saturating_sub(victim.1.size);
+            victims.push(victim);
+        }
+        if !victims.is_empty() {
+            metrics::get()
+                .cache_tier_evictions
+                .with_label_values(&["disk"])
+                .inc_by(victims.len() as u64);
+        }
+        victims
+    }
+
+    fn delete_files(&self, victims: &[(Hash, DiskEntry)]) {
+        for (combined, entry) in victims {
+            // The meta file first: without it the entry no longer exists.
+            for ext in ["meta", "body"] {
+                let path = self.entry_path(&entry.primary, combined, entry.generation, ext);
+                if let Err(e) = fs::remove_file(&path) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove cache file");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the tier's size to the metrics.
+    pub fn report(&self) {
+        let (objects, used) = {
+            let index = self.index.lock();
+            (index.entries.len(), index.used + index.reserved)
+        };
+        let m = metrics::get();
+        m.cache_tier_bytes
+            .with_label_values(&["disk"])
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+        m.cache_tier_objects
+            .with_label_values(&["disk"])
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+}
+
+impl TempBody {
+    /// Removes the unfinished body file.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+struct EntryProblem {
+    message: String,
+    /// The files are gone (purged or evicted meanwhile): not damage.
+    is_missing: bool,
+}
+
+impl EntryProblem {
+    fn damaged(message: impl Into<String>) -> Self {
+        EntryProblem {
+            message: message.into(),
+            is_missing: false,
+        }
+    }
+
+    fn from_io(e: io::Error) -> Self {
+        EntryProblem {
+            is_missing: e.kind() == io::ErrorKind::NotFound,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn encode_meta_file(record: &MetaRecord) -> Vec<u8> {
+    let mut payload = Writer::default();
+    payload.u64(record.generation);
+    payload.bytes_fixed(&record.primary);
+    payload.bytes_fixed(&record.combined);
+    payload.bytes(record.url.as_bytes());
+    payload.u64(record.body_len);
+    payload.u32(BLOCK_SIZE as u32);
+    payload.u32(u32::try_from(record.crcs.len()).unwrap_or(u32::MAX));
+    for crc in &record.crcs {
+        payload.u32(*crc);
+    }
+    record.meta.encode(&mut payload);
+    let payload = payload.into_inner();
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    out.extend_from_slice(META_MAGIC);
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn read_meta_file(path: &Path) -> Result<MetaRecord, EntryProblem> {
+    let file = File::open(path).map_err(EntryProblem::from_io)?;
+    let length = file.metadata().map_err(EntryProblem::from_io)?.len();
+    if length > MAX_META_FILE {
+        return Err(EntryProblem::damaged(format!(
+            "meta file of {length} bytes"
+        )));
+    }
+    let mut bytes = vec![0u8; length as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(EntryProblem::from_io)?;
+    decode_meta_file(&bytes).map_err(EntryProblem::damaged)
+}
+
+fn decode_meta_file(bytes: &[u8]) -> Result<MetaRecord, String> {
+    let mut input = Reader::new(bytes);
+    let magic = input.array::<8>()?;
+    if &magic != META_MAGIC {
+        return Err("not a meta file of this format".to_string());
+    }
+    let len = input.u32()? as usize;
+    let crc = input.u32()?;
+    if input.remaining() != len {
+        return Err(format!(
+            "meta file holds {} payload bytes, its header says {len}",
+            input.remaining()
+        ));
+    }
+    let payload = &bytes[bytes.len() - len..];
+    if crc32fast::hash(payload) != crc {
+        return Err("meta file fails its checksum".to_string());
+    }
+    let mut input = Reader::new(payload);
+    let generation = input.u64()?;
+    let primary = input.array::<16>()?;
+    let combined = input.array::<16>()?;
+    let url = String::from_utf8(input.bytes()?.to_vec()).map_err(|_| "URL is not UTF-8")?;
+    let body_len = input.u64()?;
+    let block_size = input.u32()?;
+    if block_size as usize != BLOCK_SIZE {
+        return Err(format!("block size {block_size}"));
+    }
+    let count = input.u32()? as usize;
+    let expected_blocks = body_len.div_ceil(BLOCK_SIZE as u64).max(1);
+    if count as u64 != expected_blocks {
+        return Err(format!(
+            "{count} block checksums for a body of {body_len} bytes"
+        ));
+    }
+    let mut crcs = Vec::with_capacity(count);
+    for _ in 0..count {
+        crcs.push(input.u32()?);
+    }
+    let meta = StoredMeta::decode(&mut input)?;
+    Ok(MetaRecord {
+        generation,
+        primary,
+        combined,
+        url,
+        body_len,
+        crcs,
+        meta,
+    })
+}
+
+/// Parses `<primary>-<combined>-<generation>.<ext>`.
+fn parse_entry_name(name: &str) -> Option<(Hash, Hash, u64, &str)> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    let mut parts = stem.split('-');
+    let primary = parts.next()?;
+    let combined = parts.next()?;
+    let generation = parts.next()?;
+    if parts.next().is_some() || primary.len() != 32 || combined.len() != 32 {
+        return None;
+    }
+    let mut p = [0u8; 16];
+    let mut c = [0u8; 16];
+    hex::decode_to_slice(primary, &mut p).ok()?;
+    hex::decode_to_slice(combined, &mut c).ok()?;
+    let generation = u64::from_str_radix(generation, 16).ok()?;
+    Some((p, c, generation, ext))
+}
+
+#[derive(Default)]
+struct FoundFiles {
+    primary: Hash,
+    meta: Option<(u64, u64)>,
+    body: Option<u64>,
+}
+
+/// Walks the format directory: pairs each meta file with its body, keeps the newest
+/// complete generation of each entry and removes everything else (strays, half-pairs,
+/// superseded copies).
+fn scan(root: &Path) -> (HashMap<Hash, DiskEntry>, u64) {
+    let mut files: HashMap<(Hash, u64), FoundFiles> = HashMap::new();
+    let mut strays: Vec<PathBuf> = Vec::new();
+    let mut highest_generation = 0;
+    let Ok(shards) = fs::read_dir(root) else {
+        return (HashMap::new(), 0);
+    };
+    for shard in shards.flatten() {
+        let shard_name = shard.file_name();
+        if shard_name == "tmp" {
+            continue;
+        }
+        let Ok(listing) = fs::read_dir(shard.path()) else {
+            strays.push(shard.path());
+            continue;
+        };
+        for file in listing.flatten() {
+            let path = file.path();
+            let name = file.file_name();
+            let parsed = name.to_str().and_then(parse_entry_name);
+            let Some((primary, combined, generation, ext)) = parsed else {
+                strays.push(path);
+                continue;
+            };
+            let Ok(metadata) = file.metadata() else {
+                continue;
+            };
+            highest_generation = highest_generation.max(generation);
+            let found = files.entry((combined, generation)).or_default();
+            found.primary = primary;
+            match ext {
+                "meta" => {
+                    let mtime = metadata
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .unwrap_or(Duration::ZERO)
+                        .as_secs();
+                    found.meta = Some((metadata.len(), mtime));
+                }
+                "body" => found.body = Some(metadata.len()),
+                _ => strays.push(path),
+            }
+        }
+    }
+    let mut entries: HashMap<Hash, DiskEntry> = HashMap::new();
+    let mut superseded: Vec<(Hash, Hash, u64)> = Vec::new();
+    for ((combined, generation), found) in files {
+        let (Some((meta_len, mtime)), Some(body_len)) = (found.meta, found.body) else {
+            superseded.push((found.primary, combined, generation));
+            continue;
+        };
+        let entry = DiskEntry {
+            primary: found.primary,
+            generation,
+            size: meta_len + body_len,
+            url: None,
+            touched_secs: mtime,
+        };
+        match entries.get(&combined) {
+            Some(kept) if kept.generation > generation => {
+                superseded.push((found.primary, combined, generation));
+            }
+            Some(kept) => {
+                superseded.push((kept.primary, combined, kept.generation));
+                entries.insert(combined, entry);
+            }
+            None => {
+                entries.insert(combined, entry);
+            }
+        }
+    }
+    for (primary, combined, generation) in superseded {
+        let primary_hex = hex::encode(primary);
+        for ext in ["meta", "body"] {
+            let path = root.join(&primary_hex[..2]).join(format!(
+                "{primary_hex}-{}-{generation:016x}.{ext}",
+                hex::encode(combined)
+            ));
+            let _ = fs::remove_file(path);
+        }
+    }
+    for stray in strays {
+        tracing::info!(path = %stray.display(), "removing a stray file from the cache directory");
+        let _ = fs::remove_file(&stray).or_else(|_| fs::remove_dir_all(&stray));
+    }
+    (entries, highest_generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_round_trip() {
+        let name = format!(
+            "{}-{}-{:016x}.meta",
+            "ab".repeat(16),
+            "cd".repeat(16),
+            42u64
+        );
+        let (p, c, g, ext) = parse_entry_name(&name).expect("parses");
+        assert_eq!(p, [0xab; 16]);
+        assert_eq!(c, [0xcd; 16]);
+        assert_eq!(g, 42);
+        assert_eq!(ext, "meta");
+        assert!(parse_entry_name("garbage.meta").is_none());
+        assert!(parse_entry_name(&format!("{}-zz-1.meta", "ab".repeat(16))).is_none());
+    }
+
+    #[test]
+    fn meta_file_damage_is_detected() {
+        let record = MetaRecord {
+            generation: 7,
+            primary: [1; 16],
+            combined: [2; 16],
+            url: "https://example.social/system/a.png".to_string(),
+            body_len: 10,
+            crcs: vec![123],
+            meta: StoredMeta {
+                created: UNIX_EPOCH,
+                updated: UNIX_EPOCH,
+                fresh_until: UNIX_EPOCH,
+                stale_while_revalidate_sec: 0,
+                stale_if_error_sec: 0,
+                variance: None,
+                header: pingora::http::ResponseHeader::build(200, None).expect("status"),
+            },
+        };
+        let bytes = encode_meta_file(&record);
+        let back = decode_meta_file(&bytes).expect("decodes");
+        assert_eq!(back.url, record.url);
+        assert_eq!(back.crcs, vec![123]);
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x40;
+            assert!(
+                decode_meta_file(&damaged).is_err(),
+                "flip at {i} went unnoticed"
+            );
+            assert!(decode_meta_file(&bytes[..i]).is_err());
+        }
+    }
+}

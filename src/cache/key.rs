@@ -1,0 +1,182 @@
+//! The cache key: scheme, host, path and normalized query, and nothing else a client sends.
+//!
+//! Anything that changes the stored response must be in the key, and anything in the key
+//! must be what the core sees, or one client's request can plant a response that others
+//! are then served (cache poisoning). So the host is the one the request is forwarded
+//! with (absolute-form requests are rewritten to it first, see `proxy::headers`), and no
+//! other request header is keyed except those the response itself names in `Vary`.
+
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheMeta, VarianceBuilder};
+use pingora::http::RequestHeader;
+
+/// The host a request is for, lower-cased, without a trailing dot or the scheme's default
+/// port. `None` when the request names no usable host.
+pub fn request_host(req: &RequestHeader, tls: bool) -> Option<String> {
+    let raw = match req.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    normalize_host(raw, tls)
+}
+
+fn normalize_host(raw: &str, tls: bool) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw.contains(['@', '/', ' ', '\\']) {
+        return None;
+    }
+    let mut host = raw.to_ascii_lowercase();
+    let default_port = if tls { ":443" } else { ":80" };
+    if host.ends_with(default_port) && !host.ends_with("]") {
+        host.truncate(host.len() - default_port.len());
+    }
+    if let Some(stripped) = host.strip_suffix('.') {
+        host = stripped.to_string();
+    }
+    let host = host.replace(".:", ":");
+    if host.is_empty() {
+        return None;
+    }
+    Some(host)
+}
+
+/// The primary key string: `scheme://host/path?query` with the query's parameters sorted
+/// by name (the order of repeated names is kept, it can matter) and empty ones dropped.
+pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let path = req.uri.path();
+    let mut key = String::with_capacity(scheme.len() + 3 + host.len() + path.len() + 32);
+    key.push_str(scheme);
+    key.push_str("://");
+    key.push_str(host);
+    key.push_str(path);
+    if let Some(query) = req.uri.query() {
+        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+        if !params.is_empty() {
+            key.push('?');
+            key.push_str(&params.join("&"));
+        }
+    }
+    key
+}
+
+fn param_name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(name, _)| name)
+}
+
+/// The variant of a stored response this request wants: the values of the request headers
+/// the response's `Vary` names. `None` when the response does not vary.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut names: Vec<String> = Vec::new();
+    for value in meta.headers().get_all(http::header::VARY) {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let mut variance = VarianceBuilder::new();
+    for name in names {
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        variance.add_owned_name_value(name, value);
+    }
+    variance.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, host: Option<&str>) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", uri.as_bytes(), None).expect("request");
+        if let Some(host) = host {
+            req.insert_header("Host", host).expect("host");
+        }
+        req
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        let r = req("/", Some("Example.Social:443"));
+        assert_eq!(request_host(&r, true).as_deref(), Some("example.social"));
+        assert_eq!(
+            request_host(&r, false).as_deref(),
+            Some("example.social:443")
+        );
+        let r = req("/", Some("example.social.:80"));
+        assert_eq!(request_host(&r, false).as_deref(), Some("example.social"));
+        let r = req("/", Some("[::1]:8443"));
+        assert_eq!(request_host(&r, true).as_deref(), Some("[::1]:8443"));
+        assert_eq!(request_host(&req("/", None), true), None);
+        assert_eq!(request_host(&req("/", Some("a@b")), true), None);
+        // An HTTP/2 :authority wins over Host.
+        let mut r = req("/x", Some("attacker.example"));
+        r.set_uri(http::Uri::from_static("https://victim.example/x"));
+        assert_eq!(request_host(&r, true).as_deref(), Some("victim.example"));
+    }
+
+    #[test]
+    fn query_order_does_not_split_the_cache() {
+        let a = primary_key(true, "h", &req("/p?b=2&a=1&&a=0", None));
+        let b = primary_key(true, "h", &req("/p?a=1&a=0&b=2", None));
+        assert_eq!(a, b);
+        assert_eq!(a, "https://h/p?a=1&a=0&b=2");
+        // Repeated names keep their order: a[]=1&a[]=2 is not a[]=2&a[]=1.
+        let c = primary_key(true, "h", &req("/p?a=0&a=1&b=2", None));
+        assert_ne!(a, c);
+        assert_eq!(primary_key(true, "h", &req("/p?", None)), "https://h/p");
+        assert_ne!(
+            primary_key(true, "h", &req("/p", None)),
+            primary_key(false, "h", &req("/p", None))
+        );
+    }
+
+    #[test]
+    fn variance_follows_the_vary_header() {
+        let mut header = pingora::http::ResponseHeader::build(200, None).expect("status");
+        header
+            .append_header("Vary", "Accept, Cookie")
+            .expect("vary");
+        let meta = CacheMeta::new(
+            std::time::SystemTime::now(),
+            std::time::SystemTime::now(),
+            0,
+            0,
+            header,
+        );
+        let mut html = req("/@alice", None);
+        html.insert_header("Accept", "text/html").expect("accept");
+        let mut json = req("/@alice", None);
+        json.insert_header("Accept", "application/activity+json")
+            .expect("accept");
+        let mut other_header = req("/@alice", None);
+        other_header
+            .insert_header("Accept", "text/html")
+            .expect("accept");
+        other_header
+            .insert_header("X-Forwarded-Host", "evil")
+            .expect("xfh");
+        assert_ne!(variance(&meta, &html), variance(&meta, &json));
+        assert_eq!(variance(&meta, &html), variance(&meta, &other_header));
+        let plain = CacheMeta::new(
+            std::time::SystemTime::now(),
+            std::time::SystemTime::now(),
+            0,
+            0,
+            pingora::http::ResponseHeader::build(200, None).expect("status"),
+        );
+        assert_eq!(variance(&plain, &html), None);
+    }
+}

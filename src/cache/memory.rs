@@ -1,0 +1,119 @@
+//! The memory tier: small, hot objects whole in memory, on moka.
+//!
+//! moka weighs each object by its body and header bytes, so `max_size` bounds what the tier
+//! holds whatever the mix of sizes, and its TinyLFU admission keeps one-off objects from
+//! pushing out the ones people keep asking for. Entries are shared `Arc`s: a hit clones a
+//! pointer, never a body.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use moka::notification::RemovalCause;
+
+use super::meta::StoredMeta;
+use super::Hash;
+use crate::metrics;
+
+/// One object as the memory tier holds it.
+pub struct MemObject {
+    /// The hash of the object's URL, shared by all its variants.
+    pub primary: Hash,
+    pub url: Arc<str>,
+    pub meta: StoredMeta,
+    pub body: Bytes,
+}
+
+impl MemObject {
+    fn weight(&self) -> u32 {
+        let bytes = self.body.len() + self.meta.weight() + self.url.len() + 64;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+pub struct MemoryTier {
+    objects: moka::sync::Cache<Hash, Arc<MemObject>>,
+    max_object_size: u64,
+}
+
+impl MemoryTier {
+    pub fn new(max_size: u64, max_object_size: u64) -> Self {
+        let objects = moka::sync::Cache::builder()
+            .max_capacity(max_size)
+            .weigher(|_key: &Hash, object: &Arc<MemObject>| object.weight())
+            .eviction_listener(|_key, _object, cause| {
+                if cause == RemovalCause::Size {
+                    metrics::get()
+                        .cache_tier_evictions
+                        .with_label_values(&["memory"])
+                        .inc();
+                }
+            })
+            .build();
+        MemoryTier {
+            objects,
+            max_object_size,
+        }
+    }
+
+    /// Whether an object of this size belongs in this tier.
+    pub fn admits(&self, size: u64) -> bool {
+        size <= self.max_object_size
+    }
+
+    pub fn get(&self, combined: &Hash) -> Option<Arc<MemObject>> {
+        self.objects.get(combined)
+    }
+
+    pub fn insert(&self, combined: Hash, object: MemObject) {
+        if self.admits(object.body.len() as u64) {
+            self.objects.insert(combined, Arc::new(object));
+        }
+    }
+
+    /// Replaces the metadata of a held object, keeping its body.
+    pub fn update_meta(&self, combined: &Hash, meta: &StoredMeta) -> bool {
+        let Some(old) = self.objects.get(combined) else {
+            return false;
+        };
+        self.objects.insert(
+            *combined,
+            Arc::new(MemObject {
+                primary: old.primary,
+                url: old.url.clone(),
+                meta: meta.clone(),
+                body: old.body.clone(),
+            }),
+        );
+        true
+    }
+
+    pub fn remove(&self, combined: &Hash) -> bool {
+        self.objects.remove(combined).is_some()
+    }
+
+    /// Removes every object whose URL hash or URL matches; returns how many went.
+    pub fn remove_matching(&self, matches: impl Fn(&MemObject) -> bool) -> usize {
+        let doomed: Vec<Hash> = self
+            .objects
+            .iter()
+            .filter(|(_, object)| matches(object))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &doomed {
+            self.objects.invalidate(key);
+        }
+        doomed.len()
+    }
+
+    /// Publishes the tier's size to the metrics.
+    pub fn report(&self) {
+        self.objects.run_pending_tasks();
+        let m = metrics::get();
+        m.cache_tier_bytes
+            .with_label_values(&["memory"])
+            .set(i64::try_from(self.objects.weighted_size()).unwrap_or(i64::MAX));
+        m.cache_tier_objects
+            .with_label_values(&["memory"])
+            .set(i64::try_from(self.objects.entry_count()).unwrap_or(i64::MAX));
+    }
+}

@@ -1,0 +1,211 @@
+//! What the cache keeps about an object besides its body, in a form both tiers share.
+//!
+//! pingora's `CacheMeta` is not `Clone` and its own serialization compresses the header
+//! with zstd, which would cost every memory hit a decompression. `StoredMeta` keeps the
+//! same facts as plain fields: the memory tier hands out a rebuilt `CacheMeta` per hit,
+//! and the disk tier writes it in a binary format of our own, so an upgrade of pingora
+//! cannot silently change what is on disk.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pingora::cache::key::HashBinary;
+use pingora::cache::CacheMeta;
+use pingora::http::ResponseHeader;
+
+use super::codec::{Reader, Writer};
+
+/// The freshness facts and the response header of one stored object.
+#[derive(Debug, Clone)]
+pub struct StoredMeta {
+    pub created: SystemTime,
+    /// When the object was last validated (equals `created` until a 304 refreshes it).
+    pub updated: SystemTime,
+    pub fresh_until: SystemTime,
+    pub stale_while_revalidate_sec: u32,
+    pub stale_if_error_sec: u32,
+    pub variance: Option<HashBinary>,
+    pub header: ResponseHeader,
+}
+
+impl StoredMeta {
+    pub fn from_cache_meta(meta: &CacheMeta) -> Self {
+        StoredMeta {
+            created: meta.created(),
+            // `epoch` is `updated` unless an override moved it; both mean "age counts from".
+            updated: meta.epoch(),
+            fresh_until: meta.fresh_until(),
+            stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
+            stale_if_error_sec: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            header: meta.response_header_copy(),
+        }
+    }
+
+    pub fn to_cache_meta(&self) -> CacheMeta {
+        let mut meta = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate_sec,
+            self.stale_if_error_sec,
+            self.header.clone(),
+        );
+        if self.updated != self.created {
+            meta.set_epoch_override(self.updated);
+        }
+        if let Some(variance) = self.variance {
+            meta.set_variance(variance);
+        }
+        meta
+    }
+
+    /// The body length the response header promises, if it states one.
+    pub fn content_length(&self) -> Option<u64> {
+        let value = self.header.headers.get(http::header::CONTENT_LENGTH)?;
+        value.to_str().ok()?.trim().parse().ok()
+    }
+
+    /// Bytes this meta takes in memory, roughly: what the memory tier charges for it.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .header
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        headers + 128
+    }
+
+    pub fn encode(&self, out: &mut Writer) {
+        out.time(self.created);
+        out.time(self.updated);
+        out.time(self.fresh_until);
+        out.u32(self.stale_while_revalidate_sec);
+        out.u32(self.stale_if_error_sec);
+        match &self.variance {
+            Some(v) => {
+                out.u8(1);
+                out.bytes_fixed(v);
+            }
+            None => out.u8(0),
+        }
+        out.u16(self.header.status.as_u16());
+        let count = u32::try_from(self.header.headers.len()).unwrap_or(u32::MAX);
+        out.u32(count);
+        for (name, value) in self.header.headers.iter().take(count as usize) {
+            out.bytes(name.as_str().as_bytes());
+            out.bytes(value.as_bytes());
+        }
+    }
+
+    pub fn decode(input: &mut Reader) -> Result<Self, String> {
+        let created = input.time()?;
+        let updated = input.time()?;
+        let fresh_until = input.time()?;
+        let stale_while_revalidate_sec = input.u32()?;
+        let stale_if_error_sec = input.u32()?;
+        let variance = match input.u8()? {
+            0 => None,
+            1 => Some(input.array::<16>()?),
+            other => return Err(format!("bad variance flag {other}")),
+        };
+        let status = input.u16()?;
+        let count = input.u32()? as usize;
+        let mut header = ResponseHeader::build(status, Some(count.min(256)))
+            .map_err(|e| format!("bad status {status}: {e}"))?;
+        for _ in 0..count {
+            let name = input.bytes()?;
+            let value = input.bytes()?;
+            let name = http::header::HeaderName::from_bytes(name)
+                .map_err(|e| format!("bad header name: {e}"))?;
+            let value = http::header::HeaderValue::from_bytes(value)
+                .map_err(|e| format!("bad header value: {e}"))?;
+            header
+                .append_header(name, value)
+                .map_err(|e| format!("header: {e}"))?;
+        }
+        Ok(StoredMeta {
+            created,
+            updated,
+            fresh_until,
+            stale_while_revalidate_sec,
+            stale_if_error_sec,
+            variance,
+            header,
+        })
+    }
+}
+
+/// Seconds and nanoseconds since the epoch; times before it are stored as the epoch.
+pub(super) fn split_time(time: SystemTime) -> (u64, u32) {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    (since.as_secs(), since.subsec_nanos())
+}
+
+pub(super) fn join_time(secs: u64, nanos: u32) -> Option<SystemTime> {
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_bytes_and_cache_meta() {
+        let mut header = ResponseHeader::build(200, None).expect("status");
+        header
+            .append_header("Content-Type", "image/png")
+            .expect("header");
+        header.append_header("Vary", "Accept").expect("header");
+        header.append_header("Vary", "Cookie").expect("header");
+        let created = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let meta = StoredMeta {
+            created,
+            updated: created + Duration::from_secs(30),
+            fresh_until: created + Duration::from_secs(90),
+            stale_while_revalidate_sec: 30,
+            stale_if_error_sec: 86400,
+            variance: Some([7; 16]),
+            header,
+        };
+        let mut out = Writer::default();
+        meta.encode(&mut out);
+        let bytes = out.into_inner();
+        let back = StoredMeta::decode(&mut Reader::new(&bytes)).expect("decodes");
+        assert_eq!(back.created, meta.created);
+        assert_eq!(back.updated, meta.updated);
+        assert_eq!(back.fresh_until, meta.fresh_until);
+        assert_eq!(back.variance, Some([7; 16]));
+        let varies: Vec<_> = back.header.headers.get_all("vary").iter().collect();
+        assert_eq!(varies.len(), 2);
+
+        let rebuilt = back.to_cache_meta();
+        assert_eq!(rebuilt.created(), created);
+        assert_eq!(rebuilt.epoch(), created + Duration::from_secs(30));
+        assert_eq!(rebuilt.fresh_sec(), 60);
+        assert_eq!(rebuilt.variance(), Some([7; 16]));
+        let again = StoredMeta::from_cache_meta(&rebuilt);
+        assert_eq!(again.updated, meta.updated);
+    }
+
+    #[test]
+    fn truncated_input_is_an_error() {
+        let mut out = Writer::default();
+        let meta = StoredMeta {
+            created: UNIX_EPOCH,
+            updated: UNIX_EPOCH,
+            fresh_until: UNIX_EPOCH,
+            stale_while_revalidate_sec: 0,
+            stale_if_error_sec: 0,
+            variance: None,
+            header: ResponseHeader::build(200, None).expect("status"),
+        };
+        meta.encode(&mut out);
+        let bytes = out.into_inner();
+        for cut in 0..bytes.len() {
+            assert!(StoredMeta::decode(&mut Reader::new(&bytes[..cut])).is_err());
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The shared cache: key, policy, and the memory and disk tiers behind pingora's cache
+//! state machine.
+//!
+//! pingora drives each request through lookup, the cache lock (one fetch per object however
+//! many requests want it), revalidation, stale serving and range cutting; this module gives
+//! it what it cannot decide alone: the key (`key`), what may be cached (`policy`), and where
+//! objects live (`storage` over `memory` and `disk`). `EdgeCache` holds the long-lived parts,
+//! built once at start.
+
+mod codec;
+pub mod disk;
+pub mod key;
+pub mod memory;
+pub mod meta;
+pub mod policy;
+pub mod storage;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::predictor::{CacheablePredictor, Predictor};
+use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, HttpCache};
+
+use crate::config::model::CacheStorage;
+use storage::TieredStorage;
+
+/// A 128-bit key hash, as pingora computes them.
+pub type Hash = [u8; 16];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to use {0} as the disk cache: it is not empty and was not created by edgecache \
+         (edgecache deletes files in its cache directory; point cache.disk.path at an empty or new directory)"
+    )]
+    ForeignDirectory(PathBuf),
+}
+
+/// How the cache answered a request: the `X-Cache-Status` value and the access-log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Expired,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Revalidated => "REVALIDATED",
+            CacheStatus::Expired => "EXPIRED",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+
+    /// The status of a request that used the cache, from pingora's phase.
+    pub fn of_phase(phase: CachePhase) -> CacheStatus {
+        match phase {
+            CachePhase::Hit => CacheStatus::Hit,
+            CachePhase::Stale | CachePhase::StaleUpdating => CacheStatus::Stale,
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheStatus::Revalidated,
+            CachePhase::Expired => CacheStatus::Expired,
+            // Looked up, then fetched from the core: whether or not the answer was stored.
+            CachePhase::Miss
+            | CachePhase::Bypass
+            | CachePhase::Disabled(_)
+            | CachePhase::Uninit
+            | CachePhase::CacheKey => CacheStatus::Miss,
+        }
+    }
+}
+
+/// The cache's long-lived parts; pingora wants them `'static`.
+pub struct EdgeCache {
+    pub storage: &'static TieredStorage,
+    lock: &'static CacheKeyLockImpl,
+    predictor: &'static (dyn CacheablePredictor + Sync),
+    max_object_size: usize,
+    lock_timeout: Duration,
+}
+
+impl EdgeCache {
+    /// Opens the tiers (the disk tier's index is rebuilt from its directory).
+    pub fn open(settings: &CacheStorage) -> Result<EdgeCache, CacheError> {
+        let memory =
+            memory::MemoryTier::new(settings.memory_max_size, settings.memory_max_object_size);
+        let disk = settings
+            .disk
+            .as_ref()
+            .map(disk::DiskTier::open)
+            .transpose()?;
+        let storage = TieredStorage::new(memory, disk);
+        let max_object_size = storage.max_object_size(settings.memory_max_object_size);
+        // Process-lifetime singletons: pingora's cache API takes `&'static` references.
+        let storage: &'static TieredStorage = Box::leak(Box::new(storage));
+        let lock: &'static CacheKeyLockImpl =
+            Box::leak(CacheLock::new_boxed(settings.lock_age_timeout));
+        let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(1024, None)));
+        Ok(EdgeCache {
+            storage,
+            lock,
+            predictor,
+            max_object_size: usize::try_from(max_object_size).unwrap_or(usize::MAX),
+            lock_timeout: settings.lock_timeout,
+        })
+    }
+
+    /// Turns the cache on for one request.
+    pub fn enable(&self, cache: &mut HttpCache) {
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.lock_timeout);
+        cache.enable(
+            self.storage,
+            None::<&'static (dyn EvictionManager + Sync)>,
+            Some(self.predictor),
+            Some(self.lock),
+            Some(overrides),
+        );
+        cache.set_max_file_size_bytes(self.max_object_size);
+    }
+
+    /// The pingora key for a primary key string.
+    pub fn key(primary: &str) -> CacheKey {
+        CacheKey::new(primary, "")
+    }
+}

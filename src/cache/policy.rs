@@ -1,0 +1,369 @@
+//! Which requests may use the shared cache and which responses it may keep (RFC 9111, with
+//! the rules a Mastodon edge needs on top).
+//!
+//! A request that identifies a user (`Authorization`, a session cookie, an HTTP `Signature`)
+//! never touches the cache: neither its answer nor a stored one for someone else. A response
+//! that sets a cookie, varies on everything, or says `private`/`no-store` is not kept.
+
+use std::time::{Duration, SystemTime};
+
+use http::{header, Method, StatusCode};
+use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora::cache::filters::calculate_serve_stale_durations;
+use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::model::{CachePolicy, Route};
+
+/// Why a request does not use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BypassReason {
+    Method,
+    Upgrade,
+    Authorization,
+    Signature,
+    SessionCookie,
+    RequestBody,
+    Route,
+    NoHost,
+}
+
+/// Whether a request may be answered from, and its response stored into, the shared cache.
+pub fn request_bypass(
+    req: &RequestHeader,
+    route: Option<&Route>,
+    policy: &CachePolicy,
+) -> Option<BypassReason> {
+    if route.is_some_and(|r| !r.cache) {
+        return Some(BypassReason::Route);
+    }
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return Some(BypassReason::Method);
+    }
+    let headers = &req.headers;
+    if headers.contains_key(header::UPGRADE) {
+        return Some(BypassReason::Upgrade);
+    }
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Some(BypassReason::Authorization);
+    }
+    if headers.contains_key("signature") || headers.contains_key("signature-input") {
+        return Some(BypassReason::Signature);
+    }
+    // A GET with a body could carry parameters the core reads but the key does not.
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Some(BypassReason::RequestBody);
+    }
+    let session = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|value| carries_session(value.as_bytes(), &policy.session_cookies));
+    if session {
+        return Some(BypassReason::SessionCookie);
+    }
+    None
+}
+
+fn carries_session(cookie_header: &[u8], names: &[String]) -> bool {
+    cookie_header.split(|b| *b == b';').any(|pair| {
+        let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        let name = name.trim_ascii();
+        names.iter().any(|n| n.as_bytes() == name)
+    })
+}
+
+/// Statuses a response may be stored with. Others (206, 304, 5xx, ...) never are: a
+/// partial or error body must not stand in for the object.
+fn storable_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 410
+    )
+}
+
+/// Statuses a route's `cache_ttl` applies to when the response states no freshness.
+fn heuristic_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 410
+    )
+}
+
+/// Decides whether a response may be stored, and for how long it is fresh.
+pub fn response_cacheable(
+    resp: &ResponseHeader,
+    route: Option<&Route>,
+    policy: &CachePolicy,
+) -> RespCacheable {
+    use RespCacheable::Uncacheable;
+    if !storable_status(resp.status) {
+        return Uncacheable(NoCacheReason::Custom("status"));
+    }
+    if resp.headers.contains_key(header::SET_COOKIE) {
+        return Uncacheable(NoCacheReason::Custom("set-cookie"));
+    }
+    let vary_star = resp.headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|name| name.trim() == "*"))
+    });
+    if vary_star {
+        return Uncacheable(NoCacheReason::Custom("vary-star"));
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if cc
+        .as_ref()
+        .is_some_and(|cc| cc.is_cacheable() == Cacheable::No)
+    {
+        return Uncacheable(NoCacheReason::OriginNotCache);
+    }
+
+    let now = SystemTime::now();
+    // The response may already have aged in a cache behind us (RFC 9111 §4.2.3).
+    let age = resp
+        .headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let received = now.checked_sub(age).unwrap_or(now);
+    let lifetime = cc
+        .as_ref()
+        .and_then(|cc| cc.fresh_duration())
+        .or_else(|| expires_lifetime(resp))
+        .or_else(|| {
+            route
+                .and_then(|r| r.cache_ttl)
+                .filter(|_| heuristic_status(resp.status))
+        });
+    let Some(lifetime) = lifetime else {
+        return Uncacheable(NoCacheReason::OriginNotCache);
+    };
+    let fresh_until = if lifetime.is_zero() {
+        // Stored, but stale from the start: every use revalidates.
+        received
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(received)
+    } else {
+        received
+            .checked_add(lifetime)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+    };
+
+    let defaults = CacheMetaDefaults::new(|_| None, 0, 0);
+    let (swr, sie_from_header) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+    let forbids_stale = cc
+        .as_ref()
+        .is_some_and(|cc| cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache());
+    let sie = if forbids_stale {
+        0
+    } else {
+        let window = u32::try_from(policy.serve_stale_on_error.as_secs()).unwrap_or(u32::MAX);
+        sie_from_header.max(window)
+    };
+    let mut header = resp.clone();
+    if let Some(cc) = &cc {
+        cc.strip_private_headers(&mut header);
+    }
+    // Hop-specific: the cache writes its own Age on every hit.
+    header.remove_header(&header::AGE);
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, received, swr, sie, header))
+}
+
+/// Freshness from `Expires`, measured against the response's own `Date` so that the two
+/// clocks need not agree (RFC 9111 §4.2.1). An invalid `Expires` means already stale.
+fn expires_lifetime(resp: &ResponseHeader) -> Option<Duration> {
+    let mut values = resp.headers.get_all(header::EXPIRES).iter();
+    let expires = values.next()?;
+    if values.next().is_some() {
+        return Some(Duration::ZERO);
+    }
+    let parse = |v: &http::HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+    };
+    let Some(expires) = parse(expires) else {
+        return Some(Duration::ZERO);
+    };
+    let date = resp
+        .headers
+        .get(header::DATE)
+        .and_then(parse)
+        .unwrap_or_else(SystemTime::now);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            serve_stale_on_error: Duration::from_secs(3600),
+            status_header: true,
+            session_cookies: vec!["_session_id".into(), "_mastodon_session".into()],
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        for (name, value) in headers {
+            req.append_header(name.to_string(), *value).expect("header");
+        }
+        req
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(status, None).expect("response");
+        for (name, value) in headers {
+            resp.append_header(name.to_string(), *value)
+                .expect("header");
+        }
+        resp
+    }
+
+    fn fresh_secs(r: RespCacheable) -> Option<u64> {
+        match r {
+            RespCacheable::Cacheable(meta) => Some(meta.fresh_sec()),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn requests_that_identify_a_user_bypass() {
+        let p = policy();
+        assert_eq!(request_bypass(&request(&[]), None, &p), None);
+        let cases = [
+            ("Authorization", "Bearer x", BypassReason::Authorization),
+            ("Signature", "keyId=\"a\"", BypassReason::Signature),
+            (
+                "Cookie",
+                "theme=dark; _session_id=abc",
+                BypassReason::SessionCookie,
+            ),
+            (
+                "Cookie",
+                "_mastodon_session=abc",
+                BypassReason::SessionCookie,
+            ),
+            ("Upgrade", "websocket", BypassReason::Upgrade),
+            ("Content-Length", "5", BypassReason::RequestBody),
+        ];
+        for (name, value, reason) in cases {
+            assert_eq!(
+                request_bypass(&request(&[(name, value)]), None, &p),
+                Some(reason),
+                "{name}: {value}"
+            );
+        }
+        // A cookie that merely contains a session name is not a session.
+        assert_eq!(
+            request_bypass(
+                &request(&[("Cookie", "x_session_idx=1; theme=a")]),
+                None,
+                &p
+            ),
+            None
+        );
+        let mut post = request(&[]);
+        post.set_method(Method::POST);
+        assert_eq!(request_bypass(&post, None, &p), Some(BypassReason::Method));
+        let off = Route {
+            path: "/api/v1/streaming".into(),
+            cache: false,
+            cache_ttl: None,
+        };
+        assert_eq!(
+            request_bypass(&request(&[]), Some(&off), &p),
+            Some(BypassReason::Route)
+        );
+    }
+
+    #[test]
+    fn freshness_comes_from_the_response() {
+        let p = policy();
+        let r = |status, headers: &[(&str, &str)]| {
+            fresh_secs(response_cacheable(&response(status, headers), None, &p))
+        };
+        assert_eq!(r(200, &[("Cache-Control", "public, max-age=60")]), Some(60));
+        assert_eq!(
+            r(200, &[("Cache-Control", "max-age=60, s-maxage=120")]),
+            Some(120)
+        );
+        assert_eq!(r(200, &[("Cache-Control", "private, no-store")]), None);
+        assert_eq!(r(200, &[("Cache-Control", "private")]), None);
+        assert_eq!(r(200, &[("Cache-Control", "no-store, max-age=60")]), None);
+        assert_eq!(r(200, &[("Cache-Control", "no-cache")]), Some(0));
+        assert_eq!(
+            r(
+                200,
+                &[("Cache-Control", "max-age=60"), ("Set-Cookie", "a=b")]
+            ),
+            None
+        );
+        assert_eq!(
+            r(200, &[("Cache-Control", "max-age=60"), ("Vary", "*")]),
+            None
+        );
+        assert_eq!(r(206, &[("Cache-Control", "max-age=60")]), None);
+        assert_eq!(r(500, &[("Cache-Control", "max-age=60")]), None);
+        assert_eq!(r(200, &[]), None);
+        assert_eq!(
+            r(
+                200,
+                &[
+                    ("Date", "Mon, 23 Nov 2026 10:00:00 GMT"),
+                    ("Expires", "Mon, 23 Nov 2026 10:05:00 GMT")
+                ]
+            ),
+            Some(300)
+        );
+        assert_eq!(r(200, &[("Expires", "0")]), Some(0));
+        // An origin Age uses up part of the lifetime.
+        let aged = r(200, &[("Cache-Control", "max-age=60"), ("Age", "50")]);
+        assert!(aged.is_some_and(|s| s <= 60));
+    }
+
+    #[test]
+    fn route_ttl_fills_in_only_when_the_response_is_silent() {
+        let p = policy();
+        let route = Route {
+            path: "/system/".into(),
+            cache: true,
+            cache_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+        };
+        let r = |headers: &[(&str, &str)]| {
+            fresh_secs(response_cacheable(
+                &response(200, headers),
+                Some(&route),
+                &p,
+            ))
+        };
+        assert_eq!(r(&[]), Some(7 * 24 * 3600));
+        assert_eq!(r(&[("Cache-Control", "max-age=10")]), Some(10));
+        assert_eq!(r(&[("Cache-Control", "private")]), None);
+    }
+
+    #[test]
+    fn stale_on_error_window_respects_must_revalidate() {
+        let p = policy();
+        let sie = |headers: &[(&str, &str)]| match response_cacheable(
+            &response(200, headers),
+            None,
+            &p,
+        ) {
+            RespCacheable::Cacheable(meta) => meta.stale_if_error_sec(),
+            RespCacheable::Uncacheable(_) => panic!("cacheable"),
+        };
+        assert_eq!(sie(&[("Cache-Control", "max-age=10")]), 3600);
+        assert_eq!(
+            sie(&[("Cache-Control", "max-age=10, stale-if-error=86400")]),
+            86400
+        );
+        assert_eq!(sie(&[("Cache-Control", "max-age=10, must-revalidate")]), 0);
+    }
+}
