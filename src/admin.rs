@@ -14,6 +14,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::cache::EdgeCache;
 use crate::metrics;
 use crate::proxy::upstream::CoreUpstreams;
 use crate::reload::Reloader;
@@ -25,6 +26,7 @@ pub struct AdminApp {
     pub reloader: Arc<Reloader>,
     /// The bearer token `/reload` requires; a reload may change it.
     pub token: Arc<ArcSwapOption<String>>,
+    pub cache: Option<Arc<EdgeCache>>,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
@@ -101,6 +103,13 @@ impl AdminApp {
         }
     }
 
+    fn metrics_text(&self) -> Result<String, prometheus::Error> {
+        if let Some(cache) = &self.cache {
+            cache.storage.report();
+        }
+        metrics::gather_text()
+    }
+
     fn authorized(&self, session: &ServerSession) -> bool {
         let token = self.token.load();
         let Some(token) = token.as_deref() else {
@@ -149,7 +158,7 @@ impl ServeHttp for AdminApp {
         match (path.as_str(), &method) {
             ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
             ("/readyz", &Method::GET | &Method::HEAD) => self.readiness().await,
-            ("/metrics", &Method::GET | &Method::HEAD) => match metrics::gather_text() {
+            ("/metrics", &Method::GET | &Method::HEAD) => match self.metrics_text() {
                 Ok(body) => {
                     let mut resp = text(StatusCode::OK, body);
                     resp.headers_mut().insert(

@@ -20,7 +20,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::access_log::AccessLogger;
-use crate::config::model::{Core, Logging, ServerSettings};
+use crate::config::model::{CacheStorage, Core, Logging, ServerSettings};
 use crate::config::{self, Config};
 use crate::metrics;
 use crate::proxy::ProxySettings;
@@ -50,6 +50,8 @@ pub struct RestartOnly {
     logging: Logging,
     /// Idle HTTP/2 connections are bounded by a server option set at start.
     h2_idle_timeout: std::time::Duration,
+    /// The tiers and the lock are built once.
+    cache_storage: Option<CacheStorage>,
 }
 
 impl RestartOnly {
@@ -60,6 +62,7 @@ impl RestartOnly {
             core: config.core.clone(),
             logging: config.logging.clone(),
             h2_idle_timeout: config.limits.keepalive_timeout,
+            cache_storage: config.cache.as_ref().map(|c| c.storage.clone()),
         }
     }
 
@@ -74,6 +77,9 @@ impl RestartOnly {
         }
         if self.core != new.core {
             out.push("core upstream groups changed".to_string());
+        }
+        if self.cache_storage != new.cache_storage {
+            out.push("cache tiers or lock settings changed".to_string());
         }
         if self.logging != new.logging {
             out.push("logging changed".to_string());

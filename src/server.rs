@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 
 use crate::access_log::{AccessLogError, AccessLogger};
 use crate::admin::AdminApp;
+use crate::cache::{CacheError, EdgeCache};
 use crate::config::Config;
 use crate::connections::CountedApp;
 use crate::proxy::upstream::CoreUpstreams;
@@ -38,6 +39,8 @@ pub enum StartError {
     },
     #[error("TLS setup of listener {name} failed: {detail}")]
     Tls { name: String, detail: String },
+    #[error("cannot open the cache: {0}")]
+    Cache(#[from] CacheError),
 }
 
 /// Builds a ready-to-run pingora server.
@@ -56,6 +59,10 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
+    let cache = match &config.cache {
+        Some(settings) => Some(Arc::new(EdgeCache::open(&settings.storage)?)),
+        None => None,
+    };
     let access_log = AccessLogger::start(&config.logging.access_log)?;
     let core = Arc::new(CoreUpstreams::new(&config.core).map_err(StartError::Upstream)?);
     for group in core.groups.values() {
@@ -74,6 +81,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         core: core.clone(),
         settings: proxy_settings.clone(),
         access_log: access_log.clone(),
+        cache: cache.clone(),
     });
 
     let mut reloadable = HashMap::new();
@@ -155,6 +163,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
             core,
             reloader,
             token: admin_token,
+            cache,
         }),
     );
     admin.add_tcp(&config.admin.address.to_string());

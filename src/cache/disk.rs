@@ -214,6 +214,10 @@ impl DiskTier {
         ))
     }
 
+    pub fn contains(&self, combined: &Hash) -> bool {
+        self.index.lock().entries.contains(combined)
+    }
+
     /// Opens the committed entry for `combined`, or `None`. A damaged entry is removed and
     /// reported as absent.
     pub fn lookup(&self, combined: &Hash) -> Option<DiskObject> {

@@ -10,6 +10,7 @@
 mod codec;
 pub mod disk;
 pub mod key;
+mod lock;
 pub mod memory;
 pub mod meta;
 pub mod policy;
@@ -107,8 +108,10 @@ impl EdgeCache {
         let max_object_size = storage.max_object_size(settings.memory_max_object_size);
         // Process-lifetime singletons: pingora's cache API takes `&'static` references.
         let storage: &'static TieredStorage = Box::leak(Box::new(storage));
-        let lock: &'static CacheKeyLockImpl =
-            Box::leak(CacheLock::new_boxed(settings.lock_age_timeout));
+        let lock: &'static CacheKeyLockImpl = Box::leak(Box::new(lock::FillAwareLock::new(
+            CacheLock::new_boxed(settings.lock_age_timeout),
+            storage,
+        )));
         let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(1024, None)));
         Ok(EdgeCache {
             storage,

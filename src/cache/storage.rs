@@ -86,6 +86,13 @@ impl TieredStorage {
         }
     }
 
+    /// Whether an object is arriving or stored under this combined hash.
+    pub fn holds(&self, combined: &Hash) -> bool {
+        self.find_fill(combined, None).is_some()
+            || self.memory.get(combined).is_some()
+            || self.disk.as_ref().is_some_and(|d| d.contains(combined))
+    }
+
     /// Publishes both tiers' sizes to the metrics.
     pub fn report(&self) {
         self.memory.report();

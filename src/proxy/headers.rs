@@ -30,9 +30,18 @@ const HOP_BY_HOP: [&str; 7] = [
 /// Headers a client could use to make the core believe another host, scheme or address
 /// (Rack reads `X-Forwarded-Ssl` and `X-Forwarded-Scheme` before `X-Forwarded-Proto`;
 /// Rails reads `Client-IP`); only a trusted proxy in front of us may set them.
-const UNTRUSTED_FORWARDING: [&str; 10] = [
+const UNTRUSTED_FORWARDING: [&str; 18] = [
     "forwarded",
     "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-host",
+    "x-original-host",
+    // Rewrites honoured by some frameworks: a known cache-poisoning vector.
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
     "x-forwarded-port",
     "x-forwarded-server",
     "x-forwarded-ssl",
@@ -115,6 +124,39 @@ pub fn set_forwarding(
         }
     }
     client
+}
+
+/// Rewrites an absolute-form target (`GET http://host/path HTTP/1.1`) to origin-form with
+/// its authority as `Host`, and makes `Host` agree with an HTTP/2 `:authority`. RFC 9112
+/// §3.2.2 says the target's authority wins; doing it here means the core, the cache key and
+/// the access log all see the same host. `Err` for a target that names no usable host.
+#[allow(clippy::result_unit_err)]
+pub fn normalize_request_target(req: &mut RequestHeader) -> Result<(), ()> {
+    let raw = req.raw_path();
+    let absolute = raw.len() > 8
+        && (raw[..7].eq_ignore_ascii_case(b"http://")
+            || raw[..8].eq_ignore_ascii_case(b"https://"));
+    if !absolute {
+        if let Some(authority) = req.uri.authority() {
+            let authority = authority.as_str().to_string();
+            req.insert_header(header::HOST, authority).map_err(|_| ())?;
+        }
+        return Ok(());
+    }
+    let uri: http::Uri = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(())?;
+    let authority = uri.authority().ok_or(())?.as_str().to_string();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(());
+    }
+    let target = uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    req.set_raw_path(target.as_bytes()).map_err(|_| ())?;
+    req.insert_header(header::HOST, authority).map_err(|_| ())?;
+    Ok(())
 }
 
 /// A websocket handshake: HTTP/1.1, `Connection: upgrade` and `Upgrade: websocket`. Any other

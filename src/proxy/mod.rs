@@ -22,8 +22,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use prometheus::IntCounter;
 
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+
 use crate::access_log::{AccessLogger, AccessRecord};
-use crate::config::model::{Limits, TrustedProxies};
+use crate::cache::key as cache_key;
+use crate::cache::{policy, CacheStatus, EdgeCache};
+use crate::config::model::{CachePolicy, Limits, Route, Sites, TrustedProxies};
 use crate::metrics;
 use upstream::{CoreGroup, CoreUpstreams};
 
@@ -33,6 +38,8 @@ pub struct ProxyShared {
     /// Replaced whole by a reload.
     pub settings: Arc<ArcSwap<ProxySettings>>,
     pub access_log: AccessLogger,
+    /// `None` when the config has no `cache` section.
+    pub cache: Option<Arc<EdgeCache>>,
 }
 
 /// The settings a reload may change while requests are flowing.
@@ -40,6 +47,8 @@ pub struct ProxyShared {
 pub struct ProxySettings {
     pub trusted_proxies: TrustedProxies,
     pub limits: LimitsSnapshot,
+    pub cache_policy: Option<CachePolicy>,
+    pub sites: Sites,
 }
 
 impl ProxySettings {
@@ -47,6 +56,8 @@ impl ProxySettings {
         ProxySettings {
             trusted_proxies: config.trusted_proxies.clone(),
             limits: LimitsSnapshot::from(&config.limits),
+            cache_policy: config.cache.as_ref().map(|c| c.policy.clone()),
+            sites: config.sites.clone(),
         }
     }
 }
@@ -134,6 +145,12 @@ pub struct RequestContext {
     /// The status we answered with ourselves (refusals, errors), when pingora did not write
     /// an upstream response.
     own_status: Option<u16>,
+    /// How the cache took part; `None` when caching is off for this PoP.
+    cache_status: Option<CacheStatus>,
+    /// The primary cache key, set when this request uses the cache.
+    cache_key: Option<String>,
+    /// The route the request matched, for its cache settings.
+    route: Option<Route>,
 }
 
 #[async_trait]
@@ -152,6 +169,9 @@ impl ProxyHttp for EdgeProxy {
             upstream_sent: None,
             upstream_status: None,
             own_status: None,
+            cache_status: None,
+            cache_key: None,
+            route: None,
         }
     }
 
@@ -178,6 +198,19 @@ impl ProxyHttp for EdgeProxy {
             limits.max_header_size,
         );
         let Some(rejection) = rejection else {
+            // The cache keys on the host the core will see, so an absolute-form target must
+            // not leave a different Host beside it.
+            if headers::normalize_request_target(session.req_header_mut()).is_err() {
+                session.set_keepalive(None);
+                respond(
+                    session,
+                    ctx,
+                    400,
+                    "400 bad request: invalid request target\n",
+                )
+                .await?;
+                return Ok(true);
+            }
             return Ok(false);
         };
         metrics::get()
@@ -188,6 +221,114 @@ impl ProxyHttp for EdgeProxy {
         session.set_keepalive(None);
         respond(session, ctx, rejection.status(), rejection.message()).await?;
         Ok(true)
+    }
+
+    /// Decides whether this request may use the shared cache and turns it on if so.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<()> {
+        let Some(cache) = &self.shared.cache else {
+            return Ok(());
+        };
+        let settings = self.shared.settings.load();
+        let Some(policy) = &settings.cache_policy else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        let Some(host) = cache_key::request_host(req, self.tls) else {
+            ctx.cache_status = Some(CacheStatus::Bypass);
+            return Ok(());
+        };
+        let route = settings.sites.route(&host, req.uri.path());
+        if policy::request_bypass(req, route, policy).is_some() {
+            ctx.cache_status = Some(CacheStatus::Bypass);
+            return Ok(());
+        }
+        ctx.cache_key = Some(cache_key::primary_key(self.tls, &host, req));
+        ctx.route = route.cloned();
+        ctx.cache_status = Some(CacheStatus::Miss);
+        cache.enable(&mut session.cache);
+        Ok(())
+    }
+
+    /// The key is built in `request_cache_filter`; see `cache::key` for what goes in it.
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestContext) -> Result<CacheKey> {
+        let primary = ctx
+            .cache_key
+            .as_deref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache on without a key"))?;
+        Ok(EdgeCache::key(primary))
+    }
+
+    /// Applies RFC 9111 and the PoP's rules to a response from the core.
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<RespCacheable> {
+        let settings = self.shared.settings.load();
+        let Some(policy) = &settings.cache_policy else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        Ok(policy::response_cacheable(resp, ctx.route.as_ref(), policy))
+    }
+
+    /// Selects the stored variant from the request headers the response's `Vary` names.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestContext,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache_key::variance(meta, req)
+    }
+
+    /// Stale content may be served while one request refreshes it (when the response
+    /// allowed `stale-while-revalidate`), and when the core failed or answered 5xx (within
+    /// the object's stale-if-error window, which the PoP's `serve_stale_on_error` extends).
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestContext,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    /// Says how the cache answered, in `X-Cache-Status` and the metrics.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        let Some(status) = ctx.cache_status else {
+            return Ok(());
+        };
+        let status = if status == CacheStatus::Bypass {
+            status
+        } else {
+            CacheStatus::of_phase(session.cache.phase())
+        };
+        ctx.cache_status = Some(status);
+        let m = metrics::get();
+        m.cache_responses
+            .with_label_values(&[status.as_str()])
+            .inc();
+        if let Some(waited) = session.cache.lock_duration() {
+            m.cache_lock_waits.inc();
+            m.cache_lock_wait_seconds.observe(waited.as_secs_f64());
+        }
+        let show = self
+            .shared
+            .settings
+            .load()
+            .cache_policy
+            .as_ref()
+            .is_some_and(|p| p.status_header);
+        if show {
+            upstream_response.insert_header("x-cache-status", status.as_str())?;
+        }
+        Ok(())
     }
 
     /// Picks a core host from the default group, skipping hosts this request could not reach.
@@ -386,7 +527,7 @@ impl ProxyHttp for EdgeProxy {
             duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             upstream: &ctx.upstream_label,
             upstream_status: ctx.upstream_status,
-            cache: "",
+            cache: ctx.cache_status.map_or("", CacheStatus::as_str),
             user_agent: header(http::header::USER_AGENT),
             referer: header(http::header::REFERER),
             error: e.map(|e| e.to_string()),

@@ -5,6 +5,7 @@ mod harness;
 
 mod admin;
 mod bad_input;
+mod cache;
 mod config_errors;
 mod listeners;
 mod proxy;

@@ -2,17 +2,28 @@
 //!
 //! Every answer is JSON describing the request it got (method, path, version, headers), so
 //! tests can see exactly what the edge forwarded. `/slow/<ms>` answers after a delay,
-//! `/status/<code>` answers with that status.
+//! `/status/<code>` answers with that status, `/bytes/<n>` streams `n` bytes of a known
+//! pattern ([`pattern`]).
+//!
+//! Query parameters shape any answer: `cc=` sets `Cache-Control`, `h=Name:Value` adds a
+//! header (repeatable), `etag=` sets an `ETag` and answers a matching `If-None-Match` with
+//! 304. For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
+//! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes.
+//! [`Origin::fail_with`] makes every answer an error status (a core in trouble).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -23,8 +34,22 @@ use tokio::task::JoinHandle;
 pub struct Origin {
     pub address: SocketAddr,
     hits: Arc<AtomicUsize>,
+    control: Arc<Control>,
     task: JoinHandle<()>,
+    /// Tells open connections to close, so a dropped origin is really gone.
+    stop: tokio::sync::watch::Sender<bool>,
 }
+
+/// What a test can change while the origin runs.
+#[derive(Default)]
+struct Control {
+    /// Answer every request with this status when non-zero.
+    fail_status: AtomicU16,
+    /// Requests by path.
+    path_hits: Mutex<HashMap<String, usize>>,
+}
+
+type OriginBody = BoxBody<Bytes, std::io::Error>;
 
 impl Origin {
     /// Starts an origin on a port the kernel picks.
@@ -43,28 +68,41 @@ impl Origin {
         let address = listener.local_addr().expect("origin address");
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let control = Arc::new(Control::default());
+        let shared = control.clone();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let counter = counter.clone();
+                let control = shared.clone();
+                let mut stopped = stopped.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        answer(req, peer)
+                        if let Ok(mut paths) = control.path_hits.lock() {
+                            *paths.entry(req.uri().path().to_string()).or_default() += 1;
+                        }
+                        answer(req, peer, control.fail_status.load(Ordering::SeqCst))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                    }
                 });
             }
         });
         Origin {
             address,
             hits,
+            control,
             task,
+            stop,
         }
     }
 
@@ -72,21 +110,199 @@ impl Origin {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// Requests answered so far for one path.
+    pub fn hits_for(&self, path: &str) -> usize {
+        self.control
+            .path_hits
+            .lock()
+            .map(|paths| paths.get(path).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// From now on every answer is `status` (0: back to normal).
+    pub fn fail_with(&self, status: u16) {
+        self.control.fail_status.store(status, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
+        let _ = self.stop.send(true);
         self.task.abort();
     }
+}
+
+/// Byte `i` of every `/bytes/` body.
+pub fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// The bytes `range` of a `/bytes/` body.
+pub fn pattern_range(range: std::ops::Range<u64>) -> Vec<u8> {
+    range.map(pattern).collect()
+}
+
+fn full(body: impl Into<Bytes>) -> OriginBody {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A body fed from a channel, so it can be slow or break off.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|result| result.map(Frame::data)))
+    }
+}
+
+fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let decode = |s: &str| {
+                let s = s.replace('+', " ");
+                let mut out = Vec::new();
+                let bytes = s.as_bytes();
+                let mut i = 0;
+                while i < bytes.len() {
+                    if bytes[i] == b'%' && i + 2 < bytes.len() {
+                        let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                        if let Ok(b) = u8::from_str_radix(hex, 16) {
+                            out.push(b);
+                            i += 3;
+                            continue;
+                        }
+                    }
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+                String::from_utf8_lossy(&out).to_string()
+            };
+            Some((decode(k), decode(v)))
+        })
+        .collect()
+}
+
+fn streamed_bytes(total: u64, params: &[(String, String)]) -> (OriginBody, bool) {
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let chunk = get("chunk").unwrap_or(64 * 1024).max(1);
+    let delay = Duration::from_millis(get("delay_ms").unwrap_or(0));
+    let abort_at = get("abort_at");
+    let chunked = get("chunked") == Some(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sent < total {
+            if abort_at.is_some_and(|at| sent >= at) {
+                let _ = tx
+                    .send(Err(std::io::Error::other("origin broke the body off")))
+                    .await;
+                return;
+            }
+            let mut end = (sent + chunk).min(total);
+            if let Some(at) = abort_at {
+                if sent < at {
+                    end = end.min(at);
+                }
+            }
+            if tx
+                .send(Ok(Bytes::from(pattern_range(sent..end))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            sent = end;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    });
+    (ChannelBody(rx).boxed(), chunked)
 }
 
 async fn answer(
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    fail_status: u16,
+) -> Result<Response<OriginBody>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/echo-upgrade" {
         return Ok(echo_upgrade(req));
+    }
+    let params = query_params(&req);
+    let mut extra_headers: Vec<(String, String)> = Vec::new();
+    let mut etag = None;
+    for (name, value) in &params {
+        match name.as_str() {
+            "cc" => extra_headers.push(("cache-control".into(), value.clone())),
+            "h" => {
+                if let Some((n, v)) = value.split_once(':') {
+                    extra_headers.push((n.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            "etag" => etag = Some(format!("\"{value}\"")),
+            _ => {}
+        }
+    }
+    if fail_status != 0 {
+        return Ok(Response::builder()
+            .status(fail_status)
+            .header("content-type", "text/plain")
+            .body(full("the core is in trouble\n"))
+            .expect("response"));
+    }
+    if let Some(etag) = &etag {
+        let matches = req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+        if matches {
+            let mut builder = Response::builder()
+                .status(304)
+                .header("etag", etag.as_str());
+            for (n, v) in &extra_headers {
+                builder = builder.header(n.as_str(), v.as_str());
+            }
+            return Ok(builder.body(full(Bytes::new())).expect("response"));
+        }
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let (body, chunked) = streamed_bytes(total, &params);
+        let mut builder = Response::builder()
+            .status(200)
+            .header("content-type", "application/octet-stream");
+        if !chunked {
+            builder = builder.header("content-length", total);
+        }
+        if let Some(etag) = &etag {
+            builder = builder.header("etag", etag.as_str());
+        }
+        for (n, v) in &extra_headers {
+            builder = builder.header(n.as_str(), v.as_str());
+        }
+        return Ok(builder.body(body).expect("response"));
     }
     let mut status = 200u16;
     if let Some(ms) = path.strip_prefix("/slow/") {
@@ -124,20 +340,24 @@ async fn answer(
         "body_length": body_len,
     })
     .to_string();
-    let response = Response::builder()
+    let mut builder = Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .header("connection", "x-origin-private")
         .header("x-origin-private", "per-hop")
-        .header("keep-alive", "timeout=5")
-        .body(Full::new(Bytes::from(body)))
-        .expect("response");
-    Ok(response)
+        .header("keep-alive", "timeout=5");
+    if let Some(etag) = &etag {
+        builder = builder.header("etag", etag.as_str());
+    }
+    for (n, v) in &extra_headers {
+        builder = builder.header(n.as_str(), v.as_str());
+    }
+    Ok(builder.body(full(body)).expect("response"))
 }
 
 /// Answers an `Upgrade: websocket` request with 101 and then echoes every byte back, as a
 /// stand-in for the streaming API (no websocket framing: the edge must not care).
-fn echo_upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn echo_upgrade(req: Request<Incoming>) -> Response<OriginBody> {
     let wants_websocket = req
         .headers()
         .get("upgrade")
@@ -146,7 +366,7 @@ fn echo_upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !wants_websocket {
         return Response::builder()
             .status(426)
-            .body(Full::new(Bytes::from_static(b"upgrade required")))
+            .body(full(Bytes::from_static(b"upgrade required")))
             .expect("response");
     }
     tokio::spawn(async move {
@@ -165,7 +385,7 @@ fn echo_upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
         .status(101)
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
-        .body(Full::new(Bytes::new()))
+        .body(full(Bytes::new()))
         .expect("response")
 }
 

@@ -1,0 +1,412 @@
+//! The shared cache: what is stored, what is served, and from which tier.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::harness::edge::{start_pop, TestPop};
+
+use crate::harness::origin::{pattern_range, Origin};
+
+/// A cache section with both tiers under the test's directory; objects above 256 KiB live
+/// on disk only.
+pub fn cache_yaml(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "cache:\n  memory:\n    max_size: 64MiB\n    max_object_size: 256KiB\n  disk:\n    path: {}\n    max_size: 1GiB\n  lock_timeout: 5s\n{extra}",
+        dir.join("cache").display()
+    )
+}
+
+/// A running edge with a cache, and the directory its disk tier lives in.
+pub struct CachingPop {
+    pub pop: TestPop,
+    pub cache_dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for CachingPop {
+    type Target = TestPop;
+
+    fn deref(&self) -> &TestPop {
+        &self.pop
+    }
+}
+
+pub async fn pop_with_cache(origin: &Origin, extra: &str) -> CachingPop {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let pop = start_pop(&[origin.address], &cache_yaml(cache_dir.path(), extra)).await;
+    CachingPop { pop, cache_dir }
+}
+
+/// One answer, whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn cache_status(&self) -> &str {
+        self.headers
+            .get("x-cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("origin JSON")
+    }
+}
+
+pub async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut request = client.get(format!("http://{address}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let resp = request.send().await.expect("request");
+    Answer {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.expect("body").to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn a_public_response_is_served_from_cache_with_its_age() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/@alice?cc=public,max-age=60";
+    let first = get(pop.setup.http, path, &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.cache_status(), "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = get(pop.setup.http, path, &[]).await;
+    assert_eq!(second.cache_status(), "HIT");
+    assert_eq!(second.body, first.body);
+    let age: u64 = second.header("age").parse().expect("Age header");
+    assert!((1..60).contains(&age), "Age {age}");
+    assert_eq!(origin.hits_for("/@alice"), 1);
+    // The query's parameter order is not part of the object's identity.
+    let reordered = get(pop.setup.http, "/@alice?cc=public,max-age=60&", &[]).await;
+    assert_eq!(reordered.cache_status(), "HIT");
+    assert_eq!(origin.hits_for("/@alice"), 1);
+}
+
+#[tokio::test]
+async fn responses_that_forbid_sharing_are_not_stored() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let cases = [
+        ("/a", "cc=private,no-store"),
+        ("/b", "cc=private,max-age=60"),
+        ("/c", "cc=no-store,max-age=60"),
+        (
+            "/d",
+            "cc=public,max-age=60&h=Set-Cookie:_mastodon_session=x",
+        ),
+        ("/e", "cc=public,max-age=60&h=Vary:*"),
+        ("/f", ""),
+        ("/status/500", "cc=public,max-age=60"),
+    ];
+    for (path, query) in cases {
+        let url = format!("{path}?{query}");
+        let first = get(pop.setup.http, &url, &[]).await;
+        let second = get(pop.setup.http, &url, &[]).await;
+        assert_eq!(second.cache_status(), "MISS", "{url}");
+        assert_eq!(origin.hits_for(path), 2, "{url} was answered from cache");
+        assert_eq!(first.status, second.status);
+    }
+}
+
+#[tokio::test]
+async fn requests_that_identify_a_user_never_use_the_shared_cache() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/api/v1/timelines/public?cc=public,max-age=60";
+    let users: [(&str, &str); 4] = [
+        ("Authorization", "Bearer token-of-bob"),
+        ("Cookie", "theme=light; _session_id=bob"),
+        ("Cookie", "_mastodon_session=bob"),
+        (
+            "Signature",
+            "keyId=\"https://remote.example/users/bob#main-key\",signature=\"x\"",
+        ),
+    ];
+    // A user's request is neither stored ...
+    for (name, value) in users {
+        let answer = get(pop.setup.http, path, &[(name, value)]).await;
+        assert_eq!(answer.cache_status(), "BYPASS", "{name}");
+    }
+    let anonymous = get(pop.setup.http, path, &[]).await;
+    assert_eq!(anonymous.cache_status(), "MISS");
+    assert!(!String::from_utf8_lossy(&anonymous.body).contains("bob"));
+    // ... nor answered from what is stored.
+    for (name, value) in users {
+        let answer = get(pop.setup.http, path, &[(name, value)]).await;
+        assert_eq!(answer.cache_status(), "BYPASS", "{name}");
+        assert!(String::from_utf8_lossy(&answer.body).contains("bob"));
+    }
+    assert_eq!(origin.hits_for("/api/v1/timelines/public"), 9);
+    let cached = get(pop.setup.http, path, &[("Cookie", "theme=dark")]).await;
+    assert_eq!(cached.cache_status(), "HIT");
+}
+
+#[tokio::test]
+async fn vary_keeps_html_and_activitypub_apart() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/@alice?cc=public,max-age=60&h=Vary:Accept";
+    let html = [("Accept", "text/html")];
+    let json = [("Accept", "application/activity+json")];
+    assert_eq!(
+        get(pop.setup.http, path, &html).await.cache_status(),
+        "MISS"
+    );
+    let first_json = get(pop.setup.http, path, &json).await;
+    assert_eq!(first_json.cache_status(), "MISS");
+    let again_html = get(pop.setup.http, path, &html).await;
+    let again_json = get(pop.setup.http, path, &json).await;
+    assert_eq!(again_html.cache_status(), "HIT");
+    assert_eq!(again_json.cache_status(), "HIT");
+    let accept = |a: &Answer| crate::harness::origin::seen_headers(&a.json(), "accept");
+    assert_eq!(accept(&again_html), vec!["text/html"]);
+    assert_eq!(accept(&again_json), vec!["application/activity+json"]);
+    assert_eq!(origin.hits_for("/@alice"), 2);
+}
+
+#[tokio::test]
+async fn routes_set_a_default_lifetime_or_turn_the_cache_off() {
+    let origin = Origin::start().await;
+    let sites = "sites:\n  - routes:\n      - path: /system/\n        cache_ttl: 7d\n      - path: /api/v1/streaming\n        cache: false\n";
+    let pop = pop_with_cache(&origin, sites).await;
+    // No Cache-Control at all: kept for the route's 7 days.
+    get(pop.setup.http, "/system/media/a.png", &[]).await;
+    let media = get(pop.setup.http, "/system/media/a.png", &[]).await;
+    assert_eq!(media.cache_status(), "HIT");
+    assert_eq!(origin.hits_for("/system/media/a.png"), 1);
+    // The same silence outside the route is not cacheable.
+    get(pop.setup.http, "/other", &[]).await;
+    assert_eq!(
+        get(pop.setup.http, "/other", &[]).await.cache_status(),
+        "MISS"
+    );
+    // A route with the cache off is never stored, whatever the response says.
+    let streaming = "/api/v1/streaming/health?cc=public,max-age=60";
+    get(pop.setup.http, streaming, &[]).await;
+    let again = get(pop.setup.http, streaming, &[]).await;
+    assert_eq!(again.cache_status(), "BYPASS");
+    assert_eq!(origin.hits_for("/api/v1/streaming/health"), 2);
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_origin_fetch_and_all_get_the_body() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let size = 1024 * 1024u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600&chunk=65536&delay_ms=20");
+    let expected = pattern_range(0..size);
+    let mut tasks = Vec::new();
+    for _ in 0..500 {
+        let address = pop.setup.http;
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move { get(address, &path, &[]).await }));
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for task in tasks {
+        let answer = task.await.expect("request task");
+        assert_eq!(answer.status, 200);
+        assert!(answer.body == expected, "a client got a different body");
+        *statuses
+            .entry(answer.cache_status().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        origin.hits_for(&format!("/bytes/{size}")),
+        1,
+        "statuses: {statuses:?}"
+    );
+    let waits = pop
+        .edge
+        .metric("edgecache_cache_lock_waits_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(waits > 0.0, "no request waited on the lock: {statuses:?}");
+}
+
+/// The entry files of the disk tier with this extension.
+fn entry_files(pop: &CachingPop, ext: &str) -> Vec<std::path::PathBuf> {
+    let root = pop.cache_dir.path().join("cache").join("v1");
+    let mut found = Vec::new();
+    for shard in std::fs::read_dir(root).expect("cache dir").flatten() {
+        if shard.file_name() == "tmp" {
+            continue;
+        }
+        for file in std::fs::read_dir(shard.path()).expect("shard").flatten() {
+            if file.path().extension().is_some_and(|e| e == ext) {
+                found.push(file.path());
+            }
+        }
+    }
+    found
+}
+
+/// Kills the edge with SIGKILL (nothing flushed, nothing cleaned up) and starts it again.
+async fn kill_and_restart(pop: &mut CachingPop) {
+    pop.pop.edge.signal(nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pop.pop.edge.exit_status().is_none() {
+        assert!(std::time::Instant::now() < deadline, "edge did not die");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config = pop.pop.setup.path("edgecache.yaml");
+    pop.pop.edge = crate::harness::edge::Edge::start(&pop.pop.setup, &config).await;
+}
+
+#[tokio::test]
+async fn cached_objects_survive_kill_9() {
+    let origin = Origin::start().await;
+    let mut pop = pop_with_cache(&origin, "").await;
+    let small = "/@alice?cc=public,max-age=600";
+    let large = "/bytes/3000000?cc=public,max-age=600";
+    let small_body = get(pop.setup.http, small, &[]).await.body;
+    get(pop.setup.http, large, &[]).await;
+    kill_and_restart(&mut pop).await;
+    let again = get(pop.setup.http, small, &[]).await;
+    assert_eq!(again.cache_status(), "HIT");
+    assert_eq!(again.body, small_body);
+    let again = get(pop.setup.http, large, &[]).await;
+    assert_eq!(again.cache_status(), "HIT");
+    assert!(again.body == pattern_range(0..3_000_000));
+    assert_eq!(origin.hits(), 2);
+    assert_eq!(
+        pop.edge
+            .metric("edgecache_cache_tier_objects{tier=\"disk\"}")
+            .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn damaged_disk_entries_are_misses_and_are_removed() {
+    let origin = Origin::start().await;
+    let mut pop = pop_with_cache(&origin, "").await;
+    let paths = [
+        "/bytes/1000?cc=public,max-age=600",
+        "/bytes/2000000?cc=public,max-age=600",
+        "/bytes/3000?cc=public,max-age=600",
+    ];
+    for path in paths {
+        get(pop.setup.http, path, &[]).await;
+    }
+    // The memory tier would answer the small ones: restart to read from disk.
+    kill_and_restart(&mut pop).await;
+    let bodies = entry_files(&pop, "body");
+    assert_eq!(bodies.len(), 3);
+    for body in &bodies {
+        let mut bytes = std::fs::read(body).expect("body file");
+        match bytes.len() {
+            // Truncated.
+            n if n < 1100 => bytes.truncate(n - 10),
+            // One bit flipped in the first block of the large one, and in the middle
+            // of the other small one.
+            _ => bytes[16 + 500] ^= 0x01,
+        }
+        std::fs::write(body, bytes).expect("damage");
+    }
+    for path in paths {
+        let answer = get(pop.setup.http, path, &[]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cache_status(), "MISS", "{path}");
+        let size: u64 = path[7..path.find('?').expect("query")]
+            .parse()
+            .expect("size");
+        assert!(
+            answer.body == pattern_range(0..size),
+            "{path} body is wrong"
+        );
+    }
+    assert_eq!(origin.hits(), 6);
+    let corrupt = pop.edge.metric("edgecache_cache_disk_corrupt_total").await;
+    assert_eq!(corrupt, Some(3.0));
+    // The refetched copies replaced the damaged ones.
+    assert_eq!(entry_files(&pop, "body").len(), 3);
+    for path in paths {
+        assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "HIT");
+    }
+}
+
+#[tokio::test]
+async fn a_body_the_core_breaks_off_is_never_stored() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/1000000?cc=public,max-age=600&abort_at=300000";
+    let client = reqwest::Client::new();
+    let result = client
+        .get(format!("http://{}{path}", pop.setup.http))
+        .send()
+        .await
+        .expect("headers arrive");
+    assert!(
+        result.bytes().await.is_err(),
+        "a broken body must not look complete"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(entry_files(&pop, "body").is_empty());
+    let tmp = std::fs::read_dir(pop.cache_dir.path().join("cache/v1/tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(tmp, 0, "the spool file was left behind");
+    let result = client
+        .get(format!("http://{}{path}", pop.setup.http))
+        .send()
+        .await
+        .expect("headers arrive");
+    assert!(result.bytes().await.is_err());
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn stale_objects_are_served_while_the_core_fails() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "  serve_stale_on_error: 1h\n").await;
+    let path = "/about?cc=public,max-age=1";
+    let fresh = get(pop.setup.http, path, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin.fail_with(503);
+    let stale = get(pop.setup.http, path, &[]).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.cache_status(), "STALE");
+    assert_eq!(stale.body, fresh.body);
+    // A core that is gone entirely: the same.
+    let address = origin.address;
+    drop(origin);
+    let stale = get(pop.setup.http, path, &[]).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.cache_status(), "STALE");
+    // Back again: the object is fetched afresh.
+    let origin = Origin::start_at(address).await;
+    pop.edge.wait_ready_status(200).await;
+    let fresh = get(pop.setup.http, path, &[]).await;
+    assert_eq!(
+        fresh.cache_status(),
+        "EXPIRED",
+        "origin hits {}",
+        origin.hits()
+    );
+    assert_eq!(origin.hits(), 1);
+    // must-revalidate forbids it.
+    let strict = "/strict?cc=public,max-age=1,must-revalidate";
+    get(pop.setup.http, strict, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin.fail_with(503);
+    assert_eq!(get(pop.setup.http, strict, &[]).await.status, 503);
+}
