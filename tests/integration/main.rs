@@ -9,5 +9,6 @@ mod cache;
 mod config_errors;
 mod listeners;
 mod proxy;
+mod ranges;
 mod reload;
 mod tls;

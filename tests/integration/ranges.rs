@@ -1,0 +1,100 @@
+//! Range requests (video seeking) against cached, arriving and missing objects.
+
+use std::time::Duration;
+
+use crate::cache::{get, pop_with_cache};
+use crate::harness::origin::{pattern_range, Origin};
+
+#[tokio::test]
+async fn ranges_of_a_cached_object_come_from_either_tier() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    // 100 KB lives in memory, 2 MB on disk only (the memory tier takes up to 256 KiB).
+    for size in [100_000u64, 2_000_000] {
+        let path = format!("/bytes/{size}?cc=public,max-age=600");
+        get(pop.setup.http, &path, &[]).await;
+        for (range, start, end) in [
+            ("bytes=0-0", 0, 1),
+            ("bytes=100-199", 100, 200),
+            ("bytes=262000-262999", 262_000, 263_000),
+            ("bytes=-500", size - 500, size),
+            ("bytes=99990-", 99_990, size),
+        ] {
+            if start >= size {
+                continue;
+            }
+            let answer = get(pop.setup.http, &path, &[("Range", range)]).await;
+            assert_eq!(answer.status, 206, "{size} {range}");
+            assert_eq!(answer.cache_status(), "HIT");
+            assert_eq!(
+                answer.header("content-range"),
+                format!("bytes {start}-{}/{size}", end - 1)
+            );
+            assert!(answer.body == pattern_range(start..end), "{size} {range}");
+        }
+        let unsatisfiable = get(pop.setup.http, &path, &[("Range", "bytes=9000000-")]).await;
+        assert_eq!(unsatisfiable.status, 416);
+        assert_eq!(unsatisfiable.header("content-range"), format!("bytes */{size}"));
+        let multi = get(pop.setup.http, &path, &[("Range", "bytes=0-9,1000-1009")]).await;
+        assert_eq!(multi.status, 206);
+        assert!(multi.header("content-type").starts_with("multipart/byteranges"));
+        let text = multi.body.clone();
+        let contains = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(&pattern_range(0..10)));
+        assert!(contains(&pattern_range(1000..1010)));
+        assert!(contains(format!("Content-Range: bytes 1000-1009/{size}").as_bytes()));
+        // If-Range with a validator that does not match: the whole object.
+        let whole = get(
+            pop.setup.http,
+            &path,
+            &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")],
+        )
+        .await;
+        assert_eq!(whole.status, 200);
+        assert_eq!(whole.body.len() as u64, size);
+    }
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_cold_range_request_fetches_the_object_once_and_answers_its_range() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let size = 3_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600&delay_ms=10");
+    let answer = get(pop.setup.http, &path, &[("Range", "bytes=2000000-2000099")]).await;
+    assert_eq!(answer.status, 206);
+    assert!(answer.body == pattern_range(2_000_000..2_000_100));
+    // The whole object was fetched (without the Range) and kept.
+    let seen = origin.hits_for(&format!("/bytes/{size}"));
+    assert_eq!(seen, 1);
+    let whole = get(pop.setup.http, &path, &[]).await;
+    assert_eq!(whole.cache_status(), "HIT");
+    assert!(whole.body == pattern_range(0..size));
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_range_request_joining_a_fill_gets_its_bytes_as_they_arrive() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let size = 2_000_000u64;
+    // About 1.5 s for the whole body.
+    let path = format!("/bytes/{size}?cc=public,max-age=600&chunk=65536&delay_ms=50");
+    let address = pop.setup.http;
+    let leader = {
+        let path = path.clone();
+        tokio::spawn(async move { get(address, &path, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let early = get(pop.setup.http, &path, &[("Range", "bytes=10-19")]).await;
+    assert_eq!(early.status, 206);
+    assert!(early.body == pattern_range(10..20));
+    let late = get(pop.setup.http, &path, &[("Range", "bytes=1999000-")]).await;
+    assert_eq!(late.status, 206);
+    assert_eq!(late.header("content-range"), format!("bytes 1999000-1999999/{size}"));
+    assert!(late.body == pattern_range(1_999_000..size));
+    let leader = leader.await.expect("leader");
+    assert!(leader.body == pattern_range(0..size));
+    assert_eq!(origin.hits(), 1);
+}
