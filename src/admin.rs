@@ -122,6 +122,55 @@ impl AdminApp {
             .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes()))
     }
 
+    /// `POST /purge?url=<url>` removes one URL (every variant), `?prefix=<url prefix>`
+    /// everything under it, from both tiers. Always needs the admin token.
+    fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let Some(cache) = &self.cache else {
+            return text(StatusCode::NOT_FOUND, "this PoP has no cache\n");
+        };
+        if self.token.load().is_none() {
+            return text(
+                StatusCode::FORBIDDEN,
+                "purging needs admin.token_file to be configured\n",
+            );
+        }
+        if !self.authorized(session) {
+            return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        }
+        let query = session.req_header().uri.query().unwrap_or("");
+        let mut url = None;
+        let mut prefix = None;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "url" => url = Some(value.into_owned()),
+                "prefix" => prefix = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        let result = match (url, prefix) {
+            (Some(url), None) => cache.purge_url(&url),
+            (None, Some(prefix)) => cache.purge_prefix(&prefix),
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "give exactly one of ?url= or ?prefix=\n",
+                )
+            }
+        };
+        match result {
+            Ok(purged) => {
+                tracing::info!(query, purged, "purged");
+                let mut resp = text(StatusCode::OK, format!("{{\"purged\":{purged}}}\n"));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        }
+    }
+
     async fn reload(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
@@ -170,7 +219,8 @@ impl ServeHttp for AdminApp {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}\n")),
             },
             ("/reload", &Method::POST) => self.reload(session).await,
-            ("/healthz" | "/readyz" | "/metrics", _) | ("/reload", _) => {
+            ("/purge", &Method::POST) => self.purge(session),
+            ("/healthz" | "/readyz" | "/metrics", _) | ("/reload" | "/purge", _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pingora::cache::eviction::EvictionManager;
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, HttpCache};
@@ -43,6 +44,40 @@ pub enum CacheError {
          (edgecache deletes files in its cache directory; point cache.disk.path at an empty or new directory)"
     )]
     ForeignDirectory(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    #[error("{0:?} is not a URL of the form [https://]host/path")]
+    Url(String),
+}
+
+/// Splits `[scheme://]host[/rest]` into the (tls, normalized host, rest) forms to purge.
+fn split_url(url: &str) -> Result<Vec<(bool, String, &str)>, PurgeError> {
+    let bad = || PurgeError::Url(url.to_string());
+    let (schemes, rest): (&[bool], &str) = if let Some(rest) = url.strip_prefix("https://") {
+        (&[true], rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (&[false], rest)
+    } else {
+        (&[true, false], url)
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (host, path) = rest.split_at(split);
+    if !path.is_empty() && !path.starts_with('/') {
+        return Err(bad());
+    }
+    schemes
+        .iter()
+        .map(|&tls| {
+            let mut req =
+                pingora::http::RequestHeader::build("GET", b"/", None).map_err(|_| bad())?;
+            req.insert_header(http::header::HOST, host)
+                .map_err(|_| bad())?;
+            let host = key::request_host(&req, tls).ok_or_else(bad)?;
+            Ok((tls, host, path))
+        })
+        .collect()
 }
 
 /// How the cache answered a request: the `X-Cache-Status` value and the access-log field.
@@ -134,6 +169,41 @@ impl EdgeCache {
             Some(overrides),
         );
         cache.set_max_file_size_bytes(self.max_object_size);
+    }
+
+    /// Removes every variant of `url` from both tiers. A URL without a scheme is purged for
+    /// both `http` and `https`. Returns how many objects went.
+    pub fn purge_url(&self, url: &str) -> Result<usize, PurgeError> {
+        let mut purged = 0;
+        for (tls, host, rest) in split_url(url)? {
+            let target = if rest.is_empty() { "/" } else { rest };
+            let req = pingora::http::RequestHeader::build("GET", target.as_bytes(), None)
+                .map_err(|_| PurgeError::Url(url.to_string()))?;
+            let primary = key::primary_key(tls, &host, &req);
+            purged += self.storage.purge_url(&Self::key(&primary).primary_bin());
+        }
+        crate::metrics::get()
+            .cache_purged_objects
+            .with_label_values(&["url"])
+            .inc_by(purged as u64);
+        Ok(purged)
+    }
+
+    /// Removes every object whose URL starts with `prefix` (scheme optional, as for
+    /// [`Self::purge_url`]).
+    pub fn purge_prefix(&self, prefix: &str) -> Result<usize, PurgeError> {
+        let mut purged = 0;
+        for (tls, host, rest) in split_url(prefix)? {
+            let scheme = if tls { "https" } else { "http" };
+            purged += self
+                .storage
+                .purge_prefix(&format!("{scheme}://{host}{rest}"));
+        }
+        crate::metrics::get()
+            .cache_purged_objects
+            .with_label_values(&["prefix"])
+            .inc_by(purged as u64);
+        Ok(purged)
     }
 
     /// The pingora key for a primary key string.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::harness::edge::{start_pop, TestPop};
+use crate::harness::edge::{Edge, EdgeSetup, TestCert, TestPop};
 
 use crate::harness::origin::{pattern_range, Origin};
 
@@ -30,10 +30,46 @@ impl std::ops::Deref for CachingPop {
     }
 }
 
+/// The admin token every caching test edge has.
+pub const ADMIN_TOKEN: &str = "purge-secret";
+
+/// Starts an edge with [`cache_yaml`] and the admin token [`ADMIN_TOKEN`].
 pub async fn pop_with_cache(origin: &Origin, extra: &str) -> CachingPop {
     let cache_dir = tempfile::tempdir().expect("tempdir");
-    let pop = start_pop(&[origin.address], &cache_yaml(cache_dir.path(), extra)).await;
-    CachingPop { pop, cache_dir }
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let token = setup.path("admin.token");
+    std::fs::write(&token, ADMIN_TOKEN).expect("token");
+    let config = setup
+        .config(
+            &[&cert],
+            &[origin.address],
+            &cache_yaml(cache_dir.path(), extra),
+        )
+        .replace(
+            "admin:\n",
+            &format!("admin:\n  token_file: {}\n", token.display()),
+        );
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    CachingPop {
+        pop: TestPop { edge, setup, cert },
+        cache_dir,
+    }
+}
+
+impl CachingPop {
+    /// `POST /purge?<query>` with the token: (status, body).
+    pub async fn purge(&self, query: &str) -> (u16, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/purge?{query}", self.setup.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("purge request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("purge answer"))
+    }
 }
 
 /// One answer, whole.
@@ -260,7 +296,7 @@ fn entry_files(pop: &CachingPop, ext: &str) -> Vec<std::path::PathBuf> {
 }
 
 /// Kills the edge with SIGKILL (nothing flushed, nothing cleaned up) and starts it again.
-async fn kill_and_restart(pop: &mut CachingPop) {
+pub async fn kill_and_restart(pop: &mut CachingPop) {
     pop.pop.edge.signal(nix::sys::signal::Signal::SIGKILL);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while pop.pop.edge.exit_status().is_none() {

@@ -9,6 +9,7 @@ mod cache;
 mod config_errors;
 mod listeners;
 mod proxy;
+mod purge;
 mod ranges;
 mod reload;
 mod tls;

@@ -34,15 +34,22 @@ async fn ranges_of_a_cached_object_come_from_either_tier() {
         }
         let unsatisfiable = get(pop.setup.http, &path, &[("Range", "bytes=9000000-")]).await;
         assert_eq!(unsatisfiable.status, 416);
-        assert_eq!(unsatisfiable.header("content-range"), format!("bytes */{size}"));
+        assert_eq!(
+            unsatisfiable.header("content-range"),
+            format!("bytes */{size}")
+        );
         let multi = get(pop.setup.http, &path, &[("Range", "bytes=0-9,1000-1009")]).await;
         assert_eq!(multi.status, 206);
-        assert!(multi.header("content-type").starts_with("multipart/byteranges"));
+        assert!(multi
+            .header("content-type")
+            .starts_with("multipart/byteranges"));
         let text = multi.body.clone();
         let contains = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
         assert!(contains(&pattern_range(0..10)));
         assert!(contains(&pattern_range(1000..1010)));
-        assert!(contains(format!("Content-Range: bytes 1000-1009/{size}").as_bytes()));
+        assert!(contains(
+            format!("Content-Range: bytes 1000-1009/{size}").as_bytes()
+        ));
         // If-Range with a validator that does not match: the whole object.
         let whole = get(
             pop.setup.http,
@@ -92,7 +99,10 @@ async fn a_range_request_joining_a_fill_gets_its_bytes_as_they_arrive() {
     assert!(early.body == pattern_range(10..20));
     let late = get(pop.setup.http, &path, &[("Range", "bytes=1999000-")]).await;
     assert_eq!(late.status, 206);
-    assert_eq!(late.header("content-range"), format!("bytes 1999000-1999999/{size}"));
+    assert_eq!(
+        late.header("content-range"),
+        format!("bytes 1999000-1999999/{size}")
+    );
     assert!(late.body == pattern_range(1_999_000..size));
     let leader = leader.await.expect("leader");
     assert!(leader.body == pattern_range(0..size));
