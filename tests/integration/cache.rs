@@ -446,3 +446,60 @@ async fn stale_objects_are_served_while_the_core_fails() {
     origin.fail_with(503);
     assert_eq!(get(pop.setup.http, strict, &[]).await.status, 503);
 }
+
+#[tokio::test]
+async fn an_expired_object_is_revalidated_with_its_validator() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/about/more?cc=public,max-age=1&etag=v1";
+    let first = get(pop.setup.http, path, &[]).await;
+    assert_eq!(first.cache_status(), "MISS");
+    assert_eq!(first.header("etag"), "\"v1\"");
+    // A client's own validator is answered from the cache.
+    let not_modified = get(pop.setup.http, path, &[("If-None-Match", "\"v1\"")]).await;
+    assert_eq!(
+        (not_modified.status, not_modified.cache_status()),
+        (304, "HIT")
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The origin only answers 304 to a matching If-None-Match: REVALIDATED proves the edge
+    // sent the stored ETag and kept its body.
+    let revalidated = get(pop.setup.http, path, &[]).await;
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(revalidated.cache_status(), "REVALIDATED");
+    assert_eq!(revalidated.body, first.body);
+    assert_eq!(origin.hits_for("/about/more"), 2);
+    let hit = get(pop.setup.http, path, &[]).await;
+    assert_eq!(hit.cache_status(), "HIT");
+    assert_eq!(origin.hits_for("/about/more"), 2);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/slow/300?cc=public,max-age=1,stale-while-revalidate=60";
+    assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let address = pop.setup.http;
+        tasks.push(tokio::spawn(async move { get(address, path, &[]).await }));
+    }
+    for task in tasks {
+        let answer = task.await.expect("task");
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cache_status(), "STALE");
+    }
+    // One background refresh, then fresh hits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = get(pop.setup.http, path, &[]).await;
+        if answer.cache_status() == "HIT" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(origin.hits_for("/slow/300"), 2);
+}

@@ -8,6 +8,7 @@ mod bad_input;
 mod cache;
 mod config_errors;
 mod listeners;
+mod poisoning;
 mod proxy;
 mod purge;
 mod ranges;
