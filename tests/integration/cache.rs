@@ -36,20 +36,24 @@ pub const ADMIN_TOKEN: &str = "purge-secret";
 /// Starts an edge with [`cache_yaml`] and the admin token [`ADMIN_TOKEN`].
 pub async fn pop_with_cache(origin: &Origin, extra: &str) -> CachingPop {
     let cache_dir = tempfile::tempdir().expect("tempdir");
+    let yaml = cache_yaml(cache_dir.path(), extra);
+    pop_with_cache_section(origin, cache_dir, &yaml).await
+}
+
+/// Starts an edge with the given `cache:` section (and anything after it).
+pub async fn pop_with_cache_section(
+    origin: &Origin,
+    cache_dir: tempfile::TempDir,
+    yaml: &str,
+) -> CachingPop {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let token = setup.path("admin.token");
     std::fs::write(&token, ADMIN_TOKEN).expect("token");
-    let config = setup
-        .config(
-            &[&cert],
-            &[origin.address],
-            &cache_yaml(cache_dir.path(), extra),
-        )
-        .replace(
-            "admin:\n",
-            &format!("admin:\n  token_file: {}\n", token.display()),
-        );
+    let config = setup.config(&[&cert], &[origin.address], yaml).replace(
+        "admin:\n",
+        &format!("admin:\n  token_file: {}\n", token.display()),
+    );
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     CachingPop {
@@ -279,7 +283,7 @@ async fn concurrent_misses_make_one_origin_fetch_and_all_get_the_body() {
 }
 
 /// The entry files of the disk tier with this extension.
-fn entry_files(pop: &CachingPop, ext: &str) -> Vec<std::path::PathBuf> {
+pub fn entry_files(pop: &CachingPop, ext: &str) -> Vec<std::path::PathBuf> {
     let root = pop.cache_dir.path().join("cache").join("v1");
     let mut found = Vec::new();
     for shard in std::fs::read_dir(root).expect("cache dir").flatten() {

@@ -5,6 +5,7 @@ mod harness;
 
 mod admin;
 mod bad_input;
+mod bounds;
 mod cache;
 mod config_errors;
 mod listeners;
