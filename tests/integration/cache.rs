@@ -507,3 +507,46 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     }
     assert_eq!(origin.hits_for("/slow/300"), 2);
 }
+
+#[tokio::test]
+async fn a_foreign_non_empty_directory_is_never_used_as_the_cache() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let precious = setup.path("precious");
+    std::fs::create_dir(&precious).expect("dir");
+    std::fs::write(precious.join("thesis.tex"), "years of work").expect("file");
+    let yaml = format!(
+        "cache:\n  disk:\n    path: {}\n    max_size: 1GiB\n",
+        precious.display()
+    );
+    let config = setup.write_config(&setup.config(&[&cert], &[origin.address], &yaml));
+    let (code, _, stderr) =
+        crate::harness::edge::run_binary(&["serve", "--config", config.to_str().expect("utf-8")]);
+    assert_eq!(code, 69, "{stderr}");
+    assert!(stderr.contains("refusing to use"), "{stderr}");
+    assert!(precious.join("thesis.tex").exists());
+}
+
+#[tokio::test]
+async fn the_status_header_and_routes_reload_live() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/system/x.png";
+    get(pop.setup.http, path, &[]).await;
+    assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
+    let config = pop.setup.path("edgecache.yaml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace(
+        "  lock_timeout: 5s\n",
+        "  lock_timeout: 5s\n  status_header: false\nsites:\n  - routes:\n      - { path: /system/, cache_ttl: 7d }\n",
+    );
+    std::fs::write(&config, text).expect("config");
+    let (status, body) = pop.edge.admin_reload(Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("needs restart"), "{body}");
+    get(pop.setup.http, path, &[]).await;
+    let answer = get(pop.setup.http, path, &[]).await;
+    assert!(answer.headers.get("x-cache-status").is_none());
+    assert_eq!(origin.hits_for(path), 3);
+}

@@ -28,6 +28,9 @@ fn each_bad_file_names_file_line_and_key() {
         ("no-core.yaml", ":2: missing field `core`"),
         ("not-yaml.yaml", ":5: "),
         ("duplicate-host.yaml", ":8: core.groups.web.hosts[2]: 127.0.0.1:3000 is listed twice"),
+        ("bad-cache.yaml", ":13: cache.memory.max_object_size: must not exceed cache.memory.max_size"),
+        ("bad-cache.yaml", ":14: cache.session_cookies[1]: \"bad;name\" is not a cookie name"),
+        ("bad-cache.yaml", ":17: sites[0].routes[0].path: must start with /"),
     ];
     for (file, expected) in cases {
         let path = testdata(file);
