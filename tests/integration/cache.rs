@@ -139,6 +139,31 @@ async fn a_public_response_is_served_from_cache_with_its_age() {
     let reordered = get(pop.setup.http, "/@alice?cc=public,max-age=60&", &[]).await;
     assert_eq!(reordered.cache_status(), "HIT");
     assert_eq!(origin.hits_for("/@alice"), 1);
+    // The access log says the same.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = pop.edge.stdout_text();
+        let caches: Vec<String> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["path"].as_str().is_some_and(|p| p.starts_with("/@alice")))
+            .map(|l| l["cache"].as_str().unwrap_or("").to_string())
+            .collect();
+        if caches == ["MISS", "HIT", "HIT"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access log: {caches:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pop.edge
+            .metric("edgecache_cache_responses_total{status=\"HIT\"}")
+            .await,
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
