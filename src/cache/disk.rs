@@ -386,11 +386,13 @@ impl DiskTier {
     }
 
     /// Makes a complete body an entry: writes its meta file, moves both into place and
-    /// indexes it, replacing any older copy.
+    /// indexes it, replacing any older copy. `reserved` is what the writer reserved for the
+    /// body; it turns into the entry's size in the same step, so nothing is counted twice.
     #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &self,
         body: TempBody,
+        reserved: u64,
         url: &Arc<str>,
         primary: &Hash,
         combined: &Hash,
@@ -427,6 +429,7 @@ impl DiskTier {
             let _ = fs::remove_file(&meta_tmp);
             let _ = fs::remove_file(&body.path);
             let _ = fs::remove_file(&body_path);
+            self.release(reserved);
             return Err(e);
         }
         let size = BODY_HEADER_LEN + body_len + meta_bytes.len() as u64;
@@ -438,6 +441,7 @@ impl DiskTier {
             touched_secs: now_secs(),
         };
         let mut index = self.index.lock();
+        index.reserved = index.reserved.saturating_sub(reserved);
         let mut victims = Vec::new();
         if let Some((old_key, old)) = index.entries.push(*combined, entry) {
             if old_key == *combined && old.generation != body.generation {

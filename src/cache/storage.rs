@@ -304,6 +304,7 @@ impl FillWriter {
                 temp.discard();
             } else if let Err(e) = disk.commit(
                 temp,
+                std::mem::take(&mut self.reserved),
                 &fill.url,
                 &fill.primary,
                 &self.combined,
