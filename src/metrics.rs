@@ -90,6 +90,15 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     metric
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric =
+        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    metric
+}
+
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
@@ -118,31 +127,10 @@ impl Metrics {
         registry
             .register(Box::new(upstream_response_seconds.clone()))
             .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
-        let access_log_dropped = IntCounter::new(
-            "edgecache_access_log_dropped_total",
-            "Access-log lines dropped because the writer fell behind.",
-        )
-        .unwrap_or_else(|e| panic!("counter is malformed: {e}"));
-        registry
-            .register(Box::new(access_log_dropped.clone()))
-            .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
+        let access_log_dropped = counter(&registry, "edgecache_access_log_dropped_total", "Access-log lines dropped because the writer fell behind.");
 
-        let cache_disk_corrupt = IntCounter::new(
-            "edgecache_cache_disk_corrupt_total",
-            "Disk entries found truncated, damaged or from an old format, and removed.",
-        )
-        .unwrap_or_else(|e| panic!("counter is malformed: {e}"));
-        registry
-            .register(Box::new(cache_disk_corrupt.clone()))
-            .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
-        let cache_lock_waits = IntCounter::new(
-            "edgecache_cache_lock_waits_total",
-            "Requests that waited for another request's fetch of the same object.",
-        )
-        .unwrap_or_else(|e| panic!("counter is malformed: {e}"));
-        registry
-            .register(Box::new(cache_lock_waits.clone()))
-            .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
+        let cache_disk_corrupt = counter(&registry, "edgecache_cache_disk_corrupt_total", "Disk entries found truncated, damaged or from an old format, and removed.");
+        let cache_lock_waits = counter(&registry, "edgecache_cache_lock_waits_total", "Requests that waited for another request's fetch of the same object.");
         let cache_lock_wait_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "edgecache_cache_lock_wait_seconds",

@@ -875,15 +875,7 @@ mod tests {
             url: "https://example.social/system/a.png".to_string(),
             body_len: 10,
             crcs: vec![123],
-            meta: StoredMeta {
-                created: UNIX_EPOCH,
-                updated: UNIX_EPOCH,
-                fresh_until: UNIX_EPOCH,
-                stale_while_revalidate_sec: 0,
-                stale_if_error_sec: 0,
-                variance: None,
-                header: pingora::http::ResponseHeader::build(200, None).expect("status"),
-            },
+            meta: StoredMeta::bare(),
         };
         let bytes = encode_meta_file(&record);
         let back = decode_meta_file(&bytes).expect("decodes");

@@ -58,6 +58,20 @@ impl StoredMeta {
         meta
     }
 
+    /// A 200 with no headers, stored at the epoch.
+    #[cfg(test)]
+    pub fn bare() -> Self {
+        StoredMeta {
+            created: UNIX_EPOCH,
+            updated: UNIX_EPOCH,
+            fresh_until: UNIX_EPOCH,
+            stale_while_revalidate_sec: 0,
+            stale_if_error_sec: 0,
+            variance: None,
+            header: ResponseHeader::build(200, None).expect("status"),
+        }
+    }
+
     /// The body length the response header promises, if it states one.
     pub fn content_length(&self) -> Option<u64> {
         let value = self.header.headers.get(http::header::CONTENT_LENGTH)?;
@@ -193,16 +207,7 @@ mod tests {
     #[test]
     fn truncated_input_is_an_error() {
         let mut out = Writer::default();
-        let meta = StoredMeta {
-            created: UNIX_EPOCH,
-            updated: UNIX_EPOCH,
-            fresh_until: UNIX_EPOCH,
-            stale_while_revalidate_sec: 0,
-            stale_if_error_sec: 0,
-            variance: None,
-            header: ResponseHeader::build(200, None).expect("status"),
-        };
-        meta.encode(&mut out);
+        StoredMeta::bare().encode(&mut out);
         let bytes = out.into_inner();
         for cut in 0..bytes.len() {
             assert!(StoredMeta::decode(&mut Reader::new(&bytes[..cut])).is_err());
