@@ -127,10 +127,22 @@ impl Metrics {
         registry
             .register(Box::new(upstream_response_seconds.clone()))
             .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
-        let access_log_dropped = counter(&registry, "edgecache_access_log_dropped_total", "Access-log lines dropped because the writer fell behind.");
+        let access_log_dropped = counter(
+            &registry,
+            "edgecache_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind.",
+        );
 
-        let cache_disk_corrupt = counter(&registry, "edgecache_cache_disk_corrupt_total", "Disk entries found truncated, damaged or from an old format, and removed.");
-        let cache_lock_waits = counter(&registry, "edgecache_cache_lock_waits_total", "Requests that waited for another request's fetch of the same object.");
+        let cache_disk_corrupt = counter(
+            &registry,
+            "edgecache_cache_disk_corrupt_total",
+            "Disk entries found truncated, damaged or from an old format, and removed.",
+        );
+        let cache_lock_waits = counter(
+            &registry,
+            "edgecache_cache_lock_waits_total",
+            "Requests that waited for another request's fetch of the same object.",
+        );
         let cache_lock_wait_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "edgecache_cache_lock_wait_seconds",
