@@ -83,6 +83,7 @@ fn split_url(url: &str) -> Result<Vec<(bool, String, &str)>, PurgeError> {
 /// How the cache answered a request: the `X-Cache-Status` value and the access-log field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
+    // The order is that of `RESPONSE_COUNTERS`.
     Hit,
     Miss,
     Stale,
@@ -91,7 +92,30 @@ pub enum CacheStatus {
     Bypass,
 }
 
+/// One counter per status, looked up once.
+static RESPONSE_COUNTERS: std::sync::LazyLock<[prometheus::IntCounter; 6]> =
+    std::sync::LazyLock::new(|| {
+        [
+            CacheStatus::Hit,
+            CacheStatus::Miss,
+            CacheStatus::Stale,
+            CacheStatus::Revalidated,
+            CacheStatus::Expired,
+            CacheStatus::Bypass,
+        ]
+        .map(|s| {
+            crate::metrics::get()
+                .cache_responses
+                .with_label_values(&[s.as_str()])
+        })
+    });
+
 impl CacheStatus {
+    /// Counts one response with this status.
+    pub fn count(self) {
+        RESPONSE_COUNTERS[self as usize].inc();
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
@@ -206,8 +230,12 @@ impl EdgeCache {
         Ok(purged)
     }
 
-    /// The pingora key for a primary key string.
+    /// The pingora key for a primary key string. Its hash is computed once here: pingora
+    /// asks for it several times per request.
     pub fn key(primary: &str) -> CacheKey {
-        CacheKey::new(primary, "")
+        let mut key = CacheKey::new(primary, "");
+        let hash = key.primary_bin();
+        key.set_primary_bin_override(hash);
+        key
     }
 }

@@ -14,7 +14,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use pingora::cache::storage::{
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
+use prometheus::IntCounter;
 use tokio::sync::watch;
 
 use super::disk::{DiskObject, DiskTier, TempBody, BLOCK_SIZE, BODY_HEADER_LEN};
@@ -172,11 +173,36 @@ impl TieredStorage {
     }
 }
 
-fn count_hit(tier: &str) {
+/// The per-tier counters a hit touches, looked up once rather than on every request.
+struct TierCounters {
+    hits: IntCounter,
+    read_bytes: IntCounter,
+}
+
+static TIER_COUNTERS: LazyLock<[TierCounters; 3]> = LazyLock::new(|| {
+    let m = metrics::get();
+    ["memory", "disk", "fill"].map(|tier| TierCounters {
+        hits: m.cache_tier_hits.with_label_values(&[tier]),
+        read_bytes: m.cache_tier_read_bytes.with_label_values(&[tier]),
+    })
+});
+
+static MEMORY_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
     metrics::get()
-        .cache_tier_hits
-        .with_label_values(&[tier])
-        .inc();
+        .cache_tier_misses
+        .with_label_values(&["memory"])
+});
+
+fn tier_counters(tier: &str) -> &'static TierCounters {
+    match tier {
+        "memory" => &TIER_COUNTERS[0],
+        "disk" => &TIER_COUNTERS[1],
+        _ => &TIER_COUNTERS[2],
+    }
+}
+
+fn count_hit(tier: &str) {
+    tier_counters(tier).hits.inc();
 }
 
 fn memory_hit(object: &MemObject, tier: &'static str) -> (CacheMeta, HitHandler) {
@@ -546,10 +572,7 @@ impl HandleHit for TieredHit {
             TieredHit::Partial(hit) => (hit.read().await?, "fill"),
         };
         if let Some(chunk) = &chunk {
-            metrics::get()
-                .cache_tier_read_bytes
-                .with_label_values(&[tier])
-                .inc_by(chunk.len() as u64);
+            tier_counters(tier).read_bytes.inc_by(chunk.len() as u64);
         }
         Ok(chunk)
     }
@@ -646,10 +669,7 @@ impl Storage for TieredStorage {
         if let Some(hit) = self.lookup_memory(&combined) {
             return Ok(Some(hit));
         }
-        metrics::get()
-            .cache_tier_misses
-            .with_label_values(&["memory"])
-            .inc();
+        MEMORY_MISSES.inc();
         Ok(self.lookup_disk(&combined))
     }
 

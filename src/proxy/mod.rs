@@ -310,10 +310,8 @@ impl ProxyHttp for EdgeProxy {
             CacheStatus::of_phase(session.cache.phase())
         };
         ctx.cache_status = Some(status);
+        status.count();
         let m = metrics::get();
-        m.cache_responses
-            .with_label_values(&[status.as_str()])
-            .inc();
         if let Some(waited) = session.cache.lock_duration() {
             m.cache_lock_waits.inc();
             m.cache_lock_wait_seconds.observe(waited.as_secs_f64());
