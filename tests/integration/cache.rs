@@ -575,3 +575,52 @@ async fn the_status_header_and_routes_reload_live() {
     assert!(answer.headers.get("x-cache-status").is_none());
     assert_eq!(origin.hits_for(path), 3);
 }
+
+#[tokio::test]
+async fn waiters_on_a_fetch_that_breaks_off_end_with_an_error_not_a_hang() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/2000000?cc=public,max-age=600&delay_ms=20&abort_at=600000";
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = format!("http://{}{path}", pop.setup.http);
+        tasks.push(tokio::spawn(async move {
+            let resp = reqwest::get(url).await?;
+            resp.bytes().await
+        }));
+    }
+    for task in tasks {
+        let outcome = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("a waiter hung")
+            .expect("task");
+        assert!(outcome.is_err(), "a broken body arrived as if complete");
+    }
+    assert!(entry_files(&pop, "body").is_empty());
+    // Nothing is stuck: the next request fetches again.
+    let fresh = get(pop.setup.http, "/bytes/1000?cc=public,max-age=600", &[]).await;
+    assert_eq!(fresh.cache_status(), "MISS");
+}
+
+#[tokio::test]
+async fn directories_of_an_older_format_are_removed_at_start() {
+    let origin = Origin::start().await;
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let cache = cache_dir.path().join("cache");
+    std::fs::create_dir_all(cache.join("v0/ab")).expect("old dir");
+    std::fs::write(cache.join("EDGECACHE-CACHE-DIR"), "").expect("marker");
+    std::fs::write(cache.join("v0/ab/old-entry"), "old format").expect("old entry");
+    std::fs::create_dir_all(cache.join("v1/tmp")).expect("tmp");
+    std::fs::write(cache.join("v1/tmp/0000000000000001.body"), "half").expect("leftover");
+    let yaml = cache_yaml(cache_dir.path(), "");
+    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
+    assert!(!cache.join("v0").exists());
+    assert!(!cache.join("v1/tmp/0000000000000001.body").exists());
+    get(pop.setup.http, "/x?cc=public,max-age=60", &[]).await;
+    assert_eq!(
+        get(pop.setup.http, "/x?cc=public,max-age=60", &[])
+            .await
+            .cache_status(),
+        "HIT"
+    );
+}
