@@ -108,3 +108,31 @@ async fn a_range_request_joining_a_fill_gets_its_bytes_as_they_arrive() {
     assert!(leader.body == pattern_range(0..size));
     assert_eq!(origin.hits(), 1);
 }
+
+#[tokio::test]
+async fn ranges_of_an_object_too_large_to_cache_go_to_the_core() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "cache:\n  memory:\n    max_object_size: 64KiB\n  disk:\n    path: {}\n    max_size: 64MiB\n    max_object_size: 2MiB\n",
+        dir.path().join("cache").display()
+    );
+    let pop = crate::cache::pop_with_cache_section(&origin, dir, &yaml).await;
+    let size = 3_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600");
+    // The first request learns the size: the whole object comes back (a server may ignore
+    // Range, RFC 9110 §14.2), and nothing is stored.
+    let first = get(pop.setup.http, &path, &[("Range", "bytes=100-199")]).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body == pattern_range(0..size));
+    // From then on a range goes to the core as a range.
+    let second = get(pop.setup.http, &path, &[("Range", "bytes=2000000-2000099")]).await;
+    assert_eq!(second.status, 206);
+    assert_eq!(
+        second.header("content-range"),
+        format!("bytes 2000000-2000099/{size}")
+    );
+    assert!(second.body == pattern_range(2_000_000..2_000_100));
+    assert_eq!(origin.hits(), 2);
+    assert!(crate::cache::entry_files(&pop, "body").is_empty());
+}

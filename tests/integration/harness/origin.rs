@@ -8,7 +8,8 @@
 //! Query parameters shape any answer: `cc=` sets `Cache-Control`, `h=Name:Value` adds a
 //! header (repeatable), `etag=` sets an `ETag` and answers a matching `If-None-Match` with
 //! 304. For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
-//! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes.
+//! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes; a
+//! single `Range: bytes=a-b` gets a 206.
 //! [`Origin::fail_with`] makes every answer an error status (a core in trouble).
 
 use std::collections::HashMap;
@@ -197,7 +198,7 @@ fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn streamed_bytes(total: u64, params: &[(String, String)]) -> (OriginBody, bool) {
+fn streamed_bytes(span: std::ops::Range<u64>, params: &[(String, String)]) -> (OriginBody, bool) {
     let get = |name: &str| {
         params
             .iter()
@@ -210,7 +211,7 @@ fn streamed_bytes(total: u64, params: &[(String, String)]) -> (OriginBody, bool)
     let chunked = get("chunked") == Some(1);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
-        let mut sent = 0u64;
+        let (mut sent, total) = (span.start, span.end);
         while sent < total {
             if abort_at.is_some_and(|at| sent >= at) {
                 let _ = tx
@@ -289,12 +290,33 @@ async fn answer(
     }
     if let Some(n) = path.strip_prefix("/bytes/") {
         let total: u64 = n.parse().unwrap_or(0);
-        let (body, chunked) = streamed_bytes(total, &params);
+        // One `bytes=a-b` range is honoured, as object stores do.
+        let range = req
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(a, b)| {
+                let a: u64 = a.parse().ok()?;
+                let b: u64 = b
+                    .parse::<u64>()
+                    .map_or(total.saturating_sub(1), |b| b.min(total - 1));
+                (a <= b && b < total).then_some(a..b + 1)
+            });
+        let span = range.clone().unwrap_or(0..total);
+        let (body, chunked) = streamed_bytes(span.clone(), &params);
         let mut builder = Response::builder()
-            .status(200)
+            .status(if range.is_some() { 206 } else { 200 })
             .header("content-type", "application/octet-stream");
+        if let Some(r) = &range {
+            builder = builder.header(
+                "content-range",
+                format!("bytes {}-{}/{total}", r.start, r.end - 1),
+            );
+        }
         if !chunked {
-            builder = builder.header("content-length", total);
+            builder = builder.header("content-length", span.end - span.start);
         }
         if let Some(etag) = &etag {
             builder = builder.header("etag", etag.as_str());
