@@ -5,9 +5,22 @@
 //! stream of HTTP/2. Wrapping that call is the one place that sees connections open and
 //! close, so it is also where `limits.max_connections` is enforced: a connection beyond the
 //! limit is closed at once, before any request is read.
+//!
+//! It also runs the HTTP/1.x keep-alive loop itself, so that a connection waiting for its
+//! next request waits here, in a future of a few hundred bytes, and not inside pingora's
+//! request future, which is allocated whole for as long as it waits (tens of KiB per idle
+//! connection). The first byte of each request is read here and handed to the request
+//! parser; everything else (HTTP/2, custom protocols) goes to pingora's own loop.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pingora::apps::HttpServerApp;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::ALPN;
+use tokio::io::AsyncReadExt;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -54,8 +67,67 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
+impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
+    /// Serves HTTP/1.x requests on one connection until it closes or idles out.
+    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let keepalive_request_limit = self
+            .inner
+            .server_options()
+            .and_then(|o| o.keepalive_request_limit);
+        let mut persistent = None;
+        loop {
+            let idle = Duration::from_secs(self.settings.load().limits.keepalive_secs);
+            let Some(first) = wait_for_request(&mut stream, idle, shutdown).await else {
+                return;
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match persistent.take() {
+                Some(settings) => {
+                    pingora::apps::HttpPersistentSettings::apply_to_session(settings, &mut session)
+                }
+                None => {
+                    let keepalive = (!*shutdown.borrow()).then_some(idle.as_secs());
+                    session.set_keepalive(keepalive);
+                    session.set_keepalive_reuses_remaining(keepalive_request_limit);
+                }
+            }
+            if let ServerSession::H1(h1) = &mut session {
+                h1.set_pipelined_prefix(first);
+            }
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, settings) = reused.consume();
+            stream = next;
+            persistent = settings;
+        }
+    }
+}
+
+/// Waits, in a small future, for the first byte of the next request. `None` when the client
+/// closes, stays idle past `idle`, or the server is shutting down.
+async fn wait_for_request(
+    stream: &mut Stream,
+    idle: Duration,
+    shutdown: &ShutdownWatch,
+) -> Option<BytesMut> {
+    if *shutdown.borrow() {
+        return None;
+    }
+    let mut byte = [0u8; 1];
+    let mut shutdown = shutdown.clone();
+    let read = tokio::select! {
+        read = tokio::time::timeout(idle, stream.read(&mut byte)) => read,
+        _ = shutdown.changed() => return None,
+    };
+    match read {
+        Ok(Ok(1)) => Some(BytesMut::from(&byte[..])),
+        _ => None,
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountedApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for CountedApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         session: Stream,
@@ -80,10 +152,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountedApp<A> {
             listener: &self.listener,
             open: &self.open,
         };
-        self.inner.process_new(session, shutdown).await
+        let h2c = self
+            .inner
+            .server_options()
+            .is_some_and(|o| o.h2c || o.force_custom);
+        let http1 = match session.selected_alpn_proto() {
+            None | Some(ALPN::H1) => session.get_ssl_digest().is_some() || !h2c,
+            Some(_) => false,
+        };
+        if http1 {
+            self.serve_http1(session, shutdown).await;
+            None
+        } else {
+            ServerApp::process_new(&self.inner, session, shutdown).await
+        }
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await;
+        self.inner.http_cleanup().await;
     }
 }
