@@ -117,6 +117,8 @@ async fn wait_for_request(
     let mut byte = [0u8; 1];
     let mut shutdown = shutdown.clone();
     let read = tokio::select! {
+        // A request that has arrived wins over a shutdown that arrives with it.
+        biased;
         read = tokio::time::timeout(idle, stream.read(&mut byte)) => read,
         _ = shutdown.changed() => return None,
     };

@@ -37,7 +37,7 @@ use crate::metrics;
 /// The on-disk format's directory; a different format lives in a different directory, and
 /// directories of other formats are removed at start.
 const FORMAT_DIR: &str = "v1";
-const META_MAGIC: &[u8; 8] = b"ECMETA01";
+const META_MAGIC: &[u8; 8] = b"ECMETA02";
 const BODY_MAGIC: &[u8; 8] = b"ECBODY01";
 /// The body file starts with its magic and generation.
 pub const BODY_HEADER_LEN: u64 = 16;
@@ -61,6 +61,8 @@ struct DiskEntry {
     /// read until used).
     url: Option<Arc<str>>,
     touched_secs: u64,
+    /// When this process committed it (`None` for entries found at start).
+    committed: Option<std::time::Instant>,
 }
 
 struct DiskIndex {
@@ -214,8 +216,14 @@ impl DiskTier {
         ))
     }
 
-    pub fn contains(&self, combined: &Hash) -> bool {
-        self.index.lock().entries.contains(combined)
+    /// Whether an entry for `combined` was committed within `window`.
+    pub fn committed_within(&self, combined: &Hash, window: std::time::Duration) -> bool {
+        self.index
+            .lock()
+            .entries
+            .peek(combined)
+            .and_then(|e| e.committed)
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Opens the committed entry for `combined`, or `None`. A damaged entry is removed and
@@ -244,8 +252,12 @@ impl DiskTier {
                 Some(object)
             }
             Err(problem) => {
-                if problem.is_missing {
-                    // Evicted or purged between the index look-up and the open.
+                if problem.not_damage {
+                    // Evicted or purged between the index look-up and the open, or an I/O
+                    // error that says nothing about the entry (out of file descriptors).
+                    if !problem.message.is_empty() {
+                        tracing::warn!(entry = %hex::encode(combined), error = %problem.message, "cannot read a disk cache entry");
+                    }
                     return None;
                 }
                 tracing::warn!(
@@ -300,23 +312,25 @@ impl DiskTier {
     /// entry.
     pub fn read_block(&self, object: &DiskObject, block: usize) -> Result<Bytes, String> {
         let start = block as u64 * BLOCK_SIZE as u64;
-        if start >= object.body_len {
+        // An empty body (204, an empty 301) is one empty block.
+        let empty = object.body_len == 0 && block == 0;
+        if start >= object.body_len && !empty {
             return Err(format!("block {block} is past the end of the body"));
         }
         let len = (object.body_len - start).min(BLOCK_SIZE as u64) as usize;
         let mut buf = vec![0u8; len];
-        let outcome = object
-            .file
-            .read_exact_at(&mut buf, BODY_HEADER_LEN + start)
-            .map_err(|e| format!("read failed: {e}"))
-            .and_then(|()| {
-                let expected = object.crcs.get(block).copied();
-                if expected == Some(crc32fast::hash(&buf)) {
-                    Ok(())
-                } else {
-                    Err(format!("block {block} fails its checksum"))
-                }
-            });
+        if let Err(e) = object.file.read_exact_at(&mut buf, BODY_HEADER_LEN + start) {
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                return Err(format!("read failed: {e}"));
+            }
+        }
+        // A short read leaves zeros behind, which the checksum catches.
+        let expected = object.crcs.get(block).copied();
+        let outcome = if expected == Some(crc32fast::hash(&buf)) {
+            Ok(())
+        } else {
+            Err(format!("block {block} fails its checksum"))
+        };
         match outcome {
             Ok(()) => Ok(Bytes::from(buf)),
             Err(message) => {
@@ -369,9 +383,13 @@ impl DiskTier {
     }
 
     /// Accounts for `bytes` more of a body being written, evicting to make room. `false`
-    /// when even an empty cache could not hold what is being written now.
+    /// (the body will not be kept) when bodies in flight already claim half the tier: past
+    /// that, making room for them would empty the cache of what people are reading.
     pub fn reserve(&self, bytes: u64) -> bool {
         let mut index = self.index.lock();
+        if index.reserved + bytes > self.max_size / 2 {
+            return false;
+        }
         index.reserved += bytes;
         let victims = self.evict_to_fit(&mut index);
         let fits = index.used + index.reserved <= self.max_size;
@@ -439,6 +457,7 @@ impl DiskTier {
             size,
             url: Some(url.clone()),
             touched_secs: now_secs(),
+            committed: Some(std::time::Instant::now()),
         };
         let mut index = self.index.lock();
         index.reserved = index.reserved.saturating_sub(reserved);
@@ -472,10 +491,28 @@ impl DiskTier {
             entry.generation,
             self.next_generation.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &meta_path));
-        if written.is_err() {
+        if fs::write(&tmp, &bytes).is_err() {
             let _ = fs::remove_file(&tmp);
             return false;
+        }
+        // Rename under the index lock, and only while the entry is still this generation:
+        // an entry evicted or purged meanwhile must not get its meta file back.
+        let mut index = self.index.lock();
+        let live = index
+            .entries
+            .peek(combined)
+            .is_some_and(|e| e.generation == entry.generation);
+        if !live || fs::rename(&tmp, &meta_path).is_err() {
+            drop(index);
+            let _ = fs::remove_file(&tmp);
+            return false;
+        }
+        let body_len = record.body_len;
+        let new_size = BODY_HEADER_LEN + body_len + bytes.len() as u64;
+        let index = &mut *index;
+        if let Some(e) = index.entries.peek_mut(combined) {
+            index.used = index.used.saturating_sub(e.size) + new_size;
+            e.size = new_size;
         }
         true
     }
@@ -617,22 +654,30 @@ impl TempBody {
 
 struct EntryProblem {
     message: String,
-    /// The files are gone (purged or evicted meanwhile): not damage.
-    is_missing: bool,
+    /// The files are gone (purged or evicted meanwhile) or could not be opened for a reason
+    /// outside them: the entry is not removed.
+    not_damage: bool,
 }
 
 impl EntryProblem {
     fn damaged(message: impl Into<String>) -> Self {
         EntryProblem {
             message: message.into(),
-            is_missing: false,
+            not_damage: false,
         }
     }
 
+    /// An I/O error is never taken as damage: only what was read can prove that. A short
+    /// read is, though (the file is shorter than its own header says).
     fn from_io(e: io::Error) -> Self {
+        let short = e.kind() == io::ErrorKind::UnexpectedEof;
         EntryProblem {
-            is_missing: e.kind() == io::ErrorKind::NotFound,
-            message: e.to_string(),
+            not_damage: !short,
+            message: if e.kind() == io::ErrorKind::NotFound {
+                String::new()
+            } else {
+                e.to_string()
+            },
         }
     }
 }
@@ -814,6 +859,7 @@ fn scan(root: &Path) -> (HashMap<Hash, DiskEntry>, u64) {
             size: meta_len + body_len,
             url: None,
             touched_secs: mtime,
+            committed: None,
         };
         match entries.get(&combined) {
             Some(kept) if kept.generation > generation => {

@@ -41,7 +41,9 @@ fn normalize_host(raw: &str, tls: bool) -> Option<String> {
 }
 
 /// The primary key string: `scheme://host/path?query` with the query's parameters sorted
-/// by name (the order of repeated names is kept, it can matter) and empty ones dropped.
+/// by name (the order of repeated names is kept, it can matter) and empty ones dropped. A
+/// query with nested parameters (`a[][x]=1&a[][y]=2`) keeps its order: Rack builds arrays
+/// of hashes from the order of different names.
 pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
     let scheme = if tls { "https" } else { "http" };
     let path = req.uri.path();
@@ -52,7 +54,9 @@ pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
     key.push_str(path);
     if let Some(query) = req.uri.query() {
         let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-        params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+        if !params.iter().any(|p| param_name(p).contains('[')) {
+            params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+        }
         if !params.is_empty() {
             key.push('?');
             key.push_str(&params.join("&"));
@@ -137,6 +141,11 @@ mod tests {
         let c = primary_key(true, "h", &req("/p?a=0&a=1&b=2", None));
         assert_ne!(a, c);
         assert_eq!(primary_key(true, "h", &req("/p?", None)), "https://h/p");
+        let nested = "/p?a[][x]=1&a[][y]=2&a[][x]=3";
+        assert_eq!(
+            primary_key(true, "h", &req(nested, None)),
+            format!("https://h{nested}")
+        );
         assert_ne!(
             primary_key(true, "h", &req("/p", None)),
             primary_key(false, "h", &req("/p", None))

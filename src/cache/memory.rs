@@ -21,6 +21,8 @@ pub struct MemObject {
     pub url: Arc<str>,
     pub meta: StoredMeta,
     pub body: Bytes,
+    /// When a fill committed it (`None` for copies promoted from disk).
+    pub committed: Option<std::time::Instant>,
 }
 
 impl MemObject {
@@ -82,6 +84,7 @@ impl MemoryTier {
                 url: old.url.clone(),
                 meta: meta.clone(),
                 body: old.body.clone(),
+                committed: old.committed,
             }),
         );
         true

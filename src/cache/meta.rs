@@ -25,7 +25,19 @@ pub struct StoredMeta {
     pub stale_if_error_sec: u32,
     pub variance: Option<HashBinary>,
     pub header: ResponseHeader,
+    /// pingora's own encoding of the freshness facts, kept when the object's provenance
+    /// differs from its creation time (after a refresh). pingora sets provenance only
+    /// through its decoder, and Vary variants are checked against it: rebuilding without
+    /// it would make every variant stored before the refresh look outdated.
+    pub pingora_internal: Option<Vec<u8>>,
 }
+
+/// pingora's encoding of an empty response header, to decode `pingora_internal` against.
+static EMPTY_HEADER: std::sync::LazyLock<Option<Vec<u8>>> = std::sync::LazyLock::new(|| {
+    let header = ResponseHeader::build(200, None).ok()?;
+    let meta = CacheMeta::new(UNIX_EPOCH, UNIX_EPOCH, 0, 0, header);
+    meta.serialize().ok().map(|(_, header)| header)
+});
 
 impl StoredMeta {
     pub fn from_cache_meta(meta: &CacheMeta) -> Self {
@@ -38,10 +50,19 @@ impl StoredMeta {
             stale_if_error_sec: meta.stale_if_error_sec(),
             variance: meta.variance(),
             header: meta.response_header_copy(),
+            pingora_internal: (meta.provenance() != meta.created())
+                .then(|| meta.serialize().ok().map(|(internal, _)| internal))
+                .flatten(),
         }
     }
 
     pub fn to_cache_meta(&self) -> CacheMeta {
+        if let (Some(internal), Some(empty)) = (&self.pingora_internal, EMPTY_HEADER.as_ref()) {
+            if let Ok(mut meta) = CacheMeta::deserialize(internal, empty) {
+                *meta.response_header_mut() = self.header.clone();
+                return meta;
+            }
+        }
         let mut meta = CacheMeta::new(
             self.fresh_until,
             self.created,
@@ -69,6 +90,7 @@ impl StoredMeta {
             stale_if_error_sec: 0,
             variance: None,
             header: ResponseHeader::build(200, None).expect("status"),
+            pingora_internal: None,
         }
     }
 
@@ -102,6 +124,13 @@ impl StoredMeta {
             }
             None => out.u8(0),
         }
+        match &self.pingora_internal {
+            Some(internal) => {
+                out.u8(1);
+                out.bytes(internal);
+            }
+            None => out.u8(0),
+        }
         out.u16(self.header.status.as_u16());
         let count = u32::try_from(self.header.headers.len()).unwrap_or(u32::MAX);
         out.u32(count);
@@ -121,6 +150,11 @@ impl StoredMeta {
             0 => None,
             1 => Some(input.array::<16>()?),
             other => return Err(format!("bad variance flag {other}")),
+        };
+        let pingora_internal = match input.u8()? {
+            0 => None,
+            1 => Some(input.bytes()?.to_vec()),
+            other => return Err(format!("bad internal-meta flag {other}")),
         };
         let status = input.u16()?;
         let count = input.u32()? as usize;
@@ -145,6 +179,7 @@ impl StoredMeta {
             stale_if_error_sec,
             variance,
             header,
+            pingora_internal,
         })
     }
 }
@@ -183,6 +218,7 @@ mod tests {
             stale_if_error_sec: 86400,
             variance: Some([7; 16]),
             header,
+            pingora_internal: None,
         };
         let mut out = Writer::default();
         meta.encode(&mut out);

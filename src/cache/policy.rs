@@ -155,9 +155,10 @@ pub fn response_cacheable(
 
     let defaults = CacheMetaDefaults::new(|_| None, 0, 0);
     let (swr, sie_from_header) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
-    let forbids_stale = cc
-        .as_ref()
-        .is_some_and(|cc| cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache());
+    // s-maxage implies proxy-revalidate for a shared cache (RFC 9111 §5.2.2.10).
+    let forbids_stale = cc.as_ref().is_some_and(|cc| {
+        cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache() || cc.has_key("s-maxage")
+    });
     let sie = if forbids_stale {
         0
     } else {
@@ -365,5 +366,6 @@ mod tests {
             86400
         );
         assert_eq!(sie(&[("Cache-Control", "max-age=10, must-revalidate")]), 0);
+        assert_eq!(sie(&[("Cache-Control", "s-maxage=10")]), 0);
     }
 }

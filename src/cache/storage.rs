@@ -42,7 +42,23 @@ pub struct TieredStorage {
     /// Objects still arriving, by combined hash; usually one each, more when a lock timed out.
     fills: Mutex<HashMap<Hash, Vec<Arc<Fill>>>>,
     next_fill: AtomicU64,
+    /// Counts purges. Whatever is put into a tier checks it afterwards: when a purge that
+    /// matches ran since the copy was read or began arriving, the copy is taken out again,
+    /// so a purge racing a fill, a promotion or a refresh cannot be undone by it.
+    purges: AtomicU64,
+    /// The most recent purges, by count, for that check.
+    purge_log: Mutex<std::collections::VecDeque<(u64, PurgeMatch)>>,
 }
+
+/// What one purge removed.
+enum PurgeMatch {
+    Url(Hash),
+    Prefix(String),
+    Object(Hash),
+}
+
+/// Purges remembered for the check above; older ones count as matching everything.
+const PURGE_LOG: usize = 1024;
 
 impl TieredStorage {
     pub fn new(memory: MemoryTier, disk: Option<DiskTier>) -> Self {
@@ -51,6 +67,8 @@ impl TieredStorage {
             disk,
             fills: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(1),
+            purges: AtomicU64::new(0),
+            purge_log: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -64,6 +82,7 @@ impl TieredStorage {
 
     /// Removes every variant of one URL from both tiers; returns how many objects went.
     pub fn purge_url(&self, primary: &Hash) -> usize {
+        self.record_purge(PurgeMatch::Url(*primary));
         self.abandon_fills(|fill| &fill.primary == primary);
         let memory = self.memory.remove_matching(|o| &o.primary == primary);
         let disk = self.disk.as_ref().map_or(0, |d| d.remove_primary(primary));
@@ -72,10 +91,39 @@ impl TieredStorage {
 
     /// Removes every object whose URL starts with `prefix` from both tiers.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.record_purge(PurgeMatch::Prefix(prefix.to_string()));
         self.abandon_fills(|fill| fill.url.starts_with(prefix));
         let memory = self.memory.remove_matching(|o| o.url.starts_with(prefix));
         let disk = self.disk.as_ref().map_or(0, |d| d.remove_prefix(prefix));
         memory.max(disk)
+    }
+
+    fn record_purge(&self, what: PurgeMatch) {
+        let mut log = self.purge_log.lock();
+        let seq = self.purges.fetch_add(1, Ordering::SeqCst) + 1;
+        if log.len() == PURGE_LOG {
+            log.pop_front();
+        }
+        log.push_back((seq, what));
+    }
+
+    /// Whether a purge since count `since` covers this object.
+    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool {
+        if self.purges.load(Ordering::SeqCst) == since {
+            return false;
+        }
+        let log = self.purge_log.lock();
+        if log.front().is_some_and(|(oldest, _)| *oldest > since + 1) {
+            // Some purges since then are forgotten: assume the worst.
+            return true;
+        }
+        log.iter()
+            .filter(|(seq, _)| *seq > since)
+            .any(|(_, what)| match what {
+                PurgeMatch::Url(p) => p == primary,
+                PurgeMatch::Prefix(prefix) => url.starts_with(prefix.as_str()),
+                PurgeMatch::Object(c) => c == combined,
+            })
     }
 
     /// Fills that match are never committed; their readers still get the whole body.
@@ -87,11 +135,22 @@ impl TieredStorage {
         }
     }
 
-    /// Whether an object is arriving or stored under this combined hash.
+    /// Whether an object under this combined hash is arriving, or was stored a moment ago
+    /// (so a request that missed it just before may look again). Older entries do not
+    /// count: pingora may have had reasons to pass them over (an outdated Vary variant),
+    /// and sending it back to them would never fetch a usable copy.
     pub fn holds(&self, combined: &Hash) -> bool {
+        const JUST_NOW: std::time::Duration = std::time::Duration::from_secs(1);
         self.find_fill(combined, None).is_some()
-            || self.memory.get(combined).is_some()
-            || self.disk.as_ref().is_some_and(|d| d.contains(combined))
+            || self
+                .memory
+                .get(combined)
+                .and_then(|o| o.committed)
+                .is_some_and(|at| at.elapsed() < JUST_NOW)
+            || self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.committed_within(combined, JUST_NOW))
     }
 
     /// Publishes both tiers' sizes to the metrics.
@@ -133,6 +192,7 @@ impl TieredStorage {
 
     fn lookup_disk(&'static self, combined: &Hash) -> Option<(CacheMeta, HitHandler)> {
         let disk = self.disk.as_ref()?;
+        let purges = self.purges.load(Ordering::SeqCst);
         let Some(object) = disk.lookup(combined) else {
             metrics::get()
                 .cache_tier_misses
@@ -149,9 +209,14 @@ impl TieredStorage {
                 url: object.url.clone(),
                 meta: object.meta,
                 body,
+                committed: None,
             };
             let hit = memory_hit(&promoted, "disk");
+            let (primary, url) = (promoted.primary, promoted.url.clone());
             self.memory.insert(*combined, promoted);
+            if self.purged_since(purges, &primary, combined, &url) {
+                self.memory.remove(combined);
+            }
             return Some(hit);
         }
         // Check the first block now, so damage there is a clean miss rather than a
@@ -255,6 +320,8 @@ struct Fill {
     progress: watch::Sender<Progress>,
     /// Purged while arriving: readers finish, but it is never committed.
     abandoned: AtomicBool,
+    /// The purge count when it began.
+    purges_at_start: u64,
 }
 
 impl Fill {
@@ -357,8 +424,21 @@ impl FillWriter {
                     url: fill.url.clone(),
                     meta: fill.meta.clone(),
                     body,
+                    committed: Some(std::time::Instant::now()),
                 },
             );
+        }
+        // A purge that ran meanwhile may have missed what was just put in: take it out.
+        if storage.purged_since(
+            fill.purges_at_start,
+            &fill.primary,
+            &self.combined,
+            &fill.url,
+        ) {
+            storage.memory.remove(&self.combined);
+            if let Some(disk) = &storage.disk {
+                disk.remove(&self.combined);
+            }
         }
     }
 }
@@ -385,9 +465,14 @@ impl HandleMiss for FillWriter {
         match &self.fill.spool {
             Spool::Disk(file) => {
                 if let Some(disk) = &self.storage.disk {
-                    self.reserved += len;
-                    if !disk.reserve(len) {
-                        self.over_budget = true;
+                    if !self.over_budget {
+                        if disk.reserve(len) {
+                            self.reserved += len;
+                        } else {
+                            // Never kept: what was reserved so far goes back now.
+                            self.over_budget = true;
+                            disk.release(std::mem::take(&mut self.reserved));
+                        }
                     }
                 }
                 if let Err(e) = file.write_all_at(&data, BODY_HEADER_LEN + self.written) {
@@ -710,13 +795,21 @@ impl Storage for TieredStorage {
         let spool = match &temp {
             Some(temp) => Spool::Disk(temp.file.clone()),
             None => {
-                if length.is_some_and(|l| !self.memory.admits(l)) {
-                    return Err(internal("object too large for the memory tier"));
+                // Without a spool file only a body known to fit the memory tier is kept:
+                // pingora bounds bodies by the largest tier, which with a disk tier is far
+                // more than memory should hold. (Without one, the bound is the memory
+                // tier's own, so a body of unknown length may go ahead.)
+                let small = length.map_or(self.disk.is_none(), |l| self.memory.admits(l));
+                if !small {
+                    return Err(internal(
+                        "no spool file and the body is not known to fit the memory tier",
+                    ));
                 }
                 Spool::Memory(RwLock::new(Vec::new()))
             }
         };
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        let purges_at_start = self.purges.load(Ordering::SeqCst);
         let (progress, _) = watch::channel(Progress::Writing(0));
         let fill = Arc::new(Fill {
             id,
@@ -726,6 +819,7 @@ impl Storage for TieredStorage {
             spool,
             progress,
             abandoned: AtomicBool::new(false),
+            purges_at_start,
         });
         self.fills
             .lock()
@@ -758,6 +852,7 @@ impl Storage for TieredStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let combined = target.key().combined_bin();
+        self.record_purge(PurgeMatch::Object(combined));
         if let Some(list) = self.fills.lock().get(&combined) {
             for fill in list {
                 fill.abandoned.store(true, Ordering::Release);
@@ -779,8 +874,13 @@ impl Storage for TieredStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let combined = key.combined_bin();
+        let purges = self.purges.load(Ordering::SeqCst);
         let stored = StoredMeta::from_cache_meta(meta);
         let memory = self.memory.update_meta(&combined, &stored);
+        let (primary, _, url) = key_hashes(key);
+        if self.purged_since(purges, &primary, &combined, &url) {
+            self.memory.remove(&combined);
+        }
         let disk = self
             .disk
             .as_ref()

@@ -126,6 +126,35 @@ pub fn set_forwarding(
     client
 }
 
+/// Whether the core will take this request as https: the listener's own scheme, or for a
+/// trusted proxy in front of us, the `X-Forwarded-Proto` it sends (which reaches the core).
+/// `None` when a trusted proxy forwards something the cache key cannot follow: another
+/// host (`X-Forwarded-Host`, `Forwarded`) or a scheme that is neither http nor https.
+pub fn effective_scheme_is_tls(
+    req: &RequestHeader,
+    peer: Option<IpAddr>,
+    listener_tls: bool,
+    trusted: &TrustedProxies,
+) -> Option<bool> {
+    let trusted_peer = peer.is_some_and(|ip| trusted.contains(&canonical_ip(ip)));
+    if !trusted_peer {
+        return Some(listener_tls);
+    }
+    if req.headers.contains_key("x-forwarded-host") || req.headers.contains_key("forwarded") {
+        return None;
+    }
+    let Some(proto) = req.headers.get_all(X_FORWARDED_PROTO).iter().next_back() else {
+        return Some(listener_tls);
+    };
+    let proto = proto.to_str().ok()?;
+    let last = proto.rsplit(',').next().unwrap_or("").trim();
+    match last.to_ascii_lowercase().as_str() {
+        "https" => Some(true),
+        "http" => Some(false),
+        _ => None,
+    }
+}
+
 /// Rewrites an absolute-form target (`GET http://host/path HTTP/1.1`) to origin-form with
 /// its authority as `Host`, and makes `Host` agree with an HTTP/2 `:authority`. RFC 9112
 /// §3.2.2 says the target's authority wins; doing it here means the core, the cache key and

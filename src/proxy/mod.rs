@@ -232,8 +232,21 @@ impl ProxyHttp for EdgeProxy {
         let Some(policy) = &settings.cache_policy else {
             return Ok(());
         };
+        // The key's scheme is the one the core is told: a trusted proxy in front of us
+        // may say https on a plain listener. What else it forwards about the host is not
+        // in the key, so such requests are not cached.
+        let peer = client_addr(session).map(|a| a.ip());
+        let Some(tls) = headers::effective_scheme_is_tls(
+            session.req_header(),
+            peer,
+            self.tls,
+            &settings.trusted_proxies,
+        ) else {
+            ctx.cache_status = Some(CacheStatus::Bypass);
+            return Ok(());
+        };
         let req = session.req_header();
-        let Some(host) = cache_key::request_host(req, self.tls) else {
+        let Some(host) = cache_key::request_host(req, tls) else {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         };
@@ -242,7 +255,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         }
-        ctx.cache_key = Some(cache_key::primary_key(self.tls, &host, req));
+        ctx.cache_key = Some(cache_key::primary_key(tls, &host, req));
         ctx.route = route.cloned();
         ctx.cache_status = Some(CacheStatus::Miss);
         cache.enable(&mut session.cache);

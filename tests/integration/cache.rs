@@ -624,3 +624,72 @@ async fn directories_of_an_older_format_are_removed_at_start() {
         "HIT"
     );
 }
+
+#[tokio::test]
+async fn empty_bodies_are_hits_from_disk_too() {
+    let origin = Origin::start().await;
+    let mut pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/0?cc=public,max-age=600";
+    assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
+    kill_and_restart(&mut pop).await;
+    let again = get(pop.setup.http, path, &[]).await;
+    assert_eq!((again.status, again.cache_status()), (200, "HIT"));
+    assert!(again.body.is_empty());
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn refreshing_one_variant_keeps_the_others() {
+    let origin = Origin::start().await;
+    let mut pop = pop_with_cache(&origin, "").await;
+    let path = "/@carol?cc=public,max-age=2&h=Vary:Accept";
+    let html = [("Accept", "text/html")];
+    let json = [("Accept", "application/activity+json")];
+    assert_eq!(
+        get(pop.setup.http, path, &html).await.cache_status(),
+        "MISS"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        get(pop.setup.http, path, &json).await.cache_status(),
+        "MISS"
+    );
+    // The HTML copy expires first and is fetched again; the JSON one is still fresh.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        get(pop.setup.http, path, &html).await.cache_status(),
+        "EXPIRED"
+    );
+    assert_eq!(get(pop.setup.http, path, &json).await.cache_status(), "HIT");
+    // Also once both come from disk.
+    kill_and_restart(&mut pop).await;
+    assert_eq!(get(pop.setup.http, path, &json).await.cache_status(), "HIT");
+    assert_eq!(get(pop.setup.http, path, &html).await.cache_status(), "HIT");
+    assert_eq!(origin.hits_for("/@carol"), 3);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_scheme_is_part_of_the_key() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "proxy:\n  trusted_proxies: [\"127.0.0.1\"]\n").await;
+    let path = "/redirecting?cc=public,max-age=600";
+    let https = get(pop.setup.http, path, &[("X-Forwarded-Proto", "https")]).await;
+    let http = get(pop.setup.http, path, &[("X-Forwarded-Proto", "http")]).await;
+    assert_eq!(https.cache_status(), "MISS");
+    assert_eq!(http.cache_status(), "MISS");
+    let again = get(pop.setup.http, path, &[("X-Forwarded-Proto", "https")]).await;
+    assert_eq!(again.cache_status(), "HIT");
+    assert_eq!(
+        crate::harness::origin::seen_headers(&again.json(), "x-forwarded-proto"),
+        vec!["https"]
+    );
+    // A forwarded host is not in the key: not cached.
+    let other = get(
+        pop.setup.http,
+        path,
+        &[("X-Forwarded-Host", "other.example")],
+    )
+    .await;
+    assert_eq!(other.cache_status(), "BYPASS");
+    assert_eq!(origin.hits_for("/redirecting"), 3);
+}
