@@ -693,3 +693,24 @@ async fn behind_a_trusted_proxy_the_forwarded_scheme_is_part_of_the_key() {
     assert_eq!(other.cache_status(), "BYPASS");
     assert_eq!(origin.hits_for("/redirecting"), 3);
 }
+
+#[tokio::test]
+async fn waiters_on_a_core_that_is_down_get_an_error_quickly() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    drop(origin);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let address = pop.setup.http;
+        tasks.push(tokio::spawn(async move {
+            get(address, "/never-cached?cc=public,max-age=60", &[]).await
+        }));
+    }
+    for task in tasks {
+        let answer = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("a waiter hung")
+            .expect("task");
+        assert_eq!(answer.status, 502);
+    }
+}
