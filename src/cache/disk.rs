@@ -12,23 +12,24 @@
 //! The LRU order survives restarts through the meta files' modification times: a hit
 //! touches its meta file at most once a minute, and the start-up scan orders entries by it.
 //!
+//! The file formats and the start-up scan live in `disk_files.rs`.
+//!
 //! File I/O here is plain blocking calls from the request's thread, the way nginx reads
 //! cache files by default: reads and writes land in the page cache and take microseconds.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::codec::{Reader, Writer};
+use super::disk_files::{encode_meta_file, read_meta_file, scan, EntryProblem, MetaRecord};
 use super::meta::StoredMeta;
 use super::{CacheError, Hash};
 use crate::config::model::DiskTierSettings;
@@ -37,7 +38,6 @@ use crate::metrics;
 /// The on-disk format's directory; a different format lives in a different directory, and
 /// directories of other formats are removed at start.
 const FORMAT_DIR: &str = "v1";
-const META_MAGIC: &[u8; 8] = b"ECMETA02";
 const BODY_MAGIC: &[u8; 8] = b"ECBODY01";
 /// The body file starts with its magic and generation.
 pub const BODY_HEADER_LEN: u64 = 16;
@@ -47,22 +47,20 @@ pub const BLOCK_SIZE: usize = 256 * 1024;
 const MARKER: &str = "EDGECACHE-CACHE-DIR";
 /// A hit moves an entry's meta file time forward at most this often.
 const TOUCH_INTERVAL_SECS: u64 = 60;
-/// No meta file is larger than this; a larger one is damage.
-const MAX_META_FILE: u64 = 16 * 1024 * 1024;
 
 /// What the index keeps per entry.
 #[derive(Clone)]
-struct DiskEntry {
-    primary: Hash,
-    generation: u64,
+pub(super) struct DiskEntry {
+    pub(super) primary: Hash,
+    pub(super) generation: u64,
     /// Both files' bytes.
-    size: u64,
+    pub(super) size: u64,
     /// Known once the meta file has been read (entries found by the start-up scan are not
     /// read until used).
-    url: Option<Arc<str>>,
-    touched_secs: u64,
+    pub(super) url: Option<Arc<str>>,
+    pub(super) touched_secs: u64,
     /// When this process committed it (`None` for entries found at start).
-    committed: Option<std::time::Instant>,
+    pub(super) committed: Option<std::time::Instant>,
 }
 
 struct DiskIndex {
@@ -99,17 +97,6 @@ pub struct TempBody {
     pub file: Arc<File>,
     path: PathBuf,
     generation: u64,
-}
-
-/// The parsed contents of a meta file.
-struct MetaRecord {
-    generation: u64,
-    primary: Hash,
-    combined: Hash,
-    url: String,
-    body_len: u64,
-    crcs: Vec<u32>,
-    meta: StoredMeta,
 }
 
 fn now_secs() -> u64 {
@@ -649,292 +636,5 @@ impl TempBody {
     /// Removes the unfinished body file.
     pub fn discard(self) {
         let _ = fs::remove_file(&self.path);
-    }
-}
-
-struct EntryProblem {
-    message: String,
-    /// The files are gone (purged or evicted meanwhile) or could not be opened for a reason
-    /// outside them: the entry is not removed.
-    not_damage: bool,
-}
-
-impl EntryProblem {
-    fn damaged(message: impl Into<String>) -> Self {
-        EntryProblem {
-            message: message.into(),
-            not_damage: false,
-        }
-    }
-
-    /// An I/O error is never taken as damage: only what was read can prove that. A short
-    /// read is, though (the file is shorter than its own header says).
-    fn from_io(e: io::Error) -> Self {
-        let short = e.kind() == io::ErrorKind::UnexpectedEof;
-        EntryProblem {
-            not_damage: !short,
-            message: if e.kind() == io::ErrorKind::NotFound {
-                String::new()
-            } else {
-                e.to_string()
-            },
-        }
-    }
-}
-
-fn encode_meta_file(record: &MetaRecord) -> Vec<u8> {
-    let mut payload = Writer::default();
-    payload.u64(record.generation);
-    payload.bytes_fixed(&record.primary);
-    payload.bytes_fixed(&record.combined);
-    payload.bytes(record.url.as_bytes());
-    payload.u64(record.body_len);
-    payload.u32(BLOCK_SIZE as u32);
-    payload.u32(u32::try_from(record.crcs.len()).unwrap_or(u32::MAX));
-    for crc in &record.crcs {
-        payload.u32(*crc);
-    }
-    record.meta.encode(&mut payload);
-    let payload = payload.into_inner();
-    let mut out = Vec::with_capacity(payload.len() + 16);
-    out.extend_from_slice(META_MAGIC);
-    out.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
-}
-
-fn read_meta_file(path: &Path) -> Result<MetaRecord, EntryProblem> {
-    let file = File::open(path).map_err(EntryProblem::from_io)?;
-    let length = file.metadata().map_err(EntryProblem::from_io)?.len();
-    if length > MAX_META_FILE {
-        return Err(EntryProblem::damaged(format!(
-            "meta file of {length} bytes"
-        )));
-    }
-    let mut bytes = vec![0u8; length as usize];
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(EntryProblem::from_io)?;
-    decode_meta_file(&bytes).map_err(EntryProblem::damaged)
-}
-
-fn decode_meta_file(bytes: &[u8]) -> Result<MetaRecord, String> {
-    let mut input = Reader::new(bytes);
-    let magic = input.array::<8>()?;
-    if &magic != META_MAGIC {
-        return Err("not a meta file of this format".to_string());
-    }
-    let len = input.u32()? as usize;
-    let crc = input.u32()?;
-    if input.remaining() != len {
-        return Err(format!(
-            "meta file holds {} payload bytes, its header says {len}",
-            input.remaining()
-        ));
-    }
-    let payload = &bytes[bytes.len() - len..];
-    if crc32fast::hash(payload) != crc {
-        return Err("meta file fails its checksum".to_string());
-    }
-    let mut input = Reader::new(payload);
-    let generation = input.u64()?;
-    let primary = input.array::<16>()?;
-    let combined = input.array::<16>()?;
-    let url = String::from_utf8(input.bytes()?.to_vec()).map_err(|_| "URL is not UTF-8")?;
-    let body_len = input.u64()?;
-    let block_size = input.u32()?;
-    if block_size as usize != BLOCK_SIZE {
-        return Err(format!("block size {block_size}"));
-    }
-    let count = input.u32()? as usize;
-    let expected_blocks = body_len.div_ceil(BLOCK_SIZE as u64).max(1);
-    if count as u64 != expected_blocks {
-        return Err(format!(
-            "{count} block checksums for a body of {body_len} bytes"
-        ));
-    }
-    let mut crcs = Vec::with_capacity(count);
-    for _ in 0..count {
-        crcs.push(input.u32()?);
-    }
-    let meta = StoredMeta::decode(&mut input)?;
-    Ok(MetaRecord {
-        generation,
-        primary,
-        combined,
-        url,
-        body_len,
-        crcs,
-        meta,
-    })
-}
-
-/// Parses `<primary>-<combined>-<generation>.<ext>`.
-fn parse_entry_name(name: &str) -> Option<(Hash, Hash, u64, &str)> {
-    let (stem, ext) = name.rsplit_once('.')?;
-    let mut parts = stem.split('-');
-    let primary = parts.next()?;
-    let combined = parts.next()?;
-    let generation = parts.next()?;
-    if parts.next().is_some() || primary.len() != 32 || combined.len() != 32 {
-        return None;
-    }
-    let mut p = [0u8; 16];
-    let mut c = [0u8; 16];
-    hex::decode_to_slice(primary, &mut p).ok()?;
-    hex::decode_to_slice(combined, &mut c).ok()?;
-    let generation = u64::from_str_radix(generation, 16).ok()?;
-    Some((p, c, generation, ext))
-}
-
-#[derive(Default)]
-struct FoundFiles {
-    primary: Hash,
-    meta: Option<(u64, u64)>,
-    body: Option<u64>,
-}
-
-/// Walks the format directory: pairs each meta file with its body, keeps the newest
-/// complete generation of each entry and removes everything else (strays, half-pairs,
-/// superseded copies).
-fn scan(root: &Path) -> (HashMap<Hash, DiskEntry>, u64) {
-    let mut files: HashMap<(Hash, u64), FoundFiles> = HashMap::new();
-    let mut strays: Vec<PathBuf> = Vec::new();
-    let mut highest_generation = 0;
-    let Ok(shards) = fs::read_dir(root) else {
-        return (HashMap::new(), 0);
-    };
-    for shard in shards.flatten() {
-        let shard_name = shard.file_name();
-        if shard_name == "tmp" {
-            continue;
-        }
-        let Ok(listing) = fs::read_dir(shard.path()) else {
-            strays.push(shard.path());
-            continue;
-        };
-        for file in listing.flatten() {
-            let path = file.path();
-            let name = file.file_name();
-            let parsed = name.to_str().and_then(parse_entry_name);
-            let Some((primary, combined, generation, ext)) = parsed else {
-                strays.push(path);
-                continue;
-            };
-            let Ok(metadata) = file.metadata() else {
-                continue;
-            };
-            highest_generation = highest_generation.max(generation);
-            let found = files.entry((combined, generation)).or_default();
-            found.primary = primary;
-            match ext {
-                "meta" => {
-                    let mtime = metadata
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .unwrap_or(Duration::ZERO)
-                        .as_secs();
-                    found.meta = Some((metadata.len(), mtime));
-                }
-                "body" => found.body = Some(metadata.len()),
-                _ => strays.push(path),
-            }
-        }
-    }
-    let mut entries: HashMap<Hash, DiskEntry> = HashMap::new();
-    let mut superseded: Vec<(Hash, Hash, u64)> = Vec::new();
-    for ((combined, generation), found) in files {
-        let (Some((meta_len, mtime)), Some(body_len)) = (found.meta, found.body) else {
-            superseded.push((found.primary, combined, generation));
-            continue;
-        };
-        let entry = DiskEntry {
-            primary: found.primary,
-            generation,
-            size: meta_len + body_len,
-            url: None,
-            touched_secs: mtime,
-            committed: None,
-        };
-        match entries.get(&combined) {
-            Some(kept) if kept.generation > generation => {
-                superseded.push((found.primary, combined, generation));
-            }
-            Some(kept) => {
-                superseded.push((kept.primary, combined, kept.generation));
-                entries.insert(combined, entry);
-            }
-            None => {
-                entries.insert(combined, entry);
-            }
-        }
-    }
-    for (primary, combined, generation) in superseded {
-        let primary_hex = hex::encode(primary);
-        for ext in ["meta", "body"] {
-            let path = root.join(&primary_hex[..2]).join(format!(
-                "{primary_hex}-{}-{generation:016x}.{ext}",
-                hex::encode(combined)
-            ));
-            let _ = fs::remove_file(path);
-        }
-    }
-    for stray in strays {
-        tracing::info!(path = %stray.display(), "removing a stray file from the cache directory");
-        let _ = fs::remove_file(&stray).or_else(|_| fs::remove_dir_all(&stray));
-    }
-    (entries, highest_generation)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_names_round_trip() {
-        let name = format!(
-            "{}-{}-{:016x}.meta",
-            "ab".repeat(16),
-            "cd".repeat(16),
-            42u64
-        );
-        let (p, c, g, ext) = parse_entry_name(&name).expect("parses");
-        assert_eq!(p, [0xab; 16]);
-        assert_eq!(c, [0xcd; 16]);
-        assert_eq!(g, 42);
-        assert_eq!(ext, "meta");
-        assert!(parse_entry_name("garbage.meta").is_none());
-        assert!(parse_entry_name(&format!("{}-zz-1.meta", "ab".repeat(16))).is_none());
-    }
-
-    #[test]
-    fn meta_file_damage_is_detected() {
-        let record = MetaRecord {
-            generation: 7,
-            primary: [1; 16],
-            combined: [2; 16],
-            url: "https://example.social/system/a.png".to_string(),
-            body_len: 10,
-            crcs: vec![123],
-            meta: StoredMeta::bare(),
-        };
-        let bytes = encode_meta_file(&record);
-        let back = decode_meta_file(&bytes).expect("decodes");
-        assert_eq!(back.url, record.url);
-        assert_eq!(back.crcs, vec![123]);
-        for i in 0..bytes.len() {
-            let mut damaged = bytes.clone();
-            damaged[i] ^= 0x40;
-            assert!(
-                decode_meta_file(&damaged).is_err(),
-                "flip at {i} went unnoticed"
-            );
-            assert!(decode_meta_file(&bytes[..i]).is_err());
-        }
     }
 }

@@ -9,6 +9,9 @@
 
 mod codec;
 pub mod disk;
+mod disk_files;
+mod fill;
+mod hit;
 pub mod key;
 mod lock;
 pub mod memory;

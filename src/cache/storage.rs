@@ -4,41 +4,33 @@
 //! first one is still fetching read its body as it comes in, from the same spool), the
 //! memory tier, then the disk tier. A disk hit small enough for memory is promoted.
 //!
-//! A fill spools its body to a file under the disk tier's `tmp/` (or to memory when there
-//! is no disk tier) while every reader tails it; only when the whole body arrived and
-//! matched its `Content-Length` does it become an entry. A fill that is dropped before
-//! that (the core went away mid-body) leaves nothing behind, and its readers get an error
-//! instead of a short body.
+//! Fills live in `fill.rs`, hit handlers in `hit.rs`.
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use pingora::cache::key::CacheHashKey;
-use pingora::cache::storage::{
-    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
-    PurgeType,
-};
+use pingora::cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
-use prometheus::IntCounter;
 use tokio::sync::watch;
 
-use super::disk::{DiskObject, DiskTier, TempBody, BLOCK_SIZE, BODY_HEADER_LEN};
+use super::disk::DiskTier;
+use super::fill::{Fill, FillWriter, Progress, Spool};
+use super::hit::{count_hit, memory_hit, partial_hit, DiskHit, TieredHit, MEMORY_MISSES};
 use super::memory::{MemObject, MemoryTier};
 use super::meta::StoredMeta;
 use super::Hash;
 use crate::metrics;
 
 pub struct TieredStorage {
-    memory: MemoryTier,
-    disk: Option<DiskTier>,
+    pub(super) memory: MemoryTier,
+    pub(super) disk: Option<DiskTier>,
     /// Objects still arriving, by combined hash; usually one each, more when a lock timed out.
     fills: Mutex<HashMap<Hash, Vec<Arc<Fill>>>>,
     next_fill: AtomicU64,
@@ -108,7 +100,13 @@ impl TieredStorage {
     }
 
     /// Whether a purge since count `since` covers this object.
-    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool {
+    pub(super) fn purged_since(
+        &self,
+        since: u64,
+        primary: &Hash,
+        combined: &Hash,
+        url: &str,
+    ) -> bool {
         if self.purges.load(Ordering::SeqCst) == since {
             return false;
         }
@@ -161,7 +159,7 @@ impl TieredStorage {
         }
     }
 
-    fn find_fill(&self, combined: &Hash, id: Option<u64>) -> Option<Arc<Fill>> {
+    pub(super) fn find_fill(&self, combined: &Hash, id: Option<u64>) -> Option<Arc<Fill>> {
         let fills = self.fills.lock();
         let candidates = fills.get(combined)?;
         match id {
@@ -174,7 +172,7 @@ impl TieredStorage {
         }
     }
 
-    fn remove_fill(&self, combined: &Hash, id: u64) {
+    pub(super) fn remove_fill(&self, combined: &Hash, id: u64) {
         let mut fills = self.fills.lock();
         if let Some(list) = fills.get_mut(combined) {
             list.retain(|f| f.id != id);
@@ -238,504 +236,13 @@ impl TieredStorage {
     }
 }
 
-/// The per-tier counters a hit touches, looked up once rather than on every request.
-struct TierCounters {
-    hits: IntCounter,
-    read_bytes: IntCounter,
-}
-
-static TIER_COUNTERS: LazyLock<[TierCounters; 3]> = LazyLock::new(|| {
-    let m = metrics::get();
-    ["memory", "disk", "fill"].map(|tier| TierCounters {
-        hits: m.cache_tier_hits.with_label_values(&[tier]),
-        read_bytes: m.cache_tier_read_bytes.with_label_values(&[tier]),
-    })
-});
-
-static MEMORY_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
-    metrics::get()
-        .cache_tier_misses
-        .with_label_values(&["memory"])
-});
-
-fn tier_counters(tier: &str) -> &'static TierCounters {
-    match tier {
-        "memory" => &TIER_COUNTERS[0],
-        "disk" => &TIER_COUNTERS[1],
-        _ => &TIER_COUNTERS[2],
-    }
-}
-
-fn count_hit(tier: &str) {
-    tier_counters(tier).hits.inc();
-}
-
-fn memory_hit(object: &MemObject, tier: &'static str) -> (CacheMeta, HitHandler) {
-    let body = object.body.clone();
-    let end = body.len();
-    (
-        object.meta.to_cache_meta(),
-        Box::new(TieredHit::Memory(MemoryHit {
-            body,
-            pos: 0,
-            end,
-            done: false,
-            tier,
-        })),
-    )
-}
-
 fn key_hashes(key: &CacheKey) -> (Hash, Hash, Arc<str>) {
     let url = key.primary_key_str().unwrap_or_default();
     (key.primary_bin(), key.combined_bin(), Arc::from(url))
 }
 
-fn internal(message: impl Into<String>) -> Box<Error> {
+pub(super) fn internal(message: impl Into<String>) -> Box<Error> {
     Error::explain(ErrorType::InternalError, message.into())
-}
-
-/// How far a fill has come; readers wait on changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
-    Writing(u64),
-    Done(u64),
-    Failed,
-}
-
-/// Where a fill's body waits while it arrives.
-enum Spool {
-    /// The body file under the disk tier's `tmp/`.
-    Disk(Arc<std::fs::File>),
-    /// Chunks and their offsets, when there is no disk tier.
-    Memory(RwLock<Vec<(u64, Bytes)>>),
-}
-
-/// An object still arriving.
-struct Fill {
-    id: u64,
-    primary: Hash,
-    url: Arc<str>,
-    meta: StoredMeta,
-    spool: Spool,
-    progress: watch::Sender<Progress>,
-    /// Purged while arriving: readers finish, but it is never committed.
-    abandoned: AtomicBool,
-    /// The purge count when it began.
-    purges_at_start: u64,
-}
-
-impl Fill {
-    /// Up to `max` bytes from `pos`, all of which have been written.
-    fn read(&self, pos: u64, max: u64) -> Result<Bytes> {
-        match &self.spool {
-            Spool::Disk(file) => {
-                let mut buf = vec![0u8; max as usize];
-                file.read_exact_at(&mut buf, BODY_HEADER_LEN + pos)
-                    .map_err(|e| internal(format!("reading an arriving body: {e}")))?;
-                Ok(Bytes::from(buf))
-            }
-            Spool::Memory(chunks) => {
-                let chunks = chunks.read();
-                let at = chunks.partition_point(|(start, _)| *start <= pos);
-                let Some((start, chunk)) = at.checked_sub(1).and_then(|i| chunks.get(i)) else {
-                    return Err(internal("arriving body has no bytes at this offset"));
-                };
-                let from = (pos - start) as usize;
-                let to = (from + max as usize).min(chunk.len());
-                Ok(chunk.slice(from..to))
-            }
-        }
-    }
-}
-
-/// Writes one fill; pingora's miss handler.
-struct FillWriter {
-    storage: &'static TieredStorage,
-    fill: Arc<Fill>,
-    combined: Hash,
-    tag: [u8; 8],
-    temp: Option<TempBody>,
-    written: u64,
-    crcs: Vec<u32>,
-    block: crc32fast::Hasher,
-    block_len: usize,
-    /// A copy for the memory tier while the body is small enough for it.
-    memory_copy: Option<Vec<Bytes>>,
-    reserved: u64,
-    /// The disk tier could not make room: spool on, but do not commit.
-    over_budget: bool,
-    finished: bool,
-}
-
-impl FillWriter {
-    fn checksum(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = BLOCK_SIZE - self.block_len;
-            let take = room.min(data.len());
-            self.block.update(&data[..take]);
-            self.block_len += take;
-            data = &data[take..];
-            if self.block_len == BLOCK_SIZE {
-                let full = std::mem::take(&mut self.block);
-                self.crcs.push(full.finalize());
-                self.block_len = 0;
-            }
-        }
-    }
-
-    fn fail(&mut self) {
-        self.fill.progress.send_replace(Progress::Failed);
-    }
-
-    /// Commits the complete body to the tiers it belongs in.
-    fn commit(&mut self) {
-        let storage = self.storage;
-        let fill = &self.fill;
-        let abandoned = fill.abandoned.load(Ordering::Acquire);
-        if let (Some(disk), Some(temp)) = (&storage.disk, self.temp.take()) {
-            if abandoned || self.over_budget {
-                temp.discard();
-            } else if let Err(e) = disk.commit(
-                temp,
-                std::mem::take(&mut self.reserved),
-                &fill.url,
-                &fill.primary,
-                &self.combined,
-                &fill.meta,
-                self.written,
-                std::mem::take(&mut self.crcs),
-            ) {
-                tracing::warn!(url = %fill.url, error = %e, "cannot store a cache entry on disk");
-            }
-        }
-        if abandoned {
-            return;
-        }
-        let body = match (&fill.spool, self.memory_copy.take()) {
-            (Spool::Memory(chunks), _) => Some(concat(chunks.read().iter().map(|(_, b)| b))),
-            (Spool::Disk(_), Some(copy)) => Some(concat(copy.iter())),
-            (Spool::Disk(_), None) => None,
-        };
-        if let Some(body) = body {
-            storage.memory.insert(
-                self.combined,
-                MemObject {
-                    primary: fill.primary,
-                    url: fill.url.clone(),
-                    meta: fill.meta.clone(),
-                    body,
-                    committed: Some(std::time::Instant::now()),
-                },
-            );
-        }
-        // A purge that ran meanwhile may have missed what was just put in: take it out.
-        if storage.purged_since(
-            fill.purges_at_start,
-            &fill.primary,
-            &self.combined,
-            &fill.url,
-        ) {
-            storage.memory.remove(&self.combined);
-            if let Some(disk) = &storage.disk {
-                disk.remove(&self.combined);
-            }
-        }
-    }
-}
-
-fn concat<'a>(chunks: impl Iterator<Item = &'a Bytes>) -> Bytes {
-    let chunks: Vec<&Bytes> = chunks.collect();
-    if chunks.len() == 1 {
-        return chunks[0].clone();
-    }
-    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
-    for chunk in chunks {
-        out.extend_from_slice(chunk);
-    }
-    Bytes::from(out)
-}
-
-#[async_trait]
-impl HandleMiss for FillWriter {
-    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let len = data.len() as u64;
-        match &self.fill.spool {
-            Spool::Disk(file) => {
-                if let Some(disk) = &self.storage.disk {
-                    if !self.over_budget {
-                        if disk.reserve(len) {
-                            self.reserved += len;
-                        } else {
-                            // Never kept: what was reserved so far goes back now.
-                            self.over_budget = true;
-                            disk.release(std::mem::take(&mut self.reserved));
-                        }
-                    }
-                }
-                if let Err(e) = file.write_all_at(&data, BODY_HEADER_LEN + self.written) {
-                    self.fail();
-                    return Err(internal(format!("writing a cache body: {e}")));
-                }
-                self.checksum(&data);
-                if let Some(copy) = &mut self.memory_copy {
-                    if self.storage.memory.admits(self.written + len) {
-                        copy.push(data.clone());
-                    } else {
-                        self.memory_copy = None;
-                    }
-                }
-                metrics::get()
-                    .cache_tier_written_bytes
-                    .with_label_values(&["disk"])
-                    .inc_by(len);
-            }
-            Spool::Memory(chunks) => {
-                chunks.write().push((self.written, data));
-                metrics::get()
-                    .cache_tier_written_bytes
-                    .with_label_values(&["memory"])
-                    .inc_by(len);
-            }
-        }
-        self.written += len;
-        self.fill
-            .progress
-            .send_replace(Progress::Writing(self.written));
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        self.finished = true;
-        if self.block_len > 0 || self.crcs.is_empty() {
-            let last = std::mem::take(&mut self.block);
-            self.crcs.push(last.finalize());
-            self.block_len = 0;
-        }
-        if let Some(expected) = self.fill.meta.content_length() {
-            if expected != self.written {
-                self.fail();
-                return Err(internal(format!(
-                    "body ended at {} bytes, Content-Length said {expected}",
-                    self.written
-                )));
-            }
-        }
-        self.commit();
-        self.fill
-            .progress
-            .send_replace(Progress::Done(self.written));
-        Ok(MissFinishType::Created(self.written as usize))
-    }
-
-    fn streaming_write_tag(&self) -> Option<&[u8]> {
-        Some(&self.tag)
-    }
-}
-
-impl Drop for FillWriter {
-    fn drop(&mut self) {
-        if !self.finished || matches!(*self.fill.progress.borrow(), Progress::Failed) {
-            self.fail();
-        }
-        if let Some(temp) = self.temp.take() {
-            temp.discard();
-        }
-        if let Some(disk) = &self.storage.disk {
-            disk.release(self.reserved);
-        }
-        self.storage.remove_fill(&self.combined, self.fill.id);
-    }
-}
-
-/// A hit from any tier or from a fill; pingora's hit handler.
-enum TieredHit {
-    Memory(MemoryHit),
-    Disk(Box<DiskHit>),
-    Partial(PartialHit),
-}
-
-struct MemoryHit {
-    body: Bytes,
-    pos: usize,
-    end: usize,
-    done: bool,
-    tier: &'static str,
-}
-
-struct DiskHit {
-    disk: &'static DiskTier,
-    object: DiskObject,
-    /// Block 0, read and checked at lookup.
-    first: Option<Bytes>,
-    pos: u64,
-    end: u64,
-}
-
-struct PartialHit {
-    fill: Arc<Fill>,
-    progress: watch::Receiver<Progress>,
-    pos: u64,
-    end: Option<u64>,
-}
-
-impl DiskHit {
-    fn read(&mut self) -> Result<Option<Bytes>> {
-        if self.pos >= self.end {
-            return Ok(None);
-        }
-        let block = (self.pos / BLOCK_SIZE as u64) as usize;
-        let bytes = match (block, self.first.take()) {
-            (0, Some(first)) => first,
-            (_, first) => {
-                self.first = first;
-                self.disk
-                    .read_block(&self.object, block)
-                    .map_err(internal)?
-            }
-        };
-        let block_start = block as u64 * BLOCK_SIZE as u64;
-        let from = (self.pos - block_start) as usize;
-        let to = (self.end.min(block_start + bytes.len() as u64) - block_start) as usize;
-        if from >= to {
-            return Err(internal("disk entry is shorter than its meta says"));
-        }
-        self.pos = block_start + to as u64;
-        Ok(Some(bytes.slice(from..to)))
-    }
-}
-
-impl PartialHit {
-    async fn read(&mut self) -> Result<Option<Bytes>> {
-        let end = self.end.unwrap_or(u64::MAX);
-        loop {
-            if self.pos >= end {
-                return Ok(None);
-            }
-            let progress = *self.progress.borrow_and_update();
-            let (available, done) = match progress {
-                Progress::Writing(n) => (n, false),
-                Progress::Done(n) => (n, true),
-                Progress::Failed => {
-                    return Err(internal("the fetch this response was reading from failed"))
-                }
-            };
-            if self.pos < available {
-                let max = (available.min(end) - self.pos).min(BLOCK_SIZE as u64);
-                let bytes = self.fill.read(self.pos, max)?;
-                self.pos += bytes.len() as u64;
-                return Ok(Some(bytes));
-            }
-            if done {
-                return Ok(None);
-            }
-            if self.progress.changed().await.is_err() {
-                return Err(internal(
-                    "the fetch this response was reading from vanished",
-                ));
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl HandleHit for TieredHit {
-    async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        let (chunk, tier) = match self {
-            TieredHit::Memory(hit) => {
-                if hit.done || hit.pos >= hit.end {
-                    hit.done = true;
-                    (None, hit.tier)
-                } else {
-                    hit.done = true;
-                    (Some(hit.body.slice(hit.pos..hit.end)), hit.tier)
-                }
-            }
-            TieredHit::Disk(hit) => (hit.read()?, "disk"),
-            TieredHit::Partial(hit) => (hit.read().await?, "fill"),
-        };
-        if let Some(chunk) = &chunk {
-            tier_counters(tier).read_bytes.inc_by(chunk.len() as u64);
-        }
-        Ok(chunk)
-    }
-
-    async fn finish(
-        self: Box<Self>,
-        _storage: &'static (dyn Storage + Sync),
-        _key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn can_seek(&self) -> bool {
-        match self {
-            TieredHit::Memory(_) | TieredHit::Disk(_) => true,
-            // A range can wait for its bytes only when the total length is known.
-            TieredHit::Partial(hit) => hit.fill.meta.content_length().is_some(),
-        }
-    }
-
-    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let start = start as u64;
-        let end = end.map(|e| e as u64);
-        match self {
-            TieredHit::Memory(hit) => {
-                let len = hit.body.len() as u64;
-                if start >= len {
-                    return Err(internal(format!("seek to {start} past {len} bytes")));
-                }
-                hit.pos = start as usize;
-                hit.end = end.map_or(len, |e| e.min(len)) as usize;
-                hit.done = false;
-            }
-            TieredHit::Disk(hit) => {
-                let len = hit.object.body_len;
-                if start >= len {
-                    return Err(internal(format!("seek to {start} past {len} bytes")));
-                }
-                hit.pos = start;
-                hit.end = end.map_or(len, |e| e.min(len));
-            }
-            TieredHit::Partial(hit) => {
-                let len = hit.fill.meta.content_length().unwrap_or(u64::MAX);
-                if start >= len {
-                    return Err(internal(format!("seek to {start} past {len} bytes")));
-                }
-                hit.pos = start;
-                hit.end = Some(end.map_or(len, |e| e.min(len)));
-            }
-        }
-        Ok(())
-    }
-
-    fn should_count_access(&self) -> bool {
-        false
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
-        self
-    }
-}
-
-fn partial_hit(fill: Arc<Fill>) -> (CacheMeta, HitHandler) {
-    let progress = fill.progress.subscribe();
-    (
-        fill.meta.to_cache_meta(),
-        Box::new(TieredHit::Partial(PartialHit {
-            fill,
-            progress,
-            pos: 0,
-            end: None,
-        })),
-    )
 }
 
 #[async_trait]

@@ -337,109 +337,6 @@ pub async fn kill_and_restart(pop: &mut CachingPop) {
 }
 
 #[tokio::test]
-async fn cached_objects_survive_kill_9() {
-    let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
-    let small = "/@alice?cc=public,max-age=600";
-    let large = "/bytes/3000000?cc=public,max-age=600";
-    let small_body = get(pop.setup.http, small, &[]).await.body;
-    get(pop.setup.http, large, &[]).await;
-    kill_and_restart(&mut pop).await;
-    let again = get(pop.setup.http, small, &[]).await;
-    assert_eq!(again.cache_status(), "HIT");
-    assert_eq!(again.body, small_body);
-    let again = get(pop.setup.http, large, &[]).await;
-    assert_eq!(again.cache_status(), "HIT");
-    assert!(again.body == pattern_range(0..3_000_000));
-    assert_eq!(origin.hits(), 2);
-    assert_eq!(
-        pop.edge
-            .metric("edgecache_cache_tier_objects{tier=\"disk\"}")
-            .await,
-        Some(2.0)
-    );
-}
-
-#[tokio::test]
-async fn damaged_disk_entries_are_misses_and_are_removed() {
-    let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
-    let paths = [
-        "/bytes/1000?cc=public,max-age=600",
-        "/bytes/2000000?cc=public,max-age=600",
-        "/bytes/3000?cc=public,max-age=600",
-    ];
-    for path in paths {
-        get(pop.setup.http, path, &[]).await;
-    }
-    // The memory tier would answer the small ones: restart to read from disk.
-    kill_and_restart(&mut pop).await;
-    let bodies = entry_files(&pop, "body");
-    assert_eq!(bodies.len(), 3);
-    for body in &bodies {
-        let mut bytes = std::fs::read(body).expect("body file");
-        match bytes.len() {
-            // Truncated.
-            n if n < 1100 => bytes.truncate(n - 10),
-            // One bit flipped in the first block of the large one, and in the middle
-            // of the other small one.
-            _ => bytes[16 + 500] ^= 0x01,
-        }
-        std::fs::write(body, bytes).expect("damage");
-    }
-    for path in paths {
-        let answer = get(pop.setup.http, path, &[]).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(answer.cache_status(), "MISS", "{path}");
-        let size: u64 = path[7..path.find('?').expect("query")]
-            .parse()
-            .expect("size");
-        assert!(
-            answer.body == pattern_range(0..size),
-            "{path} body is wrong"
-        );
-    }
-    assert_eq!(origin.hits(), 6);
-    let corrupt = pop.edge.metric("edgecache_cache_disk_corrupt_total").await;
-    assert_eq!(corrupt, Some(3.0));
-    // The refetched copies replaced the damaged ones.
-    assert_eq!(entry_files(&pop, "body").len(), 3);
-    for path in paths {
-        assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "HIT");
-    }
-}
-
-#[tokio::test]
-async fn a_body_the_core_breaks_off_is_never_stored() {
-    let origin = Origin::start().await;
-    let pop = pop_with_cache(&origin, "").await;
-    let path = "/bytes/1000000?cc=public,max-age=600&abort_at=300000";
-    let client = reqwest::Client::new();
-    let result = client
-        .get(format!("http://{}{path}", pop.setup.http))
-        .send()
-        .await
-        .expect("headers arrive");
-    assert!(
-        result.bytes().await.is_err(),
-        "a broken body must not look complete"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(entry_files(&pop, "body").is_empty());
-    let tmp = std::fs::read_dir(pop.cache_dir.path().join("cache/v1/tmp"))
-        .expect("tmp")
-        .count();
-    assert_eq!(tmp, 0, "the spool file was left behind");
-    let result = client
-        .get(format!("http://{}{path}", pop.setup.http))
-        .send()
-        .await
-        .expect("headers arrive");
-    assert!(result.bytes().await.is_err());
-    assert_eq!(origin.hits(), 2);
-}
-
-#[tokio::test]
 async fn stale_objects_are_served_while_the_core_fails() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "  serve_stale_on_error: 1h\n").await;
@@ -534,26 +431,6 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
 }
 
 #[tokio::test]
-async fn a_foreign_non_empty_directory_is_never_used_as_the_cache() {
-    let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let precious = setup.path("precious");
-    std::fs::create_dir(&precious).expect("dir");
-    std::fs::write(precious.join("thesis.tex"), "years of work").expect("file");
-    let yaml = format!(
-        "cache:\n  disk:\n    path: {}\n    max_size: 1GiB\n",
-        precious.display()
-    );
-    let config = setup.write_config(&setup.config(&[&cert], &[origin.address], &yaml));
-    let (code, _, stderr) =
-        crate::harness::edge::run_binary(&["serve", "--config", config.to_str().expect("utf-8")]);
-    assert_eq!(code, 69, "{stderr}");
-    assert!(stderr.contains("refusing to use"), "{stderr}");
-    assert!(precious.join("thesis.tex").exists());
-}
-
-#[tokio::test]
 async fn the_status_header_and_routes_reload_live() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
@@ -600,42 +477,6 @@ async fn waiters_on_a_fetch_that_breaks_off_end_with_an_error_not_a_hang() {
     // Nothing is stuck: the next request fetches again.
     let fresh = get(pop.setup.http, "/bytes/1000?cc=public,max-age=600", &[]).await;
     assert_eq!(fresh.cache_status(), "MISS");
-}
-
-#[tokio::test]
-async fn directories_of_an_older_format_are_removed_at_start() {
-    let origin = Origin::start().await;
-    let cache_dir = tempfile::tempdir().expect("tempdir");
-    let cache = cache_dir.path().join("cache");
-    std::fs::create_dir_all(cache.join("v0/ab")).expect("old dir");
-    std::fs::write(cache.join("EDGECACHE-CACHE-DIR"), "").expect("marker");
-    std::fs::write(cache.join("v0/ab/old-entry"), "old format").expect("old entry");
-    std::fs::create_dir_all(cache.join("v1/tmp")).expect("tmp");
-    std::fs::write(cache.join("v1/tmp/0000000000000001.body"), "half").expect("leftover");
-    let yaml = cache_yaml(cache_dir.path(), "");
-    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
-    assert!(!cache.join("v0").exists());
-    assert!(!cache.join("v1/tmp/0000000000000001.body").exists());
-    get(pop.setup.http, "/x?cc=public,max-age=60", &[]).await;
-    assert_eq!(
-        get(pop.setup.http, "/x?cc=public,max-age=60", &[])
-            .await
-            .cache_status(),
-        "HIT"
-    );
-}
-
-#[tokio::test]
-async fn empty_bodies_are_hits_from_disk_too() {
-    let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
-    let path = "/bytes/0?cc=public,max-age=600";
-    assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
-    kill_and_restart(&mut pop).await;
-    let again = get(pop.setup.http, path, &[]).await;
-    assert_eq!((again.status, again.cache_status()), (200, "HIT"));
-    assert!(again.body.is_empty());
-    assert_eq!(origin.hits(), 1);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod bad_input;
 mod bounds;
 mod cache;
 mod config_errors;
+mod disk_cache;
 mod listeners;
 mod poisoning;
 mod proxy;
