@@ -72,14 +72,7 @@ fn split_url(url: &str) -> Result<Vec<(bool, String, &str)>, PurgeError> {
     }
     schemes
         .iter()
-        .map(|&tls| {
-            let mut req =
-                pingora::http::RequestHeader::build("GET", b"/", None).map_err(|_| bad())?;
-            req.insert_header(http::header::HOST, host)
-                .map_err(|_| bad())?;
-            let host = key::request_host(&req, tls).ok_or_else(bad)?;
-            Ok((tls, host, path))
-        })
+        .map(|&tls| Ok((tls, key::normalize_host(host, tls).ok_or_else(bad)?, path)))
         .collect()
 }
 

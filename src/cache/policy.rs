@@ -96,7 +96,7 @@ fn heuristic_status(status: StatusCode) -> bool {
 /// Decides whether a response may be stored, and for how long it is fresh.
 pub fn response_cacheable(
     resp: &ResponseHeader,
-    route: Option<&Route>,
+    route_ttl: Option<Duration>,
     policy: &CachePolicy,
 ) -> RespCacheable {
     use RespCacheable::Uncacheable;
@@ -134,11 +134,7 @@ pub fn response_cacheable(
         .as_ref()
         .and_then(|cc| cc.fresh_duration())
         .or_else(|| expires_lifetime(resp))
-        .or_else(|| {
-            route
-                .and_then(|r| r.cache_ttl)
-                .filter(|_| heuristic_status(resp.status))
-        });
+        .or_else(|| route_ttl.filter(|_| heuristic_status(resp.status)));
     let Some(lifetime) = lifetime else {
         return Uncacheable(NoCacheReason::OriginNotCache);
     };
@@ -340,7 +336,7 @@ mod tests {
         let r = |headers: &[(&str, &str)]| {
             fresh_secs(response_cacheable(
                 &response(200, headers),
-                Some(&route),
+                route.cache_ttl,
                 &p,
             ))
         };

@@ -136,7 +136,7 @@ pub fn effective_scheme_is_tls(
     listener_tls: bool,
     trusted: &TrustedProxies,
 ) -> Option<bool> {
-    let trusted_peer = peer.is_some_and(|ip| trusted.contains(&canonical_ip(ip)));
+    let trusted_peer = peer.is_some_and(|ip| trusted.contains(&ip));
     if !trusted_peer {
         return Some(listener_tls);
     }

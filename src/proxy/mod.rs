@@ -28,7 +28,7 @@ use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use crate::access_log::{AccessLogger, AccessRecord};
 use crate::cache::key as cache_key;
 use crate::cache::{policy, CacheStatus, EdgeCache};
-use crate::config::model::{CachePolicy, Limits, Route, Sites, TrustedProxies};
+use crate::config::model::{CachePolicy, Limits, Sites, TrustedProxies};
 use crate::metrics;
 use upstream::{CoreGroup, CoreUpstreams};
 
@@ -118,7 +118,17 @@ impl ListenerCounters {
     }
 }
 
+const X_CACHE_STATUS: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-cache-status");
+
 impl EdgeProxy {
+    /// The settings of this request (taken in `request_filter`).
+    fn settings(&self, ctx: &RequestContext) -> Arc<ProxySettings> {
+        ctx.settings
+            .clone()
+            .unwrap_or_else(|| self.shared.settings.load_full())
+    }
+
     pub fn new(listener: &str, tls: bool, shared: Arc<ProxyShared>) -> Self {
         EdgeProxy {
             listener: listener.to_string(),
@@ -149,8 +159,11 @@ pub struct RequestContext {
     cache_status: Option<CacheStatus>,
     /// The primary cache key, set when this request uses the cache.
     cache_key: Option<String>,
-    /// The route the request matched, for its cache settings.
-    route: Option<Route>,
+    /// The route's default lifetime for responses that state none.
+    route_ttl: Option<std::time::Duration>,
+    /// The settings this request runs under, taken once so a reload cannot change them
+    /// halfway through it.
+    settings: Option<Arc<ProxySettings>>,
 }
 
 #[async_trait]
@@ -171,7 +184,8 @@ impl ProxyHttp for EdgeProxy {
             own_status: None,
             cache_status: None,
             cache_key: None,
-            route: None,
+            route_ttl: None,
+            settings: None,
         }
     }
 
@@ -182,7 +196,8 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
-        let settings = self.shared.settings.load();
+        let settings = self.shared.settings.load_full();
+        ctx.settings = Some(settings.clone());
         let limits = &settings.limits;
         // Only a connection the client wants kept alive gets our idle timeout; an HTTP/1.0
         // request without `Connection: keep-alive` stays a one-shot connection.
@@ -228,7 +243,7 @@ impl ProxyHttp for EdgeProxy {
         let Some(cache) = &self.shared.cache else {
             return Ok(());
         };
-        let settings = self.shared.settings.load();
+        let settings = self.settings(ctx);
         let Some(policy) = &settings.cache_policy else {
             return Ok(());
         };
@@ -256,7 +271,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         ctx.cache_key = Some(cache_key::primary_key(tls, &host, req));
-        ctx.route = route.cloned();
+        ctx.route_ttl = route.and_then(|r| r.cache_ttl);
         ctx.cache_status = Some(CacheStatus::Miss);
         cache.enable(&mut session.cache);
         Ok(())
@@ -278,11 +293,11 @@ impl ProxyHttp for EdgeProxy {
         resp: &ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<RespCacheable> {
-        let settings = self.shared.settings.load();
+        let settings = self.settings(ctx);
         let Some(policy) = &settings.cache_policy else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        Ok(policy::response_cacheable(resp, ctx.route.as_ref(), policy))
+        Ok(policy::response_cacheable(resp, ctx.route_ttl, policy))
     }
 
     /// Selects the stored variant from the request headers the response's `Vary` names.
@@ -330,14 +345,12 @@ impl ProxyHttp for EdgeProxy {
             m.cache_lock_wait_seconds.observe(waited.as_secs_f64());
         }
         let show = self
-            .shared
-            .settings
-            .load()
+            .settings(ctx)
             .cache_policy
             .as_ref()
             .is_some_and(|p| p.status_header);
         if show {
-            upstream_response.insert_header("x-cache-status", status.as_str())?;
+            upstream_response.insert_header(X_CACHE_STATUS, status.as_str())?;
         }
         Ok(())
     }
@@ -414,7 +427,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_request,
             peer,
             self.tls,
-            &self.shared.settings.load().trusted_proxies,
+            &self.settings(ctx).trusted_proxies,
         );
         ctx.upstream_sent = Some(Instant::now());
         Ok(())

@@ -216,16 +216,14 @@ async fn an_h2c_upgrade_is_not_passed_to_the_core() {
 
 #[tokio::test]
 async fn an_http10_request_without_keep_alive_gets_its_connection_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let origin = Origin::start().await;
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
-    let mut stream = tokio::net::TcpStream::connect(setup.http)
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /old HTTP/1.0\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = crate::harness::client::connect_and_send(
+        setup.http,
+        b"GET /old HTTP/1.0\r\nHost: a\r\n\r\n",
+    )
+    .await;
     // A kept-alive connection would stay open for the 60 s keep-alive timeout; the edge must
     // close this one right after the answer, which read_to_end sees as the end of the stream.
     let mut answer = Vec::new();
@@ -249,15 +247,11 @@ async fn a_websocket_upgrade_passes_through_and_carries_bytes_both_ways() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let origin = Origin::start().await;
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
-    let mut stream = tokio::net::TcpStream::connect(setup.http)
-        .await
-        .expect("connect");
-    stream
-        .write_all(
-            b"GET /echo-upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .expect("write handshake");
+    let mut stream = crate::harness::client::connect_and_send(
+        setup.http,
+        b"GET /echo-upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

@@ -39,11 +39,7 @@ async fn wait_for_leaf(setup: &EdgeSetup, der: &[u8]) {
 #[tokio::test]
 async fn sighup_swaps_the_certificate_and_connections_in_flight_carry_on() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
-    let config = setup.config(&[&live], &[origin.address], "");
-    let path = setup.write_config(&config);
-    let mut edge = Edge::start(&setup, &path).await;
+    let (setup, live, _, mut edge) = start_with_live_certificate(&origin).await;
     assert_eq!(served_leaf(&setup).await, live.der);
 
     // A kept-alive connection and a slow request, both open across the reload.
@@ -92,11 +88,7 @@ async fn sighup_swaps_the_certificate_and_connections_in_flight_carry_on() {
 #[tokio::test]
 async fn a_bad_new_certificate_is_refused_and_the_old_one_stays() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
-    let config = setup.config(&[&live], &[origin.address], "");
-    let path = setup.write_config(&config);
-    let mut edge = Edge::start(&setup, &path).await;
+    let (setup, live, _, mut edge) = start_with_live_certificate(&origin).await;
 
     // A key that does not belong to the certificate, as a botched copy would leave it.
     let other = TestCert::create(setup.dir.path(), "other", &[NAME]);
@@ -156,11 +148,7 @@ async fn the_admin_endpoint_and_the_reload_command_need_the_token() {
 #[tokio::test]
 async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
-    let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
-    let config = setup.config(&[&live], &[origin.address], "");
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
+    let (setup, _, path, edge) = start_with_live_certificate(&origin).await;
     let client = reqwest::Client::new();
     let seen_xff = || async {
         let resp = client
@@ -175,6 +163,7 @@ async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
     assert_eq!(seen_xff().await, vec!["127.0.0.1"]);
 
     let other_core = crate::harness::free_address();
+    let config = std::fs::read_to_string(&path).expect("config");
     let changed = config.replace(
         &format!("hosts: [\"{}\"]", origin.address),
         &format!("hosts: [\"{}\", \"{other_core}\"]", origin.address),
@@ -188,4 +177,16 @@ async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
     );
 
     assert_eq!(seen_xff().await, vec!["198.51.100.7, 127.0.0.1"]);
+}
+
+/// An edge in front of `origin` whose HTTPS listener serves a fresh certificate for `NAME`.
+async fn start_with_live_certificate(
+    origin: &Origin,
+) -> (EdgeSetup, TestCert, std::path::PathBuf, Edge) {
+    let setup = EdgeSetup::new();
+    let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
+    let config = setup.config(&[&live], &[origin.address], "");
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    (setup, live, path, edge)
 }

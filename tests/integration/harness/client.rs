@@ -183,6 +183,13 @@ pub fn https_client(
     builder.build().expect("client")
 }
 
+/// Connects to `address` and sends `request`, leaving the connection open for reading.
+pub async fn connect_and_send(address: SocketAddr, request: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    stream
+}
+
 /// Sends raw bytes and returns everything the edge answers until it closes or goes quiet.
 pub async fn raw_exchange(address: SocketAddr, request: &[u8]) -> String {
     exchange(address, request, false).await
