@@ -27,6 +27,7 @@ use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, HttpCache};
+use pingora::http::ResponseHeader;
 
 use crate::config::model::CacheStorage;
 use storage::TieredStorage;
@@ -189,6 +190,17 @@ impl EdgeCache {
             Some(overrides),
         );
         cache.set_max_file_size_bytes(self.max_object_size);
+    }
+
+    /// Whether the response's stated length is over what any tier keeps. Saying so before
+    /// pingora's own size check keeps the client's `Range` in force: pingora drops it when
+    /// it finds the object too large, and would send the whole body to a range request.
+    pub fn too_large_to_keep(&self, resp: &ResponseHeader) -> bool {
+        resp.headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len > self.max_object_size as u64)
     }
 
     /// Removes every variant of `url` from both tiers. A URL without a scheme is purged for

@@ -297,7 +297,17 @@ impl ProxyHttp for EdgeProxy {
         let Some(policy) = &settings.cache_policy else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        Ok(policy::response_cacheable(resp, ctx.route_ttl, policy))
+        let decision = policy::response_cacheable(resp, ctx.route_ttl, policy);
+        if matches!(decision, RespCacheable::Cacheable(_))
+            && self
+                .shared
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.too_large_to_keep(resp))
+        {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge));
+        }
+        Ok(decision)
     }
 
     /// Selects the stored variant from the request headers the response's `Vary` names.
