@@ -22,10 +22,12 @@ pub mod connections;
 pub mod devcert;
 pub mod logging;
 pub mod metrics;
+pub mod origin;
 pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod sockets;
+pub mod store;
 pub mod tls;
 
 /// Exit code for a config that cannot be used (EX_USAGE, as sysexits.h numbers it).

@@ -72,6 +72,15 @@ pub struct Metrics {
     pub cache_lock_wait_seconds: prometheus::Histogram,
     /// Objects removed by purge requests, by kind (`url`, `prefix`).
     pub cache_purged_objects: IntCounterVec,
+    /// Media chain steps, by store and outcome (`hit`, `miss`, `error`, `shed` when the
+    /// store's concurrency limit or open circuit refused the request).
+    pub media_step_lookups: IntCounterVec,
+    /// Seconds a media store took to answer (until its response head), by store.
+    pub media_step_seconds: HistogramVec,
+    /// Media requests by how the chain answered (`found`, `not_found`, `error`, `bad_key`).
+    pub media_responses: IntCounterVec,
+    /// 1 while a store's circuit is open (requests to it are not sent), by store.
+    pub media_store_circuit_open: IntGaugeVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -155,6 +164,21 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("histogram is malformed: {e}"));
         registry
             .register(Box::new(cache_lock_wait_seconds.clone()))
+            .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
+
+        let media_step_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "edgecache_media_step_seconds",
+                "Seconds a media store took to answer, until its response head.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["store"],
+        )
+        .unwrap_or_else(|e| panic!("histogram is malformed: {e}"));
+        registry
+            .register(Box::new(media_step_seconds.clone()))
             .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
 
         let metrics = Metrics {
@@ -294,6 +318,25 @@ impl Metrics {
                 "edgecache_cache_purged_objects_total",
                 "Objects removed by purge requests.",
                 &["kind"],
+            ),
+            media_step_lookups: counter_vec(
+                &registry,
+                "edgecache_media_step_lookups_total",
+                "Media chain steps, by store and outcome.",
+                &["store", "outcome"],
+            ),
+            media_step_seconds,
+            media_responses: counter_vec(
+                &registry,
+                "edgecache_media_responses_total",
+                "Media requests by how the chain answered.",
+                &["result"],
+            ),
+            media_store_circuit_open: gauge_vec(
+                &registry,
+                "edgecache_media_store_circuit_open",
+                "1 while requests to the store are held back after repeated failures.",
+                &["store"],
             ),
             registry,
         };

@@ -9,7 +9,7 @@
 //! core groups, threads, logging, the admin address) are reported as needing a restart rather
 //! than half-applied.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::access_log::AccessLogger;
-use crate::config::model::{CacheStorage, Core, Logging, ServerSettings};
+use crate::config::model::{CacheStorage, Core, Logging, ServerSettings, StoreSettings};
 use crate::config::{self, Config};
 use crate::metrics;
 use crate::proxy::ProxySettings;
@@ -52,6 +52,8 @@ pub struct RestartOnly {
     h2_idle_timeout: std::time::Duration,
     /// The tiers and the lock are built once.
     cache_storage: Option<CacheStorage>,
+    /// Store clients are built once.
+    stores: BTreeMap<String, StoreSettings>,
 }
 
 impl RestartOnly {
@@ -63,6 +65,7 @@ impl RestartOnly {
             logging: config.logging.clone(),
             h2_idle_timeout: config.limits.keepalive_timeout,
             cache_storage: config.cache.as_ref().map(|c| c.storage.clone()),
+            stores: config.stores.clone(),
         }
     }
 
@@ -80,6 +83,9 @@ impl RestartOnly {
         }
         if self.cache_storage != new.cache_storage {
             out.push("cache tiers or lock settings changed".to_string());
+        }
+        if self.stores != new.stores {
+            out.push("stores changed".to_string());
         }
         if self.logging != new.logging {
             out.push("logging changed".to_string());

@@ -20,9 +20,12 @@ use crate::admin::AdminApp;
 use crate::cache::{CacheError, EdgeCache};
 use crate::config::Config;
 use crate::connections::CountedApp;
+use crate::origin::server::MediaServer;
+use crate::origin::Places;
 use crate::proxy::upstream::CoreUpstreams;
 use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
 use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
+use crate::store::StoreError;
 use crate::tls::{HandshakeCounter, LiveCertificates, SniResolver};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,10 @@ pub enum StartError {
     Tls { name: String, detail: String },
     #[error("cannot open the cache: {0}")]
     Cache(#[from] CacheError),
+    #[error("cannot set up media store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start the media origin on loopback: {0}")]
+    MediaOrigin(std::io::Error),
 }
 
 /// Builds a ready-to-run pingora server.
@@ -77,11 +84,26 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         config.admin.token.clone().map(Arc::new),
     ));
     let restart_only = RestartOnly::of(&config);
+    // Media routes are served by an origin of our own on loopback, when stores exist.
+    let media_origin = if config.stores.is_empty() {
+        None
+    } else {
+        let places = Arc::new(Places::build(&config.stores)?);
+        let media =
+            MediaServer::bind(places, proxy_settings.clone()).map_err(StartError::MediaOrigin)?;
+        let address = media.address();
+        server.add_service(GenBackgroundService::new(
+            "media origin".to_string(),
+            Arc::new(media),
+        ));
+        Some(address)
+    };
     let shared = Arc::new(ProxyShared {
         core: core.clone(),
         settings: proxy_settings.clone(),
         access_log: access_log.clone(),
         cache: cache.clone(),
+        media_origin,
     });
 
     let mut reloadable = HashMap::new();

@@ -273,6 +273,7 @@ mod tests {
             path: "/api/v1/streaming".into(),
             cache: false,
             cache_ttl: None,
+            media: None,
         };
         assert_eq!(
             request_bypass(&request(&[]), Some(&off), &p),
@@ -332,6 +333,7 @@ mod tests {
             path: "/system/".into(),
             cache: true,
             cache_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+            media: None,
         };
         let r = |headers: &[(&str, &str)]| {
             fresh_secs(response_cacheable(

@@ -32,6 +32,9 @@ pub struct ConfigFile {
     /// Per-host, per-path rules; without any, the response headers alone decide.
     #[serde(default)]
     pub sites: Vec<SiteFile>,
+    /// Places media is read from (and written to), by name; media routes list them.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreFile>,
 }
 
 /// Process-wide settings.
@@ -331,6 +334,116 @@ pub struct RouteFile {
     /// and `Expires` still win when present).
     #[serde(default)]
     pub cache_ttl: Option<HumanDuration>,
+    /// Serve this path from media places instead of the core.
+    #[serde(default)]
+    pub media: Option<MediaRouteFile>,
+}
+
+/// A media route: the request path after the route's `path` is the object key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaRouteFile {
+    /// Store names, tried in order; the first that has the object answers.
+    pub chain: Vec<String>,
+    /// `Cache-Control` on media found (Mastodon's media never change under one URL).
+    #[serde(default = "defaults::media_cache_control")]
+    pub cache_control: String,
+    /// `Cache-Control` on a 404 (when every place said it has no such object).
+    #[serde(default = "defaults::media_not_found_cache_control")]
+    pub not_found_cache_control: String,
+}
+
+/// One place media lives, by kind.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreFile {
+    /// An S3-compatible object store.
+    S3(S3StoreFile),
+    /// An old server's media over HTTP(S): the key is appended to `url`.
+    Http(HttpStoreFile),
+    /// A local or NFS directory: the key is a path under it.
+    Directory(DirectoryStoreFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3StoreFile {
+    /// `https://fra1.digitaloceanspaces.com`, `http://127.0.0.1:3900`, ...
+    pub endpoint: String,
+    #[serde(default = "defaults::region")]
+    pub region: String,
+    pub bucket: String,
+    /// `true`: `endpoint/bucket/key`; `false`: `bucket.endpoint/key`.
+    #[serde(default = "defaults::enabled")]
+    pub path_style: bool,
+    /// Prepended to every key (`cache/` and the like).
+    #[serde(default)]
+    pub prefix: String,
+    /// A YAML file with `access_key_id` and `secret_access_key`; absent: the
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` environment variables.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Larger objects are uploaded in parts.
+    #[serde(default = "defaults::multipart_threshold")]
+    pub multipart_threshold: ByteSize,
+    #[serde(default = "defaults::part_size")]
+    pub part_size: ByteSize,
+    /// Send `If-None-Match: *` with uploads so a store that honours it never overwrites;
+    /// turn off for stores that refuse the header (uploads still look first).
+    #[serde(default = "defaults::enabled")]
+    pub conditional_put: bool,
+    #[serde(default = "defaults::store_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "defaults::store_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default)]
+    pub breaker: BreakerFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStoreFile {
+    /// Base URL; `http://old-server:80/system/` serves key `a/b.png` from
+    /// `/system/a/b.png`.
+    pub url: String,
+    /// How long a request may take to get its response head, and each read of its body.
+    #[serde(default = "defaults::store_timeout")]
+    pub timeout: HumanDuration,
+    /// Requests in flight at most (bodies included); more are refused and the chain moves on.
+    #[serde(default = "defaults::store_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default)]
+    pub breaker: BreakerFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryStoreFile {
+    pub path: PathBuf,
+    #[serde(default = "defaults::store_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "defaults::store_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default)]
+    pub breaker: BreakerFile,
+}
+
+/// Stops sending to a place that keeps failing, and probes it again after `cooldown`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerFile {
+    /// Consecutive failures (errors and timeouts, not 404s) that open the circuit; 0: never.
+    pub failures: u32,
+    pub cooldown: HumanDuration,
+}
+
+impl Default for BreakerFile {
+    fn default() -> Self {
+        BreakerFile {
+            failures: 5,
+            cooldown: HumanDuration::from_secs(30),
+        }
+    }
 }
 
 mod defaults {
@@ -354,5 +467,33 @@ mod defaults {
 
     pub fn idle_timeout() -> HumanDuration {
         HumanDuration::from_secs(60)
+    }
+
+    pub fn media_cache_control() -> String {
+        "public, max-age=31536000, immutable".to_string()
+    }
+
+    pub fn media_not_found_cache_control() -> String {
+        "public, max-age=60".to_string()
+    }
+
+    pub fn region() -> String {
+        "us-east-1".to_string()
+    }
+
+    pub fn multipart_threshold() -> ByteSize {
+        ByteSize(16 * 1024 * 1024)
+    }
+
+    pub fn part_size() -> ByteSize {
+        ByteSize(8 * 1024 * 1024)
+    }
+
+    pub fn store_timeout() -> HumanDuration {
+        HumanDuration::from_secs(10)
+    }
+
+    pub fn store_concurrency() -> usize {
+        64
     }
 }

@@ -30,6 +30,8 @@ pub struct Config {
     /// `None`: nothing is cached.
     pub cache: Option<CacheSettings>,
     pub sites: Sites,
+    /// Media places by name; built once at start.
+    pub stores: BTreeMap<String, StoreSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -212,12 +214,88 @@ pub struct Route {
     pub path: String,
     pub cache: bool,
     pub cache_ttl: Option<Duration>,
+    /// Served from media places rather than the core.
+    pub media: Option<MediaRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaRoute {
+    /// Store names, each one present in [`Config::stores`].
+    pub chain: Vec<String>,
+    pub cache_control: String,
+    pub not_found_cache_control: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    pub name: String,
+    pub kind: StoreKind,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub breaker: BreakerSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreKind {
+    S3(S3Settings),
+    Http { url: String },
+    Directory { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    /// 0: never opens.
+    pub failures: u32,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Settings {
+    pub name: String,
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub path_style: bool,
+    /// Empty, or ends with `/`.
+    pub prefix: String,
+    pub credentials: S3Credentials,
+    pub timeout: Duration,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+    pub conditional_put: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+}
+
+/// A value that must never reach a log: its `Debug` prints a placeholder.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Sites {
     /// The route for a request: the site that names `host` (exactly, then by wildcard, then
     /// a site without hosts) and in it the longest path prefix.
     pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+        let host = host_without_port(host);
         let site = self
             .sites
             .iter()
@@ -235,5 +313,16 @@ impl Sites {
             })
             .or_else(|| self.sites.iter().find(|s| s.hosts.is_empty()))?;
         site.routes.iter().find(|r| path.starts_with(&r.path))
+    }
+}
+
+/// `example.social:8443` → `example.social`; `[::1]:80` → `[::1]`.
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => name,
+        _ => host,
     }
 }

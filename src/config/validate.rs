@@ -22,6 +22,8 @@ use super::model::{
 };
 use crate::tls::{load_certified_key, CertificateSet};
 
+mod media;
+
 /// Collects problems with the line of the key each is about.
 struct Checker<'a> {
     file: &'a Path,
@@ -85,7 +87,8 @@ impl Config {
         let limits = limits(&mut check, &parsed.limits);
         let logging = logging(&mut check, &parsed.logging);
         let cache = parsed.cache.as_ref().map(|c| cache(&mut check, c));
-        let sites = sites(&mut check, &parsed.sites);
+        let stores = media::stores(&mut check, &parsed.stores);
+        let sites = sites(&mut check, &parsed.sites, &parsed.stores);
 
         if let Some(admin) = &admin {
             for (i, listener) in listeners.iter().enumerate() {
@@ -110,6 +113,7 @@ impl Config {
                 logging,
                 cache,
                 sites,
+                stores,
             }),
             _ => Err(ConfigError {
                 problems: check.problems,
@@ -564,7 +568,11 @@ fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettings {
     }
 }
 
-fn sites(check: &mut Checker, files: &[file::SiteFile]) -> Sites {
+fn sites(
+    check: &mut Checker,
+    files: &[file::SiteFile],
+    stores: &BTreeMap<String, file::StoreFile>,
+) -> Sites {
     let mut sites = Vec::new();
     let mut catch_all_seen = false;
     for (i, site) in files.iter().enumerate() {
@@ -615,10 +623,14 @@ fn sites(check: &mut Checker, files: &[file::SiteFile]) -> Sites {
                     "has no effect on a route with cache: false",
                 );
             }
+            let media = route.media.as_ref().map(|m| {
+                media::media_route(check, &format!("sites[{i}].routes[{j}].media"), m, stores)
+            });
             routes.push(Route {
                 path: route.path.clone(),
                 cache: route.cache,
                 cache_ttl: route.cache_ttl.map(|t| t.get()),
+                media,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));

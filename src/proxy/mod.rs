@@ -40,6 +40,8 @@ pub struct ProxyShared {
     pub access_log: AccessLogger,
     /// `None` when the config has no `cache` section.
     pub cache: Option<Arc<EdgeCache>>,
+    /// The loopback origin that serves media routes; `None` without `stores`.
+    pub media_origin: Option<SocketAddr>,
 }
 
 /// The settings a reload may change while requests are flowing.
@@ -127,6 +129,21 @@ impl EdgeProxy {
         ctx.settings
             .clone()
             .unwrap_or_else(|| self.shared.settings.load_full())
+    }
+
+    /// The loopback media origin, when the request's route is a media route.
+    fn media_peer(&self, session: &Session, ctx: &mut RequestContext) -> Option<Box<HttpPeer>> {
+        let address = self.shared.media_origin?;
+        let settings = self.settings(ctx);
+        let req = session.req_header();
+        let host = cache_key::request_host(req, self.tls)?;
+        settings
+            .sites
+            .route(&host, req.uri.path())?
+            .media
+            .as_ref()?;
+        ctx.upstream_label = "media".to_string();
+        Some(Box::new(HttpPeer::new(address, false, String::new())))
     }
 
     pub fn new(listener: &str, tls: bool, shared: Arc<ProxyShared>) -> Self {
@@ -371,6 +388,12 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.client_ip.is_none() {
+            ctx.client_ip = client_addr(session).map(|a| a.ip());
+        }
+        if let Some(media) = self.media_peer(session, ctx) {
+            return Ok(media);
+        }
         let group = match &ctx.group {
             Some(group) => group.clone(),
             None => {
@@ -381,9 +404,6 @@ impl ProxyHttp for EdgeProxy {
                 group
             }
         };
-        if ctx.client_ip.is_none() {
-            ctx.client_ip = client_addr(session).map(|a| a.ip());
-        }
         let Some((peer, label)) = group.pick(&ctx.connect_failed) else {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,

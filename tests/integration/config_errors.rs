@@ -31,6 +31,10 @@ fn each_bad_file_names_file_line_and_key() {
         ("bad-cache.yaml", ":13: cache.memory.max_object_size: must not exceed cache.memory.max_size"),
         ("bad-cache.yaml", ":14: cache.session_cookies[1]: \"bad;name\" is not a cookie name"),
         ("bad-cache.yaml", ":17: sites[0].routes[0].path: must start with /"),
+        ("bad-media.yaml", ":14: stores.spaces.bucket: \"Media_Bucket\" is not a bucket name"),
+        ("bad-media.yaml", ":15: stores.spaces.credentials_file: cannot read /nonexistent/edgecache/spaces.credentials"),
+        ("bad-media.yaml", ":18: stores.old.path: /nonexistent/edgecache/system is not a directory"),
+        ("bad-media.yaml", ":23: sites[0].routes[0].media.chain[1]: no store is named \"nfs\""),
     ];
     for (file, expected) in cases {
         let path = testdata(file);

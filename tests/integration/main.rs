@@ -10,6 +10,7 @@ mod cache;
 mod config_errors;
 mod disk_cache;
 mod listeners;
+mod media;
 mod poisoning;
 mod proxy;
 mod purge;

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod edge;
 pub mod origin;
+pub mod s3;
 
 pub use client::*;
 pub use edge::*;

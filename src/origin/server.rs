@@ -1,0 +1,352 @@
+//! The media chain as an HTTP/1.1 origin on loopback, for pingora to proxy media misses to.
+//!
+//! pingora's cache fills from an upstream HTTP response; serving the chain as one keeps
+//! media on the same path as the core's responses (one fetch per miss, streaming to
+//! waiters, ranges, stale on error) instead of a second, partial cache path. Only the proxy
+//! talks to it: it listens on 127.0.0.1 on a port chosen at start, and it answers only for
+//! media routes of the running config, from their places, with headers it builds itself
+//! (nothing a store sends beyond length, type and validators reaches the client).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::{ChainAnswer, Places};
+use crate::config::model::MediaRoute;
+use crate::metrics;
+use crate::proxy::ProxySettings;
+use crate::store::directory::content_type_for;
+use crate::store::{ByteRange, ObjectKey};
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub struct MediaServer {
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    address: SocketAddr,
+    places: Arc<Places>,
+    settings: Arc<ArcSwap<ProxySettings>>,
+}
+
+impl MediaServer {
+    /// Binds the loopback port now, so the proxy knows where to send media misses before
+    /// any service starts.
+    pub fn bind(
+        places: Arc<Places>,
+        settings: Arc<ArcSwap<ProxySettings>>,
+    ) -> std::io::Result<MediaServer> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        Ok(MediaServer {
+            listener: std::sync::Mutex::new(Some(listener)),
+            address,
+            places,
+            settings,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+#[async_trait]
+impl BackgroundService for MediaServer {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let taken = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(listener) = taken else { return };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "media origin cannot listen; media routes will fail");
+                return;
+            }
+        };
+        let handler = Arc::new(Handler {
+            places: self.places.clone(),
+            settings: self.settings.clone(),
+        });
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "media origin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler.handle(req).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "media origin connection ended");
+                }
+            });
+        }
+    }
+}
+
+struct Handler {
+    places: Arc<Places>,
+    settings: Arc<ArcSwap<ProxySettings>>,
+}
+
+fn text(status: StatusCode, message: &str, cache_control: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(value) = HeaderValue::from_str(cache_control) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+    resp
+}
+
+/// One `bytes=` range; several ranges, or anything unparsable, are ignored (the whole
+/// object is sent, which RFC 9110 allows).
+fn single_range(value: Option<&HeaderValue>) -> Option<ByteRange> {
+    let spec = value?.to_str().ok()?.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        return Some(ByteRange::Suffix(last.parse().ok()?));
+    }
+    let first = first.parse().ok()?;
+    let last = if last.is_empty() {
+        None
+    } else {
+        Some(last.parse().ok()?)
+    };
+    if last.is_some_and(|l| l < first) {
+        return None;
+    }
+    Some(ByteRange::From { first, last })
+}
+
+impl Handler {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let answer = self.answer(&req).await;
+        let result = match answer.status().as_u16() {
+            200 | 206 | 416 => "found",
+            404 => "not_found",
+            400 => "bad_key",
+            _ => "error",
+        };
+        metrics::get()
+            .media_responses
+            .with_label_values(&[result])
+            .inc();
+        answer
+    }
+
+    async fn answer(&self, req: &Request<Incoming>) -> Response<Body> {
+        const NO_STORE: &str = "no-store";
+        let with_body = match *req.method() {
+            Method::GET => true,
+            Method::HEAD => false,
+            _ => {
+                let mut resp = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "405 method not allowed",
+                    NO_STORE,
+                );
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return resp;
+            }
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let path = req.uri().path();
+        let settings = self.settings.load();
+        let Some(route) = settings.sites.route(&host, path) else {
+            return text(StatusCode::NOT_FOUND, "404 no media route", NO_STORE);
+        };
+        let Some(media) = &route.media else {
+            return text(StatusCode::NOT_FOUND, "404 no media route", NO_STORE);
+        };
+        // The key is what follows the route's path: `/system/a.png` under `/system/` or
+        // `/system` is `a.png`; `/systemx` under `/system` is no media at all.
+        let rest = path.get(route.path.len()..).unwrap_or("");
+        let rest = if route.path.ends_with('/') {
+            rest
+        } else if let Some(rest) = rest.strip_prefix('/') {
+            rest
+        } else {
+            return text(StatusCode::NOT_FOUND, "404 not found", NO_STORE);
+        };
+        let key = match ObjectKey::from_url_path(rest) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::info!(path, error = %e, "media request refused");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("400 bad request: {e}"),
+                    NO_STORE,
+                );
+            }
+        };
+        let range = single_range(req.headers().get(header::RANGE));
+        let answer = self
+            .places
+            .lookup(&media.chain, &key, range, with_body)
+            .await;
+        respond(answer, media, &key, NO_STORE)
+    }
+}
+
+/// The store's media type, or the one the key's extension implies when the store has none
+/// or only the generic one (objects uploaded without a type).
+fn media_type(stated: Option<String>, key: &ObjectKey) -> String {
+    match stated {
+        Some(t)
+            if !matches!(
+                t.as_str(),
+                "binary/octet-stream" | "application/octet-stream"
+            ) =>
+        {
+            t
+        }
+        _ => content_type_for(key.as_str()).to_string(),
+    }
+}
+
+fn respond(
+    answer: ChainAnswer,
+    media: &MediaRoute,
+    key: &ObjectKey,
+    no_store: &str,
+) -> Response<Body> {
+    match answer {
+        ChainAnswer::NotFound => text(
+            StatusCode::NOT_FOUND,
+            "404 not found",
+            &media.not_found_cache_control,
+        ),
+        ChainAnswer::Failed { errors } => {
+            tracing::warn!(errors = ?errors, "no media store could answer");
+            text(
+                StatusCode::BAD_GATEWAY,
+                "502 media storage unavailable",
+                no_store,
+            )
+        }
+        ChainAnswer::RangeNotSatisfiable { len } => {
+            let mut resp = text(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "416 range not satisfiable",
+                no_store,
+            );
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            resp
+        }
+        ChainAnswer::Found { found, place, .. } => {
+            let body_len = found.body_len();
+            let body: Body = match found.body {
+                Some(body) => {
+                    BodyExt::boxed_unsync(StreamBody::new(body.map(|chunk| chunk.map(Frame::data))))
+                }
+                None => Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            };
+            let mut resp = Response::new(body);
+            if let Some((first, last)) = found.range {
+                *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                if let Ok(value) =
+                    HeaderValue::from_str(&format!("bytes {first}-{last}/{}", found.info.len))
+                {
+                    resp.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+            }
+            let headers_list = [
+                (header::CONTENT_LENGTH, Some(body_len.to_string())),
+                (
+                    header::CONTENT_TYPE,
+                    Some(media_type(found.info.content_type.clone(), key)),
+                ),
+                (header::ETAG, found.info.etag.clone()),
+                (header::LAST_MODIFIED, found.info.last_modified.clone()),
+                (header::CACHE_CONTROL, Some(media.cache_control.clone())),
+                (header::ACCEPT_RANGES, Some("bytes".to_string())),
+            ];
+            let headers = resp.headers_mut();
+            for (name, value) in headers_list {
+                if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    headers.insert(name, value);
+                }
+            }
+            tracing::debug!(store = %place, "media served");
+            resp
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_ranges_parse_and_the_rest_is_ignored() {
+        let r = |v: &str| single_range(Some(&HeaderValue::from_str(v).expect("value")));
+        assert_eq!(
+            r("bytes=0-9"),
+            Some(ByteRange::From {
+                first: 0,
+                last: Some(9)
+            })
+        );
+        assert_eq!(
+            r("bytes=10-"),
+            Some(ByteRange::From {
+                first: 10,
+                last: None
+            })
+        );
+        assert_eq!(r("bytes=-5"), Some(ByteRange::Suffix(5)));
+        assert_eq!(r("bytes=0-1,5-6"), None);
+        assert_eq!(r("bytes=9-1"), None);
+        assert_eq!(r("items=0-1"), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! Media routes: the try_files chain over a real S3-compatible store (s3s-fs, which checks
+//! SigV4), an old server over HTTP (the test origin) and a legacy directory.
+
+use std::time::Duration;
+
+use crate::cache::{get, pop_with_cache_section, CachingPop};
+use crate::harness::client::raw_exchange;
+use crate::harness::origin::{pattern_range, Origin};
+use crate::harness::s3::S3Server;
+
+/// Places and a media route for `/system/`: `chain` names them in order. `spaces` is the
+/// S3 server, `old` the test origin's `/bytes/` (key `n` is `n` pattern bytes), `disk` a
+/// legacy directory.
+struct MediaPop {
+    pop: CachingPop,
+    s3: S3Server,
+    origin: Origin,
+    legacy_dir: tempfile::TempDir,
+}
+
+async fn media_pop(chain: &str, old_base: &str, old_extra: &str, spaces_extra: &str) -> MediaPop {
+    let s3 = S3Server::start().await;
+    let origin = Origin::start().await;
+    let legacy_dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "{cache}stores:\n{spaces}  old:\n    kind: http\n    url: http://{origin}{old_base}\n{old_extra}  disk:\n    kind: directory\n    path: {disk}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [{chain}]\n",
+        cache = crate::cache::cache_yaml(cache_dir.path(), ""),
+        spaces = s3.store_yaml("spaces", cache_dir.path(), spaces_extra),
+        origin = origin.address,
+        disk = legacy_dir.path().display(),
+    );
+    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
+    MediaPop {
+        pop,
+        s3,
+        origin,
+        legacy_dir,
+    }
+}
+
+impl MediaPop {
+    fn legacy_file(&self, key: &str, body: &[u8]) {
+        let path = self.legacy_dir.path().join(key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        std::fs::write(path, body).expect("legacy file");
+    }
+
+    async fn metric(&self, sample: &str) -> f64 {
+        self.pop.edge.metric(sample).await.unwrap_or(0.0)
+    }
+}
+
+#[tokio::test]
+async fn the_first_place_that_has_the_object_answers() {
+    let media = media_pop("spaces, disk, old", "/bytes/", "", "").await;
+    media
+        .s3
+        .put("accounts/avatars/a.png", b"from the store")
+        .await;
+    media.legacy_file("accounts/avatars/a.png", b"stale copy on the old disk");
+    media.legacy_file("media_attachments/b.jpg", b"only on the old disk");
+    let http = media.pop.setup.http;
+
+    let from_store = get(http, "/system/accounts/avatars/a.png", &[]).await;
+    assert_eq!(from_store.status, 200);
+    assert_eq!(from_store.body, b"from the store");
+    assert_eq!(from_store.header("content-type"), "image/png");
+    assert_eq!(from_store.header("content-length"), "14");
+    assert!(!from_store.header("etag").is_empty());
+    assert!(!from_store.header("last-modified").is_empty());
+    assert_eq!(
+        from_store.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    assert!(
+        from_store
+            .headers
+            .keys()
+            .all(|name| !name.as_str().starts_with("x-amz-")),
+        "{:?}",
+        from_store.headers
+    );
+
+    // Reading never changes what the store holds.
+    assert_eq!(
+        media.s3.get("accounts/avatars/a.png").await.as_deref(),
+        Some(&b"from the store"[..])
+    );
+
+    let from_disk = get(http, "/system/media_attachments/b.jpg", &[]).await;
+    assert_eq!(from_disk.status, 200);
+    assert_eq!(from_disk.body, b"only on the old disk");
+    assert_eq!(from_disk.header("content-type"), "image/jpeg");
+
+    // Neither the store nor the disk has key `5000`; the old server does.
+    let from_old = get(http, "/system/5000", &[]).await;
+    assert_eq!(from_old.status, 200);
+    assert!(from_old.body == pattern_range(0..5000));
+    assert_eq!(media.origin.hits_for("/bytes/5000"), 1);
+
+    // Media are cached like anything else: a second request touches no place.
+    let again = get(http, "/system/5000", &[]).await;
+    assert_eq!(again.cache_status(), "HIT");
+    assert_eq!(media.origin.hits_for("/bytes/5000"), 1);
+
+    assert_eq!(
+        media
+            .metric("edgecache_media_step_lookups_total{outcome=\"hit\",store=\"spaces\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        media
+            .metric("edgecache_media_step_lookups_total{outcome=\"miss\",store=\"spaces\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        media
+            .metric("edgecache_media_step_lookups_total{outcome=\"hit\",store=\"old\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn paths_that_would_escape_the_directory_or_prefix_are_refused() {
+    let media = media_pop("disk", "/bytes/", "", "").await;
+    let outside = media
+        .legacy_dir
+        .path()
+        .parent()
+        .expect("parent")
+        .join("secret.txt");
+    std::fs::write(&outside, b"secret").expect("secret file");
+    media.legacy_file("ok.txt", b"fine");
+    let http = media.pop.setup.http;
+    for path in [
+        "/system/../secret.txt",
+        "/system/%2e%2e/secret.txt",
+        "/system/a/..%2f..%2fsecret.txt",
+        "/system/a%5c..%5c..%5csecret.txt",
+        "/system//etc/passwd",
+        "/system/a/./ok.txt",
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(http, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{path}: {}",
+            answer.lines().next().unwrap_or("")
+        );
+        assert!(
+            !answer.contains("secret\n") && !answer.ends_with("secret"),
+            "{path}"
+        );
+    }
+    assert_eq!(get(http, "/system/ok.txt", &[]).await.body, b"fine");
+    let _ = std::fs::remove_file(outside);
+}
+
+#[tokio::test]
+async fn a_failing_place_is_skipped_but_never_taken_for_absent() {
+    let media = media_pop("old, disk", "/status/", "", "").await;
+    media.legacy_file("500", b"on the disk");
+    let http = media.pop.setup.http;
+    // `/status/500` answers 500: the chain logs it and moves on.
+    let answer = get(http, "/system/500", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"on the disk");
+    assert_eq!(
+        media
+            .metric("edgecache_media_step_lookups_total{outcome=\"error\",store=\"old\"}")
+            .await,
+        1.0
+    );
+    // Nothing has `503`, and `old` failed: that is an error, not a 404, and not kept.
+    let failed = get(http, "/system/503", &[]).await;
+    assert_eq!(failed.status, 502);
+    let again = get(http, "/system/503", &[]).await;
+    assert_eq!(again.status, 502);
+    assert_eq!(media.origin.hits_for("/status/503"), 2);
+    // `/status/404` is a clean "not here".
+    let absent = get(http, "/system/404", &[]).await;
+    assert_eq!(absent.status, 404);
+    assert_eq!(absent.header("cache-control"), "public, max-age=60");
+}
+
+#[tokio::test]
+async fn a_legacy_origin_that_keeps_failing_is_left_alone_then_probed() {
+    let media = media_pop(
+        "old, disk",
+        "/bytes/",
+        "    breaker:\n      failures: 2\n      cooldown: 1s\n",
+        "",
+    )
+    .await;
+    let http = media.pop.setup.http;
+    media.origin.fail_with(500);
+    for n in 1..=2 {
+        assert_eq!(get(http, &format!("/system/{n}"), &[]).await.status, 502);
+    }
+    assert_eq!(media.origin.hits(), 2);
+    // The circuit is open: the old server is not asked at all.
+    for n in 3..=5 {
+        assert_eq!(get(http, &format!("/system/{n}"), &[]).await.status, 502);
+    }
+    assert_eq!(media.origin.hits(), 2);
+    assert_eq!(
+        media
+            .metric("edgecache_media_step_lookups_total{outcome=\"shed\",store=\"old\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        media
+            .metric("edgecache_media_store_circuit_open{store=\"old\"}")
+            .await,
+        1.0
+    );
+    // After the cooldown one probe goes out; the server is back, so the circuit closes.
+    media.origin.fail_with(0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let probe = get(http, "/system/64", &[]).await;
+    assert_eq!(probe.status, 200);
+    assert!(probe.body == pattern_range(0..64));
+    assert_eq!(get(http, "/system/65", &[]).await.status, 200);
+    assert_eq!(media.origin.hits(), 4);
+}
+
+#[tokio::test]
+async fn a_legacy_origin_gets_no_more_than_its_concurrency_limit() {
+    // Key `n` under `/slow/` answers after n ms.
+    let media = media_pop("old", "/slow/", "    max_concurrency: 1\n", "").await;
+    let http = media.pop.setup.http;
+    let (first, second) = tokio::join!(get(http, "/system/1500", &[]), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        get(http, "/system/1501", &[]).await
+    });
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        second.status, 502,
+        "the second request must not queue on the slow origin"
+    );
+    assert_eq!(media.origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn wrong_store_credentials_are_an_error_not_a_miss() {
+    let media = media_pop("spaces, disk", "/bytes/", "", "").await;
+    media.s3.put("a.png", b"x").await;
+    // A second edge, whose credentials the store refuses.
+    let s3 = S3Server::start().await;
+    s3.put("a.png", b"x").await;
+    let origin = Origin::start().await;
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let credentials = cache_dir.path().join("wrong.credentials");
+    std::fs::write(
+        &credentials,
+        "access_key_id: edgecache-test\nsecret_access_key: not-the-secret\n",
+    )
+    .expect("credentials");
+    let yaml = format!(
+        "{cache}stores:\n  spaces:\n    kind: s3\n    endpoint: {endpoint}\n    bucket: media\n    credentials_file: {credentials}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [spaces]\n",
+        cache = crate::cache::cache_yaml(cache_dir.path(), ""),
+        endpoint = s3.endpoint(),
+        credentials = credentials.display(),
+    );
+    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
+    let answer = get(pop.setup.http, "/system/a.png", &[]).await;
+    assert_eq!(answer.status, 502);
+    let log = pop.edge.stderr_text() + &pop.edge.stdout_text();
+    assert!(log.contains("access denied"), "{log}");
+    assert!(
+        !log.contains("not-the-secret"),
+        "the secret must never be logged"
+    );
+    // The edge with the right credentials serves it.
+    assert_eq!(
+        get(media.pop.setup.http, "/system/a.png", &[]).await.body,
+        b"x"
+    );
+}
+
+#[tokio::test]
+async fn ranges_of_media_are_cut_from_the_whole_object() {
+    let media = media_pop("spaces", "/bytes/", "", "").await;
+    let video: Vec<u8> = pattern_range(0..300_000);
+    media.s3.put("video.mp4", &video).await;
+    let http = media.pop.setup.http;
+    let answer = get(http, "/system/video.mp4", &[("Range", "bytes=1000-1999")]).await;
+    assert_eq!(answer.status, 206);
+    assert_eq!(answer.header("content-range"), "bytes 1000-1999/300000");
+    assert!(answer.body == video[1000..2000]);
+    let whole = get(http, "/system/video.mp4", &[]).await;
+    assert_eq!(whole.cache_status(), "HIT");
+    assert!(whole.body == video);
+    assert_eq!(whole.header("content-type"), "video/mp4");
+}
