@@ -22,6 +22,7 @@ pub mod connections;
 pub mod devcert;
 pub mod logging;
 pub mod metrics;
+pub mod migrate;
 pub mod origin;
 pub mod proxy;
 pub mod reload;

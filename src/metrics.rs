@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -81,6 +81,17 @@ pub struct Metrics {
     pub media_responses: IntCounterVec,
     /// 1 while a store's circuit is open (requests to it are not sent), by store.
     pub media_store_circuit_open: IntGaugeVec,
+    /// Write-through jobs by event: `queued`, `done`, `failed` (set aside after
+    /// `max_attempts`), `dropped` (the queue was full), `too_large`.
+    pub write_through_jobs: IntCounterVec,
+    /// Jobs waiting or arriving now.
+    pub write_through_queue_jobs: IntGauge,
+    /// Bytes of their bodies.
+    pub write_through_queue_bytes: IntGauge,
+    /// Bytes uploaded by write-through, by store.
+    pub write_through_uploaded_bytes: IntCounterVec,
+    /// Failed upload attempts (each is retried), by store.
+    pub write_through_upload_errors: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -102,6 +113,15 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric =
         IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric =
+        IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
     registry
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
@@ -336,6 +356,34 @@ impl Metrics {
                 &registry,
                 "edgecache_media_store_circuit_open",
                 "1 while requests to the store are held back after repeated failures.",
+                &["store"],
+            ),
+            write_through_jobs: counter_vec(
+                &registry,
+                "edgecache_write_through_jobs_total",
+                "Write-through jobs by event.",
+                &["event"],
+            ),
+            write_through_queue_jobs: gauge(
+                &registry,
+                "edgecache_write_through_queue_jobs",
+                "Write-through jobs waiting or arriving now.",
+            ),
+            write_through_queue_bytes: gauge(
+                &registry,
+                "edgecache_write_through_queue_bytes",
+                "Bytes of the write-through jobs waiting or arriving now.",
+            ),
+            write_through_uploaded_bytes: counter_vec(
+                &registry,
+                "edgecache_write_through_uploaded_bytes_total",
+                "Bytes uploaded by write-through, by store.",
+                &["store"],
+            ),
+            write_through_upload_errors: counter_vec(
+                &registry,
+                "edgecache_write_through_upload_errors_total",
+                "Failed write-through upload attempts, by store.",
                 &["store"],
             ),
             registry,

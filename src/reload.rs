@@ -20,7 +20,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::access_log::AccessLogger;
-use crate::config::model::{CacheStorage, Core, Logging, ServerSettings, StoreSettings};
+use crate::config::model::{
+    CacheStorage, Core, Logging, ServerSettings, StoreSettings, WriteThroughSettings,
+};
 use crate::config::{self, Config};
 use crate::metrics;
 use crate::proxy::ProxySettings;
@@ -52,8 +54,9 @@ pub struct RestartOnly {
     h2_idle_timeout: std::time::Duration,
     /// The tiers and the lock are built once.
     cache_storage: Option<CacheStorage>,
-    /// Store clients are built once.
+    /// Store clients and the write-through queue are built once.
     stores: BTreeMap<String, StoreSettings>,
+    write_through: Option<WriteThroughSettings>,
 }
 
 impl RestartOnly {
@@ -66,6 +69,7 @@ impl RestartOnly {
             h2_idle_timeout: config.limits.keepalive_timeout,
             cache_storage: config.cache.as_ref().map(|c| c.storage.clone()),
             stores: config.stores.clone(),
+            write_through: config.write_through.clone(),
         }
     }
 
@@ -86,6 +90,9 @@ impl RestartOnly {
         }
         if self.stores != new.stores {
             out.push("stores changed".to_string());
+        }
+        if self.write_through != new.write_through {
+            out.push("write_through changed".to_string());
         }
         if self.logging != new.logging {
             out.push("logging changed".to_string());

@@ -20,6 +20,7 @@ use crate::admin::AdminApp;
 use crate::cache::{CacheError, EdgeCache};
 use crate::config::Config;
 use crate::connections::CountedApp;
+use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::server::MediaServer;
 use crate::origin::Places;
 use crate::proxy::upstream::CoreUpstreams;
@@ -48,6 +49,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot start the media origin on loopback: {0}")]
     MediaOrigin(std::io::Error),
+    #[error(transparent)]
+    WriteThrough(#[from] QueueError),
 }
 
 /// Builds a ready-to-run pingora server.
@@ -89,8 +92,21 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         None
     } else {
         let places = Arc::new(Places::build(&config.stores)?);
-        let media =
-            MediaServer::bind(places, proxy_settings.clone()).map_err(StartError::MediaOrigin)?;
+        let write_through = match &config.write_through {
+            Some(settings) => {
+                let queue = WriteThroughQueue::open(settings, places.clone())?;
+                server.add_service(GenBackgroundService::new(
+                    "write-through uploads".to_string(),
+                    Arc::new(WriteThroughService {
+                        queue: queue.clone(),
+                    }),
+                ));
+                Some(queue)
+            }
+            None => None,
+        };
+        let media = MediaServer::bind(places, proxy_settings.clone(), write_through)
+            .map_err(StartError::MediaOrigin)?;
         let address = media.address();
         server.add_service(GenBackgroundService::new(
             "media origin".to_string(),

@@ -35,6 +35,38 @@ pub struct ConfigFile {
     /// Places media is read from (and written to), by name; media routes list them.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreFile>,
+    /// The queue of copies into object stores of media found elsewhere; needed when a
+    /// media route has `write_through`.
+    #[serde(default)]
+    pub write_through: Option<WriteThroughFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteThroughFile {
+    /// A directory edgecache owns: jobs and their bodies wait here, across restarts,
+    /// until every store has the object.
+    pub queue_dir: PathBuf,
+    /// Jobs waiting at most; a job that does not fit is dropped (and counted).
+    #[serde(default = "defaults::queue_max_jobs")]
+    pub max_jobs: usize,
+    /// Bytes of bodies waiting at most.
+    #[serde(default = "defaults::queue_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Larger objects are not copied on the way (`edgecache migrate` moves them).
+    #[serde(default = "defaults::queue_max_object_size")]
+    pub max_object_size: ByteSize,
+    /// Uploads in flight at once.
+    #[serde(default = "defaults::queue_workers")]
+    pub workers: usize,
+    /// The wait before the first retry of a failed upload; it doubles up to `retry_max`.
+    #[serde(default = "defaults::retry_min")]
+    pub retry_min: HumanDuration,
+    #[serde(default = "defaults::retry_max")]
+    pub retry_max: HumanDuration,
+    /// Attempts before a job is set aside under `failed/`; 0: retry until it succeeds.
+    #[serde(default)]
+    pub max_attempts: u32,
 }
 
 /// Process-wide settings.
@@ -345,6 +377,10 @@ pub struct RouteFile {
 pub struct MediaRouteFile {
     /// Store names, tried in order; the first that has the object answers.
     pub chain: Vec<String>,
+    /// Object stores that get a copy of what came from any other place, in the
+    /// background, once the whole body arrived intact.
+    #[serde(default)]
+    pub write_through: Vec<String>,
     /// `Cache-Control` on media found (Mastodon's media never change under one URL).
     #[serde(default = "defaults::media_cache_control")]
     pub cache_control: String,
@@ -495,5 +531,29 @@ mod defaults {
 
     pub fn store_concurrency() -> usize {
         64
+    }
+
+    pub fn queue_max_jobs() -> usize {
+        10_000
+    }
+
+    pub fn queue_max_bytes() -> ByteSize {
+        ByteSize(10 * 1024 * 1024 * 1024)
+    }
+
+    pub fn queue_max_object_size() -> ByteSize {
+        ByteSize(1024 * 1024 * 1024)
+    }
+
+    pub fn queue_workers() -> usize {
+        4
+    }
+
+    pub fn retry_min() -> HumanDuration {
+        HumanDuration::from_secs(1)
+    }
+
+    pub fn retry_max() -> HumanDuration {
+        HumanDuration::from_secs(300)
     }
 }

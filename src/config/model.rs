@@ -32,6 +32,20 @@ pub struct Config {
     pub sites: Sites,
     /// Media places by name; built once at start.
     pub stores: BTreeMap<String, StoreSettings>,
+    pub write_through: Option<WriteThroughSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteThroughSettings {
+    pub queue_dir: PathBuf,
+    pub max_jobs: usize,
+    pub max_bytes: u64,
+    pub max_object_size: u64,
+    pub workers: usize,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// 0: no limit.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -222,6 +236,8 @@ pub struct Route {
 pub struct MediaRoute {
     /// Store names, each one present in [`Config::stores`].
     pub chain: Vec<String>,
+    /// Object stores (each one present and writable) that get copies.
+    pub write_through: Vec<String>,
     pub cache_control: String,
     pub not_found_cache_control: String,
 }

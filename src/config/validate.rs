@@ -88,7 +88,16 @@ impl Config {
         let logging = logging(&mut check, &parsed.logging);
         let cache = parsed.cache.as_ref().map(|c| cache(&mut check, c));
         let stores = media::stores(&mut check, &parsed.stores);
-        let sites = sites(&mut check, &parsed.sites, &parsed.stores);
+        let write_through = parsed
+            .write_through
+            .as_ref()
+            .map(|w| media::write_through(&mut check, w));
+        let sites = sites(
+            &mut check,
+            &parsed.sites,
+            &parsed.stores,
+            write_through.is_some(),
+        );
 
         if let Some(admin) = &admin {
             for (i, listener) in listeners.iter().enumerate() {
@@ -114,6 +123,7 @@ impl Config {
                 cache,
                 sites,
                 stores,
+                write_through,
             }),
             _ => Err(ConfigError {
                 problems: check.problems,
@@ -572,6 +582,7 @@ fn sites(
     check: &mut Checker,
     files: &[file::SiteFile],
     stores: &BTreeMap<String, file::StoreFile>,
+    has_queue: bool,
 ) -> Sites {
     let mut sites = Vec::new();
     let mut catch_all_seen = false;
@@ -624,7 +635,13 @@ fn sites(
                 );
             }
             let media = route.media.as_ref().map(|m| {
-                media::media_route(check, &format!("sites[{i}].routes[{j}].media"), m, stores)
+                media::media_route(
+                    check,
+                    &format!("sites[{i}].routes[{j}].media"),
+                    m,
+                    stores,
+                    has_queue,
+                )
             });
             routes.push(Route {
                 path: route.path.clone(),

@@ -24,9 +24,11 @@ use pingora::services::background::BackgroundService;
 use super::{ChainAnswer, Places};
 use crate::config::model::MediaRoute;
 use crate::metrics;
+use crate::migrate::queue::{NewJob, WriteThroughQueue};
+use crate::migrate::tee::tee_body;
 use crate::proxy::ProxySettings;
 use crate::store::directory::content_type_for;
-use crate::store::{ByteRange, ObjectKey};
+use crate::store::{ByteRange, Found, ObjectKey};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -35,6 +37,7 @@ pub struct MediaServer {
     address: SocketAddr,
     places: Arc<Places>,
     settings: Arc<ArcSwap<ProxySettings>>,
+    write_through: Option<Arc<WriteThroughQueue>>,
 }
 
 impl MediaServer {
@@ -43,6 +46,7 @@ impl MediaServer {
     pub fn bind(
         places: Arc<Places>,
         settings: Arc<ArcSwap<ProxySettings>>,
+        write_through: Option<Arc<WriteThroughQueue>>,
     ) -> std::io::Result<MediaServer> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         listener.set_nonblocking(true)?;
@@ -52,6 +56,7 @@ impl MediaServer {
             address,
             places,
             settings,
+            write_through,
         })
     }
 
@@ -79,6 +84,7 @@ impl BackgroundService for MediaServer {
         let handler = Arc::new(Handler {
             places: self.places.clone(),
             settings: self.settings.clone(),
+            write_through: self.write_through.clone(),
         });
         loop {
             let (stream, _) = tokio::select! {
@@ -114,6 +120,7 @@ impl BackgroundService for MediaServer {
 struct Handler {
     places: Arc<Places>,
     settings: Arc<ArcSwap<ProxySettings>>,
+    write_through: Option<Arc<WriteThroughQueue>>,
 }
 
 fn text(status: StatusCode, message: &str, cache_control: &str) -> Response<Body> {
@@ -226,11 +233,45 @@ impl Handler {
             }
         };
         let range = single_range(req.headers().get(header::RANGE));
-        let answer = self
+        let mut answer = self
             .places
             .lookup(&media.chain, &key, range, with_body)
             .await;
-        respond(answer, media, &key, NO_STORE)
+        if let ChainAnswer::Found { found, place, .. } = &mut answer {
+            found.info.content_type = Some(media_type(found.info.content_type.take(), &key));
+            self.write_through(media, &key, found, place);
+        }
+        respond(answer, media, NO_STORE)
+    }
+
+    /// Copies a whole body that came from anywhere but a write-through store into every
+    /// write-through store, by way of the queue. The stores that said they lack it are not
+    /// trusted blindly: each upload looks first and never overwrites.
+    fn write_through(&self, media: &MediaRoute, key: &ObjectKey, found: &mut Found, place: &str) {
+        let Some(queue) = &self.write_through else {
+            return;
+        };
+        if found.range.is_some() || media.write_through.is_empty() {
+            return;
+        }
+        let stores: Vec<String> = media
+            .write_through
+            .iter()
+            .filter(|s| s.as_str() != place)
+            .cloned()
+            .collect();
+        let Some(body) = found.body.take() else {
+            return;
+        };
+        let job = NewJob {
+            key: key.clone(),
+            stores,
+            info: found.info.clone(),
+        };
+        found.body = Some(match queue.begin(job) {
+            Some(tee) => tee_body(body, tee),
+            None => body,
+        });
     }
 }
 
@@ -250,12 +291,7 @@ fn media_type(stated: Option<String>, key: &ObjectKey) -> String {
     }
 }
 
-fn respond(
-    answer: ChainAnswer,
-    media: &MediaRoute,
-    key: &ObjectKey,
-    no_store: &str,
-) -> Response<Body> {
+fn respond(answer: ChainAnswer, media: &MediaRoute, no_store: &str) -> Response<Body> {
     match answer {
         ChainAnswer::NotFound => text(
             StatusCode::NOT_FOUND,
@@ -302,10 +338,7 @@ fn respond(
             }
             let headers_list = [
                 (header::CONTENT_LENGTH, Some(body_len.to_string())),
-                (
-                    header::CONTENT_TYPE,
-                    Some(media_type(found.info.content_type.clone(), key)),
-                ),
+                (header::CONTENT_TYPE, found.info.content_type.clone()),
                 (header::ETAG, found.info.etag.clone()),
                 (header::LAST_MODIFIED, found.info.last_modified.clone()),
                 (header::CACHE_CONTROL, Some(media.cache_control.clone())),

@@ -17,3 +17,4 @@ mod purge;
 mod ranges;
 mod reload;
 mod tls;
+mod write_through;

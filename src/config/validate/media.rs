@@ -8,6 +8,7 @@ use super::{valid_label, Checker};
 use crate::config::file::{self, StoreFile};
 use crate::config::model::{
     BreakerSettings, MediaRoute, S3Credentials, S3Settings, Secret, StoreKind, StoreSettings,
+    WriteThroughSettings,
 };
 
 /// S3 refuses parts under 5 MiB (except the last) and over 5 GiB.
@@ -232,6 +233,7 @@ pub(super) fn media_route(
     key: &str,
     media: &file::MediaRouteFile,
     declared: &BTreeMap<String, StoreFile>,
+    has_queue: bool,
 ) -> MediaRoute {
     if media.chain.is_empty() {
         check.problem(&format!("{key}.chain"), "lists no store");
@@ -257,9 +259,64 @@ pub(super) fn media_route(
             check.problem(&format!("{key}.{field}"), "is not a valid header value");
         }
     }
+    for (i, name) in media.write_through.iter().enumerate() {
+        let field = format!("{key}.write_through[{i}]");
+        match declared.get(name) {
+            None => check.problem(&field, format!("no store is named {name:?} under stores:")),
+            Some(StoreFile::Http(_)) => check.problem(
+                &field,
+                format!("{name} is an HTTP origin; only s3 and directory stores take writes"),
+            ),
+            Some(_) if media.write_through[..i].contains(name) => {
+                check.problem(&field, format!("{name} is listed twice"))
+            }
+            Some(_) => {}
+        }
+        if !has_queue {
+            check.problem(
+                &field,
+                "needs a top-level write_through: section with a queue_dir",
+            );
+        }
+    }
     MediaRoute {
         chain: media.chain.clone(),
+        write_through: media.write_through.clone(),
         cache_control: media.cache_control.clone(),
         not_found_cache_control: media.not_found_cache_control.clone(),
+    }
+}
+
+pub(super) fn write_through(
+    check: &mut Checker,
+    file: &file::WriteThroughFile,
+) -> WriteThroughSettings {
+    let key = "write_through";
+    for (field, value) in [("max_jobs", file.max_jobs), ("workers", file.workers)] {
+        if value == 0 {
+            check.problem(&format!("{key}.{field}"), "must be at least 1");
+        }
+    }
+    if file.max_object_size.0 > file.max_bytes.0 {
+        check.problem(
+            &format!("{key}.max_object_size"),
+            "must not exceed write_through.max_bytes",
+        );
+    }
+    if file.retry_min.get().is_zero() || file.retry_min.get() > file.retry_max.get() {
+        check.problem(
+            &format!("{key}.retry_min"),
+            "must be more than 0s and at most retry_max",
+        );
+    }
+    WriteThroughSettings {
+        queue_dir: check.resolve_path(&file.queue_dir),
+        max_jobs: file.max_jobs,
+        max_bytes: file.max_bytes.0,
+        max_object_size: file.max_object_size.0,
+        workers: file.workers,
+        retry_min: file.retry_min.get(),
+        retry_max: file.retry_max.get(),
+        max_attempts: file.max_attempts,
     }
 }

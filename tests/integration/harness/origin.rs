@@ -9,7 +9,7 @@
 //! header (repeatable), `etag=` sets an `ETag` and answers a matching `If-None-Match` with
 //! 304. For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
 //! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes; a
-//! single `Range: bytes=a-b` gets a 206.
+//! single `Range: bytes=a-b` gets a 206. `/cut/<n>` is `/bytes/<n>` broken off half-way.
 //! [`Origin::fail_with`] makes every answer an error status (a core in trouble).
 
 use std::collections::HashMap;
@@ -288,6 +288,17 @@ async fn answer(
             return Ok(builder.body(full(Bytes::new())).expect("response"));
         }
     }
+    // `/cut/<n>`: `/bytes/<n>` broken off half-way, for clients that cannot add a query.
+    let mut params = params;
+    let path = match path.strip_prefix("/cut/") {
+        Some(n) => {
+            let total: u64 = n.parse().unwrap_or(0);
+            params.push(("abort_at".to_string(), (total / 2).to_string()));
+            params.push(("chunk".to_string(), "4096".to_string()));
+            format!("/bytes/{n}")
+        }
+        None => path,
+    };
     if let Some(n) = path.strip_prefix("/bytes/") {
         let total: u64 = n.parse().unwrap_or(0);
         // One `bytes=a-b` range is honoured, as object stores do.

@@ -1,0 +1,209 @@
+//! Write-through: media found outside the object store is copied into it in the
+//! background, once whole, through a queue on disk that survives `kill -9`.
+
+use std::time::{Duration, Instant};
+
+use crate::cache::{get, kill_and_restart};
+use crate::harness::origin::pattern_range;
+use crate::media::{media_pop_with, MediaConfig, MediaPop};
+
+/// `spaces` first, then the old server; what the old server has is written to `spaces`.
+fn config(top: &'static str) -> MediaConfig<'static> {
+    MediaConfig {
+        chain: "spaces, disk, old",
+        route_extra: "          write_through: [spaces]\n",
+        top_extra: top,
+        ..MediaConfig::default()
+    }
+}
+
+const QUEUE: &str =
+    "write_through:\n  queue_dir: {dir}/queue\n  retry_min: 100ms\n  retry_max: 500ms\n";
+
+/// Waits until `edgecache_write_through_jobs_total{event=...}` reaches `count`.
+async fn wait_jobs(media: &MediaPop, event: &str, count: f64) {
+    let sample = format!("edgecache_write_through_jobs_total{{event=\"{event}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = media.metric(&sample).await;
+        if value >= count {
+            assert_eq!(value, count, "{sample}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sample} stayed at {value}, wanted {count}; log: {}",
+            media.pop.edge.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn media_from_legacy_places_lands_in_the_store_byte_exact() {
+    let media = media_pop_with(config(QUEUE)).await;
+    media.legacy_file("media_attachments/c.png", &pattern_range(7..70_007));
+    let http = media.pop.setup.http;
+    let from_old = get(http, "/system/300000", &[]).await;
+    assert_eq!(from_old.status, 200);
+    assert!(from_old.body == pattern_range(0..300_000));
+    let from_disk = get(http, "/system/media_attachments/c.png", &[]).await;
+    assert!(from_disk.body == pattern_range(7..70_007));
+    wait_jobs(&media, "done", 2.0).await;
+    assert!(media.s3.get("300000").await == Some(pattern_range(0..300_000)));
+    assert!(media.s3.get("media_attachments/c.png").await == Some(pattern_range(7..70_007)));
+    assert_eq!(media.origin.hits_for("/bytes/300000"), 1);
+}
+
+#[tokio::test]
+async fn an_object_already_in_the_store_is_never_overwritten() {
+    let media = media_pop_with(MediaConfig {
+        chain: "disk, spaces",
+        ..config(QUEUE)
+    })
+    .await;
+    media.s3.put("a.png", b"the store's own copy").await;
+    media.legacy_file("a.png", b"an older copy on the old disk");
+    let answer = get(media.pop.setup.http, "/system/a.png", &[]).await;
+    assert_eq!(answer.body, b"an older copy on the old disk");
+    wait_jobs(&media, "done", 1.0).await;
+    assert_eq!(
+        media.s3.get("a.png").await.as_deref(),
+        Some(&b"the store's own copy"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_body_cut_off_mid_way_is_never_uploaded() {
+    let media = media_pop_with(MediaConfig {
+        old_base: "/cut/",
+        ..config(QUEUE)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/system/200000", media.pop.setup.http);
+    let outcome = match client.get(&url).send().await {
+        Ok(resp) => resp.bytes().await.map(|b| b.len()),
+        Err(e) => Err(e),
+    };
+    assert!(
+        outcome.as_ref().map_or(true, |len| *len < 200_000),
+        "the client must not get a whole body: {outcome:?}"
+    );
+    // Give a (wrong) upload every chance to happen.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(media.s3.get("200000").await, None);
+    assert_eq!(
+        media
+            .metric("edgecache_write_through_jobs_total{event=\"queued\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        media.metric("edgecache_write_through_queue_jobs").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn jobs_wait_on_disk_while_the_store_is_down_and_survive_kill_9() {
+    let mut media = media_pop_with(config(QUEUE)).await;
+    media.s3.stop();
+    let http = media.pop.setup.http;
+    for n in [1000, 2000, 3000] {
+        let answer = get(http, &format!("/system/{n}"), &[]).await;
+        assert_eq!(
+            answer.status, 200,
+            "the old server answers while the store is down"
+        );
+        assert!(answer.body == pattern_range(0..n));
+    }
+    wait_jobs(&media, "queued", 3.0).await;
+    // Let a few attempts fail, then kill the edge with the jobs still queued.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        media
+            .metric("edgecache_write_through_upload_errors_total{store=\"spaces\"}")
+            .await
+            >= 3.0
+    );
+    kill_and_restart(&mut media.pop).await;
+    media.s3.resume().await;
+    wait_jobs(&media, "done", 3.0).await;
+    for n in [1000u64, 2000, 3000] {
+        assert!(
+            media.s3.get(&n.to_string()).await == Some(pattern_range(0..n)),
+            "{n}"
+        );
+    }
+    assert_eq!(
+        media.origin.hits(),
+        3,
+        "the old server was asked once per object"
+    );
+    assert_eq!(
+        media.metric("edgecache_write_through_queue_jobs").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_the_copy_not_the_request() {
+    let mut media = media_pop_with(config(
+        "write_through:\n  queue_dir: {dir}/queue\n  max_jobs: 1\n  retry_min: 1s\n",
+    ))
+    .await;
+    media.s3.stop();
+    let http = media.pop.setup.http;
+    for n in [1000u64, 2000] {
+        let answer = get(http, &format!("/system/{n}"), &[]).await;
+        assert_eq!(answer.status, 200);
+        assert!(answer.body == pattern_range(0..n));
+    }
+    assert_eq!(
+        media
+            .metric("edgecache_write_through_jobs_total{event=\"dropped\"}")
+            .await,
+        1.0
+    );
+    media.s3.resume().await;
+    wait_jobs(&media, "done", 1.0).await;
+    assert!(media.s3.get("1000").await == Some(pattern_range(0..1000)));
+    assert_eq!(media.s3.get("2000").await, None);
+}
+
+#[tokio::test]
+async fn large_objects_are_uploaded_in_verified_parts() {
+    let media = media_pop_with(MediaConfig {
+        spaces_extra: "    multipart_threshold: 5MiB\n    part_size: 5MiB\n",
+        ..config(QUEUE)
+    })
+    .await;
+    let size = 12 * 1024 * 1024 + 5;
+    let answer = get(media.pop.setup.http, &format!("/system/{size}"), &[]).await;
+    assert!(answer.body == pattern_range(0..size));
+    wait_jobs(&media, "done", 1.0).await;
+    assert!(media.s3.get(&size.to_string()).await == Some(pattern_range(0..size)));
+    // Three parts: S3's multipart ETag ends in the part count.
+    let head = media
+        .s3
+        .client()
+        .head_object()
+        .bucket(crate::harness::s3::BUCKET)
+        .key(size.to_string())
+        .send()
+        .await
+        .expect("head");
+    assert!(
+        head.e_tag()
+            .is_some_and(|e| e.trim_matches('"').ends_with("-3")),
+        "{:?}",
+        head.e_tag()
+    );
+    assert_eq!(
+        media
+            .metric("edgecache_write_through_uploaded_bytes_total{store=\"spaces\"}")
+            .await,
+        size as f64
+    );
+}
