@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `reload`, `gen-cert`, `version`.
+//! The command line: `serve`, `check-config`, `reload`, `migrate`, `gen-cert`, `version`.
 
 use std::path::PathBuf;
 
@@ -34,6 +34,39 @@ pub enum Command {
     Reload {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Copy every object of a legacy place (a directory, or an HTTP origin with a key
+    /// list) into object stores; resumable, verified, never overwriting.
+    Migrate {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The store to copy from (a `stores:` name).
+        #[arg(long)]
+        from: String,
+        /// The stores to copy into; repeat or separate with commas.
+        #[arg(long, required = true, value_delimiter = ',')]
+        to: Vec<String>,
+        /// A file with one key per line (needed unless the source is a directory).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Where progress is kept, so a rerun continues where this run stopped.
+        #[arg(long)]
+        state: PathBuf,
+        /// Objects copied at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// At most this many objects a second.
+        #[arg(long)]
+        max_objects_per_second: Option<f64>,
+        /// At most this many bytes a second read from the source (`20MiB`).
+        #[arg(long)]
+        max_bytes_per_second: Option<String>,
+        /// Only say what would be copied.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep a Prometheus text file of the progress here (node_exporter textfile).
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
     },
     /// Write a self-signed certificate and key (for development and tests).
     GenCert {

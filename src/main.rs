@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use edgecache::cli::{Cli, Command};
+use edgecache::config::units::ByteSize;
+use edgecache::migrate::{self, bulk::MigrateOptions};
 use edgecache::{config, devcert, logging, reload, server, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use mimalloc::MiMalloc;
 
@@ -70,6 +72,47 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Migrate {
+            config: path,
+            from,
+            to,
+            keys,
+            state,
+            concurrency,
+            max_objects_per_second,
+            max_bytes_per_second,
+            dry_run,
+            metrics_file,
+        } => {
+            let config = match config::load(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let bytes_per_second = match max_bytes_per_second.as_deref().map(ByteSize::parse) {
+                None => None,
+                Some(Ok(size)) => Some(size.0),
+                Some(Err(e)) => {
+                    eprintln!("edgecache: --max-bytes-per-second: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            logging::init(&config.logging);
+            let options = MigrateOptions {
+                from,
+                to,
+                keys,
+                state,
+                concurrency,
+                objects_per_second: max_objects_per_second,
+                bytes_per_second,
+                dry_run,
+                metrics_file,
+            };
+            migrate::bulk::run_to_exit(&config, options)
         }
         Command::GenCert {
             cert,

@@ -1,5 +1,8 @@
 //! Moving media into the object stores: on the way, as people look at it (the write-through
 //! [`queue`], fed by a [`tee`] on media bodies), and in bulk (`edgecache migrate`).
 
+pub mod bulk;
+pub mod keys;
+pub mod progress;
 pub mod queue;
 pub mod tee;

@@ -92,6 +92,14 @@ impl Places {
         }
     }
 
+    /// The place of that name, for reading.
+    pub fn source(&self, name: &str) -> Option<Arc<dyn crate::store::Source>> {
+        match &self.by_name.get(name)?.place {
+            Place::Store(store) => Some(store.clone() as Arc<dyn crate::store::Source>),
+            Place::Legacy(source) => Some(source.clone()),
+        }
+    }
+
     /// Asks the places of `chain` in order for `key`.
     pub async fn lookup(
         &self,

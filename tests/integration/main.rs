@@ -11,6 +11,7 @@ mod config_errors;
 mod disk_cache;
 mod listeners;
 mod media;
+mod migrate;
 mod poisoning;
 mod proxy;
 mod purge;

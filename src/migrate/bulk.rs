@@ -1,0 +1,452 @@
+//! `edgecache migrate`: copies every object of a legacy place into object stores.
+//!
+//! Per object: ask the source for its length; skip it where a store already has an object
+//! of that length (never overwrite one that differs: that is reported); read it once into a
+//! local spool file while computing its MD5; upload to each store that lacks it (verified
+//! by the store: length and checksum); then record the key in the state file. A rerun
+//! after `kill -9` skips what the state file lists and finds the rest by looking, and a
+//! store never holds a partial object (single uploads are atomic, unfinished multipart
+//! uploads are aborted or never completed).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use md5::{Digest, Md5};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::keys::{self, KeyEntry};
+use super::progress::{Counters, RateLimit, Reporter, Summary};
+use crate::config::model::StoreKind;
+use crate::config::Config;
+use crate::origin::Places;
+use crate::store::{Lookup, ObjectKey, ObjectStore, PutOutcome, Source, StoreError};
+
+const STATE_HEADER: &str = "edgecache-migrate-state 1";
+
+pub struct MigrateOptions {
+    pub from: String,
+    pub to: Vec<String>,
+    /// A key list; required unless the source is a directory.
+    pub keys: Option<PathBuf>,
+    pub state: PathBuf,
+    pub concurrency: usize,
+    pub objects_per_second: Option<f64>,
+    pub bytes_per_second: Option<u64>,
+    pub dry_run: bool,
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("no store is named {0:?} in the config")]
+    UnknownStore(String),
+    #[error("{0} is an HTTP origin; migrate writes only to s3 and directory stores")]
+    NotWritable(String),
+    #[error("{0} cannot be listed: give the keys with --keys FILE")]
+    NeedsKeys(String),
+    #[error("{0} is both the source and a destination")]
+    SameStore(String),
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("key list {path}: {source}")]
+    Keys {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The state file: one line per key that every destination has, after a header naming the
+/// migration so a file from another one is not taken for this one's.
+struct StateFile {
+    done: HashSet<String>,
+    writer: Mutex<std::io::BufWriter<std::fs::File>>,
+    unsynced: Mutex<(u32, Instant)>,
+}
+
+impl StateFile {
+    fn open(path: &Path, header: &str) -> Result<StateFile, MigrateError> {
+        let error = |message: String| MigrateError::State {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut done = HashSet::new();
+        let existing = path.exists();
+        if existing {
+            let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+            let mut lines = text.split(|b| *b == b'\n');
+            let first = lines.next().unwrap_or_default();
+            if first != header.as_bytes() {
+                return Err(error(format!(
+                    "it belongs to another migration ({:?}); use another --state file",
+                    String::from_utf8_lossy(first)
+                )));
+            }
+            // A last line without its newline was cut by a crash: not done.
+            let complete = text.ends_with(b"\n");
+            let lines: Vec<&[u8]> = lines.collect();
+            let usable = if complete {
+                lines.len()
+            } else {
+                lines.len().saturating_sub(1)
+            };
+            for line in &lines[..usable] {
+                if let Ok(key) = std::str::from_utf8(line) {
+                    if !key.is_empty() {
+                        done.insert(key.to_string());
+                    }
+                }
+            }
+            if !complete {
+                // Rewrite without the cut line so appends start on a line of their own.
+                let mut whole = format!("{header}\n");
+                for key in &done {
+                    whole.push_str(key);
+                    whole.push('\n');
+                }
+                std::fs::write(path, whole).map_err(|e| error(e.to_string()))?;
+            }
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| error(e.to_string()))?;
+        if !existing {
+            writeln!(file, "{header}").map_err(|e| error(e.to_string()))?;
+        }
+        Ok(StateFile {
+            done,
+            writer: Mutex::new(std::io::BufWriter::new(file)),
+            unsynced: Mutex::new((0, Instant::now())),
+        })
+    }
+
+    fn record(&self, key: &ObjectKey) {
+        let mut writer = self.writer.lock();
+        let _ = writeln!(writer, "{key}");
+        let mut unsynced = self.unsynced.lock();
+        unsynced.0 += 1;
+        if unsynced.0 >= 100 || unsynced.1.elapsed() >= Duration::from_secs(1) {
+            let _ = writer.flush();
+            let _ = writer.get_ref().sync_data();
+            *unsynced = (0, Instant::now());
+        }
+    }
+
+    fn flush(&self) {
+        let mut writer = self.writer.lock();
+        let _ = writer.flush();
+        let _ = writer.get_ref().sync_data();
+    }
+}
+
+struct Job {
+    source: Arc<dyn Source>,
+    stores: Vec<(String, Arc<dyn ObjectStore>)>,
+    state: StateFile,
+    counters: Arc<Counters>,
+    spool_dir: PathBuf,
+    objects: Option<RateLimit>,
+    bytes: Option<RateLimit>,
+    dry_run: bool,
+}
+
+/// Runs a migration to the end and says how it went.
+pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, MigrateError> {
+    let started = Instant::now();
+    let source_settings = config
+        .stores
+        .get(&options.from)
+        .ok_or_else(|| MigrateError::UnknownStore(options.from.clone()))?;
+    let walk_root = match &source_settings.kind {
+        StoreKind::Directory { path } => Some(path.clone()),
+        _ => None,
+    };
+    if walk_root.is_none() && options.keys.is_none() {
+        return Err(MigrateError::NeedsKeys(options.from.clone()));
+    }
+    let places = Places::build(&config.stores)?;
+    let source = places
+        .source(&options.from)
+        .ok_or_else(|| MigrateError::UnknownStore(options.from.clone()))?;
+    let mut stores = Vec::new();
+    for name in &options.to {
+        if *name == options.from {
+            return Err(MigrateError::SameStore(name.clone()));
+        }
+        if !config.stores.contains_key(name) {
+            return Err(MigrateError::UnknownStore(name.clone()));
+        }
+        let store = places
+            .store(name)
+            .ok_or_else(|| MigrateError::NotWritable(name.clone()))?;
+        // Credentials and reachability are checked before any work starts.
+        store
+            .head(
+                &ObjectKey::new(".edgecache-migrate-check".to_string()).map_err(|e| {
+                    MigrateError::State {
+                        path: options.state.clone(),
+                        message: e.to_string(),
+                    }
+                })?,
+            )
+            .await?;
+        stores.push((name.clone(), store));
+    }
+    let header = format!(
+        "{STATE_HEADER} from={} to={}",
+        options.from,
+        options.to.join(",")
+    );
+    let state = StateFile::open(&options.state, &header)?;
+    let spool_dir = options.state.with_extension("spool");
+    std::fs::create_dir_all(&spool_dir).map_err(|e| MigrateError::State {
+        path: spool_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let counters = Arc::new(Counters::default());
+    if let Some(list) = &options.keys {
+        let total = keys::count_listed(list).map_err(|source| MigrateError::Keys {
+            path: list.clone(),
+            source,
+        })?;
+        counters.total.store(total, Ordering::Relaxed);
+        counters.total_known.store(true, Ordering::Relaxed);
+    }
+
+    let job = Arc::new(Job {
+        source,
+        stores,
+        state,
+        counters: counters.clone(),
+        spool_dir: spool_dir.clone(),
+        objects: options.objects_per_second.map(RateLimit::new),
+        bytes: options.bytes_per_second.map(|b| RateLimit::new(b as f64)),
+        dry_run: options.dry_run,
+    });
+
+    let (sender, receiver) = mpsc::channel::<KeyEntry>(1024);
+    let producer_counters = counters.clone();
+    let keys_path = options.keys.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let sent = match (&keys_path, &walk_root) {
+            (Some(list), _) => keys::send_listed(list, &sender),
+            (None, Some(root)) => keys::send_walked(root, &sender),
+            (None, None) => Ok(0),
+        };
+        if let Ok(sent) = sent {
+            producer_counters.total.store(sent, Ordering::Relaxed);
+            producer_counters.total_known.store(true, Ordering::Relaxed);
+        }
+        sent
+    });
+
+    let reporter = Reporter::new(options.metrics_file.clone(), false);
+    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+    let mut workers = Vec::new();
+    for _ in 0..options.concurrency.max(1) {
+        let job = job.clone();
+        let receiver = receiver.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let entry = receiver.lock().await.recv().await;
+                let Some(entry) = entry else { return };
+                job.one(entry).await;
+            }
+        }));
+    }
+    let mut ticks = 0u32;
+    let mut all_done = futures_util::future::join_all(workers);
+    loop {
+        tokio::select! {
+            _ = &mut all_done => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                ticks += 1;
+                reporter.report(&counters, ticks % 25 == 0);
+            }
+        }
+    }
+    let walked = producer
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    job.state.flush();
+    reporter.report(&counters, true);
+    reporter.finish();
+    let _ = std::fs::remove_dir(&spool_dir);
+    if let Err(e) = walked {
+        counters.fail(&options.from, format!("listing the source stopped: {e}"));
+    }
+    Ok(Summary::of(&counters, started.elapsed(), options.dry_run))
+}
+
+impl Job {
+    async fn one(&self, entry: KeyEntry) {
+        let key = match entry {
+            KeyEntry::Key(key) => key,
+            KeyEntry::Invalid { name, reason } => {
+                self.counters
+                    .fail(&name, format!("not a valid key: {reason}"));
+                return;
+            }
+        };
+        if self.state.done.contains(key.as_str()) {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(limit) = &self.objects {
+            limit.take(1.0).await;
+        }
+        match self.migrate(&key).await {
+            Ok(Some(bytes)) => {
+                self.counters.moved.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => self.counters.fail(key.as_str(), reason),
+        }
+    }
+
+    /// Moves one object; `Ok(None)` when every store already had it.
+    async fn migrate(&self, key: &ObjectKey) -> Result<Option<u64>, String> {
+        let info = match self.source.get(key, None, false).await {
+            Ok(Lookup::Found(found)) => found.info,
+            Ok(_) => return Err("the source does not have it".to_string()),
+            Err(e) => {
+                return Err(format!("source: {}", e.kind())).inspect_err(|_| {
+                    tracing::warn!(key = %key, error = %e, "source failed");
+                })
+            }
+        };
+        let mut lacking = Vec::new();
+        for (name, store) in &self.stores {
+            match store.head(key).await {
+                Ok(None) => lacking.push((name, store)),
+                Ok(Some(there)) if there.len == info.len => {}
+                Ok(Some(there)) => {
+                    return Err(format!(
+                        "{name} already has a different object ({} bytes, the source has {}); left alone",
+                        there.len, info.len
+                    ))
+                }
+                Err(e) => return Err(format!("{name}: {}", e.kind())),
+            }
+        }
+        if lacking.is_empty() {
+            if !self.dry_run {
+                self.state.record(key);
+            }
+            return Ok(None);
+        }
+        if self.dry_run {
+            return Ok(Some(info.len));
+        }
+        let spool = self
+            .spool_dir
+            .join(hex::encode(Md5::digest(key.as_str().as_bytes())));
+        let result = self.copy(key, &spool, &info, &lacking).await;
+        let _ = tokio::fs::remove_file(&spool).await;
+        result?;
+        self.state.record(key);
+        Ok(Some(info.len))
+    }
+
+    async fn copy(
+        &self,
+        key: &ObjectKey,
+        spool: &Path,
+        info: &crate::store::ObjectInfo,
+        lacking: &[(&String, &Arc<dyn ObjectStore>)],
+    ) -> Result<(), String> {
+        let body = match self.source.get(key, None, true).await {
+            Ok(Lookup::Found(found)) if found.info.len == info.len => found.body,
+            Ok(Lookup::Found(_)) => return Err("the source changed while it was read".to_string()),
+            Ok(_) => return Err("the source does not have it".to_string()),
+            Err(e) => return Err(format!("source: {}", e.kind())),
+        };
+        let Some(mut body) = body else {
+            return Err("the source sent no body".to_string());
+        };
+        let mut file = tokio::fs::File::create(spool)
+            .await
+            .map_err(|e| format!("local spool: {e}"))?;
+        let mut hasher = Md5::new();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("source body: {e}"))?;
+            if let Some(limit) = &self.bytes {
+                limit.take(chunk.len() as f64).await;
+            }
+            hasher.update(&chunk);
+            written += chunk.len() as u64;
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                .await
+                .map_err(|e| format!("local spool: {e}"))?;
+        }
+        if written != info.len {
+            return Err(format!("the source sent {written} bytes of {}", info.len));
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| format!("local spool: {e}"))?;
+        drop(file);
+        let md5: [u8; 16] = hasher.finalize().into();
+        for (name, store) in lacking {
+            match store.put_file(key, spool, info, md5).await {
+                Ok(PutOutcome::Stored | PutOutcome::AlreadyPresent) => {}
+                Err(e) => {
+                    tracing::warn!(key = %key, store = %name, error = %e, "upload failed");
+                    return Err(format!("{name}: {}", e.kind()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a migration on a runtime of its own, prints the summary and turns the outcome into
+/// the process's exit code: 0 when nothing failed, 1 when something did, 64 for a request
+/// that cannot be carried out as given, 69 when a store cannot be used.
+pub fn run_to_exit(config: &Config, options: MigrateOptions) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("edgecache: cannot start the runtime: {e}");
+            return ExitCode::from(crate::EXIT_UNAVAILABLE);
+        }
+    };
+    match runtime.block_on(run(config, options)) {
+        Ok(summary) => {
+            print!("{}", summary.text());
+            if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("edgecache migrate: {e}");
+            let code = match e {
+                MigrateError::Store(_) | MigrateError::State { .. } | MigrateError::Keys { .. } => {
+                    crate::EXIT_UNAVAILABLE
+                }
+                _ => crate::EXIT_CONFIG,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
