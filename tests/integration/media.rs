@@ -345,3 +345,16 @@ async fn ranges_of_media_are_cut_from_the_whole_object() {
     assert!(whole.body == video);
     assert_eq!(whole.header("content-type"), "video/mp4");
 }
+
+#[tokio::test]
+async fn a_store_prefix_is_put_before_every_key() {
+    let media = media_pop("spaces", "/bytes/", "", "    prefix: cache\n").await;
+    media.s3.put("cache/a.png", b"under the prefix").await;
+    media.s3.put("b.png", b"outside the prefix").await;
+    let http = media.pop.setup.http;
+    assert_eq!(
+        get(http, "/system/a.png", &[]).await.body,
+        b"under the prefix"
+    );
+    assert_eq!(get(http, "/system/b.png", &[]).await.status, 404);
+}

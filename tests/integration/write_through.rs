@@ -207,3 +207,56 @@ async fn large_objects_are_uploaded_in_verified_parts() {
         size as f64
     );
 }
+
+#[tokio::test]
+async fn every_write_through_store_that_lacks_the_object_gets_it() {
+    let backup = crate::harness::s3::S3Server::start().await;
+    let credentials_dir = tempfile::tempdir().expect("tempdir");
+    // The second store's entry follows the first one's lines.
+    let backup_yaml = backup.store_yaml("backup", credentials_dir.path(), "");
+    let media = media_pop_with(MediaConfig {
+        chain: "spaces, backup, old",
+        route_extra: "          write_through: [spaces, backup]\n",
+        spaces_extra: &backup_yaml,
+        top_extra: QUEUE,
+        ..MediaConfig::default()
+    })
+    .await;
+    // Only in the first store: the second gets a copy.
+    media.s3.put("in-spaces.png", b"first store only").await;
+    let answer = get(media.pop.setup.http, "/system/in-spaces.png", &[]).await;
+    assert_eq!(answer.body, b"first store only");
+    // Only on the old server: both get a copy.
+    let answer = get(media.pop.setup.http, "/system/4096", &[]).await;
+    assert!(answer.body == pattern_range(0..4096));
+    wait_jobs(&media, "done", 2.0).await;
+    assert_eq!(
+        backup.get("in-spaces.png").await.as_deref(),
+        Some(&b"first store only"[..])
+    );
+    assert!(media.s3.get("4096").await == Some(pattern_range(0..4096)));
+    assert!(backup.get("4096").await == Some(pattern_range(0..4096)));
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_failing_is_set_aside_after_max_attempts() {
+    let mut media = media_pop_with(config(
+        "write_through:\n  queue_dir: {dir}/queue\n  retry_min: 50ms\n  retry_max: 50ms\n  max_attempts: 2\n",
+    ))
+    .await;
+    media.s3.stop();
+    let answer = get(media.pop.setup.http, "/system/777", &[]).await;
+    assert_eq!(answer.status, 200);
+    wait_jobs(&media, "failed", 1.0).await;
+    let failed = media.pop.cache_dir.path().join("queue/failed");
+    let names: Vec<String> = std::fs::read_dir(&failed)
+        .expect("failed dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "the job and its body are kept: {names:?}");
+    let body = names.iter().find(|n| n.ends_with(".body")).expect("body");
+    assert!(std::fs::read(failed.join(body)).expect("read") == pattern_range(0..777));
+    media.s3.resume().await;
+    assert_eq!(media.s3.get("777").await, None);
+}
