@@ -173,6 +173,18 @@ fn the_commented_example_config_loads() {
         "/var/log/edgecache/access.log",
         &dir.path().join("access.log").display().to_string(),
     );
+    std::fs::write(
+        dir.path().join("spaces.credentials"),
+        "access_key_id: AKIDEXAMPLE\nsecret_access_key: example-secret\n",
+    )
+    .expect("credentials");
+    let text = text.replace(
+        "/etc/edgecache/spaces.credentials",
+        &dir.path().join("spaces.credentials").display().to_string(),
+    );
+    let legacy = dir.path().join("legacy-system");
+    std::fs::create_dir(&legacy).expect("legacy dir");
+    let text = text.replace("/mnt/legacy/system", &legacy.display().to_string());
     let path = dir.path().join("mastodon-pop.yaml");
     std::fs::write(&path, text).expect("write");
     let (code, stdout, stderr) = run_binary(&["check-config", path.to_str().expect("utf-8")]);
@@ -192,6 +204,13 @@ fn the_default_config_loads_with_a_generated_certificate() {
     let copy = dir.path().join("edgecache.yaml");
     std::fs::copy(&default, &copy).expect("copy default config");
     let copy = copy.to_str().expect("utf-8");
+    // The media directory the default serves /system/ from comes with it.
+    std::fs::create_dir(dir.path().join("media")).expect("media dir");
+    std::fs::copy(
+        format!("{}/config/media/hello.txt", env!("CARGO_MANIFEST_DIR")),
+        dir.path().join("media/hello.txt"),
+    )
+    .expect("copy media");
 
     let (code, _, stderr) = run_binary(&["check-config", copy]);
     assert_eq!(
