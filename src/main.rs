@@ -100,6 +100,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if max_objects_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0))
+                || bytes_per_second == Some(0)
+            {
+                eprintln!("edgecache: rate limits must be more than 0");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             logging::init(&config.logging);
             let options = MigrateOptions {
                 from,

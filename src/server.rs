@@ -108,10 +108,10 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         let media = MediaServer::bind(places, proxy_settings.clone(), write_through)
             .map_err(StartError::MediaOrigin)?;
         let address = media.address();
-        server.add_service(GenBackgroundService::new(
-            "media origin".to_string(),
-            Arc::new(media),
-        ));
+        let mut service = GenBackgroundService::new("media origin".to_string(), Arc::new(media));
+        // Every media miss passes through it; one thread (the default) would serialize them.
+        service.threads = Some(config.server.threads);
+        server.add_service(service);
         Some(address)
     };
     let shared = Arc::new(ProxyShared {

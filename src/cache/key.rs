@@ -21,7 +21,7 @@ pub fn request_host(req: &RequestHeader, tls: bool) -> Option<String> {
 }
 
 /// `raw` (a `Host` value or an authority) in the form the key uses.
-pub(super) fn normalize_host(raw: &str, tls: bool) -> Option<String> {
+pub fn normalize_host(raw: &str, tls: bool) -> Option<String> {
     let raw = raw.trim();
     if raw.is_empty() || raw.contains(['@', '/', ' ', '\\']) {
         return None;

@@ -8,7 +8,6 @@
 //! store never holds a partial object (single uploads are atomic, unfinished multipart
 //! uploads are aborted or never completed).
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -64,55 +63,78 @@ pub enum MigrateError {
 }
 
 /// The state file: one line per key that every destination has, after a header naming the
-/// migration so a file from another one is not taken for this one's.
+/// migration so a file from another one is not taken for this one's. In memory only a
+/// 64-bit hash of each done key is kept (8 bytes a key, sorted): ten million keys take
+/// 80 MB. A hash collision could skip one object wrongly; at ten million keys the chance
+/// of any is about three in a million, and a rerun with a fresh state file settles it.
 struct StateFile {
-    done: HashSet<String>,
+    done: Vec<u64>,
     writer: Mutex<std::io::BufWriter<std::fs::File>>,
     unsynced: Mutex<(u32, Instant)>,
 }
 
+fn key_hash(key: &str) -> u64 {
+    let digest = Md5::digest(key.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(bytes)
+}
+
 impl StateFile {
     fn open(path: &Path, header: &str) -> Result<StateFile, MigrateError> {
+        use std::io::BufRead;
         let error = |message: String| MigrateError::State {
             path: path.to_path_buf(),
             message,
         };
-        let mut done = HashSet::new();
+        let mut done = Vec::new();
         let existing = path.exists();
         if existing {
-            let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-            let mut lines = text.split(|b| *b == b'\n');
-            let first = lines.next().unwrap_or_default();
-            if first != header.as_bytes() {
+            let file = std::fs::File::open(path).map_err(|e| error(e.to_string()))?;
+            let mut reader = std::io::BufReader::new(file);
+            let mut line = Vec::new();
+            reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| error(e.to_string()))?;
+            if line.strip_suffix(b"\n") != Some(header.as_bytes()) {
                 return Err(error(format!(
                     "it belongs to another migration ({:?}); use another --state file",
-                    String::from_utf8_lossy(first)
+                    String::from_utf8_lossy(&line).trim_end()
                 )));
             }
-            // A last line without its newline was cut by a crash: not done.
-            let complete = text.ends_with(b"\n");
-            let lines: Vec<&[u8]> = lines.collect();
-            let usable = if complete {
-                lines.len()
-            } else {
-                lines.len().saturating_sub(1)
-            };
-            for line in &lines[..usable] {
-                if let Ok(key) = std::str::from_utf8(line) {
+            // Lines are read one at a time; a last line without its newline was cut by a
+            // crash and does not count.
+            let mut complete_len = line.len() as u64;
+            loop {
+                line.clear();
+                let n = reader
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| error(e.to_string()))?;
+                if n == 0 || !line.ends_with(b"\n") {
+                    break;
+                }
+                complete_len += n as u64;
+                if let Ok(key) = std::str::from_utf8(&line[..line.len() - 1]) {
                     if !key.is_empty() {
-                        done.insert(key.to_string());
+                        done.push(key_hash(key));
                     }
                 }
             }
-            if !complete {
-                // Rewrite without the cut line so appends start on a line of their own.
-                let mut whole = format!("{header}\n");
-                for key in &done {
-                    whole.push_str(key);
-                    whole.push('\n');
-                }
-                std::fs::write(path, whole).map_err(|e| error(e.to_string()))?;
+            let total = reader
+                .into_inner()
+                .metadata()
+                .map_err(|e| error(e.to_string()))?
+                .len();
+            if total != complete_len {
+                // Cut the partial line off so appends start on a line of their own.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|file| file.set_len(complete_len))
+                    .map_err(|e| error(e.to_string()))?;
             }
+            done.sort_unstable();
+            done.dedup();
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -129,14 +151,22 @@ impl StateFile {
         })
     }
 
+    fn is_done(&self, key: &ObjectKey) -> bool {
+        self.done.binary_search(&key_hash(key.as_str())).is_ok()
+    }
+
     fn record(&self, key: &ObjectKey) {
         let mut writer = self.writer.lock();
         let _ = writeln!(writer, "{key}");
         let mut unsynced = self.unsynced.lock();
         unsynced.0 += 1;
         if unsynced.0 >= 100 || unsynced.1.elapsed() >= Duration::from_secs(1) {
-            let _ = writer.flush();
-            let _ = writer.get_ref().sync_data();
+            // A sync may take a while on a busy disk; let the runtime move other work off
+            // this thread meanwhile.
+            tokio::task::block_in_place(|| {
+                let _ = writer.flush();
+                let _ = writer.get_ref().sync_data();
+            });
             *unsynced = (0, Instant::now());
         }
     }
@@ -154,6 +184,7 @@ struct Job {
     state: StateFile,
     counters: Arc<Counters>,
     spool_dir: PathBuf,
+    attempts: std::sync::atomic::AtomicU64,
     objects: Option<RateLimit>,
     bytes: Option<RateLimit>,
     dry_run: bool,
@@ -188,17 +219,8 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
         let store = places
             .store(name)
             .ok_or_else(|| MigrateError::NotWritable(name.clone()))?;
-        // Credentials and reachability are checked before any work starts.
-        store
-            .head(
-                &ObjectKey::new(".edgecache-migrate-check".to_string()).map_err(|e| {
-                    MigrateError::State {
-                        path: options.state.clone(),
-                        message: e.to_string(),
-                    }
-                })?,
-            )
-            .await?;
+        // The bucket, the credentials and reachability are checked before any work starts.
+        store.check().await?;
         stores.push((name.clone(), store));
     }
     let header = format!(
@@ -212,6 +234,12 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
         path: spool_dir.clone(),
         message: e.to_string(),
     })?;
+    // Spool files a killed run left behind are of no use.
+    if let Ok(entries) = std::fs::read_dir(&spool_dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let counters = Arc::new(Counters::default());
     if let Some(list) = &options.keys {
         let total = keys::count_listed(list).map_err(|source| MigrateError::Keys {
@@ -228,6 +256,7 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
         state,
         counters: counters.clone(),
         spool_dir: spool_dir.clone(),
+        attempts: Default::default(),
         objects: options.objects_per_second.map(RateLimit::new),
         bytes: options.bytes_per_second.map(|b| RateLimit::new(b as f64)),
         dry_run: options.dry_run,
@@ -263,15 +292,23 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
             }
         }));
     }
+    // Only the workers hold the receiver now: if they all stop, the producer's sends fail
+    // and it ends instead of waiting for room forever.
+    drop(receiver);
     let mut ticks = 0u32;
     let mut all_done = futures_util::future::join_all(workers);
-    loop {
+    let finished = loop {
         tokio::select! {
-            _ = &mut all_done => break,
+            finished = &mut all_done => break finished,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 ticks += 1;
                 reporter.report(&counters, ticks % 25 == 0);
             }
+        }
+    };
+    for outcome in finished {
+        if let Err(e) = outcome {
+            counters.fail(&options.from, format!("a worker stopped: {e}"));
         }
     }
     let walked = producer
@@ -297,7 +334,7 @@ impl Job {
                 return;
             }
         };
-        if self.state.done.contains(key.as_str()) {
+        if self.state.is_done(&key) {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -350,9 +387,12 @@ impl Job {
         if self.dry_run {
             return Ok(Some(info.len));
         }
-        let spool = self
-            .spool_dir
-            .join(hex::encode(Md5::digest(key.as_str().as_bytes())));
+        // One spool file per attempt: a key listed twice may be in two workers at once.
+        let spool = self.spool_dir.join(format!(
+            "{}-{}",
+            hex::encode(Md5::digest(key.as_str().as_bytes())),
+            self.attempts.fetch_add(1, Ordering::Relaxed)
+        ));
         let result = self.copy(key, &spool, &info, &lacking).await;
         let _ = tokio::fs::remove_file(&spool).await;
         result?;

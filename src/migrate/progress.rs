@@ -132,8 +132,11 @@ impl RateLimit {
         }
     }
 
-    /// Waits until `units` may pass.
+    /// Waits until `units` may pass (at once for a limit that is not a positive number).
     pub async fn take(&self, units: f64) {
+        if !(self.per_second.is_finite() && self.per_second > 0.0) {
+            return;
+        }
         let wait = {
             let mut state = self.state.lock();
             let now = Instant::now();

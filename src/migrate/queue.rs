@@ -169,6 +169,8 @@ impl WriteThroughQueue {
                 }
                 continue;
             };
+            // New ids must come after every id on disk, whatever the clock says.
+            self.next_id.fetch_max(id + 1, Ordering::Relaxed);
             match self.load_job(id, &path) {
                 Some((file, key)) => {
                     state.keys.insert(file.key.clone());
@@ -277,8 +279,12 @@ impl WriteThroughQueue {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let path = self.incoming.join(format!("{id}.body"));
-        match std::fs::File::create(&path) {
-            Ok(file) => Some(Tee::new(self.clone(), file, path, job, reservation)),
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path);
+        match created {
+            Ok(file) => Some(Tee::start(self.clone(), file, path, job, reservation)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a write-through copy");
                 None

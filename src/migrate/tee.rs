@@ -1,103 +1,99 @@
 //! The copy a media body leaves on disk as it streams to the client, for write-through.
 //!
-//! Bytes go to a spool file under the queue's `incoming/` while they pass; the client's
-//! stream never waits for anything but that local write. Only a body that ended cleanly
-//! with exactly its announced length becomes a job: an error, a short or long body, a
-//! failed local write or a client that went away first leaves nothing behind.
+//! Chunks are handed to a writer on the blocking pool through a bounded channel; the
+//! client's stream never waits for the disk. If the writer falls behind, the copy is given
+//! up, not the client. Only a body whose announced length arrived whole becomes a job: an
+//! error, a short body, a failed local write or a client that went away first leaves
+//! nothing behind.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
+use tokio::sync::mpsc;
 
 use super::queue::{NewJob, Reservation, WriteThroughQueue};
 use crate::store::BodyStream;
 
+/// Chunks waiting for the writer at most (about 2 MiB of a typical body).
+const CHUNKS_IN_FLIGHT: usize = 32;
+
+/// The streaming side of a copy.
 pub struct Tee {
-    queue: Arc<WriteThroughQueue>,
-    file: Option<std::fs::File>,
-    path: PathBuf,
-    hasher: Md5,
-    written: u64,
-    job: Option<NewJob>,
-    reservation: Option<Reservation>,
+    chunks: Option<mpsc::Sender<Bytes>>,
+    sent: u64,
+    len: u64,
 }
 
 impl Tee {
-    pub(super) fn new(
+    pub(super) fn start(
         queue: Arc<WriteThroughQueue>,
         file: std::fs::File,
         path: PathBuf,
         job: NewJob,
         reservation: Reservation,
     ) -> Tee {
+        let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let len = job.info.len;
+        tokio::task::spawn_blocking(move || {
+            write_copy(queue, file, path, job, reservation, receiver);
+        });
         Tee {
-            queue,
-            file: Some(file),
-            path,
-            hasher: Md5::new(),
-            written: 0,
-            job: Some(job),
-            reservation: Some(reservation),
+            chunks: Some(sender),
+            sent: 0,
+            len,
         }
     }
 
-    fn write(&mut self, chunk: &[u8]) {
-        let Some(file) = self.file.as_mut() else {
+    fn pass(&mut self, chunk: &Bytes) {
+        let Some(chunks) = &self.chunks else {
             return;
         };
-        if let Err(e) = file.write_all(chunk) {
-            tracing::warn!(path = %self.path.display(), error = %e, "write-through copy failed; the object is not queued");
-            self.abandon();
+        if chunks.try_send(chunk.clone()).is_err() {
+            tracing::warn!("write-through copy fell behind the client; not queued");
+            self.chunks = None;
             return;
         }
-        self.hasher.update(chunk);
-        self.written += chunk.len() as u64;
+        self.sent += chunk.len() as u64;
         // The HTTP server stops polling a body once its Content-Length has been sent, so
         // the end is the last announced byte, not the end of the stream. The place's body
         // is already checked against that length (more bytes would be an error).
-        if self
-            .job
-            .as_ref()
-            .is_some_and(|job| self.written >= job.info.len)
-        {
-            self.finish();
-        }
-    }
-
-    /// Hands the complete copy to the queue (off the client's path).
-    fn finish(&mut self) {
-        let (Some(file), Some(job), Some(reservation)) =
-            (self.file.take(), self.job.take(), self.reservation.take())
-        else {
-            return;
-        };
-        if self.written != job.info.len {
-            tracing::warn!(key = %job.key, written = self.written, expected = job.info.len, "write-through copy has the wrong length; not queued");
-            let _ = std::fs::remove_file(&self.path);
-            return;
-        }
-        let md5: [u8; 16] = self.hasher.clone().finalize().into();
-        let queue = self.queue.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || queue.commit(file, &path, job, md5, reservation));
-    }
-
-    fn abandon(&mut self) {
-        self.job = None;
-        self.reservation = None;
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.path);
+        if self.sent >= self.len {
+            self.chunks = None;
         }
     }
 }
 
-impl Drop for Tee {
-    fn drop(&mut self) {
-        self.abandon();
+/// Writes the chunks; when the channel closes, a copy of exactly the announced length
+/// becomes a job and anything else is removed.
+fn write_copy(
+    queue: Arc<WriteThroughQueue>,
+    mut file: std::fs::File,
+    path: PathBuf,
+    job: NewJob,
+    reservation: Reservation,
+    mut chunks: mpsc::Receiver<Bytes>,
+) {
+    let mut hasher = Md5::new();
+    let mut written = 0u64;
+    while let Some(chunk) = chunks.blocking_recv() {
+        if let Err(e) = file.write_all(&chunk) {
+            tracing::warn!(path = %path.display(), error = %e, "write-through copy failed; not queued");
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        hasher.update(&chunk);
+        written += chunk.len() as u64;
     }
+    if written != job.info.len {
+        tracing::debug!(key = %job.key, written, expected = job.info.len, "write-through copy incomplete; not queued");
+        let _ = std::fs::remove_file(&path);
+        return;
+    }
+    queue.commit(file, &path, job, hasher.finalize().into(), reservation);
 }
 
 /// `body` as the client gets it, copied into `tee` on the way.
@@ -108,20 +104,13 @@ pub fn tee_body(body: BodyStream, tee: Tee) -> BodyStream {
             match body.next().await {
                 Some(Ok(chunk)) => {
                     if let Some(tee) = tee.as_mut() {
-                        tee.write(&chunk);
+                        tee.pass(&chunk);
                     }
                     Some((Ok(chunk), (body, tee)))
                 }
-                Some(Err(e)) => {
-                    // Dropping the tee removes the partial copy.
-                    Some((Err(e), (body, None)))
-                }
-                None => {
-                    if let Some(mut tee) = tee {
-                        tee.finish();
-                    }
-                    None
-                }
+                // Dropping the tee closes the channel short of the length: no job.
+                Some(Err(e)) => Some((Err(e), (body, None))),
+                None => None,
             }
         },
     ))

@@ -71,6 +71,7 @@ impl Places {
                     name,
                     path.clone(),
                     settings.timeout,
+                    settings.max_concurrency,
                 ))),
                 StoreKind::Http { url } => Place::Legacy(Arc::new(http::HttpSource::new(
                     name,
@@ -134,7 +135,11 @@ impl Places {
                 .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Lookup::Found(mut found)) => {
-                    admission.succeeded();
+                    // With a body, the place has succeeded only once all of it has come:
+                    // a dying disk answers the open and then fails the reads.
+                    if found.body.is_none() {
+                        admission.succeeded();
+                    }
                     m.media_step_lookups.with_label_values(&[name, "hit"]).inc();
                     let expected = found.body_len();
                     found.body = found
@@ -178,14 +183,19 @@ impl Places {
 }
 
 /// The body as the place sends it, ended with an error if it carries more or fewer bytes
-/// than announced; holds the place's admission until the last byte, and counts a failure
-/// against the place if the body breaks off.
+/// than announced. Holds the place's admission while the body is read, and reports to its
+/// breaker: success at the last announced byte (the HTTP server stops reading there),
+/// failure if the body breaks off.
 fn checked_body(body: BodyStream, expected: u64, admission: Admission, store: &str) -> BodyStream {
     struct State {
         body: BodyStream,
         left: u64,
         admission: Option<Admission>,
         store: String,
+    }
+    let mut admission = admission;
+    if expected == 0 {
+        admission.succeeded();
     }
     let state = State {
         body,
@@ -200,6 +210,9 @@ fn checked_body(body: BodyStream, expected: u64, admission: Admission, store: &s
             let failure = match state.body.next().await {
                 Some(Ok(chunk)) if chunk.len() as u64 <= state.left => {
                     state.left -= chunk.len() as u64;
+                    if state.left == 0 && !chunk.is_empty() {
+                        admission.succeeded();
+                    }
                     state.admission = Some(admission);
                     return Some((Ok::<Bytes, std::io::Error>(chunk), state));
                 }

@@ -22,6 +22,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::{ChainAnswer, Places};
+use crate::cache::key::normalize_host;
 use crate::config::model::MediaRoute;
 use crate::metrics;
 use crate::migrate::queue::{NewJob, WriteThroughQueue};
@@ -197,12 +198,13 @@ impl Handler {
                 return resp;
             }
         };
+        // The host as the proxy read it when it sent the request here.
         let host = req
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+            .and_then(|h| normalize_host(h, false))
+            .unwrap_or_default();
         let path = req.uri().path();
         let settings = self.settings.load();
         let Some(route) = settings.sites.route(&host, path) else {

@@ -8,11 +8,13 @@
 
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use md5::{Digest, Md5};
+use tokio::sync::Semaphore;
 
 use super::{
     BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, ObjectStore, PutOutcome, Source,
@@ -29,14 +31,24 @@ pub struct DirectoryStore {
     name: String,
     root: PathBuf,
     timeout: Duration,
+    /// File operations running on the blocking pool. A read that hangs on a dying disk
+    /// keeps its slot until it returns, whatever the request did meanwhile, so hung reads
+    /// cannot pile up past this bound.
+    slots: Arc<Semaphore>,
 }
 
 impl DirectoryStore {
-    pub fn new(name: &str, root: PathBuf, timeout: Duration) -> DirectoryStore {
+    pub fn new(
+        name: &str,
+        root: PathBuf,
+        timeout: Duration,
+        max_concurrency: usize,
+    ) -> DirectoryStore {
         DirectoryStore {
             name: name.to_string(),
             root,
             timeout,
+            slots: Arc::new(Semaphore::new(max_concurrency.max(1))),
         }
     }
 
@@ -56,12 +68,24 @@ impl DirectoryStore {
         }
     }
 
-    /// Runs blocking file work on the blocking pool, bounded by the timeout.
+    /// Runs blocking file work on the blocking pool, in a slot, bounded by `timeout`.
     async fn blocking<T: Send + 'static>(
         &self,
+        timeout: Option<Duration>,
         work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> Result<std::io::Result<T>, StoreError> {
-        match tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(work)).await {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(StoreError::Shed {
+                store: self.name.clone(),
+            });
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(slot);
+            result
+        });
+        let timeout = timeout.unwrap_or(Duration::MAX);
+        match tokio::time::timeout(timeout, task).await {
             Err(_) => Err(StoreError::Timeout {
                 store: self.name.clone(),
                 seconds: self.timeout.as_secs_f64(),
@@ -123,20 +147,35 @@ pub fn content_type_for(name: &str) -> &'static str {
     }
 }
 
-/// Reads `len` bytes from `file` in chunks, each read bounded by `timeout`.
-pub(crate) fn file_body(file: std::fs::File, len: u64, timeout: Duration) -> BodyStream {
+/// Reads `len` bytes from `file` in chunks, each read in a slot and bounded by `timeout`.
+fn file_body(
+    file: std::fs::File,
+    len: u64,
+    timeout: Duration,
+    slots: Arc<Semaphore>,
+) -> BodyStream {
     let state = (Some(file), len);
-    Box::pin(futures_util::stream::unfold(
-        state,
-        move |(file, left)| async move {
+    Box::pin(futures_util::stream::unfold(state, move |(file, left)| {
+        let slots = slots.clone();
+        async move {
             let mut file = file?;
             if left == 0 {
                 return None;
             }
+            let Ok(slot) = slots.try_acquire_owned() else {
+                return Some((
+                    Err(std::io::Error::other(
+                        "too many reads of this directory are stuck",
+                    )),
+                    (None, 0),
+                ));
+            };
             let want = usize::try_from(left).unwrap_or(READ_CHUNK).min(READ_CHUNK);
             let read = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; want];
-                let n = file.read(&mut buf)?;
+                let n = file.read(&mut buf);
+                drop(slot);
+                let n = n?;
                 buf.truncate(n);
                 Ok::<_, std::io::Error>((file, buf))
             });
@@ -162,8 +201,8 @@ pub(crate) fn file_body(file: std::fs::File, len: u64, timeout: Duration) -> Bod
                 }
                 Err(e) => Some((Err(e), (None, 0))),
             }
-        },
-    ))
+        }
+    }))
 }
 
 #[async_trait]
@@ -183,7 +222,7 @@ impl Source for DirectoryStore {
         }
         let path = self.path_of(key);
         let opened = self
-            .blocking(move || {
+            .blocking(Some(self.timeout), move || {
                 let mut file = match std::fs::File::open(&path) {
                     Ok(file) => file,
                     Err(e)
@@ -220,7 +259,12 @@ impl Source for DirectoryStore {
             body: None,
         };
         if with_body {
-            found.body = Some(file_body(file, found.body_len(), self.timeout));
+            found.body = Some(file_body(
+                file,
+                found.body_len(),
+                self.timeout,
+                self.slots.clone(),
+            ));
         }
         Ok(Lookup::Found(found))
     }
@@ -228,6 +272,22 @@ impl Source for DirectoryStore {
 
 #[async_trait]
 impl ObjectStore for DirectoryStore {
+    async fn check(&self) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        let is_dir = self
+            .blocking(Some(self.timeout), move || Ok(root.is_dir()))
+            .await?
+            .unwrap_or(false);
+        if is_dir {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable {
+                store: self.name.clone(),
+                message: format!("{} is not a directory", self.root.display()),
+            })
+        }
+    }
+
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, StoreError> {
         match self.get(key, None, false).await? {
             Lookup::Found(found) => Ok(Some(found.info)),
@@ -248,8 +308,11 @@ impl ObjectStore for DirectoryStore {
         let expected_len = info.len;
         let store = self.name.clone();
         let key_text = key.to_string();
+        // A copy takes as long as its size needs: no read timeout here.
         let outcome = self
-            .blocking(move || copy_into_place(&source, &temp_dir, &target, expected_len, md5))
+            .blocking(None, move || {
+                copy_into_place(&source, &temp_dir, &target, expected_len, md5)
+            })
             .await?
             .map_err(|e| self.io_error("write", e))?;
         match outcome {

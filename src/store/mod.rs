@@ -172,6 +172,10 @@ pub trait Source: Send + Sync {
 /// A place media can also be written to.
 #[async_trait]
 pub trait ObjectStore: Source {
+    /// Whether the store can be used at all: the bucket exists and the credentials are
+    /// accepted, or the directory is there.
+    async fn check(&self) -> Result<(), StoreError>;
+
     /// What the store has under `key`, without its body.
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, StoreError>;
 

@@ -15,7 +15,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTimeFormat};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use aws_smithy_http_client::tls;
 use aws_smithy_types::byte_stream::Length;
 use aws_smithy_types::retry::RetryConfig;
@@ -62,10 +62,12 @@ impl S3Store {
             .http_client(http_client)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // Reads and heads are bounded by `timeout` around the call; an upload's response
+            // head comes only after its whole body, so uploads have no read timeout and rely
+            // on the SDK's stalled-stream protection instead.
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(settings.timeout)
-                    .read_timeout(settings.timeout)
                     .build(),
             )
             // The chain moves on to the next place and write-through has its own retries
@@ -156,7 +158,11 @@ impl S3Store {
         }
         match request.send().await {
             Ok(output) => {
-                self.check_etag(object, output.e_tag(), &hex::encode(md5))?;
+                let opaque = opaque_etag(
+                    output.server_side_encryption(),
+                    output.sse_customer_algorithm(),
+                );
+                self.check_etag(object, output.e_tag(), &hex::encode(md5), opaque)?;
                 Ok(PutOutcome::Stored)
             }
             Err(e) if status_of(&e) == Some(412) => Ok(PutOutcome::AlreadyPresent),
@@ -188,18 +194,17 @@ impl S3Store {
                 message: "CreateMultipartUpload returned no upload id".to_string(),
             });
         };
+        // Nothing partial may stay behind, whatever went wrong, even when this task is
+        // cancelled half-way (a shutdown): the guard aborts the upload unless it completed.
+        let mut guard = AbortUpload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            object: object.to_string(),
+            upload_id: upload_id.clone(),
+            armed: true,
+        };
         let result = self.upload_parts(object, file, info, &upload_id).await;
-        if !matches!(result, Ok(PutOutcome::Stored)) {
-            // Nothing partial may stay behind, whatever went wrong.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(object)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-        }
+        guard.armed = !matches!(result, Ok(PutOutcome::Stored));
         result
     }
 
@@ -239,7 +244,11 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(|e| self.error("UploadPart", &e))?;
-            self.check_etag(object, uploaded.e_tag(), &hex::encode(digest))?;
+            let opaque = opaque_etag(
+                uploaded.server_side_encryption(),
+                uploaded.sse_customer_algorithm(),
+            );
+            self.check_etag(object, uploaded.e_tag(), &hex::encode(digest), opaque)?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -268,7 +277,8 @@ impl S3Store {
             Ok(output) => {
                 let expected =
                     format!("{}-{}", hex::encode(Md5::digest(&part_digests)), number - 1);
-                self.check_etag(object, output.e_tag(), &expected)?;
+                let opaque = opaque_etag(output.server_side_encryption(), None);
+                self.check_etag(object, output.e_tag(), &expected, opaque)?;
                 Ok(PutOutcome::Stored)
             }
             Err(e) if status_of(&e) == Some(412) => Ok(PutOutcome::AlreadyPresent),
@@ -277,16 +287,21 @@ impl S3Store {
     }
 
     /// An ETag in S3's own form (the MD5 in hex, or MD5-of-MD5s and a part count) must be
-    /// the one we computed; other stores' ETags are opaque and only the length is checked.
+    /// the one we computed; other stores' ETags, and S3's under KMS or customer-key
+    /// encryption, are opaque and only the length is checked.
     fn check_etag(
         &self,
         object: &str,
         etag: Option<&str>,
         expected: &str,
+        opaque: bool,
     ) -> Result<(), StoreError> {
         let Some(etag) = etag.map(|e| e.trim_matches('"').to_ascii_lowercase()) else {
             return Ok(());
         };
+        if opaque {
+            return Ok(());
+        }
         let digest_part = etag.split('-').next().unwrap_or("");
         let in_s3_form =
             digest_part.len() == 32 && digest_part.bytes().all(|b| b.is_ascii_hexdigit());
@@ -308,6 +323,44 @@ impl S3Store {
             message,
         }
     }
+}
+
+/// Aborts a multipart upload when dropped armed.
+struct AbortUpload {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    object: String,
+    upload_id: String,
+    armed: bool,
+}
+
+impl Drop for AbortUpload {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let abort = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.object)
+            .upload_id(&self.upload_id);
+        runtime.spawn(async move {
+            let _ = abort.send().await;
+        });
+    }
+}
+
+/// Whether S3 encrypted the object in a way that makes its ETag something else than MD5.
+fn opaque_etag(sse: Option<&ServerSideEncryption>, customer_key: Option<&str>) -> bool {
+    customer_key.is_some()
+        || matches!(
+            sse,
+            Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+        )
 }
 
 fn status_of<E>(error: &SdkError<E>) -> Option<u16> {
@@ -447,6 +500,18 @@ impl Source for S3Store {
 
 #[async_trait]
 impl ObjectStore for S3Store {
+    async fn check(&self) -> Result<(), StoreError> {
+        let request = self.client.head_bucket().bucket(&self.bucket).send();
+        match self.bounded(request).await? {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::Unavailable {
+                store: self.name.clone(),
+                message: format!("there is no bucket {:?}", self.bucket),
+            }),
+            Err(e) => Err(self.error("HeadBucket", &e)),
+        }
+    }
+
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, StoreError> {
         let request = self
             .client
@@ -482,30 +547,41 @@ impl ObjectStore for S3Store {
             return Ok(PutOutcome::AlreadyPresent);
         }
         let object = self.object_name(key);
-        let outcome = if info.len > self.multipart_threshold {
-            self.put_multipart(&object, file, info).await?
+        let uploaded = if info.len > self.multipart_threshold {
+            self.put_multipart(&object, file, info).await
         } else {
-            self.put_whole(&object, file, info, md5).await?
+            self.put_whole(&object, file, info, md5).await
         };
-        if outcome == PutOutcome::Stored {
-            match self.head(key).await? {
-                Some(stored) if stored.len == info.len => {}
-                Some(stored) => {
-                    return Err(StoreError::Verification {
-                        store: self.name.clone(),
-                        key: object,
-                        message: format!("{} bytes stored, {} expected", stored.len, info.len),
-                    })
-                }
-                None => {
-                    return Err(StoreError::Verification {
-                        store: self.name.clone(),
-                        key: object,
-                        message: "the object is not there after the upload".to_string(),
-                    })
-                }
+        let checked = match uploaded {
+            Ok(PutOutcome::Stored) => match self.head(key).await? {
+                Some(stored) if stored.len == info.len => Ok(PutOutcome::Stored),
+                Some(stored) => Err(StoreError::Verification {
+                    store: self.name.clone(),
+                    key: object.clone(),
+                    message: format!("{} bytes stored, {} expected", stored.len, info.len),
+                }),
+                None => Err(StoreError::Verification {
+                    store: self.name.clone(),
+                    key: object.clone(),
+                    message: "the object is not there after the upload".to_string(),
+                }),
+            },
+            other => other,
+        };
+        if let Err(StoreError::Verification { .. }) = &checked {
+            // What the store took is not what was sent: take it out again, or the next
+            // attempt would find it "already there".
+            if let Err(e) = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .send()
+                .await
+            {
+                tracing::error!(store = %self.name, key = %object, error = %self.error("DeleteObject", &e), "cannot remove an upload that did not verify");
             }
         }
-        Ok(outcome)
+        checked
     }
 }

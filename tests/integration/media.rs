@@ -358,3 +358,29 @@ async fn a_store_prefix_is_put_before_every_key() {
     );
     assert_eq!(get(http, "/system/b.png", &[]).await.status, 404);
 }
+
+#[tokio::test]
+async fn bodies_that_break_off_count_against_the_breaker() {
+    // `/cut/<n>` sends its headers, then breaks the body off half-way: a disk that opens
+    // files and then fails to read them.
+    let media = media_pop(
+        "old",
+        "/cut/",
+        "    breaker:\n      failures: 2\n      cooldown: 30s\n",
+        "",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for n in [100_000, 100_001] {
+        let url = format!("http://{}/system/{n}", media.pop.setup.http);
+        let whole = match client.get(&url).send().await {
+            Ok(resp) => resp.bytes().await.is_ok_and(|b| b.len() == n),
+            Err(_) => false,
+        };
+        assert!(!whole, "a broken body must not reach the client whole");
+    }
+    assert_eq!(media.origin.hits(), 2);
+    let third = get(media.pop.setup.http, "/system/100002", &[]).await;
+    assert_eq!(third.status, 502);
+    assert_eq!(media.origin.hits(), 2, "the circuit is open");
+}

@@ -214,11 +214,16 @@ fn base_url(check: &mut Checker, key: &str, text: &str) -> Option<String> {
             && uri.host().is_some_and(|h| !h.is_empty())
             && uri.query().is_none()
     });
-    if parsed.is_none() {
+    let Some(parsed) = parsed else {
         check.problem(
             key,
             format!("{text:?} is not an http:// or https:// URL without a query"),
         );
+        return None;
+    };
+    // A password in the URL would end up in logs with every error about the place.
+    if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
+        check.problem(key, "must not carry a user or password");
         return None;
     }
     let mut url = text.to_string();
