@@ -42,6 +42,8 @@ pub struct AccessRecord<'a> {
     pub referer: &'a str,
     /// Why the request failed, when it did.
     pub error: Option<String>,
+    /// The `X-Request-Id` sent to the core (the client's, or one made here).
+    pub request_id: &'a str,
 }
 
 enum Message {

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Failed attempts to reach the core, by group and kind (`connect`, `connect_timeout`,
     /// `timeout`, `no_healthy_host`, `other`).
     pub upstream_errors: IntCounterVec,
+    /// Requests sent to another host after a failure that sent nothing, by group.
+    pub upstream_retries: IntCounterVec,
     /// 1 when the health check finds a core host reachable, 0 when not, by group and host.
     pub core_host_up: IntGaugeVec,
     /// Certificate and config reloads, by result (`ok`, `error`).
@@ -262,6 +264,12 @@ impl Metrics {
                 "edgecache_upstream_errors_total",
                 "Failed attempts to reach the core, by kind.",
                 &["group", "kind"],
+            ),
+            upstream_retries: counter_vec(
+                &registry,
+                "edgecache_upstream_retries_total",
+                "Requests sent to another host after a failure that sent nothing.",
+                &["group"],
             ),
             core_host_up: gauge_vec(
                 &registry,

@@ -120,6 +120,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         access_log: access_log.clone(),
         cache: cache.clone(),
         media_origin,
+        request_ids: Default::default(),
     });
 
     let mut reloadable = HashMap::new();

@@ -274,6 +274,8 @@ mod tests {
             cache: false,
             cache_ttl: None,
             media: None,
+            upstream: None,
+            max_body_size: None,
         };
         assert_eq!(
             request_bypass(&request(&[]), Some(&off), &p),
@@ -334,6 +336,8 @@ mod tests {
             cache: true,
             cache_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             media: None,
+            upstream: None,
+            max_body_size: None,
         };
         let r = |headers: &[(&str, &str)]| {
             fresh_secs(response_cacheable(

@@ -165,6 +165,10 @@ pub struct UpstreamGroupFile {
     pub idle_timeout: HumanDuration,
     #[serde(default)]
     pub health: HealthFile,
+    /// Methods retried on another host after a failure that sent nothing: GET, HEAD and
+    /// OPTIONS by default; PUT and DELETE may be added. POST and PATCH never are.
+    #[serde(default = "defaults::retry_methods")]
+    pub retry_methods: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -369,6 +373,14 @@ pub struct RouteFile {
     /// Serve this path from media places instead of the core.
     #[serde(default)]
     pub media: Option<MediaRouteFile>,
+    /// The core upstream group for this path (`streaming` for `/api/v1/streaming`);
+    /// absent: `core.default_group`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Request bodies above this size get 413 (uploads: Mastodon takes videos up to
+    /// about 100 MB); absent: no limit of the route's own.
+    #[serde(default)]
+    pub max_body_size: Option<ByteSize>,
 }
 
 /// A media route: the request path after the route's `path` is the object key.
@@ -503,6 +515,10 @@ mod defaults {
 
     pub fn idle_timeout() -> HumanDuration {
         HumanDuration::from_secs(60)
+    }
+
+    pub fn retry_methods() -> Vec<String> {
+        ["GET", "HEAD", "OPTIONS"].map(String::from).to_vec()
     }
 
     pub fn media_cache_control() -> String {

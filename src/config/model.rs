@@ -87,6 +87,8 @@ pub struct UpstreamGroup {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub health: HealthCheck,
+    /// Retried on another host when nothing was sent; never POST or PATCH.
+    pub retry_methods: Vec<http::Method>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +232,9 @@ pub struct Route {
     pub cache_ttl: Option<Duration>,
     /// Served from media places rather than the core.
     pub media: Option<MediaRoute>,
+    /// The core group; `None`: the default group.
+    pub upstream: Option<String>,
+    pub max_body_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

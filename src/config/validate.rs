@@ -97,6 +97,7 @@ impl Config {
             &parsed.sites,
             &parsed.stores,
             write_through.is_some(),
+            &parsed.core.groups,
         );
 
         if let Some(admin) = &admin {
@@ -399,10 +400,26 @@ fn upstream_group(
             );
         }
     }
+    let mut retry_methods = Vec::new();
+    for (i, method) in group.retry_methods.iter().enumerate() {
+        let upper = method.to_ascii_uppercase();
+        match upper.as_str() {
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" => {
+                if let Ok(m) = upper.parse::<http::Method>() {
+                    retry_methods.push(m);
+                }
+            }
+            _ => check.problem(
+                &format!("{key}.retry_methods[{i}]"),
+                format!("{method:?} cannot be retried: only GET, HEAD, OPTIONS, PUT and DELETE may be (a retried POST is a duplicate post)"),
+            ),
+        }
+    }
     if hosts.is_empty() {
         return None;
     }
     Some(UpstreamGroup {
+        retry_methods,
         name: name.to_string(),
         hosts,
         connect_timeout: group.connect_timeout.get(),
@@ -583,6 +600,7 @@ fn sites(
     files: &[file::SiteFile],
     stores: &BTreeMap<String, file::StoreFile>,
     has_queue: bool,
+    groups: &BTreeMap<String, file::UpstreamGroupFile>,
 ) -> Sites {
     let mut sites = Vec::new();
     let mut catch_all_seen = false;
@@ -643,11 +661,30 @@ fn sites(
                     has_queue,
                 )
             });
+            if let Some(upstream) = &route.upstream {
+                let field = format!("sites[{i}].routes[{j}].upstream");
+                if !groups.contains_key(upstream) {
+                    check.problem(&field, format!("no core group is named {upstream:?}"));
+                } else if media.is_some() {
+                    check.problem(
+                        &field,
+                        "a media route is served from its stores, not the core",
+                    );
+                }
+            }
+            if route.max_body_size.is_some_and(|size| size.0 == 0) {
+                check.problem(
+                    &format!("sites[{i}].routes[{j}].max_body_size"),
+                    "must be more than 0 (leave it out for no limit)",
+                );
+            }
             routes.push(Route {
                 path: route.path.clone(),
                 cache: route.cache,
                 cache_ttl: route.cache_ttl.map(|t| t.get()),
                 media,
+                upstream: route.upstream.clone(),
+                max_body_size: route.max_body_size.map(|size| size.0),
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));

@@ -2,12 +2,18 @@
 //!
 //! Each hook stays short and hands the decision to a module: `limits` refuses malformed or
 //! oversized requests, `upstream` picks a core host, `headers` sets who the client is and
-//! drops hop-by-hop headers. `logging` writes the access-log line and the request metrics.
-//! Later features (cache, media chain) slot in between these hooks.
+//! drops hop-by-hop headers, `forward` decides the group, retries, request ids and body
+//! limits. `logging` writes the access-log line and the request metrics.
 
+pub mod forward;
 pub mod headers;
 pub mod limits;
+mod report;
+mod settings;
 pub mod upstream;
+
+use report::{client_addr, count_retry, respond, ListenerCounters};
+pub use settings::{LimitsSnapshot, ProxySettings};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,15 +26,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
-use prometheus::IntCounter;
 
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 
-use crate::access_log::{AccessLogger, AccessRecord};
+use crate::access_log::AccessLogger;
 use crate::cache::key as cache_key;
 use crate::cache::{policy, CacheStatus, EdgeCache};
-use crate::config::model::{CachePolicy, Limits, Sites, TrustedProxies};
 use crate::metrics;
 use upstream::{CoreGroup, CoreUpstreams};
 
@@ -42,48 +46,7 @@ pub struct ProxyShared {
     pub cache: Option<Arc<EdgeCache>>,
     /// The loopback origin that serves media routes; `None` without `stores`.
     pub media_origin: Option<SocketAddr>,
-}
-
-/// The settings a reload may change while requests are flowing.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    pub trusted_proxies: TrustedProxies,
-    pub limits: LimitsSnapshot,
-    pub cache_policy: Option<CachePolicy>,
-    pub sites: Sites,
-}
-
-impl ProxySettings {
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        ProxySettings {
-            trusted_proxies: config.trusted_proxies.clone(),
-            limits: LimitsSnapshot::from(&config.limits),
-            cache_policy: config.cache.as_ref().map(|c| c.policy.clone()),
-            sites: config.sites.clone(),
-        }
-    }
-}
-
-/// The request limits, copied out of the config.
-#[derive(Debug, Clone, Copy)]
-pub struct LimitsSnapshot {
-    pub max_uri_length: usize,
-    pub max_header_size: usize,
-    pub keepalive_secs: u64,
-    pub max_connections: usize,
-    pub client_body_timeout: std::time::Duration,
-}
-
-impl From<&Limits> for LimitsSnapshot {
-    fn from(limits: &Limits) -> Self {
-        LimitsSnapshot {
-            max_uri_length: limits.max_uri_length,
-            max_header_size: limits.max_header_size,
-            keepalive_secs: limits.keepalive_timeout.as_secs().max(1),
-            max_connections: limits.max_connections,
-            client_body_timeout: limits.client_body_timeout,
-        }
-    }
+    pub request_ids: forward::RequestIds,
 }
 
 /// The proxy of one listener.
@@ -94,31 +57,8 @@ pub struct EdgeProxy {
     counters: ListenerCounters,
 }
 
-/// This listener's per-request counters, looked up once rather than on every request.
-struct ListenerCounters {
-    /// Requests by status class: 1xx ... 5xx.
-    requests_by_class: [IntCounter; 5],
-    response_bytes: IntCounter,
-}
-
-impl ListenerCounters {
-    fn new(listener: &str) -> Self {
-        let m = metrics::get();
-        ListenerCounters {
-            requests_by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|class| m.requests.with_label_values(&[listener, class])),
-            response_bytes: m.response_bytes.with_label_values(&[listener]),
-        }
-    }
-
-    fn count(&self, status: u16, bytes: usize) {
-        if status > 0 {
-            let class = usize::from((status / 100).clamp(1, 5)) - 1;
-            self.requests_by_class[class].inc();
-        }
-        self.response_bytes.inc_by(bytes as u64);
-    }
-}
+/// `Retry-After` on our own 502 and 503 answers.
+const RETRY_AFTER_SECONDS: &str = "5";
 
 const X_CACHE_STATUS: http::header::HeaderName =
     http::header::HeaderName::from_static("x-cache-status");
@@ -132,16 +72,11 @@ impl EdgeProxy {
     }
 
     /// The loopback media origin, when the request's route is a media route.
-    fn media_peer(&self, session: &Session, ctx: &mut RequestContext) -> Option<Box<HttpPeer>> {
+    fn media_peer(&self, ctx: &mut RequestContext) -> Option<Box<HttpPeer>> {
         let address = self.shared.media_origin?;
-        let settings = self.settings(ctx);
-        let req = session.req_header();
-        let host = cache_key::request_host(req, self.tls)?;
-        settings
-            .sites
-            .route(&host, req.uri.path())?
-            .media
-            .as_ref()?;
+        if !ctx.route.media {
+            return None;
+        }
         ctx.upstream_label = "media".to_string();
         Some(Box::new(HttpPeer::new(address, false, String::new())))
     }
@@ -181,6 +116,12 @@ pub struct RequestContext {
     /// The settings this request runs under, taken once so a reload cannot change them
     /// halfway through it.
     settings: Option<Arc<ProxySettings>>,
+    /// What the route says about forwarding.
+    route: forward::RouteChoice,
+    /// `X-Request-Id`, the client's or ours.
+    request_id: String,
+    /// Request body bytes read from the client so far.
+    body_bytes: u64,
 }
 
 #[async_trait]
@@ -203,6 +144,9 @@ impl ProxyHttp for EdgeProxy {
             cache_key: None,
             route_ttl: None,
             settings: None,
+            route: forward::RouteChoice::default(),
+            request_id: String::new(),
+            body_bytes: 0,
         }
     }
 
@@ -241,6 +185,19 @@ impl ProxyHttp for EdgeProxy {
                     "400 bad request: invalid request target\n",
                 )
                 .await?;
+                return Ok(true);
+            }
+            let req = session.req_header();
+            ctx.route = forward::choose(&settings, req, self.tls);
+            ctx.request_id = self.shared.request_ids.for_request(req);
+            if ctx
+                .route
+                .max_body_size
+                .is_some_and(|max| forward::declared_length_over(req, max))
+            {
+                // The body is not read: the connection cannot carry another request.
+                session.set_keepalive(None);
+                respond(session, ctx, 413, "413 request body too large\n").await?;
                 return Ok(true);
             }
             return Ok(false);
@@ -349,13 +306,19 @@ impl ProxyHttp for EdgeProxy {
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
-    /// Says how the cache answered, in `X-Cache-Status` and the metrics.
+    /// Says how the cache answered, in `X-Cache-Status` and the metrics, and which request
+    /// this was, in `X-Request-Id`.
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        // This request's id, also over a cached response that kept the id of the request
+        // that filled it.
+        if !ctx.request_id.is_empty() {
+            upstream_response.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
+        }
         let Some(status) = ctx.cache_status else {
             return Ok(());
         };
@@ -391,14 +354,18 @@ impl ProxyHttp for EdgeProxy {
         if ctx.client_ip.is_none() {
             ctx.client_ip = client_addr(session).map(|a| a.ip());
         }
-        if let Some(media) = self.media_peer(session, ctx) {
+        if let Some(media) = self.media_peer(ctx) {
             return Ok(media);
         }
         let group = match &ctx.group {
             Some(group) => group.clone(),
             None => {
-                let group = self.shared.core.default().cloned().ok_or_else(|| {
-                    Error::explain(ErrorType::InternalError, "no default upstream group")
+                let name = ctx.route.upstream.as_deref();
+                let group = self.shared.core.group(name).cloned().ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        format!("no upstream group {}", name.unwrap_or("(default)")),
+                    )
                 })?;
                 ctx.group = Some(group.clone());
                 group
@@ -419,7 +386,7 @@ impl ProxyHttp for EdgeProxy {
     /// A failed connect sent nothing, so any request may go to the next host.
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestContext,
         mut e: Box<Error>,
@@ -437,10 +404,68 @@ impl ProxyHttp for EdgeProxy {
             ctx.connect_failed.push(host);
         }
         let hosts = ctx.group.as_ref().map_or(0, |g| g.host_count());
-        if ctx.connect_failed.len() < hosts {
-            e.set_retry(true);
+        let method_retries = ctx
+            .group
+            .as_ref()
+            .is_some_and(|g| g.retries(&session.req_header().method));
+        let retry = ctx.connect_failed.len() < hosts
+            && forward::may_retry(method_retries, session.body_bytes_read());
+        e.set_retry(retry);
+        if retry {
+            count_retry(ctx);
         }
         e
+    }
+
+    /// A failure on a connection that was already carrying this request: retried only for
+    /// the group's retry methods, on a reused connection (the host may have closed it while
+    /// idle), and before any body byte was read.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestContext,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method_retries = ctx
+            .group
+            .as_ref()
+            .is_some_and(|g| g.retries(&session.req_header().method));
+        if forward::may_retry(method_retries, session.body_bytes_read()) {
+            e.retry.decide_reuse(client_reused);
+            if e.retry() {
+                count_retry(ctx);
+            }
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    /// Counts request body bytes and refuses a body that grows past the route's limit.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx
+                .route
+                .max_body_size
+                .is_some_and(|max| ctx.body_bytes > max)
+            {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route's max_body_size",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Sets the forwarding headers and drops hop-by-hop ones on the way to the core.
@@ -452,6 +477,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         let is_websocket = headers::is_websocket_upgrade(session.req_header());
         headers::strip_request_hop_by_hop(upstream_request, is_websocket);
+        upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         let peer = client_addr(session).map(|a| a.ip());
         ctx.client_ip = headers::set_forwarding(
             upstream_request,
@@ -498,6 +524,7 @@ impl ProxyHttp for EdgeProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => match e.etype() {
                     ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+                    ErrorType::ConnectNoRoute => 503,
                     _ => 502,
                 },
                 ErrorSource::Downstream => match e.etype() {
@@ -525,8 +552,10 @@ impl ProxyHttp for EdgeProxy {
         if code > 0 && session.response_written().is_none() {
             let message = match code {
                 502 => "502 bad gateway: the core is unreachable\n",
+                503 => "503 service unavailable: no core host is healthy\n",
                 504 => "504 gateway timeout: the core did not answer in time\n",
                 408 => "408 request timeout\n",
+                413 => "413 request body too large\n",
                 400 => "400 bad request\n",
                 _ => "error\n",
             };
@@ -540,92 +569,6 @@ impl ProxyHttp for EdgeProxy {
 
     /// Counts the request and writes its access-log line.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestContext) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or(ctx.own_status)
-            .unwrap_or(0);
-        let bytes = session.body_bytes_sent();
-        self.counters.count(status, bytes);
-        if !self.shared.access_log.enabled() {
-            return;
-        }
-
-        let req = session.req_header();
-        let header = |name: http::header::HeaderName| {
-            req.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-        };
-        let host = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_else(|| header(http::header::HOST));
-        let client_ip = ctx
-            .client_ip
-            .or_else(|| client_addr(session).map(|a| a.ip()))
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let record = AccessRecord {
-            time: rfc3339(ctx.started_at),
-            listener: &self.listener,
-            client_ip,
-            method: req.method.as_str(),
-            host,
-            path: req.uri.path_and_query().map_or("", |p| p.as_str()),
-            protocol: version_name(req.version),
-            status,
-            bytes,
-            duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            upstream: &ctx.upstream_label,
-            upstream_status: ctx.upstream_status,
-            cache: ctx.cache_status.map_or("", CacheStatus::as_str),
-            user_agent: header(http::header::USER_AGENT),
-            referer: header(http::header::REFERER),
-            error: e.map(|e| e.to_string()),
-        };
-        self.shared.access_log.log(&record);
+        report::log_request(self, session, e, ctx);
     }
-}
-
-fn client_addr(session: &Session) -> Option<SocketAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).copied()
-}
-
-/// Writes a short plain-text response of our own.
-async fn respond(
-    session: &mut Session,
-    ctx: &mut RequestContext,
-    status: u16,
-    body: &'static str,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    ctx.own_status = Some(status);
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await?;
-    Ok(())
-}
-
-fn version_name(version: http::Version) -> &'static str {
-    match version {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_11 => "HTTP/1.1",
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP",
-    }
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    let at = time::OffsetDateTime::from(at);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -40,6 +40,7 @@ pub struct CoreGroup {
     read_timeout: Duration,
     write_timeout: Duration,
     idle_timeout: Duration,
+    retry_methods: Vec<http::Method>,
 }
 
 /// Records each check's outcome, then reports it to pingora unchanged.
@@ -138,7 +139,13 @@ impl CoreGroup {
             read_timeout: group.read_timeout,
             write_timeout: group.write_timeout,
             idle_timeout: group.idle_timeout,
+            retry_methods: group.retry_methods.clone(),
         })
+    }
+
+    /// Whether a request with this method may go to another host after a failure.
+    pub fn retries(&self, method: &http::Method) -> bool {
+        self.retry_methods.contains(method)
     }
 
     /// The balancer, for the background service that runs its health checks.
@@ -219,6 +226,14 @@ impl CoreUpstreams {
 
     pub fn default(&self) -> Option<&Arc<CoreGroup>> {
         self.groups.get(&self.default_group)
+    }
+
+    /// The named group, or the default one.
+    pub fn group(&self, name: Option<&str>) -> Option<&Arc<CoreGroup>> {
+        match name {
+            Some(name) => self.groups.get(name),
+            None => self.default(),
+        }
     }
 
     /// True when the default group (the one every unrouted request goes to) has at least

@@ -1,0 +1,156 @@
+//! What a request leaves behind: its counts, its access-log line, and our own short
+//! answers (errors, refusals) with the headers every answer of ours carries.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use prometheus::IntCounter;
+
+use super::{forward, EdgeProxy, RequestContext, RETRY_AFTER_SECONDS};
+use crate::access_log::AccessRecord;
+use crate::cache::CacheStatus;
+use crate::metrics;
+
+/// This listener's per-request counters, looked up once rather than on every request.
+pub(super) struct ListenerCounters {
+    /// Requests by status class: 1xx ... 5xx.
+    requests_by_class: [IntCounter; 5],
+    response_bytes: IntCounter,
+}
+
+impl ListenerCounters {
+    pub(super) fn new(listener: &str) -> Self {
+        let m = metrics::get();
+        ListenerCounters {
+            requests_by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| m.requests.with_label_values(&[listener, class])),
+            response_bytes: m.response_bytes.with_label_values(&[listener]),
+        }
+    }
+
+    pub(super) fn count(&self, status: u16, bytes: usize) {
+        if status > 0 {
+            let class = usize::from((status / 100).clamp(1, 5)) - 1;
+            self.requests_by_class[class].inc();
+        }
+        self.response_bytes.inc_by(bytes as u64);
+    }
+}
+
+/// Counts the request and writes its access-log line.
+pub(super) fn log_request(
+    proxy: &EdgeProxy,
+    session: &mut Session,
+    e: Option<&Error>,
+    ctx: &mut RequestContext,
+) {
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or(ctx.own_status)
+        .unwrap_or(0);
+    let bytes = session.body_bytes_sent();
+    proxy.counters.count(status, bytes);
+    if !proxy.shared.access_log.enabled() {
+        return;
+    }
+
+    let req = session.req_header();
+    let header = |name: http::header::HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or_else(|| header(http::header::HOST));
+    let client_ip = ctx
+        .client_ip
+        .or_else(|| client_addr(session).map(|a| a.ip()))
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let record = AccessRecord {
+        time: rfc3339(ctx.started_at),
+        listener: &proxy.listener,
+        client_ip,
+        method: req.method.as_str(),
+        host,
+        path: req.uri.path_and_query().map_or("", |p| p.as_str()),
+        protocol: version_name(req.version),
+        status,
+        bytes,
+        duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        upstream: &ctx.upstream_label,
+        upstream_status: ctx.upstream_status,
+        cache: ctx.cache_status.map_or("", CacheStatus::as_str),
+        user_agent: header(http::header::USER_AGENT),
+        referer: header(http::header::REFERER),
+        error: e.map(|e| e.to_string()),
+        request_id: &ctx.request_id,
+    };
+    proxy.shared.access_log.log(&record);
+}
+
+pub(super) fn client_addr(session: &Session) -> Option<SocketAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).copied()
+}
+
+/// Writes a short plain-text response of our own.
+pub(super) async fn respond(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    status: u16,
+    body: &'static str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if matches!(status, 502 | 503) {
+        // Clients and their users should wait for the next health check, not hammer a
+        // core that is struggling.
+        resp.insert_header(http::header::RETRY_AFTER, RETRY_AFTER_SECONDS)?;
+    }
+    if !ctx.request_id.is_empty() {
+        resp.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
+    }
+    ctx.own_status = Some(status);
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
+    Ok(())
+}
+
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    let at = time::OffsetDateTime::from(at);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Counts a retry on the request's group.
+pub(super) fn count_retry(ctx: &RequestContext) {
+    let group = ctx.group.as_ref().map_or("", |g| g.name.as_str());
+    metrics::get()
+        .upstream_retries
+        .with_label_values(&[group])
+        .inc();
+}

@@ -1,0 +1,45 @@
+//! The proxy settings a reload may replace: taken as one snapshot per request.
+
+use crate::config::model::{CachePolicy, Limits, Sites, TrustedProxies};
+
+/// The settings a reload may change while requests are flowing.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub trusted_proxies: TrustedProxies,
+    pub limits: LimitsSnapshot,
+    pub cache_policy: Option<CachePolicy>,
+    pub sites: Sites,
+}
+
+impl ProxySettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        ProxySettings {
+            trusted_proxies: config.trusted_proxies.clone(),
+            limits: LimitsSnapshot::from(&config.limits),
+            cache_policy: config.cache.as_ref().map(|c| c.policy.clone()),
+            sites: config.sites.clone(),
+        }
+    }
+}
+
+/// The request limits, copied out of the config.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsSnapshot {
+    pub max_uri_length: usize,
+    pub max_header_size: usize,
+    pub keepalive_secs: u64,
+    pub max_connections: usize,
+    pub client_body_timeout: std::time::Duration,
+}
+
+impl From<&Limits> for LimitsSnapshot {
+    fn from(limits: &Limits) -> Self {
+        LimitsSnapshot {
+            max_uri_length: limits.max_uri_length,
+            max_header_size: limits.max_header_size,
+            keepalive_secs: limits.keepalive_timeout.as_secs().max(1),
+            max_connections: limits.max_connections,
+            client_body_timeout: limits.client_body_timeout,
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Forwarding to the core: groups chosen by route, no duplicate writes, request ids, body
+//! limits and what the edge answers when the core cannot.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+
+use crate::harness::client::raw_exchange;
+use crate::harness::edge::{Edge, EdgeSetup, TestCert};
+use crate::harness::origin::Origin;
+
+/// An edge whose core has a `web` group at `web` and a `streaming` group at `streaming`,
+/// with `routes` under a site for every host.
+async fn edge_with_groups(
+    web: &[SocketAddr],
+    streaming: SocketAddr,
+    routes: &str,
+) -> (Edge, EdgeSetup) {
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup
+        .config(&[&cert], web, &format!("sites:\n  - routes:\n{routes}"))
+        .replace(
+            "core:\n  groups:\n",
+            &format!("core:\n  default_group: web\n  groups:\n    streaming:\n      hosts: [\"{streaming}\"]\n"),
+        );
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    (edge, setup)
+}
+
+async fn send(address: SocketAddr, request: &str) -> String {
+    raw_exchange(address, request.as_bytes()).await
+}
+
+#[tokio::test]
+async fn a_route_sends_its_requests_to_its_group() {
+    let web = Origin::start().await;
+    let streaming = Origin::start().await;
+    let (_edge, setup) = edge_with_groups(
+        &[web.address],
+        streaming.address,
+        "      - { path: /api/v1/streaming, upstream: streaming, cache: false }\n",
+    )
+    .await;
+    let answer = send(
+        setup.http,
+        "GET /api/v1/streaming/health HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = send(
+        setup.http,
+        "GET /api/v1/timelines/public HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(streaming.hits_for("/api/v1/streaming/health"), 1);
+    assert_eq!(web.hits_for("/api/v1/streaming/health"), 0);
+    assert_eq!(web.hits_for("/api/v1/timelines/public"), 1);
+}
+
+/// A host that accepts connections, reads each request head, counts it and hangs up
+/// without answering: a core process dying mid-request.
+struct Hangup {
+    address: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hangup {
+    async fn start() -> Hangup {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Hangup {
+            address,
+            requests,
+            task,
+        }
+    }
+}
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_post_that_failed_at_a_host_is_never_sent_again() {
+    let hangup = Hangup::start().await;
+    let good = Origin::start().await;
+    // Both hosts pass the TCP health check; round robin sends every other request to the
+    // one that hangs up.
+    let (_edge, setup) = edge_with_groups(&[hangup.address, good.address], good.address, "").await;
+    let mut failed = 0;
+    for n in 0..6 {
+        let body = format!("status={n}");
+        let request = format!(
+            "POST /api/v1/statuses/{n} HTTP/1.1\r\nHost: a.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = send(setup.http, &request).await;
+        if answer.starts_with("HTTP/1.1 502") {
+            failed += 1;
+            assert!(
+                answer.contains("Retry-After: 5") || answer.contains("retry-after: 5"),
+                "{answer}"
+            );
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
+    assert!(
+        failed >= 1,
+        "round robin must have sent some POSTs to the host that hangs up"
+    );
+    assert_eq!(hangup.requests.load(Ordering::SeqCst), failed);
+    // Each POST reached exactly one host once: the good one saw only the others.
+    let mut good_posts = 0;
+    for n in 0..6 {
+        let hits = good.hits_for(&format!("/api/v1/statuses/{n}"));
+        assert!(hits <= 1, "POST {n} arrived {hits} times");
+        good_posts += hits;
+    }
+    assert_eq!(good_posts + failed, 6);
+}
+
+#[tokio::test]
+async fn request_ids_are_passed_on_or_made_and_returned() {
+    let web = Origin::start().await;
+    let (_edge, setup) = edge_with_groups(&[web.address], web.address, "").await;
+    let answer = send(
+        setup.http,
+        "GET /a HTTP/1.1\r\nHost: a.example\r\nX-Request-Id: trace-42\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.contains("\"x-request-id\":[\"trace-42\"]") || answer.contains("trace-42"),
+        "{answer}"
+    );
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-request-id: trace-42"),
+        "{answer}"
+    );
+    let made = send(
+        setup.http,
+        "GET /b HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let id = made
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-request-id: ")
+                .map(str::to_string)
+        })
+        .expect("an id on the response");
+    assert_eq!(id.len(), 32, "{made}");
+    assert!(made.contains(&id[..16]), "the core got it too: {made}");
+}
+
+#[tokio::test]
+async fn bodies_over_the_route_limit_get_413() {
+    let web = Origin::start().await;
+    let (_edge, setup) = edge_with_groups(
+        &[web.address],
+        web.address,
+        "      - { path: /api/v2/media, max_body_size: 1KiB }\n",
+    )
+    .await;
+    let body = "x".repeat(2000);
+    let declared = format!("POST /api/v2/media/declared HTTP/1.1\r\nHost: a.example\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}");
+    let answer = send(setup.http, &declared).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let chunked = format!("POST /api/v2/media/chunked HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n");
+    let answer = send(setup.http, &chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let small = "POST /api/v2/media/small HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    assert!(send(setup.http, small).await.starts_with("HTTP/1.1 200"));
+    // A declared length over the limit is refused before anything goes to the core; a
+    // chunked body is cut off where it crosses the limit (its head may have gone ahead).
+    assert_eq!(web.hits_for("/api/v2/media/declared"), 0);
+    assert!(web.hits_for("/api/v2/media/chunked") <= 1);
+    assert_eq!(web.hits_for("/api/v2/media/small"), 1);
+}
+
+#[tokio::test]
+async fn no_healthy_host_is_a_fast_503_with_retry_after() {
+    let dead = crate::harness::edge::free_address();
+    let (edge, setup) = edge_with_groups(&[dead], dead, "").await;
+    edge.wait_ready_status(503).await;
+    let answer = send(
+        setup.http,
+        "GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 5"),
+        "{answer}"
+    );
+}
