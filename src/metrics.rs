@@ -41,6 +41,9 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Requests sent to another host after a failure that sent nothing, by group.
     pub upstream_retries: IntCounterVec,
+    /// 1 while a core host is out of rotation after a failed request (until its next
+    /// passing health check), by group and host.
+    pub core_host_ejected: IntGaugeVec,
     /// 1 when the health check finds a core host reachable, 0 when not, by group and host.
     pub core_host_up: IntGaugeVec,
     /// Certificate and config reloads, by result (`ok`, `error`).
@@ -270,6 +273,12 @@ impl Metrics {
                 "edgecache_upstream_retries_total",
                 "Requests sent to another host after a failure that sent nothing.",
                 &["group"],
+            ),
+            core_host_ejected: gauge_vec(
+                &registry,
+                "edgecache_core_host_ejected",
+                "1 while a core host is out of rotation after a failed request.",
+                &["group", "host"],
             ),
             core_host_up: gauge_vec(
                 &registry,

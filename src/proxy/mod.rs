@@ -401,6 +401,9 @@ impl ProxyHttp for EdgeProxy {
             .with_label_values(&[group, kind])
             .inc();
         if let Some(host) = ctx.current_host.take() {
+            if let Some(group) = &ctx.group {
+                group.eject(host);
+            }
             ctx.connect_failed.push(host);
         }
         let hosts = ctx.group.as_ref().map_or(0, |g| g.host_count());
@@ -536,6 +539,14 @@ impl ProxyHttp for EdgeProxy {
             },
         };
         if e.esource() == &ErrorSource::Upstream {
+            if matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            ) {
+                if let (Some(group), Some(host)) = (&ctx.group, ctx.current_host) {
+                    group.eject(host);
+                }
+            }
             let group = ctx.group.as_ref().map_or("", |g| g.name.as_str());
             let kind = match e.etype() {
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ struct HostState {
     label: String,
     address: SocketAddr,
     state: AtomicU8,
+    /// Taken out of rotation by a failed request (connect error or timeout) until its next
+    /// passing health check.
+    ejected: AtomicBool,
 }
 
 /// One upstream group, ready to pick hosts.
@@ -63,6 +66,13 @@ impl HealthCheck for ObservedCheck {
             let previous = host
                 .state
                 .swap(if up { UP } else { DOWN }, Ordering::Relaxed);
+            if up && host.ejected.swap(false, Ordering::Relaxed) {
+                tracing::info!(group = %self.group, host = %host.label, "core host passed its health check; back in rotation");
+                metrics::get()
+                    .core_host_ejected
+                    .with_label_values(&[self.group.as_str(), host.label.as_str()])
+                    .set(0);
+            }
             if previous != UNKNOWN && (previous == UP) != up {
                 if up {
                     tracing::info!(group = %self.group, host = %host.label, "core host is up again");
@@ -97,6 +107,7 @@ impl CoreGroup {
                     label: h.label.clone(),
                     address: h.address,
                     state: AtomicU8::new(UNKNOWN),
+                    ejected: AtomicBool::new(false),
                 })
                 .collect::<Vec<_>>(),
         );
@@ -143,6 +154,21 @@ impl CoreGroup {
         })
     }
 
+    /// Takes a host out of rotation after a request to it failed to connect or timed out;
+    /// its next passing health check brings it back, so this lasts at most one interval.
+    pub fn eject(&self, address: SocketAddr) {
+        let Some(host) = self.hosts.iter().find(|h| h.address == address) else {
+            return;
+        };
+        if !host.ejected.swap(true, Ordering::Relaxed) {
+            tracing::warn!(group = %self.name, host = %host.label, "core host failed a request; out of rotation until its next passing health check");
+            metrics::get()
+                .core_host_ejected
+                .with_label_values(&[self.name.as_str(), host.label.as_str()])
+                .set(1);
+        }
+    }
+
     /// Whether a request with this method may go to another host after a failure.
     pub fn retries(&self, method: &http::Method) -> bool {
         self.retry_methods.contains(method)
@@ -184,10 +210,13 @@ impl CoreGroup {
     pub fn pick(&self, tried: &[SocketAddr]) -> Option<(HttpPeer, String)> {
         let backend = self.balancer.select_with(b"", 256, |backend, healthy| {
             healthy
-                && backend
-                    .addr
-                    .as_inet()
-                    .is_some_and(|addr| !tried.contains(addr))
+                && backend.addr.as_inet().is_some_and(|addr| {
+                    !tried.contains(addr)
+                        && !self
+                            .hosts
+                            .iter()
+                            .any(|h| h.address == *addr && h.ejected.load(Ordering::Relaxed))
+                })
         })?;
         let address = *backend.addr.as_inet()?;
         let label = self

@@ -151,16 +151,13 @@ async fn a_core_that_does_not_answer_in_time_gets_a_504() {
         .contains("did not answer in time"));
 }
 
-/// A host that passed its last health check but refuses connections now: GETs go on to
-/// the host that is up; a POST is never retried, even though a refused connect sent nothing.
-#[tokio::test]
-async fn gets_fail_over_when_a_checked_host_stops_accepting_and_posts_do_not() {
-    let origin = Origin::start().await;
+/// An edge in front of a host that passed its health check but refuses connections now,
+/// and a host that is up; checks run every 60 s, so only the failed request tells.
+async fn edge_with_a_vanishing_host(origin: &Origin) -> (Edge, EdgeSetup, std::net::SocketAddr) {
     let vanishing = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let vanishing_address = vanishing.local_addr().expect("address");
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    // Checks every 60s: after the first one, the edge believes both hosts are up.
     let config = setup
         .config(&[&cert], &[vanishing_address, origin.address], "")
         .replace("        interval: 1s\n", "        interval: 60s\n");
@@ -170,7 +167,15 @@ async fn gets_fail_over_when_a_checked_host_stops_accepting_and_posts_do_not() {
     let gauge = format!("edgecache_core_host_up{{group=\"web\",host=\"{vanishing_address}\"}}");
     assert_eq!(edge.metric(&gauge).await, Some(1.0));
     drop(vanishing);
+    (edge, setup, vanishing_address)
+}
 
+/// A GET that meets the refusing host goes on to the one that is up, and the refusing host
+/// is taken out of rotation at once: one connect failure in all.
+#[tokio::test]
+async fn gets_fail_over_and_a_host_that_refused_is_ejected() {
+    let origin = Origin::start().await;
+    let (edge, setup, vanishing) = edge_with_a_vanishing_host(&origin).await;
     for i in 0..10 {
         let resp = client()
             .get(format!("http://{}/api/v1/timelines/{i}", setup.http))
@@ -180,17 +185,33 @@ async fn gets_fail_over_when_a_checked_host_stops_accepting_and_posts_do_not() {
         assert_eq!(resp.status(), 200, "request {i}");
         assert_eq!(origin.hits_for(&format!("/api/v1/timelines/{i}")), 1);
     }
-    let refused = edge
-        .metric("edgecache_upstream_errors_total{group=\"web\",kind=\"connect\"}")
-        .await
-        .unwrap_or(0.0);
-    assert!(refused >= 1.0, "no GET met the refusing host: {refused}");
-    let retries = edge
-        .metric("edgecache_upstream_retries_total{group=\"web\"}")
-        .await
-        .unwrap_or(0.0);
-    assert_eq!(retries, refused, "every refused GET was retried");
+    let metric = |name: String| {
+        let edge = &edge;
+        async move { edge.metric(&name).await.unwrap_or(0.0) }
+    };
+    assert_eq!(
+        metric("edgecache_upstream_errors_total{group=\"web\",kind=\"connect\"}".into()).await,
+        1.0
+    );
+    assert_eq!(
+        metric("edgecache_upstream_retries_total{group=\"web\"}".into()).await,
+        1.0
+    );
+    assert_eq!(
+        metric(format!(
+            "edgecache_core_host_ejected{{group=\"web\",host=\"{vanishing}\"}}"
+        ))
+        .await,
+        1.0
+    );
+}
 
+/// A POST is never retried, even though a refused connect sent nothing: the one POST that
+/// met the refusing host gets a 502, and the host is ejected for the rest.
+#[tokio::test]
+async fn a_post_is_never_retried_even_after_a_refused_connect() {
+    let origin = Origin::start().await;
+    let (edge, setup, _) = edge_with_a_vanishing_host(&origin).await;
     let mut failed = 0;
     for i in 0..10 {
         let resp = client()
@@ -208,12 +229,15 @@ async fn gets_fail_over_when_a_checked_host_stops_accepting_and_posts_do_not() {
             other => panic!("POST {i}: {other}"),
         }
     }
-    assert!(failed >= 1, "round robin sent no POST to the refusing host");
+    assert_eq!(
+        failed, 1,
+        "only the first POST to the refusing host fails; it is then ejected"
+    );
     assert_eq!(
         edge.metric("edgecache_upstream_retries_total{group=\"web\"}")
             .await
             .unwrap_or(0.0),
-        retries,
+        0.0,
         "no POST was retried"
     );
 }
