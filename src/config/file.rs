@@ -188,12 +188,26 @@ impl Default for HealthFile {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyFile {
     /// Peers (CIDRs or addresses) whose `X-Forwarded-For` and `X-Forwarded-Proto` are
     /// believed; everyone else's are replaced.
     pub trusted_proxies: Vec<String>,
+    /// Response headers from the core that never reach clients (software versions,
+    /// timings).
+    pub hide_response_headers: Vec<String>,
+}
+
+impl Default for ProxyFile {
+    fn default() -> Self {
+        ProxyFile {
+            trusted_proxies: Vec::new(),
+            hide_response_headers: ["Server", "X-Powered-By", "X-Runtime"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

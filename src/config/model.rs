@@ -25,6 +25,8 @@ pub struct Config {
     pub admin: Admin,
     pub core: Core,
     pub trusted_proxies: TrustedProxies,
+    /// Lower-case names of core response headers that are dropped.
+    pub hide_response_headers: Vec<http::HeaderName>,
     pub limits: Limits,
     pub logging: Logging,
     /// `None`: nothing is cached.

@@ -84,6 +84,7 @@ impl Config {
         let admin = admin(&mut check, &parsed.admin);
         let core = core(&mut check, &parsed.core);
         let trusted_proxies = trusted_proxies(&mut check, &parsed.proxy);
+        let hide_response_headers = hidden_headers(&mut check, &parsed.proxy);
         let limits = limits(&mut check, &parsed.limits);
         let logging = logging(&mut check, &parsed.logging);
         let cache = parsed.cache.as_ref().map(|c| cache(&mut check, c));
@@ -119,6 +120,7 @@ impl Config {
                 admin,
                 core,
                 trusted_proxies,
+                hide_response_headers,
                 limits,
                 logging,
                 cache,
@@ -467,6 +469,20 @@ fn trusted_proxies(check: &mut Checker, proxy: &file::ProxyFile) -> TrustedProxi
         }
     }
     TrustedProxies::new(nets)
+}
+
+fn hidden_headers(check: &mut Checker, proxy: &file::ProxyFile) -> Vec<http::HeaderName> {
+    let mut names = Vec::new();
+    for (i, text) in proxy.hide_response_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(text.as_bytes()) {
+            Ok(name) => names.push(name),
+            Err(_) => check.problem(
+                &format!("proxy.hide_response_headers[{i}]"),
+                format!("{text:?} is not a header name"),
+            ),
+        }
+    }
+    names
 }
 
 fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {

@@ -511,6 +511,10 @@ impl ProxyHttp for EdgeProxy {
             upstream_response.set_version(http::Version::HTTP_11);
         }
         headers::strip_response_hop_by_hop(upstream_response);
+        // Before the cache sees the response, so stored copies lack them too.
+        for name in &self.settings(ctx).hide_response_headers {
+            upstream_response.remove_header(name);
+        }
         Ok(())
     }
 

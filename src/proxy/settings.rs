@@ -6,6 +6,7 @@ use crate::config::model::{CachePolicy, Limits, Sites, TrustedProxies};
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub trusted_proxies: TrustedProxies,
+    pub hide_response_headers: Vec<http::HeaderName>,
     pub limits: LimitsSnapshot,
     pub cache_policy: Option<CachePolicy>,
     pub sites: Sites,
@@ -15,6 +16,7 @@ impl ProxySettings {
     pub fn from_config(config: &crate::config::Config) -> Self {
         ProxySettings {
             trusted_proxies: config.trusted_proxies.clone(),
+            hide_response_headers: config.hide_response_headers.clone(),
             limits: LimitsSnapshot::from(&config.limits),
             cache_policy: config.cache.as_ref().map(|c| c.policy.clone()),
             sites: config.sites.clone(),

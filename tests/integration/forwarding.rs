@@ -228,3 +228,24 @@ async fn no_healthy_host_is_a_fast_503_with_retry_after() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn headers_the_core_must_not_leak_are_hidden() {
+    let web = Origin::start().await;
+    let (_edge, setup) = edge_with_groups(&[web.address], web.address, "").await;
+    let answer = send(
+        setup.http,
+        "GET /about?h=Server:Puma%206.4&h=X-Runtime:0.123&h=X-Powered-By:Rails&h=X-Kept:yes HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-kept: yes"), "{head}");
+    for hidden in ["server:", "x-runtime:", "x-powered-by:"] {
+        assert!(!head.contains(hidden), "{hidden} leaked: {head}");
+    }
+}
