@@ -34,8 +34,15 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// When each served certificate expires (Unix seconds), by listener and its first name.
     pub tls_certificate_expiry: IntGaugeVec,
-    /// Seconds from sending a request to the core to receiving its response header, by group.
+    /// Seconds from sending a request to the core to receiving its response header, by
+    /// group and host.
     pub upstream_response_seconds: HistogramVec,
+    /// Responses from the core, by group, host and status class.
+    pub upstream_responses: IntCounterVec,
+    /// Body bytes to and from the core, by group and direction (`up`, `down`).
+    pub upstream_body_bytes: IntCounterVec,
+    /// Websockets open through the edge now, by group.
+    pub open_websockets: IntGaugeVec,
     /// Failed attempts to reach the core, by group and kind (`connect`, `connect_timeout`,
     /// `timeout`, `no_healthy_host`, `other`).
     pub upstream_errors: IntCounterVec,
@@ -155,7 +162,7 @@ impl Metrics {
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
-            &["group"],
+            &["group", "host"],
         )
         .unwrap_or_else(|e| panic!("histogram is malformed: {e}"));
         registry
@@ -262,6 +269,24 @@ impl Metrics {
                 &["listener", "name"],
             ),
             upstream_response_seconds,
+            upstream_responses: counter_vec(
+                &registry,
+                "edgecache_upstream_responses_total",
+                "Responses from the core, by group, host and status class.",
+                &["group", "host", "status_class"],
+            ),
+            upstream_body_bytes: counter_vec(
+                &registry,
+                "edgecache_upstream_body_bytes_total",
+                "Body bytes to and from the core, by direction.",
+                &["group", "direction"],
+            ),
+            open_websockets: gauge_vec(
+                &registry,
+                "edgecache_open_websockets",
+                "Websockets open through the edge now.",
+                &["group"],
+            ),
             upstream_errors: counter_vec(
                 &registry,
                 "edgecache_upstream_errors_total",

@@ -225,6 +225,9 @@ pub struct LimitsFile {
     pub max_connections: usize,
     /// How long a client may stall while sending a request body.
     pub client_body_timeout: HumanDuration,
+    /// A websocket with no bytes in either direction for this long is closed (Mastodon's
+    /// streaming server pings every 30 s or so, and browsers answer).
+    pub websocket_idle_timeout: HumanDuration,
 }
 
 impl Default for LimitsFile {
@@ -235,6 +238,7 @@ impl Default for LimitsFile {
             keepalive_timeout: HumanDuration::from_secs(60),
             max_connections: 16_384,
             client_body_timeout: HumanDuration::from_secs(60),
+            websocket_idle_timeout: HumanDuration::from_secs(300),
         }
     }
 }

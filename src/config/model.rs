@@ -144,6 +144,7 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub client_body_timeout: Duration,
+    pub websocket_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -503,12 +503,16 @@ fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {
     if limits.max_connections == 0 {
         check.problem("limits.max_connections", "must be greater than zero");
     }
+    if limits.websocket_idle_timeout.get().is_zero() {
+        check.problem("limits.websocket_idle_timeout", "must be greater than zero");
+    }
     Limits {
         max_connections: limits.max_connections.max(1),
         max_uri_length: usize::try_from(uri).unwrap_or(usize::MAX),
         max_header_size: usize::try_from(header).unwrap_or(usize::MAX),
         keepalive_timeout: limits.keepalive_timeout.get(),
         client_body_timeout: limits.client_body_timeout.get(),
+        websocket_idle_timeout: limits.websocket_idle_timeout.get(),
     }
 }
 

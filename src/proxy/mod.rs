@@ -122,6 +122,10 @@ pub struct RequestContext {
     request_id: String,
     /// Request body bytes read from the client so far.
     body_bytes: u64,
+    /// The request asks for a websocket.
+    websocket: bool,
+    /// Counted in `edgecache_open_websockets` until the request ends.
+    websocket_open: bool,
 }
 
 #[async_trait]
@@ -147,6 +151,8 @@ impl ProxyHttp for EdgeProxy {
             route: forward::RouteChoice::default(),
             request_id: String::new(),
             body_bytes: 0,
+            websocket: false,
+            websocket_open: false,
         }
     }
 
@@ -165,7 +171,14 @@ impl ProxyHttp for EdgeProxy {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(limits.keepalive_secs));
         }
-        session.set_read_timeout(Some(limits.client_body_timeout));
+        ctx.websocket = headers::is_websocket_upgrade(session.req_header());
+        // A websocket's client side may stay quiet for long stretches; its own idle timeout
+        // applies instead of the body timeout.
+        session.set_read_timeout(Some(if ctx.websocket {
+            limits.websocket_idle_timeout
+        } else {
+            limits.client_body_timeout
+        }));
         let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
         let rejection = limits::check_request(
             session.req_header(),
@@ -380,6 +393,11 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.current_host = peer._address.as_inet().copied();
         ctx.upstream_label = label;
+        let mut peer = peer;
+        if ctx.websocket {
+            let idle = self.settings(ctx).limits.websocket_idle_timeout;
+            peer.options.read_timeout = Some(idle);
+        }
         Ok(Box::new(peer))
     }
 
@@ -498,13 +516,22 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
         if let (Some(sent), Some(group)) = (ctx.upstream_sent, &ctx.group) {
-            metrics::get()
-                .upstream_response_seconds
-                .with_label_values(&[group.name.as_str()])
+            let m = metrics::get();
+            let labels = [group.name.as_str(), ctx.upstream_label.as_str()];
+            m.upstream_response_seconds
+                .with_label_values(&labels)
                 .observe(sent.elapsed().as_secs_f64());
+            m.upstream_responses
+                .with_label_values(&[labels[0], labels[1], report::status_class(status)])
+                .inc();
+            if status == 101 && ctx.websocket && !ctx.websocket_open {
+                ctx.websocket_open = true;
+                m.open_websockets.with_label_values(&[labels[0]]).inc();
+            }
         }
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.upstream_status = Some(status);
         // An HTTP/1.0 core answer still goes out as HTTP/1.1 to an HTTP/1.1 client; the
         // version is per hop (RFC 9110 §2.5).
         if session.req_header().version == http::Version::HTTP_11 {

@@ -48,6 +48,20 @@ pub(super) fn log_request(
     e: Option<&Error>,
     ctx: &mut RequestContext,
 ) {
+    if let Some(group) = &ctx.group {
+        let m = metrics::get();
+        let name = group.name.as_str();
+        if ctx.websocket_open {
+            ctx.websocket_open = false;
+            m.open_websockets.with_label_values(&[name]).dec();
+        }
+        m.upstream_body_bytes
+            .with_label_values(&[name, "up"])
+            .inc_by(ctx.body_bytes);
+        m.upstream_body_bytes
+            .with_label_values(&[name, "down"])
+            .inc_by(session.upstream_body_bytes_received() as u64);
+    }
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
@@ -153,4 +167,15 @@ pub(super) fn count_retry(ctx: &RequestContext) {
         .upstream_retries
         .with_label_values(&[group])
         .inc();
+}
+
+/// `2xx` and the like, for metric labels.
+pub(super) fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }

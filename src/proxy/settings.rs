@@ -32,6 +32,7 @@ pub struct LimitsSnapshot {
     pub keepalive_secs: u64,
     pub max_connections: usize,
     pub client_body_timeout: std::time::Duration,
+    pub websocket_idle_timeout: std::time::Duration,
 }
 
 impl From<&Limits> for LimitsSnapshot {
@@ -42,6 +43,7 @@ impl From<&Limits> for LimitsSnapshot {
             keepalive_secs: limits.keepalive_timeout.as_secs().max(1),
             max_connections: limits.max_connections,
             client_body_timeout: limits.client_body_timeout,
+            websocket_idle_timeout: limits.websocket_idle_timeout,
         }
     }
 }

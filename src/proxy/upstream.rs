@@ -156,10 +156,20 @@ impl CoreGroup {
 
     /// Takes a host out of rotation after a request to it failed to connect or timed out;
     /// its next passing health check brings it back, so this lasts at most one interval.
+    /// The last host still in rotation is never ejected (as nginx never marks a lone server
+    /// unavailable): a passing blip must not turn into an interval of 503s.
     pub fn eject(&self, address: SocketAddr) {
         let Some(host) = self.hosts.iter().find(|h| h.address == address) else {
             return;
         };
+        let another_in_rotation = self.hosts.iter().any(|h| {
+            h.address != address
+                && h.state.load(Ordering::Relaxed) != DOWN
+                && !h.ejected.load(Ordering::Relaxed)
+        });
+        if !another_in_rotation {
+            return;
+        }
         if !host.ejected.swap(true, Ordering::Relaxed) {
             tracing::warn!(group = %self.name, host = %host.label, "core host failed a request; out of rotation until its next passing health check");
             metrics::get()

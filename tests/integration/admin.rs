@@ -61,7 +61,10 @@ async fn metrics_count_requests_latency_and_connections() {
         .await;
     assert_eq!(not_found, Some(1.0));
     let latency_count = edge
-        .metric("edgecache_upstream_response_seconds_count{group=\"web\"}")
+        .metric(&format!(
+            "edgecache_upstream_response_seconds_count{{group=\"web\",host=\"{}\"}}",
+            origin.address
+        ))
         .await;
     assert_eq!(latency_count, Some(4.0));
     let connections = edge

@@ -249,3 +249,111 @@ async fn headers_the_core_must_not_leak_are_hidden() {
         assert!(!head.contains(hidden), "{hidden} leaked: {head}");
     }
 }
+
+/// A core endpoint that reads a whole upload, counts its bytes and answers with the count.
+async fn upload_sink() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let body_start = loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
+                let Some(length) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                else {
+                    return;
+                };
+                let mut received = (head.len() - body_start) as u64;
+                while received < length {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => received += n as u64,
+                    }
+                }
+                let answer = received.to_string();
+                let _ = stream
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len())
+                            .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (address, task)
+}
+
+/// Peak resident memory of a process so far, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_100_mib_upload_streams_through_without_raising_memory() {
+    let (sink, _task) = upload_sink().await;
+    let (edge, setup) = edge_with_groups(
+        &[sink],
+        sink,
+        "      - { path: /api/v2/media, cache: false, max_body_size: 200MiB }\n",
+    )
+    .await;
+    // Warm up the path so the first request's one-off allocations are not counted.
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v2/media", setup.http);
+    let warm = client
+        .post(&url)
+        .body(vec![b'w'; 1024 * 1024])
+        .send()
+        .await
+        .expect("warm up");
+    assert_eq!(warm.text().await.expect("text"), (1024 * 1024).to_string());
+    let before = peak_rss_kib(edge.pid());
+
+    let total: u64 = 100 * 1024 * 1024;
+    let chunk = bytes::Bytes::from(vec![b'v'; 256 * 1024]);
+    let chunks = (total / chunk.len() as u64) as usize;
+    let body = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
+    let resp = client
+        .post(&url)
+        .header("content-length", total.to_string())
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.expect("text"), total.to_string());
+    let after = peak_rss_kib(edge.pid());
+    let grew = after.saturating_sub(before);
+    eprintln!(
+        "edgecache peak RSS {before} KiB before, {after} KiB after a 100 MiB upload (+{grew} KiB)"
+    );
+    assert!(grew < 16 * 1024, "peak RSS grew by {grew} KiB");
+}

@@ -19,4 +19,5 @@ mod purge;
 mod ranges;
 mod reload;
 mod tls;
+mod websockets;
 mod write_through;
