@@ -357,3 +357,55 @@ async fn a_100_mib_upload_streams_through_without_raising_memory() {
     );
     assert!(grew < 16 * 1024, "peak RSS grew by {grew} KiB");
 }
+
+#[tokio::test]
+async fn killing_a_host_under_load_fails_no_get() {
+    let a = Origin::start().await;
+    let b = Origin::start().await;
+    let a_address = a.address;
+    let (edge, setup) = edge_with_groups(&[a.address, b.address], b.address, "").await;
+    edge.wait_ready_status(200).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let stop = stop.clone();
+        let url = format!("http://{}/api/v1/timelines/public?w={w}", setup.http);
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                match client.get(&url).send().await {
+                    Ok(resp) if resp.status() == 200 => ok += 1,
+                    Ok(resp) => failed.push(resp.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let a_served_before_kill = a.hits();
+    let killed_at = std::time::Instant::now();
+    drop(a);
+    // Detection: the first failed request ejects the host, the health check marks it down.
+    let down = format!("edgecache_core_host_up{{group=\"web\",host=\"{a_address}\"}}");
+    edge.wait_metric(&down, 0.0).await;
+    let detected = killed_at.elapsed();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut total_ok = 0;
+    for worker in workers {
+        let (ok, failed) = worker.await.expect("worker");
+        assert!(failed.is_empty(), "failed GETs: {failed:?}");
+        total_ok += ok;
+    }
+    eprintln!(
+        "failover: {total_ok} GETs, 0 failed; host marked down by its health check {} ms after the kill",
+        detected.as_millis()
+    );
+    assert!(
+        a_served_before_kill > 0,
+        "both hosts took load before the kill"
+    );
+    assert!(b.hits() > 0);
+}
