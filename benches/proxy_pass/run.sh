@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Pass-through proxying, edgecache against nginx on the same origin, in one run.
+# Pass-through proxying, edgecache against nginx on the same origin, in one run, with the
+# origin itself measured directly in the same rounds (what proxying adds).
 #
 #   bash benches/proxy_pass/run.sh          (ROUNDS=3 DURATION=10 CONNS=64 by default)
 #
@@ -46,7 +47,7 @@ for _ in $(seq 100); do
 done
 curl -sf http://127.0.0.1:18901/readyz >/dev/null || { echo "edgecache not ready"; cat $WORK/log/edgecache.err; exit 1; }
 
-declare -A TARGET=([nginx]=http://127.0.0.1:18101 [edgecache]=http://127.0.0.1:18100)
+declare -A TARGET=([nginx]=http://127.0.0.1:18101 [edgecache]=http://127.0.0.1:18100 [direct]=http://127.0.0.1:18080)
 for t in nginx edgecache; do
   for o in 1k.bin 100k.bin; do
     cmp -s <(curl -sf "${TARGET[$t]}/$o") "$WORK/www/$o" || { echo "$t serves a wrong $o"; exit 1; }
@@ -59,6 +60,7 @@ declare -A PIDS
 NGINX_MASTER=$(cat $WORK/run/nginx-proxy.pid)
 PIDS[nginx]="$NGINX_MASTER $(ps -o pid= --ppid "$NGINX_MASTER" | tr '\n' ' ')"
 PIDS[edgecache]=${pids[0]}
+PIDS[direct]=""   # no proxy: its CPU column stays 0
 cpu_ticks() { # summed user+system clock ticks of a target's processes
   local total=0 p
   for p in ${PIDS[$1]}; do total=$((total + $(awk '{print $14 + $15}' /proc/$p/stat))); done
@@ -80,8 +82,8 @@ measure() { # target object round
   echo "round $3 $2 $1: $rps req/s, p50 $p50, p99 $p99, proxy CPU $cpu_us us/request"
 }
 for round in $(seq "$ROUNDS"); do
-  order=(nginx edgecache)
-  [ $((round % 2)) -eq 0 ] && order=(edgecache nginx)
+  order=(nginx edgecache direct)
+  [ $((round % 2)) -eq 0 ] && order=(direct edgecache nginx)
   for o in 1k.bin 100k.bin; do
     for t in "${order[@]}"; do measure "$t" "$o" "$round"; done
   done
@@ -98,12 +100,14 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
 for obj, rnd, tgt, rps, p50, p99, cpu in rows:
     by.setdefault((obj, rnd), {})[tgt] = (float(rps), ms(p50), ms(p99), float(cpu))
-print("\nobject    metric     nginx(median)  edgecache(median)  ratio edgecache/nginx (median of rounds)")
+print("\nobject    metric     direct(median)  nginx(median)  edgecache(median)  edgecache/nginx  edgecache-direct")
 for obj in sorted({k[0] for k in by}):
-    rounds = [v for k, v in by.items() if k[0] == obj and len(v) == 2]
+    rounds = [v for k, v in by.items() if k[0] == obj and len(v) == 3]
     for i, name in enumerate(("req/s", "p50 ms", "p99 ms", "CPU us/req")):
+        d = statistics.median(r["direct"][i] for r in rounds)
         n = statistics.median(r["nginx"][i] for r in rounds)
         e = statistics.median(r["edgecache"][i] for r in rounds)
         ratio = statistics.median(r["edgecache"][i] / r["nginx"][i] for r in rounds)
-        print(f"{obj:9} {name:9} {n:14.2f} {e:18.2f}  {ratio:6.2f}")
+        added = statistics.median(r["edgecache"][i] - r["direct"][i] for r in rounds)
+        print(f"{obj:9} {name:9} {d:15.2f} {n:14.2f} {e:18.2f}  {ratio:15.2f}  {added:15.2f}")
 PY
