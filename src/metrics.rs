@@ -43,8 +43,8 @@ pub struct Metrics {
     pub upstream_body_bytes: IntCounterVec,
     /// Websockets open through the edge now, by group.
     pub open_websockets: IntGaugeVec,
-    /// Failed attempts to reach the core, by group and kind (`connect`, `connect_timeout`,
-    /// `timeout`, `no_healthy_host`, `other`).
+    /// Failed attempts to reach the core, by group, host (empty for `no_healthy_host`) and
+    /// kind (`connect`, `connect_timeout`, `timeout`, `no_healthy_host`, `other`).
     pub upstream_errors: IntCounterVec,
     /// Requests sent to another host after a failure that sent nothing, by group.
     pub upstream_retries: IntCounterVec,
@@ -290,8 +290,8 @@ impl Metrics {
             upstream_errors: counter_vec(
                 &registry,
                 "edgecache_upstream_errors_total",
-                "Failed attempts to reach the core, by kind.",
-                &["group", "kind"],
+                "Failed attempts to reach the core, by host and kind.",
+                &["group", "host", "kind"],
             ),
             upstream_retries: counter_vec(
                 &registry,

@@ -416,7 +416,7 @@ impl ProxyHttp for EdgeProxy {
         };
         metrics::get()
             .upstream_errors
-            .with_label_values(&[group, kind])
+            .with_label_values(&[group, ctx.upstream_label.as_str(), kind])
             .inc();
         if let Some(host) = ctx.current_host.take() {
             if let Some(group) = &ctx.group {
@@ -584,9 +584,14 @@ impl ProxyHttp for EdgeProxy {
                 ErrorType::ConnectNoRoute => "no_healthy_host",
                 _ => "other",
             };
+            let host = if kind == "no_healthy_host" {
+                ""
+            } else {
+                ctx.upstream_label.as_str()
+            };
             metrics::get()
                 .upstream_errors
-                .with_label_values(&[group, kind])
+                .with_label_values(&[group, host, kind])
                 .inc();
         }
         // The connection is not reused after an error; say so in the answer.
