@@ -63,6 +63,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         graceful_shutdown_timeout_seconds: Some(whole_seconds_up(
             config.server.graceful_shutdown_timeout,
         )),
+        upstream_keepalive_pool_size: config.core.keepalive_pool_size,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

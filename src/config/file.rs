@@ -148,6 +148,9 @@ pub struct CoreFile {
     #[serde(default)]
     pub default_group: Option<String>,
     pub groups: BTreeMap<String, UpstreamGroupFile>,
+    /// Idle connections to the core kept for reuse, across all hosts.
+    #[serde(default = "defaults::keepalive_pool_size")]
+    pub keepalive_pool_size: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +166,10 @@ pub struct UpstreamGroupFile {
     /// How long an idle pooled connection to the core is kept.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// The longest a whole exchange with the core may take, response body included
+    /// (websockets excepted); absent: only the per-read timeouts apply.
+    #[serde(default)]
+    pub total_timeout: Option<HumanDuration>,
     #[serde(default)]
     pub health: HealthFile,
     /// Methods retried on another host after a failure that sent nothing: GET, HEAD and
@@ -533,6 +540,10 @@ mod defaults {
 
     pub fn idle_timeout() -> HumanDuration {
         HumanDuration::from_secs(60)
+    }
+
+    pub fn keepalive_pool_size() -> usize {
+        256
     }
 
     pub fn retry_methods() -> Vec<String> {

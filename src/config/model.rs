@@ -77,6 +77,7 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Core {
     pub default_group: String,
+    pub keepalive_pool_size: usize,
     pub groups: BTreeMap<String, UpstreamGroup>,
 }
 
@@ -88,6 +89,7 @@ pub struct UpstreamGroup {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    pub total_timeout: Option<Duration>,
     pub health: HealthCheck,
     /// Retried on another host when nothing was sent; never POST or PATCH.
     pub retry_methods: Vec<http::Method>,

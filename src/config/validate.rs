@@ -354,6 +354,7 @@ fn core(check: &mut Checker, core: &file::CoreFile) -> Option<Core> {
     }
     Some(Core {
         default_group,
+        keepalive_pool_size: core.keepalive_pool_size,
         groups,
     })
 }
@@ -402,6 +403,9 @@ fn upstream_group(
             );
         }
     }
+    if group.total_timeout.is_some_and(|t| t.get().is_zero()) {
+        check.problem(&format!("{key}.total_timeout"), "must be greater than zero");
+    }
     let mut retry_methods = Vec::new();
     for (i, method) in group.retry_methods.iter().enumerate() {
         let upper = method.to_ascii_uppercase();
@@ -428,6 +432,7 @@ fn upstream_group(
         read_timeout: group.read_timeout.get(),
         write_timeout: group.write_timeout.get(),
         idle_timeout: group.idle_timeout.get(),
+        total_timeout: group.total_timeout.map(|t| t.get()),
         health: HealthCheck {
             interval: group.health.interval.get(),
             path: group.health.path.clone(),

@@ -465,6 +465,28 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
+    /// Ends an exchange with the core that has run past its group's `total_timeout`
+    /// (checked as each piece of the body arrives; each read is bounded on its own).
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<std::time::Duration>> {
+        let Some(total) = ctx.group.as_ref().and_then(|g| g.total_timeout) else {
+            return Ok(None);
+        };
+        if !ctx.websocket && ctx.upstream_sent.is_some_and(|sent| sent.elapsed() > total) {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the exchange with the core ran past total_timeout",
+            )
+            .into_up());
+        }
+        Ok(None)
+    }
+
     /// Counts request body bytes and refuses a body that grows past the route's limit.
     async fn request_body_filter(
         &self,

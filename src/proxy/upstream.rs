@@ -43,6 +43,8 @@ pub struct CoreGroup {
     read_timeout: Duration,
     write_timeout: Duration,
     idle_timeout: Duration,
+    /// The whole exchange's bound, if any.
+    pub total_timeout: Option<Duration>,
     retry_methods: Vec<http::Method>,
 }
 
@@ -150,6 +152,7 @@ impl CoreGroup {
             read_timeout: group.read_timeout,
             write_timeout: group.write_timeout,
             idle_timeout: group.idle_timeout,
+            total_timeout: group.total_timeout,
             retry_methods: group.retry_methods.clone(),
         })
     }
@@ -238,7 +241,11 @@ impl CoreGroup {
         let mut peer = HttpPeer::new(address, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
+        // A total bound caps the wait for the response head too.
+        peer.options.read_timeout = Some(
+            self.total_timeout
+                .map_or(self.read_timeout, |total| total.min(self.read_timeout)),
+        );
         peer.options.write_timeout = Some(self.write_timeout);
         peer.options.idle_timeout = Some(self.idle_timeout);
         Some((peer, label))

@@ -409,3 +409,43 @@ async fn killing_a_host_under_load_fails_no_get() {
     );
     assert!(b.hits() > 0);
 }
+
+#[tokio::test]
+async fn a_group_total_timeout_bounds_the_whole_exchange() {
+    let web = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    // read_timeout stays 3s; the whole exchange may take 1s.
+    let config = setup.config(&[&cert], &[web.address], "").replace(
+        "      read_timeout: 3s\n",
+        "      read_timeout: 3s\n      total_timeout: 1s\n",
+    );
+    assert!(config.contains("total_timeout: 1s"));
+    let path = setup.write_config(&config);
+    let _edge = Edge::start(&setup, &path).await;
+    // A head that takes 2.5 s: within read_timeout, past total_timeout.
+    let slow_head = send(
+        setup.http,
+        "GET /slow/2500 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(slow_head.starts_with("HTTP/1.1 504"), "{slow_head}");
+    // A body trickling in over 2 s: every read is quick, the whole is not.
+    let client = reqwest::Client::new();
+    let url = format!(
+        "http://{}/bytes/200000?chunk=10000&delay_ms=100&cc=no-store",
+        setup.http
+    );
+    let whole = match client.get(&url).send().await {
+        Ok(resp) => resp.bytes().await.is_ok_and(|b| b.len() == 200_000),
+        Err(_) => false,
+    };
+    assert!(!whole, "the trickling body was not cut at total_timeout");
+    // A quick exchange is untouched.
+    let quick = send(
+        setup.http,
+        "GET /quick HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(quick.starts_with("HTTP/1.1 200"), "{quick}");
+}
