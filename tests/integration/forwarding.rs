@@ -18,10 +18,20 @@ async fn edge_with_groups(
     streaming: SocketAddr,
     routes: &str,
 ) -> (Edge, EdgeSetup) {
+    edge_with_groups_and(web, streaming, routes, "").await
+}
+
+/// [`edge_with_groups`] with `extra` top-level YAML after the sites.
+pub async fn edge_with_groups_and(
+    web: &[SocketAddr],
+    streaming: SocketAddr,
+    routes: &str,
+    extra: &str,
+) -> (Edge, EdgeSetup) {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let config = setup
-        .config(&[&cert], web, &format!("sites:\n  - routes:\n{routes}"))
+        .config(&[&cert], web, &format!("sites:\n  - routes:\n{routes}{extra}"))
         .replace(
             "core:\n  groups:\n",
             &format!("core:\n  default_group: web\n  groups:\n    streaming:\n      hosts: [\"{streaming}\"]\n"),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::edge::{Edge, EdgeSetup, TestCert};
+use crate::harness::edge::{Edge, EdgeSetup};
 use crate::harness::origin::Origin;
 
 /// A websocket server that sends back every message it gets.
@@ -42,21 +42,13 @@ async fn edge_with_streaming(
     streaming: SocketAddr,
     extra: &str,
 ) -> (Edge, EdgeSetup) {
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup
-        .config(
-            &[&cert],
-            &[web],
-            &format!("sites:\n  - routes:\n      - {{ path: /api/v1/streaming, upstream: streaming, cache: false }}\n{extra}"),
-        )
-        .replace(
-            "core:\n  groups:\n",
-            &format!("core:\n  default_group: web\n  groups:\n    streaming:\n      hosts: [\"{streaming}\"]\n"),
-        );
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
-    (edge, setup)
+    crate::forwarding::edge_with_groups_and(
+        &[web],
+        streaming,
+        "      - { path: /api/v1/streaming, upstream: streaming, cache: false }\n",
+        extra,
+    )
+    .await
 }
 
 /// Message `i`: its length and bytes vary, and it says which it is.
