@@ -384,3 +384,35 @@ async fn bodies_that_break_off_count_against_the_breaker() {
     assert_eq!(third.status, 502);
     assert_eq!(media.origin.hits(), 2, "the circuit is open");
 }
+
+#[tokio::test]
+async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
+    let media = media_pop("spaces", "/bytes/", "", "").await;
+    media.s3.put("swap.png", b"from the store").await;
+    media.legacy_file("swap.png", b"from the disk");
+    let http = media.pop.setup.http;
+    assert_eq!(
+        get(http, "/system/swap.png", &[]).await.body,
+        b"from the store"
+    );
+
+    let path = media.pop.setup.path("edgecache.yaml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let changed = config.replace("chain: [spaces]", "chain: [disk]").replace(
+        "    kind: directory\n",
+        "    kind: directory\n    timeout: 7s\n",
+    );
+    assert_ne!(changed, config);
+    std::fs::write(&path, changed).expect("rewrite config");
+    let (status, report) = media
+        .pop
+        .edge
+        .admin_reload(Some(crate::cache::ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert!(report.contains("needs restart: stores changed"), "{report}");
+    // The route's chain is live: a path not cached yet comes from the disk now.
+    media.legacy_file("other.png", b"disk only");
+    media.s3.put("other.png", b"store copy").await;
+    assert_eq!(get(http, "/system/other.png", &[]).await.body, b"disk only");
+}
