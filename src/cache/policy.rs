@@ -13,7 +13,7 @@ use pingora::cache::filters::calculate_serve_stale_durations;
 use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::model::{CachePolicy, Route};
+use crate::config::model::CachePolicy;
 
 /// Why a request does not use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,10 +31,10 @@ pub enum BypassReason {
 /// Whether a request may be answered from, and its response stored into, the shared cache.
 pub fn request_bypass(
     req: &RequestHeader,
-    route: Option<&Route>,
+    route_caches: bool,
     policy: &CachePolicy,
 ) -> Option<BypassReason> {
-    if route.is_some_and(|r| !r.cache) {
+    if !route_caches {
         return Some(BypassReason::Route);
     }
     if req.method != Method::GET && req.method != Method::HEAD {
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn requests_that_identify_a_user_bypass() {
         let p = policy();
-        assert_eq!(request_bypass(&request(&[]), None, &p), None);
+        assert_eq!(request_bypass(&request(&[]), true, &p), None);
         let cases = [
             ("Authorization", "Bearer x", BypassReason::Authorization),
             ("Signature", "keyId=\"a\"", BypassReason::Signature),
@@ -252,7 +252,7 @@ mod tests {
         ];
         for (name, value, reason) in cases {
             assert_eq!(
-                request_bypass(&request(&[(name, value)]), None, &p),
+                request_bypass(&request(&[(name, value)]), true, &p),
                 Some(reason),
                 "{name}: {value}"
             );
@@ -261,24 +261,17 @@ mod tests {
         assert_eq!(
             request_bypass(
                 &request(&[("Cookie", "x_session_idx=1; theme=a")]),
-                None,
+                true,
                 &p
             ),
             None
         );
         let mut post = request(&[]);
         post.set_method(Method::POST);
-        assert_eq!(request_bypass(&post, None, &p), Some(BypassReason::Method));
-        let off = Route {
-            path: "/api/v1/streaming".into(),
-            cache: false,
-            cache_ttl: None,
-            media: None,
-            upstream: None,
-            max_body_size: None,
-        };
+        assert_eq!(request_bypass(&post, true, &p), Some(BypassReason::Method));
+        // A route with `cache: false`, like the streaming API.
         assert_eq!(
-            request_bypass(&request(&[]), Some(&off), &p),
+            request_bypass(&request(&[]), false, &p),
             Some(BypassReason::Route)
         );
     }
@@ -331,20 +324,10 @@ mod tests {
     #[test]
     fn route_ttl_fills_in_only_when_the_response_is_silent() {
         let p = policy();
-        let route = Route {
-            path: "/system/".into(),
-            cache: true,
-            cache_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
-            media: None,
-            upstream: None,
-            max_body_size: None,
-        };
+        // `/system/` with `cache_ttl: 7d`.
+        let route_ttl = Some(Duration::from_secs(7 * 24 * 3600));
         let r = |headers: &[(&str, &str)]| {
-            fresh_secs(response_cacheable(
-                &response(200, headers),
-                route.cache_ttl,
-                &p,
-            ))
+            fresh_secs(response_cacheable(&response(200, headers), route_ttl, &p))
         };
         assert_eq!(r(&[]), Some(7 * 24 * 3600));
         assert_eq!(r(&[("Cache-Control", "max-age=10")]), Some(10));

@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use http::StatusCode;
 
 use crate::store::{
-    BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, Source, StoreError, Unsatisfiable,
+    parse_content_range, BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, Source,
+    StoreError, Unsatisfiable,
 };
 
 pub struct HttpSource {
@@ -55,21 +56,6 @@ fn header(resp: &reqwest::Response, name: http::header::HeaderName) -> Option<&s
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `bytes first-last/len` → (first, last, len); `bytes */len` → len only.
-fn content_range(value: &str) -> Option<(Option<(u64, u64)>, u64)> {
-    let rest = value.trim().strip_prefix("bytes ")?;
-    let (span, len) = rest.split_once('/')?;
-    let len = len.trim().parse().ok()?;
-    if span.trim() == "*" {
-        return Some((None, len));
-    }
-    let (first, last) = span.split_once('-')?;
-    Some((
-        Some((first.trim().parse().ok()?, last.trim().parse().ok()?)),
-        len,
-    ))
-}
-
 #[async_trait]
 impl Source for HttpSource {
     fn name(&self) -> &str {
@@ -108,7 +94,7 @@ impl Source for HttpSource {
         }
         if status == StatusCode::RANGE_NOT_SATISFIABLE {
             let len = header(&resp, http::header::CONTENT_RANGE)
-                .and_then(content_range)
+                .and_then(parse_content_range)
                 .map_or(0, |(_, len)| len);
             return Ok(Lookup::RangeNotSatisfiable(Unsatisfiable { len }));
         }
@@ -121,7 +107,7 @@ impl Source for HttpSource {
             return Err(self.unavailable(format!("GET {url}: no Content-Length")));
         };
         let (len, span) = if status == StatusCode::PARTIAL_CONTENT {
-            match header(&resp, http::header::CONTENT_RANGE).and_then(content_range) {
+            match header(&resp, http::header::CONTENT_RANGE).and_then(parse_content_range) {
                 Some((Some((first, last)), len))
                     if last >= first && last - first + 1 == body_len =>
                 {
@@ -153,18 +139,5 @@ impl Source for HttpSource {
             range: span,
             body,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::content_range;
-
-    #[test]
-    fn content_ranges_parse() {
-        assert_eq!(content_range("bytes 0-9/100"), Some((Some((0, 9)), 100)));
-        assert_eq!(content_range("bytes */100"), Some((None, 100)));
-        assert_eq!(content_range("items 0-9/100"), None);
-        assert_eq!(content_range("bytes 0-9/*"), None);
     }
 }

@@ -1,5 +1,6 @@
-//! Decisions for requests that go to the core: which upstream group, whether a failure may
-//! be retried on another host, the request id, and the body limit.
+//! Decisions for requests that go to the core: the request's route (looked up once), which
+//! upstream group, whether a failure may be retried on another host, the request id, and
+//! the body limit.
 //!
 //! Retrying is where an edge can make a core's bad day worse: a POST sent twice is a
 //! duplicate post. Only the group's `retry_methods` (GET, HEAD and OPTIONS unless PUT or
@@ -14,13 +15,30 @@ use pingora::http::RequestHeader;
 use super::ProxySettings;
 use crate::cache::key as cache_key;
 
-/// What the request's route says about forwarding it.
-#[derive(Debug, Default, Clone)]
+/// What the request's route says about it, looked up once per request.
+#[derive(Debug, Clone)]
 pub struct RouteChoice {
     /// The core group; `None`: the default group.
     pub upstream: Option<String>,
     pub media: bool,
     pub max_body_size: Option<u64>,
+    /// `false`: the route never uses the shared cache.
+    pub cache: bool,
+    /// How long a response that states no freshness is kept.
+    pub cache_ttl: Option<std::time::Duration>,
+}
+
+impl Default for RouteChoice {
+    /// No route: forward to the default group and let the response's headers decide.
+    fn default() -> Self {
+        RouteChoice {
+            upstream: None,
+            media: false,
+            max_body_size: None,
+            cache: true,
+            cache_ttl: None,
+        }
+    }
 }
 
 pub fn choose(settings: &ProxySettings, req: &RequestHeader, tls: bool) -> RouteChoice {
@@ -32,6 +50,8 @@ pub fn choose(settings: &ProxySettings, req: &RequestHeader, tls: bool) -> Route
             upstream: route.upstream.clone(),
             media: route.media.is_some(),
             max_body_size: route.max_body_size,
+            cache: route.cache,
+            cache_ttl: route.cache_ttl,
         },
         None => RouteChoice::default(),
     }

@@ -111,8 +111,6 @@ pub struct RequestContext {
     cache_status: Option<CacheStatus>,
     /// The primary cache key, set when this request uses the cache.
     cache_key: Option<String>,
-    /// The route's default lifetime for responses that state none.
-    route_ttl: Option<std::time::Duration>,
     /// The settings this request runs under, taken once so a reload cannot change them
     /// halfway through it.
     settings: Option<Arc<ProxySettings>>,
@@ -146,7 +144,6 @@ impl ProxyHttp for EdgeProxy {
             own_status: None,
             cache_status: None,
             cache_key: None,
-            route_ttl: None,
             settings: None,
             route: forward::RouteChoice::default(),
             request_id: String::new(),
@@ -252,13 +249,13 @@ impl ProxyHttp for EdgeProxy {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         };
-        let route = settings.sites.route(&host, req.uri.path());
-        if policy::request_bypass(req, route, policy).is_some() {
+        // The route was looked up in `request_filter`; the host there differs from this one
+        // at most by a port, which routing ignores.
+        if policy::request_bypass(req, ctx.route.cache, policy).is_some() {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         }
         ctx.cache_key = Some(cache_key::primary_key(tls, &host, req));
-        ctx.route_ttl = route.and_then(|r| r.cache_ttl);
         ctx.cache_status = Some(CacheStatus::Miss);
         cache.enable(&mut session.cache);
         Ok(())
@@ -284,7 +281,7 @@ impl ProxyHttp for EdgeProxy {
         let Some(policy) = &settings.cache_policy else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        let decision = policy::response_cacheable(resp, ctx.route_ttl, policy);
+        let decision = policy::response_cacheable(resp, ctx.route.cache_ttl, policy);
         if matches!(decision, RespCacheable::Cacheable(_))
             && self
                 .shared

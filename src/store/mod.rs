@@ -75,6 +75,22 @@ impl ByteRange {
     }
 }
 
+/// A `Content-Range` value: `bytes first-last/len` gives the span and the whole length,
+/// `bytes */len` (with a 416) the length only.
+pub fn parse_content_range(value: &str) -> Option<(Option<(u64, u64)>, u64)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, len) = rest.split_once('/')?;
+    let len = len.trim().parse().ok()?;
+    if span.trim() == "*" {
+        return Some((None, len));
+    }
+    let (first, last) = span.split_once('-')?;
+    Some((
+        Some((first.trim().parse().ok()?, last.trim().parse().ok()?)),
+        len,
+    ))
+}
+
 /// An object found: what is known of it and its bytes (all of them, or the requested range).
 pub struct Found {
     pub info: ObjectInfo,
@@ -208,7 +224,18 @@ impl Place {
 
 #[cfg(test)]
 mod tests {
-    use super::ByteRange;
+    use super::{parse_content_range, ByteRange};
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(
+            parse_content_range("bytes 0-9/100"),
+            Some((Some((0, 9)), 100))
+        );
+        assert_eq!(parse_content_range("bytes */100"), Some((None, 100)));
+        assert_eq!(parse_content_range("items 0-9/100"), None);
+        assert_eq!(parse_content_range("bytes 0-9/*"), None);
+    }
 
     #[test]
     fn ranges_resolve_against_the_object_length() {

@@ -23,8 +23,8 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use md5::{Digest, Md5};
 
 use super::{
-    BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, ObjectStore, PutOutcome, Source,
-    StoreError, Unsatisfiable,
+    parse_content_range, BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, ObjectStore,
+    PutOutcome, Source, StoreError, Unsatisfiable,
 };
 use crate::config::model::S3Settings;
 
@@ -406,11 +406,6 @@ async fn md5_of_span(file: &Path, offset: u64, length: u64) -> std::io::Result<[
     .map_err(std::io::Error::other)?
 }
 
-/// `bytes first-last/len` → the whole length.
-fn total_from_content_range(value: &str) -> Option<u64> {
-    value.rsplit_once('/')?.1.trim().parse().ok()
-}
-
 fn http_date(date: &aws_smithy_types::DateTime) -> Option<String> {
     date.fmt(DateTimeFormat::HttpDate).ok()
 }
@@ -469,17 +464,10 @@ impl Source for S3Store {
             .content_length()
             .and_then(|l| u64::try_from(l).ok())
             .unwrap_or(0);
-        let partial = output.content_range().and_then(|value| {
-            let total = total_from_content_range(value)?;
-            let first = value
-                .trim_start_matches("bytes ")
-                .split_once('-')?
-                .0
-                .trim()
-                .parse::<u64>()
-                .ok()?;
-            Some((first, total))
-        });
+        let partial = output
+            .content_range()
+            .and_then(parse_content_range)
+            .and_then(|(span, total)| Some((span?.0, total)));
         let (len, span) = match partial {
             Some((first, total)) if body_len > 0 => (total, Some((first, first + body_len - 1))),
             _ => (body_len, None),
