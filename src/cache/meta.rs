@@ -96,8 +96,7 @@ impl StoredMeta {
 
     /// The body length the response header promises, if it states one.
     pub fn content_length(&self) -> Option<u64> {
-        let value = self.header.headers.get(http::header::CONTENT_LENGTH)?;
-        value.to_str().ok()?.trim().parse().ok()
+        crate::proxy::headers::content_length(&self.header.headers)
     }
 
     /// Bytes this meta takes in memory, roughly: what the memory tier charges for it.

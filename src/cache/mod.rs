@@ -196,10 +196,7 @@ impl EdgeCache {
     /// pingora's own size check keeps the client's `Range` in force: pingora drops it when
     /// it finds the object too large, and would send the whole body to a range request.
     pub fn too_large_to_keep(&self, resp: &ResponseHeader) -> bool {
-        resp.headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        crate::proxy::headers::content_length(&resp.headers)
             .is_some_and(|len| len > self.max_object_size as u64)
     }
 

@@ -449,13 +449,8 @@ impl WriteThroughQueue {
     }
 
     fn finish(&self, id: u64, record: &JobFile, event: &str) {
-        let mut state = self.state.lock();
-        state.jobs.remove(&id);
-        state.keys.remove(&record.key);
-        state.held_jobs = state.held_jobs.saturating_sub(1);
-        state.held_bytes = state.held_bytes.saturating_sub(record.len);
-        self.publish(&state);
-        drop(state);
+        self.state.lock().jobs.remove(&id);
+        self.release(&record.key, record.len);
         self.count(event);
     }
 

@@ -101,9 +101,7 @@ impl Source for HttpSource {
         if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
             return Err(self.unavailable(format!("GET {url}: HTTP {}", status.as_u16())));
         }
-        let Some(body_len) =
-            header(&resp, http::header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
-        else {
+        let Some(body_len) = crate::proxy::headers::content_length(resp.headers()) else {
             return Err(self.unavailable(format!("GET {url}: no Content-Length")));
         };
         let (len, span) = if status == StatusCode::PARTIAL_CONTENT {

@@ -422,12 +422,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.connect_failed.push(host);
         }
         let hosts = ctx.group.as_ref().map_or(0, |g| g.host_count());
-        let method_retries = ctx
-            .group
-            .as_ref()
-            .is_some_and(|g| g.retries(&session.req_header().method));
-        let retry = ctx.connect_failed.len() < hosts
-            && forward::may_retry(method_retries, session.body_bytes_read());
+        let retry = ctx.connect_failed.len() < hosts && retry_allowed(session, ctx);
         e.set_retry(retry);
         if retry {
             count_retry(ctx);
@@ -447,11 +442,7 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let method_retries = ctx
-            .group
-            .as_ref()
-            .is_some_and(|g| g.retries(&session.req_header().method));
-        if forward::may_retry(method_retries, session.body_bytes_read()) {
+        if retry_allowed(session, ctx) {
             e.retry.decide_reuse(client_reused);
             if e.retry() {
                 count_retry(ctx);
@@ -515,8 +506,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        let is_websocket = headers::is_websocket_upgrade(session.req_header());
-        headers::strip_request_hop_by_hop(upstream_request, is_websocket);
+        headers::strip_request_hop_by_hop(upstream_request, ctx.websocket);
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         let peer = client_addr(session).map(|a| a.ip());
         ctx.client_ip = headers::set_forwarding(
@@ -637,4 +627,13 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestContext) {
         report::log_request(self, session, e, ctx);
     }
+}
+
+/// Whether this request may be repeated on another host after a failure.
+fn retry_allowed(session: &Session, ctx: &RequestContext) -> bool {
+    let method_retries = ctx
+        .group
+        .as_ref()
+        .is_some_and(|g| g.retries(&session.req_header().method));
+    forward::may_retry(method_retries, session.body_bytes_read())
 }
