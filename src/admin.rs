@@ -75,6 +75,9 @@ impl AdminApp {
             }
             Err(e) => problems.push(format!("cannot list listening sockets: {e}")),
         }
+        if let Some(problem) = self.core.mesh.problem() {
+            problems.push(problem);
+        }
         if !self.core.ready() {
             let hosts = self
                 .core

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connections;
 pub mod devcert;
 pub mod logging;
+pub mod mesh;
 pub mod metrics;
 pub mod migrate;
 pub mod origin;

@@ -53,6 +53,14 @@ pub struct Metrics {
     pub core_host_ejected: IntGaugeVec,
     /// 1 when the health check finds a core host reachable, 0 when not, by group and host.
     pub core_host_up: IntGaugeVec,
+    /// Embedded mesh mode: 1 while the node inside edgecache is connected to the tailnet.
+    pub mesh_connected: IntGauge,
+    /// Embedded mesh mode: attempts to join the tailnet, by outcome (`connected`,
+    /// `timeout`, `error`, `not_authorized`).
+    pub mesh_start_attempts: IntCounterVec,
+    /// Embedded mesh mode: connections to the core the mesh could not open, by kind
+    /// (`not_connected`, `unknown_peer`, `connect`, `timeout`).
+    pub mesh_connect_errors: IntCounterVec,
     /// Certificate and config reloads, by result (`ok`, `error`).
     pub reloads: IntCounterVec,
     /// Access-log lines dropped because the writer fell behind.
@@ -310,6 +318,23 @@ impl Metrics {
                 "edgecache_core_host_up",
                 "1 when the health check finds the core host reachable.",
                 &["group", "host"],
+            ),
+            mesh_connected: gauge(
+                &registry,
+                "edgecache_mesh_connected",
+                "Embedded mesh: 1 while the node inside edgecache is connected to the tailnet.",
+            ),
+            mesh_start_attempts: counter_vec(
+                &registry,
+                "edgecache_mesh_start_attempts_total",
+                "Embedded mesh: attempts to join the tailnet, by outcome.",
+                &["outcome"],
+            ),
+            mesh_connect_errors: counter_vec(
+                &registry,
+                "edgecache_mesh_connect_errors_total",
+                "Embedded mesh: connections to the core the mesh could not open, by kind.",
+                &["kind"],
             ),
             reloads: counter_vec(
                 &registry,

@@ -20,6 +20,7 @@ use crate::admin::AdminApp;
 use crate::cache::{CacheError, EdgeCache};
 use crate::config::Config;
 use crate::connections::CountedApp;
+use crate::mesh::{Mesh, MeshError};
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::server::MediaServer;
 use crate::origin::Places;
@@ -35,6 +36,8 @@ pub enum StartError {
     AccessLog(#[from] AccessLogError),
     #[error("cannot set up core upstream group: {0}")]
     Upstream(std::io::Error),
+    #[error("cannot set up the mesh: {0}")]
+    Mesh(#[from] MeshError),
     #[error("cannot listen on {address} (listener {name}): {source}")]
     Bind {
         name: String,
@@ -75,7 +78,14 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         None => None,
     };
     let access_log = AccessLogger::start(&config.logging.access_log)?;
-    let core = Arc::new(CoreUpstreams::new(&config.core).map_err(StartError::Upstream)?);
+    let (mesh, mesh_service) = Mesh::from_config(&config.core)?;
+    if let Some(service) = mesh_service {
+        server.add_service(GenBackgroundService::new(
+            "embedded mesh node".to_string(),
+            Arc::new(service),
+        ));
+    }
+    let core = Arc::new(CoreUpstreams::new(&config.core, mesh).map_err(StartError::Upstream)?);
     for group in core.groups.values() {
         server.add_service(GenBackgroundService::new(
             format!("health checks of core group {}", group.name),

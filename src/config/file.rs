@@ -151,6 +151,66 @@ pub struct CoreFile {
     /// Idle connections to the core kept for reuse, across all hosts.
     #[serde(default = "defaults::keepalive_pool_size")]
     pub keepalive_pool_size: usize,
+    /// How the core's hosts are reached over the mesh.
+    #[serde(default)]
+    pub mesh: MeshFile,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeshMode {
+    /// The hosts' mesh addresses are dialled through the OS; tailscaled (or WireGuard)
+    /// does the tunnelling.
+    #[default]
+    Os,
+    /// A Tailscale node inside edgecache joins the tailnet itself; no daemon needed.
+    Embedded,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    #[serde(default)]
+    pub mode: MeshMode,
+    /// Embedded: where this node's keys (its identity in the tailnet) are kept; created
+    /// on first start.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Embedded: a file holding the auth key that registers the node the first time.
+    #[serde(default)]
+    pub auth_key_file: Option<PathBuf>,
+    /// Embedded: the name this node asks for in the tailnet; absent: the OS host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Embedded: the coordination server (Tailscale's, or a headscale URL).
+    #[serde(default = "defaults::control_url")]
+    pub control_url: String,
+    /// Embedded: ACL tags the node asks for (`tag:edgecache`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Embedded: register as an ephemeral node, removed from the tailnet soon after it
+    /// goes offline.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Embedded: how long one attempt to join the tailnet may take before it is reported
+    /// (on `/readyz` and in the log) and started again.
+    #[serde(default = "defaults::mesh_start_timeout")]
+    pub start_timeout: HumanDuration,
+}
+
+impl Default for MeshFile {
+    fn default() -> Self {
+        MeshFile {
+            mode: MeshMode::Os,
+            key_file: None,
+            auth_key_file: None,
+            hostname: None,
+            control_url: defaults::control_url(),
+            tags: Vec::new(),
+            ephemeral: false,
+            start_timeout: defaults::mesh_start_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -532,6 +592,14 @@ mod defaults {
 
     pub fn connect_timeout() -> HumanDuration {
         HumanDuration::from_secs(2)
+    }
+
+    pub fn control_url() -> String {
+        "https://controlplane.tailscale.com".to_string()
+    }
+
+    pub fn mesh_start_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
     }
 
     pub fn io_timeout() -> HumanDuration {

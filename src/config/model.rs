@@ -79,6 +79,30 @@ pub struct Core {
     pub default_group: String,
     pub keepalive_pool_size: usize,
     pub groups: BTreeMap<String, UpstreamGroup>,
+    pub mesh: MeshSettings,
+}
+
+/// How connections to the core's hosts are made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeshSettings {
+    /// Through the OS: tailscaled or WireGuard route the hosts' mesh addresses.
+    Os,
+    /// Through a Tailscale node inside the process.
+    Embedded(EmbeddedMesh),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedMesh {
+    /// The node's keys; created (mode 0600, in a 0700 directory) on first start.
+    pub key_file: PathBuf,
+    /// Registers the node when its keys are not yet known to the control server.
+    pub auth_key: Option<Secret>,
+    pub hostname: Option<String>,
+    pub control_url: String,
+    pub tags: Vec<String>,
+    pub ephemeral: bool,
+    /// One attempt to join the tailnet takes at most this long.
+    pub start_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +123,12 @@ pub struct UpstreamGroup {
 pub struct UpstreamHost {
     /// As written in the config (`core-1:3000`), for logs and metric labels.
     pub label: String,
+    /// Where connections go. For a name in embedded mesh mode this is a stand-in from the
+    /// discard-only prefix `100::/64` (RFC 6666) that only the mesh dialer understands: the
+    /// name is looked up in the tailnet at each connect, so the OS resolver never sees it.
     pub address: SocketAddr,
+    /// Embedded mesh mode: the tailnet name (host name or full name) of this host.
+    pub mesh_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

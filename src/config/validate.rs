@@ -6,7 +6,7 @@
 //! lists them all.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,12 +16,13 @@ use super::error::{ConfigError, ConfigProblem};
 use super::file::{self, AccessLogOutput, ConfigFile};
 use super::locate::KeyLines;
 use super::model::{
-    AccessLog, Admin, CachePolicy, CacheSettings, CacheStorage, Config, Core, DiskTierSettings,
-    HealthCheck, Limits, Listener, ListenerTls, Logging, Route, ServerSettings, Site, Sites,
-    TrustedProxies, UpstreamGroup, UpstreamHost, PARSER_HEADER_LIMIT,
+    AccessLog, Admin, CachePolicy, CacheSettings, CacheStorage, Config, DiskTierSettings, Limits,
+    Listener, ListenerTls, Logging, Route, ServerSettings, Site, Sites, TrustedProxies,
+    PARSER_HEADER_LIMIT,
 };
 use crate::tls::{load_certified_key, CertificateSet};
 
+mod core;
 mod media;
 
 /// Collects problems with the line of the key each is about.
@@ -82,7 +83,7 @@ impl Config {
         let server = server_settings(&mut check, &parsed.server);
         let listeners = listeners(&mut check, &parsed.listeners);
         let admin = admin(&mut check, &parsed.admin);
-        let core = core(&mut check, &parsed.core);
+        let core = core::core(&mut check, &parsed.core);
         let trusted_proxies = trusted_proxies(&mut check, &parsed.proxy);
         let hide_response_headers = hidden_headers(&mut check, &parsed.proxy);
         let limits = limits(&mut check, &parsed.limits);
@@ -320,143 +321,6 @@ fn admin(check: &mut Checker, admin: &file::AdminFile) -> Option<Admin> {
         }
     };
     address.map(|address| Admin { address, token })
-}
-
-fn core(check: &mut Checker, core: &file::CoreFile) -> Option<Core> {
-    if core.groups.is_empty() {
-        check.problem("core.groups", "define at least one upstream group");
-        return None;
-    }
-    let mut groups = BTreeMap::new();
-    for (name, group) in &core.groups {
-        let key = format!("core.groups.{name}");
-        if !valid_label(name) {
-            check.problem(
-                &key,
-                format!("invalid group name {name:?}: use letters, digits, '-' and '_'"),
-            );
-            continue;
-        }
-        if let Some(group) = upstream_group(check, &key, name, group) {
-            groups.insert(name.clone(), group);
-        }
-    }
-    let default_group = match &core.default_group {
-        Some(name) => name.clone(),
-        None if core.groups.len() == 1 => core.groups.keys().next().cloned().unwrap_or_default(),
-        None => "web".to_string(),
-    };
-    if !core.groups.contains_key(&default_group) {
-        check.problem(
-            "core.default_group",
-            format!("no upstream group named {default_group:?} (set core.default_group to one of the groups)"),
-        );
-    }
-    Some(Core {
-        default_group,
-        keepalive_pool_size: core.keepalive_pool_size,
-        groups,
-    })
-}
-
-fn upstream_group(
-    check: &mut Checker,
-    key: &str,
-    name: &str,
-    group: &file::UpstreamGroupFile,
-) -> Option<UpstreamGroup> {
-    if group.hosts.is_empty() {
-        check.problem(&format!("{key}.hosts"), "list at least one host:port");
-    }
-    let mut hosts = Vec::new();
-    for (i, host) in group.hosts.iter().enumerate() {
-        let host_key = format!("{key}.hosts[{i}]");
-        match resolve_host(host) {
-            Ok(address) if hosts.iter().any(|h: &UpstreamHost| h.address == address) => {
-                check.problem(
-                    &host_key,
-                    format!("{address} is listed twice in this group"),
-                );
-            }
-            Ok(address) => hosts.push(UpstreamHost {
-                label: host.clone(),
-                address,
-            }),
-            Err(message) => check.problem(&host_key, message),
-        }
-    }
-    for (field, value) in [
-        ("connect_timeout", group.connect_timeout),
-        ("read_timeout", group.read_timeout),
-        ("write_timeout", group.write_timeout),
-        ("health.interval", group.health.interval),
-    ] {
-        if value.get().is_zero() {
-            check.problem(&format!("{key}.{field}"), "must be greater than zero");
-        }
-    }
-    if let Some(path) = &group.health.path {
-        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            check.problem(
-                &format!("{key}.health.path"),
-                format!("invalid path {path:?}: must start with '/'"),
-            );
-        }
-    }
-    if group.total_timeout.is_some_and(|t| t.get().is_zero()) {
-        check.problem(&format!("{key}.total_timeout"), "must be greater than zero");
-    }
-    let mut retry_methods = Vec::new();
-    for (i, method) in group.retry_methods.iter().enumerate() {
-        let upper = method.to_ascii_uppercase();
-        match upper.as_str() {
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" => {
-                if let Ok(m) = upper.parse::<http::Method>() {
-                    retry_methods.push(m);
-                }
-            }
-            _ => check.problem(
-                &format!("{key}.retry_methods[{i}]"),
-                format!("{method:?} cannot be retried: only GET, HEAD, OPTIONS, PUT and DELETE may be (a retried POST is a duplicate post)"),
-            ),
-        }
-    }
-    if hosts.is_empty() {
-        return None;
-    }
-    Some(UpstreamGroup {
-        retry_methods,
-        name: name.to_string(),
-        hosts,
-        connect_timeout: group.connect_timeout.get(),
-        read_timeout: group.read_timeout.get(),
-        write_timeout: group.write_timeout.get(),
-        idle_timeout: group.idle_timeout.get(),
-        total_timeout: group.total_timeout.map(|t| t.get()),
-        health: HealthCheck {
-            interval: group.health.interval.get(),
-            path: group.health.path.clone(),
-        },
-    })
-}
-
-/// `host:port`, where host is an IP or a name the resolver knows (the mesh's DNS, /etc/hosts).
-fn resolve_host(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("invalid host {text:?}: expected host:port"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("invalid host {text:?}: expected host:port"));
-    }
-    match text.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("{host} resolves to no address")),
-        Err(e) => Err(format!("cannot resolve {host}: {e}")),
-    }
 }
 
 fn trusted_proxies(check: &mut Checker, proxy: &file::ProxyFile) -> TrustedProxies {
@@ -751,13 +615,5 @@ mod tests {
         assert!(!valid_server_name("*"));
         assert!(!valid_server_name("bad name"));
         assert!(!valid_server_name("-x.example"));
-    }
-
-    #[test]
-    fn hosts_resolve_or_explain() {
-        assert_eq!(resolve_host("127.0.0.1:3000").map(|a| a.port()), Ok(3000));
-        assert!(resolve_host("localhost:3000").is_ok());
-        assert!(resolve_host("nohost").is_err());
-        assert!(resolve_host("core:99999").is_err());
     }
 }

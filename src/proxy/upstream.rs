@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::connectors::L4Connect;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::model::{Core, UpstreamGroup};
+use crate::mesh::Mesh;
 use crate::metrics;
 
 const UNKNOWN: u8 = 0;
@@ -46,6 +48,8 @@ pub struct CoreGroup {
     /// The whole exchange's bound, if any.
     pub total_timeout: Option<Duration>,
     retry_methods: Vec<http::Method>,
+    /// Embedded mesh mode: how connections to this group's hosts are made.
+    mesh_connector: Option<Arc<dyn L4Connect + Send + Sync>>,
 }
 
 /// Records each check's outcome, then reports it to pingora unchanged.
@@ -98,7 +102,7 @@ impl HealthCheck for ObservedCheck {
 impl CoreGroup {
     /// Builds the group and its balancer; the caller runs the balancer as a background
     /// service (see [`CoreGroup::balancer`]).
-    pub fn new(group: &UpstreamGroup) -> std::io::Result<Self> {
+    pub fn new(group: &UpstreamGroup, mesh: &Mesh) -> std::io::Result<Self> {
         let addresses: Vec<SocketAddr> = group.hosts.iter().map(|h| h.address).collect();
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(addresses)?;
         let hosts = Arc::new(
@@ -114,6 +118,9 @@ impl CoreGroup {
                 .collect::<Vec<_>>(),
         );
         let timeout = group.connect_timeout.min(group.health.interval);
+        let mesh_connector = mesh.connector(group.connect_timeout);
+        // Health checks reach hosts the way requests do.
+        let check_connector = mesh.connector(timeout);
         // The Host header of HTTP checks: the first host as written in the config.
         let check_host = group
             .hosts
@@ -124,6 +131,7 @@ impl CoreGroup {
                 let mut check = HttpHealthCheck::new(check_host, false);
                 check.peer_template.options.connection_timeout = Some(timeout);
                 check.peer_template.options.read_timeout = Some(group.health.interval);
+                check.peer_template.options.custom_l4 = check_connector;
                 if let Ok(req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
                     check.req = req;
                     let _ = check.req.insert_header("Host", check_host);
@@ -134,6 +142,7 @@ impl CoreGroup {
             None => {
                 let mut check = TcpHealthCheck::new();
                 check.peer_template.options.connection_timeout = Some(timeout);
+                check.peer_template.options.custom_l4 = check_connector;
                 check
             }
         };
@@ -154,6 +163,7 @@ impl CoreGroup {
             idle_timeout: group.idle_timeout,
             total_timeout: group.total_timeout,
             retry_methods: group.retry_methods.clone(),
+            mesh_connector,
         })
     }
 
@@ -248,6 +258,7 @@ impl CoreGroup {
         );
         peer.options.write_timeout = Some(self.write_timeout);
         peer.options.idle_timeout = Some(self.idle_timeout);
+        peer.options.custom_l4 = self.mesh_connector.clone();
         Some((peer, label))
     }
 }
@@ -256,17 +267,19 @@ impl CoreGroup {
 pub struct CoreUpstreams {
     pub default_group: String,
     pub groups: BTreeMap<String, Arc<CoreGroup>>,
+    pub mesh: Mesh,
 }
 
 impl CoreUpstreams {
-    pub fn new(core: &Core) -> std::io::Result<Self> {
+    pub fn new(core: &Core, mesh: Mesh) -> std::io::Result<Self> {
         let mut groups = BTreeMap::new();
         for (name, group) in &core.groups {
-            groups.insert(name.clone(), Arc::new(CoreGroup::new(group)?));
+            groups.insert(name.clone(), Arc::new(CoreGroup::new(group, &mesh)?));
         }
         Ok(CoreUpstreams {
             default_group: core.default_group.clone(),
             groups,
+            mesh,
         })
     }
 

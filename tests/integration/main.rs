@@ -12,6 +12,8 @@ mod disk_cache;
 mod forwarding;
 mod listeners;
 mod media;
+#[cfg(feature = "tailscale")]
+mod mesh;
 mod migrate;
 mod poisoning;
 mod proxy;

@@ -1,0 +1,303 @@
+//! How connections to the core's hosts are made: the mesh dialer.
+//!
+//! Two modes, chosen by `core.mesh.mode`:
+//!
+//! - `os` (the default): pingora dials the hosts' addresses itself and the OS routes them;
+//!   tailscaled (or WireGuard) does the tunnelling. Nothing here is in the data path.
+//! - `embedded`: a Tailscale node inside the process ([`tailnet`], behind the `tailscale`
+//!   cargo feature) joins the tailnet. Every connection to the core, health checks
+//!   included, goes through [`MeshConnector`], pingora's custom L4 connector: it looks up a
+//!   host's tailnet name when the config gave one, then opens a TCP stream through the
+//!   node's userspace network stack.
+//!
+//! Either way [`Mesh::prepare`] is the one place a peer to the core is set up for its mode,
+//! and [`Mesh::problem`] is what `/readyz` reports about the mesh.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::L4Connect;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::l4::virt::{VirtualSocket, VirtualSocketStream};
+use pingora::{Error, ErrorType};
+
+use crate::config::model::{Core, MeshSettings};
+use crate::metrics;
+
+#[cfg(feature = "tailscale")]
+pub mod tailnet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("the mesh node is not connected: {0}")]
+    NotConnected(String),
+    #[error("no peer named {0:?} in the tailnet")]
+    UnknownPeer(String),
+    #[error("connecting to {address} through the mesh: {reason}")]
+    Connect { address: SocketAddr, reason: String },
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("embedded mesh mode needs edgecache built with the `tailscale` feature")]
+    NotBuiltIn,
+}
+
+impl MeshError {
+    /// How pingora (and so the retry, ejection and status logic) sees the failure: a
+    /// mesh that is down or a peer it does not know is "no route" (503), a failed
+    /// connect is a refused one (502, next host).
+    fn error_type(&self) -> ErrorType {
+        match self {
+            MeshError::NotConnected(_) | MeshError::UnknownPeer(_) | MeshError::NotBuiltIn => {
+                ErrorType::ConnectNoRoute
+            }
+            MeshError::Connect { .. } | MeshError::KeyFile { .. } => ErrorType::ConnectRefused,
+        }
+    }
+}
+
+/// A network that can look peers up by name and carry TCP streams to them.
+#[async_trait]
+pub trait Tunnel: Send + Sync + std::fmt::Debug {
+    /// The address of the peer with this name (host name or full name).
+    async fn resolve(&self, name: &str) -> Result<IpAddr, MeshError>;
+    /// A TCP stream to `address` through the tunnel.
+    async fn connect(&self, address: SocketAddr) -> Result<Box<dyn VirtualSocket>, MeshError>;
+}
+
+/// Pingora's L4 connector for one upstream group in embedded mode.
+#[derive(Debug)]
+pub struct MeshConnector {
+    tunnel: Arc<dyn Tunnel>,
+    /// Stand-in address (see `UpstreamHost::address`) to tailnet name.
+    names: Arc<HashMap<IpAddr, String>>,
+    /// Name lookup and connect together take at most this long (pingora applies its own
+    /// connect timeout only to the sockets it opens itself).
+    timeout: Duration,
+}
+
+impl MeshConnector {
+    pub fn new(
+        tunnel: Arc<dyn Tunnel>,
+        names: Arc<HashMap<IpAddr, String>>,
+        timeout: Duration,
+    ) -> Self {
+        MeshConnector {
+            tunnel,
+            names,
+            timeout,
+        }
+    }
+
+    async fn dial(&self, address: SocketAddr) -> Result<Box<dyn VirtualSocket>, MeshError> {
+        let ip = match self.names.get(&address.ip()) {
+            Some(name) => self.tunnel.resolve(name).await?,
+            None => address.ip(),
+        };
+        self.tunnel
+            .connect(SocketAddr::new(ip, address.port()))
+            .await
+    }
+}
+
+#[async_trait]
+impl L4Connect for MeshConnector {
+    async fn connect(&self, addr: &PeerAddr) -> pingora::Result<Stream> {
+        let PeerAddr::Inet(address) = addr else {
+            return Error::e_explain(ErrorType::ConnectError, "the mesh dials IP addresses only");
+        };
+        let shown = match self.names.get(&address.ip()) {
+            Some(name) => format!("{name}:{}", address.port()),
+            None => address.to_string(),
+        };
+        match tokio::time::timeout(self.timeout, self.dial(*address)).await {
+            Ok(Ok(socket)) => Ok(Stream::from(VirtualSocketStream::new(socket))),
+            Ok(Err(e)) => {
+                metrics::get()
+                    .mesh_connect_errors
+                    .with_label_values(&[error_kind(&e)])
+                    .inc();
+                Error::e_explain(e.error_type(), format!("{shown}: {e}"))
+            }
+            Err(_) => {
+                metrics::get()
+                    .mesh_connect_errors
+                    .with_label_values(&["timeout"])
+                    .inc();
+                Error::e_explain(
+                    ErrorType::ConnectTimedout,
+                    format!(
+                        "{shown}: no connection through the mesh within {:?}",
+                        self.timeout
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn error_kind(e: &MeshError) -> &'static str {
+    match e {
+        MeshError::NotConnected(_) | MeshError::NotBuiltIn | MeshError::KeyFile { .. } => {
+            "not_connected"
+        }
+        MeshError::UnknownPeer(_) => "unknown_peer",
+        MeshError::Connect { .. } => "connect",
+    }
+}
+
+/// Where the embedded node stands, for `/readyz` and the log.
+#[derive(Debug, Clone)]
+pub enum MeshState {
+    Starting { since: Instant },
+    Connected { address: String },
+    Failed { reason: String, since: Instant },
+}
+
+/// The shared view of the embedded node's state.
+#[derive(Debug)]
+pub struct MeshStatus {
+    state: ArcSwap<MeshState>,
+}
+
+impl MeshStatus {
+    pub fn new() -> Self {
+        MeshStatus {
+            state: ArcSwap::from_pointee(MeshState::Starting {
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn set(&self, state: MeshState) {
+        metrics::get()
+            .mesh_connected
+            .set(i64::from(matches!(state, MeshState::Connected { .. })));
+        self.state.store(Arc::new(state));
+    }
+
+    pub fn get(&self) -> Arc<MeshState> {
+        self.state.load_full()
+    }
+}
+
+impl Default for MeshStatus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The mesh as configured: how peers to the core are dialled.
+pub struct Mesh {
+    embedded: Option<Embedded>,
+}
+
+struct Embedded {
+    tunnel: Arc<dyn Tunnel>,
+    names: Arc<HashMap<IpAddr, String>>,
+    status: Arc<MeshStatus>,
+}
+
+impl Mesh {
+    /// Routing left to the OS.
+    pub fn os() -> Self {
+        Mesh { embedded: None }
+    }
+
+    /// A mesh whose connections go through `tunnel`; `status` is what the tunnel's owner
+    /// reports about it.
+    /// `names` maps the stand-in addresses of hosts given by name to their tailnet names.
+    pub fn through(
+        tunnel: Arc<dyn Tunnel>,
+        names: HashMap<IpAddr, String>,
+        status: Arc<MeshStatus>,
+    ) -> Self {
+        Mesh {
+            embedded: Some(Embedded {
+                tunnel,
+                names: Arc::new(names),
+                status,
+            }),
+        }
+    }
+
+    /// The mesh `core.mesh` asks for, and for embedded mode the service that joins the
+    /// tailnet (to be run in the background).
+    pub fn from_config(core: &Core) -> Result<(Mesh, Option<MeshService>), MeshError> {
+        match &core.mesh {
+            MeshSettings::Os => Ok((Mesh::os(), None)),
+            #[cfg(feature = "tailscale")]
+            MeshSettings::Embedded(settings) => {
+                let status = Arc::new(MeshStatus::new());
+                let node = Arc::new(tailnet::Tailnet::new(settings.clone(), status.clone()));
+                let names = core
+                    .groups
+                    .values()
+                    .flat_map(|group| &group.hosts)
+                    .filter_map(|host| Some((host.address.ip(), host.mesh_name.clone()?)))
+                    .collect();
+                let mesh = Mesh::through(node.clone(), names, status);
+                Ok((mesh, Some(MeshService::new(node))))
+            }
+            #[cfg(not(feature = "tailscale"))]
+            MeshSettings::Embedded(_) => Err(MeshError::NotBuiltIn),
+        }
+    }
+
+    /// The connector a group's peers (and health checks) use, or `None` when pingora
+    /// dials by itself.
+    pub fn connector(&self, timeout: Duration) -> Option<Arc<dyn L4Connect + Send + Sync>> {
+        let embedded = self.embedded.as_ref()?;
+        Some(Arc::new(MeshConnector::new(
+            embedded.tunnel.clone(),
+            embedded.names.clone(),
+            timeout,
+        )))
+    }
+
+    /// What keeps this PoP from reaching the core through the mesh, if anything.
+    pub fn problem(&self) -> Option<String> {
+        let embedded = self.embedded.as_ref()?;
+        match &*embedded.status.get() {
+            MeshState::Connected { .. } => None,
+            MeshState::Starting { since } => Some(format!(
+                "mesh: joining the tailnet (for {}s)",
+                since.elapsed().as_secs()
+            )),
+            MeshState::Failed { reason, since } => Some(format!(
+                "mesh: not connected for {}s: {reason}",
+                since.elapsed().as_secs()
+            )),
+        }
+    }
+}
+
+/// The background service that runs the embedded node.
+pub struct MeshService {
+    #[cfg(feature = "tailscale")]
+    node: Arc<tailnet::Tailnet>,
+}
+
+impl MeshService {
+    #[cfg(feature = "tailscale")]
+    fn new(node: Arc<tailnet::Tailnet>) -> Self {
+        MeshService { node }
+    }
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for MeshService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        #[cfg(feature = "tailscale")]
+        self.node.run(shutdown).await;
+        #[cfg(not(feature = "tailscale"))]
+        drop(shutdown);
+    }
+}
+
+#[cfg(test)]
+mod tests;

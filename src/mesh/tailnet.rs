@@ -1,0 +1,345 @@
+//! The embedded mesh node: a Tailscale device inside edgecache (the `tailscale` crate).
+//!
+//! What the crate does that shapes this code:
+//! - `Device::new` does not return while the control server is unreachable, and several
+//!   other calls wait for the control server or for the first network map. Every call is
+//!   bounded here: joining by `start_timeout`, lookups and connects by the group's connect
+//!   timeout (in [`super::MeshConnector`]).
+//! - `tcp_connect` takes an IP; names are looked up with `peer_by_name`.
+//! - The crate writes a missing key file with the process umask; the file is the node's
+//!   identity, so edgecache creates it itself, mode 0600 in a directory it makes 0700.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
+use tailscale::netstack::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{MeshError, MeshState, MeshStatus, Tunnel};
+use crate::config::model::EmbeddedMesh;
+use crate::metrics;
+
+/// The longest wait between two attempts to join.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// How long the node gets to leave the tailnet cleanly at shutdown.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Tailnet {
+    settings: EmbeddedMesh,
+    status: Arc<MeshStatus>,
+    device: ArcSwapOption<tailscale::Device>,
+}
+
+impl std::fmt::Debug for Tailnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailnet")
+            .field("control_url", &self.settings.control_url)
+            .field("hostname", &self.settings.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tailnet {
+    pub fn new(settings: EmbeddedMesh, status: Arc<MeshStatus>) -> Self {
+        Tailnet {
+            settings,
+            status,
+            device: ArcSwapOption::empty(),
+        }
+    }
+
+    fn device(&self) -> Result<Arc<tailscale::Device>, MeshError> {
+        self.device.load_full().ok_or_else(|| {
+            let reason = match &*self.status.get() {
+                MeshState::Failed { reason, .. } => reason.clone(),
+                _ => "still joining the tailnet".to_string(),
+            };
+            MeshError::NotConnected(reason)
+        })
+    }
+
+    /// Joins the tailnet, trying again (with growing pauses) until it works or the server
+    /// shuts down; then keeps the device until shutdown and leaves cleanly.
+    pub async fn run(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut delay = self.settings.start_timeout.min(MAX_RETRY_DELAY);
+        loop {
+            let attempt = tokio::select! {
+                result = self.join() => result,
+                _ = shutdown.changed() => return,
+            };
+            match attempt {
+                Ok(device) => {
+                    self.device.store(Some(device));
+                    let _ = shutdown.changed().await;
+                    if let Some(device) = self.device.swap(None) {
+                        match Arc::try_unwrap(device) {
+                            Ok(device) => {
+                                device.shutdown(Some(SHUTDOWN_TIMEOUT)).await;
+                            }
+                            Err(_) => tracing::debug!("mesh device still in use at shutdown"),
+                        }
+                    }
+                    return;
+                }
+                Err((outcome, reason)) => {
+                    metrics::get()
+                        .mesh_start_attempts
+                        .with_label_values(&[outcome])
+                        .inc();
+                    tracing::error!(control_url = %self.settings.control_url, retry_in = ?delay, "mesh: cannot join the tailnet: {reason}");
+                    let since = match &*self.status.get() {
+                        MeshState::Failed { since, .. } => *since,
+                        _ => Instant::now(),
+                    };
+                    self.status.set(MeshState::Failed { reason, since });
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    /// One attempt: keys, device, authorization, address; each step bounded.
+    async fn join(&self) -> Result<Arc<tailscale::Device>, (&'static str, String)> {
+        let timeout = self.settings.start_timeout;
+        let key_state = load_keys(&self.settings.key_file)
+            .await
+            .map_err(|e| ("error", e.to_string()))?;
+        let control_server_url = self
+            .settings
+            .control_url
+            .parse()
+            .map_err(|e| ("error", format!("control_url: {e}")))?;
+        let config = tailscale::Config {
+            key_state,
+            client_name: Some("edgecache".to_string()),
+            control_server_url,
+            requested_hostname: self.settings.hostname.clone(),
+            requested_tags: self.settings.tags.clone(),
+            ephemeral: self.settings.ephemeral,
+        };
+        let auth_key = self
+            .settings
+            .auth_key
+            .as_ref()
+            .map(|key| key.expose().to_string());
+        let unanswered = || {
+            (
+                "timeout",
+                format!(
+                    "the control server {} did not answer within {timeout:?}",
+                    self.settings.control_url
+                ),
+            )
+        };
+        let device = tokio::time::timeout(timeout, tailscale::Device::new(&config, auth_key))
+            .await
+            .map_err(|_| unanswered())?
+            .map_err(|e| ("error", format!("starting the node: {e}")))?;
+        let device = Arc::new(device);
+        match tokio::time::timeout(timeout, device.is_authorized()).await {
+            Err(_) => return Err(unanswered()),
+            Ok(Err(e)) => return Err(("error", format!("registering: {e}"))),
+            Ok(Ok(tailscale::AuthState::NotAuthorized(url))) => {
+                return Err((
+                    "not_authorized",
+                    format!("the control server does not know this node: set core.mesh.auth_key_file, or approve it at {url}"),
+                ));
+            }
+            Ok(Ok(tailscale::AuthState::Authorized)) => {}
+        }
+        let address = tokio::time::timeout(timeout, device.ipv4_addr())
+            .await
+            .map_err(|_| unanswered())?
+            .map_err(|e| ("error", format!("no tailnet address: {e}")))?;
+        metrics::get()
+            .mesh_start_attempts
+            .with_label_values(&["connected"])
+            .inc();
+        tracing::info!(%address, control_url = %self.settings.control_url, "mesh: joined the tailnet");
+        self.status.set(MeshState::Connected {
+            address: address.to_string(),
+        });
+        Ok(device)
+    }
+}
+
+#[async_trait]
+impl Tunnel for Tailnet {
+    async fn resolve(&self, name: &str) -> Result<IpAddr, MeshError> {
+        let device = self.device()?;
+        let node = device
+            .peer_by_name(name)
+            .await
+            .map_err(|e| MeshError::NotConnected(e.to_string()))?
+            .ok_or_else(|| MeshError::UnknownPeer(name.to_string()))?;
+        Ok(IpAddr::V4(node.tailnet_address.ipv4.addr()))
+    }
+
+    async fn connect(&self, address: SocketAddr) -> Result<Box<dyn VirtualSocket>, MeshError> {
+        let device = self.device()?;
+        let stream = device
+            .tcp_connect(address)
+            .await
+            .map_err(|e| MeshError::Connect {
+                address,
+                reason: e.to_string(),
+            })?;
+        Ok(Box::new(TailnetStream(stream)))
+    }
+}
+
+/// Reads the node's keys, creating the file (0600, directory 0700) on first start.
+async fn load_keys(path: &Path) -> Result<tailscale::keys::PersistState, MeshError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || create_key_file(&owned))
+        .await
+        .map_err(|e| key_error(path, e.to_string()))??;
+    tailscale::config::load_key_file(path, tailscale::config::BadFormatBehavior::Error)
+        .await
+        .map_err(|e| key_error(path, e.to_string()))
+}
+
+fn key_error(path: &Path, reason: String) -> MeshError {
+    MeshError::KeyFile {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// The file the crate reads: `{"key_state": ...}`.
+#[derive(serde::Serialize)]
+struct KeyFile {
+    key_state: tailscale::keys::PersistState,
+}
+
+pub(crate) fn create_key_file(path: &Path) -> Result<(), MeshError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let fail = |reason: String| key_error(path, reason);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail(format!("creating its directory: {e}")))?;
+        }
+    }
+    let text = serde_json::to_vec(&KeyFile {
+        key_state: Default::default(),
+    })
+    .map_err(|e| fail(e.to_string()))?;
+    // Written beside the final name and linked into place, so a crash never leaves a
+    // half-written identity and a file that appeared meanwhile is never replaced.
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(&text)?;
+            file.sync_all()
+        })
+        .and_then(|()| match std::fs::hard_link(&temp, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        });
+    let _ = std::fs::remove_file(&temp);
+    written.map_err(|e| fail(format!("creating it: {e}")))
+}
+
+/// A TCP stream through the node's userspace network stack, as pingora's virtual socket.
+#[derive(Debug)]
+struct TailnetStream(TcpStream);
+
+impl VirtualSocket for TailnetStream {
+    /// Nagle and keepalive are properties of kernel sockets; the userspace stack sends what
+    /// it is given and the tunnel keeps its own liveness.
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsyncRead for TailnetStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TailnetStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_key_file_is_private_and_read_back_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state/tailscale/keys.json");
+        let first = load_keys(&path).await.expect("created");
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("dir")), 0o700);
+        let text = std::fs::read(&path).expect("read");
+        let second = load_keys(&path).await.expect("read back");
+        assert_eq!(std::fs::read(&path).expect("read"), text, "never rewritten");
+        let public = |state: &tailscale::keys::PersistState| {
+            serde_json::to_string(&KeyFile {
+                key_state: state.clone(),
+            })
+            .expect("serializes")
+        };
+        assert_eq!(public(&first), public(&second));
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left behind");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_key_file_is_an_error_and_left_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("keys.json");
+        std::fs::write(&path, b"{\"key_state\": 3}").expect("write");
+        let err = load_keys(&path).await.expect_err("refused");
+        assert!(err.to_string().contains("keys.json"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"{\"key_state\": 3}");
+    }
+}
