@@ -43,6 +43,9 @@ pub struct Metrics {
     pub upstream_body_bytes: IntCounterVec,
     /// Websockets open through the edge now, by group.
     pub open_websockets: IntGaugeVec,
+    /// Websockets ended with a going-away close (1001) because the edge shut down or
+    /// handed over to a new binary.
+    pub websockets_closed_going_away: IntCounter,
     /// Failed attempts to reach the core, by group, host (empty for `no_healthy_host`) and
     /// kind (`connect`, `connect_timeout`, `timeout`, `no_healthy_host`, `other`).
     pub upstream_errors: IntCounterVec,
@@ -318,6 +321,11 @@ impl Metrics {
                 "edgecache_core_host_up",
                 "1 when the health check finds the core host reachable.",
                 &["group", "host"],
+            ),
+            websockets_closed_going_away: counter(
+                &registry,
+                "edgecache_websockets_closed_going_away_total",
+                "Websockets ended with a going-away close because the edge shut down.",
             ),
             mesh_connected: gauge(
                 &registry,

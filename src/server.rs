@@ -25,6 +25,7 @@ use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::server::MediaServer;
 use crate::origin::Places;
 use crate::proxy::upstream::CoreUpstreams;
+use crate::proxy::websocket::{GoingAway, GoingAwayService};
 use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
 use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
 use crate::store::StoreError;
@@ -125,6 +126,11 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         server.add_service(service);
         Some(address)
     };
+    let going_away = GoingAway::new();
+    server.add_service(GenBackgroundService::new(
+        "websocket going-away".to_string(),
+        Arc::new(GoingAwayService(going_away.clone())),
+    ));
     let shared = Arc::new(ProxyShared {
         core: core.clone(),
         settings: proxy_settings.clone(),
@@ -132,6 +138,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         cache: cache.clone(),
         media_origin,
         request_ids: Default::default(),
+        going_away,
     });
 
     let mut reloadable = HashMap::new();

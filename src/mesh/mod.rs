@@ -104,18 +104,19 @@ impl MeshConnector {
     }
 }
 
-#[async_trait]
-impl L4Connect for MeshConnector {
-    async fn connect(&self, addr: &PeerAddr) -> pingora::Result<Stream> {
-        let PeerAddr::Inet(address) = addr else {
-            return Error::e_explain(ErrorType::ConnectError, "the mesh dials IP addresses only");
-        };
+impl MeshConnector {
+    /// A stream to `address` (a stand-in or an IP), bounded by the timeout, with failures
+    /// as the proxy understands them.
+    pub async fn dial_socket(
+        &self,
+        address: SocketAddr,
+    ) -> pingora::Result<Box<dyn VirtualSocket>> {
         let shown = match self.names.get(&address.ip()) {
             Some(name) => format!("{name}:{}", address.port()),
             None => address.to_string(),
         };
-        match tokio::time::timeout(self.timeout, self.dial(*address)).await {
-            Ok(Ok(socket)) => Ok(Stream::from(VirtualSocketStream::new(socket))),
+        match tokio::time::timeout(self.timeout, self.dial(address)).await {
+            Ok(Ok(socket)) => Ok(socket),
             Ok(Err(e)) => {
                 metrics::get()
                     .mesh_connect_errors
@@ -137,6 +138,17 @@ impl L4Connect for MeshConnector {
                 )
             }
         }
+    }
+}
+
+#[async_trait]
+impl L4Connect for MeshConnector {
+    async fn connect(&self, addr: &PeerAddr) -> pingora::Result<Stream> {
+        let PeerAddr::Inet(address) = addr else {
+            return Error::e_explain(ErrorType::ConnectError, "the mesh dials IP addresses only");
+        };
+        let socket = self.dial_socket(*address).await?;
+        Ok(Stream::from(VirtualSocketStream::new(socket)))
     }
 }
 
@@ -250,7 +262,7 @@ impl Mesh {
 
     /// The connector a group's peers (and health checks) use, or `None` when pingora
     /// dials by itself.
-    pub fn connector(&self, timeout: Duration) -> Option<Arc<dyn L4Connect + Send + Sync>> {
+    pub fn connector(&self, timeout: Duration) -> Option<Arc<MeshConnector>> {
         let embedded = self.embedded.as_ref()?;
         Some(Arc::new(MeshConnector::new(
             embedded.tunnel.clone(),

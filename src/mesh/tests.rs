@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::connectors::L4Connect as _;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
 use pingora::upstreams::peer::HttpPeer;
@@ -146,7 +147,9 @@ async fn a_name_is_looked_up_in_the_mesh_and_pingora_speaks_http_over_it() {
         false,
         String::new(),
     );
-    peer.options.custom_l4 = mesh.connector(Duration::from_secs(2));
+    peer.options.custom_l4 = mesh
+        .connector(Duration::from_secs(2))
+        .map(|c| c as Arc<dyn pingora::connectors::L4Connect + Send + Sync>);
     assert!(peer.options.custom_l4.is_some());
 
     let connector = pingora::connectors::http::Connector::new(None);

@@ -11,6 +11,7 @@ pub mod limits;
 mod report;
 mod settings;
 pub mod upstream;
+pub mod websocket;
 
 use report::{client_addr, count_retry, respond, ListenerCounters};
 pub use settings::{LimitsSnapshot, ProxySettings};
@@ -47,6 +48,8 @@ pub struct ProxyShared {
     /// The loopback origin that serves media routes; `None` without `stores`.
     pub media_origin: Option<SocketAddr>,
     pub request_ids: forward::RequestIds,
+    /// Ends websockets cleanly at shutdown.
+    pub going_away: Arc<websocket::GoingAway>,
 }
 
 /// The proxy of one listener.
@@ -394,6 +397,12 @@ impl ProxyHttp for EdgeProxy {
         if ctx.websocket {
             let idle = self.settings(ctx).limits.websocket_idle_timeout;
             peer.options.read_timeout = Some(idle);
+            peer.options.custom_l4 = Some(
+                self.shared
+                    .going_away
+                    .connector(group.mesh_connector(), group.connect_timeout()),
+            );
+            peer.group_key = websocket::WEBSOCKET_POOL;
         }
         Ok(Box::new(peer))
     }

@@ -19,7 +19,7 @@ use pingora::lb::{Backend, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::model::{Core, UpstreamGroup};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, MeshConnector};
 use crate::metrics;
 
 const UNKNOWN: u8 = 0;
@@ -49,7 +49,7 @@ pub struct CoreGroup {
     pub total_timeout: Option<Duration>,
     retry_methods: Vec<http::Method>,
     /// Embedded mesh mode: how connections to this group's hosts are made.
-    mesh_connector: Option<Arc<dyn L4Connect + Send + Sync>>,
+    mesh_connector: Option<Arc<MeshConnector>>,
 }
 
 /// Records each check's outcome, then reports it to pingora unchanged.
@@ -120,7 +120,9 @@ impl CoreGroup {
         let timeout = group.connect_timeout.min(group.health.interval);
         let mesh_connector = mesh.connector(group.connect_timeout);
         // Health checks reach hosts the way requests do.
-        let check_connector = mesh.connector(timeout);
+        let check_connector = mesh
+            .connector(timeout)
+            .map(|c| c as Arc<dyn L4Connect + Send + Sync>);
         // The Host header of HTTP checks: the first host as written in the config.
         let check_host = group
             .hosts
@@ -192,6 +194,15 @@ impl CoreGroup {
         }
     }
 
+    /// Embedded mesh mode: the connector to this group's hosts.
+    pub fn mesh_connector(&self) -> Option<Arc<MeshConnector>> {
+        self.mesh_connector.clone()
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// Whether a request with this method may go to another host after a failure.
     pub fn retries(&self, method: &http::Method) -> bool {
         self.retry_methods.contains(method)
@@ -258,7 +269,10 @@ impl CoreGroup {
         );
         peer.options.write_timeout = Some(self.write_timeout);
         peer.options.idle_timeout = Some(self.idle_timeout);
-        peer.options.custom_l4 = self.mesh_connector.clone();
+        peer.options.custom_l4 = self
+            .mesh_connector
+            .clone()
+            .map(|c| c as Arc<dyn L4Connect + Send + Sync>);
         Some((peer, label))
     }
 }

@@ -141,3 +141,68 @@ async fn an_idle_websocket_is_closed_after_its_timeout() {
     assert!(ended.is_ok(), "the idle websocket stayed open");
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_closes_websockets_with_going_away() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let web = Origin::start().await;
+    let (echo, _task) = echo_server().await;
+    let setup = EdgeSetup::new();
+    let cert = crate::harness::TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup
+        .config(
+            &[&cert],
+            &[web.address],
+            "sites:\n  - routes:\n      - { path: /api/v1/streaming, upstream: streaming, cache: false }\n",
+        )
+        .replace(
+            "core:\n  groups:\n",
+            &format!("core:\n  default_group: web\n  groups:\n    streaming:\n      hosts: [\"{echo}\"]\n"),
+        )
+        // Time for requests in flight after the signal, as in production.
+        .replace("grace_period: 0s", "grace_period: 2s");
+    let path = setup.write_config(&config);
+    let mut edge = Edge::start(&setup, &path).await;
+
+    let url = format!("ws://{}/api/v1/streaming?stream=public", setup.http);
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("upgrade");
+        let text = format!("hello {i}");
+        socket
+            .send(Message::text(text.clone()))
+            .await
+            .expect("send");
+        let echoed = socket.next().await.expect("echo").expect("ok");
+        assert_eq!(echoed.into_text().expect("text").as_str(), text);
+        sockets.push(socket);
+    }
+    edge.wait_metric("edgecache_open_websockets{group=\"streaming\"}", 3.0)
+        .await;
+
+    edge.signal(nix::sys::signal::Signal::SIGTERM);
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("websocket {i}: nothing within 10 s of SIGTERM"));
+        match first {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(frame.code, CloseCode::Away, "websocket {i}")
+            }
+            other => panic!("websocket {i}: wanted a going-away close, got {other:?}"),
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while edge.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edgecache did not exit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = edge.stderr_text() + &edge.stdout_text();
+    assert!(log.contains("websockets get a going-away close"), "{log}");
+}
