@@ -2,6 +2,7 @@
 //!
 //! Pingora logs through the `log` crate; tracing-subscriber's bridge routes those records
 //! into the same output and filter. `RUST_LOG`, when set, overrides the config's level.
+//! One cap holds either way: see `init`.
 
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +15,12 @@ pub fn init(logging: &Logging) {
         .and_then(|value| EnvFilter::try_new(value).ok())
         .or_else(|| EnvFilter::try_new(&logging.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // The embedded mesh node's control client logs its registration request, auth key
+    // included, at trace level: whatever level is asked for, it stops at info.
+    let filter = match "ts_control=info".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -79,7 +79,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         None => None,
     };
     let access_log = AccessLogger::start(&config.logging.access_log)?;
-    let (mesh, mesh_service) = Mesh::from_config(&config.core)?;
+    let (mesh, mesh_service) = Mesh::from_config(&config.core, config.server.grace_period)?;
     if let Some(service) = mesh_service {
         server.add_service(GenBackgroundService::new(
             "embedded mesh node".to_string(),

@@ -182,20 +182,21 @@ pub struct MeshFile {
     /// Embedded: the name this node asks for in the tailnet; absent: the OS host name.
     #[serde(default)]
     pub hostname: Option<String>,
-    /// Embedded: the coordination server (Tailscale's, or a headscale URL).
-    #[serde(default = "defaults::control_url")]
-    pub control_url: String,
+    /// Embedded: the coordination server (Tailscale's, or a headscale URL); absent:
+    /// Tailscale's.
+    #[serde(default)]
+    pub control_url: Option<String>,
     /// Embedded: ACL tags the node asks for (`tag:edgecache`).
     #[serde(default)]
     pub tags: Vec<String>,
     /// Embedded: register as an ephemeral node, removed from the tailnet soon after it
     /// goes offline.
     #[serde(default)]
-    pub ephemeral: bool,
+    pub ephemeral: Option<bool>,
     /// Embedded: how long one attempt to join the tailnet may take before it is reported
-    /// (on `/readyz` and in the log) and started again.
-    #[serde(default = "defaults::mesh_start_timeout")]
-    pub start_timeout: HumanDuration,
+    /// (on `/readyz` and in the log) and started again; absent: 30 s.
+    #[serde(default)]
+    pub start_timeout: Option<HumanDuration>,
 }
 
 impl Default for MeshFile {
@@ -205,10 +206,10 @@ impl Default for MeshFile {
             key_file: None,
             auth_key_file: None,
             hostname: None,
-            control_url: defaults::control_url(),
+            control_url: None,
             tags: Vec::new(),
-            ephemeral: false,
-            start_timeout: defaults::mesh_start_timeout(),
+            ephemeral: None,
+            start_timeout: None,
         }
     }
 }
@@ -592,14 +593,6 @@ mod defaults {
 
     pub fn connect_timeout() -> HumanDuration {
         HumanDuration::from_secs(2)
-    }
-
-    pub fn control_url() -> String {
-        "https://controlplane.tailscale.com".to_string()
-    }
-
-    pub fn mesh_start_timeout() -> HumanDuration {
-        HumanDuration::from_secs(30)
     }
 
     pub fn io_timeout() -> HumanDuration {

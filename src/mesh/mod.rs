@@ -29,8 +29,11 @@ use pingora::{Error, ErrorType};
 use crate::config::model::{Core, MeshSettings};
 use crate::metrics;
 
+mod relay;
 #[cfg(feature = "tailscale")]
 pub mod tailnet;
+
+pub use relay::Relay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -44,6 +47,8 @@ pub enum MeshError {
     KeyFile { path: String, reason: String },
     #[error("embedded mesh mode needs edgecache built with the `tailscale` feature")]
     NotBuiltIn,
+    #[error("binding a loopback relay: {0}")]
+    Relay(std::io::Error),
 }
 
 impl MeshError {
@@ -55,7 +60,9 @@ impl MeshError {
             MeshError::NotConnected(_) | MeshError::UnknownPeer(_) | MeshError::NotBuiltIn => {
                 ErrorType::ConnectNoRoute
             }
-            MeshError::Connect { .. } | MeshError::KeyFile { .. } => ErrorType::ConnectRefused,
+            MeshError::Connect { .. } | MeshError::KeyFile { .. } | MeshError::Relay(_) => {
+                ErrorType::ConnectRefused
+            }
         }
     }
 }
@@ -75,20 +82,19 @@ pub struct MeshConnector {
     tunnel: Arc<dyn Tunnel>,
     /// Stand-in address (see `UpstreamHost::address`) to tailnet name.
     names: Arc<HashMap<IpAddr, String>>,
+    /// Each host's relay, by the relay's address (the host's address as pingora sees it).
+    relays: Arc<HashMap<SocketAddr, Arc<Relay>>>,
     /// Name lookup and connect together take at most this long (pingora applies its own
     /// connect timeout only to the sockets it opens itself).
     timeout: Duration,
 }
 
 impl MeshConnector {
-    pub fn new(
-        tunnel: Arc<dyn Tunnel>,
-        names: Arc<HashMap<IpAddr, String>>,
-        timeout: Duration,
-    ) -> Self {
+    fn new(embedded: &Embedded, timeout: Duration) -> Self {
         MeshConnector {
-            tunnel,
-            names,
+            tunnel: embedded.tunnel.clone(),
+            names: embedded.names.clone(),
+            relays: embedded.relays.clone(),
             timeout,
         }
     }
@@ -105,12 +111,13 @@ impl MeshConnector {
 }
 
 impl MeshConnector {
-    /// A stream to `address` (a stand-in or an IP), bounded by the timeout, with failures
-    /// as the proxy understands them.
+    /// A stream through the tunnel to the host at `backend` (a relay's address, or the
+    /// host's own), bounded by the timeout, with failures as the proxy understands them.
     pub async fn dial_socket(
         &self,
-        address: SocketAddr,
+        backend: SocketAddr,
     ) -> pingora::Result<Box<dyn VirtualSocket>> {
+        let address = self.relays.get(&backend).map_or(backend, |r| r.target);
         let shown = match self.names.get(&address.ip()) {
             Some(name) => format!("{name}:{}", address.port()),
             None => address.to_string(),
@@ -148,15 +155,26 @@ impl L4Connect for MeshConnector {
             return Error::e_explain(ErrorType::ConnectError, "the mesh dials IP addresses only");
         };
         let socket = self.dial_socket(*address).await?;
-        Ok(Stream::from(VirtualSocketStream::new(socket)))
+        match self.relays.get(address) {
+            Some(relay) => match relay.hand_over(socket).await {
+                Ok(stream) => Ok(Stream::from(stream)),
+                Err(e) => Error::e_because(
+                    ErrorType::ConnectError,
+                    format!("handing a mesh connection to relay {}", relay.address),
+                    e,
+                ),
+            },
+            None => Ok(Stream::from(VirtualSocketStream::new(socket))),
+        }
     }
 }
 
 fn error_kind(e: &MeshError) -> &'static str {
     match e {
-        MeshError::NotConnected(_) | MeshError::NotBuiltIn | MeshError::KeyFile { .. } => {
-            "not_connected"
-        }
+        MeshError::NotConnected(_)
+        | MeshError::NotBuiltIn
+        | MeshError::KeyFile { .. }
+        | MeshError::Relay(_) => "not_connected",
         MeshError::UnknownPeer(_) => "unknown_peer",
         MeshError::Connect { .. } => "connect",
     }
@@ -212,6 +230,9 @@ struct Embedded {
     tunnel: Arc<dyn Tunnel>,
     names: Arc<HashMap<IpAddr, String>>,
     status: Arc<MeshStatus>,
+    relays: Arc<HashMap<SocketAddr, Arc<Relay>>>,
+    /// Host address (stand-in or tailnet IP, with port) to its relay's address.
+    relay_of: HashMap<SocketAddr, SocketAddr>,
 }
 
 impl Mesh {
@@ -222,41 +243,90 @@ impl Mesh {
 
     /// A mesh whose connections go through `tunnel`; `status` is what the tunnel's owner
     /// reports about it.
-    /// `names` maps the stand-in addresses of hosts given by name to their tailnet names.
+    /// `names` maps the stand-in addresses of hosts given by name to their tailnet names;
+    /// each of `hosts` gets a relay.
     pub fn through(
         tunnel: Arc<dyn Tunnel>,
         names: HashMap<IpAddr, String>,
         status: Arc<MeshStatus>,
-    ) -> Self {
-        Mesh {
+        hosts: impl IntoIterator<Item = SocketAddr>,
+    ) -> Result<Self, MeshError> {
+        let mut relays = HashMap::new();
+        let mut relay_of = HashMap::new();
+        for host in hosts {
+            if relay_of.contains_key(&host) {
+                continue;
+            }
+            let relay = Relay::bind(host).map_err(MeshError::Relay)?;
+            relay_of.insert(host, relay.address);
+            relays.insert(relay.address, relay);
+        }
+        Ok(Mesh {
             embedded: Some(Embedded {
                 tunnel,
                 names: Arc::new(names),
                 status,
+                relays: Arc::new(relays),
+                relay_of,
             }),
+        })
+    }
+
+    /// Where pingora connects for the host at `host`: its relay in embedded mode, the host
+    /// itself otherwise.
+    pub fn backend_address(&self, host: SocketAddr) -> SocketAddr {
+        self.embedded
+            .as_ref()
+            .and_then(|e| e.relay_of.get(&host).copied())
+            .unwrap_or(host)
+    }
+
+    /// Starts the relays' accept loops on the current runtime.
+    pub fn start_relays(&self) -> std::io::Result<()> {
+        if let Some(embedded) = &self.embedded {
+            for relay in embedded.relays.values() {
+                relay.start()?;
+            }
         }
+        Ok(())
     }
 
     /// The mesh `core.mesh` asks for, and for embedded mode the service that joins the
     /// tailnet (to be run in the background).
-    pub fn from_config(core: &Core) -> Result<(Mesh, Option<MeshService>), MeshError> {
+    /// `linger`: how long the node stays after shutdown begins (the server's grace period).
+    pub fn from_config(
+        core: &Core,
+        linger: Duration,
+    ) -> Result<(Arc<Mesh>, Option<MeshService>), MeshError> {
         match &core.mesh {
-            MeshSettings::Os => Ok((Mesh::os(), None)),
+            MeshSettings::Os => Ok((Arc::new(Mesh::os()), None)),
             #[cfg(feature = "tailscale")]
             MeshSettings::Embedded(settings) => {
                 let status = Arc::new(MeshStatus::new());
-                let node = Arc::new(tailnet::Tailnet::new(settings.clone(), status.clone()));
+                let node = Arc::new(tailnet::Tailnet::new(
+                    settings.clone(),
+                    status.clone(),
+                    linger,
+                ));
                 let names = core
                     .groups
                     .values()
                     .flat_map(|group| &group.hosts)
                     .filter_map(|host| Some((host.address.ip(), host.mesh_name.clone()?)))
                     .collect();
-                let mesh = Mesh::through(node.clone(), names, status);
-                Ok((mesh, Some(MeshService::new(node))))
+                let hosts = core
+                    .groups
+                    .values()
+                    .flat_map(|group| &group.hosts)
+                    .map(|host| host.address);
+                let mesh = Arc::new(Mesh::through(node.clone(), names, status, hosts)?);
+                Ok((mesh.clone(), Some(MeshService::new(node, mesh))))
             }
             #[cfg(not(feature = "tailscale"))]
-            MeshSettings::Embedded(_) => Err(MeshError::NotBuiltIn),
+            MeshSettings::Embedded(_) => {
+                let _ = linger;
+                Err(MeshError::NotBuiltIn)
+            }
         }
     }
 
@@ -264,11 +334,7 @@ impl Mesh {
     /// dials by itself.
     pub fn connector(&self, timeout: Duration) -> Option<Arc<MeshConnector>> {
         let embedded = self.embedded.as_ref()?;
-        Some(Arc::new(MeshConnector::new(
-            embedded.tunnel.clone(),
-            embedded.names.clone(),
-            timeout,
-        )))
+        Some(Arc::new(MeshConnector::new(embedded, timeout)))
     }
 
     /// What keeps this PoP from reaching the core through the mesh, if anything.
@@ -288,22 +354,26 @@ impl Mesh {
     }
 }
 
-/// The background service that runs the embedded node.
+/// The background service that runs the embedded node and the relays.
 pub struct MeshService {
     #[cfg(feature = "tailscale")]
     node: Arc<tailnet::Tailnet>,
+    mesh: Arc<Mesh>,
 }
 
 impl MeshService {
     #[cfg(feature = "tailscale")]
-    fn new(node: Arc<tailnet::Tailnet>) -> Self {
-        MeshService { node }
+    fn new(node: Arc<tailnet::Tailnet>, mesh: Arc<Mesh>) -> Self {
+        MeshService { node, mesh }
     }
 }
 
 #[async_trait]
 impl pingora::services::background::BackgroundService for MeshService {
     async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        if let Err(e) = self.mesh.start_relays() {
+            tracing::error!(error = %e, "mesh: cannot start the loopback relays");
+        }
         #[cfg(feature = "tailscale")]
         self.node.run(shutdown).await;
         #[cfg(not(feature = "tailscale"))]

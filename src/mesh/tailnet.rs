@@ -1,14 +1,23 @@
 //! The embedded mesh node: a Tailscale device inside edgecache (the `tailscale` crate).
 //!
 //! What the crate does that shapes this code:
-//! - `Device::new` does not return while the control server is unreachable, and several
-//!   other calls wait for the control server or for the first network map. Every call is
-//!   bounded here: joining by `start_timeout`, lookups and connects by the group's connect
-//!   timeout (in [`super::MeshConnector`]).
+//! - `Device::new` does not return while the control server is unreachable, and an attempt
+//!   that started while it was down never recovers; several other calls wait for the
+//!   control server or the first network map. So every call is bounded: a join attempt by
+//!   `start_timeout`, lookups and connects by the group's connect timeout (in
+//!   [`super::MeshConnector`]).
+//! - An abandoned `Device::new` leaves its tasks behind (about 0.4 MB each, measured). So each
+//!   attempt runs on a runtime of its own, shut down with everything on it when the
+//!   attempt fails; a joined node keeps its runtime, and calls to it run there, so a call
+//!   cut short by a timeout finishes (within [`LATE_LIMIT`]) without holding anything of
+//!   ours, and a stream that arrives late is closed.
 //! - `tcp_connect` takes an IP; names are looked up with `peer_by_name`.
 //! - The crate writes a missing key file with the process umask; the file is the node's
 //!   identity, so edgecache creates it itself, mode 0600 in a directory it makes 0700.
+//! - The crate logs the registration request (auth key included) at trace level; the log
+//!   filter caps its crates at `info` (see `logging.rs`).
 
+use std::future::Future;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -32,11 +41,53 @@ use crate::metrics;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// How long the node gets to leave the tailnet cleanly at shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call to the node that its caller gave up on is dropped after this long.
+const LATE_LIMIT: Duration = Duration::from_secs(60);
+
+type Failure = (&'static str, String);
 
 pub struct Tailnet {
     settings: EmbeddedMesh,
     status: Arc<MeshStatus>,
-    device: ArcSwapOption<tailscale::Device>,
+    node: ArcSwapOption<Node>,
+    /// How long the node stays after shutdown begins, so requests in flight finish.
+    linger: Duration,
+}
+
+/// A joined device and the runtime its tasks run on.
+struct Node {
+    device: Arc<tailscale::Device>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Node {
+    /// Runs `work` on the node's runtime and waits for it.
+    async fn call<T, F, Fut>(&self, work: F) -> Result<T, MeshError>
+    where
+        F: FnOnce(Arc<tailscale::Device>) -> Fut,
+        Fut: Future<Output = Result<T, MeshError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(MeshError::NotConnected("the node is shutting down".into()));
+        };
+        let work = work(self.device.clone());
+        let task = runtime.spawn(async move {
+            tokio::time::timeout(LATE_LIMIT, work)
+                .await
+                .unwrap_or_else(|_| Err(MeshError::NotConnected("no answer from the node".into())))
+        });
+        task.await
+            .map_err(|e| MeshError::NotConnected(format!("node task failed: {e}")))?
+    }
 }
 
 impl std::fmt::Debug for Tailnet {
@@ -49,16 +100,17 @@ impl std::fmt::Debug for Tailnet {
 }
 
 impl Tailnet {
-    pub fn new(settings: EmbeddedMesh, status: Arc<MeshStatus>) -> Self {
+    pub fn new(settings: EmbeddedMesh, status: Arc<MeshStatus>, linger: Duration) -> Self {
         Tailnet {
             settings,
             status,
-            device: ArcSwapOption::empty(),
+            node: ArcSwapOption::empty(),
+            linger,
         }
     }
 
-    fn device(&self) -> Result<Arc<tailscale::Device>, MeshError> {
-        self.device.load_full().ok_or_else(|| {
+    fn node(&self) -> Result<Arc<Node>, MeshError> {
+        self.node.load_full().ok_or_else(|| {
             let reason = match &*self.status.get() {
                 MeshState::Failed { reason, .. } => reason.clone(),
                 _ => "still joining the tailnet".to_string(),
@@ -68,7 +120,7 @@ impl Tailnet {
     }
 
     /// Joins the tailnet, trying again (with growing pauses) until it works or the server
-    /// shuts down; then keeps the device until shutdown and leaves cleanly.
+    /// shuts down; then keeps the node until requests in flight have had their time.
     pub async fn run(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let mut delay = self.settings.start_timeout.min(MAX_RETRY_DELAY);
         loop {
@@ -77,17 +129,11 @@ impl Tailnet {
                 _ = shutdown.changed() => return,
             };
             match attempt {
-                Ok(device) => {
-                    self.device.store(Some(device));
-                    let _ = shutdown.changed().await;
-                    if let Some(device) = self.device.swap(None) {
-                        match Arc::try_unwrap(device) {
-                            Ok(device) => {
-                                device.shutdown(Some(SHUTDOWN_TIMEOUT)).await;
-                            }
-                            Err(_) => tracing::debug!("mesh device still in use at shutdown"),
-                        }
-                    }
+                Ok(node) => {
+                    self.node.store(Some(Arc::new(node)));
+                    let _ = shutdown.wait_for(|going| *going).await;
+                    tokio::time::sleep(self.linger).await;
+                    self.leave().await;
                     return;
                 }
                 Err((outcome, reason)) => {
@@ -111,8 +157,28 @@ impl Tailnet {
         }
     }
 
-    /// One attempt: keys, device, authorization, address; each step bounded.
-    async fn join(&self) -> Result<Arc<tailscale::Device>, (&'static str, String)> {
+    /// Leaves the tailnet cleanly when nothing else holds the node.
+    async fn leave(&self) {
+        let Some(node) = self.node.swap(None) else {
+            return;
+        };
+        let Ok(mut node) = Arc::try_unwrap(node) else {
+            return;
+        };
+        let (Some(runtime), Ok(device)) =
+            (node.runtime.take(), Arc::try_unwrap(node.device.clone()))
+        else {
+            return;
+        };
+        let _ = runtime
+            .spawn(async move { device.shutdown(Some(SHUTDOWN_TIMEOUT)).await })
+            .await;
+        runtime.shutdown_background();
+    }
+
+    /// One attempt: keys, device, authorization, address, all within `start_timeout`, on
+    /// a runtime of the attempt's own.
+    async fn join(&self) -> Result<Node, Failure> {
         let timeout = self.settings.start_timeout;
         let key_state = load_keys(&self.settings.key_file)
             .await
@@ -135,35 +201,52 @@ impl Tailnet {
             .auth_key
             .as_ref()
             .map(|key| key.expose().to_string());
-        let unanswered = || {
-            (
-                "timeout",
-                format!(
-                    "the control server {} did not answer within {timeout:?}",
-                    self.settings.control_url
-                ),
-            )
-        };
-        let device = tokio::time::timeout(timeout, tailscale::Device::new(&config, auth_key))
-            .await
-            .map_err(|_| unanswered())?
-            .map_err(|e| ("error", format!("starting the node: {e}")))?;
-        let device = Arc::new(device);
-        match tokio::time::timeout(timeout, device.is_authorized()).await {
-            Err(_) => return Err(unanswered()),
-            Ok(Err(e)) => return Err(("error", format!("registering: {e}"))),
-            Ok(Ok(tailscale::AuthState::NotAuthorized(url))) => {
-                return Err((
-                    "not_authorized",
-                    format!("the control server does not know this node: set core.mesh.auth_key_file, or approve it at {url}"),
-                ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("edgecache-tailnet")
+            .enable_all()
+            .build()
+            .map_err(|e| ("error", format!("starting the node's runtime: {e}")))?;
+        let attempt = runtime.spawn(async move {
+            let device = tailscale::Device::new(&config, auth_key)
+                .await
+                .map_err(|e| ("error", format!("starting the node: {e}")))?;
+            match device.is_authorized().await {
+                Err(e) => return Err(("error", format!("registering: {e}"))),
+                Ok(tailscale::AuthState::NotAuthorized(url)) => {
+                    // Whoever opens the URL can claim the node, so it goes to the log only.
+                    tracing::warn!(login_url = %url, "mesh: the control server does not know this node");
+                    return Err((
+                        "not_authorized",
+                        "the control server does not know this node: set core.mesh.auth_key_file, or approve it with the login URL in the log".to_string(),
+                    ));
+                }
+                Ok(tailscale::AuthState::Authorized) => {}
             }
-            Ok(Ok(tailscale::AuthState::Authorized)) => {}
-        }
-        let address = tokio::time::timeout(timeout, device.ipv4_addr())
-            .await
-            .map_err(|_| unanswered())?
-            .map_err(|e| ("error", format!("no tailnet address: {e}")))?;
+            let address = device
+                .ipv4_addr()
+                .await
+                .map_err(|e| ("error", format!("no tailnet address: {e}")))?;
+            Ok((device, address))
+        });
+        let (device, address) = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(Ok(joined))) => joined,
+            failed => {
+                // Everything the attempt started goes with its runtime.
+                runtime.shutdown_background();
+                return Err(match failed {
+                    Ok(Ok(Err(failure))) => failure,
+                    Ok(Err(e)) => ("error", format!("the join attempt failed: {e}")),
+                    _ => (
+                        "timeout",
+                        format!(
+                            "the control server {} did not answer within {timeout:?}",
+                            self.settings.control_url
+                        ),
+                    ),
+                });
+            }
+        };
         metrics::get()
             .mesh_start_attempts
             .with_label_values(&["connected"])
@@ -172,32 +255,42 @@ impl Tailnet {
         self.status.set(MeshState::Connected {
             address: address.to_string(),
         });
-        Ok(device)
+        Ok(Node {
+            device: Arc::new(device),
+            runtime: Some(runtime),
+        })
     }
 }
 
 #[async_trait]
 impl Tunnel for Tailnet {
     async fn resolve(&self, name: &str) -> Result<IpAddr, MeshError> {
-        let device = self.device()?;
-        let node = device
-            .peer_by_name(name)
+        let name = name.to_string();
+        self.node()?
+            .call(move |device| async move {
+                let node = device
+                    .peer_by_name(&name)
+                    .await
+                    .map_err(|e| MeshError::NotConnected(e.to_string()))?
+                    .ok_or(MeshError::UnknownPeer(name))?;
+                Ok(IpAddr::V4(node.tailnet_address.ipv4.addr()))
+            })
             .await
-            .map_err(|e| MeshError::NotConnected(e.to_string()))?
-            .ok_or_else(|| MeshError::UnknownPeer(name.to_string()))?;
-        Ok(IpAddr::V4(node.tailnet_address.ipv4.addr()))
     }
 
     async fn connect(&self, address: SocketAddr) -> Result<Box<dyn VirtualSocket>, MeshError> {
-        let device = self.device()?;
-        let stream = device
-            .tcp_connect(address)
+        self.node()?
+            .call(move |device| async move {
+                let stream = device
+                    .tcp_connect(address)
+                    .await
+                    .map_err(|e| MeshError::Connect {
+                        address,
+                        reason: e.to_string(),
+                    })?;
+                Ok(Box::new(TailnetStream(stream)) as Box<dyn VirtualSocket>)
+            })
             .await
-            .map_err(|e| MeshError::Connect {
-                address,
-                reason: e.to_string(),
-            })?;
-        Ok(Box::new(TailnetStream(stream)))
     }
 }
 
@@ -245,7 +338,10 @@ pub(crate) fn create_key_file(path: &Path) -> Result<(), MeshError> {
     .map_err(|e| fail(e.to_string()))?;
     // Written beside the final name and linked into place, so a crash never leaves a
     // half-written identity and a file that appeared meanwhile is never replaced.
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let temp = path.with_extension(format!("tmp-{}-{nanos}", std::process::id()));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

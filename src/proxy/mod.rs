@@ -102,6 +102,8 @@ pub struct RequestContext {
     group: Option<Arc<CoreGroup>>,
     /// Core hosts this request could not connect to, so a retry goes elsewhere.
     connect_failed: Vec<SocketAddr>,
+    /// The embedded mesh was not connected, so no host was tried.
+    mesh_down: bool,
     /// The host of the current attempt.
     current_host: Option<SocketAddr>,
     upstream_label: String,
@@ -140,6 +142,7 @@ impl ProxyHttp for EdgeProxy {
             client_ip: None,
             group: None,
             connect_failed: Vec::new(),
+            mesh_down: false,
             current_host: None,
             upstream_label: String::new(),
             upstream_sent: None,
@@ -384,6 +387,12 @@ impl ProxyHttp for EdgeProxy {
                 group
             }
         };
+        // A mesh that is down fails every host alike: answer at once, and leave the
+        // hosts in rotation for when it is back.
+        if let Some(problem) = self.shared.core.mesh.problem() {
+            ctx.mesh_down = true;
+            return Err(Error::explain(ErrorType::ConnectNoRoute, problem).into_up());
+        }
         let Some((peer, label)) = group.pick(&ctx.connect_failed) else {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
@@ -599,10 +608,11 @@ impl ProxyHttp for EdgeProxy {
             let group = ctx.group.as_ref().map_or("", |g| g.name.as_str());
             let kind = match e.etype() {
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+                ErrorType::ConnectNoRoute if ctx.mesh_down => "mesh_not_connected",
                 ErrorType::ConnectNoRoute => "no_healthy_host",
                 _ => "other",
             };
-            let host = if kind == "no_healthy_host" {
+            let host = if matches!(kind, "no_healthy_host" | "mesh_not_connected") {
                 ""
             } else {
                 ctx.upstream_label.as_str()

@@ -103,7 +103,12 @@ impl CoreGroup {
     /// Builds the group and its balancer; the caller runs the balancer as a background
     /// service (see [`CoreGroup::balancer`]).
     pub fn new(group: &UpstreamGroup, mesh: &Mesh) -> std::io::Result<Self> {
-        let addresses: Vec<SocketAddr> = group.hosts.iter().map(|h| h.address).collect();
+        // In embedded mesh mode pingora connects to each host's loopback relay.
+        let addresses: Vec<SocketAddr> = group
+            .hosts
+            .iter()
+            .map(|h| mesh.backend_address(h.address))
+            .collect();
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(addresses)?;
         let hosts = Arc::new(
             group
@@ -111,7 +116,7 @@ impl CoreGroup {
                 .iter()
                 .map(|h| HostState {
                     label: h.label.clone(),
-                    address: h.address,
+                    address: mesh.backend_address(h.address),
                     state: AtomicU8::new(UNKNOWN),
                     ejected: AtomicBool::new(false),
                 })
@@ -281,11 +286,11 @@ impl CoreGroup {
 pub struct CoreUpstreams {
     pub default_group: String,
     pub groups: BTreeMap<String, Arc<CoreGroup>>,
-    pub mesh: Mesh,
+    pub mesh: Arc<Mesh>,
 }
 
 impl CoreUpstreams {
-    pub fn new(core: &Core, mesh: Mesh) -> std::io::Result<Self> {
+    pub fn new(core: &Core, mesh: Arc<Mesh>) -> std::io::Result<Self> {
         let mut groups = BTreeMap::new();
         for (name, group) in &core.groups {
             groups.insert(name.clone(), Arc::new(CoreGroup::new(group, &mesh)?));

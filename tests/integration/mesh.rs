@@ -58,7 +58,9 @@ async fn an_unreachable_control_server_is_reported_and_nothing_hangs() {
     let mesh = format!(
         "    mode: embedded\n    key_file: state/tailscale/keys.json\n    auth_key_file: ts-auth-key\n    hostname: pop-test\n    control_url: \"http://{control}\"\n    start_timeout: 1s\n"
     );
-    let config = mesh_config(&setup, &mesh, "\"core-1:3000\", \"100.64.0.7:3000\"");
+    // At trace level, so a secret logged at any level would show.
+    let config = mesh_config(&setup, &mesh, "\"core-1:3000\", \"100.64.0.7:3000\"")
+        + "logging:\n  level: trace\n";
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
 
@@ -100,11 +102,20 @@ async fn an_unreachable_control_server_is_reported_and_nothing_hangs() {
             Some("5")
         );
     }
-    assert!(
-        edge.metric("edgecache_mesh_connect_errors_total{kind=\"not_connected\"}")
+    // Answered by the mesh check before any host is tried (health checks alone would
+    // give no_healthy_host), and no host was ejected for the mesh's fault.
+    assert_eq!(
+        edge.metric(
+            "edgecache_upstream_errors_total{group=\"web\",host=\"\",kind=\"mesh_not_connected\"}"
+        )
+        .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        edge.metric("edgecache_core_host_ejected{group=\"web\",host=\"core-1:3000\"}")
             .await
-            .unwrap_or(0.0)
-            >= 1.0
+            .unwrap_or(0.0),
+        0.0
     );
 
     // The node's identity was created private; the auth key never reaches the log.
@@ -167,6 +178,10 @@ fn bad_mesh_settings_name_file_line_and_key() {
             "    mode: wireguard\n",
             ":8: core.mesh.mode: unknown variant `wireguard`",
         ),
+        (
+            "    mode: os\n    start_timeout: 5s\n",
+            ":9: core.mesh.start_timeout: only used with `mode: embedded`",
+        ),
     ];
     for (mesh, expected) in cases {
         let config = mesh_config(&setup, mesh, &format!("\"{}\"", free_address()));
@@ -179,6 +194,20 @@ fn bad_mesh_settings_name_file_line_and_key() {
             "{mesh:?}: wanted {expected:?} in {stderr:?}"
         );
     }
+    // An IP in the stand-in prefix is refused in embedded mode.
+    let config = mesh_config(
+        &setup,
+        "    mode: embedded\n    key_file: keys.json\n",
+        "\"core-1:3000\", \"[100::1]:3000\"",
+    );
+    let path = setup.write_config(&config);
+    let (code, _, stderr) =
+        crate::harness::run_binary(&["check-config", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("core.groups.web.hosts[1]: [100::1]:3000 is in 100::/64"),
+        "{stderr}"
+    );
     // The open auth key file is named with its mode.
     let config = mesh_config(
         &setup,

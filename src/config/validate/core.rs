@@ -1,14 +1,18 @@
 //! Validation of `core:`: the upstream groups, their hosts and how the mesh reaches them.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::time::Duration;
 
 use super::{valid_label, valid_server_name, Checker};
 use crate::config::file::{self, MeshMode};
 use crate::config::model::{
     Core, EmbeddedMesh, HealthCheck, MeshSettings, Secret, UpstreamGroup, UpstreamHost,
 };
+
+const DEFAULT_CONTROL_URL: &str = "https://controlplane.tailscale.com";
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a group's host entries are read.
 struct HostParsing<'a> {
@@ -41,7 +45,9 @@ pub(super) fn core(check: &mut Checker, core: &file::CoreFile) -> Option<Core> {
         return None;
     }
     let mesh = mesh(check, &core.mesh);
-    let embedded = matches!(mesh, Some(MeshSettings::Embedded(_)));
+    // Decided by the mode as written, so tailnet names never reach the OS resolver even
+    // when another mesh setting is wrong.
+    let embedded = core.mesh.mode == MeshMode::Embedded;
     let mut stand_ins = StandIns::default();
     let mut groups = BTreeMap::new();
     for (name, group) in &core.groups {
@@ -188,6 +194,13 @@ fn resolve_host(text: &str) -> Result<SocketAddr, String> {
 /// as it is; a name gets a stand-in address and is looked up in the tailnet at connect time.
 fn mesh_host(text: &str, stand_ins: &mut StandIns) -> Result<(SocketAddr, Option<String>), String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
+        if let IpAddr::V6(v6) = addr.ip() {
+            if v6.segments()[..4] == [0x100, 0, 0, 0] {
+                return Err(format!(
+                    "{text} is in 100::/64, which stands in for tailnet names here: use the host's tailnet address or name"
+                ));
+            }
+        }
         return Ok((addr, None));
     }
     let expected = || format!("invalid host {text:?}: expected tailnet-name:port or IP:port");
@@ -210,6 +223,9 @@ fn mesh(check: &mut Checker, mesh: &file::MeshFile) -> Option<MeshSettings> {
             ("auth_key_file", mesh.auth_key_file.is_some()),
             ("hostname", mesh.hostname.is_some()),
             ("tags", !mesh.tags.is_empty()),
+            ("control_url", mesh.control_url.is_some()),
+            ("ephemeral", mesh.ephemeral.is_some()),
+            ("start_timeout", mesh.start_timeout.is_some()),
         ] {
             if set {
                 check.problem(
@@ -261,14 +277,15 @@ fn mesh(check: &mut Checker, mesh: &file::MeshFile) -> Option<MeshSettings> {
             );
         }
     }
-    match reqwest::Url::parse(&mesh.control_url) {
+    let control_url = mesh
+        .control_url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONTROL_URL.to_string());
+    match reqwest::Url::parse(&control_url) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
         _ => check.problem(
             "core.mesh.control_url",
-            format!(
-                "invalid URL {:?}: expected https://host (Tailscale's or a headscale server)",
-                mesh.control_url
-            ),
+            format!("invalid URL {control_url:?}: expected https://host (Tailscale's or a headscale server)"),
         ),
     }
     for (i, tag) in mesh.tags.iter().enumerate() {
@@ -280,7 +297,10 @@ fn mesh(check: &mut Checker, mesh: &file::MeshFile) -> Option<MeshSettings> {
             );
         }
     }
-    if mesh.start_timeout.get().is_zero() {
+    let start_timeout = mesh
+        .start_timeout
+        .map_or(DEFAULT_START_TIMEOUT, |t| t.get());
+    if start_timeout.is_zero() {
         check.problem("core.mesh.start_timeout", "must be greater than zero");
     }
     if check.problems.len() > problems_before {
@@ -290,10 +310,10 @@ fn mesh(check: &mut Checker, mesh: &file::MeshFile) -> Option<MeshSettings> {
         key_file: key_file?,
         auth_key,
         hostname: mesh.hostname.clone(),
-        control_url: mesh.control_url.clone(),
+        control_url,
         tags: mesh.tags.clone(),
-        ephemeral: mesh.ephemeral,
-        start_timeout: mesh.start_timeout.get(),
+        ephemeral: mesh.ephemeral.unwrap_or(false),
+        start_timeout,
     }))
 }
 
@@ -389,5 +409,9 @@ mod tests {
         assert!(mesh_host("core-1", &mut stand_ins).is_err());
         assert!(mesh_host("bad name:3000", &mut stand_ins).is_err());
         assert!(mesh_host("*.x:3000", &mut stand_ins).is_err());
+        assert!(
+            mesh_host("[100::1]:3000", &mut stand_ins).is_err(),
+            "an IP that could be a stand-in is refused"
+        );
     }
 }
