@@ -15,7 +15,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -23,8 +25,9 @@ use async_trait::async_trait;
 use pingora::connectors::L4Connect;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::l4::stream::Stream;
-use pingora::protocols::l4::virt::{VirtualSocket, VirtualSocketStream};
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::{Error, ErrorType};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::model::{Core, MeshSettings};
 use crate::metrics;
@@ -74,6 +77,49 @@ pub trait Tunnel: Send + Sync + std::fmt::Debug {
     async fn resolve(&self, name: &str) -> Result<IpAddr, MeshError>;
     /// A TCP stream to `address` through the tunnel.
     async fn connect(&self, address: SocketAddr) -> Result<Box<dyn VirtualSocket>, MeshError>;
+}
+
+/// A stream opened by us that pingora carries as a virtual socket. Socket options are
+/// left alone: a kernel socket here was set up when it was opened, and a stream through
+/// the userspace stack has none.
+#[derive(Debug)]
+pub struct OpenedStream<T>(pub T);
+
+impl<T> VirtualSocket for OpenedStream<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug,
+{
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for OpenedStream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for OpenedStream<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// Pingora's L4 connector for one upstream group in embedded mode.

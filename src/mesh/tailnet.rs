@@ -22,18 +22,14 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
-use tailscale::netstack::TcpStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use pingora::protocols::l4::virt::VirtualSocket;
 
-use super::{MeshError, MeshState, MeshStatus, Tunnel};
+use super::{MeshError, MeshState, MeshStatus, OpenedStream, Tunnel};
 use crate::config::model::EmbeddedMesh;
 use crate::metrics;
 
@@ -288,7 +284,7 @@ impl Tunnel for Tailnet {
                         address,
                         reason: e.to_string(),
                     })?;
-                Ok(Box::new(TailnetStream(stream)) as Box<dyn VirtualSocket>)
+                Ok(Box::new(OpenedStream(stream)) as Box<dyn VirtualSocket>)
             })
             .await
     }
@@ -357,46 +353,6 @@ pub(crate) fn create_key_file(path: &Path) -> Result<(), MeshError> {
         });
     let _ = std::fs::remove_file(&temp);
     written.map_err(|e| fail(format!("creating it: {e}")))
-}
-
-/// A TCP stream through the node's userspace network stack, as pingora's virtual socket.
-#[derive(Debug)]
-struct TailnetStream(TcpStream);
-
-impl VirtualSocket for TailnetStream {
-    /// Nagle and keepalive are properties of kernel sockets; the userspace stack sends what
-    /// it is given and the tunnel keeps its own liveness.
-    fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl AsyncRead for TailnetStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TailnetStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -3,21 +3,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
+use pingora::protocols::l4::virt::VirtualSocket;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Mesh, MeshError, MeshState, MeshStatus, Tunnel};
+use super::{Mesh, MeshError, MeshState, MeshStatus, OpenedStream, Tunnel};
 
 /// Names resolve from a table; streams are kernel TCP sockets on 127.0.0.1.
 #[derive(Debug, Default)]
@@ -26,44 +24,6 @@ struct LoopbackTunnel {
     lookups: AtomicUsize,
     /// Lookups never answer, as a tailnet without a network map.
     stalled: bool,
-}
-
-#[derive(Debug)]
-struct LoopbackSocket(TcpStream);
-
-impl VirtualSocket for LoopbackSocket {
-    fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
-        match opt {
-            VirtualSockOpt::NoDelay => self.0.set_nodelay(true),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl AsyncRead for LoopbackSocket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LoopbackSocket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }
 
 #[async_trait]
@@ -86,7 +46,7 @@ impl Tunnel for LoopbackTunnel {
                 address,
                 reason: e.to_string(),
             })?;
-        Ok(Box::new(LoopbackSocket(stream)))
+        Ok(Box::new(OpenedStream(stream)))
     }
 }
 

@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::mesh::MeshConnector;
+use crate::mesh::{MeshConnector, OpenedStream};
 use crate::metrics;
 
 /// A close frame from a server (unmasked): FIN + opcode 8, 2 bytes of payload, 1001.
@@ -116,12 +116,15 @@ impl L4Connect for WebsocketConnector {
     }
 }
 
-async fn kernel_connect(address: SocketAddr, timeout: Duration) -> pingora::Result<KernelSocket> {
+async fn kernel_connect(
+    address: SocketAddr,
+    timeout: Duration,
+) -> pingora::Result<OpenedStream<TcpStream>> {
     match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => {
             // Messages are small and latency matters more than packet count.
             let _ = stream.set_nodelay(true);
-            Ok(KernelSocket(stream))
+            Ok(OpenedStream(stream))
         }
         Ok(Err(e)) => {
             let kind = if e.kind() == io::ErrorKind::ConnectionRefused {
@@ -135,44 +138,6 @@ async fn kernel_connect(address: SocketAddr, timeout: Duration) -> pingora::Resu
             ErrorType::ConnectTimedout,
             format!("no connection to {address} within {timeout:?}"),
         ),
-    }
-}
-
-#[derive(Debug)]
-struct KernelSocket(TcpStream);
-
-impl VirtualSocket for KernelSocket {
-    fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
-        match opt {
-            VirtualSockOpt::NoDelay => self.0.set_nodelay(true),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl AsyncRead for KernelSocket {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KernelSocket {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
