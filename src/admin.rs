@@ -15,6 +15,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::cache::EdgeCache;
+use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource, Purger, FLEET_ORIGIN_HEADER};
 use crate::metrics;
 use crate::proxy::upstream::CoreUpstreams;
 use crate::reload::Reloader;
@@ -27,6 +28,8 @@ pub struct AdminApp {
     /// The bearer token `/reload` requires; a reload may change it.
     pub token: Arc<ArcSwapOption<String>>,
     pub cache: Option<Arc<EdgeCache>>,
+    /// Applies purges here and passes them to the fleet.
+    pub purger: Arc<Purger>,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
@@ -127,10 +130,7 @@ impl AdminApp {
 
     /// `POST /purge?url=<url>` removes one URL (every variant), `?prefix=<url prefix>`
     /// everything under it, from both tiers. Always needs the admin token.
-    fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
-        let Some(cache) = &self.cache else {
-            return text(StatusCode::NOT_FOUND, "this PoP has no cache\n");
-        };
+    async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if self.token.load().is_none() {
             return text(
                 StatusCode::FORBIDDEN,
@@ -150,9 +150,9 @@ impl AdminApp {
                 _ => {}
             }
         }
-        let result = match (url, prefix) {
-            (Some(url), None) => cache.purge_url(&url),
-            (None, Some(prefix)) => cache.purge_prefix(&prefix),
+        let (kind, value) = match (url, prefix) {
+            (Some(url), None) => (PurgeKind::Url, url),
+            (None, Some(prefix)) => (PurgeKind::Prefix, prefix),
             _ => {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -160,17 +160,30 @@ impl AdminApp {
                 )
             }
         };
-        match result {
-            Ok(purged) => {
-                tracing::info!(query, purged, "purged");
-                let mut resp = text(StatusCode::OK, format!("{{\"purged\":{purged}}}\n"));
+        // A purge a peer passes on is applied here and goes no further.
+        let source = if session
+            .req_header()
+            .headers
+            .contains_key(FLEET_ORIGIN_HEADER)
+        {
+            PurgeSource::Peer
+        } else {
+            PurgeSource::Admin
+        };
+        match self.purger.purge(kind, &value, source).await {
+            Ok(report) => {
+                let mut resp = text(StatusCode::OK, report.to_json() + "\n");
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
                 );
                 resp
             }
-            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            Err(PurgeFailure::Bad(e)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            Err(PurgeFailure::Fleet(e)) => {
+                tracing::error!(error = %e, "purge not queued for the fleet");
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+            }
         }
     }
 
@@ -222,7 +235,7 @@ impl ServeHttp for AdminApp {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}\n")),
             },
             ("/reload", &Method::POST) => self.reload(session).await,
-            ("/purge", &Method::POST) => self.purge(session),
+            ("/purge", &Method::POST) => self.purge(session).await,
             ("/healthz" | "/readyz" | "/metrics", _) | ("/reload" | "/purge", _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `reload`, `migrate`, `gen-cert`, `version`.
+//! The command line: `serve`, `check-config`, `reload`, `purge`, `migrate`, `gen-cert`, `version`.
 
 use std::path::PathBuf;
 
@@ -34,6 +34,17 @@ pub enum Command {
     Reload {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Purge a URL (or, with --prefix, every URL under it) on this PoP and every PoP of
+    /// its fleet, through the local admin listener; prints the per-PoP result.
+    Purge {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// `https://media.example/system/...`; without a scheme both schemes are purged.
+        url: String,
+        /// Purge every URL that starts with this one.
+        #[arg(long)]
+        prefix: bool,
     },
     /// Copy every object of a legacy place (a directory, or an HTTP origin with a key
     /// list) into object stores; resumable, verified, never overwriting.

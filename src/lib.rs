@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod devcert;
+pub mod fleet;
 pub mod logging;
 pub mod mesh;
 pub mod metrics;

@@ -73,6 +73,34 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Purge {
+            config: path,
+            url,
+            prefix,
+        } => {
+            let config = match config::load(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match reload::request_purge(
+                config.admin.address,
+                config.admin.token.as_deref(),
+                &url,
+                prefix,
+            ) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgecache: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Migrate {
             config: path,
             from,

@@ -95,6 +95,12 @@ pub struct Metrics {
     pub cache_lock_wait_seconds: prometheus::Histogram,
     /// Objects removed by purge requests, by kind (`url`, `prefix`).
     pub cache_purged_objects: IntCounterVec,
+    /// Purge requests applied here, by source (`admin`, `peer`, `cache_buster`).
+    pub purges_received: IntCounterVec,
+    /// Attempts to hand a purge to another PoP, by peer and result (`ok`, `error`).
+    pub fleet_deliveries: IntCounterVec,
+    /// Purges waiting for a peer that has not taken them yet, by peer.
+    pub fleet_pending_purges: IntGaugeVec,
     /// Media chain steps, by store and outcome (`hit`, `miss`, `error`, `shed` when the
     /// store's concurrency limit or open circuit refused the request).
     pub media_step_lookups: IntCounterVec,
@@ -326,6 +332,24 @@ impl Metrics {
                 &registry,
                 "edgecache_websockets_closed_going_away_total",
                 "Websockets ended with a going-away close because the edge shut down.",
+            ),
+            purges_received: counter_vec(
+                &registry,
+                "edgecache_purges_received_total",
+                "Purge requests applied here, by source.",
+                &["source"],
+            ),
+            fleet_deliveries: counter_vec(
+                &registry,
+                "edgecache_fleet_purge_deliveries_total",
+                "Attempts to hand a purge to another PoP, by peer and result.",
+                &["peer", "result"],
+            ),
+            fleet_pending_purges: gauge_vec(
+                &registry,
+                "edgecache_fleet_pending_purges",
+                "Purges waiting for a peer that has not taken them yet.",
+                &["peer"],
             ),
             mesh_connected: gauge(
                 &registry,

@@ -255,6 +255,29 @@ pub fn request_reload(
     address: std::net::SocketAddr,
     token: Option<&str>,
 ) -> Result<String, ReloadRequestError> {
+    admin_post(address, token, "/reload")
+}
+
+/// Asks the PoP at `address` to purge `value` (a URL, or a URL prefix) here and on every
+/// other PoP of its fleet; returns its JSON report.
+pub fn request_purge(
+    address: std::net::SocketAddr,
+    token: Option<&str>,
+    value: &str,
+    prefix: bool,
+) -> Result<String, ReloadRequestError> {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair(if prefix { "prefix" } else { "url" }, value)
+        .finish();
+    admin_post(address, token, &format!("/purge?{query}"))
+}
+
+/// POSTs to the admin listener and returns the body of a 200 answer.
+fn admin_post(
+    address: std::net::SocketAddr,
+    token: Option<&str>,
+    target: &str,
+) -> Result<String, ReloadRequestError> {
     use std::io::{Read, Write};
     use std::time::Duration;
 
@@ -268,7 +291,7 @@ pub fn request_reload(
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "POST /reload HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {target} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).map_err(connect_err)?;
     let mut answer = Vec::new();

@@ -20,6 +20,7 @@ use crate::admin::AdminApp;
 use crate::cache::{CacheError, EdgeCache};
 use crate::config::Config;
 use crate::connections::CountedApp;
+use crate::fleet::{Fleet, FleetError, FleetService, Purger};
 use crate::mesh::{Mesh, MeshError};
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::server::MediaServer;
@@ -39,6 +40,8 @@ pub enum StartError {
     Upstream(std::io::Error),
     #[error("cannot set up the mesh: {0}")]
     Mesh(#[from] MeshError),
+    #[error("cannot set up fleet purges: {0}")]
+    Fleet(#[from] FleetError),
     #[error("cannot listen on {address} (listener {name}): {source}")]
     Bind {
         name: String,
@@ -98,6 +101,25 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     let admin_token = Arc::new(ArcSwapOption::from(
         config.admin.token.clone().map(Arc::new),
     ));
+    let fleet = match &config.fleet {
+        Some(settings) => {
+            let fleet = Fleet::open(settings, admin_token.clone())?;
+            server.add_service(GenBackgroundService::new(
+                "fleet purge delivery".to_string(),
+                Arc::new(FleetService(fleet.clone())),
+            ));
+            Some(fleet)
+        }
+        None => None,
+    };
+    let purger = Arc::new(Purger {
+        cache: cache.clone(),
+        fleet,
+        name: config
+            .fleet
+            .as_ref()
+            .map_or_else(|| "local".to_string(), |f| f.name.clone()),
+    });
     let restart_only = RestartOnly::of(&config);
     // Media routes are served by an origin of our own on loopback, when stores exist.
     let media_origin = if config.stores.is_empty() {
@@ -139,6 +161,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         media_origin,
         request_ids: Default::default(),
         going_away,
+        purger: purger.clone(),
     });
 
     let mut reloadable = HashMap::new();
@@ -230,6 +253,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
             reloader,
             token: admin_token,
             cache,
+            purger,
         }),
     );
     admin.add_tcp(&config.admin.address.to_string());

@@ -39,6 +39,57 @@ pub struct ConfigFile {
     /// media route has `write_through`.
     #[serde(default)]
     pub write_through: Option<WriteThroughFile>,
+    /// The other PoPs, which get every purge this one receives.
+    #[serde(default)]
+    pub fleet: Option<FleetFile>,
+    /// Mastodon's cache buster (`CACHE_BUSTER_ENABLED`): its requests purge the URL they
+    /// name, fleet-wide.
+    #[serde(default)]
+    pub cache_buster: Option<CacheBusterFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// This PoP's name, as the others list it.
+    pub name: String,
+    /// Every other PoP: its name and admin address (over the mesh), which must accept this
+    /// PoP's admin token.
+    #[serde(default)]
+    pub peers: Vec<FleetPeerFile>,
+    /// Where purges not yet delivered wait, across restarts.
+    pub state_dir: PathBuf,
+    /// Purges waiting for one peer at most; beyond it new purges are refused (503) rather
+    /// than lost.
+    #[serde(default = "defaults::fleet_max_pending")]
+    pub max_pending: usize,
+    /// How long a purge request waits for the peers' answers before reporting the rest as
+    /// queued.
+    #[serde(default = "defaults::fleet_wait")]
+    pub wait: HumanDuration,
+    /// Delivery attempts to a peer that is down are spaced up to this much.
+    #[serde(default = "defaults::fleet_max_retry_delay")]
+    pub max_retry_delay: HumanDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetPeerFile {
+    pub name: String,
+    /// `host:port` of the peer's admin listener.
+    pub admin: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheBusterFile {
+    /// Mastodon's `CACHE_BUSTER_HTTP_METHOD` (`GET` by default there; `PURGE` is clearer).
+    #[serde(default = "defaults::cache_buster_method")]
+    pub method: String,
+    /// Mastodon's `CACHE_BUSTER_SECRET_HEADER`.
+    pub secret_header: String,
+    /// A file holding Mastodon's `CACHE_BUSTER_SECRET`.
+    pub secret_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -589,6 +640,22 @@ mod defaults {
 
     pub fn disk_max_object_size() -> ByteSize {
         ByteSize(1024 * 1024 * 1024)
+    }
+
+    pub fn fleet_max_pending() -> usize {
+        100_000
+    }
+
+    pub fn fleet_wait() -> HumanDuration {
+        HumanDuration::from_secs(2)
+    }
+
+    pub fn fleet_max_retry_delay() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+
+    pub fn cache_buster_method() -> String {
+        "GET".to_string()
     }
 
     pub fn connect_timeout() -> HumanDuration {

@@ -35,6 +35,33 @@ pub struct Config {
     /// Media places by name; built once at start.
     pub stores: BTreeMap<String, StoreSettings>,
     pub write_through: Option<WriteThroughSettings>,
+    pub fleet: Option<FleetSettings>,
+    pub cache_buster: Option<CacheBuster>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSettings {
+    pub name: String,
+    pub peers: Vec<FleetPeer>,
+    pub state_dir: PathBuf,
+    pub max_pending: usize,
+    pub wait: Duration,
+    pub max_retry_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetPeer {
+    pub name: String,
+    /// `host:port` of its admin listener.
+    pub admin: String,
+}
+
+/// How Mastodon's cache-buster requests are recognised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheBuster {
+    pub method: http::Method,
+    pub secret_header: http::HeaderName,
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone, PartialEq)]

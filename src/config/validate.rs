@@ -23,6 +23,7 @@ use super::model::{
 use crate::tls::{load_certified_key, CertificateSet};
 
 mod core;
+mod fleet;
 mod media;
 
 /// Collects problems with the line of the key each is about.
@@ -94,6 +95,14 @@ impl Config {
             .write_through
             .as_ref()
             .map(|w| media::write_through(&mut check, w));
+        let fleet = parsed
+            .fleet
+            .as_ref()
+            .map(|f| fleet::fleet(&mut check, f, admin.as_ref()));
+        let cache_buster = parsed
+            .cache_buster
+            .as_ref()
+            .and_then(|b| fleet::cache_buster(&mut check, b));
         let sites = sites(
             &mut check,
             &parsed.sites,
@@ -128,6 +137,8 @@ impl Config {
                 sites,
                 stores,
                 write_through,
+                fleet: fleet.flatten(),
+                cache_buster,
             }),
             _ => Err(ConfigError {
                 problems: check.problems,

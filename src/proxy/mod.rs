@@ -5,6 +5,7 @@
 //! drops hop-by-hop headers, `forward` decides the group, retries, request ids and body
 //! limits. `logging` writes the access-log line and the request metrics.
 
+pub mod buster;
 pub mod forward;
 pub mod headers;
 pub mod limits;
@@ -13,7 +14,7 @@ mod settings;
 pub mod upstream;
 pub mod websocket;
 
-use report::{client_addr, count_retry, respond, ListenerCounters};
+use report::{client_addr, count_retry, respond, respond_with, ListenerCounters};
 pub use settings::{LimitsSnapshot, ProxySettings};
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use crate::access_log::AccessLogger;
 use crate::cache::key as cache_key;
 use crate::cache::{policy, CacheStatus, EdgeCache};
+use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource};
 use crate::metrics;
 use upstream::{CoreGroup, CoreUpstreams};
 
@@ -50,6 +52,8 @@ pub struct ProxyShared {
     pub request_ids: forward::RequestIds,
     /// Ends websockets cleanly at shutdown.
     pub going_away: Arc<websocket::GoingAway>,
+    /// Mastodon's cache-buster requests purge through it, fleet-wide.
+    pub purger: Arc<crate::fleet::Purger>,
 }
 
 /// The proxy of one listener.
@@ -67,6 +71,31 @@ const X_CACHE_STATUS: http::header::HeaderName =
     http::header::HeaderName::from_static("x-cache-status");
 
 impl EdgeProxy {
+    /// Answers Mastodon's cache buster: the URL it names is purged here and on every PoP.
+    async fn bust(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<()> {
+        let Some(target) = buster::purge_target(session.req_header()) else {
+            return respond(session, ctx, 400, "400 bad request: no host to purge\n").await;
+        };
+        let outcome = self
+            .shared
+            .purger
+            .purge(PurgeKind::Url, &target, PurgeSource::CacheBuster)
+            .await;
+        match outcome {
+            Ok(report) => {
+                let body = Bytes::from(report.to_json() + "\n");
+                respond_with(session, ctx, 200, "application/json", body).await
+            }
+            Err(PurgeFailure::Bad(_)) => {
+                respond(session, ctx, 400, "400 bad request: not a URL to purge\n").await
+            }
+            Err(PurgeFailure::Fleet(e)) => {
+                tracing::error!(error = %e, "cache-buster purge not queued for the fleet");
+                respond(session, ctx, 503, "503 purge not queued; try again\n").await
+            }
+        }
+    }
+
     /// The settings of this request (taken in `request_filter`).
     fn settings(&self, ctx: &RequestContext) -> Arc<ProxySettings> {
         ctx.settings
@@ -206,6 +235,13 @@ impl ProxyHttp for EdgeProxy {
             let req = session.req_header();
             ctx.route = forward::choose(&settings, req, self.tls);
             ctx.request_id = self.shared.request_ids.for_request(req);
+            if let Some(buster) = &settings.cache_buster {
+                if buster::is_cache_buster(buster, req) {
+                    self.bust(session, ctx).await?;
+                    return Ok(true);
+                }
+            }
+            let req = session.req_header();
             if ctx
                 .route
                 .max_body_size

@@ -123,8 +123,26 @@ pub(super) async fn respond(
     status: u16,
     body: &'static str,
 ) -> Result<()> {
+    respond_with(
+        session,
+        ctx,
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
+    .await
+}
+
+/// Writes a short response of our own with the given type and body.
+pub(super) async fn respond_with(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(5))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if matches!(status, 502 | 503) {
@@ -137,9 +155,7 @@ pub(super) async fn respond(
     }
     ctx.own_status = Some(status);
     session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(())
 }
 

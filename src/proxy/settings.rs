@@ -1,6 +1,6 @@
 //! The proxy settings a reload may replace: taken as one snapshot per request.
 
-use crate::config::model::{CachePolicy, Limits, Sites, TrustedProxies};
+use crate::config::model::{CacheBuster, CachePolicy, Limits, Sites, TrustedProxies};
 
 /// The settings a reload may change while requests are flowing.
 #[derive(Debug, Clone)]
@@ -10,6 +10,7 @@ pub struct ProxySettings {
     pub limits: LimitsSnapshot,
     pub cache_policy: Option<CachePolicy>,
     pub sites: Sites,
+    pub cache_buster: Option<CacheBuster>,
 }
 
 impl ProxySettings {
@@ -20,6 +21,7 @@ impl ProxySettings {
             limits: LimitsSnapshot::from(&config.limits),
             cache_policy: config.cache.as_ref().map(|c| c.policy.clone()),
             sites: config.sites.clone(),
+            cache_buster: config.cache_buster.clone(),
         }
     }
 }

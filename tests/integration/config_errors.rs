@@ -185,6 +185,11 @@ fn the_commented_example_config_loads() {
         "/etc/edgecache/spaces.credentials",
         &dir.path().join("spaces.credentials").display().to_string(),
     );
+    std::fs::write(dir.path().join("cache-buster.secret"), "buster-secret\n").expect("secret");
+    let text = text.replace(
+        "/etc/edgecache/cache-buster.secret",
+        &dir.path().join("cache-buster.secret").display().to_string(),
+    );
     let legacy = dir.path().join("legacy-system");
     std::fs::create_dir(&legacy).expect("legacy dir");
     let text = text.replace("/mnt/legacy/system", &legacy.display().to_string());

@@ -9,6 +9,7 @@ mod bounds;
 mod cache;
 mod config_errors;
 mod disk_cache;
+mod fleet;
 mod forwarding;
 mod listeners;
 mod media;

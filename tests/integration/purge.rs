@@ -3,6 +3,14 @@
 use crate::cache::{get, pop_with_cache, ADMIN_TOKEN};
 use crate::harness::origin::Origin;
 
+/// The `purged` count of a purge report.
+fn purged(body: &str) -> i64 {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|report| report["purged"].as_i64())
+        .unwrap_or(-1)
+}
+
 fn encode(url: &str) -> String {
     url.bytes()
         .map(|b| match b {
@@ -32,13 +40,12 @@ async fn a_purged_url_is_a_miss_in_every_variant_and_after_a_restart() {
     let (status, body) = pop
         .purge(&format!("url={}", encode(&format!("http://{host}{page}"))))
         .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body.trim(), "{\"purged\":2}");
+    assert_eq!((status, purged(&body)), (200, 2), "{body}");
     // Without a scheme, both are purged; the disk-only object goes too.
     let (status, body) = pop
         .purge(&format!("url={}", encode(&format!("{host}{big}"))))
         .await;
-    assert_eq!((status, body.trim()), (200, "{\"purged\":1}"));
+    assert_eq!((status, purged(&body)), (200, 1), "{body}");
 
     crate::cache::kill_and_restart(&mut pop).await;
     for accept in ["text/html", "application/activity+json"] {
@@ -73,7 +80,7 @@ async fn a_prefix_purge_takes_everything_under_it() {
             encode(&format!("http://{host}/system/media_attachments/"))
         ))
         .await;
-    assert_eq!((status, body.trim()), (200, "{\"purged\":2}"));
+    assert_eq!((status, purged(&body)), (200, 2), "{body}");
     assert_eq!(
         get(pop.setup.http, media[0], &[]).await.cache_status(),
         "MISS"
@@ -119,8 +126,6 @@ async fn purging_needs_the_token_and_a_well_formed_target() {
     assert_eq!(pop.purge("").await.0, 400);
     assert_eq!(pop.purge("url=a&prefix=b").await.0, 400);
     assert_eq!(pop.purge("url=https%3A%2F%2Fa%20b%2Fx").await.0, 400);
-    assert_eq!(
-        pop.purge("url=example.social%2Fx").await,
-        (200, "{\"purged\":0}\n".to_string())
-    );
+    let (status, body) = pop.purge("url=example.social%2Fx").await;
+    assert_eq!((status, purged(&body)), (200, 0), "{body}");
 }

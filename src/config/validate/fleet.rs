@@ -1,0 +1,133 @@
+//! Validation of `fleet:` (the PoPs a purge reaches) and `cache_buster:`.
+
+use std::collections::HashSet;
+
+use super::{valid_label, Checker};
+use crate::config::file;
+use crate::config::model::{Admin, CacheBuster, FleetPeer, FleetSettings, Secret};
+
+pub(super) fn fleet(
+    check: &mut Checker,
+    fleet: &file::FleetFile,
+    admin: Option<&Admin>,
+) -> Option<FleetSettings> {
+    let before = check.problems.len();
+    if !valid_label(&fleet.name) {
+        check.problem(
+            "fleet.name",
+            format!(
+                "invalid PoP name {:?}: letters, digits, '-' and '_'",
+                fleet.name
+            ),
+        );
+    }
+    if admin.is_some_and(|a| a.token.is_none()) {
+        check.problem(
+            "fleet",
+            "a fleet needs admin.token_file: peers accept a purge only with the admin token, the same on every PoP",
+        );
+    }
+    let mut names = HashSet::from([fleet.name.clone()]);
+    let mut peers = Vec::new();
+    for (i, peer) in fleet.peers.iter().enumerate() {
+        let key = format!("fleet.peers[{i}]");
+        if !valid_label(&peer.name) {
+            check.problem(
+                &format!("{key}.name"),
+                format!("invalid PoP name {:?}", peer.name),
+            );
+        } else if !names.insert(peer.name.clone()) {
+            check.problem(
+                &format!("{key}.name"),
+                format!(
+                    "{:?} is listed twice (or is this PoP's own name)",
+                    peer.name
+                ),
+            );
+        }
+        let valid_address = peer
+            .admin
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            && !peer.admin.contains('/');
+        if !valid_address {
+            check.problem(
+                &format!("{key}.admin"),
+                format!(
+                    "invalid admin address {:?}: expected host:port of the peer's admin listener",
+                    peer.admin
+                ),
+            );
+        }
+        peers.push(FleetPeer {
+            name: peer.name.clone(),
+            admin: peer.admin.clone(),
+        });
+    }
+    if fleet.max_pending == 0 {
+        check.problem("fleet.max_pending", "must be more than 0");
+    }
+    if check.problems.len() > before {
+        return None;
+    }
+    Some(FleetSettings {
+        name: fleet.name.clone(),
+        peers,
+        state_dir: check.resolve_path(&fleet.state_dir),
+        max_pending: fleet.max_pending,
+        wait: fleet.wait.get(),
+        max_retry_delay: fleet
+            .max_retry_delay
+            .get()
+            .max(std::time::Duration::from_millis(100)),
+    })
+}
+
+pub(super) fn cache_buster(
+    check: &mut Checker,
+    buster: &file::CacheBusterFile,
+) -> Option<CacheBuster> {
+    let method = match buster.method.to_ascii_uppercase().parse::<http::Method>() {
+        Ok(method) => Some(method),
+        Err(_) => {
+            check.problem(
+                "cache_buster.method",
+                format!("invalid method {:?}", buster.method),
+            );
+            None
+        }
+    };
+    let secret_header = match http::HeaderName::from_bytes(buster.secret_header.as_bytes()) {
+        Ok(name) => Some(name),
+        Err(_) => {
+            check.problem(
+                "cache_buster.secret_header",
+                format!("invalid header name {:?}", buster.secret_header),
+            );
+            None
+        }
+    };
+    let path = check.resolve_path(&buster.secret_file);
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Some(Secret::new(text.trim().to_string())),
+        Ok(_) => {
+            check.problem(
+                "cache_buster.secret_file",
+                format!("{} is empty", path.display()),
+            );
+            None
+        }
+        Err(e) => {
+            check.problem(
+                "cache_buster.secret_file",
+                format!("cannot read {}: {e}", path.display()),
+            );
+            None
+        }
+    };
+    Some(CacheBuster {
+        method: method?,
+        secret_header: secret_header?,
+        secret: secret?,
+    })
+}

@@ -1,0 +1,267 @@
+//! Purges that reach every PoP: three edges on 127.0.0.1 that list each other as a fleet,
+//! one of them stopped during the purge and started after, and Mastodon's cache buster.
+
+use std::time::Instant;
+
+use crate::cache::{cache_yaml, get, ADMIN_TOKEN};
+use crate::harness::edge::{Edge, EdgeSetup};
+use crate::harness::origin::Origin;
+use crate::harness::TestCert;
+
+const MEDIA_HOST: &str = "media.hachyderm.example";
+const BUSTER_SECRET: &str = "b5f0c1d2-cache-buster";
+
+struct FleetPop {
+    name: &'static str,
+    setup: EdgeSetup,
+    config: std::path::PathBuf,
+    edge: Option<Edge>,
+}
+
+impl FleetPop {
+    fn edge(&self) -> &Edge {
+        self.edge.as_ref().expect("running")
+    }
+
+    async fn start(&mut self) {
+        self.edge = Some(Edge::start(&self.setup, &self.config).await);
+    }
+
+    async fn kill(&mut self) {
+        if let Some(edge) = self.edge.take() {
+            edge.signal(nix::sys::signal::Signal::SIGKILL);
+            drop(edge);
+        }
+    }
+
+    /// GET `path` on this PoP as a client of the media host would.
+    async fn get(&self, path: &str) -> crate::cache::Answer {
+        get(self.setup.http, path, &[("Host", MEDIA_HOST)]).await
+    }
+}
+
+/// Starts PoPs named `names` in front of `origin`, each listing all the others.
+async fn fleet(origin: &Origin, names: &[&'static str]) -> Vec<FleetPop> {
+    let mut pops: Vec<FleetPop> = names
+        .iter()
+        .map(|name| FleetPop {
+            name,
+            setup: EdgeSetup::new(),
+            config: std::path::PathBuf::new(),
+            edge: None,
+        })
+        .collect();
+    let admins: Vec<(&str, std::net::SocketAddr)> =
+        pops.iter().map(|p| (p.name, p.setup.admin)).collect();
+    for pop in &mut pops {
+        let cert = TestCert::create(pop.setup.dir.path(), "site", &["hachyderm.example"]);
+        let token = pop.setup.path("admin.token");
+        std::fs::write(&token, ADMIN_TOKEN).expect("token");
+        let secret = pop.setup.path("cache-buster.secret");
+        std::fs::write(&secret, format!("{BUSTER_SECRET}\n")).expect("secret");
+        let peers: String = admins
+            .iter()
+            .filter(|(name, _)| *name != pop.name)
+            .map(|(name, admin)| format!("    - {{ name: {name}, admin: \"{admin}\" }}\n"))
+            .collect();
+        let extra = format!(
+            "fleet:\n  name: {}\n  peers:\n{peers}  state_dir: {}\n  max_retry_delay: 300ms\ncache_buster:\n  method: PURGE\n  secret_header: X-Cache-Buster-Secret\n  secret_file: {}\n",
+            pop.name,
+            pop.setup.path("fleet").display(),
+            secret.display(),
+        );
+        let yaml = cache_yaml(pop.setup.dir.path(), &extra);
+        let config = pop
+            .setup
+            .config(&[&cert], &[origin.address], &yaml)
+            .replace(
+                "admin:\n",
+                &format!("admin:\n  token_file: {}\n", token.display()),
+            );
+        pop.config = pop.setup.write_config(&config);
+        pop.start().await;
+    }
+    pops
+}
+
+async fn admin_purge(pop: &FleetPop, url: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/purge", pop.setup.admin))
+        .query(&[("url", url)])
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("purge request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("purge answer");
+    let json = match serde_json::from_str(&text) {
+        Ok(json) => json,
+        Err(_) => serde_json::Value::String(text),
+    };
+    (status, json)
+}
+
+#[tokio::test]
+async fn a_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
+    let origin = Origin::start().await;
+    let mut pops = fleet(&origin, &["fra", "ewr", "nrt"]).await;
+    let media = "/system/media_attachments/files/1/original/deleted.png?cc=public,max-age=3600";
+    let kept = "/system/media_attachments/files/2/original/kept.png?cc=public,max-age=3600";
+    for pop in &pops {
+        assert_eq!(pop.get(media).await.cache_status(), "MISS", "{}", pop.name);
+        assert_eq!(pop.get(media).await.cache_status(), "HIT", "{}", pop.name);
+        pop.get(kept).await;
+    }
+    assert_eq!(origin.hits(), 6);
+
+    // nrt is down when the purge arrives at fra.
+    pops[2].kill().await;
+    let started = Instant::now();
+    // Without a scheme: both are purged (these test PoPs serve plain HTTP).
+    let (status, report) = admin_purge(&pops[0], &format!("{MEDIA_HOST}{media}")).await;
+    let answered = started.elapsed();
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["pops"]["fra"], "purged", "{report}");
+    assert_eq!(report["pops"]["ewr"], "purged", "{report}");
+    let nrt = report["pops"]["nrt"].as_str().unwrap_or_default();
+    assert!(nrt.starts_with("queued (nrt cannot be reached"), "{report}");
+    for pop in &pops[..2] {
+        assert_eq!(pop.get(media).await.cache_status(), "MISS", "{}", pop.name);
+        assert_eq!(pop.get(kept).await.cache_status(), "HIT", "{}", pop.name);
+    }
+    pops[0]
+        .edge()
+        .wait_metric("edgecache_fleet_pending_purges{peer=\"nrt\"}", 1.0)
+        .await;
+
+    // nrt comes back with its disk cache, deleted object included; fra delivers the purge.
+    let restarted = Instant::now();
+    pops[2].start().await;
+    pops[0]
+        .edge()
+        .wait_metric("edgecache_fleet_pending_purges{peer=\"nrt\"}", 0.0)
+        .await;
+    let caught_up = restarted.elapsed();
+    assert_eq!(pops[2].get(media).await.cache_status(), "MISS");
+    assert_eq!(pops[2].get(kept).await.cache_status(), "HIT");
+    assert_eq!(
+        pops[2]
+            .edge()
+            .metric("edgecache_purges_received_total{source=\"peer\"}")
+            .await,
+        Some(1.0)
+    );
+    // A purge a peer passed on goes no further: ewr got it once, from fra.
+    assert_eq!(
+        pops[1]
+            .edge()
+            .metric("edgecache_fleet_pending_purges{peer=\"nrt\"}")
+            .await,
+        Some(0.0)
+    );
+    eprintln!(
+        "fleet purge: fra and ewr answered in {answered:?}; nrt caught up {caught_up:?} after its restart began"
+    );
+}
+
+#[tokio::test]
+async fn mastodons_cache_buster_purges_the_url_on_every_pop() {
+    let origin = Origin::start().await;
+    let pops = fleet(&origin, &["fra", "ewr"]).await;
+    let path = "/system/media_attachments/files/110/original/a1b2.jpeg?cc=public,max-age=3600";
+    for pop in &pops {
+        pop.get(path).await;
+        assert_eq!(pop.get(path).await.cache_status(), "HIT");
+    }
+    let hits = origin.hits();
+    let client = reqwest::Client::new();
+    let bust = |secret: &'static str| {
+        client
+            .request(
+                reqwest::Method::from_bytes(b"PURGE").expect("method"),
+                format!("http://{}{path}", pops[1].setup.http),
+            )
+            // As Mastodon's CacheBuster sends it (app/lib/cache_buster.rb through its
+            // Request class): the media URL, the configured method and secret header.
+            .header("Host", MEDIA_HOST)
+            .header(
+                "User-Agent",
+                "http.rb/5.2.0 (Mastodon/4.3.0; +https://hachyderm.example/)",
+            )
+            .header("X-Cache-Buster-Secret", secret)
+            .send()
+    };
+
+    // With the wrong secret it is an ordinary request for the core, and purges nothing.
+    bust("guess").await.expect("request");
+    assert_eq!(pops[0].get(path).await.cache_status(), "HIT");
+    assert_eq!(pops[1].get(path).await.cache_status(), "HIT");
+
+    let resp = bust(BUSTER_SECRET).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let report: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(report["pops"]["ewr"], "purged", "{report}");
+    assert_eq!(report["pops"]["fra"], "purged", "{report}");
+    for pop in &pops {
+        assert_eq!(pop.get(path).await.cache_status(), "MISS", "{}", pop.name);
+    }
+    // The origin saw the two refetches and the wrong-secret request, never the buster's.
+    assert_eq!(origin.hits(), hits + 3);
+    assert_eq!(
+        pops[1]
+            .edge()
+            .metric("edgecache_purges_received_total{source=\"cache_buster\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn the_cli_purges_through_the_local_admin_listener() {
+    let origin = Origin::start().await;
+    let pops = fleet(&origin, &["fra", "ewr"]).await;
+    let path = "/system/accounts/avatars/1/original/me.png?cc=public,max-age=3600";
+    for pop in &pops {
+        pop.get(path).await;
+    }
+    let config = pops[0].config.to_str().expect("utf-8").to_string();
+    let url = format!("{MEDIA_HOST}/system/accounts/avatars/");
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        crate::harness::run_binary(&["purge", "--config", &config, "--prefix", &url])
+    })
+    .await
+    .expect("cli");
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json report");
+    assert_eq!(report["purged"], 1, "{report}");
+    assert_eq!(report["pops"]["ewr"], "purged", "{report}");
+    for pop in &pops {
+        assert_eq!(pop.get(path).await.cache_status(), "MISS", "{}", pop.name);
+    }
+}
+
+#[test]
+fn bad_fleet_settings_name_file_line_and_key() {
+    let setup = EdgeSetup::new();
+    let config = format!(
+        "listeners:\n  - name: http\n    address: \"{http}\"\nadmin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\nfleet:\n  name: fra\n  peers:\n    - {{ name: fra, admin: \"127.0.0.1:9901\" }}\n    - {{ name: ewr, admin: \"http://127.0.0.1:9901/\" }}\n  state_dir: fleet\ncache_buster:\n  method: PURGE\n  secret_header: \"bad header\"\n  secret_file: /nonexistent/edgecache/buster.secret\n",
+        http = setup.http,
+        admin = setup.admin,
+    );
+    let path = setup.write_config(&config);
+    let path = path.to_str().expect("utf-8");
+    let (code, _, stderr) = crate::harness::run_binary(&["check-config", path]);
+    assert_eq!(code, 64, "{stderr}");
+    for expected in [
+        ":10: fleet: a fleet needs admin.token_file",
+        ":13: fleet.peers[0].name: \"fra\" is listed twice (or is this PoP's own name)",
+        ":14: fleet.peers[1].admin: invalid admin address \"http://127.0.0.1:9901/\"",
+        ":18: cache_buster.secret_header: invalid header name \"bad header\"",
+        ":19: cache_buster.secret_file: cannot read /nonexistent/edgecache/buster.secret",
+    ] {
+        assert!(
+            stderr.contains(&format!("{path}{expected}")),
+            "wanted {expected:?} in {stderr}"
+        );
+    }
+}
