@@ -21,7 +21,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::access_log::AccessLogger;
 use crate::config::model::{
-    CacheStorage, Core, Logging, ServerSettings, StoreSettings, WriteThroughSettings,
+    CacheStorage, Core, FleetSettings, Logging, ServerSettings, StoreSettings, WriteThroughSettings,
 };
 use crate::config::{self, Config};
 use crate::metrics;
@@ -57,6 +57,8 @@ pub struct RestartOnly {
     /// Store clients and the write-through queue are built once.
     stores: BTreeMap<String, StoreSettings>,
     write_through: Option<WriteThroughSettings>,
+    /// The fleet's outboxes and delivery workers are built once.
+    fleet: Option<FleetSettings>,
 }
 
 impl RestartOnly {
@@ -70,6 +72,7 @@ impl RestartOnly {
             cache_storage: config.cache.as_ref().map(|c| c.storage.clone()),
             stores: config.stores.clone(),
             write_through: config.write_through.clone(),
+            fleet: config.fleet.clone(),
         }
     }
 
@@ -93,6 +96,9 @@ impl RestartOnly {
         }
         if self.write_through != new.write_through {
             out.push("write_through changed".to_string());
+        }
+        if self.fleet != new.fleet {
+            out.push("fleet changed".to_string());
         }
         if self.logging != new.logging {
             out.push("logging changed".to_string());

@@ -33,6 +33,8 @@ pub const PURGE_ID_HEADER: &str = "x-edgecache-purge-id";
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first pause after a failed delivery; it doubles up to `max_retry_delay`.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Queued purges read per pass of a delivery worker.
+const BATCH: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -77,6 +79,8 @@ pub enum Delivery {
     Purged,
     /// Not yet; it stays queued and is sent again.
     Queued(String),
+    /// Not queued for this peer (its queue is full, or the PoP refuses it for good).
+    NotQueued(String),
 }
 
 impl std::fmt::Display for Delivery {
@@ -84,23 +88,33 @@ impl std::fmt::Display for Delivery {
         match self {
             Delivery::Purged => f.write_str("purged"),
             Delivery::Queued(reason) => write!(f, "queued ({reason})"),
+            Delivery::NotQueued(reason) => write!(f, "not queued ({reason})"),
         }
     }
+}
+
+/// Why a delivery failed, and whether sending again could help.
+struct DeliveryError {
+    reason: String,
+    /// The peer refused this purge itself (a 4xx other than auth or rate limits).
+    permanent: bool,
 }
 
 /// The other PoPs and the purges on their way to them.
 pub struct Fleet {
     name: String,
     peers: Vec<FleetPeer>,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
     client: reqwest::Client,
     /// The admin token, which every PoP of the fleet shares; a reload may change it.
     token: Arc<ArcSwapOption<String>>,
     wait: Duration,
     max_retry_delay: Duration,
-    /// Wakes the delivery workers when purges are queued.
-    queued: Notify,
+    /// Wakes each peer's delivery worker when purges are queued for it (in peer order).
+    queued: Vec<Notify>,
     sequence: AtomicU64,
+    /// Differs between runs, so ids stay unique across restarts and clock steps.
+    run: u32,
 }
 
 impl Fleet {
@@ -113,20 +127,23 @@ impl Fleet {
             settings.peers.iter().map(|p| p.name.clone()),
             settings.max_pending,
         )?;
+        // Never through an HTTP proxy from the environment: the token goes to peers only.
         let client = reqwest::Client::builder()
             .timeout(DELIVERY_TIMEOUT)
+            .no_proxy()
             .build()
             .map_err(|e| FleetError::Encode(e.to_string()))?;
         let fleet = Arc::new(Fleet {
             name: settings.name.clone(),
             peers: settings.peers.clone(),
-            outbox,
+            outbox: Arc::new(outbox),
             client,
             token,
             wait: settings.wait,
             max_retry_delay: settings.max_retry_delay,
-            queued: Notify::new(),
+            queued: settings.peers.iter().map(|_| Notify::new()).collect(),
             sequence: AtomicU64::new(0),
+            run: run_nonce(),
         });
         for peer in &fleet.peers {
             fleet.report_pending(&peer.name);
@@ -139,7 +156,7 @@ impl Fleet {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        format!("{millis:015}-{n:06}-{}", self.name)
+        format!("{millis:015}-{:08x}-{n:06}-{}", self.run, self.name)
     }
 
     fn report_pending(&self, peer: &str) {
@@ -162,31 +179,48 @@ impl Fleet {
             value: value.to_string(),
             origin: self.name.clone(),
         };
-        self.outbox.push_all(&purge)?;
-        let attempts = self.peers.iter().map(|peer| async {
-            let outcome = tokio::time::timeout(self.wait, self.deliver(peer, &purge)).await;
-            let delivery = match outcome {
-                Ok(Ok(())) => {
-                    self.outbox.done(&peer.name, &purge.id);
-                    Delivery::Purged
+        let outbox = self.outbox.clone();
+        let queued_purge = purge.clone();
+        let pushed = tokio::task::spawn_blocking(move || outbox.push(&queued_purge))
+            .await
+            .map_err(|e| FleetError::Encode(format!("queueing: {e}")))?;
+        let attempts = self.peers.iter().enumerate().map(|(i, peer)| {
+            let pushed = pushed
+                .iter()
+                .find(|(name, _)| *name == peer.name)
+                .map(|(_, result)| result);
+            let purge = &purge;
+            async move {
+                if let Some(Err(e)) = pushed {
+                    tracing::error!(peer = %peer.name, error = %e, "purge not queued for this peer");
+                    return (peer.name.clone(), Delivery::NotQueued(e.to_string()));
                 }
-                Ok(Err(reason)) => Delivery::Queued(reason),
-                Err(_) => Delivery::Queued(format!("no answer within {:?}", self.wait)),
-            };
-            self.report_pending(&peer.name);
-            (peer.name.clone(), delivery)
+                let outcome = tokio::time::timeout(self.wait, self.deliver(peer, purge)).await;
+                let delivery = match outcome {
+                    Ok(Ok(())) => {
+                        self.outbox.done(&peer.name, &purge.id);
+                        Delivery::Purged
+                    }
+                    Ok(Err(e)) if e.permanent => {
+                        self.outbox.set_aside(&peer.name, &purge.id);
+                        Delivery::NotQueued(e.reason)
+                    }
+                    Ok(Err(e)) => Delivery::Queued(e.reason),
+                    Err(_) => Delivery::Queued(format!("no answer within {:?}", self.wait)),
+                };
+                self.report_pending(&peer.name);
+                if matches!(delivery, Delivery::Queued(_)) {
+                    // Stored as a permit if the worker is busy, so it is never missed.
+                    self.queued[i].notify_one();
+                }
+                (peer.name.clone(), delivery)
+            }
         });
         let results = futures_util::future::join_all(attempts).await;
-        if results
-            .iter()
-            .any(|(_, d)| matches!(d, Delivery::Queued(_)))
-        {
-            self.queued.notify_waiters();
-        }
         Ok((purge.id, results))
     }
 
-    async fn deliver(&self, peer: &FleetPeer, purge: &Purge) -> Result<(), String> {
+    async fn deliver(&self, peer: &FleetPeer, purge: &Purge) -> Result<(), DeliveryError> {
         let url = format!("http://{}/purge", peer.admin);
         let mut request = self
             .client
@@ -197,12 +231,27 @@ impl Fleet {
         if let Some(token) = self.token.load_full() {
             request = request.bearer_auth(token.as_str());
         }
+        let temporary = |reason: String| DeliveryError {
+            reason,
+            permanent: false,
+        };
         let result = match request.send().await {
             Ok(resp) if resp.status().is_success() => Ok(()),
-            Ok(resp) => Err(format!("{} answered {}", peer.name, resp.status())),
-            Err(e) if e.is_connect() => Err(format!("{} cannot be reached", peer.name)),
-            Err(e) if e.is_timeout() => Err(format!("{} did not answer in time", peer.name)),
-            Err(e) => Err(format!("{}: {e}", peer.name)),
+            Ok(resp) => {
+                let status = resp.status();
+                Err(DeliveryError {
+                    reason: format!("{} answered {status}", peer.name),
+                    // A wrong token or a busy peer may change; a purge it finds malformed
+                    // will not.
+                    permanent: status.is_client_error()
+                        && !matches!(status.as_u16(), 401 | 403 | 408 | 429),
+                })
+            }
+            Err(e) if e.is_connect() => Err(temporary(format!("{} cannot be reached", peer.name))),
+            Err(e) if e.is_timeout() => {
+                Err(temporary(format!("{} did not answer in time", peer.name)))
+            }
+            Err(e) => Err(temporary(format!("{}: {e}", peer.name))),
         };
         metrics::get()
             .fleet_deliveries
@@ -214,43 +263,60 @@ impl Fleet {
         result
     }
 
-    /// Sends one peer its waiting purges, oldest first, until it has them all; pauses grow
-    /// while it fails.
-    async fn serve_peer(&self, peer: &FleetPeer) {
+    /// Sends one peer its waiting purges, oldest first, until it has them all. While it
+    /// fails, pauses grow and new purges do not cut them short.
+    async fn serve_peer(&self, index: usize, peer: &FleetPeer) {
         let mut delay = FIRST_RETRY_DELAY;
         loop {
+            let outbox = self.outbox.clone();
+            let name = peer.name.clone();
+            let batch = tokio::task::spawn_blocking(move || outbox.pending(&name, BATCH))
+                .await
+                .unwrap_or_default();
+            let full_batch = batch.len() == BATCH;
             let mut failed = None;
-            for purge in self.outbox.pending(&peer.name) {
+            for purge in batch {
                 match self.deliver(peer, &purge).await {
                     Ok(()) => {
                         self.outbox.done(&peer.name, &purge.id);
                         tracing::info!(peer = %peer.name, id = %purge.id, "queued purge delivered");
                     }
-                    Err(reason) => {
-                        failed = Some(reason);
+                    Err(e) if e.permanent => {
+                        tracing::error!(peer = %peer.name, id = %purge.id, "peer refuses the purge; set aside: {}", e.reason);
+                        self.outbox.set_aside(&peer.name, &purge.id);
+                    }
+                    Err(e) => {
+                        failed = Some(e.reason);
                         break;
                     }
                 }
             }
             self.report_pending(&peer.name);
-            let pause = match failed {
+            match failed {
                 Some(reason) => {
                     tracing::warn!(peer = %peer.name, retry_in = ?delay, "purge delivery failed: {reason}");
-                    let pause = delay;
+                    tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.max_retry_delay);
-                    pause
                 }
+                None if full_batch => delay = FIRST_RETRY_DELAY,
                 None => {
                     delay = FIRST_RETRY_DELAY;
-                    self.max_retry_delay
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.max_retry_delay) => {}
+                        _ = self.queued[index].notified() => {}
+                    }
                 }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = self.queued.notified() => {}
             }
         }
     }
+}
+
+/// A value that differs between runs of the process.
+fn run_nonce() -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16)
 }
 
 /// Runs the delivery workers, one per peer.
@@ -259,7 +325,12 @@ pub struct FleetService(pub Arc<Fleet>);
 #[async_trait]
 impl pingora::services::background::BackgroundService for FleetService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let workers = self.0.peers.iter().map(|peer| self.0.serve_peer(peer));
+        let workers = self
+            .0
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| self.0.serve_peer(i, peer));
         tokio::select! {
             _ = futures_util::future::join_all(workers) => {}
             _ = shutdown.wait_for(|going| *going) => {}

@@ -1,9 +1,11 @@
 //! Purges on their way to one peer, kept on disk until the peer has them.
 //!
-//! One file per purge under `<state_dir>/outbox/<peer>/`, written to a temp name, synced and
-//! renamed into place, so a crash leaves either the whole purge or none of it. A purge is
-//! removed only after the peer answered 200. Names sort in the order purges were made, so
-//! a peer that comes back gets them in that order.
+//! One file per purge under `<state_dir>/outbox/<peer>/`, written to a temp name, synced,
+//! linked into place (never over another purge) and the directory synced, so a purge
+//! reported queued survives a crash or power loss whole. A purge is removed only after the
+//! peer answered 200, or set aside (`.bad`) when the peer refuses it for good. Names sort
+//! in the order purges were made, so a peer that comes back gets them in that order.
+//! These are blocking calls: callers on the async runtime use `spawn_blocking`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,6 +35,7 @@ impl Outbox {
         for peer in peers {
             let dir = state_dir.join("outbox").join(&peer);
             std::fs::create_dir_all(&dir).map_err(|e| FleetError::State(dir.clone(), e))?;
+            remove_leftover_temps(&dir);
             let count = list(&dir)
                 .map_err(|e| FleetError::State(dir.clone(), e))?
                 .len();
@@ -50,27 +53,38 @@ impl Outbox {
         self.counts.lock().get(peer).copied().unwrap_or(0)
     }
 
-    /// Queues `purge` for every peer, or for none: a peer whose queue is full refuses it
-    /// before anything is written.
-    pub fn push_all(&self, purge: &Purge) -> Result<(), FleetError> {
-        {
-            let counts = self.counts.lock();
-            if let Some((peer, _)) = counts.iter().find(|(_, n)| **n >= self.max_pending) {
-                return Err(FleetError::Full(peer.clone()));
+    /// Queues `purge` for each peer; a peer whose queue is full (or whose directory
+    /// cannot be written) does not get it, and only that peer is reported.
+    pub fn push(&self, purge: &Purge) -> Vec<(String, Result<(), FleetError>)> {
+        let text = match serde_json::to_vec(purge) {
+            Ok(text) => text,
+            Err(e) => {
+                return self
+                    .dirs
+                    .keys()
+                    .map(|peer| (peer.clone(), Err(FleetError::Encode(e.to_string()))))
+                    .collect()
             }
-        }
-        let text = serde_json::to_vec(purge).map_err(|e| FleetError::Encode(e.to_string()))?;
+        };
+        let mut results = Vec::new();
         for (peer, dir) in &self.dirs {
+            if self.pending_count(peer) >= self.max_pending {
+                results.push((peer.clone(), Err(FleetError::Full(peer.clone()))));
+                continue;
+            }
             let path = dir.join(format!("{}.{SUFFIX}", purge.id));
-            write_atomically(&path, &text).map_err(|e| FleetError::State(path.clone(), e))?;
-            *self.counts.lock().entry(peer.clone()).or_default() += 1;
+            let written = write_atomically(&path, &text).map_err(|e| FleetError::State(path, e));
+            if written.is_ok() {
+                *self.counts.lock().entry(peer.clone()).or_default() += 1;
+            }
+            results.push((peer.clone(), written));
         }
-        Ok(())
+        results
     }
 
-    /// The peer's waiting purges, oldest first. An unreadable file is set aside (renamed
-    /// `.bad`) and reported, never retried forever.
-    pub fn pending(&self, peer: &str) -> Vec<Purge> {
+    /// Up to `limit` of the peer's waiting purges, oldest first. An unreadable file is set
+    /// aside (renamed `.bad`) and reported, never retried forever.
+    pub fn pending(&self, peer: &str, limit: usize) -> Vec<Purge> {
         let Some(dir) = self.dirs.get(peer) else {
             return Vec::new();
         };
@@ -78,7 +92,7 @@ impl Outbox {
             return Vec::new();
         };
         let mut purges = Vec::new();
-        for path in paths {
+        for path in paths.into_iter().take(limit) {
             match std::fs::read(&path)
                 .ok()
                 .and_then(|text| serde_json::from_slice::<Purge>(&text).ok())
@@ -104,6 +118,17 @@ impl Outbox {
         }
     }
 
+    /// The peer refuses `id` for good: kept beside the queue as `.bad`, for an operator.
+    pub fn set_aside(&self, peer: &str, id: &str) {
+        let Some(dir) = self.dirs.get(peer) else {
+            return;
+        };
+        let path = dir.join(format!("{id}.{SUFFIX}"));
+        if std::fs::rename(&path, path.with_extension("bad")).is_ok() {
+            self.forget(peer);
+        }
+    }
+
     fn forget(&self, peer: &str) {
         if let Some(n) = self.counts.lock().get_mut(peer) {
             *n = n.saturating_sub(1);
@@ -123,8 +148,81 @@ fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
+    let written = std::fs::File::create(&temp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        // A link never replaces a purge already there under the same name.
+        .and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    written?;
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Temp files a crash left behind: never linked, so never reported queued.
+fn remove_leftover_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "tmp") {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::PurgeKind;
+
+    fn purge(id: &str) -> Purge {
+        Purge {
+            id: id.to_string(),
+            kind: PurgeKind::Url,
+            value: "media.example/system/a.png".to_string(),
+            origin: "fra".to_string(),
+        }
+    }
+
+    #[test]
+    fn a_full_peer_refuses_alone_and_nothing_is_ever_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let outbox =
+            Outbox::open(dir.path(), ["ewr".to_string(), "nrt".to_string()], 2).expect("open");
+        assert!(outbox.push(&purge("1")).iter().all(|(_, r)| r.is_ok()));
+        outbox.done("ewr", "1");
+        assert!(outbox.push(&purge("2")).iter().all(|(_, r)| r.is_ok()));
+        // nrt now holds 2 (its limit), ewr 1.
+        let third = outbox.push(&purge("3"));
+        let result = |peer: &str| {
+            third
+                .iter()
+                .find(|(name, _)| name == peer)
+                .map(|(_, r)| r.is_ok())
+        };
+        assert_eq!((result("ewr"), result("nrt")), (Some(true), Some(false)));
+        assert_eq!(outbox.pending_count("nrt"), 2);
+        // The same id again never overwrites the waiting purge.
+        let again = outbox.push(&purge("3"));
+        assert!(again.iter().all(|(_, r)| r.is_err()));
+        let ids: Vec<String> = outbox
+            .pending("ewr", 10)
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids, ["2", "3"]);
+        // A reopened outbox counts what is on disk and drops a crash's temp file.
+        std::fs::write(dir.path().join("outbox/ewr/9.tmp"), b"half").expect("temp");
+        drop(outbox);
+        let reopened =
+            Outbox::open(dir.path(), ["ewr".to_string(), "nrt".to_string()], 2).expect("open");
+        assert_eq!(reopened.pending_count("ewr"), 2);
+        assert!(!dir.path().join("outbox/ewr/9.tmp").exists());
+    }
 }

@@ -29,17 +29,15 @@ pub fn purge_target(req: &RequestHeader) -> Option<String> {
     Some(format!("{host}{target}"))
 }
 
-/// Compares without stopping at the first difference, so response timing says nothing
-/// about how much of a guess was right.
+/// Compares without stopping at the first difference, in time that depends only on the
+/// secret's length, so timing says nothing about a guess (not even its length).
 fn same_secret(given: &[u8], secret: &[u8]) -> bool {
-    if given.len() != secret.len() {
-        return false;
+    let mut diff = given.len() ^ secret.len();
+    for (i, byte) in secret.iter().enumerate() {
+        let other = given.get(i).copied().unwrap_or(!byte);
+        diff |= usize::from(other ^ byte);
     }
-    given
-        .iter()
-        .zip(secret)
-        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-        == 0
+    diff == 0
 }
 
 #[cfg(test)]

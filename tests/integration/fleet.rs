@@ -40,8 +40,17 @@ impl FleetPop {
     }
 }
 
-/// Starts PoPs named `names` in front of `origin`, each listing all the others.
+/// Starts PoPs named `names` in front of `origin`, each listing all the others, with the
+/// cache buster on `PURGE`.
 async fn fleet(origin: &Origin, names: &[&'static str]) -> Vec<FleetPop> {
+    fleet_with_buster_method(origin, names, "PURGE").await
+}
+
+async fn fleet_with_buster_method(
+    origin: &Origin,
+    names: &[&'static str],
+    method: &str,
+) -> Vec<FleetPop> {
     let mut pops: Vec<FleetPop> = names
         .iter()
         .map(|name| FleetPop {
@@ -65,7 +74,7 @@ async fn fleet(origin: &Origin, names: &[&'static str]) -> Vec<FleetPop> {
             .map(|(name, admin)| format!("    - {{ name: {name}, admin: \"{admin}\" }}\n"))
             .collect();
         let extra = format!(
-            "fleet:\n  name: {}\n  peers:\n{peers}  state_dir: {}\n  max_retry_delay: 300ms\ncache_buster:\n  method: PURGE\n  secret_header: X-Cache-Buster-Secret\n  secret_file: {}\n",
+            "fleet:\n  name: {}\n  peers:\n{peers}  state_dir: {}\n  max_retry_delay: 300ms\ncache_buster:\n  method: {method}\n  secret_header: X-Cache-Buster-Secret\n  secret_file: {}\n",
             pop.name,
             pop.setup.path("fleet").display(),
             secret.display(),
@@ -134,9 +143,18 @@ async fn a_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
         .wait_metric("edgecache_fleet_pending_purges{peer=\"nrt\"}", 1.0)
         .await;
 
-    // nrt comes back with its disk cache, deleted object included; fra delivers the purge.
-    let restarted = Instant::now();
+    // fra goes down too, with the purge for nrt queued: it is on disk, not in memory.
+    pops[0].kill().await;
+    // nrt comes back with its disk cache, deleted object included, then fra; fra
+    // delivers the purge.
     pops[2].start().await;
+    assert_eq!(
+        pops[2].get(media).await.cache_status(),
+        "HIT",
+        "not purged yet"
+    );
+    let restarted = Instant::now();
+    pops[0].start().await;
     pops[0]
         .edge()
         .wait_metric("edgecache_fleet_pending_purges{peer=\"nrt\"}", 0.0)
@@ -151,16 +169,25 @@ async fn a_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
             .await,
         Some(1.0)
     );
-    // A purge a peer passed on goes no further: ewr got it once, from fra.
-    assert_eq!(
-        pops[1]
-            .edge()
-            .metric("edgecache_fleet_pending_purges{peer=\"nrt\"}")
-            .await,
-        Some(0.0)
+    // A purge a peer passed on goes no further: ewr and nrt got it once each, from fra,
+    // and ewr sent nothing anywhere.
+    for pop in &pops[1..] {
+        assert_eq!(
+            pop.edge()
+                .metric("edgecache_purges_received_total{source=\"peer\"}")
+                .await,
+            Some(1.0),
+            "{}",
+            pop.name
+        );
+    }
+    let (_, ewr_metrics) = pops[1].edge().admin_get("/metrics").await;
+    assert!(
+        !ewr_metrics.contains("edgecache_fleet_purge_deliveries_total{"),
+        "ewr passed the purge on"
     );
     eprintln!(
-        "fleet purge: fra and ewr answered in {answered:?}; nrt caught up {caught_up:?} after its restart began"
+        "fleet purge: fra and ewr answered in {answered:?}; nrt caught up {caught_up:?} after fra's restart began"
     );
 }
 
@@ -263,5 +290,31 @@ fn bad_fleet_settings_name_file_line_and_key() {
             stderr.contains(&format!("{path}{expected}")),
             "wanted {expected:?} in {stderr}"
         );
+    }
+}
+
+#[tokio::test]
+async fn with_mastodons_default_get_the_secret_header_makes_a_get_a_purge() {
+    let origin = Origin::start().await;
+    let pops = fleet_with_buster_method(&origin, &["fra", "ewr"], "GET").await;
+    let path = "/system/media_attachments/files/7/small/x.webp?cc=public,max-age=3600";
+    for pop in &pops {
+        pop.get(path).await;
+    }
+    // A GET without the secret is an ordinary GET, answered from the cache.
+    assert_eq!(pops[0].get(path).await.cache_status(), "HIT");
+    let answer = get(
+        pops[0].setup.http,
+        path,
+        &[
+            ("Host", MEDIA_HOST),
+            ("X-Cache-Buster-Secret", BUSTER_SECRET),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["pops"]["ewr"], "purged");
+    for pop in &pops {
+        assert_eq!(pop.get(path).await.cache_status(), "MISS", "{}", pop.name);
     }
 }

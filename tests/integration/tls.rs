@@ -109,16 +109,22 @@ async fn tls12_and_tls13_and_both_alpn_protocols_are_offered() {
         .await
         .unwrap_or(0.0);
     assert!(hellos >= 2.0, "client hellos counted: {hellos}");
-    let v13_count = sites
-        .edge
-        .metric("edgecache_tls_handshakes_total{listener=\"https\",version=\"TLSv1_3\"}")
-        .await
-        .unwrap_or(0.0);
-    let v12_count = sites
-        .edge
-        .metric("edgecache_tls_handshakes_total{listener=\"https\",version=\"TLSv1_2\"}")
-        .await
-        .unwrap_or(0.0);
+    // The server counts a handshake just after the client sees it finish: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (v13_count, v12_count) = loop {
+        let count = |version: &'static str| {
+            let sample = format!(
+                "edgecache_tls_handshakes_total{{listener=\"https\",version=\"{version}\"}}"
+            );
+            let edge = &sites.edge;
+            async move { edge.metric(&sample).await.unwrap_or(0.0) }
+        };
+        let counts = (count("TLSv1_3").await, count("TLSv1_2").await);
+        if (counts.0 >= 1.0 && counts.1 >= 1.0) || std::time::Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(
         v13_count >= 1.0 && v12_count >= 1.0,
         "handshakes counted: 1.3={v13_count} 1.2={v12_count}"
