@@ -59,8 +59,8 @@ pub struct FleetFile {
     pub peers: Vec<FleetPeerFile>,
     /// Where purges not yet delivered wait, across restarts.
     pub state_dir: PathBuf,
-    /// Purges waiting for one peer at most; beyond it new purges are refused (503) rather
-    /// than lost.
+    /// Purges waiting for one peer at most; beyond it that peer is reported as not
+    /// queued, and the others still get the purge.
     #[serde(default = "defaults::fleet_max_pending")]
     pub max_pending: usize,
     /// How long a purge request waits for the peers' answers before reporting the rest as
