@@ -139,6 +139,17 @@ impl WriteThroughQueue {
             places,
             next_id: AtomicU64::new(unix_nanos()),
         });
+        // Series start at 0, so rate() and alerts see them before the first event.
+        let m = crate::metrics::get();
+        for event in ["queued", "done", "failed", "dropped", "too_large"] {
+            m.write_through_jobs.with_label_values(&[event]);
+        }
+        for store in queue.places.store_names() {
+            m.write_through_upload_errors
+                .with_label_values(&[store.as_str()]);
+            m.write_through_uploaded_bytes
+                .with_label_values(&[store.as_str()]);
+        }
         queue.recover()?;
         Ok(queue)
     }

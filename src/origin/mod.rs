@@ -86,6 +86,18 @@ impl Places {
     }
 
     /// The writable store of that name.
+    /// The names of the places that are object stores (write-through may target them).
+    pub fn store_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, guarded)| matches!(guarded.place, Place::Store(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn store(&self, name: &str) -> Option<Arc<dyn ObjectStore>> {
         match &self.by_name.get(name)?.place {
             Place::Store(store) => Some(store.clone()),

@@ -158,6 +158,16 @@ impl CoreGroup {
             inner,
             hosts: hosts.clone(),
         }));
+        // Error series start at 0, so rate() and alerts see them before the first error.
+        let errors = &metrics::get().upstream_errors;
+        for host in &group.hosts {
+            for kind in ["connect", "connect_timeout", "timeout", "other"] {
+                errors.with_label_values(&[group.name.as_str(), host.label.as_str(), kind]);
+            }
+        }
+        for kind in ["no_healthy_host", "mesh_not_connected"] {
+            errors.with_label_values(&[group.name.as_str(), "", kind]);
+        }
         balancer.health_check_frequency = Some(group.health.interval);
         balancer.parallel_health_check = true;
         Ok(CoreGroup {

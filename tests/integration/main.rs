@@ -8,6 +8,7 @@ mod bad_input;
 mod bounds;
 mod cache;
 mod config_errors;
+mod dashboards;
 mod disk_cache;
 mod fleet;
 mod forwarding;
