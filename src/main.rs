@@ -54,53 +54,16 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Reload { config: path } => {
-            let config = match config::load(&path) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            match reload::request_reload(config.admin.address, config.admin.token.as_deref()) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("edgecache: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Reload { config: path } => ask_admin(&path, |admin, token| {
+            reload::request_reload(admin, token)
+        }),
         Command::Purge {
             config: path,
             url,
             prefix,
-        } => {
-            let config = match config::load(&path) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            match reload::request_purge(
-                config.admin.address,
-                config.admin.token.as_deref(),
-                &url,
-                prefix,
-            ) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("edgecache: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => ask_admin(&path, |admin, token| {
+            reload::request_purge(admin, token, &url, prefix)
+        }),
         Command::Migrate {
             config: path,
             from,
@@ -167,6 +130,34 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("edgecache {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Loads the config for the admin address and token, asks the running PoP, and prints
+/// its answer.
+fn ask_admin(
+    path: &std::path::Path,
+    ask: impl FnOnce(
+        std::net::SocketAddr,
+        Option<&str>,
+    ) -> Result<String, reload::AdminRequestError>,
+) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match ask(config.admin.address, config.admin.token.as_deref()) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edgecache: {e}");
+            ExitCode::FAILURE
         }
     }
 }

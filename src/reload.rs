@@ -243,7 +243,7 @@ impl BackgroundService for SighupService {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadRequestError {
+pub enum AdminRequestError {
     #[error("cannot reach the admin listener at {address}: {source}")]
     Connect {
         address: std::net::SocketAddr,
@@ -260,7 +260,7 @@ pub enum ReloadRequestError {
 pub fn request_reload(
     address: std::net::SocketAddr,
     token: Option<&str>,
-) -> Result<String, ReloadRequestError> {
+) -> Result<String, AdminRequestError> {
     admin_post(address, token, "/reload")
 }
 
@@ -271,7 +271,7 @@ pub fn request_purge(
     token: Option<&str>,
     value: &str,
     prefix: bool,
-) -> Result<String, ReloadRequestError> {
+) -> Result<String, AdminRequestError> {
     let query: String = form_urlencoded::Serializer::new(String::new())
         .append_pair(if prefix { "prefix" } else { "url" }, value)
         .finish();
@@ -283,11 +283,11 @@ fn admin_post(
     address: std::net::SocketAddr,
     token: Option<&str>,
     target: &str,
-) -> Result<String, ReloadRequestError> {
+) -> Result<String, AdminRequestError> {
     use std::io::{Read, Write};
     use std::time::Duration;
 
-    let connect_err = |source| ReloadRequestError::Connect { address, source };
+    let connect_err = |source| AdminRequestError::Connect { address, source };
     let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .map_err(connect_err)?;
     stream
@@ -305,16 +305,16 @@ fn admin_post(
     let answer = String::from_utf8_lossy(&answer);
     let (head, body) = answer
         .split_once("\r\n\r\n")
-        .ok_or_else(|| ReloadRequestError::BadAnswer(answer.to_string()))?;
+        .ok_or_else(|| AdminRequestError::BadAnswer(answer.to_string()))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| ReloadRequestError::BadAnswer(head.to_string()))?;
+        .ok_or_else(|| AdminRequestError::BadAnswer(head.to_string()))?;
     if status == 200 {
         Ok(body.to_string())
     } else {
-        Err(ReloadRequestError::Refused {
+        Err(AdminRequestError::Refused {
             status,
             body: body.trim().to_string(),
         })
