@@ -54,9 +54,9 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Reload { config: path } => ask_admin(&path, |admin, token| {
-            reload::request_reload(admin, token)
-        }),
+        Command::Reload { config: path } => {
+            ask_admin(&path, |admin, token| reload::request_reload(admin, token))
+        }
         Command::Purge {
             config: path,
             url,
@@ -138,10 +138,7 @@ fn main() -> ExitCode {
 /// its answer.
 fn ask_admin(
     path: &std::path::Path,
-    ask: impl FnOnce(
-        std::net::SocketAddr,
-        Option<&str>,
-    ) -> Result<String, reload::AdminRequestError>,
+    ask: impl FnOnce(std::net::SocketAddr, Option<&str>) -> Result<String, reload::AdminRequestError>,
 ) -> ExitCode {
     let config = match config::load(path) {
         Ok(config) => config,
