@@ -54,9 +54,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Reload { config: path } => {
-            ask_admin(&path, |admin, token| reload::request_reload(admin, token))
-        }
+        Command::Reload { config: path } => ask_admin(&path, reload::request_reload),
         Command::Purge {
             config: path,
             url,
