@@ -3,7 +3,8 @@
 //! It binds to loopback (or the mesh) by default and is never exposed with the public
 //! listeners. `/healthz` says the process is up; `/readyz` says this PoP can serve: every
 //! listener is bound and the core's default group has a host that passed its last
-//! health check. `/reload` needs the bearer token from `admin.token_file` when one is set.
+//! health check. `/reload`, `/purge` and `/upgrade` need the bearer token from
+//! `admin.token_file` when one is set.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::metrics;
 use crate::proxy::upstream::CoreUpstreams;
 use crate::reload::Reloader;
 use crate::sockets;
+use crate::upgrade::{UpgradeError, Upgrader};
 
 pub struct AdminApp {
     pub listeners: Vec<(String, SocketAddr)>,
@@ -30,6 +32,8 @@ pub struct AdminApp {
     pub cache: Option<Arc<EdgeCache>>,
     /// Applies purges here and passes them to the fleet.
     pub purger: Arc<Purger>,
+    /// Starts this process's successor for a graceful upgrade.
+    pub upgrader: Arc<Upgrader>,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
@@ -213,6 +217,27 @@ impl AdminApp {
             ),
         }
     }
+
+    async fn upgrade(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        }
+        let upgrader = self.upgrader.clone();
+        match tokio::task::spawn_blocking(move || upgrader.start()).await {
+            Ok(Ok(started)) => text(StatusCode::OK, format!("{started}\n")),
+            Ok(Err(e @ (UpgradeError::InProgress(_) | UpgradeError::HandingOver))) => {
+                text(StatusCode::CONFLICT, format!("upgrade refused: {e}\n"))
+            }
+            Ok(Err(e)) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("upgrade failed: {e}\n"),
+            ),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("upgrade failed: {e}\n"),
+            ),
+        }
+    }
 }
 
 #[async_trait]
@@ -236,7 +261,8 @@ impl ServeHttp for AdminApp {
             },
             ("/reload", &Method::POST) => self.reload(session).await,
             ("/purge", &Method::POST) => self.purge(session).await,
-            ("/healthz" | "/readyz" | "/metrics", _) | ("/reload" | "/purge", _) => {
+            ("/upgrade", &Method::POST) => self.upgrade(session).await,
+            ("/healthz" | "/readyz" | "/metrics", _) | ("/reload" | "/purge" | "/upgrade", _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

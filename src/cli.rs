@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `reload`, `purge`, `migrate`, `gen-cert`, `version`.
+//! The command line: `serve`, `check-config`, `reload`, `upgrade`, `purge`, `migrate`, `gen-cert`, `version`.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,13 @@ pub enum Command {
     Serve {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Take the listening sockets over from a running edgecache (graceful upgrade):
+        /// they arrive on `server.upgrade_socket` once the old process gets SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
+        /// With --upgrade: send that SIGQUIT to this process once ready to take over.
+        #[arg(long, requires = "upgrade", value_name = "PID")]
+        upgrade_from: Option<u32>,
     },
     /// Validate a config file (certificates included) without serving; exit 64 if invalid.
     CheckConfig {
@@ -32,6 +39,12 @@ pub enum Command {
     },
     /// Ask a running PoP to reload its config and certificates, through its admin listener.
     Reload {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Ask a running PoP to start the binary now on disk as its successor: the new process
+    /// takes over the listening sockets, the old one drains its requests and exits.
+    Upgrade {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },

@@ -75,11 +75,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
         let mut persistent = None;
+        let mut fresh = true;
         loop {
             let idle = Duration::from_secs(self.settings.load().limits.keepalive_secs);
-            let Some(first) = wait_for_request(&mut stream, idle, shutdown).await else {
+            let first = if fresh {
+                wait_for_first_request(&mut stream, idle, shutdown).await
+            } else {
+                wait_for_request(&mut stream, idle, shutdown).await
+            };
+            let Some(first) = first else {
                 return;
             };
+            fresh = false;
             let mut session = ServerSession::new_http1(stream);
             match persistent.take() {
                 Some(settings) => {
@@ -101,6 +108,46 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
             stream = next;
             persistent = settings;
         }
+    }
+}
+
+/// How long a connection accepted just before a shutdown (or a graceful upgrade's handover)
+/// waits for its first request. Its client has sent or is sending one and has nowhere to
+/// retry it, unlike a kept-alive connection's client.
+const FIRST_REQUEST_WAIT_AT_SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// Waits for the first byte of a new connection's first request; a shutdown only shortens
+/// the wait.
+async fn wait_for_first_request(
+    stream: &mut Stream,
+    idle: Duration,
+    shutdown: &ShutdownWatch,
+) -> Option<BytesMut> {
+    let mut byte = [0u8; 1];
+    let mut shutdown = shutdown.clone();
+    let deadline = tokio::time::Instant::now() + idle;
+    let shortened = |deadline: tokio::time::Instant| {
+        deadline.min(tokio::time::Instant::now() + FIRST_REQUEST_WAIT_AT_SHUTDOWN)
+    };
+    let mut watching = !*shutdown.borrow();
+    let mut deadline = if watching {
+        deadline
+    } else {
+        shortened(deadline)
+    };
+    let read = loop {
+        tokio::select! {
+            biased;
+            read = tokio::time::timeout_at(deadline, stream.read(&mut byte)) => break read,
+            _ = shutdown.changed(), if watching => {
+                watching = false;
+                deadline = shortened(deadline);
+            }
+        }
+    };
+    match read {
+        Ok(Ok(1)) => Some(BytesMut::from(&byte[..])),
+        _ => None,
     }
 }
 

@@ -32,6 +32,7 @@ pub mod server;
 pub mod sockets;
 pub mod store;
 pub mod tls;
+pub mod upgrade;
 
 /// Exit code for a config that cannot be used (EX_USAGE, as sysexits.h numbers it).
 pub const EXIT_CONFIG: u8 = 64;

@@ -20,7 +20,11 @@ fn main() -> ExitCode {
     pingora::tls::install_default_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config: path } => {
+        Command::Serve {
+            config: path,
+            upgrade,
+            upgrade_from,
+        } => {
             let config = match config::load(&path) {
                 Ok(config) => config,
                 Err(e) => {
@@ -29,7 +33,8 @@ fn main() -> ExitCode {
                 }
             };
             logging::init(&config.logging);
-            let server = match server::build(config) {
+            let handover = upgrade.then_some(server::Handover { from: upgrade_from });
+            let server = match server::build(config, handover) {
                 Ok(server) => server,
                 Err(e) => {
                     eprintln!("edgecache: {e}");
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Reload { config: path } => ask_admin(&path, reload::request_reload),
+        Command::Upgrade { config: path } => ask_admin(&path, reload::request_upgrade),
         Command::Purge {
             config: path,
             url,

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Graceful upgrades whose new process exited before taking over (the old one kept
+    /// serving).
+    pub upgrade_failures: IntCounter,
     /// Constant 1, labelled with the running version.
     pub build_info: IntGaugeVec,
     /// Cacheable-route requests by how the cache answered (`HIT`, `MISS`, `STALE`,
@@ -189,6 +192,11 @@ impl Metrics {
             &registry,
             "edgecache_access_log_dropped_total",
             "Access-log lines dropped because the writer fell behind.",
+        );
+        let upgrade_failures = counter(
+            &registry,
+            "edgecache_upgrade_failures_total",
+            "Graceful upgrades whose new process exited before taking over.",
         );
 
         let cache_disk_corrupt = counter(
@@ -375,6 +383,7 @@ impl Metrics {
                 &["result"],
             ),
             access_log_dropped,
+            upgrade_failures,
             build_info: gauge_vec(
                 &registry,
                 "edgecache_build_info",

@@ -264,6 +264,15 @@ pub fn request_reload(
     admin_post(address, token, "/reload")
 }
 
+/// Asks the PoP at `address` to start the binary now on disk as its successor (what
+/// `edgecache upgrade` does). Returns the admin listener's report.
+pub fn request_upgrade(
+    address: std::net::SocketAddr,
+    token: Option<&str>,
+) -> Result<String, AdminRequestError> {
+    admin_post(address, token, "/upgrade")
+}
+
 /// Asks the PoP at `address` to purge `value` (a URL, or a URL prefix) here and on every
 /// other PoP of its fleet; returns its JSON report.
 pub fn request_purge(

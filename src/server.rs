@@ -31,6 +31,7 @@ use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
 use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
 use crate::store::StoreError;
 use crate::tls::{HandshakeCounter, LiveCertificates, SniResolver};
+use crate::upgrade::{self, UpgradeError, UpgradeService, Upgrader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,11 +59,24 @@ pub enum StartError {
     MediaOrigin(std::io::Error),
     #[error(transparent)]
     WriteThrough(#[from] QueueError),
+    #[error("cannot take over from the running process: {0}")]
+    Upgrade(#[from] UpgradeError),
 }
 
-/// Builds a ready-to-run pingora server.
-pub fn build(config: Config) -> Result<Server, StartError> {
-    check_addresses_free(&config)?;
+/// This process takes its listening sockets over from a running edgecache.
+#[derive(Debug, Clone, Copy)]
+pub struct Handover {
+    /// The running process to send SIGQUIT once this one is ready; `None` when the operator
+    /// sends it.
+    pub from: Option<u32>,
+}
+
+/// Builds a ready-to-run pingora server. With a `handover`, the listening sockets come from
+/// the running process, asked for only once everything else here is set up.
+pub fn build(config: Config, handover: Option<Handover>) -> Result<Server, StartError> {
+    if handover.is_none() {
+        check_addresses_free(&config)?;
+    }
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -71,11 +85,23 @@ pub fn build(config: Config) -> Result<Server, StartError> {
             config.server.graceful_shutdown_timeout,
         )),
         upstream_keepalive_pool_size: config.core.keepalive_pool_size,
+        upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let options = pingora::server::configuration::Opt {
+        upgrade: handover.is_some(),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(options), conf);
     let conf = server.configuration.clone();
+    let upgrader = Upgrader::new(&config);
+    server.add_service(GenBackgroundService::new(
+        "graceful upgrade".to_string(),
+        Arc::new(UpgradeService {
+            upgrader: upgrader.clone(),
+            upgraded: handover.is_some(),
+        }),
+    ));
 
     let cache = match &config.cache {
         Some(settings) => Some(Arc::new(EdgeCache::open(&settings.storage)?)),
@@ -254,11 +280,23 @@ pub fn build(config: Config) -> Result<Server, StartError> {
             token: admin_token,
             cache,
             purger,
+            upgrader,
         }),
     );
     admin.add_tcp(&config.admin.address.to_string());
     admin.threads = Some(1);
     server.add_service(admin);
+
+    if let Some(handover) = handover {
+        // Everything that can fail has been set up; only now is the running process asked
+        // to let go of its sockets.
+        upgrade::check_socket_directory(&config.server.upgrade_socket)?;
+        if let Some(pid) = handover.from {
+            upgrade::ask_for_sockets(pid)?;
+        }
+        tracing::info!(socket = %config.server.upgrade_socket.display(), "waiting for the listening sockets of the running process");
+    }
+    server.bootstrap();
     Ok(server)
 }
 

@@ -131,6 +131,9 @@ pub struct ServerFile {
     pub grace_period: HumanDuration,
     /// After the grace period, how long blocking work (file writes) gets to finish.
     pub graceful_shutdown_timeout: HumanDuration,
+    /// The Unix socket a new process listens on to take over the listening sockets in a
+    /// graceful upgrade. Its directory should be private to edgecache.
+    pub upgrade_socket: PathBuf,
 }
 
 impl Default for ServerFile {
@@ -139,6 +142,7 @@ impl Default for ServerFile {
             threads: 2,
             grace_period: HumanDuration::from_secs(5),
             graceful_shutdown_timeout: HumanDuration::from_secs(5),
+            upgrade_socket: PathBuf::from("upgrade.sock"),
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct ServerSettings {
     pub threads: usize,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
+    /// Absolute, or relative to the working directory when the config file's is.
+    pub upgrade_socket: PathBuf,
 }
 
 pub struct Listener {

@@ -151,10 +151,22 @@ fn server_settings(check: &mut Checker, server: &file::ServerFile) -> ServerSett
     if server.threads == 0 || server.threads > 256 {
         check.problem("server.threads", "must be between 1 and 256");
     }
+    let upgrade_socket = check.resolve_path(&server.upgrade_socket);
+    // A Unix socket address holds at most 107 bytes of path; pingora panics beyond that.
+    if upgrade_socket.as_os_str().len() > 107 {
+        check.problem(
+            "server.upgrade_socket",
+            format!(
+                "{} is longer than the 107 bytes a Unix socket path may have",
+                upgrade_socket.display()
+            ),
+        );
+    }
     ServerSettings {
         threads: server.threads.clamp(1, 256),
         grace_period: server.grace_period.get(),
         graceful_shutdown_timeout: server.graceful_shutdown_timeout.get(),
+        upgrade_socket,
     }
 }
 

@@ -388,6 +388,15 @@ impl WriteThroughQueue {
     /// Uploads one job to every store that still lacks the object.
     async fn run_job(&self, id: u64, mut record: JobFile, key: ObjectKey) {
         let body = self.body_path(id);
+        if !body.exists() {
+            // During a graceful upgrade the old and the new process share this queue for a
+            // few seconds, and the other one finished this job. A body that is gone cannot
+            // be uploaded, so retrying would never end.
+            tracing::info!(key = %key, "write-through job gone from disk (finished by another process); dropped");
+            self.state.lock().jobs.remove(&id);
+            self.release(&record.key, record.len);
+            return;
+        }
         let mut md5 = [0u8; 16];
         if hex::decode_to_slice(&record.md5, &mut md5).is_err() {
             record.stores.clear();

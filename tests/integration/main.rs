@@ -23,5 +23,6 @@ mod purge;
 mod ranges;
 mod reload;
 mod tls;
+mod upgrade;
 mod websockets;
 mod write_through;

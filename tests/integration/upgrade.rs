@@ -1,0 +1,275 @@
+//! Graceful upgrade: `edgecache upgrade` starts the binary on disk as a successor, which
+//! takes over the listening sockets while clients keep connecting; a successor that cannot
+//! start leaves the old process serving.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cache::ADMIN_TOKEN;
+use crate::harness::edge::{run_binary, Edge, EdgeSetup};
+use crate::harness::origin::{pattern_range, Origin};
+use crate::harness::{https_client, TestCert};
+
+/// Kills a process this test did not spawn itself (the successor is the old edge's child).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The test edge's config with a token, a private directory for the upgrade socket, and a
+/// grace period long enough for a slow download in flight to finish.
+fn upgrade_config(setup: &EdgeSetup, cert: &TestCert, origin: &Origin, extra: &str) -> String {
+    let token = setup.path("admin.token");
+    std::fs::write(&token, ADMIN_TOKEN).expect("token");
+    let run = setup.path("run");
+    std::fs::create_dir_all(&run).expect("run dir");
+    setup
+        .config(&[cert], &[origin.address], extra)
+        .replace("grace_period: 0s", "grace_period: 6s")
+        .replace(
+            "graceful_shutdown_timeout: 1s\n",
+            &format!(
+                "graceful_shutdown_timeout: 1s\n  upgrade_socket: {}\n",
+                run.join("upgrade.sock").display()
+            ),
+        )
+        .replace(
+            "admin:\n  address:",
+            &format!("admin:\n  token_file: {}\n  address:", token.display()),
+        )
+}
+
+/// Clients that each open a new connection per request until told to stop, counting
+/// answers and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<parking_lot::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(setup: &EdgeSetup, cert: &TestCert) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for task in 0..4 {
+            let client = if task == 3 {
+                https_client(&[&cert.pem], &["hachyderm.example"], setup.https, false)
+            } else {
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(0)
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .expect("client")
+            };
+            let url = if task == 3 {
+                format!(
+                    "https://hachyderm.example:{}/load/{task}",
+                    setup.https.port()
+                )
+            } else {
+                format!("http://{}/load/{task}", setup.http)
+            };
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    match client.get(&url).send().await {
+                        Ok(resp) if resp.status() == 200 => match resp.bytes().await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => failures.lock().push(format!("{url}: body: {e}")),
+                        },
+                        Ok(resp) => failures.lock().push(format!("{url}: {}", resp.status())),
+                        Err(e) => failures.lock().push(format!("{url}: {e:?}")),
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; returns (answers, failures).
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("load task");
+        }
+        let failures = self.failures.lock().clone();
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
+}
+
+async fn upgrade_command(config: &std::path::Path) -> (i32, String, String) {
+    let config = config.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        run_binary(&["upgrade", "--config", config.to_str().expect("utf-8 path")])
+    })
+    .await
+    .expect("upgrade command")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.write_config(&upgrade_config(&setup, &cert, &origin, ""));
+    let mut old = Edge::start(&setup, &config).await;
+
+    // A download still streaming when the old process starts to drain (5 s after the
+    // handover): ~2 MB at 64 KiB per 250 ms, about 8 s.
+    let slow_url = format!(
+        "http://{}/bytes/2000000?chunk=65536&delay_ms=250",
+        setup.http
+    );
+    let slow = tokio::spawn(async move {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+            .get(slow_url)
+            .send()
+            .await
+            .expect("slow request");
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.expect("slow body").to_vec()
+    });
+    let load = Load::start(&setup, &cert);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (code, stdout, stderr) = upgrade_command(&config).await;
+    assert_eq!(code, 0, "upgrade failed: {stdout}{stderr}");
+    assert!(
+        stdout.contains("handed over to the new process"),
+        "{stdout}"
+    );
+    let new_pid: u32 = stdout
+        .split("new process ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+    let _successor = KillOnDrop(new_pid);
+    assert_ne!(new_pid, old.pid());
+    let cmdline = std::fs::read(format!("/proc/{new_pid}/cmdline")).expect("successor runs");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--upgrade"),
+        "successor started without --upgrade"
+    );
+
+    // The old process drains (6 s grace period) and exits; clients keep being served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = old.exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "old process exited with {status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served_before_exit = load.ok.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (answers, failures) = load.finish().await;
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        answers > served_before_exit,
+        "nothing was served after the old process exited ({answers})"
+    );
+
+    let body = slow.await.expect("slow download");
+    assert_eq!(body.len(), 2_000_000);
+    assert!(body == pattern_range(0..2_000_000), "slow body differs");
+
+    // The admin listener moved too, and the new process is ready.
+    let (status, text) = old.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        std::fs::read_to_string(&old.stderr)
+            .unwrap_or_default()
+            .contains("waiting for the listening sockets"),
+        "the successor's log (inherited stderr) shows no handover"
+    );
+    eprintln!("upgrade under load: {answers} requests, 0 failed; slow download of 2 MB whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.write_config(&upgrade_config(&setup, &cert, &origin, ""));
+    let mut old = Edge::start(&setup, &config).await;
+
+    // Valid config, but the new process cannot open its disk cache: the directory holds
+    // files edgecache did not make.
+    let foreign = setup.path("foreign");
+    std::fs::create_dir_all(&foreign).expect("dir");
+    std::fs::write(foreign.join("precious.txt"), "not a cache").expect("file");
+    let with_cache = upgrade_config(
+        &setup,
+        &cert,
+        &origin,
+        &format!(
+            "cache:\n  memory:\n    max_size: 8MiB\n  disk:\n    path: {}\n    max_size: 64MiB\n    max_object_size: 1MiB\n",
+            foreign.display()
+        ),
+    );
+    std::fs::write(&config, with_cache).expect("config");
+    let (code, stdout, stderr) = upgrade_command(&config).await;
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains("exited with") && stderr.contains("keeps serving"),
+        "{stderr}"
+    );
+    assert!(old.is_running());
+    let resp = crate::cache::get(setup.http, "/still-here", &[]).await;
+    assert_eq!(resp.status, 200);
+    assert!(foreign.join("precious.txt").exists());
+    assert_eq!(
+        old.metric("edgecache_upgrade_failures_total").await,
+        Some(1.0)
+    );
+
+    // A config that moves a listener cannot be handed over: refused before anything starts.
+    let moved = upgrade_config(&setup, &cert, &origin, "").replace(
+        &setup.http.to_string(),
+        &crate::harness::free_address().to_string(),
+    );
+    std::fs::write(&config, moved).expect("config");
+    let (code, _, stderr) = upgrade_command(&config).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("restart instead"), "{stderr}");
+
+    // Put right, the same process can still be upgraded.
+    std::fs::write(&config, upgrade_config(&setup, &cert, &origin, "")).expect("config");
+    let (code, stdout, stderr) = upgrade_command(&config).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let new_pid: u32 = stdout
+        .split("new process ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+    let _successor = KillOnDrop(new_pid);
+    let resp = crate::cache::get(setup.http, "/after", &[]).await;
+    assert_eq!(resp.status, 200);
+}
