@@ -16,7 +16,9 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::cache::EdgeCache;
-use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource, Purger, FLEET_ORIGIN_HEADER};
+use crate::fleet::{
+    Purge, PurgeFailure, PurgeKind, PurgeSource, Purger, FLEET_ORIGIN_HEADER, PURGE_ID_HEADER,
+};
 use crate::metrics;
 use crate::proxy::upstream::CoreUpstreams;
 use crate::reload::Reloader;
@@ -165,16 +167,30 @@ impl AdminApp {
             }
         };
         // A purge a peer passes on is applied here and goes no further.
-        let source = if session
-            .req_header()
-            .headers
-            .contains_key(FLEET_ORIGIN_HEADER)
-        {
-            PurgeSource::Peer
-        } else {
-            PurgeSource::Admin
+        let header = |name: &str| {
+            session
+                .req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
-        match self.purger.purge(kind, &value, source).await {
+        let outcome = match header(FLEET_ORIGIN_HEADER) {
+            Some(origin) => {
+                let purge = Purge {
+                    // A peer always names its purge; one that does not gets a name made
+                    // of what it is, so repeats are still logged once.
+                    id: header(PURGE_ID_HEADER)
+                        .unwrap_or_else(|| format!("{origin}-{kind:?}-{value}")),
+                    kind,
+                    value,
+                    origin,
+                };
+                self.purger.purge_from_peer(&purge, PurgeSource::Peer).await
+            }
+            None => self.purger.purge(kind, &value, PurgeSource::Admin).await,
+        };
+        match outcome {
             Ok(report) => {
                 let mut resp = text(StatusCode::OK, report.to_json() + "\n");
                 resp.headers_mut().insert(
@@ -215,6 +231,52 @@ impl AdminApp {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("reload failed: {e}\n"),
             ),
+        }
+    }
+
+    /// `GET /fleet/purges?after=N&limit=M`: this PoP's purge log after entry N, for peers
+    /// catching up. Needs the admin token.
+    async fn purge_log(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if self.token.load().is_none() || !self.authorized(session) {
+            return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        }
+        let Some(fleet) = self.purger.fleet.clone() else {
+            return text(StatusCode::NOT_FOUND, "this PoP has no fleet\n");
+        };
+        let query = session.req_header().uri.query().unwrap_or("");
+        let mut after = 0u64;
+        let mut limit = 1000usize;
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let parsed = match name.as_ref() {
+                "after" => value.parse().map(|v| after = v).is_ok(),
+                "limit" => value
+                    .parse()
+                    .map(|v: usize| limit = v.clamp(1, 10_000))
+                    .is_ok(),
+                _ => true,
+            };
+            if !parsed {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid {name}: {value}\n"),
+                );
+            }
+        }
+        let log = fleet.log.clone();
+        match tokio::task::spawn_blocking(move || log.read_after(after, limit)).await {
+            Ok(Ok(page)) => match serde_json::to_vec(&page) {
+                Ok(body) => {
+                    let mut resp = Response::new(body);
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            },
+            Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         }
     }
 
@@ -262,6 +324,7 @@ impl ServeHttp for AdminApp {
             ("/reload", &Method::POST) => self.reload(session).await,
             ("/purge", &Method::POST) => self.purge(session).await,
             ("/upgrade", &Method::POST) => self.upgrade(session).await,
+            ("/fleet/purges", &Method::GET) => self.purge_log(session).await,
             ("/healthz" | "/readyz" | "/metrics", _) | ("/reload" | "/purge" | "/upgrade", _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }

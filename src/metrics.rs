@@ -104,6 +104,13 @@ pub struct Metrics {
     pub fleet_deliveries: IntCounterVec,
     /// Purges waiting for a peer that has not taken them yet, by peer.
     pub fleet_pending_purges: IntGaugeVec,
+    /// Purges applied here because a peer's purge log had them and this PoP did not, by
+    /// peer (missed while this PoP was down or cut off).
+    pub fleet_catch_up_purges: IntCounterVec,
+    /// Reads of a peer's purge log that failed, by peer.
+    pub fleet_catch_up_errors: IntCounterVec,
+    /// A peer's purge log no longer held every purge after this PoP's cursor, by peer.
+    pub fleet_catch_up_gaps: IntCounterVec,
     /// Media chain steps, by store and outcome (`hit`, `miss`, `error`, `shed` when the
     /// store's concurrency limit or open circuit refused the request).
     pub media_step_lookups: IntCounterVec,
@@ -352,6 +359,24 @@ impl Metrics {
                 "edgecache_fleet_purge_deliveries_total",
                 "Attempts to hand a purge to another PoP, by peer and result.",
                 &["peer", "result"],
+            ),
+            fleet_catch_up_purges: counter_vec(
+                &registry,
+                "edgecache_fleet_catch_up_purges_total",
+                "Purges applied here from a peer's purge log, by peer.",
+                &["peer"],
+            ),
+            fleet_catch_up_errors: counter_vec(
+                &registry,
+                "edgecache_fleet_catch_up_errors_total",
+                "Reads of a peer's purge log that failed, by peer.",
+                &["peer"],
+            ),
+            fleet_catch_up_gaps: counter_vec(
+                &registry,
+                "edgecache_fleet_catch_up_gaps_total",
+                "Times a peer's purge log had dropped purges this PoP had not read, by peer.",
+                &["peer"],
             ),
             fleet_pending_purges: gauge_vec(
                 &registry,

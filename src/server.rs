@@ -20,6 +20,7 @@ use crate::admin::AdminApp;
 use crate::cache::{CacheError, EdgeCache};
 use crate::config::Config;
 use crate::connections::CountedApp;
+use crate::fleet::catch_up::CatchUpService;
 use crate::fleet::{Fleet, FleetError, FleetService, Purger};
 use crate::mesh::{Mesh, MeshError};
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
@@ -140,12 +141,21 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<Server, Start
     };
     let purger = Arc::new(Purger {
         cache: cache.clone(),
-        fleet,
+        fleet: fleet.clone(),
         name: config
             .fleet
             .as_ref()
             .map_or_else(|| "local".to_string(), |f| f.name.clone()),
     });
+    if let Some(fleet) = fleet {
+        server.add_service(GenBackgroundService::new(
+            "fleet purge catch-up".to_string(),
+            Arc::new(CatchUpService {
+                fleet,
+                purger: purger.clone(),
+            }),
+        ));
+    }
     let restart_only = RestartOnly::of(&config);
     // Media routes are served by an origin of our own on loopback, when stores exist.
     let media_origin = if config.stores.is_empty() {

@@ -70,6 +70,12 @@ pub struct FleetFile {
     /// Delivery attempts to a peer that is down are spaced up to this much.
     #[serde(default = "defaults::fleet_max_retry_delay")]
     pub max_retry_delay: HumanDuration,
+    /// How often each peer's purge log is read for purges this PoP missed.
+    #[serde(default = "defaults::fleet_catch_up_interval")]
+    pub catch_up_interval: HumanDuration,
+    /// Purges this PoP keeps in its own log for peers to catch up from.
+    #[serde(default = "defaults::fleet_log_entries")]
+    pub log_entries: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -647,6 +653,14 @@ mod defaults {
     }
 
     pub fn fleet_max_pending() -> usize {
+        100_000
+    }
+
+    pub fn fleet_catch_up_interval() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+
+    pub fn fleet_log_entries() -> u64 {
         100_000
     }
 

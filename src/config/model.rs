@@ -47,6 +47,8 @@ pub struct FleetSettings {
     pub max_pending: usize,
     pub wait: Duration,
     pub max_retry_delay: Duration,
+    pub catch_up_interval: Duration,
+    pub log_entries: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

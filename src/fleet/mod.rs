@@ -7,7 +7,14 @@
 //! from a background worker with growing pauses until it answers 200, across restarts of
 //! either side, so no PoP keeps serving what was purged once it is back. A purge that
 //! arrives from a peer (marked by [`FLEET_ORIGIN_HEADER`]) is applied locally only.
+//!
+//! Every purge applied here is also numbered in this PoP's purge log ([`log`]), which peers
+//! read every `catch_up_interval` ([`catch_up`]): a PoP that was down or cut off gets what
+//! it missed from any PoP that has it, even if the PoP that took the purge from outside is
+//! gone for good with its outbox.
 
+pub mod catch_up;
+pub mod log;
 mod outbox;
 
 use std::path::PathBuf;
@@ -23,6 +30,7 @@ use tokio::sync::Notify;
 use crate::cache::{EdgeCache, PurgeError};
 use crate::config::model::{FleetPeer, FleetSettings};
 use crate::metrics;
+use log::PurgeLog;
 use outbox::Outbox;
 
 /// Marks a purge sent by a peer: the receiver applies it and sends it nowhere.
@@ -105,6 +113,10 @@ pub struct Fleet {
     name: String,
     peers: Vec<FleetPeer>,
     outbox: Arc<Outbox>,
+    /// Every purge applied here, for peers to catch up from.
+    pub log: Arc<PurgeLog>,
+    state_dir: PathBuf,
+    catch_up_interval: Duration,
     client: reqwest::Client,
     /// The admin token, which every PoP of the fleet shares; a reload may change it.
     token: Arc<ArcSwapOption<String>>,
@@ -127,6 +139,7 @@ impl Fleet {
             settings.peers.iter().map(|p| p.name.clone()),
             settings.max_pending,
         )?;
+        let log = PurgeLog::open(&settings.state_dir, settings.log_entries)?;
         // Never through an HTTP proxy from the environment: the token goes to peers only.
         let client = reqwest::Client::builder()
             .timeout(DELIVERY_TIMEOUT)
@@ -137,6 +150,9 @@ impl Fleet {
             name: settings.name.clone(),
             peers: settings.peers.clone(),
             outbox: Arc::new(outbox),
+            log: Arc::new(log),
+            state_dir: settings.state_dir.clone(),
+            catch_up_interval: settings.catch_up_interval,
             client,
             token,
             wait: settings.wait,
@@ -145,8 +161,17 @@ impl Fleet {
             sequence: AtomicU64::new(0),
             run: run_nonce(),
         });
+        let m = metrics::get();
         for peer in &fleet.peers {
             fleet.report_pending(&peer.name);
+            // Present from the start, so rates and alerts see them before the first event.
+            for counter in [
+                &m.fleet_catch_up_purges,
+                &m.fleet_catch_up_errors,
+                &m.fleet_catch_up_gaps,
+            ] {
+                counter.with_label_values(&[peer.name.as_str()]);
+            }
         }
         Ok(fleet)
     }
@@ -167,18 +192,28 @@ impl Fleet {
             .set(pending);
     }
 
-    /// Queues the purge for every peer and tries each once, for at most `wait`.
-    pub async fn fan_out(
-        &self,
-        kind: PurgeKind,
-        value: &str,
-    ) -> Result<(String, Vec<(String, Delivery)>), FleetError> {
-        let purge = Purge {
+    /// A purge this PoP received from outside, with a new id.
+    fn new_purge(&self, kind: PurgeKind, value: &str) -> Purge {
+        Purge {
             id: self.next_id(),
             kind,
             value: value.to_string(),
             origin: self.name.clone(),
-        };
+        }
+    }
+
+    /// Adds `purge` to this PoP's log (once per id).
+    async fn record(&self, purge: &Purge) -> Result<(), FleetError> {
+        let log = self.log.clone();
+        let purge = purge.clone();
+        tokio::task::spawn_blocking(move || log.append(&purge))
+            .await
+            .map_err(|e| FleetError::Encode(format!("logging: {e}")))?
+            .map(|_| ())
+    }
+
+    /// Queues the purge for every peer and tries each once, for at most `wait`.
+    async fn fan_out(&self, purge: &Purge) -> Result<Vec<(String, Delivery)>, FleetError> {
         let outbox = self.outbox.clone();
         let queued_purge = purge.clone();
         let pushed = tokio::task::spawn_blocking(move || outbox.push(&queued_purge))
@@ -189,7 +224,6 @@ impl Fleet {
                 .iter()
                 .find(|(name, _)| *name == peer.name)
                 .map(|(_, result)| result);
-            let purge = &purge;
             async move {
                 if let Some(Err(e)) = pushed {
                     tracing::error!(peer = %peer.name, error = %e, "purge not queued for this peer");
@@ -216,8 +250,7 @@ impl Fleet {
                 (peer.name.clone(), delivery)
             }
         });
-        let results = futures_util::future::join_all(attempts).await;
-        Ok((purge.id, results))
+        Ok(futures_util::future::join_all(attempts).await)
     }
 
     async fn deliver(&self, peer: &FleetPeer, purge: &Purge) -> Result<(), DeliveryError> {
@@ -344,6 +377,8 @@ pub enum PurgeSource {
     Admin,
     Peer,
     CacheBuster,
+    /// Read from a peer's purge log.
+    CatchUp,
 }
 
 impl PurgeSource {
@@ -352,6 +387,7 @@ impl PurgeSource {
             PurgeSource::Admin => "admin",
             PurgeSource::Peer => "peer",
             PurgeSource::CacheBuster => "cache_buster",
+            PurgeSource::CatchUp => "catch_up",
         }
     }
 }
@@ -392,12 +428,54 @@ pub struct Purger {
 }
 
 impl Purger {
+    /// Applies a purge received from outside here, logs it and sends it to every peer.
     pub async fn purge(
         &self,
         kind: PurgeKind,
         value: &str,
         source: PurgeSource,
     ) -> Result<PurgeReport, PurgeFailure> {
+        let purged = self.apply_here(kind, value, source)?;
+        let mut report = PurgeReport {
+            id: None,
+            purged,
+            pops: vec![(self.name.clone(), Delivery::Purged)],
+        };
+        if let Some(fleet) = &self.fleet {
+            let purge = fleet.new_purge(kind, value);
+            fleet.record(&purge).await?;
+            report.pops.extend(fleet.fan_out(&purge).await?);
+            report.id = Some(purge.id);
+        }
+        tracing::info!(?kind, value, purged, source = source.label(), id = ?report.id, "purged");
+        Ok(report)
+    }
+
+    /// Applies a purge another PoP passed on (or that its log had) here only, and logs it
+    /// so that PoPs catching up from this one get it too.
+    pub async fn purge_from_peer(
+        &self,
+        purge: &Purge,
+        source: PurgeSource,
+    ) -> Result<PurgeReport, PurgeFailure> {
+        let purged = self.apply_here(purge.kind, &purge.value, source)?;
+        if let Some(fleet) = &self.fleet {
+            fleet.record(purge).await?;
+        }
+        tracing::info!(kind = ?purge.kind, value = %purge.value, purged, source = source.label(), id = %purge.id, origin = %purge.origin, "purged");
+        Ok(PurgeReport {
+            id: Some(purge.id.clone()),
+            purged,
+            pops: vec![(self.name.clone(), Delivery::Purged)],
+        })
+    }
+
+    fn apply_here(
+        &self,
+        kind: PurgeKind,
+        value: &str,
+        source: PurgeSource,
+    ) -> Result<usize, PurgeFailure> {
         let purged = match &self.cache {
             Some(cache) => match kind {
                 PurgeKind::Url => cache.purge_url(value)?,
@@ -409,17 +487,6 @@ impl Purger {
             .purges_received
             .with_label_values(&[source.label()])
             .inc();
-        let mut report = PurgeReport {
-            id: None,
-            purged,
-            pops: vec![(self.name.clone(), Delivery::Purged)],
-        };
-        if let (Some(fleet), false) = (&self.fleet, matches!(source, PurgeSource::Peer)) {
-            let (id, pops) = fleet.fan_out(kind, value).await?;
-            report.id = Some(id);
-            report.pops.extend(pops);
-        }
-        tracing::info!(?kind, value, purged, source = source.label(), id = ?report.id, "purged");
-        Ok(report)
+        Ok(purged)
     }
 }

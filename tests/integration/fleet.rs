@@ -41,15 +41,25 @@ impl FleetPop {
 }
 
 /// Starts PoPs named `names` in front of `origin`, each listing all the others, with the
-/// cache buster on `PURGE`.
+/// cache buster on `PURGE`. They read each other's purge logs at start and then hourly,
+/// so what a test sees arrive later was pushed.
 async fn fleet(origin: &Origin, names: &[&'static str]) -> Vec<FleetPop> {
-    fleet_with_buster_method(origin, names, "PURGE").await
+    fleet_with(origin, names, "PURGE", "1h").await
 }
 
 async fn fleet_with_buster_method(
     origin: &Origin,
     names: &[&'static str],
     method: &str,
+) -> Vec<FleetPop> {
+    fleet_with(origin, names, method, "1h").await
+}
+
+async fn fleet_with(
+    origin: &Origin,
+    names: &[&'static str],
+    method: &str,
+    catch_up_interval: &str,
 ) -> Vec<FleetPop> {
     let mut pops: Vec<FleetPop> = names
         .iter()
@@ -74,7 +84,7 @@ async fn fleet_with_buster_method(
             .map(|(name, admin)| format!("    - {{ name: {name}, admin: \"{admin}\" }}\n"))
             .collect();
         let extra = format!(
-            "fleet:\n  name: {}\n  peers:\n{peers}  state_dir: {}\n  max_retry_delay: 300ms\ncache_buster:\n  method: {method}\n  secret_header: X-Cache-Buster-Secret\n  secret_file: {}\n",
+            "fleet:\n  name: {}\n  peers:\n{peers}  state_dir: {}\n  max_retry_delay: 300ms\n  catch_up_interval: {catch_up_interval}\ncache_buster:\n  method: {method}\n  secret_header: X-Cache-Buster-Secret\n  secret_file: {}\n",
             pop.name,
             pop.setup.path("fleet").display(),
             secret.display(),
@@ -143,8 +153,25 @@ async fn a_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
         .wait_metric("edgecache_fleet_pending_purges{peer=\"nrt\"}", 1.0)
         .await;
 
+    // A purge a peer passed on goes no further: ewr got it once, from fra, and sent
+    // nothing anywhere.
+    assert_eq!(
+        pops[1]
+            .edge()
+            .metric("edgecache_purges_received_total{source=\"peer\"}")
+            .await,
+        Some(1.0)
+    );
+    let (_, ewr_metrics) = pops[1].edge().admin_get("/metrics").await;
+    assert!(
+        !ewr_metrics.contains("edgecache_fleet_purge_deliveries_total{"),
+        "ewr passed the purge on"
+    );
+
     // fra goes down too, with the purge for nrt queued: it is on disk, not in memory.
+    // ewr, whose log nrt would read at start, is down as well.
     pops[0].kill().await;
+    pops[1].kill().await;
     // nrt comes back with its disk cache, deleted object included, then fra; fra
     // delivers the purge.
     pops[2].start().await;
@@ -169,26 +196,66 @@ async fn a_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
             .await,
         Some(1.0)
     );
-    // A purge a peer passed on goes no further: ewr and nrt got it once each, from fra,
-    // and ewr sent nothing anywhere.
-    for pop in &pops[1..] {
-        assert_eq!(
-            pop.edge()
-                .metric("edgecache_purges_received_total{source=\"peer\"}")
-                .await,
-            Some(1.0),
-            "{}",
-            pop.name
-        );
-    }
-    let (_, ewr_metrics) = pops[1].edge().admin_get("/metrics").await;
-    assert!(
-        !ewr_metrics.contains("edgecache_fleet_purge_deliveries_total{"),
-        "ewr passed the purge on"
-    );
     eprintln!(
         "fleet purge: fra and ewr answered in {answered:?}; nrt caught up {caught_up:?} after fra's restart began"
     );
+}
+
+#[tokio::test]
+async fn a_pop_that_was_down_catches_up_from_any_peer_when_the_purges_origin_is_gone() {
+    let origin = Origin::start().await;
+    let mut pops = fleet_with(&origin, &["fra", "ewr", "nrt"], "PURGE", "300ms").await;
+    let media = "/system/media_attachments/files/3/original/gone.png?cc=public,max-age=3600";
+    let kept = "/system/media_attachments/files/4/original/kept.png?cc=public,max-age=3600";
+    for pop in &pops {
+        pop.get(media).await;
+        assert_eq!(pop.get(media).await.cache_status(), "HIT", "{}", pop.name);
+        pop.get(kept).await;
+    }
+
+    // nrt is down; fra takes the purge, ewr gets it, nrt's copy waits in fra's outbox.
+    pops[2].kill().await;
+    let (status, report) = admin_purge(&pops[0], &format!("{MEDIA_HOST}{media}")).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["pops"]["ewr"], "purged", "{report}");
+    // fra is lost for good, its outbox with it.
+    pops[0].kill().await;
+    std::fs::remove_dir_all(pops[0].setup.path("fleet")).expect("fra's state");
+
+    // nrt comes back with the deleted object on disk and reads ewr's purge log.
+    let restarted = Instant::now();
+    pops[2].start().await;
+    let nrt = pops[2].edge();
+    nrt.wait_metric("edgecache_fleet_catch_up_purges_total{peer=\"ewr\"}", 1.0)
+        .await;
+    let caught_up = restarted.elapsed();
+    assert_eq!(pops[2].get(media).await.cache_status(), "MISS");
+    assert_eq!(pops[2].get(kept).await.cache_status(), "HIT");
+    assert_eq!(
+        nrt.metric("edgecache_purges_received_total{source=\"catch_up\"}")
+            .await,
+        Some(1.0)
+    );
+    // Read again on the next rounds, the log adds nothing twice.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(
+        nrt.metric("edgecache_fleet_catch_up_purges_total{peer=\"ewr\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        nrt.metric("edgecache_fleet_catch_up_gaps_total{peer=\"ewr\"}")
+            .await,
+        Some(0.0)
+    );
+    // fra cannot be read; that is counted, not fatal.
+    assert!(
+        nrt.metric("edgecache_fleet_catch_up_errors_total{peer=\"fra\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    eprintln!("fleet catch-up: nrt purged from ewr's log {caught_up:?} after its restart began");
 }
 
 #[tokio::test]
@@ -271,7 +338,7 @@ async fn the_cli_purges_through_the_local_admin_listener() {
 fn bad_fleet_settings_name_file_line_and_key() {
     let setup = EdgeSetup::new();
     let config = format!(
-        "listeners:\n  - name: http\n    address: \"{http}\"\nadmin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\nfleet:\n  name: fra\n  peers:\n    - {{ name: fra, admin: \"127.0.0.1:9901\" }}\n    - {{ name: ewr, admin: \"http://127.0.0.1:9901/\" }}\n  state_dir: fleet\ncache_buster:\n  method: PURGE\n  secret_header: \"bad header\"\n  secret_file: /nonexistent/edgecache/buster.secret\n",
+        "listeners:\n  - name: http\n    address: \"{http}\"\nadmin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\nfleet:\n  name: fra\n  peers:\n    - {{ name: fra, admin: \"127.0.0.1:9901\" }}\n    - {{ name: ewr, admin: \"http://127.0.0.1:9901/\" }}\n  state_dir: fleet\n  catch_up_interval: 10ms\n  log_entries: 50\ncache_buster:\n  method: PURGE\n  secret_header: \"bad header\"\n  secret_file: /nonexistent/edgecache/buster.secret\n",
         http = setup.http,
         admin = setup.admin,
     );
@@ -283,8 +350,10 @@ fn bad_fleet_settings_name_file_line_and_key() {
         ":10: fleet: a fleet needs admin.token_file",
         ":13: fleet.peers[0].name: \"fra\" is listed twice (or is this PoP's own name)",
         ":14: fleet.peers[1].admin: invalid admin address \"http://127.0.0.1:9901/\"",
-        ":18: cache_buster.secret_header: invalid header name \"bad header\"",
-        ":19: cache_buster.secret_file: cannot read /nonexistent/edgecache/buster.secret",
+        ":16: fleet.catch_up_interval: must be at least 100ms",
+        ":17: fleet.log_entries: must be at least 10000",
+        ":20: cache_buster.secret_header: invalid header name \"bad header\"",
+        ":21: cache_buster.secret_file: cannot read /nonexistent/edgecache/buster.secret",
     ] {
         assert!(
             stderr.contains(&format!("{path}{expected}")),

@@ -67,6 +67,15 @@ pub(super) fn fleet(
     if fleet.max_pending == 0 {
         check.problem("fleet.max_pending", "must be more than 0");
     }
+    if fleet.catch_up_interval.get() < std::time::Duration::from_millis(100) {
+        check.problem("fleet.catch_up_interval", "must be at least 100ms");
+    }
+    if fleet.log_entries < 10_000 {
+        check.problem(
+            "fleet.log_entries",
+            "must be at least 10000 (the log is kept in segments of that many)",
+        );
+    }
     if check.problems.len() > before {
         return None;
     }
@@ -80,6 +89,8 @@ pub(super) fn fleet(
             .max_retry_delay
             .get()
             .max(std::time::Duration::from_millis(100)),
+        catch_up_interval: fleet.catch_up_interval.get(),
+        log_entries: fleet.log_entries,
     })
 }
 
