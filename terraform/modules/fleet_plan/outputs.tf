@@ -1,0 +1,9 @@
+output "pops" {
+  description = "Each PoP with the fleet defaults filled in, keyed by its name: the for_each of the pop module."
+  value       = local.pops
+}
+
+output "regions" {
+  description = "The Linode regions the fleet runs in, sorted."
+  value       = local.regions
+}
