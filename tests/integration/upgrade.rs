@@ -117,6 +117,16 @@ impl Load {
     }
 }
 
+/// The new process's pid, from `edgecache upgrade`'s report.
+fn successor_pid(report: &str) -> u32 {
+    report
+        .split("new process ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {report:?}"))
+}
+
 async fn upgrade_command(config: &std::path::Path) -> (i32, String, String) {
     let config = config.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -161,12 +171,7 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
         stdout.contains("handed over to the new process"),
         "{stdout}"
     );
-    let new_pid: u32 = stdout
-        .split("new process ")
-        .nth(1)
-        .and_then(|rest| rest.split(';').next())
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+    let new_pid = successor_pid(&stdout);
     let _successor = KillOnDrop(new_pid);
     assert_ne!(new_pid, old.pid());
     let cmdline = std::fs::read(format!("/proc/{new_pid}/cmdline")).expect("successor runs");
@@ -263,12 +268,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     std::fs::write(&config, upgrade_config(&setup, &cert, &origin, "")).expect("config");
     let (code, stdout, stderr) = upgrade_command(&config).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let new_pid: u32 = stdout
-        .split("new process ")
-        .nth(1)
-        .and_then(|rest| rest.split(';').next())
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {stdout:?}"));
+    let new_pid = successor_pid(&stdout);
     let _successor = KillOnDrop(new_pid);
     let resp = crate::cache::get(setup.http, "/after", &[]).await;
     assert_eq!(resp.status, 200);
