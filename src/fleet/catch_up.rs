@@ -6,9 +6,10 @@
 //! them certain: a purge that reached any surviving PoP reaches this one once both are up,
 //! whatever happened to the PoP that took it from outside.
 //!
-//! A first read of a peer (no cursor, or a log the peer has since wiped) starts at the
-//! oldest entry it keeps: purges are idempotent, and a PoP that may hold old objects must
-//! not keep serving one that was purged while it was away.
+//! The first read of a peer starts at the end of its log: purges made before this PoP knew
+//! the peer were never this PoP's to miss. A log the peer has since wiped or rebuilt (a
+//! new id, or a head behind the cursor) is read from its start, since all of it may be
+//! new here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::log::LogPage;
-use super::{Fleet, PurgeSource, Purger};
+use super::{Fleet, PurgeFailure, PurgeSource, Purger};
 use crate::config::model::FleetPeer;
 use crate::metrics;
 
@@ -62,8 +63,11 @@ impl CatchUpService {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let temp = path.with_extension("tmp");
-            std::fs::write(&temp, &text)?;
+            // Two processes share the directory during a graceful upgrade.
+            let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+            let mut file = std::fs::File::create(&temp)?;
+            std::io::Write::write_all(&mut file, &text)?;
+            file.sync_all()?;
             std::fs::rename(&temp, &path)
         })
         .await
@@ -100,22 +104,31 @@ impl CatchUpService {
     async fn catch_up(&self, peer: &FleetPeer) -> Result<usize, String> {
         let m = metrics::get();
         let saved = self.load_cursor(peer).await;
-        let mut cursor = saved.clone().unwrap_or_default();
+        let Some(mut cursor) = saved.clone() else {
+            // First contact: what this PoP missed before it knew the peer, it was never
+            // sent; from here on it misses nothing.
+            let page = self.read_page(peer, u64::MAX).await?;
+            let cursor = Cursor {
+                log_id: page.log_id,
+                seq: page.head,
+            };
+            self.save_cursor(peer, &cursor)
+                .await
+                .map_err(|e| format!("saving the cursor: {e}"))?;
+            return Ok(0);
+        };
         let mut applied = 0;
         loop {
             let mut page = self.read_page(peer, cursor.seq).await?;
-            if page.log_id != cursor.log_id {
-                if saved.is_some() {
-                    tracing::warn!(peer = %peer.name, "the peer's purge log was replaced; reading it from its start");
-                }
+            if page.log_id != cursor.log_id || page.head < cursor.seq {
+                // The peer's log was wiped or rebuilt: all of it may be new to this PoP.
+                tracing::warn!(peer = %peer.name, "the peer's purge log was replaced; reading it from its start");
                 cursor = Cursor {
                     log_id: page.log_id.clone(),
                     seq: 0,
                 };
-                if page.oldest > 1 {
-                    page = self.read_page(peer, 0).await?;
-                }
-            } else if cursor.seq + 1 < page.oldest {
+                page = self.read_page(peer, 0).await?;
+            } else if cursor.seq.saturating_add(1) < page.oldest {
                 m.fleet_catch_up_gaps
                     .with_label_values(&[peer.name.as_str()])
                     .inc();
@@ -124,14 +137,24 @@ impl CatchUpService {
             let full = page.entries.len() >= PAGE;
             for entry in &page.entries {
                 if !self.fleet.log.contains(&entry.purge.id) {
-                    self.purger
+                    match self
+                        .purger
                         .purge_from_peer(&entry.purge, PurgeSource::CatchUp)
                         .await
-                        .map_err(|e| format!("applying {}: {e}", entry.purge.id))?;
-                    m.fleet_catch_up_purges
-                        .with_label_values(&[peer.name.as_str()])
-                        .inc();
-                    applied += 1;
+                    {
+                        Ok(_) => {
+                            m.fleet_catch_up_purges
+                                .with_label_values(&[peer.name.as_str()])
+                                .inc();
+                            applied += 1;
+                        }
+                        // It will never apply (a value this PoP cannot parse): passed over,
+                        // so the entries after it still arrive.
+                        Err(PurgeFailure::Bad(e)) => {
+                            tracing::warn!(peer = %peer.name, id = %entry.purge.id, error = %e, "a purge in the peer's log cannot be applied here; skipped");
+                        }
+                        Err(e) => return Err(format!("applying {}: {e}", entry.purge.id)),
+                    }
                 }
                 cursor.seq = entry.seq;
             }
@@ -159,7 +182,7 @@ impl CatchUpService {
                         .fleet_catch_up_errors
                         .with_label_values(&[peer.name.as_str()])
                         .inc();
-                    tracing::debug!(peer = %peer.name, "purge log not read: {reason}");
+                    tracing::warn!(peer = %peer.name, "purge log not read: {reason}");
                 }
             }
             tokio::time::sleep(interval.max(Duration::from_millis(100))).await;

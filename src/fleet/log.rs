@@ -11,7 +11,7 @@
 //! These are blocking calls: callers on the async runtime use `spawn_blocking`.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{BufRead, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -43,6 +43,8 @@ pub struct LogPage {
 struct Segment {
     first: u64,
     path: PathBuf,
+    /// Bytes of whole lines read or written so far.
+    len: u64,
     /// Ids in it, to forget them when it is dropped.
     ids: Vec<String>,
 }
@@ -55,10 +57,34 @@ struct State {
     kept: u64,
 }
 
+impl State {
+    fn add(&mut self, segment: usize, entry: LogEntry) {
+        self.head = self.head.max(entry.seq);
+        self.ids.insert(entry.purge.id.clone());
+        self.kept += 1;
+        if let Some(segment) = self.segments.get_mut(segment) {
+            segment.ids.push(entry.purge.id);
+        }
+    }
+
+    fn forget_oldest(&mut self) -> Option<Segment> {
+        let old = self.segments.pop_front()?;
+        self.kept -= old.ids.len() as u64;
+        for id in &old.ids {
+            self.ids.remove(id);
+        }
+        Some(old)
+    }
+}
+
+/// The log. Two processes may share it for a few seconds during a graceful upgrade, so
+/// every change is made under an exclusive lock on `log/lock`, after reading what the
+/// other process appended.
 pub struct PurgeLog {
     dir: PathBuf,
     id: String,
     retain: u64,
+    lock_file: std::fs::File,
     state: Mutex<State>,
 }
 
@@ -68,8 +94,44 @@ impl PurgeLog {
         let err = |e| FleetError::State(dir.clone(), e);
         std::fs::create_dir_all(&dir).map_err(err)?;
         let id = log_id(&dir).map_err(err)?;
-        let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-            .map_err(err)?
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(err)?;
+        let log = PurgeLog {
+            dir: dir.clone(),
+            id,
+            retain: retain.max(SEGMENT_ENTRIES),
+            lock_file,
+            state: Mutex::new(State {
+                head: 0,
+                segments: VecDeque::new(),
+                ids: HashSet::new(),
+                kept: 0,
+            }),
+        };
+        {
+            let mut state = log.state.lock();
+            log.locked(|| log.refresh(&mut state)).map_err(err)?;
+        }
+        Ok(log)
+    }
+
+    /// Runs `f` holding the lock other processes take.
+    fn locked<T>(&self, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+        self.lock_file.lock()?;
+        let result = f();
+        let _ = self.lock_file.unlock();
+        result
+    }
+
+    /// Takes in what is on disk and not yet in `state`: segments another process added or
+    /// removed, and lines it appended. A last line without its newline was cut short by a
+    /// crash (no writer is at work under the lock) and is cut off.
+    fn refresh(&self, state: &mut State) -> std::io::Result<()> {
+        let mut on_disk: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter_map(|path| {
                 let first = path
@@ -82,38 +144,62 @@ impl PurgeLog {
                 Some((first, path))
             })
             .collect();
-        names.sort();
-        if let Some((_, last)) = names.last() {
-            drop_partial_line(last).map_err(err)?;
+        on_disk.sort();
+        // Segments the other process's retention removed.
+        let oldest_on_disk = on_disk.first().map(|(first, _)| *first);
+        while state
+            .segments
+            .front()
+            .is_some_and(|s| oldest_on_disk.is_none_or(|oldest| s.first < oldest))
+        {
+            state.forget_oldest();
         }
-        let mut state = State {
-            head: 0,
-            segments: VecDeque::new(),
-            ids: HashSet::new(),
-            kept: 0,
-        };
-        for (first, path) in names {
-            let entries = read_segment(&path).map_err(err)?;
-            let mut segment = Segment {
-                first,
-                path,
-                ids: Vec::new(),
-            };
-            for entry in entries {
-                state.head = state.head.max(entry.seq);
-                state.ids.insert(entry.purge.id.clone());
-                segment.ids.push(entry.purge.id);
-                state.kept += 1;
+        let newest_known = state.segments.back().map(|s| s.first);
+        for (first, path) in on_disk {
+            if newest_known.is_some_and(|known| first < known) {
+                continue;
+            }
+            if newest_known != Some(first) {
+                state.segments.push_back(Segment {
+                    first,
+                    path: path.clone(),
+                    len: 0,
+                    ids: Vec::new(),
+                });
+            }
+            let index = state.segments.len() - 1;
+            let known_len = state.segments[index].len;
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            let size = file.metadata()?.len();
+            if size <= known_len {
+                continue;
+            }
+            file.seek(SeekFrom::Start(known_len))?;
+            let mut bytes = Vec::with_capacity((size - known_len) as usize);
+            file.read_to_end(&mut bytes)?;
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            for line in bytes[..whole].split(|b| *b == b'\n') {
+                if line.is_empty() {
+                    continue;
+                }
+                match serde_json::from_slice::<LogEntry>(line) {
+                    Ok(entry) => state.add(index, entry),
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), "unreadable purge log line skipped")
+                    }
+                }
+            }
+            state.segments[index].len = known_len + whole as u64;
+            if whole < bytes.len() {
+                file.set_len(known_len + whole as u64)?;
+                file.sync_all()?;
             }
             state.head = state.head.max(first.saturating_sub(1));
-            state.segments.push_back(segment);
         }
-        Ok(PurgeLog {
-            dir,
-            id,
-            retain: retain.max(SEGMENT_ENTRIES),
-            state: Mutex::new(state),
-        })
+        Ok(())
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -123,6 +209,12 @@ impl PurgeLog {
     /// Appends `purge` unless a purge with its id is kept already; true when appended.
     pub fn append(&self, purge: &Purge) -> Result<bool, FleetError> {
         let mut state = self.state.lock();
+        self.locked(|| self.append_locked(&mut state, purge))
+            .map_err(|e| FleetError::State(self.dir.clone(), e))
+    }
+
+    fn append_locked(&self, state: &mut State, purge: &Purge) -> std::io::Result<bool> {
+        self.refresh(state)?;
         if state.ids.contains(&purge.id) {
             return Ok(false);
         }
@@ -132,47 +224,47 @@ impl PurgeLog {
             .back()
             .is_none_or(|s| seq - s.first >= SEGMENT_ENTRIES);
         if new_segment {
-            let path = self.dir.join(format!("segment-{seq:020}.jsonl"));
             state.segments.push_back(Segment {
                 first: seq,
-                path,
+                path: self.dir.join(format!("segment-{seq:020}.jsonl")),
+                len: 0,
                 ids: Vec::new(),
             });
         }
-        let Some(segment) = state.segments.back_mut() else {
-            return Ok(false);
-        };
+        let index = state.segments.len() - 1;
         let mut line = serde_json::to_vec(&LogEntry {
             seq,
             purge: purge.clone(),
         })
-        .map_err(|e| FleetError::Encode(e.to_string()))?;
+        .map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let path = segment.path.clone();
-        let written = std::fs::OpenOptions::new()
+        let segment = &state.segments[index];
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
-            .and_then(|mut file| {
-                file.write_all(&line)?;
-                file.sync_data()
-            });
+            .open(&segment.path)?;
+        let written = file.write_all(&line).and_then(|()| file.sync_data());
         if let Err(e) = written {
-            if segment.ids.is_empty() {
+            // A line cut short would swallow the next one.
+            let _ = file.set_len(segment.len);
+            if new_segment {
+                let _ = std::fs::remove_file(&segment.path);
                 state.segments.pop_back();
             }
-            return Err(FleetError::State(path, e));
+            return Err(e);
         }
         if new_segment {
             // The new file's name must survive a crash too.
-            if let Ok(dir) = std::fs::File::open(&self.dir) {
-                let _ = dir.sync_all();
-            }
+            std::fs::File::open(&self.dir)?.sync_all()?;
         }
-        segment.ids.push(purge.id.clone());
-        state.ids.insert(purge.id.clone());
-        state.head = seq;
-        state.kept += 1;
+        state.segments[index].len += line.len() as u64;
+        state.add(
+            index,
+            LogEntry {
+                seq,
+                purge: purge.clone(),
+            },
+        );
         // At least `retain` entries stay: a segment goes only when the rest hold enough.
         while state.segments.len() > 1
             && state
@@ -180,13 +272,8 @@ impl PurgeLog {
                 .front()
                 .is_some_and(|s| state.kept - s.ids.len() as u64 >= self.retain)
         {
-            let Some(old) = state.segments.pop_front() else {
-                break;
-            };
-            let _ = std::fs::remove_file(&old.path);
-            state.kept -= old.ids.len() as u64;
-            for id in &old.ids {
-                state.ids.remove(id);
+            if let Some(old) = state.forget_oldest() {
+                let _ = std::fs::remove_file(&old.path);
             }
         }
         Ok(true)
@@ -195,15 +282,26 @@ impl PurgeLog {
     /// Up to `limit` entries after `after`, oldest first.
     pub fn read_after(&self, after: u64, limit: usize) -> Result<LogPage, FleetError> {
         let (head, oldest, paths) = {
-            let state = self.state.lock();
+            let mut state = self.state.lock();
+            self.locked(|| self.refresh(&mut state))
+                .map_err(|e| FleetError::State(self.dir.clone(), e))?;
             let oldest = state.segments.front().map_or(state.head + 1, |s| s.first);
-            // Segments that may hold entries after `after`: the one it falls in and later.
-            let segments: Vec<&Segment> = state.segments.iter().collect();
-            let start = segments
-                .iter()
-                .rposition(|s| s.first <= after + 1)
-                .unwrap_or(0);
-            let paths: Vec<PathBuf> = segments[start..].iter().map(|s| s.path.clone()).collect();
+            let paths: Vec<PathBuf> = if after >= state.head {
+                Vec::new()
+            } else {
+                // The segment `after + 1` falls in, and every later one.
+                let start = state
+                    .segments
+                    .iter()
+                    .rposition(|s| s.first <= after.saturating_add(1))
+                    .unwrap_or(0);
+                state
+                    .segments
+                    .iter()
+                    .skip(start)
+                    .map(|s| s.path.clone())
+                    .collect()
+            };
             (state.head, oldest, paths)
         };
         let mut entries = Vec::new();
@@ -245,7 +343,7 @@ fn log_id(dir: &Path) -> std::io::Result<String> {
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let id = format!("{nanos:x}-{:x}", std::process::id());
-    let temp = dir.join("id.tmp");
+    let temp = dir.join(format!("id.{}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&temp)?;
     file.write_all(id.as_bytes())?;
     file.sync_all()?;
@@ -253,32 +351,16 @@ fn log_id(dir: &Path) -> std::io::Result<String> {
     Ok(id)
 }
 
-/// Cuts a last line a crash left without its newline, so the next entry starts a line of
-/// its own.
-fn drop_partial_line(path: &Path) -> std::io::Result<()> {
-    let bytes = std::fs::read(path)?;
-    if bytes.last().is_none_or(|b| *b == b'\n') {
-        return Ok(());
-    }
-    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    file.set_len(keep as u64)?;
-    file.sync_all()
-}
-
-/// The entries of one segment. A line cut short by a crash (the last one) is skipped:
-/// its purge was never reported done.
+/// The whole lines of one segment. Lines that do not parse (bytes damaged on disk) are
+/// skipped rather than stop the log from being read.
 fn read_segment(path: &Path) -> std::io::Result<Vec<LogEntry>> {
-    let file = std::fs::File::open(path)?;
-    let mut entries = Vec::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        match serde_json::from_str::<LogEntry>(&line) {
-            Ok(entry) => entries.push(entry),
-            Err(_) => tracing::warn!(path = %path.display(), "unreadable purge log line skipped"),
-        }
-    }
-    Ok(entries)
+    let bytes = std::fs::read(path)?;
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    Ok(bytes[..whole]
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect())
 }
 
 #[cfg(test)]
@@ -325,6 +407,28 @@ mod tests {
         assert_eq!(page.log_id, id);
         assert_eq!(page.entries.len(), 1);
         assert_eq!(page.entries[0].seq, 6);
+    }
+
+    #[test]
+    fn two_processes_appending_to_one_log_never_share_a_number() {
+        let dir = tempfile::tempdir().expect("dir");
+        // As during a graceful upgrade: the old and the new process, each with its own view.
+        let old = PurgeLog::open(dir.path(), 100_000).expect("open");
+        let new = PurgeLog::open(dir.path(), 100_000).expect("open");
+        for n in 1..=10 {
+            let log = if n % 3 == 0 { &new } else { &old };
+            assert!(log.append(&purge(n)).expect("append"));
+        }
+        // A purge the other one logged is not logged again.
+        assert!(!new.append(&purge(1)).expect("append"));
+        for log in [&old, &new] {
+            let page = log.read_after(0, 100).expect("read");
+            let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+            let values: Vec<String> = page.entries.iter().map(|e| e.purge.value.clone()).collect();
+            let wanted: Vec<String> = (1..=10).map(|n| purge(n).value).collect();
+            assert_eq!(values, wanted);
+        }
     }
 
     #[test]
