@@ -9,10 +9,24 @@ use tempfile::TempDir;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_edgecache");
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for an edge to bind later. It is taken
+/// below the kernel's ephemeral range (32768 and up), where the local ports of the tests'
+/// many client connections come from: a port from there could be in use by a client by
+/// the time the edge binds it. Each call in this process gets another port.
 pub fn free_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind probe");
-    listener.local_addr().expect("probe address")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 1000) * 20;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (offset + n) % SPAN).expect("port in range");
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("probe address");
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// A certificate written into a test directory.
