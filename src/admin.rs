@@ -38,6 +38,14 @@ pub struct AdminApp {
     pub upgrader: Arc<Upgrader>,
 }
 
+/// An id for a purge a peer sent without one: unique, so each such purge is logged.
+fn unnamed_purge_id(origin: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:020}-unnamed-{origin}")
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
     let body = body.into().into_bytes();
     let length = body.len();
@@ -178,10 +186,8 @@ impl AdminApp {
         let outcome = match header(FLEET_ORIGIN_HEADER) {
             Some(origin) => {
                 let purge = Purge {
-                    // A peer always names its purge; one that does not gets a name made
-                    // of what it is, so repeats are still logged once.
-                    id: header(PURGE_ID_HEADER)
-                        .unwrap_or_else(|| format!("{origin}-{kind:?}-{value}")),
+                    // Peers always name their purges.
+                    id: header(PURGE_ID_HEADER).unwrap_or_else(|| unnamed_purge_id(&origin)),
                     kind,
                     value,
                     origin,
@@ -281,6 +287,14 @@ impl AdminApp {
     }
 
     async fn upgrade(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        // Replacing the process drops the memory tier and every websocket: never without a
+        // token.
+        if self.token.load().is_none() {
+            return text(
+                StatusCode::FORBIDDEN,
+                "upgrading needs admin.token_file to be configured\n",
+            );
+        }
         if !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
         }
@@ -325,7 +339,8 @@ impl ServeHttp for AdminApp {
             ("/purge", &Method::POST) => self.purge(session).await,
             ("/upgrade", &Method::POST) => self.upgrade(session).await,
             ("/fleet/purges", &Method::GET) => self.purge_log(session).await,
-            ("/healthz" | "/readyz" | "/metrics", _) | ("/reload" | "/purge" | "/upgrade", _) => {
+            ("/healthz" | "/readyz" | "/metrics" | "/fleet/purges", _)
+            | ("/reload" | "/purge" | "/upgrade", _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -6,7 +6,7 @@ use clap::Parser;
 use edgecache::cli::{Cli, Command};
 use edgecache::config::units::ByteSize;
 use edgecache::migrate::{self, bulk::MigrateOptions};
-use edgecache::{config, devcert, logging, reload, server, EXIT_CONFIG, EXIT_UNAVAILABLE};
+use edgecache::{config, devcert, logging, reload, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use mimalloc::MiMalloc;
 
 /// Proxying allocates and frees many small buffers per request; mimalloc does that with
@@ -33,16 +33,19 @@ fn main() -> ExitCode {
                 }
             };
             logging::init(&config.logging);
+            upgrade::hold_upgrade_signal();
             let handover = upgrade.then_some(server::Handover { from: upgrade_from });
-            let server = match server::build(config, handover) {
-                Ok(server) => server,
+            let (server, run_args) = match server::build(config, handover) {
+                Ok(built) => built,
                 Err(e) => {
                     eprintln!("edgecache: {e}");
                     return ExitCode::from(EXIT_UNAVAILABLE);
                 }
             };
             tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "edgecache starting");
-            server.run_forever()
+            server.run(run_args);
+            // As pingora's run_forever: whatever threads remain, the process is done.
+            std::process::exit(0)
         }
         Command::CheckConfig { file } => match config::load(&file) {
             Ok(config) => {

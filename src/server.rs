@@ -11,7 +11,7 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
 
@@ -32,7 +32,7 @@ use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
 use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
 use crate::store::StoreError;
 use crate::tls::{HandshakeCounter, LiveCertificates, SniResolver};
-use crate::upgrade::{self, UpgradeError, UpgradeService, Upgrader};
+use crate::upgrade::{self, ShutdownSignals, UpgradeError, UpgradeService, Upgrader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -72,9 +72,10 @@ pub struct Handover {
     pub from: Option<u32>,
 }
 
-/// Builds a ready-to-run pingora server. With a `handover`, the listening sockets come from
-/// the running process, asked for only once everything else here is set up.
-pub fn build(config: Config, handover: Option<Handover>) -> Result<Server, StartError> {
+/// Builds a ready-to-run pingora server, and the signal handling to run it with. With a
+/// `handover`, the listening sockets come from the running process, asked for only once
+/// everything else here is set up.
+pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunArgs), StartError> {
     if handover.is_none() {
         check_addresses_free(&config)?;
     }
@@ -96,18 +97,19 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<Server, Start
     let mut server = Server::new_with_opt_and_conf(Some(options), conf);
     let conf = server.configuration.clone();
     let upgrader = Upgrader::new(&config);
-    server.add_service(GenBackgroundService::new(
-        "graceful upgrade".to_string(),
-        Arc::new(UpgradeService {
-            upgrader: upgrader.clone(),
-            upgraded: handover.is_some(),
-        }),
-    ));
 
     let cache = match &config.cache {
         Some(settings) => Some(Arc::new(EdgeCache::open(&settings.storage)?)),
         None => None,
     };
+    server.add_service(GenBackgroundService::new(
+        "graceful upgrade".to_string(),
+        Arc::new(UpgradeService {
+            upgrader: upgrader.clone(),
+            predecessor: handover.and_then(|h| h.from),
+            cache: cache.clone(),
+        }),
+    ));
     let access_log = AccessLogger::start(&config.logging.access_log)?;
     let (mesh, mesh_service) = Mesh::from_config(&config.core, config.server.grace_period)?;
     if let Some(service) = mesh_service {
@@ -290,7 +292,7 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<Server, Start
             token: admin_token,
             cache,
             purger,
-            upgrader,
+            upgrader: upgrader.clone(),
         }),
     );
     admin.add_tcp(&config.admin.address.to_string());
@@ -300,14 +302,17 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<Server, Start
     if let Some(handover) = handover {
         // Everything that can fail has been set up; only now is the running process asked
         // to let go of its sockets.
-        upgrade::check_socket_directory(&config.server.upgrade_socket)?;
+        upgrade::prepare_socket_directory(&config.server.upgrade_socket)?;
         if let Some(pid) = handover.from {
             upgrade::ask_for_sockets(pid)?;
         }
         tracing::info!(socket = %config.server.upgrade_socket.display(), "waiting for the listening sockets of the running process");
     }
     server.bootstrap();
-    Ok(server)
+    let run_args = RunArgs {
+        shutdown_signal: Box::new(ShutdownSignals { upgrader }),
+    };
+    Ok((server, run_args))
 }
 
 /// Per-connection socket buffers. pingora's default puts a 64 KiB read buffer in front of

@@ -4,7 +4,7 @@
 //! Layout: `<dir>/v1/<pp>/<primary>-<combined>-<generation>.meta` and `.body`, where
 //! `primary` is the hash of the URL, `combined` the hash of the URL and its `Vary` variant,
 //! `pp` the first two hex digits of `primary`, and `generation` tells successive copies of
-//! one object apart. A body is written under `<dir>/v1/tmp/` while it arrives and renamed
+//! one object apart. A body is written under `<dir>/v1/tmp/<pid>/` while it arrives and renamed
 //! into place only once complete; the meta file is renamed last, so an entry exists exactly
 //! when its meta file does. Every 256 KiB block of a body has a CRC-32 in the meta file and
 //! is checked as it is read: a truncated or damaged entry becomes a miss and is removed.
@@ -105,6 +105,26 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Bodies that were still arriving when their process stopped are never complete: removes
+/// everything under `tmp/` but the directories of processes still running.
+fn clear_abandoned_bodies(tmp_root: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(tmp_root)? {
+        let Ok(entry) = entry else { continue };
+        let running = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+            });
+        if !running {
+            let path = entry.path();
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+        }
+    }
+    Ok(())
+}
+
 impl DiskTier {
     /// Opens (or creates) the cache directory and rebuilds the index from what is in it.
     pub fn open(settings: &DiskTierSettings) -> Result<DiskTier, CacheError> {
@@ -142,15 +162,16 @@ impl DiskTier {
             }
         }
         let root = base.join(FORMAT_DIR);
-        let tmp = root.join("tmp");
-        // Bodies that were still arriving when the process stopped are never complete.
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(|e| io_error("cannot clear", &tmp, e))?;
-        }
+        let tmp_root = root.join("tmp");
+        fs::create_dir_all(&tmp_root).map_err(|e| io_error("cannot create", &tmp_root, e))?;
+        clear_abandoned_bodies(&tmp_root).map_err(|e| io_error("cannot clear", &tmp_root, e))?;
+        // Each process writes under a directory of its own: during a graceful upgrade the
+        // old process is still filling entries when this one opens the cache.
+        let tmp = tmp_root.join(std::process::id().to_string());
         fs::create_dir_all(&tmp).map_err(|e| io_error("cannot create", &tmp, e))?;
 
         let started = std::time::Instant::now();
-        let (found, highest_generation) = scan(&root);
+        let (found, highest_generation) = scan(&root, true);
         let mut entries: Vec<(Hash, DiskEntry)> = found.into_iter().collect();
         entries.sort_by_key(|(_, e)| e.touched_secs);
         let mut index = DiskIndex {
@@ -193,6 +214,39 @@ impl DiskTier {
 
     pub fn max_object_size(&self) -> u64 {
         self.max_object_size
+    }
+
+    /// Indexes complete entries in the directory that the index does not know, or knows
+    /// in an older copy: those another process (the one this process took over from in a
+    /// graceful upgrade) wrote after this one read the directory. Without this, a purge
+    /// here would miss them and a restart would serve them again. Deletes nothing but the
+    /// copies it supersedes. Returns how many entries were taken in.
+    pub fn adopt_unindexed(&self) -> usize {
+        let (found, highest_generation) = scan(&self.root, false);
+        self.next_generation
+            .fetch_max(highest_generation + 1, Ordering::Relaxed);
+        let mut index = self.index.lock();
+        let mut victims = Vec::new();
+        let mut adopted = 0;
+        for (combined, entry) in found {
+            if let Some(known) = index.entries.peek(&combined) {
+                if known.generation >= entry.generation {
+                    continue;
+                }
+            }
+            if let Some(old) = index.entries.pop(&combined) {
+                index.used = index.used.saturating_sub(old.size);
+                victims.push((combined, old));
+            }
+            index.used += entry.size;
+            index.entries.push(combined, entry);
+            adopted += 1;
+        }
+        victims.extend(self.evict_to_fit(&mut index));
+        drop(index);
+        self.delete_files(&victims);
+        self.report();
+        adopted
     }
 
     fn entry_path(&self, primary: &Hash, combined: &Hash, generation: u64, ext: &str) -> PathBuf {

@@ -177,10 +177,11 @@ pub(super) struct FoundFiles {
     body: Option<u64>,
 }
 
-/// Walks the format directory: pairs each meta file with its body, keeps the newest
-/// complete generation of each entry and removes everything else (strays, half-pairs,
-/// superseded copies).
-pub(super) fn scan(root: &Path) -> (HashMap<Hash, DiskEntry>, u64) {
+/// Walks the format directory: pairs each meta file with its body and keeps the newest
+/// complete generation of each entry. With `tidy`, everything else (strays, half-pairs,
+/// superseded copies) is removed; only safe while no other writer is at work, since a
+/// half-pair may be an entry being committed.
+pub(super) fn scan(root: &Path, tidy: bool) -> (HashMap<Hash, DiskEntry>, u64) {
     let mut files: HashMap<(Hash, u64), FoundFiles> = HashMap::new();
     let mut strays: Vec<PathBuf> = Vec::new();
     let mut highest_generation = 0;
@@ -252,6 +253,9 @@ pub(super) fn scan(root: &Path) -> (HashMap<Hash, DiskEntry>, u64) {
                 entries.insert(combined, entry);
             }
         }
+    }
+    if !tidy {
+        return (entries, highest_generation);
     }
     for (primary, combined, generation) in superseded {
         let primary_hex = hex::encode(primary);

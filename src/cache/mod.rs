@@ -151,6 +151,15 @@ pub struct EdgeCache {
 }
 
 impl EdgeCache {
+    /// After a graceful upgrade, once the old process is gone: takes into the disk tier's
+    /// index what that process wrote after this one opened the directory.
+    pub fn adopt_unindexed_disk_entries(&self) -> usize {
+        self.storage
+            .disk
+            .as_ref()
+            .map_or(0, |disk| disk.adopt_unindexed())
+    }
+
     /// Opens the tiers (the disk tier's index is rebuilt from its directory).
     pub fn open(settings: &CacheStorage) -> Result<EdgeCache, CacheError> {
         let memory =

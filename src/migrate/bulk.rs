@@ -302,7 +302,7 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
             finished = &mut all_done => break finished,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 ticks += 1;
-                reporter.report(&counters, ticks % 25 == 0);
+                reporter.report(&counters, ticks.is_multiple_of(25));
             }
         }
     };

@@ -99,9 +99,12 @@ async fn a_body_the_core_breaks_off_is_never_stored() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(entry_files(&pop, "body").is_empty());
-    let tmp = std::fs::read_dir(pop.cache_dir.path().join("cache/v1/tmp"))
-        .expect("tmp")
-        .count();
+    // Bodies arrive under tmp/<pid>/.
+    let spool = pop
+        .cache_dir
+        .path()
+        .join(format!("cache/v1/tmp/{}", pop.edge.pid()));
+    let tmp = std::fs::read_dir(spool).expect("tmp").count();
     assert_eq!(tmp, 0, "the spool file was left behind");
     let result = client
         .get(format!("http://{}{path}", pop.setup.http))

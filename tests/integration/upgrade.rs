@@ -74,13 +74,14 @@ impl Load {
                     .build()
                     .expect("client")
             };
-            let url = if task == 3 {
-                format!(
+            // Two clients ask for cacheable pages (hits once stored), two go to the core.
+            let url = match task {
+                3 => format!(
                     "https://hachyderm.example:{}/load/{task}",
                     setup.https.port()
-                )
-            } else {
-                format!("http://{}/load/{task}", setup.http)
+                ),
+                0 | 1 => format!("http://{}/load/{task}?cc=public,max-age=60", setup.http),
+                _ => format!("http://{}/load/{task}", setup.http),
             };
             let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
             tasks.push(tokio::spawn(async move {
@@ -141,13 +142,19 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
     let origin = Origin::start().await;
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.write_config(&upgrade_config(&setup, &cert, &origin, ""));
+    let config = setup.write_config(&upgrade_config(
+        &setup,
+        &cert,
+        &origin,
+        &crate::cache::cache_yaml(setup.dir.path(), ""),
+    ));
     let mut old = Edge::start(&setup, &config).await;
+    let mut successor_guard = None;
 
     // A download still streaming when the old process starts to drain (5 s after the
     // handover): ~2 MB at 64 KiB per 250 ms, about 8 s.
     let slow_url = format!(
-        "http://{}/bytes/2000000?chunk=65536&delay_ms=250",
+        "http://{}/bytes/2000000?chunk=65536&delay_ms=250&cc=public,max-age=600",
         setup.http
     );
     let slow = tokio::spawn(async move {
@@ -172,7 +179,7 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
         "{stdout}"
     );
     let new_pid = successor_pid(&stdout);
-    let _successor = KillOnDrop(new_pid);
+    successor_guard.replace(KillOnDrop(new_pid));
     assert_ne!(new_pid, old.pid());
     let cmdline = std::fs::read(format!("/proc/{new_pid}/cmdline")).expect("successor runs");
     assert!(
@@ -213,7 +220,30 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
             .contains("waiting for the listening sockets"),
         "the successor's log (inherited stderr) shows no handover"
     );
-    eprintln!("upgrade under load: {answers} requests, 0 failed; slow download of 2 MB whole");
+
+    // The old process stored the slow download on disk after the new one had read the
+    // cache directory; once the old one is gone, the new one takes the entry in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&old.stderr)
+        .unwrap_or_default()
+        .contains("took in the disk cache entries")
+    {
+        assert!(Instant::now() < deadline, "the disk cache was not re-read");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = crate::cache::get(
+        setup.http,
+        "/bytes/2000000?chunk=65536&delay_ms=250&cc=public,max-age=600",
+        &[],
+    )
+    .await;
+    assert_eq!(again.cache_status(), "HIT");
+    assert!(again.body == body, "cached body differs");
+    assert_eq!(origin.hits_for("/bytes/2000000"), 1);
+    drop(successor_guard);
+    eprintln!(
+        "upgrade under load: {answers} requests, 0 failed; slow download of 2 MB whole and kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,6 +253,20 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let config = setup.write_config(&upgrade_config(&setup, &cert, &origin, ""));
     let mut old = Edge::start(&setup, &config).await;
+
+    // A stray SIGQUIT, with no new process to take the sockets, stops nothing.
+    old.signal(nix::sys::signal::Signal::SIGQUIT);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(old.is_running(), "a stray SIGQUIT stopped the process");
+    assert_eq!(
+        crate::cache::get(setup.http, "/after-sigquit", &[])
+            .await
+            .status,
+        200
+    );
+    assert!(old
+        .stderr_text()
+        .contains("no new process listens on the upgrade socket"));
 
     // Valid config, but the new process cannot open its disk cache: the directory holds
     // files edgecache did not make.

@@ -14,17 +14,18 @@
 //! The successor is a child of the running process, so under systemd it stays in the
 //! service's cgroup; it then tells systemd it is the main process (`MAINPID=`), which is
 //! why the unit uses `Type=notify` with `NotifyAccess=all`.
+//!
+//! pingora's own signal handling hands the sockets over on any SIGQUIT, even when no new
+//! process is there to take them, and then stops: [`ShutdownSignals`] goes ahead only when
+//! a successor listens on the upgrade socket, and otherwise keeps serving.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 
 use crate::config::Config;
 use crate::metrics;
@@ -44,8 +45,15 @@ pub enum UpgradeError {
     InProgress(u32),
     #[error("this process is already handing over to a new one")]
     HandingOver,
-    #[error("the upgrade socket's directory {0} does not exist")]
-    SocketDirectory(PathBuf),
+    #[error("the upgrade socket's directory {directory} cannot be used: {source}")]
+    SocketDirectory {
+        directory: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--upgrade-from {0} is not the process that started this one")]
+    NotParent(u32),
+    #[error("this process is shutting down")]
+    ShuttingDown,
     #[error("cannot start the new binary {binary}: {source}")]
     Spawn {
         binary: PathBuf,
@@ -93,8 +101,11 @@ pub struct Upgrader {
     socket: PathBuf,
     /// The successor being started, if any.
     successor: Mutex<Option<u32>>,
-    /// Set when this process got SIGQUIT: its sockets are being handed over.
+    /// Set when this process got SIGQUIT from a successor: its sockets are being handed
+    /// over.
     handing_over: AtomicBool,
+    /// Set at SIGTERM: a successor would never get the sockets.
+    shutting_down: AtomicBool,
 }
 
 /// The sockets a handover moves, and the Unix socket it goes through.
@@ -131,6 +142,7 @@ impl Upgrader {
             socket: config.server.upgrade_socket.clone(),
             successor: Mutex::new(None),
             handing_over: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
         })
     }
 
@@ -139,6 +151,9 @@ impl Upgrader {
     pub fn start(self: &Arc<Self>) -> Result<UpgradeStarted, UpgradeError> {
         if self.handing_over.load(Ordering::SeqCst) {
             return Err(UpgradeError::HandingOver);
+        }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(UpgradeError::ShuttingDown);
         }
         let mut successor = self.successor.lock();
         if let Some(pid) = *successor {
@@ -157,7 +172,9 @@ impl Upgrader {
                 wanted.upgrade_socket.display()
             )));
         }
-        check_socket_directory(&self.socket)?;
+        prepare_socket_directory(&self.socket)?;
+        // A socket file left by an earlier attempt would look like a listening successor.
+        let _ = std::fs::remove_file(&self.socket);
         let child = Command::new(&self.binary)
             .arg("serve")
             .arg("--config")
@@ -225,33 +242,37 @@ impl Upgrader {
     fn handover_started(&self) {
         self.handing_over.store(true, Ordering::SeqCst);
     }
-}
 
-/// The successor's side: pingora binds the upgrade socket where it is configured, and
-/// panics if its directory is missing, so that is checked first.
-pub fn check_socket_directory(socket: &Path) -> Result<(), UpgradeError> {
-    let directory = match socket.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if directory.is_dir() {
-        Ok(())
-    } else {
-        Err(UpgradeError::SocketDirectory(directory))
+    fn shutdown_started(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a successor listens on the upgrade socket, waiting a little for one that
+    /// sent its SIGQUIT just before binding it.
+    async fn successor_listening(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        let deadline = tokio::time::Instant::now() + SUCCESSOR_BIND_WAIT;
+        loop {
+            if std::fs::symlink_metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
-/// The successor's side: asks the running process `pid` for its listening sockets. It
-/// sends them to the upgrade socket, which this process binds right after (the sender
-/// retries for a few seconds).
-pub fn ask_for_sockets(pid: u32) -> Result<(), UpgradeError> {
-    let pid = i32::try_from(pid).unwrap_or(i32::MAX);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGQUIT,
-    )
-    .map_err(|source| UpgradeError::Signal { pid, source })
-}
+/// How long a SIGQUIT waits for the upgrade socket to appear before it is taken for a
+/// stray signal.
+const SUCCESSOR_BIND_WAIT: Duration = Duration::from_secs(5);
+
+mod signals;
+mod successor;
+
+pub use signals::{hold_upgrade_signal, ShutdownSignals, UpgradeService};
+pub use successor::{ask_for_sockets, prepare_socket_directory, watch_predecessor_exit};
 
 /// Tells systemd (when it started this process with `Type=notify`) that the service is
 /// ready and, after an upgrade, which process is now its main one. Does nothing outside
@@ -286,58 +307,10 @@ fn notify_socket_address(
     }
 }
 
-/// Starts an upgrade on SIGUSR2, notes SIGQUIT (pingora hands the sockets over on it), and
-/// tells systemd the service is ready once the server runs.
-pub struct UpgradeService {
-    pub upgrader: Arc<Upgrader>,
-    /// This process took its sockets over from another.
-    pub upgraded: bool,
-}
-
-#[async_trait]
-impl BackgroundService for UpgradeService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        notify_service_manager(std::env::var_os("NOTIFY_SOCKET").as_deref(), self.upgraded);
-        let (mut upgrades, mut quits) = match (
-            signal(SignalKind::user_defined2()),
-            signal(SignalKind::quit()),
-        ) {
-            (Ok(upgrades), Ok(quits)) => (upgrades, quits),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot listen for SIGUSR2; use the admin /upgrade endpoint");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                received = upgrades.recv() => {
-                    if received.is_none() {
-                        return;
-                    }
-                    tracing::info!("SIGUSR2 received, starting the new binary");
-                    let upgrader = self.upgrader.clone();
-                    match tokio::task::spawn_blocking(move || upgrader.start()).await {
-                        Ok(Ok(started)) => tracing::info!("{started}"),
-                        Ok(Err(e)) => tracing::error!(error = %e, "upgrade not started"),
-                        Err(e) => tracing::error!(error = %e, "upgrade task failed"),
-                    }
-                }
-                received = quits.recv() => {
-                    if received.is_none() {
-                        return;
-                    }
-                    self.upgrader.handover_started();
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn notify_socket_names_are_paths_or_abstract() {
@@ -362,9 +335,26 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_socket_directory_is_named() {
-        let err = check_socket_directory(Path::new("/nonexistent-edgecache/upgrade.sock"))
+    fn a_socket_directory_that_cannot_be_bound_in_is_refused() {
+        let err = prepare_socket_directory(Path::new("/nonexistent-edgecache/upgrade.sock"))
             .expect_err("missing");
         assert!(err.to_string().contains("/nonexistent-edgecache"), "{err}");
+        let dir = tempfile::tempdir().expect("dir");
+        prepare_socket_directory(&dir.path().join("upgrade.sock")).expect("usable");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("dir").count(),
+            0,
+            "the probe is removed"
+        );
+    }
+
+    #[test]
+    fn only_the_parent_may_be_asked_for_its_sockets() {
+        for pid in [0, 1, std::process::id()] {
+            assert!(matches!(
+                ask_for_sockets(pid),
+                Err(UpgradeError::NotParent(_))
+            ));
+        }
     }
 }
