@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod sockets;
+pub mod spool;
 pub mod store;
 pub mod tls;
 pub mod upgrade;

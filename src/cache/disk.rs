@@ -105,26 +105,6 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Bodies that were still arriving when their process stopped are never complete: removes
-/// everything under `tmp/` but the directories of processes still running.
-fn clear_abandoned_bodies(tmp_root: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(tmp_root)? {
-        let Ok(entry) = entry else { continue };
-        let running = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-            .is_some_and(|pid| {
-                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
-            });
-        if !running {
-            let path = entry.path();
-            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
-        }
-    }
-    Ok(())
-}
-
 impl DiskTier {
     /// Opens (or creates) the cache directory and rebuilds the index from what is in it.
     pub fn open(settings: &DiskTierSettings) -> Result<DiskTier, CacheError> {
@@ -162,13 +142,11 @@ impl DiskTier {
             }
         }
         let root = base.join(FORMAT_DIR);
+        // Bodies still arriving when their process stopped are never complete; those of
+        // a running process (the old one, during a graceful upgrade) are left alone.
         let tmp_root = root.join("tmp");
-        fs::create_dir_all(&tmp_root).map_err(|e| io_error("cannot create", &tmp_root, e))?;
-        clear_abandoned_bodies(&tmp_root).map_err(|e| io_error("cannot clear", &tmp_root, e))?;
-        // Each process writes under a directory of its own: during a graceful upgrade the
-        // old process is still filling entries when this one opens the cache.
-        let tmp = tmp_root.join(std::process::id().to_string());
-        fs::create_dir_all(&tmp).map_err(|e| io_error("cannot create", &tmp, e))?;
+        let tmp = crate::spool::own_spool(&tmp_root)
+            .map_err(|e| io_error("cannot prepare", &tmp_root, e))?;
 
         let started = std::time::Instant::now();
         let (found, highest_generation) = scan(&root, true);

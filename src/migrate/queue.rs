@@ -1,10 +1,11 @@
 //! The write-through queue: copies of media found outside the object stores, waiting on
 //! disk until every target store has them.
 //!
-//! Layout under `queue_dir`: `incoming/` (copies still arriving), `jobs/` (a `.body` and a
+//! Layout under `queue_dir`: `incoming/<pid>/` (copies still arriving), `jobs/` (a `.body` and a
 //! `.job` per job; the `.job` is written last, by rename, so a job exists only once its
 //! body is complete), and `failed/` (jobs set aside after `max_attempts`). Everything in
-//! `jobs/` survives `kill -9` and is picked up at start; `incoming/` is emptied.
+//! `jobs/` survives `kill -9` and is picked up at start; what stopped processes left in
+//! `incoming/` is removed.
 //!
 //! The queue is bounded in jobs and bytes: a copy that does not fit is not started, and the
 //! client is served all the same. Uploads never overwrite (see `ObjectStore::put_file`);
@@ -118,17 +119,25 @@ fn ensure_dir(path: &Path) -> Result<(), QueueError> {
 }
 
 impl WriteThroughQueue {
-    /// Opens the queue directory, empties `incoming/` and loads the waiting jobs.
+    /// Opens the queue directory, clears what stopped processes left in `incoming/` and
+    /// loads the waiting jobs.
     pub fn open(
         settings: &WriteThroughSettings,
         places: Arc<Places>,
     ) -> Result<Arc<WriteThroughQueue>, QueueError> {
-        let incoming = settings.queue_dir.join("incoming");
         let jobs_dir = settings.queue_dir.join("jobs");
         let failed_dir = settings.queue_dir.join("failed");
-        for dir in [&incoming, &jobs_dir, &failed_dir] {
+        for dir in [&jobs_dir, &failed_dir] {
             ensure_dir(dir)?;
         }
+        // Copies still arriving when their process stopped are never complete; those of
+        // a running process (the old one, during a graceful upgrade) are left alone.
+        let incoming_root = settings.queue_dir.join("incoming");
+        let incoming =
+            crate::spool::own_spool(&incoming_root).map_err(|source| QueueError::Directory {
+                path: incoming_root.clone(),
+                source,
+            })?;
         let queue = Arc::new(WriteThroughQueue {
             settings: settings.clone(),
             incoming,
@@ -161,9 +170,6 @@ impl WriteThroughQueue {
                 source,
             })
         };
-        for entry in read(&self.incoming)?.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
         let mut state = self.state.lock();
         let now = Instant::now();
         for entry in read(&self.jobs_dir)?.flatten() {
