@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `reload`, `upgrade`, `purge`, `migrate`, `gen-cert`, `version`.
+//! The command line: `serve`, `check-config`, `check-certificate`, `reload`, `upgrade`, `purge`, `migrate`, `gen-cert`, `version`.
 
 use std::path::PathBuf;
 
@@ -36,6 +36,14 @@ pub enum Command {
     CheckConfig {
         #[arg(default_value = DEFAULT_CONFIG)]
         file: PathBuf,
+    },
+    /// Check a certificate chain and its key before they are installed: they load, match
+    /// and have not expired; exit 64 if not.
+    CheckCertificate {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Ask a running PoP to reload its config and certificates, through its admin listener.
     Reload {

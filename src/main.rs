@@ -6,7 +6,9 @@ use clap::Parser;
 use edgecache::cli::{Cli, Command};
 use edgecache::config::units::ByteSize;
 use edgecache::migrate::{self, bulk::MigrateOptions};
-use edgecache::{config, devcert, logging, reload, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE};
+use edgecache::{
+    config, devcert, logging, reload, server, tls, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE,
+};
 use mimalloc::MiMalloc;
 
 /// Proxying allocates and frees many small buffers per request; mimalloc does that with
@@ -59,6 +61,21 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::CheckCertificate { cert, key } => match tls::check_pair(&cert, &key) {
+            Ok(expiry) => {
+                let days = (expiry - now_unix()) / 86_400;
+                println!(
+                    "{} with {}: ok, expires in {days} days",
+                    cert.display(),
+                    key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("edgecache: {e}");
                 ExitCode::from(EXIT_CONFIG)
             }
         },
@@ -164,4 +181,10 @@ fn ask_admin(
             ExitCode::FAILURE
         }
     }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

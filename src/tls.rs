@@ -45,6 +45,10 @@ pub enum CertificateError {
     },
     #[error("no TLS crypto provider is installed")]
     NoProvider,
+    #[error("{} cannot be parsed as an X.509 certificate", path.display())]
+    Unparsable { path: PathBuf },
+    #[error("{} expired {days} days ago", path.display())]
+    Expired { path: PathBuf, days: i64 },
 }
 
 /// Reads a PEM certificate chain and its private key and checks that they belong together.
@@ -88,6 +92,26 @@ fn read(path: &Path) -> Result<Vec<u8>, CertificateError> {
 }
 
 /// The end of a certificate's validity, as seconds since the Unix epoch.
+/// Checks a certificate chain and its key as a reload would take them, for a push to the
+/// fleet: they load, match, and the leaf has not expired. Returns the leaf's expiry (Unix
+/// seconds).
+pub fn check_pair(cert: &Path, key: &Path) -> Result<i64, CertificateError> {
+    let certified = load_certified_key(cert, key)?;
+    let expiry = not_after(&certified).ok_or_else(|| CertificateError::Unparsable {
+        path: cert.to_path_buf(),
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if expiry <= now {
+        return Err(CertificateError::Expired {
+            path: cert.to_path_buf(),
+            days: (now - expiry) / 86_400,
+        });
+    }
+    Ok(expiry)
+}
+
 fn not_after(key: &CertifiedKey) -> Option<i64> {
     let leaf = key.cert.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;

@@ -278,3 +278,51 @@ fn overlapping_listen_addresses_fail_at_start_with_69() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_certificate_refuses_a_pair_that_would_not_serve() {
+    let dir = tempfile::tempdir().expect("dir");
+    let good = TestCert::create(dir.path(), "good", &["media.example"]);
+    let other = TestCert::create(dir.path(), "other", &["other.example"]);
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+
+    let (code, stdout, stderr) = run_binary(&[
+        "check-certificate",
+        "--cert",
+        &path(&good.cert),
+        "--key",
+        &path(&good.key),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok, expires in"), "{stdout}");
+
+    let (code, _, stderr) = run_binary(&[
+        "check-certificate",
+        "--cert",
+        &path(&good.cert),
+        "--key",
+        &path(&other.key),
+    ]);
+    assert_eq!(code, 64);
+    assert!(stderr.contains("does not match certificate"), "{stderr}");
+
+    // Expired last year.
+    let mut params =
+        rcgen::CertificateParams::new(vec!["old.example".to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2025, 1, 1);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("old.pem"), dir.path().join("old.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    let (code, _, stderr) = run_binary(&[
+        "check-certificate",
+        "--cert",
+        &path(&cert_path),
+        "--key",
+        &path(&key_path),
+    ]);
+    assert_eq!(code, 64);
+    assert!(stderr.contains("expired"), "{stderr}");
+}
