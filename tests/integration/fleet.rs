@@ -259,6 +259,50 @@ async fn a_pop_that_was_down_catches_up_from_any_peer_when_the_purges_origin_is_
 }
 
 #[tokio::test]
+async fn a_peer_log_that_was_wiped_is_read_from_its_start() {
+    let origin = Origin::start().await;
+    let mut pops = fleet_with(&origin, &["fra", "ewr"], "PURGE", "300ms").await;
+    let first = "/system/media_attachments/files/5/original/first.png?cc=public,max-age=3600";
+    let second = "/system/media_attachments/files/6/original/second.png?cc=public,max-age=3600";
+    let third = "/system/media_attachments/files/7/original/third.png?cc=public,max-age=3600";
+    for path in [first, second, third] {
+        pops[1].get(path).await;
+        assert_eq!(pops[1].get(path).await.cache_status(), "HIT");
+    }
+    // ewr gets a purge, and reads it in fra's log too: its cursor there moves to 1.
+    let (status, report) = admin_purge(&pops[0], &format!("{MEDIA_HOST}{first}")).await;
+    assert_eq!(status, 200, "{report}");
+    let cursor = pops[1].setup.path("fleet/cursors/fra.json");
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&cursor).is_ok_and(|c| c.contains("\"seq\":1")) {
+        assert!(Instant::now() < deadline, "ewr never read fra's log");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // ewr goes down; fra loses its state and starts over with a new, empty log.
+    pops[1].kill().await;
+    pops[0].kill().await;
+    std::fs::remove_dir_all(pops[0].setup.path("fleet")).expect("fra's state");
+    pops[0].start().await;
+    // fra takes two more purges, and its outbox is lost before ewr is back: only fra's new
+    // log can bring them, where they are entries 1 and 2, and ewr's cursor says 1 was read.
+    for path in [second, third] {
+        let (status, report) = admin_purge(&pops[0], &format!("{MEDIA_HOST}{path}")).await;
+        assert_eq!(status, 200, "{report}");
+    }
+    pops[0].kill().await;
+    std::fs::remove_dir_all(pops[0].setup.path("fleet/outbox")).expect("fra's outbox");
+    pops[0].start().await;
+    pops[1].start().await;
+    pops[1]
+        .edge()
+        .wait_metric("edgecache_fleet_catch_up_purges_total{peer=\"fra\"}", 2.0)
+        .await;
+    assert_eq!(pops[1].get(second).await.cache_status(), "MISS");
+    assert_eq!(pops[1].get(third).await.cache_status(), "MISS");
+}
+
+#[tokio::test]
 async fn mastodons_cache_buster_purges_the_url_on_every_pop() {
     let origin = Origin::start().await;
     let pops = fleet(&origin, &["fra", "ewr"]).await;
