@@ -38,6 +38,7 @@ fn each_bad_file_names_file_line_and_key() {
         ("bad-media.yaml", ":15: stores.spaces.credentials_file: cannot read /nonexistent/edgecache/spaces.credentials"),
         ("bad-media.yaml", ":18: stores.old.path: /nonexistent/edgecache/system is not a directory"),
         ("bad-media.yaml", ":23: sites[0].routes[0].media.chain[1]: no store is named \"nfs\""),
+        ("bad-upgrade-socket.yaml", ":6: server.upgrade_socket: /run/edgecache-upgrade-socket-directory/"),
     ];
     for (file, expected) in cases {
         let path = testdata(file);

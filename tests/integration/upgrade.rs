@@ -317,3 +317,21 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     let resp = crate::cache::get(setup.http, "/after", &[]).await;
     assert_eq!(resp.status, 200);
 }
+
+#[tokio::test]
+async fn an_upgrade_needs_the_admin_token() {
+    let origin = Origin::start().await;
+    let pop = crate::harness::start_pop(&[origin.address], "").await;
+    // No admin.token_file: the admin listener may not replace the process.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/upgrade", pop.setup.admin))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 403);
+    assert!(resp
+        .text()
+        .await
+        .expect("body")
+        .contains("admin.token_file"));
+}
