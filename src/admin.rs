@@ -46,6 +46,16 @@ fn unnamed_purge_id(origin: &str) -> String {
     format!("{nanos:020}-unnamed-{origin}")
 }
 
+/// A 200 with a JSON body.
+fn json(body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
     let body = body.into().into_bytes();
     let length = body.len();
@@ -197,14 +207,7 @@ impl AdminApp {
             None => self.purger.purge(kind, &value, PurgeSource::Admin).await,
         };
         match outcome {
-            Ok(report) => {
-                let mut resp = text(StatusCode::OK, report.to_json() + "\n");
-                resp.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                resp
-            }
+            Ok(report) => json((report.to_json() + "\n").into_bytes()),
             Err(PurgeFailure::Bad(e)) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
             Err(PurgeFailure::Fleet(e)) => {
                 tracing::error!(error = %e, "purge not queued for the fleet");
@@ -271,14 +274,7 @@ impl AdminApp {
         let log = fleet.log.clone();
         match tokio::task::spawn_blocking(move || log.read_after(after, limit)).await {
             Ok(Ok(page)) => match serde_json::to_vec(&page) {
-                Ok(body) => {
-                    let mut resp = Response::new(body);
-                    resp.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    resp
-                }
+                Ok(body) => json(body),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             },
             Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

@@ -93,8 +93,7 @@ fn read(path: &Path) -> Result<Vec<u8>, CertificateError> {
 
 /// The end of a certificate's validity, as seconds since the Unix epoch.
 /// Checks a certificate chain and its key as a reload would take them, for a push to the
-/// fleet: they load, match, and the leaf has not expired. Returns the leaf's expiry (Unix
-/// seconds).
+/// fleet: they load, match, and the leaf has not expired. Returns the whole days left.
 pub fn check_pair(cert: &Path, key: &Path) -> Result<i64, CertificateError> {
     let certified = load_certified_key(cert, key)?;
     let expiry = not_after(&certified).ok_or_else(|| CertificateError::Unparsable {
@@ -109,7 +108,7 @@ pub fn check_pair(cert: &Path, key: &Path) -> Result<i64, CertificateError> {
             days: (now - expiry) / 86_400,
         });
     }
-    Ok(expiry)
+    Ok((expiry - now) / 86_400)
 }
 
 fn not_after(key: &CertifiedKey) -> Option<i64> {

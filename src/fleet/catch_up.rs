@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::log::LogPage;
-use super::{Fleet, PurgeFailure, PurgeSource, Purger};
+use super::{replace_file, Fleet, PurgeFailure, PurgeSource, Purger};
 use crate::config::model::FleetPeer;
 use crate::metrics;
 
@@ -63,12 +63,7 @@ impl CatchUpService {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            // Two processes share the directory during a graceful upgrade.
-            let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-            let mut file = std::fs::File::create(&temp)?;
-            std::io::Write::write_all(&mut file, &text)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
+            replace_file(&path, &text)
         })
         .await
         .map_err(std::io::Error::other)?
@@ -76,14 +71,12 @@ impl CatchUpService {
 
     async fn read_page(&self, peer: &FleetPeer, after: u64) -> Result<LogPage, String> {
         let url = format!("http://{}/fleet/purges", peer.admin);
-        let mut request = self
+        let request = self
             .fleet
             .client
             .get(&url)
             .query(&[("after", after.to_string()), ("limit", PAGE.to_string())]);
-        if let Some(token) = self.fleet.token.load_full() {
-            request = request.bearer_auth(token.as_str());
-        }
+        let request = self.fleet.with_token(request);
         let resp = request
             .send()
             .await

@@ -343,11 +343,7 @@ fn log_id(dir: &Path) -> std::io::Result<String> {
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let id = format!("{nanos:x}-{:x}", std::process::id());
-    let temp = dir.join(format!("id.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(id.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temp, &path)?;
+    super::replace_file(&path, id.as_bytes())?;
     Ok(id)
 }
 

@@ -192,6 +192,14 @@ impl Fleet {
             .set(pending);
     }
 
+    /// `request` with the fleet's shared admin token, which peers require.
+    fn with_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.token.load_full() {
+            Some(token) => request.bearer_auth(token.as_str()),
+            None => request,
+        }
+    }
+
     /// A purge this PoP received from outside, with a new id.
     fn new_purge(&self, kind: PurgeKind, value: &str) -> Purge {
         Purge {
@@ -255,15 +263,13 @@ impl Fleet {
 
     async fn deliver(&self, peer: &FleetPeer, purge: &Purge) -> Result<(), DeliveryError> {
         let url = format!("http://{}/purge", peer.admin);
-        let mut request = self
+        let request = self
             .client
             .post(&url)
             .query(&[(purge.kind.query_name(), purge.value.as_str())])
             .header(FLEET_ORIGIN_HEADER, &purge.origin)
             .header(PURGE_ID_HEADER, &purge.id);
-        if let Some(token) = self.token.load_full() {
-            request = request.bearer_auth(token.as_str());
-        }
+        let request = self.with_token(request);
         let temporary = |reason: String| DeliveryError {
             reason,
             permanent: false,
@@ -342,6 +348,17 @@ impl Fleet {
             }
         }
     }
+}
+
+/// Replaces `path` with `bytes` whole, synced, through a temp file named for this process
+/// (two processes share the fleet state during a graceful upgrade). Blocking.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
 }
 
 /// A value that differs between runs of the process.
