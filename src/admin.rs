@@ -77,18 +77,6 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
     resp
 }
 
-/// Compares in time independent of where the first difference is.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
 impl AdminApp {
     async fn readiness(&self) -> Response<Vec<u8>> {
         let mut problems = Vec::new();
@@ -149,7 +137,9 @@ impl AdminApp {
             .get_header(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes()))
+            .is_some_and(|given| {
+                crate::config::model::same_secret(given.trim().as_bytes(), token.as_bytes())
+            })
     }
 
     /// `POST /purge?url=<url>` removes one URL (every variant), `?prefix=<url prefix>`

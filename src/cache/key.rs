@@ -41,10 +41,11 @@ pub fn normalize_host(raw: &str, tls: bool) -> Option<String> {
     Some(host)
 }
 
-/// The primary key string: `scheme://host/path?query` with the query's parameters sorted
-/// by name (the order of repeated names is kept, it can matter) and empty ones dropped. A
-/// query with nested parameters (`a[][x]=1&a[][y]=2`) keeps its order: Rack builds arrays
-/// of hashes from the order of different names.
+/// The primary key string: `scheme://host/path?query` with the query's parameters put in
+/// order by their decoded names (stably: the order of repeated names is kept, it can
+/// matter) and empty ones dropped. Where sorting could change what the core reads, the
+/// order is kept as sent: see [`reordering_is_safe`]. The parameters themselves stay as
+/// sent, so the key names exactly what the core is asked for.
 pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
     let scheme = if tls { "https" } else { "http" };
     let path = req.uri.path();
@@ -55,8 +56,8 @@ pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
     key.push_str(path);
     if let Some(query) = req.uri.query() {
         let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-        if !params.iter().any(|p| param_name(p).contains('[')) {
-            params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+        if reordering_is_safe(&params) {
+            params.sort_by_cached_key(|p| decoded_name(p));
         }
         if !params.is_empty() {
             key.push('?');
@@ -64,6 +65,41 @@ pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
         }
     }
     key
+}
+
+/// Whether putting `params` in order by decoded name leaves what Rack reads unchanged. Not
+/// when a name is nested (`a[][x]`, also spelled `a%5B%5D%5Bx%5D`): Rack builds arrays of
+/// hashes from the order of different names. Not when two spellings decode to one name
+/// (`a` and `%61`): the last one wins. Not when a parameter holds `;`, which older Racks
+/// also split on, so the name seen here is not the only one.
+fn reordering_is_safe(params: &[&str]) -> bool {
+    let mut spellings: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::with_capacity(params.len());
+    for param in params {
+        if param.contains(';') {
+            return false;
+        }
+        let raw = param_name(param);
+        let name = decoded_name(param);
+        if name.contains('[') {
+            return false;
+        }
+        if spellings
+            .iter()
+            .any(|(seen, spelled)| *seen == name && *spelled != raw)
+        {
+            return false;
+        }
+        spellings.push((name, raw));
+    }
+    true
+}
+
+/// A parameter's name as the core decodes it (`%XX` escapes, `+` for a space). Bytes that
+/// are not UTF-8 all decode to U+FFFD, so such names count as spellings of one another.
+fn decoded_name(param: &str) -> std::borrow::Cow<'_, str> {
+    form_urlencoded::parse(param_name(param).as_bytes())
+        .next()
+        .map_or(std::borrow::Cow::Borrowed(""), |(name, _)| name)
 }
 
 fn param_name(param: &str) -> &str {
@@ -151,6 +187,24 @@ mod tests {
             primary_key(true, "h", &req("/p", None)),
             primary_key(false, "h", &req("/p", None))
         );
+    }
+
+    #[test]
+    fn query_order_follows_decoded_names_and_is_kept_where_it_matters() {
+        let key = |uri: &str| primary_key(true, "h", &req(uri, None));
+        // Sorted by what the names decode to: `%62` is `b`.
+        assert_eq!(key("/p?%62=1&a=2"), "https://h/p?a=2&%62=1");
+        assert_eq!(key("/p?a=2&%62=1"), "https://h/p?a=2&%62=1");
+        // Two spellings of one name: Rails keeps the last, so the order is the object.
+        assert_ne!(key("/p?a=1&%61=2"), key("/p?%61=2&a=1"));
+        assert_eq!(key("/p?a=1&%61=2"), "https://h/p?a=1&%61=2");
+        // Nested names, bracket encoded or not, keep their order.
+        let encoded = "/p?x%5B%5D%5By%5D=1&x%5B%5D%5Bz%5D=2&x%5B%5D%5By%5D=3";
+        assert_eq!(key(encoded), format!("https://h{encoded}"));
+        // `;` separates parameters for older Racks: nothing is moved across it.
+        assert_eq!(key("/p?b=1;a=2&a=3"), "https://h/p?b=1;a=2&a=3");
+        // Names that are not UTF-8 once decoded are taken as one name.
+        assert_eq!(key("/p?%FF=1&%FE=2"), "https://h/p?%FF=1&%FE=2");
     }
 
     #[test]

@@ -29,8 +29,12 @@ pub enum BypassReason {
 }
 
 /// Whether a request may be answered from, and its response stored into, the shared cache.
+/// `session_has_body` is what the connection says of the body: over HTTP/2 a body can come
+/// as DATA frames with neither `Content-Length` nor `Transfer-Encoding`, so the headers alone
+/// cannot tell.
 pub fn request_bypass(
     req: &RequestHeader,
+    session_has_body: bool,
     route_caches: bool,
     policy: &CachePolicy,
 ) -> Option<BypassReason> {
@@ -51,7 +55,8 @@ pub fn request_bypass(
         return Some(BypassReason::Signature);
     }
     // A GET with a body could carry parameters the core reads but the key does not.
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+    let has_body = session_has_body
+        || headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
@@ -66,6 +71,25 @@ pub fn request_bypass(
         return Some(BypassReason::SessionCookie);
     }
     None
+}
+
+/// Whether `If-Range` rules out a partial answer whatever the stored validators: it needs
+/// a strong comparison (RFC 9110 §13.1.5), so a weak entity-tag on either side never
+/// matches. Other cases (equal strong tags, dates) are left to the range filter.
+pub fn if_range_never_matches(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    let Some(if_range) = req.headers.get(header::IF_RANGE) else {
+        return false;
+    };
+    let if_range = if_range.as_bytes().trim_ascii();
+    if if_range.starts_with(b"W/") {
+        return true;
+    }
+    let is_tag = if_range.first() == Some(&b'"');
+    is_tag
+        && resp
+            .headers
+            .get(header::ETAG)
+            .is_some_and(|etag| etag.as_bytes().trim_ascii().starts_with(b"W/"))
 }
 
 fn carries_session(cookie_header: &[u8], names: &[String]) -> bool {
@@ -233,7 +257,7 @@ mod tests {
     #[test]
     fn requests_that_identify_a_user_bypass() {
         let p = policy();
-        assert_eq!(request_bypass(&request(&[]), true, &p), None);
+        assert_eq!(request_bypass(&request(&[]), false, true, &p), None);
         let cases = [
             ("Authorization", "Bearer x", BypassReason::Authorization),
             ("Signature", "keyId=\"a\"", BypassReason::Signature),
@@ -252,7 +276,7 @@ mod tests {
         ];
         for (name, value, reason) in cases {
             assert_eq!(
-                request_bypass(&request(&[(name, value)]), true, &p),
+                request_bypass(&request(&[(name, value)]), false, true, &p),
                 Some(reason),
                 "{name}: {value}"
             );
@@ -261,6 +285,7 @@ mod tests {
         assert_eq!(
             request_bypass(
                 &request(&[("Cookie", "x_session_idx=1; theme=a")]),
+                false,
                 true,
                 &p
             ),
@@ -268,12 +293,37 @@ mod tests {
         );
         let mut post = request(&[]);
         post.set_method(Method::POST);
-        assert_eq!(request_bypass(&post, true, &p), Some(BypassReason::Method));
+        assert_eq!(
+            request_bypass(&post, false, true, &p),
+            Some(BypassReason::Method)
+        );
         // A route with `cache: false`, like the streaming API.
         assert_eq!(
-            request_bypass(&request(&[]), false, &p),
+            request_bypass(&request(&[]), false, false, &p),
             Some(BypassReason::Route)
         );
+        // A body the headers do not announce (HTTP/2 DATA frames without a length).
+        assert_eq!(
+            request_bypass(&request(&[]), true, true, &p),
+            Some(BypassReason::RequestBody)
+        );
+    }
+
+    #[test]
+    fn a_weak_validator_on_either_side_of_if_range_never_matches() {
+        let with = |if_range: &str| request(&[("Range", "bytes=0-1"), ("If-Range", if_range)]);
+        let weak = response(200, &[("ETag", "W/\"v1\"")]);
+        let strong = response(200, &[("ETag", "\"v1\"")]);
+        assert!(if_range_never_matches(&with("W/\"v1\""), &weak));
+        assert!(if_range_never_matches(&with("\"v1\""), &weak));
+        assert!(if_range_never_matches(&with("W/\"v1\""), &strong));
+        assert!(!if_range_never_matches(&with("\"v1\""), &strong));
+        let date = "Tue, 01 Dec 2026 00:00:00 GMT";
+        assert!(!if_range_never_matches(&with(date), &weak));
+        assert!(!if_range_never_matches(
+            &request(&[("Range", "bytes=0-1")]),
+            &weak
+        ));
     }
 
     #[test]

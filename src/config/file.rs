@@ -623,13 +623,17 @@ pub struct DirectoryStoreFile {
     pub breaker: BreakerFile,
 }
 
-/// Stops sending to a place that keeps failing, and probes it again after `cooldown`.
+/// Stops sending to a place that keeps failing and probes it again: first after
+/// `first_probe_after`, then after twice as long each time a probe fails, up to `cooldown`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerFile {
     /// Consecutive failures (errors and timeouts, not 404s) that open the circuit; 0: never.
     pub failures: u32,
+    /// The longest a failing place is left alone between probes.
     pub cooldown: HumanDuration,
+    /// How long the circuit stays open before the first probe (at most `cooldown`).
+    pub first_probe_after: HumanDuration,
 }
 
 impl Default for BreakerFile {
@@ -637,6 +641,7 @@ impl Default for BreakerFile {
         BreakerFile {
             failures: 5,
             cooldown: HumanDuration::from_secs(30),
+            first_probe_after: HumanDuration::from_secs(1),
         }
     }
 }

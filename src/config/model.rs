@@ -234,6 +234,17 @@ mod tests {
         assert!(trusted.contains(&"::ffff:10.1.2.3".parse().expect("ip")));
         assert!(!trusted.contains(&"11.0.0.1".parse().expect("ip")));
     }
+
+    #[test]
+    fn secrets_match_only_whole() {
+        let secret = Secret::new("s3cret".into());
+        assert!(secret.matches(b"s3cret"));
+        for other in [&b""[..], b"s", b"s3cre", b"s3cret!", b"S3cret", b"s3cret\0"] {
+            assert!(!secret.matches(other), "{other:?}");
+        }
+        assert!(same_secret(b"", b""));
+        assert!(!same_secret(b"a", b""));
+    }
 }
 
 /// The cache as configured: `storage` needs a restart to change, `policy` reloads live.
@@ -332,7 +343,10 @@ pub enum StoreKind {
 pub struct BreakerSettings {
     /// 0: never opens.
     pub failures: u32,
+    /// The longest wait between probes.
     pub cooldown: Duration,
+    /// The first wait; it doubles while probes fail, up to `cooldown`.
+    pub first_probe_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -369,6 +383,21 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `given` is this secret; see [`same_secret`].
+    pub fn matches(&self, given: &[u8]) -> bool {
+        same_secret(given, self.0.as_bytes())
+    }
+}
+
+/// Whether `given` equals `expected`, in a time that tells nothing of where they differ or
+/// of how long `expected` is compared with `given`: both are hashed to fixed-size digests
+/// first, and the digests are compared in constant time.
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = ring::digest::digest(&ring::digest::SHA256, given);
+    let expected = ring::digest::digest(&ring::digest::SHA256, expected);
+    given.as_ref().ct_eq(expected.as_ref()).into()
 }
 
 impl std::fmt::Debug for Secret {

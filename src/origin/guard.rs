@@ -1,12 +1,15 @@
 //! Protection for a place that may be dying (an old server's failing disks): at most
 //! `max_concurrency` requests in flight, bodies included, and a circuit breaker that stops
-//! sending after `failures` failures in a row, then lets one probe through per `cooldown`.
+//! sending after `failures` failures in a row, then lets one probe through: first after
+//! `first_probe_after`, then after twice the last wait each time a probe fails, never more
+//! than `cooldown`. One successful probe closes the circuit, so a place that is back is
+//! used again within a second or two rather than a whole cooldown later.
 //!
 //! A request that is refused is not queued: the chain moves on at once, so the edge never
 //! piles requests onto a place that is already slow.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,11 +22,15 @@ enum Circuit {
     Closed {
         failures: u32,
     },
+    /// `waited`: how long this opening lasts, the base of the next one if the probe fails.
     Open {
         until: Instant,
+        waited: Duration,
     },
     /// One probe is out; everything else is refused until it reports.
-    Probing,
+    Probing {
+        waited: Duration,
+    },
 }
 
 pub struct Guard {
@@ -57,12 +64,7 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if self.probe && !self.reported {
-            let mut circuit = self.guard.circuit.lock();
-            if matches!(*circuit, Circuit::Probing) {
-                *circuit = Circuit::Open {
-                    until: Instant::now(),
-                };
-            }
+            self.guard.probe_abandoned();
         }
     }
 }
@@ -84,12 +86,12 @@ impl Guard {
             let mut circuit = self.circuit.lock();
             match *circuit {
                 Circuit::Closed { .. } => false,
-                Circuit::Probing => return None,
-                Circuit::Open { until } => {
+                Circuit::Probing { .. } => return None,
+                Circuit::Open { until, waited } => {
                     if Instant::now() < until {
                         return None;
                     }
-                    *circuit = Circuit::Probing;
+                    *circuit = Circuit::Probing { waited };
                     tracing::info!(store = %self.store, "probing a store after its circuit opened");
                     true
                 }
@@ -104,14 +106,23 @@ impl Guard {
             }),
             Err(_) => {
                 // A probe that never went out must not keep the circuit shut for good.
-                let mut circuit = self.circuit.lock();
-                if matches!(*circuit, Circuit::Probing) {
-                    *circuit = Circuit::Open {
-                        until: Instant::now(),
-                    };
+                if probe {
+                    self.probe_abandoned();
                 }
                 None
             }
+        }
+    }
+
+    /// A probe went nowhere (no permit, or dropped without an answer): the next request
+    /// may probe at once, and the wait it was due stays the base of the next one.
+    fn probe_abandoned(&self) {
+        let mut circuit = self.circuit.lock();
+        if let Circuit::Probing { waited } = *circuit {
+            *circuit = Circuit::Open {
+                until: Instant::now(),
+                waited,
+            };
         }
     }
 
@@ -133,29 +144,29 @@ impl Guard {
             return;
         }
         let mut circuit = self.circuit.lock();
-        let open = match *circuit {
+        let wait = match *circuit {
             Circuit::Closed { failures } => {
-                let failures = failures + 1;
+                let failures = failures.saturating_add(1);
                 if failures < self.breaker.failures {
                     *circuit = Circuit::Closed { failures };
                     return;
                 }
-                true
+                self.breaker.first_probe_after.min(self.breaker.cooldown)
             }
-            Circuit::Probing => true,
-            Circuit::Open { .. } => false,
+            Circuit::Probing { waited } => waited.saturating_mul(2).min(self.breaker.cooldown),
+            // Answers of requests admitted before it opened change nothing.
+            Circuit::Open { .. } => return,
         };
-        if open {
-            *circuit = Circuit::Open {
-                until: Instant::now() + self.breaker.cooldown,
-            };
-            self.set_open_gauge(true);
-            tracing::warn!(
-                store = %self.store,
-                cooldown = ?self.breaker.cooldown,
-                "store keeps failing; requests to it are held back"
-            );
-        }
+        *circuit = Circuit::Open {
+            until: Instant::now() + wait,
+            waited: wait,
+        };
+        self.set_open_gauge(true);
+        tracing::warn!(
+            store = %self.store,
+            next_probe_in = ?wait,
+            "store keeps failing; requests to it are held back"
+        );
     }
 
     fn set_open_gauge(&self, open: bool) {
@@ -166,8 +177,8 @@ impl Guard {
     }
 
     #[cfg(test)]
-    fn cooldown(&self) -> std::time::Duration {
-        self.breaker.cooldown
+    fn first_probe_after(&self) -> Duration {
+        self.breaker.first_probe_after
     }
 }
 
@@ -177,12 +188,17 @@ mod tests {
     use std::time::Duration;
 
     fn guard(limit: usize, failures: u32, cooldown_ms: u64) -> Arc<Guard> {
+        backing_off(limit, failures, cooldown_ms, cooldown_ms)
+    }
+
+    fn backing_off(limit: usize, failures: u32, first_ms: u64, cooldown_ms: u64) -> Arc<Guard> {
         Arc::new(Guard::new(
             "old",
             limit,
             BreakerSettings {
                 failures,
                 cooldown: Duration::from_millis(cooldown_ms),
+                first_probe_after: Duration::from_millis(first_ms),
             },
         ))
     }
@@ -205,7 +221,7 @@ mod tests {
         }
         g.admit().expect("still closed after 2 failures").failed();
         assert!(g.admit().is_none(), "open after 3 failures");
-        std::thread::sleep(g.cooldown() + Duration::from_millis(10));
+        std::thread::sleep(g.first_probe_after() + Duration::from_millis(10));
         let mut probe = g.admit().expect("one probe after the cooldown");
         assert!(g.admit().is_none(), "only one probe at a time");
         probe.succeeded();
@@ -230,5 +246,42 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         drop(g.admit().expect("probe"));
         assert!(g.admit().is_some(), "a new probe");
+    }
+
+    #[test]
+    fn the_wait_between_probes_doubles_while_they_fail_and_resets_on_success() {
+        let ms = Duration::from_millis;
+        let g = backing_off(8, 1, 100, 300);
+        g.admit().expect("closed").failed();
+        assert!(g.admit().is_none(), "open");
+        std::thread::sleep(ms(120));
+        g.admit().expect("first probe after 100 ms").failed();
+        std::thread::sleep(ms(100));
+        assert!(g.admit().is_none(), "the second wait is 200 ms");
+        std::thread::sleep(ms(120));
+        g.admit().expect("second probe after 200 ms").failed();
+        std::thread::sleep(ms(200));
+        assert!(g.admit().is_none(), "the third wait is 300 ms");
+        std::thread::sleep(ms(150));
+        let mut probe = g.admit().expect("capped at the 300 ms cooldown, not 400");
+        probe.succeeded();
+        drop(probe);
+        // Closed; a new run of failures starts from the first wait again.
+        g.admit().expect("closed again").failed();
+        std::thread::sleep(ms(120));
+        assert!(
+            g.admit().is_some(),
+            "the first wait again, not the cooldown"
+        );
+    }
+
+    #[test]
+    fn answers_of_requests_admitted_before_the_circuit_opened_do_not_reopen_it() {
+        let g = backing_off(8, 1, 40, 1000);
+        let mut late = g.admit().expect("closed");
+        g.admit().expect("closed").failed();
+        late.failed();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(g.admit().is_some(), "the first wait was not extended");
     }
 }

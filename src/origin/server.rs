@@ -234,7 +234,14 @@ impl Handler {
                 );
             }
         };
-        let range = single_range(req.headers().get(header::RANGE));
+        // With `If-Range` the validators are not known until the object is found; the
+        // whole object is always a correct answer, and the cache in front cuts the range
+        // when the validator matches strongly.
+        let range = if req.headers().contains_key(header::IF_RANGE) {
+            None
+        } else {
+            single_range(req.headers().get(header::RANGE))
+        };
         let mut answer = self
             .places
             .lookup(&media.chain, &key, range, with_body)

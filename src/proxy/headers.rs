@@ -216,19 +216,25 @@ fn connection_tokens(headers: &http::HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Drops the headers the client's `Connection` field nominates (RFC 9110 §7.6.1), keeping
+/// `Connection` itself and the framing headers the connection still needs. Done as the
+/// request arrives, so the cache (its bypass rules, the variant a `Vary` selects) judges
+/// the request the core will be sent, not headers the core never sees.
+pub fn drop_connection_nominated(req: &mut RequestHeader) {
+    for token in connection_tokens(&req.headers) {
+        let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
+            continue;
+        };
+        if name != header::CONNECTION && !is_end_to_end_essential(&name) {
+            let _ = req.remove_header(&name);
+        }
+    }
+}
+
 /// Drops hop-by-hop headers from a request bound for the core. An upgrade (websocket)
 /// request keeps `Connection: upgrade` and `Upgrade`, which the core needs to switch.
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
-    for token in connection_tokens(&req.headers) {
-        if token == "upgrade" && is_upgrade {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            if !is_end_to_end_essential(&name) {
-                let _ = req.remove_header(&name);
-            }
-        }
-    }
+    drop_connection_nominated(req);
     for name in HOP_BY_HOP {
         let _ = req.remove_header(name);
     }

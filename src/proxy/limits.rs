@@ -14,6 +14,8 @@ pub enum Rejection {
     UriTooLong,
     HeadersTooLarge,
     ConflictingFraming,
+    /// `*` as the target of anything but `OPTIONS` (RFC 9112 §3.2.4).
+    AsteriskTarget,
 }
 
 impl Rejection {
@@ -21,7 +23,7 @@ impl Rejection {
         match self {
             Rejection::UriTooLong => 414,
             Rejection::HeadersTooLarge => 431,
-            Rejection::ConflictingFraming => 400,
+            Rejection::ConflictingFraming | Rejection::AsteriskTarget => 400,
         }
     }
 
@@ -31,6 +33,7 @@ impl Rejection {
             Rejection::UriTooLong => "uri_too_long",
             Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::ConflictingFraming => "conflicting_framing",
+            Rejection::AsteriskTarget => "asterisk_target",
         }
     }
 
@@ -41,6 +44,7 @@ impl Rejection {
             Rejection::ConflictingFraming => {
                 "bad request: both Content-Length and Transfer-Encoding\n"
             }
+            Rejection::AsteriskTarget => "bad request: * is a target for OPTIONS only\n",
         }
     }
 }
@@ -55,6 +59,9 @@ pub fn check_request(
 ) -> Option<Rejection> {
     if req.raw_path().len() > max_uri_length {
         return Some(Rejection::UriTooLong);
+    }
+    if req.raw_path() == b"*" && req.method != http::Method::OPTIONS {
+        return Some(Rejection::AsteriskTarget);
     }
     let header_size = match raw_header {
         Some(raw) => raw.len().saturating_sub(first_line_len(raw)),

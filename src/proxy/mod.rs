@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use pingora::cache::key::HashBinary;
@@ -63,6 +63,9 @@ pub struct EdgeProxy {
     shared: Arc<ProxyShared>,
     counters: ListenerCounters,
 }
+
+/// The most ranges one request may ask for (pingora's default).
+const MAX_RANGES: Option<usize> = Some(200);
 
 /// `Retry-After` on our own 502 and 503 answers.
 const RETRY_AFTER_SECONDS: &str = "5";
@@ -232,6 +235,7 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
                 return Ok(true);
             }
+            headers::drop_connection_nominated(session.req_header_mut());
             let req = session.req_header();
             ctx.route = forward::choose(&settings, req, self.tls);
             ctx.request_id = self.shared.request_ids.for_request(req);
@@ -286,6 +290,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         };
+        let session_has_body = !session.is_body_empty();
         let req = session.req_header();
         let Some(host) = cache_key::request_host(req, tls) else {
             ctx.cache_status = Some(CacheStatus::Bypass);
@@ -293,7 +298,7 @@ impl ProxyHttp for EdgeProxy {
         };
         // The route was looked up in `request_filter`; the host there differs from this one
         // at most by a port, which routing ignores.
-        if policy::request_bypass(req, ctx.route.cache, policy).is_some() {
+        if policy::request_bypass(req, session_has_body, ctx.route.cache, policy).is_some() {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         }
@@ -344,6 +349,23 @@ impl ProxyHttp for EdgeProxy {
         req: &RequestHeader,
     ) -> Option<HashBinary> {
         cache_key::variance(meta, req)
+    }
+
+    /// Cuts the requested range from a cached or cacheable response, as pingora does, except
+    /// where `If-Range` carries or meets a weak entity-tag: then the whole response is sent.
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestContext,
+    ) -> RangeType {
+        let req = session.req_header();
+        if policy::if_range_never_matches(req, resp) {
+            let mut whole = req.clone();
+            let _ = whole.remove_header(&http::header::RANGE);
+            return range_header_filter(&whole, resp, MAX_RANGES);
+        }
+        range_header_filter(req, resp, MAX_RANGES)
     }
 
     /// Stale content may be served while one request refreshes it (when the response
@@ -472,6 +494,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(host) = ctx.current_host.take() {
             if let Some(group) = &ctx.group {
                 group.eject(host);
+                group.connect_failed(host);
             }
             ctx.connect_failed.push(host);
         }

@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora::connectors::L4Connect;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
@@ -34,7 +35,24 @@ struct HostState {
     /// Taken out of rotation by a failed request (connect error or timeout) until its next
     /// passing health check.
     ejected: AtomicBool,
+    /// When a request last failed to connect to it.
+    connect_failed_at: Mutex<Option<Instant>>,
 }
+
+impl HostState {
+    /// Whether a connect to this host failed within [`KNOWN_DOWN_FOR`].
+    fn known_down(&self, now: Instant) -> bool {
+        self.connect_failed_at
+            .lock()
+            .is_some_and(|at| now.saturating_duration_since(at) < KNOWN_DOWN_FOR)
+    }
+}
+
+/// How long a failed connect counts as proof that a host is down. Only then does a group
+/// whose hosts all failed their health checks answer 503 without trying one: past it, the
+/// next request tries again, so a host that is back is used at once rather than after its
+/// next passing check.
+const KNOWN_DOWN_FOR: Duration = Duration::from_secs(1);
 
 /// One upstream group, ready to pick hosts.
 pub struct CoreGroup {
@@ -50,6 +68,8 @@ pub struct CoreGroup {
     retry_methods: Vec<http::Method>,
     /// Embedded mesh mode: how connections to this group's hosts are made.
     mesh_connector: Option<Arc<MeshConnector>>,
+    /// Spreads requests over the hosts when none is healthy.
+    unhealthy_turn: AtomicUsize,
 }
 
 /// Records each check's outcome, then reports it to pingora unchanged.
@@ -119,6 +139,7 @@ impl CoreGroup {
                     address: mesh.backend_address(h.address),
                     state: AtomicU8::new(UNKNOWN),
                     ejected: AtomicBool::new(false),
+                    connect_failed_at: Mutex::new(None),
                 })
                 .collect::<Vec<_>>(),
         );
@@ -181,6 +202,7 @@ impl CoreGroup {
             total_timeout: group.total_timeout,
             retry_methods: group.retry_methods.clone(),
             mesh_connector,
+            unhealthy_turn: AtomicUsize::new(0),
         })
     }
 
@@ -206,6 +228,14 @@ impl CoreGroup {
                 .core_host_ejected
                 .with_label_values(&[self.name.as_str(), host.label.as_str()])
                 .set(1);
+        }
+    }
+
+    /// Notes that a request could not connect to `address`: for [`KNOWN_DOWN_FOR`] it is
+    /// not tried when no host of the group is healthy.
+    pub fn connect_failed(&self, address: SocketAddr) {
+        if let Some(host) = self.hosts.iter().find(|h| h.address == address) {
+            *host.connect_failed_at.lock() = Some(Instant::now());
         }
     }
 
@@ -255,9 +285,12 @@ impl CoreGroup {
     }
 
     /// The next healthy host not already tried for this request, as a peer with the group's
-    /// timeouts.
+    /// timeouts. When no host is healthy, the next host not tried whose connect has not just
+    /// failed: a health check only runs every interval, and a host that is back must not
+    /// wait for it (nginx never marks its last server down). `None` only when every host
+    /// was tried or is known down.
     pub fn pick(&self, tried: &[SocketAddr]) -> Option<(HttpPeer, String)> {
-        let backend = self.balancer.select_with(b"", 256, |backend, healthy| {
+        let healthy = self.balancer.select_with(b"", 256, |backend, healthy| {
             healthy
                 && backend.addr.as_inet().is_some_and(|addr| {
                     !tried.contains(addr)
@@ -266,8 +299,11 @@ impl CoreGroup {
                             .iter()
                             .any(|h| h.address == *addr && h.ejected.load(Ordering::Relaxed))
                 })
-        })?;
-        let address = *backend.addr.as_inet()?;
+        });
+        let address = match healthy {
+            Some(backend) => *backend.addr.as_inet()?,
+            None => self.pick_unhealthy(tried)?,
+        };
         let label = self
             .hosts
             .iter()
@@ -289,6 +325,23 @@ impl CoreGroup {
             .clone()
             .map(|c| c as Arc<dyn L4Connect + Send + Sync>);
         Some((peer, label))
+    }
+}
+
+impl CoreGroup {
+    /// A host to try although none is healthy: in turn, skipping hosts already tried for
+    /// this request and hosts a connect failed to a moment ago.
+    fn pick_unhealthy(&self, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let count = self.hosts.len();
+        if count == 0 {
+            return None;
+        }
+        let start = self.unhealthy_turn.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        (0..count)
+            .map(|i| &self.hosts[(start + i) % count])
+            .find(|h| !tried.contains(&h.address) && !h.known_down(now))
+            .map(|h| h.address)
     }
 }
 

@@ -46,14 +46,35 @@ pub async fn pop_with_cache_section(
     cache_dir: tempfile::TempDir,
     yaml: &str,
 ) -> CachingPop {
+    start_caching_pop(origin, cache_dir, yaml, false).await
+}
+
+/// Like [`pop_with_cache`], with h2c (HTTP/2 with prior knowledge) on the plain listener.
+pub async fn pop_with_cache_and_h2c(origin: &Origin, extra: &str) -> CachingPop {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let yaml = cache_yaml(cache_dir.path(), extra);
+    start_caching_pop(origin, cache_dir, &yaml, true).await
+}
+
+async fn start_caching_pop(
+    origin: &Origin,
+    cache_dir: tempfile::TempDir,
+    yaml: &str,
+    h2c: bool,
+) -> CachingPop {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let token = setup.path("admin.token");
     std::fs::write(&token, ADMIN_TOKEN).expect("token");
-    let config = setup.config(&[&cert], &[origin.address], yaml).replace(
+    let mut config = setup.config(&[&cert], &[origin.address], yaml).replace(
         "admin:\n",
         &format!("admin:\n  token_file: {}\n", token.display()),
     );
+    if h2c {
+        let plain = format!("  - name: http\n    address: \"{}\"\n", setup.http);
+        assert!(config.contains(&plain));
+        config = config.replacen(&plain, &format!("{plain}    h2c: true\n"), 1);
+    }
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     CachingPop {

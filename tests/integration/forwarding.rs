@@ -222,16 +222,17 @@ async fn bodies_over_the_route_limit_get_413() {
     assert_eq!(web.hits_for("/api/v2/media/small"), 1);
 }
 
+/// With every host down by its health check the hosts are still tried (the last one may be
+/// back); only a host whose connect failed a moment ago is skipped, with a fast 503.
 #[tokio::test]
-async fn no_healthy_host_is_a_fast_503_with_retry_after() {
+async fn a_host_that_just_refused_is_a_fast_503_with_retry_after() {
     let dead = crate::harness::edge::free_address();
     let (edge, setup) = edge_with_groups(&[dead], dead, "").await;
     edge.wait_ready_status(503).await;
-    let answer = send(
-        setup.http,
-        "GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let request = "GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+    let tried = send(setup.http, request).await;
+    assert!(tried.starts_with("HTTP/1.1 502"), "{tried}");
+    let answer = send(setup.http, request).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("retry-after: 5"),
@@ -458,4 +459,36 @@ async fn a_group_total_timeout_bounds_the_whole_exchange() {
     )
     .await;
     assert!(quick.starts_with("HTTP/1.1 200"), "{quick}");
+}
+
+/// A lone core host marked down by its health check is used by the first request after it
+/// is back, not after its next passing check (nginx never marks its last server down).
+#[tokio::test]
+async fn a_lone_core_host_that_comes_back_is_used_at_once() {
+    let address = crate::harness::edge::free_address();
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(&[&cert], &[address], "");
+    let checked_rarely = config.replace(
+        "      health:\n        interval: 1s\n",
+        "      health:\n        interval: 60s\n",
+    );
+    assert_ne!(config, checked_rarely);
+    let path = setup.write_config(&checked_rarely);
+    let edge = Edge::start(&setup, &path).await;
+    // The check at start found nothing listening; the next one is a minute away.
+    edge.wait_ready_status(503).await;
+    let core = Origin::start_at(address).await;
+    let answer = send(
+        setup.http,
+        "GET /back HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(core.hits_for("/back"), 1);
+    assert_eq!(
+        edge.admin_get("/readyz").await.0,
+        503,
+        "no health check has run since"
+    );
 }

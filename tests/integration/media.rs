@@ -276,6 +276,44 @@ async fn a_legacy_origin_that_keeps_failing_is_left_alone_then_probed() {
     assert_eq!(media.origin.hits(), 4);
 }
 
+/// A place that recovers is used within a second, not after the whole cooldown: the first
+/// probe goes out after `first_probe_after`, and the wait doubles only while probes fail.
+#[tokio::test]
+async fn a_legacy_origin_that_recovers_is_probed_soon_and_backed_off_while_failing() {
+    let media = media_pop(
+        "old",
+        "/bytes/",
+        "    breaker:\n      failures: 2\n      cooldown: 30s\n",
+        "",
+    )
+    .await;
+    let http = media.pop.setup.http;
+    media.origin.fail_with(500);
+    for n in 1..=3 {
+        assert_eq!(get(http, &format!("/system/{n}"), &[]).await.status, 502);
+    }
+    assert_eq!(media.origin.hits(), 2, "open after two failures");
+    // Still failing at the first probe (1 s): the next wait is 2 s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(http, "/system/4", &[]).await.status, 502);
+    assert_eq!(media.origin.hits(), 3, "one probe after 1 s");
+    media.origin.fail_with(0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(http, "/system/5", &[]).await.status, 502);
+    assert_eq!(media.origin.hits(), 3, "no probe 1 s after a failed probe");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let probe = get(http, "/system/64", &[]).await;
+    assert_eq!(probe.status, 200, "probed 2 s after the failed probe");
+    assert_eq!(get(http, "/system/65", &[]).await.status, 200);
+    assert_eq!(media.origin.hits(), 5);
+    assert_eq!(
+        media
+            .metric("edgecache_media_store_circuit_open{store=\"old\"}")
+            .await,
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn a_legacy_origin_gets_no_more_than_its_concurrency_limit() {
     // Key `n` under `/slow/` answers after n ms.

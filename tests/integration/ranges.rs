@@ -140,3 +140,33 @@ async fn ranges_of_an_object_too_large_to_cache_go_to_the_core() {
     assert_eq!(origin.hits(), 2);
     assert!(crate::cache::entry_files(&pop, "body").is_empty());
 }
+
+/// `If-Range` needs a strong validator (RFC 9110 §13.1.5): a weak ETag never matches, so
+/// the whole object comes back, while the same tag strong gets its range.
+#[tokio::test]
+async fn if_range_with_a_weak_etag_gets_the_whole_object() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let weak = "/bytes/1000?cc=public,max-age=600&h=etag:W/%22v1%22";
+    let strong = "/bytes/1000?cc=public,max-age=600&etag=v1";
+    for path in [weak, strong] {
+        assert_eq!(get(pop.setup.http, path, &[]).await.status, 200);
+    }
+    let range = [("Range", "bytes=0-9")];
+    for if_range in ["W/\"v1\"", "\"v1\""] {
+        let answer = get(pop.setup.http, weak, &[range[0], ("If-Range", if_range)]).await;
+        assert_eq!(answer.header("etag"), "W/\"v1\"");
+        assert_eq!(answer.status, 200, "weak ETag, If-Range {if_range}");
+        assert_eq!(answer.body.len(), 1000);
+    }
+    let weak_given = get(
+        pop.setup.http,
+        strong,
+        &[range[0], ("If-Range", "W/\"v1\"")],
+    )
+    .await;
+    assert_eq!(weak_given.status, 200, "a weak If-Range never matches");
+    let matching = get(pop.setup.http, strong, &[range[0], ("If-Range", "\"v1\"")]).await;
+    assert_eq!(matching.status, 206);
+    assert!(matching.body == pattern_range(0..10));
+}

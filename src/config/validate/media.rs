@@ -67,6 +67,13 @@ pub(super) fn stores(
         if breaker.failures > 0 && breaker.cooldown.get().is_zero() {
             check.problem(&format!("{key}.breaker.cooldown"), "must be more than 0s");
         }
+        if breaker.failures > 0 && breaker.first_probe_after.get().is_zero() {
+            check.problem(
+                &format!("{key}.breaker.first_probe_after"),
+                "must be more than 0s",
+            );
+        }
+
         if let Some(kind) = kind {
             stores.insert(
                 name.clone(),
@@ -78,6 +85,11 @@ pub(super) fn stores(
                     breaker: BreakerSettings {
                         failures: breaker.failures,
                         cooldown: breaker.cooldown.get(),
+                        // A short cooldown shortens the first wait too.
+                        first_probe_after: breaker
+                            .first_probe_after
+                            .get()
+                            .min(breaker.cooldown.get()),
                     },
                 },
             );
