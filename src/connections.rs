@@ -9,8 +9,11 @@
 //! It also runs the HTTP/1.x keep-alive loop itself, so that a connection waiting for its
 //! next request waits here, in a future of a few hundred bytes, and not inside pingora's
 //! request future, which is allocated whole for as long as it waits (tens of KiB per idle
-//! connection). The first byte of each request is read here and handed to the request
-//! parser; everything else (HTTP/2, custom protocols) goes to pingora's own loop.
+//! connection). Each request head is read here, within `limits.client_header_timeout` of
+//! its first byte (of the accept, for a new connection), and handed to the request parser;
+//! a client that trickles its head is answered 408 and closed, so it cannot hold its slot.
+//! Everything else (HTTP/2, custom protocols) goes to pingora's own loop, with the deadline
+//! of `head_deadline.rs` on its first request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,9 +21,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
+use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::ALPN;
-use tokio::io::AsyncReadExt;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{UniqueID, ALPN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -28,6 +34,7 @@ use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+use crate::head_deadline::{HeadDeadlines, HEADER_TIMEOUT};
 use crate::metrics;
 use crate::proxy::ProxySettings;
 
@@ -38,16 +45,40 @@ pub struct CountedApp<A> {
     open: AtomicUsize,
     /// Read for every new connection, so a reload changes the limit.
     settings: Arc<ArcSwap<ProxySettings>>,
+    /// The first-request deadlines of connections handed to pingora's own loop.
+    deadlines: Arc<HeadDeadlines>,
 }
 
 impl<A> CountedApp<A> {
-    pub fn new(listener: &str, inner: A, settings: Arc<ArcSwap<ProxySettings>>) -> Self {
+    pub fn new(
+        listener: &str,
+        inner: A,
+        settings: Arc<ArcSwap<ProxySettings>>,
+        deadlines: Arc<HeadDeadlines>,
+    ) -> Self {
         CountedApp {
             listener: listener.to_string(),
             inner: Arc::new(inner),
             open: AtomicUsize::new(0),
             settings,
+            deadlines,
         }
+    }
+}
+
+/// Starts a TLS connection's first-request clock before its handshake, so the handshake
+/// counts against `limits.client_header_timeout` too.
+pub struct WatchBeforeTls {
+    pub deadlines: Arc<HeadDeadlines>,
+    pub settings: Arc<ArcSwap<ProxySettings>>,
+}
+
+#[async_trait]
+impl PreTlsProcess for WatchBeforeTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let timeout = self.settings.load().limits.client_header_timeout;
+        self.deadlines.watch(stream.id(), timeout);
+        Ok(())
     }
 }
 
@@ -69,22 +100,55 @@ impl Drop for OpenGuard<'_> {
 
 impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
     /// Serves HTTP/1.x requests on one connection until it closes or idles out.
-    async fn serve_http1(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve_http1(&self, mut stream: Stream, accepted: Instant, shutdown: &ShutdownWatch) {
         let keepalive_request_limit = self
             .inner
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
         let mut persistent = None;
         let mut fresh = true;
+        // This loop holds the first request to the deadline from here on, with a 408; a
+        // TLS connection's watch (its handshake) is done.
+        if stream.get_ssl_digest().is_some() {
+            if let Some(cookie) = socket_cookie(&stream) {
+                self.deadlines.head_arrived(cookie);
+            }
+        }
         loop {
-            let idle = Duration::from_secs(self.settings.load().limits.keepalive_secs);
+            let limits = self.settings.load().limits;
+            let idle = Duration::from_secs(limits.keepalive_secs);
             let first = if fresh {
-                wait_for_first_request(&mut stream, idle, shutdown).await
+                let deadline = accepted + limits.client_header_timeout;
+                wait_for_first_request(&mut stream, deadline, shutdown).await
             } else {
                 wait_for_request(&mut stream, idle, shutdown).await
             };
             let Some(first) = first else {
                 return;
+            };
+            let deadline = if fresh {
+                accepted + limits.client_header_timeout
+            } else {
+                Instant::now() + limits.client_header_timeout
+            };
+            let longest = limits.max_uri_length + limits.max_header_size + HEAD_LINE_SLACK;
+            let head = match read_head(&mut stream, first, deadline, longest).await {
+                HeadRead::Complete(head) => head,
+                HeadRead::Closed => return,
+                HeadRead::TimedOut => {
+                    self.refuse(&mut stream, HEADER_TIMEOUT, REQUEST_TIMEOUT)
+                        .await;
+                    return;
+                }
+                HeadRead::TooLong { line_ended } => {
+                    let (reason, answer) = if line_ended {
+                        ("headers_too_large", HEADERS_TOO_LARGE)
+                    } else {
+                        ("uri_too_long", URI_TOO_LONG)
+                    };
+                    self.refuse(&mut stream, reason, answer).await;
+                    return;
+                }
             };
             fresh = false;
             let mut session = ServerSession::new_http1(stream);
@@ -99,7 +163,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
                 }
             }
             if let ServerSession::H1(h1) = &mut session {
-                h1.set_pipelined_prefix(first);
+                h1.set_pipelined_prefix(head);
             }
             let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
                 return;
@@ -111,21 +175,141 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
     }
 }
 
+impl<A> CountedApp<A> {
+    /// Answers a request refused before it was parsed, and counts it.
+    async fn refuse(&self, stream: &mut Stream, reason: &str, answer: &[u8]) {
+        metrics::get()
+            .rejected_requests
+            .with_label_values(&[self.listener.as_str(), reason])
+            .inc();
+        // A client that does not read cannot hold the connection open through this write.
+        let _ = tokio::time::timeout(ANSWER_WRITE_TIMEOUT, async {
+            stream.write_all(answer).await?;
+            stream.flush().await
+        })
+        .await;
+    }
+}
+
+/// When `stream`'s connection was accepted (its TCP layer's establishment), as an instant.
+fn accepted_at(stream: &Stream) -> Instant {
+    let now = Instant::now();
+    let established = stream
+        .get_timing_digest()
+        .first()
+        .and_then(|d| d.as_ref().map(|d| d.established_ts));
+    let age = established
+        .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+        .unwrap_or_default();
+    now.checked_sub(age).unwrap_or(now)
+}
+
+/// Whether a plain connection opens with HTTP/2's preface (`PRI ` is no HTTP/1 method),
+/// looked at without consuming it. `None` when four bytes do not arrive by `deadline`.
+async fn opens_with_h2_preface(stream: &mut Stream, deadline: Instant) -> Option<bool> {
+    let mut start = [0u8; 4];
+    match tokio::time::timeout_at(deadline, stream.try_peek(&mut start)).await {
+        Ok(Ok(true)) => Some(&start == b"PRI "),
+        // A stream that cannot peek is left to pingora to tell.
+        Ok(Ok(false)) => Some(true),
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+/// The kernel's cookie for the socket under `stream`.
+fn socket_cookie(stream: &Stream) -> Option<u64> {
+    stream.get_socket_digest()?.socket_cookie().ok()
+}
+
+/// What the request line and the end of the head may add to the configured limits.
+const HEAD_LINE_SLACK: usize = 64;
+/// How long an answer to a refused head may take to write.
+const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n408 request timeout\n";
+const HEADERS_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 32\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nrequest header fields too large\n";
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nrequest target too long\n";
+
+/// How reading one request head ended.
+#[derive(Debug, PartialEq, Eq)]
+enum HeadRead {
+    /// The head through its blank line, and whatever followed it in the same reads.
+    Complete(BytesMut),
+    /// The client closed first.
+    Closed,
+    /// The deadline passed first.
+    TimedOut,
+    /// Longer than any head the limits allow; `line_ended` tells whether the request line
+    /// was complete (then the header fields are too large, else the target is too long).
+    TooLong { line_ended: bool },
+}
+
+/// Reads until `buf` holds a whole request head, by `deadline` and within `longest` bytes.
+async fn read_head<S>(
+    stream: &mut S,
+    mut buf: BytesMut,
+    deadline: Instant,
+    longest: usize,
+) -> HeadRead
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut searched = 0;
+    loop {
+        if head_end(&buf, &mut searched).is_some() {
+            return HeadRead::Complete(buf);
+        }
+        if buf.len() > longest {
+            let line_ended = buf
+                .iter()
+                .skip_while(|b| matches!(b, b'\r' | b'\n'))
+                .any(|b| *b == b'\n');
+            return HeadRead::TooLong { line_ended };
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
+            Ok(Ok(_)) => {}
+            Err(_) => return HeadRead::TimedOut,
+        }
+    }
+}
+
+/// Where the head in `buf` ends (just past its blank line), if it does. Empty lines before
+/// the request line are skipped, as RFC 9112 §2.2 allows. `searched` remembers how far a
+/// previous call looked, so a head that arrives byte by byte is scanned once.
+fn head_end(buf: &[u8], searched: &mut usize) -> Option<usize> {
+    let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+    let from = (*searched).max(start);
+    let mut i = from;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            // A line feed that follows another, with at most a carriage return between.
+            let before = &buf[start..i];
+            if before.ends_with(b"\n") || before.ends_with(b"\n\r") {
+                return Some(i + 1);
+            }
+        }
+        i += 1;
+    }
+    *searched = buf.len();
+    None
+}
+
 /// How long a connection accepted just before a shutdown (or a graceful upgrade's handover)
 /// waits for its first request. Its client has sent or is sending one and has nowhere to
 /// retry it, unlike a kept-alive connection's client.
 const FIRST_REQUEST_WAIT_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 
-/// Waits for the first byte of a new connection's first request; a shutdown only shortens
-/// the wait.
+/// Waits for the first byte of a new connection's first request, until `deadline`; a
+/// shutdown only shortens the wait.
 async fn wait_for_first_request(
     stream: &mut Stream,
-    idle: Duration,
+    deadline: Instant,
     shutdown: &ShutdownWatch,
 ) -> Option<BytesMut> {
     let mut byte = [0u8; 1];
     let mut shutdown = shutdown.clone();
-    let deadline = tokio::time::Instant::now() + idle;
     let shortened = |deadline: tokio::time::Instant| {
         deadline.min(tokio::time::Instant::now() + FIRST_REQUEST_WAIT_AT_SHUTDOWN)
     };
@@ -205,19 +389,99 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for CountedApp<A> {
             .inner
             .server_options()
             .is_some_and(|o| o.h2c || o.force_custom);
+        let mut session = session;
+        let accepted = accepted_at(&session);
+        let tls = session.get_ssl_digest().is_some();
         let http1 = match session.selected_alpn_proto() {
-            None | Some(ALPN::H1) => session.get_ssl_digest().is_some() || !h2c,
+            None | Some(ALPN::H1) if tls || !h2c => true,
+            // A plain connection on an h2c listener: HTTP/2 if it opens with the preface.
+            None | Some(ALPN::H1) => {
+                let deadline = accepted + self.settings.load().limits.client_header_timeout;
+                match opens_with_h2_preface(&mut session, deadline).await {
+                    Some(h2) => !h2,
+                    None => {
+                        metrics::get()
+                            .rejected_requests
+                            .with_label_values(&[self.listener.as_str(), HEADER_TIMEOUT])
+                            .inc();
+                        return None;
+                    }
+                }
+            }
             Some(_) => false,
         };
         if http1 {
-            self.serve_http1(session, shutdown).await;
+            self.serve_http1(session, accepted, shutdown).await;
             None
         } else {
+            // A TLS connection's clock started before its handshake.
+            if !tls {
+                let deadline = accepted + self.settings.load().limits.client_header_timeout;
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.deadlines.watch(session.id(), left);
+            }
             ServerApp::process_new(&self.inner, session, shutdown).await
         }
     }
 
     async fn cleanup(&self) {
         self.inner.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_ends_at_its_blank_line() {
+        let end = |bytes: &[u8]| head_end(bytes, &mut 0);
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(27));
+        assert_eq!(end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
+        assert_eq!(end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        // Empty lines before the request line are not its end.
+        assert_eq!(end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
+        assert_eq!(end(b"\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_head_arriving_byte_by_byte_is_found_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut searched = 0;
+        for len in 1..head.len() {
+            assert_eq!(head_end(&head[..len], &mut searched), None, "{len}");
+        }
+        assert_eq!(head_end(head, &mut searched), Some(head.len()));
+    }
+
+    #[tokio::test]
+    async fn a_trickled_head_times_out_and_a_long_one_is_refused() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let writer = tokio::spawn(async move {
+            for byte in b"GET / HTTP/1.1\r\nHost: a" {
+                if client.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client
+        });
+        let got = read_head(&mut server, BytesMut::new(), deadline, 1024).await;
+        assert_eq!(got, HeadRead::TimedOut);
+        drop(writer);
+
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nX: 0123456789012345678901234567890123456789\r\n")
+            .await
+            .expect("write");
+        let far = Instant::now() + Duration::from_secs(5);
+        let got = read_head(&mut server, BytesMut::new(), far, 40).await;
+        assert_eq!(got, HeadRead::TooLong { line_ended: true });
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(&[b'a'; 100]).await.expect("write");
+        let got = read_head(&mut server, BytesMut::new(), far, 40).await;
+        assert_eq!(got, HeadRead::TooLong { line_ended: false });
     }
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod connections;
 pub mod devcert;
 pub mod fleet;
+pub mod head_deadline;
 pub mod logging;
 pub mod mesh;
 pub mod metrics;

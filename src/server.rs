@@ -19,9 +19,10 @@ use crate::access_log::{AccessLogError, AccessLogger};
 use crate::admin::AdminApp;
 use crate::cache::{CacheError, EdgeCache};
 use crate::config::Config;
-use crate::connections::CountedApp;
+use crate::connections::{CountedApp, WatchBeforeTls};
 use crate::fleet::catch_up::CatchUpService;
 use crate::fleet::{Fleet, FleetError, FleetService, Purger};
+use crate::head_deadline::HeadDeadlines;
 use crate::mesh::{Mesh, MeshError};
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::server::MediaServer;
@@ -206,8 +207,9 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
     let mut listener_addresses = Vec::new();
     for listener in config.listeners {
         let tls = listener.tls.is_some();
+        let deadlines = HeadDeadlines::new(&listener.name);
         let mut proxy = HttpProxy::new(
-            EdgeProxy::new(&listener.name, tls, shared.clone()),
+            EdgeProxy::new(&listener.name, tls, shared.clone(), deadlines.clone()),
             conf.clone(),
         );
         proxy.handle_init_modules();
@@ -218,7 +220,12 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
         proxy.server_options = Some(options);
         let mut service = Service::new(
             format!("listener {}", listener.name),
-            CountedApp::new(&listener.name, proxy, proxy_settings.clone()),
+            CountedApp::new(
+                &listener.name,
+                proxy,
+                proxy_settings.clone(),
+                deadlines.clone(),
+            ),
         );
         let address = listener.address.to_string();
         // `[::]:443` next to `0.0.0.0:443` needs the IPv6 socket to stay IPv6-only.
@@ -244,6 +251,12 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
                         .tls(settings)
                         .l4_buffer(connection_buffers()),
                 );
+                service
+                    .endpoints()
+                    .set_pre_tls_callback(Arc::new(WatchBeforeTls {
+                        deadlines,
+                        settings: proxy_settings.clone(),
+                    }));
                 Some(live)
             }
             None => {

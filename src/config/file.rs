@@ -354,6 +354,10 @@ pub struct LimitsFile {
     pub max_connections: usize,
     /// How long a client may stall while sending a request body.
     pub client_body_timeout: HumanDuration,
+    /// How long a client has for a whole request head, from the first byte (from the accept
+    /// for a new connection, TLS handshake included); past it the connection is closed,
+    /// with a 408 where one can be sent.
+    pub client_header_timeout: HumanDuration,
     /// A websocket with no bytes in either direction for this long is closed (Mastodon's
     /// streaming server pings every 30 s or so, and browsers answer).
     pub websocket_idle_timeout: HumanDuration,
@@ -367,6 +371,7 @@ impl Default for LimitsFile {
             keepalive_timeout: HumanDuration::from_secs(60),
             max_connections: 16_384,
             client_body_timeout: HumanDuration::from_secs(60),
+            client_header_timeout: HumanDuration::from_secs(10),
             websocket_idle_timeout: HumanDuration::from_secs(300),
         }
     }

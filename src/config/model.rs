@@ -206,6 +206,7 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub client_body_timeout: Duration,
+    pub client_header_timeout: Duration,
     pub websocket_idle_timeout: Duration,
 }
 

@@ -395,6 +395,9 @@ fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {
     if limits.max_connections == 0 {
         check.problem("limits.max_connections", "must be greater than zero");
     }
+    if limits.client_header_timeout.get().is_zero() {
+        check.problem("limits.client_header_timeout", "must be greater than zero");
+    }
     if limits.websocket_idle_timeout.get().is_zero() {
         check.problem("limits.websocket_idle_timeout", "must be greater than zero");
     }
@@ -404,6 +407,7 @@ fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {
         max_header_size: usize::try_from(header).unwrap_or(usize::MAX),
         keepalive_timeout: limits.keepalive_timeout.get(),
         client_body_timeout: limits.client_body_timeout.get(),
+        client_header_timeout: limits.client_header_timeout.get(),
         websocket_idle_timeout: limits.websocket_idle_timeout.get(),
     }
 }

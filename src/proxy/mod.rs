@@ -36,6 +36,7 @@ use crate::access_log::AccessLogger;
 use crate::cache::key as cache_key;
 use crate::cache::{policy, CacheStatus, EdgeCache};
 use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource};
+use crate::head_deadline::HeadDeadlines;
 use crate::metrics;
 use upstream::{CoreGroup, CoreUpstreams};
 
@@ -62,6 +63,8 @@ pub struct EdgeProxy {
     tls: bool,
     shared: Arc<ProxyShared>,
     counters: ListenerCounters,
+    /// The listener's first-request deadlines, met by each request that gets here.
+    deadlines: Arc<HeadDeadlines>,
 }
 
 /// The most ranges one request may ask for (pingora's default).
@@ -116,12 +119,32 @@ impl EdgeProxy {
         Some(Box::new(HttpPeer::new(address, false, String::new())))
     }
 
-    pub fn new(listener: &str, tls: bool, shared: Arc<ProxyShared>) -> Self {
+    pub fn new(
+        listener: &str,
+        tls: bool,
+        shared: Arc<ProxyShared>,
+        deadlines: Arc<HeadDeadlines>,
+    ) -> Self {
         EdgeProxy {
             listener: listener.to_string(),
             tls,
             shared,
             counters: ListenerCounters::new(listener),
+            deadlines,
+        }
+    }
+
+    /// A request head got here: its connection has met its first-request deadline.
+    fn head_arrived(&self, session: &Session) {
+        if !self.deadlines.any_pending() {
+            return;
+        }
+        let cookie = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| s.socket_cookie().ok());
+        if let Some(cookie) = cookie {
+            self.deadlines.head_arrived(cookie);
         }
     }
 }
@@ -198,6 +221,7 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
+        self.head_arrived(session);
         let settings = self.shared.settings.load_full();
         ctx.settings = Some(settings.clone());
         let limits = &settings.limits;

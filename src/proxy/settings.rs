@@ -34,6 +34,7 @@ pub struct LimitsSnapshot {
     pub keepalive_secs: u64,
     pub max_connections: usize,
     pub client_body_timeout: std::time::Duration,
+    pub client_header_timeout: std::time::Duration,
     pub websocket_idle_timeout: std::time::Duration,
 }
 
@@ -45,6 +46,7 @@ impl From<&Limits> for LimitsSnapshot {
             keepalive_secs: limits.keepalive_timeout.as_secs().max(1),
             max_connections: limits.max_connections,
             client_body_timeout: limits.client_body_timeout,
+            client_header_timeout: limits.client_header_timeout,
             websocket_idle_timeout: limits.websocket_idle_timeout,
         }
     }

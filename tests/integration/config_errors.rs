@@ -34,10 +34,11 @@ fn each_bad_file_names_file_line_and_key() {
         ("bad-forwarding.yaml", ":10: core.groups.web.retry_methods[1]: \"POST\" cannot be retried"),
         ("bad-forwarding.yaml", ":14: sites[0].routes[0].upstream: no core group is named \"streamin\""),
         ("bad-forwarding.yaml", ":16: sites[0].routes[1].max_body_size: must be more than 0"),
-        ("bad-media.yaml", ":14: stores.spaces.bucket: \"Media_Bucket\" is not a bucket name"),
-        ("bad-media.yaml", ":15: stores.spaces.credentials_file: cannot read /nonexistent/edgecache/spaces.credentials"),
-        ("bad-media.yaml", ":18: stores.old.path: /nonexistent/edgecache/system is not a directory"),
-        ("bad-media.yaml", ":23: sites[0].routes[0].media.chain[1]: no store is named \"nfs\""),
+        ("bad-media.yaml", ":15: stores.spaces.bucket: \"Media_Bucket\" is not a bucket name"),
+        ("bad-media.yaml", ":16: stores.spaces.credentials_file: cannot read /nonexistent/edgecache/spaces.credentials"),
+        ("bad-media.yaml", ":19: stores.old.path: /nonexistent/edgecache/system is not a directory"),
+        ("bad-media.yaml", ":20: stores.old.breaker.first_probe_after: must be more than 0s"),
+        ("bad-media.yaml", ":25: sites[0].routes[0].media.chain[1]: no store is named \"nfs\""),
         ("bad-upgrade-socket.yaml", ":6: server.upgrade_socket: /run/edgecache-upgrade-socket-directory/"),
     ];
     for (file, expected) in cases {
@@ -57,13 +58,19 @@ fn every_problem_is_reported_not_just_the_first() {
     let stderr = refused(&path);
     assert!(
         stderr.contains(&format!(
-            "{path}:10: proxy.trusted_proxies[1]: invalid address or CIDR"
+            "{path}:11: proxy.trusted_proxies[1]: invalid address or CIDR"
         )),
         "{stderr}"
     );
     assert!(
         stderr.contains(&format!(
-            "{path}:12: limits.max_header_size: must be between"
+            "{path}:13: limits.max_header_size: must be between"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{path}:14: limits.client_header_timeout: must be greater than zero"
         )),
         "{stderr}"
     );

@@ -22,6 +22,7 @@ mod proxy;
 mod purge;
 mod ranges;
 mod reload;
+mod slow_clients;
 mod tls;
 mod upgrade;
 mod websockets;
