@@ -21,6 +21,7 @@ const META_MAGIC: &[u8; 8] = b"ECMETA02";
 const MAX_META_FILE: u64 = 16 * 1024 * 1024;
 
 /// The parsed contents of a meta file.
+#[derive(Debug)]
 pub(super) struct MetaRecord {
     pub(super) generation: u64,
     pub(super) primary: Hash,
@@ -134,6 +135,14 @@ pub(super) fn decode_meta_file(bytes: &[u8]) -> Result<MetaRecord, String> {
     if count as u64 != expected_blocks {
         return Err(format!(
             "{count} block checksums for a body of {body_len} bytes"
+        ));
+    }
+    // Checked against the bytes present before it sizes an allocation: the record's own
+    // body length can vouch for up to 16 GiB of checksums.
+    if count > input.remaining() / 4 {
+        return Err(format!(
+            "{count} block checksums do not fit in the {} bytes left",
+            input.remaining()
         ));
     }
     let mut crcs = Vec::with_capacity(count);
@@ -276,7 +285,162 @@ pub(super) fn scan(root: &Path, tidy: bool) -> (HashMap<Hash, DiskEntry>, u64) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::cache::meta::tests::{same_meta, stored_meta};
+
+    fn record() -> impl Strategy<Value = MetaRecord> {
+        let block = BLOCK_SIZE as u64;
+        (0u64..block * 4)
+            .prop_flat_map(|body_len| {
+                let blocks = body_len.div_ceil(BLOCK_SIZE as u64).max(1) as usize;
+                (
+                    Just(body_len),
+                    proptest::collection::vec(any::<u32>(), blocks),
+                )
+            })
+            .prop_flat_map(|(body_len, crcs)| {
+                (
+                    any::<u64>(),
+                    any::<[u8; 16]>(),
+                    any::<[u8; 16]>(),
+                    "\\PC{0,64}",
+                    Just(body_len),
+                    Just(crcs),
+                    stored_meta(),
+                )
+            })
+            .prop_map(
+                |(generation, primary, combined, url, body_len, crcs, meta)| MetaRecord {
+                    generation,
+                    primary,
+                    combined,
+                    url,
+                    body_len,
+                    crcs,
+                    meta,
+                },
+            )
+    }
+
+    /// `payload` behind a header that passes the magic, length and checksum checks, so
+    /// that what follows them is what gets exercised.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut out = META_MAGIC.to_vec();
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_record_decodes_to_itself(record in record()) {
+            let back = decode_meta_file(&encode_meta_file(&record)).expect("decodes");
+            prop_assert_eq!(back.generation, record.generation);
+            prop_assert_eq!(back.primary, record.primary);
+            prop_assert_eq!(back.combined, record.combined);
+            prop_assert_eq!(&back.url, &record.url);
+            prop_assert_eq!(back.body_len, record.body_len);
+            prop_assert_eq!(&back.crcs, &record.crcs);
+            prop_assert!(same_meta(&back.meta, &record.meta));
+        }
+
+        #[test]
+        fn any_record_cut_anywhere_is_an_error(record in record()) {
+            let bytes = encode_meta_file(&record);
+            for cut in 0..bytes.len() {
+                prop_assert!(decode_meta_file(&bytes[..cut]).is_err(), "cut at {}", cut);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_an_error_without_panicking(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            prop_assert!(decode_meta_file(&bytes).is_err());
+        }
+
+        #[test]
+        fn an_arbitrary_payload_with_a_valid_checksum_never_panics(
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let _ = decode_meta_file(&framed(&payload));
+        }
+
+        #[test]
+        fn entry_names_parse_back_to_what_was_formatted(
+            primary in any::<[u8; 16]>(),
+            combined in any::<[u8; 16]>(),
+            generation in any::<u64>(),
+            ext in "[a-z]{1,8}",
+        ) {
+            let name = format!(
+                "{}-{}-{generation:016x}.{ext}",
+                hex::encode(primary),
+                hex::encode(combined)
+            );
+            prop_assert_eq!(
+                parse_entry_name(&name),
+                Some((primary, combined, generation, ext.as_str()))
+            );
+        }
+
+        #[test]
+        fn arbitrary_file_names_never_panic_the_name_parser(name in "\\PC{0,100}") {
+            let _ = parse_entry_name(&name);
+        }
+
+        #[test]
+        fn names_near_the_format_never_panic_the_name_parser(
+            name in "[0-9a-fA-Fg.\\-]{0,90}",
+        ) {
+            let _ = parse_entry_name(&name);
+        }
+    }
+
+    proptest! {
+        // Each case writes a file.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn an_arbitrary_meta_file_on_disk_is_damage_never_a_panic(
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+            with_valid_frame in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("entry.meta");
+            let bytes = if with_valid_frame { framed(&payload) } else { payload };
+            std::fs::write(&path, &bytes).expect("write");
+            match read_meta_file(&path) {
+                Ok(_) => {}
+                Err(problem) => prop_assert!(!problem.not_damage, "{}", problem.message),
+            }
+        }
+    }
+
+    #[test]
+    fn a_checksum_count_larger_than_the_record_is_refused_before_reading_it() {
+        // A body of u32::MAX blocks makes the count consistent with the body length, so
+        // only the bytes actually present can refuse it.
+        let mut payload = Writer::default();
+        payload.u64(1);
+        payload.bytes_fixed(&[1; 16]);
+        payload.bytes_fixed(&[2; 16]);
+        payload.bytes(b"https://example.social/a.png");
+        payload.u64(u64::from(u32::MAX) * BLOCK_SIZE as u64);
+        payload.u32(BLOCK_SIZE as u32);
+        payload.u32(u32::MAX);
+        let error = decode_meta_file(&framed(&payload.into_inner()))
+            .expect_err("a record without its checksums is refused");
+        assert!(
+            error.contains("do not fit"),
+            "refused only when a read ran out: {error}"
+        );
+    }
 
     #[test]
     fn entry_names_round_trip() {

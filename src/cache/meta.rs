@@ -197,8 +197,132 @@ pub(super) fn join_time(secs: u64, nanos: u32) -> Option<SystemTime> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn time() -> impl Strategy<Value = SystemTime> {
+        (0u64..1 << 40, 0u32..1_000_000_000).prop_map(|(s, n)| UNIX_EPOCH + Duration::new(s, n))
+    }
+
+    fn response_header() -> impl Strategy<Value = ResponseHeader> {
+        let field = ("[a-z][a-z0-9-]{0,15}", "[ -~]{0,32}");
+        (100u16..1000, proptest::collection::vec(field, 0..8)).prop_map(|(status, fields)| {
+            let mut header = ResponseHeader::build(status, None).expect("status in range");
+            for (name, value) in fields {
+                let name = http::header::HeaderName::from_bytes(name.as_bytes()).expect("token");
+                let value = http::header::HeaderValue::from_str(&value).expect("visible ASCII");
+                header.append_header(name, value).expect("header");
+            }
+            header
+        })
+    }
+
+    /// Any meta the cache may store.
+    pub(in crate::cache) fn stored_meta() -> impl Strategy<Value = StoredMeta> {
+        (
+            (time(), time(), time()),
+            (any::<u32>(), any::<u32>()),
+            any::<Option<[u8; 16]>>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            response_header(),
+        )
+            .prop_map(
+                |((created, updated, fresh_until), (swr, sie), variance, internal, header)| {
+                    StoredMeta {
+                        created,
+                        updated,
+                        fresh_until,
+                        stale_while_revalidate_sec: swr,
+                        stale_if_error_sec: sie,
+                        variance,
+                        header,
+                        pingora_internal: internal,
+                    }
+                },
+            )
+    }
+
+    fn fields(header: &ResponseHeader) -> Vec<(String, Vec<u8>)> {
+        header
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// Every field of `a` and `b` is equal (`StoredMeta` has no `PartialEq`: pingora's
+    /// header type does not).
+    pub(in crate::cache) fn same_meta(a: &StoredMeta, b: &StoredMeta) -> bool {
+        a.created == b.created
+            && a.updated == b.updated
+            && a.fresh_until == b.fresh_until
+            && a.stale_while_revalidate_sec == b.stale_while_revalidate_sec
+            && a.stale_if_error_sec == b.stale_if_error_sec
+            && a.variance == b.variance
+            && a.pingora_internal == b.pingora_internal
+            && a.header.status == b.header.status
+            && fields(&a.header) == fields(&b.header)
+    }
+
+    fn encoded(meta: &StoredMeta) -> Vec<u8> {
+        let mut out = Writer::default();
+        meta.encode(&mut out);
+        out.into_inner()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_meta_decodes_to_itself(meta in stored_meta()) {
+            let bytes = encoded(&meta);
+            let mut input = Reader::new(&bytes);
+            let back = StoredMeta::decode(&mut input).expect("decodes");
+            prop_assert!(same_meta(&back, &meta), "{:?} came back as {:?}", meta, back);
+            prop_assert_eq!(input.remaining(), 0);
+        }
+
+        #[test]
+        fn any_meta_cut_anywhere_is_an_error(meta in stored_meta()) {
+            let bytes = encoded(&meta);
+            for cut in 0..bytes.len() {
+                prop_assert!(StoredMeta::decode(&mut Reader::new(&bytes[..cut])).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder_or_the_rebuild(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            if let Ok(meta) = StoredMeta::decode(&mut Reader::new(&bytes)) {
+                let _ = meta.to_cache_meta();
+            }
+        }
+
+        #[test]
+        fn a_damaged_byte_never_panics_the_decoder_or_the_rebuild(
+            meta in stored_meta(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let mut bytes = encoded(&meta);
+            let at = at.index(bytes.len());
+            bytes[at] ^= flip;
+            if let Ok(meta) = StoredMeta::decode(&mut Reader::new(&bytes)) {
+                let _ = meta.to_cache_meta();
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_count_past_the_end_is_an_error() {
+        let mut bytes = encoded(&StoredMeta::bare());
+        let count_at = bytes.len() - 4;
+        bytes[count_at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(StoredMeta::decode(&mut Reader::new(&bytes)).is_err());
+    }
 
     #[test]
     fn round_trips_through_bytes_and_cache_meta() {

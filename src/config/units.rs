@@ -179,7 +179,86 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    const SIZE_UNITS: [(&str, u64); 9] = [
+        ("B", 1),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("TB", 1_000_000_000_000),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+    ];
+
+    const DURATION_UNITS: [(&str, u64); 5] = [
+        ("ms", 1),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn sizes_print_and_parse_back_to_themselves(bytes in any::<u64>()) {
+            prop_assert_eq!(ByteSize::parse(&ByteSize(bytes).to_string()), Ok(ByteSize(bytes)));
+        }
+
+        #[test]
+        fn a_size_in_any_unit_is_its_product_or_too_large(
+            n in prop_oneof![any::<u64>(), 0u64..100_000],
+            unit in proptest::sample::select(&SIZE_UNITS[..]),
+            space in any::<bool>(),
+        ) {
+            let text = format!("{n}{}{}", if space { " " } else { "" }, unit.0);
+            match n.checked_mul(unit.1) {
+                Some(bytes) => prop_assert_eq!(ByteSize::parse(&text), Ok(ByteSize(bytes))),
+                None => prop_assert!(ByteSize::parse(&text).is_err()),
+            }
+        }
+
+        #[test]
+        fn durations_print_and_parse_back_to_themselves(millis in any::<u64>()) {
+            let duration = HumanDuration(Duration::from_millis(millis));
+            prop_assert_eq!(HumanDuration::parse(&duration.to_string()), Ok(duration));
+        }
+
+        #[test]
+        fn a_duration_in_any_unit_is_its_product_or_too_large(
+            n in prop_oneof![any::<u64>(), 0u64..100_000],
+            unit in proptest::sample::select(&DURATION_UNITS[..]),
+        ) {
+            let text = format!("{n}{}", unit.0);
+            match n.checked_mul(unit.1) {
+                Some(ms) => prop_assert_eq!(
+                    HumanDuration::parse(&text),
+                    Ok(HumanDuration(Duration::from_millis(ms)))
+                ),
+                None => prop_assert!(HumanDuration::parse(&text).is_err()),
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_either_parser(text in "\\PC{0,40}") {
+            let _ = ByteSize::parse(&text);
+            let _ = HumanDuration::parse(&text);
+        }
+
+        #[test]
+        fn text_near_the_format_never_panics_either_parser(
+            text in "[ 0-9]{0,25}[ a-zA-Z]{0,4}",
+        ) {
+            let _ = ByteSize::parse(&text);
+            let _ = HumanDuration::parse(&text);
+        }
+    }
 
     #[test]
     fn sizes_parse_in_both_unit_families() {

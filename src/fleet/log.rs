@@ -173,6 +173,9 @@ impl PurgeLog {
                 .read(true)
                 .write(true)
                 .open(&path)?;
+            // A segment's name says every number before it was given out, even while it
+            // holds no line yet: the next number must not fall before it.
+            state.head = state.head.max(first.saturating_sub(1));
             let size = file.metadata()?.len();
             if size <= known_len {
                 continue;
@@ -197,7 +200,6 @@ impl PurgeLog {
                 file.set_len(known_len + whole as u64)?;
                 file.sync_all()?;
             }
-            state.head = state.head.max(first.saturating_sub(1));
         }
         Ok(())
     }
@@ -218,7 +220,11 @@ impl PurgeLog {
         if state.ids.contains(&purge.id) {
             return Ok(false);
         }
-        let seq = state.head + 1;
+        // Only damage (a line's number or a segment's name) can have used up the numbers.
+        let seq = state
+            .head
+            .checked_add(1)
+            .ok_or_else(|| std::io::Error::other("no purge sequence number is left"))?;
         let new_segment = state
             .segments
             .back()
@@ -285,7 +291,10 @@ impl PurgeLog {
             let mut state = self.state.lock();
             self.locked(|| self.refresh(&mut state))
                 .map_err(|e| FleetError::State(self.dir.clone(), e))?;
-            let oldest = state.segments.front().map_or(state.head + 1, |s| s.first);
+            let oldest = state
+                .segments
+                .front()
+                .map_or(state.head.saturating_add(1), |s| s.first);
             let paths: Vec<PathBuf> = if after >= state.head {
                 Vec::new()
             } else {
@@ -350,17 +359,23 @@ fn log_id(dir: &Path) -> std::io::Result<String> {
 /// The whole lines of one segment. Lines that do not parse (bytes damaged on disk) are
 /// skipped rather than stop the log from being read.
 fn read_segment(path: &Path) -> std::io::Result<Vec<LogEntry>> {
-    let bytes = std::fs::read(path)?;
+    Ok(whole_lines(&std::fs::read(path)?))
+}
+
+/// The entries of the lines in `bytes` that end with their newline.
+fn whole_lines(bytes: &[u8]) -> Vec<LogEntry> {
     let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    Ok(bytes[..whole]
+    bytes[..whole]
         .split(|b| *b == b'\n')
         .filter(|line| !line.is_empty())
         .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::fleet::PurgeKind;
 
@@ -479,5 +494,148 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(seqs, vec![1, 2]);
+    }
+
+    fn any_purge() -> impl Strategy<Value = Purge> {
+        (
+            "\\PC{0,30}",
+            prop_oneof![Just(PurgeKind::Url), Just(PurgeKind::Prefix)],
+            "\\PC{0,60}",
+            "\\PC{0,10}",
+        )
+            .prop_map(|(id, kind, value, origin)| Purge {
+                id,
+                kind,
+                value,
+                origin,
+            })
+    }
+
+    fn any_entry() -> impl Strategy<Value = LogEntry> {
+        (any::<u64>(), any_purge()).prop_map(|(seq, purge)| LogEntry { seq, purge })
+    }
+
+    /// A line as `append` writes it.
+    fn line(entry: &LogEntry) -> Vec<u8> {
+        let mut line = serde_json::to_vec(entry).expect("serializes");
+        line.push(b'\n');
+        line
+    }
+
+    fn same_entries(a: &[LogEntry], b: &[LogEntry]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(a, b)| {
+                a.seq == b.seq
+                    && a.purge.id == b.purge.id
+                    && a.purge.kind == b.purge.kind
+                    && a.purge.value == b.purge.value
+                    && a.purge.origin == b.purge.origin
+            })
+    }
+
+    /// Segment contents as damage may leave them: whole lines with any sequence number,
+    /// garbage lines, and perhaps a last line without its newline.
+    fn any_segment() -> impl Strategy<Value = Vec<u8>> {
+        let one = prop_oneof![
+            any_entry().prop_map(|e| line(&e)),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ];
+        proptest::collection::vec(one, 0..6).prop_map(|parts| parts.concat())
+    }
+
+    /// Segment numbers: mostly where a log would have them, sometimes anywhere.
+    fn any_first() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            3 => Just(1u64),
+            2 => 1u64..30_000,
+            1 => any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_entries_read_back_from_their_lines(
+            entries in proptest::collection::vec(any_entry(), 0..12),
+        ) {
+            let bytes: Vec<u8> = entries.iter().flat_map(line).collect();
+            prop_assert!(same_entries(&whole_lines(&bytes), &entries));
+        }
+
+        #[test]
+        fn a_segment_cut_anywhere_gives_the_entries_whose_lines_are_whole(
+            entries in proptest::collection::vec(any_entry(), 1..5),
+        ) {
+            let bytes: Vec<u8> = entries.iter().flat_map(line).collect();
+            for cut in 0..=bytes.len() {
+                let whole = bytes[..cut].iter().filter(|b| **b == b'\n').count();
+                prop_assert!(same_entries(&whole_lines(&bytes[..cut]), &entries[..whole]));
+            }
+        }
+
+        #[test]
+        fn arbitrary_segment_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let _ = whole_lines(&bytes);
+        }
+    }
+
+    proptest! {
+        // Each case opens a log in a directory of its own and syncs what it appends.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn a_damaged_log_opens_appends_and_reads_without_panicking(
+            segments in proptest::collection::vec((any_first(), any_segment()), 0..3),
+        ) {
+            let dir = tempfile::tempdir().expect("dir");
+            std::fs::create_dir_all(dir.path().join("log")).expect("log dir");
+            for (first, bytes) in &segments {
+                let name = format!("log/segment-{first:020}.jsonl");
+                std::fs::write(dir.path().join(name), bytes).expect("segment");
+            }
+            let Ok(log) = PurgeLog::open(dir.path(), 100_000) else {
+                return Ok(());
+            };
+            for n in 1..=2 {
+                let _ = log.append(&purge(n));
+            }
+            if let Ok(page) = log.read_after(0, 1000) {
+                prop_assert!(page.entries.iter().all(|e| e.seq <= page.head));
+            }
+        }
+    }
+
+    #[test]
+    fn a_sequence_number_at_the_top_of_the_range_refuses_appends_without_panicking() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("log")).expect("log dir");
+        let top = line(&LogEntry {
+            seq: u64::MAX,
+            purge: purge(1),
+        });
+        std::fs::write(dir.path().join(format!("log/segment-{:020}.jsonl", 1)), top)
+            .expect("segment");
+        let log = PurgeLog::open(dir.path(), 100_000).expect("open");
+        assert!(log.append(&purge(2)).is_err());
+        assert_eq!(log.read_after(0, 10).expect("read").head, u64::MAX);
+    }
+
+    #[test]
+    fn an_empty_segment_named_past_the_head_takes_the_next_entry_under_its_number() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("log")).expect("log dir");
+        std::fs::write(
+            dir.path().join(format!("log/segment-{:020}.jsonl", 1000)),
+            b"",
+        )
+        .expect("segment");
+        let log = PurgeLog::open(dir.path(), 100_000).expect("open");
+        assert!(log.append(&purge(1)).expect("append"));
+        let page = log.read_after(0, 10).expect("read");
+        let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1000]);
     }
 }

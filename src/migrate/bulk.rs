@@ -490,3 +490,117 @@ pub fn run_to_exit(config: &Config, options: MigrateOptions) -> std::process::Ex
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HEADER: &str = "edgecache-migrate-state 1 from=legacy to=s3";
+
+    fn any_key() -> impl Strategy<Value = ObjectKey> {
+        "[a-z0-9_]{1,10}(/[a-z0-9_ -]{1,10}){0,3}\\.[a-z]{3}"
+            .prop_map(|key| ObjectKey::new(key).expect("a valid key"))
+    }
+
+    /// The state file a run that recorded `keys` leaves behind.
+    fn state_bytes(keys: &[ObjectKey]) -> Vec<u8> {
+        let mut bytes = format!("{HEADER}\n").into_bytes();
+        for key in keys {
+            bytes.extend_from_slice(format!("{key}\n").as_bytes());
+        }
+        bytes
+    }
+
+    proptest! {
+        // Each case writes and reads a state file.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn recorded_keys_are_done_after_a_restart(
+            keys in proptest::collection::vec(any_key(), 0..20),
+            other in any_key(),
+        ) {
+            prop_assume!(!keys.contains(&other));
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("state");
+            let state = StateFile::open(&path, HEADER).expect("creates");
+            for key in &keys {
+                state.record(key);
+            }
+            state.flush();
+            drop(state);
+            prop_assert_eq!(std::fs::read(&path).expect("read"), state_bytes(&keys));
+            let state = StateFile::open(&path, HEADER).expect("reopens");
+            for key in &keys {
+                prop_assert!(state.is_done(key), "{} was forgotten", key);
+            }
+            prop_assert!(!state.is_done(&other));
+        }
+    }
+
+    proptest! {
+        // Each case opens the state file once for every byte it holds.
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn a_state_file_cut_anywhere_keeps_its_whole_lines_and_drops_the_rest(
+            keys in proptest::collection::vec(any_key(), 1..4),
+        ) {
+            let bytes = state_bytes(&keys);
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("state");
+            for cut in 0..bytes.len() {
+                std::fs::write(&path, &bytes[..cut]).expect("write");
+                let opened = StateFile::open(&path, HEADER);
+                if cut <= HEADER.len() {
+                    prop_assert!(opened.is_err(), "a header cut at {} was taken", cut);
+                    continue;
+                }
+                let state = opened.expect("opens");
+                let whole = bytes[..cut].iter().filter(|b| **b == b'\n').count() - 1;
+                for (i, key) in keys.iter().enumerate() {
+                    prop_assert_eq!(state.is_done(key), keys[..whole].contains(key), "key {}", i);
+                }
+                drop(state);
+                let left = std::fs::read(&path).expect("read");
+                prop_assert!(left.ends_with(b"\n"), "a partial line was kept at cut {}", cut);
+                prop_assert!(bytes.starts_with(&left));
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn arbitrary_lines_after_the_header_never_panic_and_leave_whole_lines(
+            tail in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("state");
+            let mut bytes = format!("{HEADER}\n").into_bytes();
+            bytes.extend_from_slice(&tail);
+            std::fs::write(&path, &bytes).expect("write");
+            let state = StateFile::open(&path, HEADER).expect("opens");
+            drop(state);
+            let left = std::fs::read(&path).expect("read");
+            prop_assert!(left.ends_with(b"\n"));
+            prop_assert!(bytes.starts_with(&left));
+        }
+
+        #[test]
+        fn an_arbitrary_file_as_the_state_file_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("state");
+            std::fs::write(&path, &bytes).expect("write");
+            let opened = StateFile::open(&path, HEADER);
+            if !bytes.starts_with(format!("{HEADER}\n").as_bytes()) {
+                prop_assert!(opened.is_err());
+            }
+        }
+    }
+}

@@ -52,6 +52,19 @@ impl HttpSource {
     }
 }
 
+/// The whole length and the span of a `206`, when its `Content-Range` is one span of
+/// exactly the `body_len` bytes it carries.
+fn partial_span(content_range: Option<&str>, body_len: u64) -> Option<(u64, (u64, u64))> {
+    match content_range.and_then(parse_content_range) {
+        Some((Some((first, last)), len))
+            if last >= first && (last - first).checked_add(1) == Some(body_len) =>
+        {
+            Some((len, (first, last)))
+        }
+        _ => None,
+    }
+}
+
 fn header(resp: &reqwest::Response, name: http::header::HeaderName) -> Option<&str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -105,13 +118,9 @@ impl Source for HttpSource {
             return Err(self.unavailable(format!("GET {url}: no Content-Length")));
         };
         let (len, span) = if status == StatusCode::PARTIAL_CONTENT {
-            match header(&resp, http::header::CONTENT_RANGE).and_then(parse_content_range) {
-                Some((Some((first, last)), len))
-                    if last >= first && last - first + 1 == body_len =>
-                {
-                    (len, Some((first, last)))
-                }
-                _ => {
+            match partial_span(header(&resp, http::header::CONTENT_RANGE), body_len) {
+                Some((len, span)) => (len, Some(span)),
+                None => {
                     return Err(self.unavailable(format!(
                         "GET {url}: 206 without a single Content-Range matching its length"
                     )))
@@ -137,5 +146,62 @@ impl Source for HttpSource {
             range: span,
             body,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_partial_answer_is_taken_only_with_a_span_of_its_body_length(
+            first in any::<u64>(),
+            last in any::<u64>(),
+            len in any::<u64>(),
+            body_len in any::<u64>(),
+        ) {
+            let value = format!("bytes {first}-{last}/{len}");
+            match partial_span(Some(&value), body_len) {
+                Some((whole, span)) => {
+                    prop_assert_eq!(whole, len);
+                    prop_assert_eq!(span, (first, last));
+                    prop_assert!(first <= last);
+                    prop_assert_eq!(u128::from(last - first) + 1, u128::from(body_len));
+                }
+                None => prop_assert!(
+                    first > last || u128::from(last - first) + 1 != u128::from(body_len)
+                ),
+            }
+        }
+
+        #[test]
+        fn a_span_and_the_body_length_it_states_are_taken(
+            first in any::<u64>(),
+            body_len in 1u64..=u64::MAX,
+            len in any::<u64>(),
+        ) {
+            prop_assume!(first.checked_add(body_len - 1).is_some());
+            let last = first + (body_len - 1);
+            let value = format!("bytes {first}-{last}/{len}");
+            prop_assert_eq!(partial_span(Some(&value), body_len), Some((len, (first, last))));
+        }
+
+        #[test]
+        fn arbitrary_content_ranges_never_panic(value in "\\PC{0,40}", body_len in any::<u64>()) {
+            let _ = partial_span(Some(&value), body_len);
+        }
+    }
+
+    #[test]
+    fn a_span_of_every_byte_is_refused_without_panicking() {
+        assert_eq!(
+            partial_span(Some("bytes 0-18446744073709551615/18446744073709551615"), 0),
+            None
+        );
     }
 }

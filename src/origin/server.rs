@@ -367,7 +367,43 @@ fn respond(answer: ChainAnswer, media: &MediaRoute, no_store: &str) -> Response<
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn parse(value: &str) -> Option<ByteRange> {
+        single_range(Some(&HeaderValue::from_str(value).ok()?))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_range_parses_back_from_the_header_it_asks_with(
+            range in prop_oneof![
+                (any::<u64>(), any::<u64>()).prop_map(|(a, b)| ByteRange::From {
+                    first: a.min(b),
+                    last: Some(a.max(b)),
+                }),
+                any::<u64>().prop_map(|first| ByteRange::From { first, last: None }),
+                any::<u64>().prop_map(ByteRange::Suffix),
+            ],
+        ) {
+            prop_assert_eq!(parse(&range.header_value()), Some(range));
+        }
+
+        #[test]
+        fn arbitrary_range_headers_never_panic(value in "\\PC{0,60}") {
+            let _ = parse(&value);
+        }
+
+        #[test]
+        fn range_headers_near_the_format_never_panic(value in "(bytes=)?[0-9, -]{0,50}") {
+            if let Some(ByteRange::From { first, last: Some(last) }) = parse(&value) {
+                prop_assert!(first <= last);
+            }
+        }
+    }
 
     #[test]
     fn single_ranges_parse_and_the_rest_is_ignored() {

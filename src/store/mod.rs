@@ -224,7 +224,57 @@ impl Place {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_content_range, ByteRange};
+    use proptest::prelude::*;
+
+    use super::{parse_content_range, ByteRange, Found, ObjectInfo};
+
+    fn any_range() -> impl Strategy<Value = ByteRange> {
+        prop_oneof![
+            (any::<u64>(), any::<Option<u64>>())
+                .prop_map(|(first, last)| ByteRange::From { first, last }),
+            any::<u64>().prop_map(ByteRange::Suffix),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn content_ranges_parse_back_to_what_was_written(
+            first in any::<u64>(),
+            last in any::<u64>(),
+            len in any::<u64>(),
+        ) {
+            prop_assert_eq!(
+                parse_content_range(&format!("bytes {first}-{last}/{len}")),
+                Some((Some((first, last)), len))
+            );
+            prop_assert_eq!(parse_content_range(&format!("bytes */{len}")), Some((None, len)));
+        }
+
+        #[test]
+        fn arbitrary_content_ranges_never_panic(value in "\\PC{0,60}") {
+            let _ = parse_content_range(&value);
+        }
+
+        #[test]
+        fn content_ranges_near_the_format_never_panic(value in "(bytes )?[0-9*/ -]{0,50}") {
+            let _ = parse_content_range(&value);
+        }
+
+        #[test]
+        fn a_resolved_range_lies_inside_the_object(range in any_range(), len in any::<u64>()) {
+            if let Some((first, last)) = range.resolve(len) {
+                prop_assert!(first <= last && last < len, "{:?} of {} gave {}-{}", range, len, first, last);
+                let found = Found {
+                    info: ObjectInfo { len, ..Default::default() },
+                    range: Some((first, last)),
+                    body: None,
+                };
+                prop_assert!(found.body_len() <= len);
+            }
+        }
+    }
 
     #[test]
     fn content_ranges_parse() {

@@ -406,6 +406,22 @@ async fn md5_of_span(file: &Path, offset: u64, length: u64) -> std::io::Result<[
     .map_err(std::io::Error::other)?
 }
 
+/// The whole length and the span of a GetObject answer of `body_len` bytes: the range its
+/// `Content-Range` starts, or else the whole object; `None` for a range that would end past
+/// the largest length.
+fn span_of(content_range: Option<&str>, body_len: u64) -> Option<(u64, Option<(u64, u64)>)> {
+    let partial = content_range
+        .and_then(parse_content_range)
+        .and_then(|(span, total)| Some((span?.0, total)));
+    match partial {
+        Some((first, total)) if body_len > 0 => {
+            let last = first.checked_add(body_len - 1)?;
+            Some((total, Some((first, last))))
+        }
+        _ => Some((body_len, None)),
+    }
+}
+
 fn http_date(date: &aws_smithy_types::DateTime) -> Option<String> {
     date.fmt(DateTimeFormat::HttpDate).ok()
 }
@@ -464,13 +480,14 @@ impl Source for S3Store {
             .content_length()
             .and_then(|l| u64::try_from(l).ok())
             .unwrap_or(0);
-        let partial = output
-            .content_range()
-            .and_then(parse_content_range)
-            .and_then(|(span, total)| Some((span?.0, total)));
-        let (len, span) = match partial {
-            Some((first, total)) if body_len > 0 => (total, Some((first, first + body_len - 1))),
-            _ => (body_len, None),
+        let Some((len, span)) = span_of(output.content_range(), body_len) else {
+            return Err(StoreError::Unavailable {
+                store: self.name.clone(),
+                message: format!(
+                    "GetObject {object}: a range of {body_len} bytes cannot start at {:?}",
+                    output.content_range().unwrap_or_default()
+                ),
+            });
         };
         let info = ObjectInfo {
             len,
@@ -571,5 +588,56 @@ impl ObjectStore for S3Store {
             }
         }
         checked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_ranged_answer_spans_its_body_length_without_overflowing(
+            first in any::<u64>(),
+            last in any::<u64>(),
+            total in any::<u64>(),
+            body_len in any::<u64>(),
+        ) {
+            let value = format!("bytes {first}-{last}/{total}");
+            match span_of(Some(&value), body_len) {
+                Some((whole, Some((from, to)))) => {
+                    prop_assert_eq!(whole, total);
+                    prop_assert_eq!(from, first);
+                    prop_assert_eq!(u128::from(to - from) + 1, u128::from(body_len));
+                }
+                Some((whole, None)) => {
+                    prop_assert_eq!(body_len, 0);
+                    prop_assert_eq!(whole, 0);
+                }
+                None => prop_assert!(u128::from(first) + u128::from(body_len) > 1 << 64),
+            }
+        }
+
+        #[test]
+        fn arbitrary_content_ranges_never_panic(value in "\\PC{0,40}", body_len in any::<u64>()) {
+            let _ = span_of(Some(&value), body_len);
+        }
+    }
+
+    #[test]
+    fn an_answer_without_a_content_range_is_the_whole_object() {
+        assert_eq!(span_of(None, 10), Some((10, None)));
+        assert_eq!(span_of(Some("bytes */10"), 10), Some((10, None)));
+        assert_eq!(span_of(Some("bytes 5-9/10"), 5), Some((10, Some((5, 9)))));
+    }
+
+    #[test]
+    fn a_range_ending_past_the_largest_length_is_refused_without_panicking() {
+        let value = format!("bytes {}-0/0", u64::MAX);
+        assert_eq!(span_of(Some(&value), 2), None);
     }
 }
