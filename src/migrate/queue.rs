@@ -691,6 +691,7 @@ mod tests {
                 breaker: BreakerSettings {
                     failures: 0,
                     cooldown: Duration::from_secs(1),
+                    first_probe_after: Duration::from_secs(1),
                 },
             },
         )]);
