@@ -27,6 +27,9 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     /// Client connections closed at once because the listener was at `max_connections`.
     pub connections_refused: IntCounterVec,
+    /// Requests answered 429 by a route's `client_limit`, by listener, route (its
+    /// configured path) and limit (`requests`, `concurrent`); never by client.
+    pub client_limited: IntCounterVec,
     /// TLS ClientHellos received, by listener. Hellos minus completed handshakes is the
     /// number of handshakes that failed or were abandoned after the hello.
     pub tls_client_hellos: IntCounterVec,
@@ -281,6 +284,12 @@ impl Metrics {
                 "edgecache_connections_refused_total",
                 "Client connections closed at once because the listener was full.",
                 &["listener"],
+            ),
+            client_limited: counter_vec(
+                &registry,
+                "edgecache_client_limited_total",
+                "Requests refused with 429 by a route's per-client limit.",
+                &["listener", "route", "limit"],
             ),
             tls_client_hellos: counter_vec(
                 &registry,

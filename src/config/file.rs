@@ -354,6 +354,9 @@ pub struct LimitsFile {
     pub max_connections: usize,
     /// How long a client may stall while sending a request body.
     pub client_body_timeout: HumanDuration,
+    /// Client addresses each route's `client_limit` keeps counts for; the least recently
+    /// seen are forgotten beyond it, so memory stays bounded whatever the number of clients.
+    pub client_table_size: usize,
     /// How long a client has for a whole request head, from the first byte (from the accept
     /// for a new connection, TLS handshake included); past it the connection is closed,
     /// with a 408 where one can be sent.
@@ -372,6 +375,7 @@ impl Default for LimitsFile {
             max_connections: 16_384,
             client_body_timeout: HumanDuration::from_secs(60),
             client_header_timeout: HumanDuration::from_secs(10),
+            client_table_size: 100_000,
             websocket_idle_timeout: HumanDuration::from_secs(300),
         }
     }
@@ -533,6 +537,32 @@ pub struct RouteFile {
     /// about 100 MB); absent: no limit of the route's own.
     #[serde(default)]
     pub max_body_size: Option<ByteSize>,
+    /// What one client address may ask of this route; beyond it, 429 with `Retry-After`.
+    #[serde(default)]
+    pub client_limit: Option<ClientLimitFile>,
+}
+
+/// Per-client limits of a route, counted by client address (the real one, after trusted
+/// proxies; an IPv6 client by its /64, as one host usually holds a whole /64).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientLimitFile {
+    /// Requests one client may make per `per` (fixed windows aligned to the clock, as
+    /// Mastodon's rack-attack counts).
+    #[serde(default)]
+    pub requests: Option<u32>,
+    #[serde(default)]
+    pub per: Option<HumanDuration>,
+    /// Requests of one client this route serves at once.
+    #[serde(default)]
+    pub concurrent: Option<u32>,
+    /// Only these methods count (`[POST]` for sign-in forms); absent: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Only requests that carry no credentials count (no `Authorization`, `Cookie` or
+    /// HTTP `Signature`), like Mastodon's limit on unauthenticated API calls.
+    #[serde(default)]
+    pub anonymous_only: bool,
 }
 
 /// A media route: the request path after the route's `path` is the object key.

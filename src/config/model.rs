@@ -207,6 +207,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub client_body_timeout: Duration,
     pub client_header_timeout: Duration,
+    pub client_table_size: usize,
     pub websocket_idle_timeout: Duration,
 }
 
@@ -304,6 +305,8 @@ pub struct Site {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
+    /// Numbers the routes of all sites, so runtime state can be kept per route.
+    pub id: usize,
     pub path: String,
     pub cache: bool,
     pub cache_ttl: Option<Duration>,
@@ -312,6 +315,20 @@ pub struct Route {
     /// The core group; `None`: the default group.
     pub upstream: Option<String>,
     pub max_body_size: Option<u64>,
+    pub client_limit: Option<ClientLimit>,
+}
+
+/// What one client may ask of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientLimit {
+    /// At most `.0` requests per window of `.1`.
+    pub requests: Option<(u32, Duration)>,
+    /// At most this many requests in flight at once.
+    pub concurrent: Option<u32>,
+    /// Only these methods count; empty: all.
+    pub methods: Vec<http::Method>,
+    /// Only requests without credentials count.
+    pub anonymous_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -22,6 +22,7 @@ use super::model::{
 };
 use crate::tls::{load_certified_key, CertificateSet};
 
+mod client_limits;
 mod core;
 mod fleet;
 mod media;
@@ -395,6 +396,9 @@ fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {
     if limits.max_connections == 0 {
         check.problem("limits.max_connections", "must be greater than zero");
     }
+    if limits.client_table_size == 0 {
+        check.problem("limits.client_table_size", "must be greater than zero");
+    }
     if limits.client_header_timeout.get().is_zero() {
         check.problem("limits.client_header_timeout", "must be greater than zero");
     }
@@ -408,6 +412,7 @@ fn limits(check: &mut Checker, limits: &file::LimitsFile) -> Limits {
         keepalive_timeout: limits.keepalive_timeout.get(),
         client_body_timeout: limits.client_body_timeout.get(),
         client_header_timeout: limits.client_header_timeout.get(),
+        client_table_size: limits.client_table_size.max(1),
         websocket_idle_timeout: limits.websocket_idle_timeout.get(),
     }
 }
@@ -519,6 +524,7 @@ fn sites(
     groups: &BTreeMap<String, file::UpstreamGroupFile>,
 ) -> Sites {
     let mut sites = Vec::new();
+    let mut next_route_id = 0;
     let mut catch_all_seen = false;
     for (i, site) in files.iter().enumerate() {
         if site.hosts.is_empty() {
@@ -594,14 +600,24 @@ fn sites(
                     "must be more than 0 (leave it out for no limit)",
                 );
             }
+            let client_limit = route.client_limit.as_ref().map(|limit| {
+                client_limits::client_limit(
+                    check,
+                    &format!("sites[{i}].routes[{j}].client_limit"),
+                    limit,
+                )
+            });
             routes.push(Route {
+                id: next_route_id,
                 path: route.path.clone(),
                 cache: route.cache,
                 cache_ttl: route.cache_ttl.map(|t| t.get()),
                 media,
                 upstream: route.upstream.clone(),
                 max_body_size: route.max_body_size.map(|size| size.0),
+                client_limit,
             });
+            next_route_id += 1;
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         sites.push(Site { hosts, routes });

@@ -9,9 +9,11 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 
+use super::client_limits::RouteLimiter;
 use super::ProxySettings;
 use crate::cache::key as cache_key;
 
@@ -26,6 +28,8 @@ pub struct RouteChoice {
     pub cache: bool,
     /// How long a response that states no freshness is kept.
     pub cache_ttl: Option<std::time::Duration>,
+    /// What one client may ask of the route.
+    pub client_limit: Option<Arc<RouteLimiter>>,
 }
 
 impl Default for RouteChoice {
@@ -37,6 +41,7 @@ impl Default for RouteChoice {
             max_body_size: None,
             cache: true,
             cache_ttl: None,
+            client_limit: None,
         }
     }
 }
@@ -52,6 +57,7 @@ pub fn choose(settings: &ProxySettings, req: &RequestHeader, tls: bool) -> Route
             max_body_size: route.max_body_size,
             cache: route.cache,
             cache_ttl: route.cache_ttl,
+            client_limit: settings.client_limiters.get(route.id).cloned().flatten(),
         },
         None => RouteChoice::default(),
     }

@@ -6,6 +6,7 @@
 //! limits. `logging` writes the access-log line and the request metrics.
 
 pub mod buster;
+pub mod client_limits;
 pub mod forward;
 pub mod headers;
 pub mod limits;
@@ -14,7 +15,7 @@ mod settings;
 pub mod upstream;
 pub mod websocket;
 
-use report::{client_addr, count_retry, respond, respond_with, ListenerCounters};
+use report::{client_addr, count_retry, respond, respond_too_many, respond_with, ListenerCounters};
 pub use settings::{LimitsSnapshot, ProxySettings};
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +39,7 @@ use crate::cache::{policy, CacheStatus, EdgeCache};
 use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource};
 use crate::head_deadline::HeadDeadlines;
 use crate::metrics;
+use client_limits::{InFlight, Verdict};
 use upstream::{CoreGroup, CoreUpstreams};
 
 /// What every listener's proxy shares.
@@ -134,6 +136,53 @@ impl EdgeProxy {
         }
     }
 
+    /// Applies the route's per-client limits; `true` when the request was refused (429).
+    async fn limit_client(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        settings: &ProxySettings,
+    ) -> Result<bool> {
+        let Some(limiter) = ctx.route.client_limit.clone() else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let credentials = ["authorization", "cookie", "signature"]
+            .iter()
+            .any(|name| req.headers.contains_key(*name));
+        if !limiter.applies(&req.method, credentials) {
+            return Ok(false);
+        }
+        let Some(peer) = client_addr(session).map(|a| a.ip()) else {
+            return Ok(false);
+        };
+        let forwarded: Vec<&str> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let client = headers::client_ip(peer, &forwarded, &settings.trusted_proxies);
+        match limiter.check(client) {
+            Verdict::Allowed(slot) => {
+                ctx.client_slot = slot;
+                Ok(false)
+            }
+            Verdict::Limited { retry_after, limit } => {
+                metrics::get()
+                    .client_limited
+                    .with_label_values(&[self.listener.as_str(), limiter.route.as_str(), limit])
+                    .inc();
+                if !session.is_body_empty() {
+                    // The body is not read: the connection cannot carry another request.
+                    session.set_keepalive(None);
+                }
+                respond_too_many(session, ctx, retry_after).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// A request head got here: its connection has met its first-request deadline.
     fn head_arrived(&self, session: &Session) {
         if !self.deadlines.any_pending() {
@@ -184,6 +233,8 @@ pub struct RequestContext {
     websocket: bool,
     /// Counted in `edgecache_open_websockets` until the request ends.
     websocket_open: bool,
+    /// This request's place in its client's in-flight count, given back when it ends.
+    client_slot: Option<InFlight>,
 }
 
 #[async_trait]
@@ -211,6 +262,7 @@ impl ProxyHttp for EdgeProxy {
             body_bytes: 0,
             websocket: false,
             websocket_open: false,
+            client_slot: None,
         }
     }
 
@@ -268,6 +320,9 @@ impl ProxyHttp for EdgeProxy {
                     self.bust(session, ctx).await?;
                     return Ok(true);
                 }
+            }
+            if self.limit_client(session, ctx, &settings).await? {
+                return Ok(true);
             }
             let req = session.req_header();
             if ctx

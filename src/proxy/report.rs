@@ -127,7 +127,7 @@ pub(super) async fn respond(
         session,
         ctx,
         status,
-        "text/plain; charset=utf-8",
+        TEXT_PLAIN,
         Bytes::from_static(body.as_bytes()),
     )
     .await
@@ -141,14 +141,41 @@ pub(super) async fn respond_with(
     content_type: &'static str,
     body: Bytes,
 ) -> Result<()> {
+    // Clients and their users should wait for the next health check, not hammer a core
+    // that is struggling.
+    let retry_after = matches!(status, 502 | 503).then(|| RETRY_AFTER_SECONDS.to_string());
+    respond_retry_after(session, ctx, status, content_type, body, retry_after).await
+}
+
+/// 429 for a client past a route's limit, saying when it may try again.
+pub(super) async fn respond_too_many(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    retry_after: std::time::Duration,
+) -> Result<()> {
+    // Whole seconds, rounded up: retrying at the stated time must succeed.
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let body = Bytes::from_static(b"429 too many requests\n");
+    let retry_after = Some(secs.max(1).to_string());
+    respond_retry_after(session, ctx, 429, TEXT_PLAIN, body, retry_after).await
+}
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+async fn respond_retry_after(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    retry_after: Option<String>,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if matches!(status, 502 | 503) {
-        // Clients and their users should wait for the next health check, not hammer a
-        // core that is struggling.
-        resp.insert_header(http::header::RETRY_AFTER, RETRY_AFTER_SECONDS)?;
+    if let Some(retry_after) = retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, retry_after)?;
     }
     if !ctx.request_id.is_empty() {
         resp.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;

@@ -1,6 +1,28 @@
 //! The proxy settings a reload may replace: taken as one snapshot per request.
 
+use std::sync::Arc;
+
+use super::client_limits::RouteLimiter;
 use crate::config::model::{CacheBuster, CachePolicy, Limits, Sites, TrustedProxies};
+
+/// One limiter per route that has a `client_limit`, at the route's id.
+fn client_limiters(sites: &Sites, table_size: usize) -> Vec<Option<Arc<RouteLimiter>>> {
+    let mut limiters = Vec::new();
+    for route in sites.sites.iter().flat_map(|site| &site.routes) {
+        let Some(limit) = &route.client_limit else {
+            continue;
+        };
+        if limiters.len() <= route.id {
+            limiters.resize(route.id + 1, None);
+        }
+        limiters[route.id] = Some(Arc::new(RouteLimiter::new(
+            &route.path,
+            limit.clone(),
+            table_size,
+        )));
+    }
+    limiters
+}
 
 /// The settings a reload may change while requests are flowing.
 #[derive(Debug, Clone)]
@@ -11,6 +33,9 @@ pub struct ProxySettings {
     pub cache_policy: Option<CachePolicy>,
     pub sites: Sites,
     pub cache_buster: Option<CacheBuster>,
+    /// By route id: the route's per-client limits with their counts (which a reload
+    /// starts afresh).
+    pub client_limiters: Vec<Option<Arc<RouteLimiter>>>,
 }
 
 impl ProxySettings {
@@ -22,6 +47,7 @@ impl ProxySettings {
             cache_policy: config.cache.as_ref().map(|c| c.policy.clone()),
             sites: config.sites.clone(),
             cache_buster: config.cache_buster.clone(),
+            client_limiters: client_limiters(&config.sites, config.limits.client_table_size),
         }
     }
 }

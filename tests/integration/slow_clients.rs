@@ -1,6 +1,7 @@
-//! Slow clients: a request head (and a TLS handshake, and an HTTP/2 preface) has
-//! `limits.client_header_timeout` to arrive, however the client spaces its bytes, so a few
-//! tricklers cannot hold every connection slot of a listener.
+//! What one client can take: a request head (and a TLS handshake, and an HTTP/2 preface)
+//! has `limits.client_header_timeout` to arrive, however the client spaces its bytes, so a
+//! few tricklers cannot hold every connection slot of a listener; and a route's
+//! `client_limit` bounds one client's requests per window and in flight.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -191,4 +192,105 @@ async fn clients_that_send_in_time_are_unaffected() {
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
     assert_eq!(origin.hits_for("/h2-second"), 1);
+}
+
+/// Per-client limits: requests per window and requests in flight, by the client's real
+/// address (after a trusted proxy), answered 429 with `Retry-After`.
+#[tokio::test]
+async fn a_client_past_its_route_limit_gets_429_and_others_do_not() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let extra = "proxy:\n  trusted_proxies: [\"127.0.0.1/32\"]\nsites:\n  - routes:\n      - path: /auth/sign_in\n        client_limit: { requests: 3, per: 5m, methods: [POST] }\n      - path: /slow/\n        client_limit: { concurrent: 2 }\n      - path: /api/\n        client_limit: { requests: 2, per: 1m, anonymous_only: true }\n";
+    let config = setup.config(&[&cert], &[origin.address], extra);
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = |path: &str| format!("http://{}{path}", setup.http);
+    let sign_in = |from: &'static str| {
+        client
+            .post(url("/auth/sign_in"))
+            .header("x-forwarded-for", from)
+            .body("user[email]=a@example.com")
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(sign_in("198.51.100.7").await.expect("post").status(), 200);
+    }
+    let limited = sign_in("198.51.100.7").await.expect("post");
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    // Another client, and a GET of the same client, are not limited.
+    assert_eq!(sign_in("198.51.100.8").await.expect("post").status(), 200);
+    let page = client
+        .get(url("/auth/sign_in"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(page.status(), 200);
+    assert_eq!(origin.hits_for("/auth/sign_in"), 5);
+
+    // Two requests in flight per client; the third waits for none of them.
+    let slow = || {
+        client
+            .get(url("/slow/1500"))
+            .header("x-forwarded-for", "203.0.113.5")
+            .send()
+    };
+    let (a, b) = (tokio::spawn(slow()), tokio::spawn(slow()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = slow().await.expect("third");
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["retry-after"], "1");
+    for held in [a, b] {
+        assert_eq!(held.await.expect("task").expect("slow").status(), 200);
+    }
+    assert_eq!(
+        slow().await.expect("after").status(),
+        200,
+        "the slots came back"
+    );
+
+    // Only requests without credentials count on /api/.
+    for _ in 0..2 {
+        let resp = client
+            .get(url("/api/v1/timelines/public"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 200);
+    }
+    let anonymous = client
+        .get(url("/api/v1/timelines/public"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(anonymous.status(), 429);
+    let signed_in = client
+        .get(url("/api/v1/timelines/home"))
+        .bearer_auth("token")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(signed_in.status(), 200);
+
+    for (route, limit, count) in [
+        ("/auth/sign_in", "requests", 1.0),
+        ("/slow/", "concurrent", 1.0),
+        ("/api/", "requests", 1.0),
+    ] {
+        let sample = format!(
+            "edgecache_client_limited_total{{limit=\"{limit}\",listener=\"http\",route=\"{route}\"}}"
+        );
+        assert_eq!(edge.metric(&sample).await, Some(count), "{sample}");
+    }
 }
