@@ -27,6 +27,7 @@ use crate::mesh::{Mesh, MeshError};
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::server::MediaServer;
 use crate::origin::Places;
+use crate::proxy::media_urls::MediaUrls;
 use crate::proxy::upstream::CoreUpstreams;
 use crate::proxy::websocket::{GoingAway, GoingAwayService};
 use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
@@ -149,6 +150,7 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
             .fleet
             .as_ref()
             .map_or_else(|| "local".to_string(), |f| f.name.clone()),
+        urls: Some(Arc::new(MediaUrls(proxy_settings.clone()))),
     });
     if let Some(fleet) = fleet {
         server.add_service(GenBackgroundService::new(

@@ -67,6 +67,13 @@ pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
     key
 }
 
+/// The primary key string of a request for `path` with no query: what [`primary_key`] gives
+/// for `scheme://host/path`.
+pub fn path_key(tls: bool, host: &str, path: &str) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}{path}")
+}
+
 /// Whether putting `params` in order by decoded name leaves what Rack reads unchanged. Not
 /// when a name is nested (`a[][x]`, also spelled `a%5B%5D%5Bx%5D`): Rack builds arrays of
 /// hashes from the order of different names. Not when two spellings decode to one name

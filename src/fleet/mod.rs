@@ -442,6 +442,15 @@ pub struct Purger {
     pub fleet: Option<Arc<Fleet>>,
     /// This PoP's name in reports (`local` without a fleet).
     pub name: String,
+    /// Puts a URL to purge in the one form the cache keys it under.
+    pub urls: Option<Arc<dyn CanonicalUrls>>,
+}
+
+/// The form the cache keys a URL under, where it has one of its own: a media route keys
+/// every spelling of a file (escapes, a query) under one path.
+pub trait CanonicalUrls: Send + Sync {
+    /// `url` (with or without a scheme) in that form; `None`: as it is.
+    fn canonical(&self, url: &str) -> Option<String>;
 }
 
 impl Purger {
@@ -452,6 +461,9 @@ impl Purger {
         value: &str,
         source: PurgeSource,
     ) -> Result<PurgeReport, PurgeFailure> {
+        // The form every PoP keys it under travels, so none needs to work it out again.
+        let canonical = self.canonical(kind, value);
+        let value = canonical.as_deref().unwrap_or(value);
         let purged = self.apply_here(kind, value, source)?;
         let mut report = PurgeReport {
             id: None,
@@ -487,12 +499,22 @@ impl Purger {
         })
     }
 
+    fn canonical(&self, kind: PurgeKind, value: &str) -> Option<String> {
+        match kind {
+            PurgeKind::Url => self.urls.as_ref()?.canonical(value),
+            PurgeKind::Prefix => None,
+        }
+    }
+
     fn apply_here(
         &self,
         kind: PurgeKind,
         value: &str,
         source: PurgeSource,
     ) -> Result<usize, PurgeFailure> {
+        // A peer that keys differently (an older version) may send another spelling.
+        let canonical = self.canonical(kind, value);
+        let value = canonical.as_deref().unwrap_or(value);
         let purged = match &self.cache {
             Some(cache) => match kind {
                 PurgeKind::Url => cache.purge_url(value)?,

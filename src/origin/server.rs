@@ -213,18 +213,9 @@ impl Handler {
         let Some(media) = &route.media else {
             return text(StatusCode::NOT_FOUND, "404 no media route", NO_STORE);
         };
-        // The key is what follows the route's path: `/system/a.png` under `/system/` or
-        // `/system` is `a.png`; `/systemx` under `/system` is no media at all.
-        let rest = path.get(route.path.len()..).unwrap_or("");
-        let rest = if route.path.ends_with('/') {
-            rest
-        } else if let Some(rest) = rest.strip_prefix('/') {
-            rest
-        } else {
-            return text(StatusCode::NOT_FOUND, "404 not found", NO_STORE);
-        };
-        let key = match ObjectKey::from_url_path(rest) {
-            Ok(key) => key,
+        let key = match ObjectKey::for_route(&route.path, path) {
+            Ok(Some(key)) => key,
+            Ok(None) => return text(StatusCode::NOT_FOUND, "404 not found", NO_STORE),
             Err(e) => {
                 tracing::info!(path, error = %e, "media request refused");
                 return text(

@@ -22,7 +22,8 @@ use crate::cache::key as cache_key;
 pub struct RouteChoice {
     /// The core group; `None`: the default group.
     pub upstream: Option<String>,
-    pub media: bool,
+    /// The route's path, when it is a media route (its objects are keyed below it).
+    pub media: Option<String>,
     pub max_body_size: Option<u64>,
     /// `false`: the route never uses the shared cache.
     pub cache: bool,
@@ -37,7 +38,7 @@ impl Default for RouteChoice {
     fn default() -> Self {
         RouteChoice {
             upstream: None,
-            media: false,
+            media: None,
             max_body_size: None,
             cache: true,
             cache_ttl: None,
@@ -53,7 +54,7 @@ pub fn choose(settings: &ProxySettings, req: &RequestHeader, tls: bool) -> Route
     match settings.sites.route(&host, req.uri.path()) {
         Some(route) => RouteChoice {
             upstream: route.upstream.clone(),
-            media: route.media.is_some(),
+            media: route.media.as_ref().map(|_| route.path.clone()),
             max_body_size: route.max_body_size,
             cache: route.cache,
             cache_ttl: route.cache_ttl,

@@ -10,6 +10,7 @@ pub mod client_limits;
 pub mod forward;
 pub mod headers;
 pub mod limits;
+pub mod media_urls;
 mod report;
 mod settings;
 pub mod upstream;
@@ -39,6 +40,7 @@ use crate::cache::{policy, CacheStatus, EdgeCache};
 use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource};
 use crate::head_deadline::HeadDeadlines;
 use crate::metrics;
+use crate::store::ObjectKey;
 use client_limits::{InFlight, Verdict};
 use upstream::{CoreGroup, CoreUpstreams};
 
@@ -114,9 +116,7 @@ impl EdgeProxy {
     /// The loopback media origin, when the request's route is a media route.
     fn media_peer(&self, ctx: &mut RequestContext) -> Option<Box<HttpPeer>> {
         let address = self.shared.media_origin?;
-        if !ctx.route.media {
-            return None;
-        }
+        ctx.route.media.as_ref()?;
         ctx.upstream_label = "media".to_string();
         Some(Box::new(HttpPeer::new(address, false, String::new())))
     }
@@ -381,7 +381,19 @@ impl ProxyHttp for EdgeProxy {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         }
-        ctx.cache_key = Some(cache_key::primary_key(tls, &host, req));
+        let primary = match &ctx.route.media {
+            None => cache_key::primary_key(tls, &host, req),
+            // Every spelling of a media URL is the one object the chain serves.
+            Some(route_path) => match ObjectKey::for_route(route_path, req.uri.path()) {
+                Ok(Some(key)) => cache_key::path_key(tls, &host, &key.canonical_path(route_path)),
+                // The media origin refuses it; nothing of it is stored.
+                Ok(None) | Err(_) => {
+                    ctx.cache_status = Some(CacheStatus::Bypass);
+                    return Ok(());
+                }
+            },
+        };
+        ctx.cache_key = Some(primary);
         ctx.cache_status = Some(CacheStatus::Miss);
         cache.enable(&mut session.cache);
         Ok(())

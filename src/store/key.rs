@@ -58,6 +58,29 @@ impl ObjectKey {
         ObjectKey::new(key)
     }
 
+    /// The key a media route at `route_path` serves for a request `path` (percent-encoded,
+    /// without its query): what follows the route's path, so `/system/a.png` under
+    /// `/system/` or `/system` is `a.png`. `Ok(None)` when the path is not under the route
+    /// at all (`/systemx` under `/system`).
+    pub fn for_route(route_path: &str, path: &str) -> Result<Option<ObjectKey>, KeyError> {
+        let rest = path.get(route_path.len()..).unwrap_or("");
+        let rest = if route_path.ends_with('/') {
+            rest
+        } else if let Some(rest) = rest.strip_prefix('/') {
+            rest
+        } else {
+            return Ok(None);
+        };
+        ObjectKey::from_url_path(rest).map(Some)
+    }
+
+    /// The one request path of this key under a media route at `route_path`: every
+    /// spelling of it (escapes, a query) is this object, cached and purged under this path.
+    pub fn canonical_path(&self, route_path: &str) -> String {
+        let separator = if route_path.ends_with('/') { "" } else { "/" };
+        format!("{route_path}{separator}{}", self.url_path())
+    }
+
     /// A key already decoded (a line of a key list, a file found by walking a directory).
     pub fn new(key: String) -> Result<ObjectKey, KeyError> {
         if key.is_empty() {
@@ -115,6 +138,30 @@ fn hex_value(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::{KeyError, ObjectKey};
+
+    #[test]
+    fn a_route_path_keys_every_spelling_of_a_file_alike() {
+        let key = |route: &str, path: &str| ObjectKey::for_route(route, path);
+        let plain = key("/system/", "/system/a/x.png")
+            .expect("valid")
+            .expect("under");
+        assert_eq!(plain.as_str(), "a/x.png");
+        assert_eq!(
+            key("/system/", "/system/a/%78.png"),
+            Ok(Some(plain.clone()))
+        );
+        assert_eq!(key("/system", "/system/a/x.png"), Ok(Some(plain.clone())));
+        assert_eq!(key("/system", "/systemx/a.png"), Ok(None));
+        assert_eq!(
+            key("/system/", "/system//a/x.png"),
+            Err(KeyError::BadSegment)
+        );
+        assert_eq!(plain.canonical_path("/system/"), "/system/a/x.png");
+        assert_eq!(plain.canonical_path("/system"), "/system/a/x.png");
+        let spaced = key("/m/", "/m/a%20b.png").expect("valid").expect("under");
+        assert_eq!(spaced.canonical_path("/m/"), "/m/a%20b.png");
+        assert_eq!(key("/m/", &spaced.canonical_path("/m/")), Ok(Some(spaced)));
+    }
 
     #[test]
     fn plain_media_paths_become_keys() {

@@ -454,3 +454,63 @@ async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
     media.s3.put("other.png", b"store copy").await;
     assert_eq!(get(http, "/system/other.png", &[]).await.body, b"disk only");
 }
+
+/// On a media route the cache key is the media key the chain serves: the decoded path,
+/// without the query. So every spelling of one file is one object, and one purge of the
+/// plain URL (Mastodon's cache buster sends that one) removes it for all of them.
+#[tokio::test]
+async fn every_spelling_of_a_media_url_is_one_object_and_one_purge() {
+    let media = media_pop("disk", "/bytes/", "", "").await;
+    media.legacy_file("a/x.png", b"the file");
+    let http = media.pop.setup.http;
+    let spellings = [
+        "/system/a/x.png",
+        "/system/a/x.png?x=1",
+        "/system/a/%78.png",
+        "/system//a/x.png?",
+    ];
+    let first = get(http, spellings[0], &[]).await;
+    assert_eq!((first.status, first.cache_status()), (200, "MISS"));
+    for spelling in &spellings[1..3] {
+        let answer = get(http, spelling, &[]).await;
+        assert_eq!(answer.status, 200, "{spelling}");
+        assert_eq!(
+            answer.cache_status(),
+            "HIT",
+            "{spelling} is an object of its own"
+        );
+        assert_eq!(answer.body, b"the file");
+    }
+    // A path the chain refuses is refused, never cached under another object's key.
+    let refused = get(http, spellings[3], &[]).await;
+    assert_eq!(refused.status, 400, "{spellings:?}");
+
+    // The file is deleted, and the plain URL purged: no spelling is served from the cache.
+    std::fs::remove_file(media.legacy_dir.path().join("a/x.png")).expect("delete");
+    let host = http.to_string();
+    let (status, _) = media.pop.purge(&format!("url={host}/system/a/x.png")).await;
+    assert_eq!(status, 200);
+    for spelling in &spellings[..3] {
+        let answer = get(http, spelling, &[]).await;
+        assert_eq!(
+            answer.status, 404,
+            "{spelling} still served after the purge"
+        );
+    }
+    // Purging by another spelling reaches the same object.
+    media.legacy_file("b/y.png", b"another");
+    assert_eq!(
+        get(http, "/system/b/y.png", &[]).await.cache_status(),
+        "MISS"
+    );
+    // `%2579` is `%79` once the form value is decoded: the purge names `/system/b/%79.png?z=1`.
+    let (status, _) = media
+        .pop
+        .purge(&format!("url={host}/system/b/%2579.png%3Fz%3D1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        get(http, "/system/b/y.png", &[]).await.cache_status(),
+        "MISS"
+    );
+}

@@ -1,0 +1,31 @@
+//! The form the cache keys a media URL under, for purges: the route's path and the decoded
+//! object key, without a query (see `request_cache_filter`). A purge of any spelling of a
+//! file then removes the one object every spelling is served from.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::ProxySettings;
+use crate::fleet::CanonicalUrls;
+use crate::store::ObjectKey;
+
+/// Reads the live routes, so a reload that adds or moves a media route applies at once.
+pub struct MediaUrls(pub Arc<ArcSwap<ProxySettings>>);
+
+impl CanonicalUrls for MediaUrls {
+    fn canonical(&self, url: &str) -> Option<String> {
+        let (scheme, rest) = ["https://", "http://"]
+            .iter()
+            .find_map(|s| url.strip_prefix(s).map(|rest| (*s, rest)))
+            .unwrap_or(("", url));
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (host, target) = rest.split_at(split);
+        let path = target.split('?').next().unwrap_or("");
+        let settings = self.0.load();
+        let route = settings.sites.route(&host.to_ascii_lowercase(), path)?;
+        route.media.as_ref()?;
+        let key = ObjectKey::for_route(&route.path, path).ok()??;
+        Some(format!("{scheme}{host}{}", key.canonical_path(&route.path)))
+    }
+}
