@@ -157,12 +157,20 @@ impl AdminApp {
         let query = session.req_header().uri.query().unwrap_or("");
         let mut url = None;
         let mut prefix = None;
+        let mut deleted = false;
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "url" => url = Some(value.into_owned()),
                 "prefix" => prefix = Some(value.into_owned()),
+                "deleted" => deleted = matches!(value.as_ref(), "1" | "true" | "yes"),
                 _ => {}
             }
+        }
+        if deleted && prefix.is_some() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "deleted applies to one URL (?url=), not a prefix\n",
+            );
         }
         let (kind, value) = match (url, prefix) {
             (Some(url), None) => (PurgeKind::Url, url),
@@ -191,10 +199,15 @@ impl AdminApp {
                     kind,
                     value,
                     origin,
+                    deleted,
                 };
                 self.purger.purge_from_peer(&purge, PurgeSource::Peer).await
             }
-            None => self.purger.purge(kind, &value, PurgeSource::Admin).await,
+            None => {
+                self.purger
+                    .purge(kind, &value, deleted, PurgeSource::Admin)
+                    .await
+            }
         };
         match outcome {
             Ok(report) => json((report.to_json() + "\n").into_bytes()),

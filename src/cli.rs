@@ -64,8 +64,12 @@ pub enum Command {
         /// `https://media.example/system/...`; without a scheme both schemes are purged.
         url: String,
         /// Purge every URL that starts with this one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "deleted")]
         prefix: bool,
+        /// The media at this URL was deleted: every PoP also keeps a tombstone for its key,
+        /// so no legacy place, queued copy or `migrate` brings it back.
+        #[arg(long)]
+        deleted: bool,
     },
     /// Copy every object of a legacy place (a directory, or an HTTP origin with a key
     /// list) into object stores; resumable, verified, never overwriting.

@@ -84,8 +84,9 @@ fn main() -> ExitCode {
             config: path,
             url,
             prefix,
+            deleted,
         } => ask_admin(&path, |admin, token| {
-            reload::request_purge(admin, token, &url, prefix)
+            reload::request_purge(admin, token, &url, prefix, deleted)
         }),
         Command::Migrate {
             config: path,

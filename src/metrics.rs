@@ -123,8 +123,13 @@ pub struct Metrics {
     pub media_responses: IntCounterVec,
     /// 1 while a store's circuit is open (requests to it are not sent), by store.
     pub media_store_circuit_open: IntGaugeVec,
+    /// Media keys whose media was deleted (tombstones kept now).
+    pub media_tombstones: IntGauge,
+    /// Lookups of tombstoned keys, which asked the write-through stores only.
+    pub media_tombstoned_lookups: IntCounter,
     /// Write-through jobs by event: `queued`, `done`, `failed` (set aside after
-    /// `max_attempts`), `dropped` (the queue was full), `too_large`.
+    /// `max_attempts`), `dropped` (the queue was full), `too_large`, `tombstoned` (the
+    /// media was deleted before the copy went out).
     pub write_through_jobs: IntCounterVec,
     /// Jobs waiting or arriving now.
     pub write_through_queue_jobs: IntGauge,
@@ -499,6 +504,16 @@ impl Metrics {
                 "edgecache_media_store_circuit_open",
                 "1 while requests to the store are held back after repeated failures.",
                 &["store"],
+            ),
+            media_tombstones: gauge(
+                &registry,
+                "edgecache_media_tombstones",
+                "Media keys whose media was deleted, kept as tombstones.",
+            ),
+            media_tombstoned_lookups: counter(
+                &registry,
+                "edgecache_media_tombstoned_lookups_total",
+                "Lookups of deleted media keys, which asked the write-through stores only.",
             ),
             write_through_jobs: counter_vec(
                 &registry,

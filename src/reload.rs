@@ -280,10 +280,14 @@ pub fn request_purge(
     token: Option<&str>,
     value: &str,
     prefix: bool,
+    deleted: bool,
 ) -> Result<String, AdminRequestError> {
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair(if prefix { "prefix" } else { "url" }, value)
-        .finish();
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair(if prefix { "prefix" } else { "url" }, value);
+    if deleted {
+        query.append_pair("deleted", "1");
+    }
+    let query = query.finish();
     admin_post(address, token, &format!("/purge?{query}"))
 }
 

@@ -33,6 +33,7 @@ use crate::proxy::websocket::{GoingAway, GoingAwayService};
 use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
 use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
 use crate::store::StoreError;
+use crate::store::Tombstones;
 use crate::tls::{HandshakeCounter, LiveCertificates, SniResolver};
 use crate::upgrade::{self, ShutdownSignals, UpgradeError, UpgradeService, Upgrader};
 
@@ -62,6 +63,11 @@ pub enum StartError {
     MediaOrigin(std::io::Error),
     #[error(transparent)]
     WriteThrough(#[from] QueueError),
+    #[error("cannot open the tombstones of deleted media at {}: {source}", path.display())]
+    Tombstones {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot take over from the running process: {0}")]
     Upgrade(#[from] UpgradeError),
 }
@@ -143,6 +149,15 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
         }
         None => None,
     };
+    let tombstones = Arc::new(Tombstones::open(&config.tombstones).map_err(|source| {
+        StartError::Tombstones {
+            path: config.tombstones.path.clone().unwrap_or_default(),
+            source,
+        }
+    })?);
+    if config.tombstones.path.is_none() && !config.stores.is_empty() {
+        tracing::warn!("tombstones of deleted media are kept in memory only (no fleet and no tombstones.path): a restart forgets them");
+    }
     let purger = Arc::new(Purger {
         cache: cache.clone(),
         fleet: fleet.clone(),
@@ -151,6 +166,7 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
             .as_ref()
             .map_or_else(|| "local".to_string(), |f| f.name.clone()),
         urls: Some(Arc::new(MediaUrls(proxy_settings.clone()))),
+        tombstones: Some(tombstones.clone()),
     });
     if let Some(fleet) = fleet {
         server.add_service(GenBackgroundService::new(
@@ -169,7 +185,7 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
         let places = Arc::new(Places::build(&config.stores)?);
         let write_through = match &config.write_through {
             Some(settings) => {
-                let queue = WriteThroughQueue::open(settings, places.clone())?;
+                let queue = WriteThroughQueue::open(settings, places.clone(), tombstones.clone())?;
                 server.add_service(GenBackgroundService::new(
                     "write-through uploads".to_string(),
                     Arc::new(WriteThroughService {
@@ -180,8 +196,13 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
             }
             None => None,
         };
-        let media = MediaServer::bind(places, proxy_settings.clone(), write_through)
-            .map_err(StartError::MediaOrigin)?;
+        let media = MediaServer::bind(
+            places,
+            proxy_settings.clone(),
+            write_through,
+            tombstones.clone(),
+        )
+        .map_err(StartError::MediaOrigin)?;
         let address = media.address();
         let mut service = GenBackgroundService::new("media origin".to_string(), Arc::new(media));
         // Every media miss passes through it; one thread (the default) would serialize them.

@@ -46,6 +46,31 @@ pub struct ConfigFile {
     /// name, fleet-wide.
     #[serde(default)]
     pub cache_buster: Option<CacheBusterFile>,
+    /// Media keys whose media was deleted: no legacy place or copy brings them back.
+    #[serde(default)]
+    pub tombstones: TombstonesFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TombstonesFile {
+    /// The file they are kept in; absent: `<fleet.state_dir>/tombstones` with a fleet,
+    /// memory only without one (lost at a restart).
+    pub path: Option<PathBuf>,
+    /// Kept at most; the oldest go first.
+    pub max_entries: usize,
+    /// Forgotten after this long.
+    pub max_age: HumanDuration,
+}
+
+impl Default for TombstonesFile {
+    fn default() -> Self {
+        TombstonesFile {
+            path: None,
+            max_entries: 200_000,
+            max_age: HumanDuration::from_secs(180 * 24 * 3600),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

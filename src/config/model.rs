@@ -37,6 +37,16 @@ pub struct Config {
     pub write_through: Option<WriteThroughSettings>,
     pub fleet: Option<FleetSettings>,
     pub cache_buster: Option<CacheBuster>,
+    pub tombstones: TombstoneSettings,
+}
+
+/// Where and how many media tombstones are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TombstoneSettings {
+    /// `None`: in memory only.
+    pub path: Option<PathBuf>,
+    pub max_entries: usize,
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -104,6 +104,11 @@ impl Config {
             .cache_buster
             .as_ref()
             .and_then(|b| fleet::cache_buster(&mut check, b));
+        let tombstones = media::tombstones(
+            &mut check,
+            &parsed.tombstones,
+            fleet.as_ref().and_then(|f| f.as_ref()),
+        );
         let sites = sites(
             &mut check,
             &parsed.sites,
@@ -140,6 +145,7 @@ impl Config {
                 write_through,
                 fleet: fleet.flatten(),
                 cache_buster,
+                tombstones,
             }),
             _ => Err(ConfigError {
                 problems: check.problems,

@@ -385,6 +385,8 @@ mod tests {
             kind: PurgeKind::Url,
             value: format!("https://media.example/system/{n}.png"),
             origin: "fra".to_string(),
+            // Every other entry says its media was deleted, so both forms round trip.
+            deleted: n.is_multiple_of(2),
         }
     }
 
@@ -502,12 +504,14 @@ mod tests {
             prop_oneof![Just(PurgeKind::Url), Just(PurgeKind::Prefix)],
             "\\PC{0,60}",
             "\\PC{0,10}",
+            any::<bool>(),
         )
-            .prop_map(|(id, kind, value, origin)| Purge {
+            .prop_map(|(id, kind, value, origin, deleted)| Purge {
                 id,
                 kind,
                 value,
                 origin,
+                deleted,
             })
     }
 

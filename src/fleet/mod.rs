@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use crate::cache::{EdgeCache, PurgeError};
 use crate::config::model::{FleetPeer, FleetSettings};
 use crate::metrics;
+use crate::store::{ObjectKey, Tombstones};
 use log::PurgeLog;
 use outbox::Outbox;
 
@@ -79,6 +80,9 @@ pub struct Purge {
     pub value: String,
     /// The PoP that received it from outside.
     pub origin: String,
+    /// The media at this URL was deleted: every PoP lays a tombstone for its key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// What happened to a purge at one PoP.
@@ -201,12 +205,13 @@ impl Fleet {
     }
 
     /// A purge this PoP received from outside, with a new id.
-    fn new_purge(&self, kind: PurgeKind, value: &str) -> Purge {
+    fn new_purge(&self, kind: PurgeKind, value: &str, deleted: bool) -> Purge {
         Purge {
             id: self.next_id(),
             kind,
             value: value.to_string(),
             origin: self.name.clone(),
+            deleted,
         }
     }
 
@@ -267,6 +272,7 @@ impl Fleet {
             .client
             .post(&url)
             .query(&[(purge.kind.query_name(), purge.value.as_str())])
+            .query(&[("deleted", if purge.deleted { "1" } else { "0" })])
             .header(FLEET_ORIGIN_HEADER, &purge.origin)
             .header(PURGE_ID_HEADER, &purge.id);
         let request = self.with_token(request);
@@ -444,6 +450,8 @@ pub struct Purger {
     pub name: String,
     /// Puts a URL to purge in the one form the cache keys it under.
     pub urls: Option<Arc<dyn CanonicalUrls>>,
+    /// Where a purge of deleted media leaves its tombstone.
+    pub tombstones: Option<Arc<Tombstones>>,
 }
 
 /// The form the cache keys a URL under, where it has one of its own: a media route keys
@@ -451,6 +459,9 @@ pub struct Purger {
 pub trait CanonicalUrls: Send + Sync {
     /// `url` (with or without a scheme) in that form; `None`: as it is.
     fn canonical(&self, url: &str) -> Option<String>;
+
+    /// The media key `url` names, when it is on a media route.
+    fn media_key(&self, url: &str) -> Option<ObjectKey>;
 }
 
 impl Purger {
@@ -459,24 +470,25 @@ impl Purger {
         &self,
         kind: PurgeKind,
         value: &str,
+        deleted: bool,
         source: PurgeSource,
     ) -> Result<PurgeReport, PurgeFailure> {
         // The form every PoP keys it under travels, so none needs to work it out again.
         let canonical = self.canonical(kind, value);
         let value = canonical.as_deref().unwrap_or(value);
-        let purged = self.apply_here(kind, value, source)?;
+        let purged = self.apply_here(kind, value, deleted, source)?;
         let mut report = PurgeReport {
             id: None,
             purged,
             pops: vec![(self.name.clone(), Delivery::Purged)],
         };
         if let Some(fleet) = &self.fleet {
-            let purge = fleet.new_purge(kind, value);
+            let purge = fleet.new_purge(kind, value, deleted);
             fleet.record(&purge).await?;
             report.pops.extend(fleet.fan_out(&purge).await?);
             report.id = Some(purge.id);
         }
-        tracing::info!(?kind, value, purged, source = source.label(), id = ?report.id, "purged");
+        tracing::info!(?kind, value, deleted, purged, source = source.label(), id = ?report.id, "purged");
         Ok(report)
     }
 
@@ -487,7 +499,7 @@ impl Purger {
         purge: &Purge,
         source: PurgeSource,
     ) -> Result<PurgeReport, PurgeFailure> {
-        let purged = self.apply_here(purge.kind, &purge.value, source)?;
+        let purged = self.apply_here(purge.kind, &purge.value, purge.deleted, source)?;
         if let Some(fleet) = &self.fleet {
             fleet.record(purge).await?;
         }
@@ -497,6 +509,20 @@ impl Purger {
             purged,
             pops: vec![(self.name.clone(), Delivery::Purged)],
         })
+    }
+
+    /// Remembers that the media at `url` was deleted, before any cache is emptied, so no
+    /// miss in between can find a legacy copy. A URL that is no media is left alone.
+    fn lay_tombstone(&self, url: &str) {
+        let (Some(urls), Some(tombstones)) = (&self.urls, &self.tombstones) else {
+            return;
+        };
+        let Some(key) = urls.media_key(url) else {
+            return;
+        };
+        if let Err(e) = tombstones.lay(&key) {
+            tracing::error!(key = %key, error = %e, "cannot record the tombstone of deleted media; it holds until a restart");
+        }
     }
 
     fn canonical(&self, kind: PurgeKind, value: &str) -> Option<String> {
@@ -510,11 +536,15 @@ impl Purger {
         &self,
         kind: PurgeKind,
         value: &str,
+        deleted: bool,
         source: PurgeSource,
     ) -> Result<usize, PurgeFailure> {
         // A peer that keys differently (an older version) may send another spelling.
         let canonical = self.canonical(kind, value);
         let value = canonical.as_deref().unwrap_or(value);
+        if deleted && kind == PurgeKind::Url {
+            self.lay_tombstone(value);
+        }
         let purged = match &self.cache {
             Some(cache) => match kind {
                 PurgeKind::Url => cache.purge_url(value)?,

@@ -187,6 +187,7 @@ mod tests {
             kind: PurgeKind::Url,
             value: "media.example/system/a.png".to_string(),
             origin: "fra".to_string(),
+            deleted: false,
         }
     }
 

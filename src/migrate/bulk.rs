@@ -24,7 +24,7 @@ use super::progress::{Counters, RateLimit, Reporter, Summary};
 use crate::config::model::StoreKind;
 use crate::config::Config;
 use crate::origin::Places;
-use crate::store::{Lookup, ObjectKey, ObjectStore, PutOutcome, Source, StoreError};
+use crate::store::{Lookup, ObjectKey, ObjectStore, PutOutcome, Source, StoreError, Tombstones};
 
 const STATE_HEADER: &str = "edgecache-migrate-state 1";
 
@@ -60,6 +60,11 @@ pub enum MigrateError {
     },
     #[error("cannot reach the store: {0}")]
     Store(#[from] StoreError),
+    #[error("tombstones of deleted media {}: {source}", path.display())]
+    Tombstones {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The state file: one line per key that every destination has, after a header naming the
@@ -178,6 +183,16 @@ impl StateFile {
     }
 }
 
+/// What became of one key.
+enum Moved {
+    /// Copied (or, in a dry run, would be), this many bytes.
+    Bytes(u64),
+    /// Every store had it already.
+    AlreadyThere,
+    /// Its media was deleted: left alone.
+    Deleted,
+}
+
 struct Job {
     source: Arc<dyn Source>,
     stores: Vec<(String, Arc<dyn ObjectStore>)>,
@@ -188,6 +203,8 @@ struct Job {
     objects: Option<RateLimit>,
     bytes: Option<RateLimit>,
     dry_run: bool,
+    /// Deleted media, never copied back; the running PoP may add to them meanwhile.
+    tombstones: Tombstones,
 }
 
 /// Runs a migration to the end and says how it went.
@@ -240,6 +257,11 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    let tombstones =
+        Tombstones::read(&config.tombstones).map_err(|source| MigrateError::Tombstones {
+            path: config.tombstones.path.clone().unwrap_or_default(),
+            source,
+        })?;
     let counters = Arc::new(Counters::default());
     if let Some(list) = &options.keys {
         let total = keys::count_listed(list).map_err(|source| MigrateError::Keys {
@@ -260,6 +282,7 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
         objects: options.objects_per_second.map(RateLimit::new),
         bytes: options.bytes_per_second.map(|b| RateLimit::new(b as f64)),
         dry_run: options.dry_run,
+        tombstones,
     });
 
     let (sender, receiver) = mpsc::channel::<KeyEntry>(1024);
@@ -325,6 +348,17 @@ pub async fn run(config: &Config, options: MigrateOptions) -> Result<Summary, Mi
 }
 
 impl Job {
+    /// Whether `key`'s media was deleted (counted and reported when so).
+    fn deleted(&self, key: &ObjectKey) -> bool {
+        self.tombstones.pick_up_new();
+        if !self.tombstones.contains(key) {
+            return false;
+        }
+        self.counters.tombstoned.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(key = %key, "not migrated: the media was deleted (tombstone)");
+        true
+    }
+
     async fn one(&self, entry: KeyEntry) {
         let key = match entry {
             KeyEntry::Key(key) => key,
@@ -338,23 +372,28 @@ impl Job {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if self.deleted(&key) {
+            return;
+        }
         if let Some(limit) = &self.objects {
             limit.take(1.0).await;
         }
         match self.migrate(&key).await {
-            Ok(Some(bytes)) => {
+            Ok(Moved::Bytes(bytes)) => {
                 self.counters.moved.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
             }
-            Ok(None) => {
+            Ok(Moved::AlreadyThere) => {
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             }
+            // Counted where it was found.
+            Ok(Moved::Deleted) => {}
             Err(reason) => self.counters.fail(key.as_str(), reason),
         }
     }
 
-    /// Moves one object; `Ok(None)` when every store already had it.
-    async fn migrate(&self, key: &ObjectKey) -> Result<Option<u64>, String> {
+    /// Moves one object.
+    async fn migrate(&self, key: &ObjectKey) -> Result<Moved, String> {
         let info = match self.source.get(key, None, false).await {
             Ok(Lookup::Found(found)) => found.info,
             Ok(_) => return Err("the source does not have it".to_string()),
@@ -382,10 +421,14 @@ impl Job {
             if !self.dry_run {
                 self.state.record(key);
             }
-            return Ok(None);
+            return Ok(Moved::AlreadyThere);
         }
         if self.dry_run {
-            return Ok(Some(info.len));
+            return Ok(Moved::Bytes(info.len));
+        }
+        // It may have been deleted while this run was on its way here.
+        if self.deleted(key) {
+            return Ok(Moved::Deleted);
         }
         // One spool file per attempt: a key listed twice may be in two workers at once.
         let spool = self.spool_dir.join(format!(
@@ -397,7 +440,7 @@ impl Job {
         let _ = tokio::fs::remove_file(&spool).await;
         result?;
         self.state.record(key);
-        Ok(Some(info.len))
+        Ok(Moved::Bytes(info.len))
     }
 
     async fn copy(

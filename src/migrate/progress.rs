@@ -18,6 +18,8 @@ const EXAMPLES_PER_REASON: usize = 5;
 pub struct Counters {
     pub moved: AtomicU64,
     pub skipped: AtomicU64,
+    /// Keys whose media was deleted (a tombstone): never copied.
+    pub tombstoned: AtomicU64,
     pub failed: AtomicU64,
     pub bytes: AtomicU64,
     /// Keys the source has, once known (0 until then).
@@ -42,6 +44,7 @@ impl Counters {
     fn done(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
             + self.skipped.load(Ordering::Relaxed)
+            + self.tombstoned.load(Ordering::Relaxed)
             + self.failed.load(Ordering::Relaxed)
     }
 
@@ -49,7 +52,9 @@ impl Counters {
     fn remaining(&self) -> Option<u64> {
         self.total_known.load(Ordering::Relaxed).then(|| {
             self.total.load(Ordering::Relaxed).saturating_sub(
-                self.moved.load(Ordering::Relaxed) + self.skipped.load(Ordering::Relaxed),
+                self.moved.load(Ordering::Relaxed)
+                    + self.skipped.load(Ordering::Relaxed)
+                    + self.tombstoned.load(Ordering::Relaxed),
             )
         })
     }
@@ -59,6 +64,7 @@ impl Counters {
 pub struct Summary {
     pub moved: u64,
     pub skipped: u64,
+    pub tombstoned: u64,
     pub failed: u64,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -71,6 +77,7 @@ impl Summary {
         Summary {
             moved: counters.moved.load(Ordering::Relaxed),
             skipped: counters.skipped.load(Ordering::Relaxed),
+            tombstoned: counters.tombstoned.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
             bytes: counters.bytes.load(Ordering::Relaxed),
             elapsed,
@@ -83,10 +90,11 @@ impl Summary {
         let seconds = self.elapsed.as_secs_f64().max(0.001);
         let verb = if self.dry_run { "would move" } else { "moved" };
         let mut out = format!(
-            "migrate: {verb} {} objects ({}), skipped {}, failed {} in {:.1}s ({:.1} objects/s, {}/s)\n",
+            "migrate: {verb} {} objects ({}), skipped {}, deleted media left alone {}, failed {} in {:.1}s ({:.1} objects/s, {}/s)\n",
             self.moved,
             human_bytes(self.bytes),
             self.skipped,
+            self.tombstoned,
             self.failed,
             seconds,
             self.moved as f64 / seconds,
@@ -243,6 +251,7 @@ fn write_metrics(path: &std::path::Path, counters: &Counters) -> std::io::Result
     for (result, value) in [
         ("moved", &counters.moved),
         ("skipped", &counters.skipped),
+        ("tombstoned", &counters.tombstoned),
         ("failed", &counters.failed),
     ] {
         let _ = writeln!(

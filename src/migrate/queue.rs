@@ -28,7 +28,7 @@ use super::tee::Tee;
 use crate::config::model::WriteThroughSettings;
 use crate::metrics;
 use crate::origin::Places;
-use crate::store::{ObjectInfo, ObjectKey, PutOutcome};
+use crate::store::{ObjectInfo, ObjectKey, PutOutcome, Tombstones};
 
 const JOB_FORMAT: u32 = 1;
 
@@ -87,6 +87,8 @@ pub struct WriteThroughQueue {
     wake: Notify,
     places: Arc<Places>,
     next_id: AtomicU64,
+    /// A job whose media was deleted meanwhile is dropped, never uploaded.
+    tombstones: Arc<Tombstones>,
 }
 
 /// Room for one job in the queue, given back when dropped unless the job was committed.
@@ -124,6 +126,7 @@ impl WriteThroughQueue {
     pub fn open(
         settings: &WriteThroughSettings,
         places: Arc<Places>,
+        tombstones: Arc<Tombstones>,
     ) -> Result<Arc<WriteThroughQueue>, QueueError> {
         let jobs_dir = settings.queue_dir.join("jobs");
         let failed_dir = settings.queue_dir.join("failed");
@@ -147,10 +150,18 @@ impl WriteThroughQueue {
             wake: Notify::new(),
             places,
             next_id: AtomicU64::new(unix_nanos()),
+            tombstones,
         });
         // Series start at 0, so rate() and alerts see them before the first event.
         let m = crate::metrics::get();
-        for event in ["queued", "done", "failed", "dropped", "too_large"] {
+        for event in [
+            "queued",
+            "done",
+            "failed",
+            "dropped",
+            "too_large",
+            "tombstoned",
+        ] {
             m.write_through_jobs.with_label_values(&[event]);
         }
         for store in queue.places.store_names() {
@@ -402,6 +413,14 @@ impl WriteThroughQueue {
             self.release(&record.key, record.len);
             return;
         }
+        // Queued before the media was deleted: uploading it now would bring it back.
+        if self.tombstones.contains(&key) {
+            tracing::info!(key = %key, "write-through job dropped: the media was deleted");
+            let _ = std::fs::remove_file(self.job_path(id));
+            let _ = std::fs::remove_file(&body);
+            self.finish(id, &record, "tombstoned");
+            return;
+        }
         let mut md5 = [0u8; 16];
         if hex::decode_to_slice(&record.md5, &mut md5).is_err() {
             record.stores.clear();
@@ -574,6 +593,10 @@ mod tests {
         Arc::new(Places::build(&BTreeMap::new()).expect("no stores"))
     }
 
+    fn no_tombstones() -> Arc<Tombstones> {
+        Arc::new(Tombstones::memory_only())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -645,7 +668,7 @@ mod tests {
                 };
                 std::fs::write(jobs_dir.join(format!("{id}.job")), text).expect("job");
             }
-            let queue = WriteThroughQueue::open(&settings(dir.path()), no_places())
+            let queue = WriteThroughQueue::open(&settings(dir.path()), no_places(), no_tombstones())
                 .expect("opens");
             let state = queue.state.lock();
             // A later file of the same id replaced an earlier one, so only the last counts.
@@ -668,7 +691,8 @@ mod tests {
         let jobs_dir = dir.path().join("jobs");
         std::fs::create_dir_all(&jobs_dir).expect("jobs dir");
         std::fs::write(jobs_dir.join(format!("{}.body", u64::MAX)), b"x").expect("body");
-        let queue = WriteThroughQueue::open(&settings(dir.path()), no_places()).expect("opens");
+        let queue = WriteThroughQueue::open(&settings(dir.path()), no_places(), no_tombstones())
+            .expect("opens");
         assert_eq!(queue.next_id.load(Ordering::Relaxed), u64::MAX);
     }
 
@@ -711,7 +735,8 @@ mod tests {
             attempts: u32::MAX,
         };
         std::fs::write(jobs_dir.join("7.job"), job_bytes(&job)).expect("job");
-        let queue = WriteThroughQueue::open(&settings(&queue_dir), places).expect("opens");
+        let queue =
+            WriteThroughQueue::open(&settings(&queue_dir), places, no_tombstones()).expect("opens");
         let (id, record, key) = queue.take_due().expect("the job is due");
         queue.run_job(id, record, key).await;
         assert!(queue_dir.join("failed/7.job").exists());

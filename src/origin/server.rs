@@ -29,7 +29,7 @@ use crate::migrate::queue::{NewJob, WriteThroughQueue};
 use crate::migrate::tee::tee_body;
 use crate::proxy::ProxySettings;
 use crate::store::directory::content_type_for;
-use crate::store::{ByteRange, Found, ObjectKey};
+use crate::store::{ByteRange, Found, ObjectKey, Tombstones};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -39,6 +39,7 @@ pub struct MediaServer {
     places: Arc<Places>,
     settings: Arc<ArcSwap<ProxySettings>>,
     write_through: Option<Arc<WriteThroughQueue>>,
+    tombstones: Arc<Tombstones>,
 }
 
 impl MediaServer {
@@ -48,6 +49,7 @@ impl MediaServer {
         places: Arc<Places>,
         settings: Arc<ArcSwap<ProxySettings>>,
         write_through: Option<Arc<WriteThroughQueue>>,
+        tombstones: Arc<Tombstones>,
     ) -> std::io::Result<MediaServer> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         listener.set_nonblocking(true)?;
@@ -58,6 +60,7 @@ impl MediaServer {
             places,
             settings,
             write_through,
+            tombstones,
         })
     }
 
@@ -86,6 +89,7 @@ impl BackgroundService for MediaServer {
             places: self.places.clone(),
             settings: self.settings.clone(),
             write_through: self.write_through.clone(),
+            tombstones: self.tombstones.clone(),
         });
         loop {
             let (stream, _) = tokio::select! {
@@ -122,6 +126,7 @@ struct Handler {
     places: Arc<Places>,
     settings: Arc<ArcSwap<ProxySettings>>,
     write_through: Option<Arc<WriteThroughQueue>>,
+    tombstones: Arc<Tombstones>,
 }
 
 fn text(status: StatusCode, message: &str, cache_control: &str) -> Response<Body> {
@@ -233,13 +238,26 @@ impl Handler {
         } else {
             single_range(req.headers().get(header::RANGE))
         };
-        let mut answer = self
-            .places
-            .lookup(&media.chain, &key, range, with_body)
-            .await;
+        // Deleted media is looked for only where Mastodon writes: a legacy copy must not
+        // bring it back, and a new upload under the key is served.
+        let tombstoned = self.tombstones.contains(&key);
+        let chain: Vec<String> = if tombstoned {
+            metrics::get().media_tombstoned_lookups.inc();
+            media
+                .chain
+                .iter()
+                .filter(|place| media.write_through.contains(place))
+                .cloned()
+                .collect()
+        } else {
+            media.chain.clone()
+        };
+        let mut answer = self.places.lookup(&chain, &key, range, with_body).await;
         if let ChainAnswer::Found { found, place, .. } = &mut answer {
             found.info.content_type = Some(media_type(found.info.content_type.take(), &key));
-            self.write_through(media, &key, found, place);
+            if !tombstoned {
+                self.write_through(media, &key, found, place);
+            }
         }
         respond(answer, media, NO_STORE)
     }

@@ -13,8 +13,9 @@ use crate::store::ObjectKey;
 /// Reads the live routes, so a reload that adds or moves a media route applies at once.
 pub struct MediaUrls(pub Arc<ArcSwap<ProxySettings>>);
 
-impl CanonicalUrls for MediaUrls {
-    fn canonical(&self, url: &str) -> Option<String> {
+impl MediaUrls {
+    /// The scheme as written (or nothing), the host, the media route's path and the key.
+    fn media_target<'u>(&self, url: &'u str) -> Option<(&'u str, &'u str, String, ObjectKey)> {
         let (scheme, rest) = ["https://", "http://"]
             .iter()
             .find_map(|s| url.strip_prefix(s).map(|rest| (*s, rest)))
@@ -26,6 +27,17 @@ impl CanonicalUrls for MediaUrls {
         let route = settings.sites.route(&host.to_ascii_lowercase(), path)?;
         route.media.as_ref()?;
         let key = ObjectKey::for_route(&route.path, path).ok()??;
-        Some(format!("{scheme}{host}{}", key.canonical_path(&route.path)))
+        Some((scheme, host, route.path.clone(), key))
+    }
+}
+
+impl CanonicalUrls for MediaUrls {
+    fn canonical(&self, url: &str) -> Option<String> {
+        let (scheme, host, route_path, key) = self.media_target(url)?;
+        Some(format!("{scheme}{host}{}", key.canonical_path(&route_path)))
+    }
+
+    fn media_key(&self, url: &str) -> Option<ObjectKey> {
+        self.media_target(url).map(|(_, _, _, key)| key)
     }
 }

@@ -89,7 +89,8 @@ impl EdgeProxy {
         let outcome = self
             .shared
             .purger
-            .purge(PurgeKind::Url, &target, PurgeSource::CacheBuster)
+            // Mastodon busts a URL when it deleted (or replaced) its media.
+            .purge(PurgeKind::Url, &target, true, PurgeSource::CacheBuster)
             .await;
         match outcome {
             Ok(report) => {

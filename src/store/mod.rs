@@ -10,6 +10,7 @@
 pub mod directory;
 pub mod key;
 pub mod s3;
+pub mod tombstones;
 
 use std::path::Path;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use key::{KeyError, ObjectKey};
+pub use tombstones::Tombstones;
 
 /// A body as it arrives; an error ends it early (the object must then not be trusted whole).
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;

@@ -9,6 +9,7 @@ mod bounds;
 mod cache;
 mod config_errors;
 mod dashboards;
+mod deleted_media;
 mod disk_cache;
 mod fleet;
 mod forwarding;

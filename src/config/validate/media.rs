@@ -7,8 +7,8 @@ use serde::Deserialize;
 use super::{valid_label, Checker};
 use crate::config::file::{self, StoreFile};
 use crate::config::model::{
-    BreakerSettings, MediaRoute, S3Credentials, S3Settings, Secret, StoreKind, StoreSettings,
-    WriteThroughSettings,
+    BreakerSettings, FleetSettings, MediaRoute, S3Credentials, S3Settings, Secret, StoreKind,
+    StoreSettings, TombstoneSettings, WriteThroughSettings,
 };
 
 /// S3 refuses parts under 5 MiB (except the last) and over 5 GiB.
@@ -335,5 +335,35 @@ pub(super) fn write_through(
         retry_min: file.retry_min.get(),
         retry_max: file.retry_max.get(),
         max_attempts: file.max_attempts,
+    }
+}
+
+pub(super) fn tombstones(
+    check: &mut Checker,
+    file: &file::TombstonesFile,
+    fleet: Option<&FleetSettings>,
+) -> TombstoneSettings {
+    if file.max_entries == 0 {
+        check.problem("tombstones.max_entries", "must be at least 1");
+    }
+    if file.max_age.get().is_zero() {
+        check.problem("tombstones.max_age", "must be more than 0s");
+    }
+    let path = file
+        .path
+        .clone()
+        .or_else(|| fleet.map(|f| f.state_dir.join("tombstones")));
+    if let Some(dir) = path.as_ref().and_then(|p| p.parent()) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() && file.path.is_some() {
+            check.problem(
+                "tombstones.path",
+                format!("{} is not a directory", dir.display()),
+            );
+        }
+    }
+    TombstoneSettings {
+        path,
+        max_entries: file.max_entries.max(1),
+        max_age: file.max_age.get(),
     }
 }
