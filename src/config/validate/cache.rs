@@ -27,10 +27,14 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
                 "must not exceed cache.disk.max_size",
             );
         }
+        if disk.max_entries == 0 {
+            check.problem("cache.disk.max_entries", "must be at least 1");
+        }
         DiskTierSettings {
             path: check.resolve_path(&disk.path),
             max_size: disk.max_size.bytes(),
             max_object_size: disk.max_object_size.bytes(),
+            max_entries: disk.max_entries,
         }
     });
     if cache.lock_timeout.get().is_zero() {
