@@ -256,6 +256,22 @@ impl DiskIndex {
         last.filter(|_| seen == limit)
     }
 
+    /// What a URL purge did before the URL set: a walk over every entry under the lock.
+    /// Kept for the benchmark's comparison.
+    #[cfg(test)]
+    pub(super) fn remove_url_by_walking_every_entry(&mut self, primary: &Hash) -> Vec<Removed> {
+        let doomed: Vec<Hash> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| &e.primary == primary)
+            .map(|(combined, _)| *combined)
+            .collect();
+        doomed
+            .iter()
+            .filter_map(|combined| self.remove(combined))
+            .collect()
+    }
+
     /// Panics unless the URL set, the byte count and the bounds agree with the entries.
     #[cfg(test)]
     pub(super) fn assert_consistent(&self) {

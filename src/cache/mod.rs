@@ -12,6 +12,8 @@ pub mod disk;
 mod disk_files;
 mod disk_index;
 #[cfg(test)]
+mod disk_index_bench;
+#[cfg(test)]
 mod disk_tests;
 mod fill;
 mod hit;
