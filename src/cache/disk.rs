@@ -12,7 +12,11 @@
 //! The LRU order survives restarts through the meta files' modification times: a hit
 //! touches its meta file at most once a minute, and the start-up scan orders entries by it.
 //!
-//! The file formats and the start-up scan live in `disk_files.rs`.
+//! The tier is bounded by what it takes on the filesystem, not by the bytes it was handed:
+//! each entry counts both its files rounded up to the filesystem's block, and there are at
+//! most `max_entries` of them (each costs two inodes). The index, its bounds and the URL set
+//! purges go through live in `disk_index.rs`; the file formats and the start-up scan in
+//! `disk_files.rs`.
 //!
 //! File I/O here is plain blocking calls from the request's thread, the way nginx reads
 //! cache files by default: reads and writes land in the page cache and take microseconds.
@@ -26,55 +30,33 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::disk_files::{encode_meta_file, read_meta_file, scan, EntryProblem, MetaRecord};
+use super::disk_files::{
+    claim_directory, encode_meta_file, filesystem_block, read_meta_file, scan, EntryProblem,
+    MetaRecord, BLOCK_SIZE,
+};
+use super::disk_index::{allocated, Bounds, DiskEntry, DiskIndex, Removed, UrlKey};
 use super::meta::StoredMeta;
 use super::{CacheError, Hash};
 use crate::config::model::DiskTierSettings;
 use crate::metrics;
 
-/// The on-disk format's directory; a different format lives in a different directory, and
-/// directories of other formats are removed at start.
-const FORMAT_DIR: &str = "v1";
 const BODY_MAGIC: &[u8; 8] = b"ECBODY01";
 /// The body file starts with its magic and generation.
 pub const BODY_HEADER_LEN: u64 = 16;
-/// Bodies are checksummed and read in blocks of this size.
-pub const BLOCK_SIZE: usize = 256 * 1024;
-/// Marks a directory as edgecache's own, so a mistyped path is never emptied.
-const MARKER: &str = "EDGECACHE-CACHE-DIR";
 /// A hit moves an entry's meta file time forward at most this often.
 const TOUCH_INTERVAL_SECS: u64 = 60;
-
-/// What the index keeps per entry.
-#[derive(Clone)]
-pub(super) struct DiskEntry {
-    pub(super) primary: Hash,
-    pub(super) generation: u64,
-    /// Both files' bytes.
-    pub(super) size: u64,
-    /// Known once the meta file has been read (entries found by the start-up scan are not
-    /// read until used).
-    pub(super) url: Option<Arc<str>>,
-    pub(super) touched_secs: u64,
-    /// When this process committed it (`None` for entries found at start).
-    pub(super) committed: Option<std::time::Instant>,
-}
-
-struct DiskIndex {
-    entries: LruCache<Hash, DiskEntry>,
-    /// Bytes of committed entries.
-    used: u64,
-    /// Bytes promised to bodies still being written.
-    reserved: u64,
-}
+/// Work over every entry (a prefix purge, taking in another process's entries) holds the
+/// index lock for this many entries at a time and lets go in between, so hits are never
+/// held up for the whole walk.
+const ENTRIES_PER_LOCK: usize = 1024;
 
 pub struct DiskTier {
     root: PathBuf,
     tmp: PathBuf,
-    max_size: u64,
+    /// The filesystem's allocation unit: every file takes a whole number of these.
+    fs_block: u64,
     max_object_size: u64,
     index: Mutex<DiskIndex>,
     next_generation: AtomicU64,
@@ -113,35 +95,7 @@ impl DiskTier {
             what: format!("{what} {}", path.display()),
             source: e,
         };
-        fs::create_dir_all(base).map_err(|e| io_error("cannot create", base, e))?;
-        let marker = base.join(MARKER);
-        if !marker.exists() {
-            let mut listing = fs::read_dir(base).map_err(|e| io_error("cannot read", base, e))?;
-            if listing.next().is_some() {
-                return Err(CacheError::ForeignDirectory(base.clone()));
-            }
-            fs::write(
-                &marker,
-                "This directory holds edgecache's disk cache; edgecache may delete anything in it.\n",
-            )
-            .map_err(|e| io_error("cannot write", &marker, e))?;
-        }
-        // Directories of other formats: their entries are misses now, so they go.
-        for entry in fs::read_dir(base).map_err(|e| io_error("cannot read", base, e))? {
-            let Ok(entry) = entry else { continue };
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let is_format_dir = name.len() > 1
-                && name.starts_with('v')
-                && name[1..].bytes().all(|b| b.is_ascii_digit());
-            if is_format_dir && name != FORMAT_DIR {
-                tracing::info!(dir = %entry.path().display(), "removing a cache directory of an old format");
-                if let Err(e) = fs::remove_dir_all(entry.path()) {
-                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove old cache directory");
-                }
-            }
-        }
-        let root = base.join(FORMAT_DIR);
+        let root = claim_directory(base)?;
         // Bodies still arriving when their process stopped are never complete; those of
         // a running process (the old one, during a graceful upgrade) are left alone.
         let tmp_root = root.join("tmp");
@@ -149,17 +103,16 @@ impl DiskTier {
             .map_err(|e| io_error("cannot prepare", &tmp_root, e))?;
 
         let started = std::time::Instant::now();
-        let (found, highest_generation) = scan(&root, true);
+        let fs_block = filesystem_block(&root);
+        let (found, highest_generation) = scan(&root, fs_block, true);
         let mut entries: Vec<(Hash, DiskEntry)> = found.into_iter().collect();
         entries.sort_by_key(|(_, e)| e.touched_secs);
-        let mut index = DiskIndex {
-            entries: LruCache::unbounded(),
-            used: 0,
-            reserved: 0,
-        };
+        let mut index = DiskIndex::new(Bounds {
+            max_bytes: settings.max_size,
+            max_entries: usize::try_from(settings.max_entries).unwrap_or(usize::MAX),
+        });
         for (combined, entry) in entries {
-            index.used += entry.size;
-            index.entries.push(combined, entry);
+            index.insert(combined, entry);
         }
         let now_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -167,20 +120,21 @@ impl DiskTier {
         let tier = DiskTier {
             root,
             tmp,
-            max_size: settings.max_size,
+            fs_block,
             max_object_size: settings.max_object_size,
             index: Mutex::new(index),
             next_generation: AtomicU64::new(now_nanos.max(highest_generation + 1)),
         };
-        // The bound may have shrunk since the entries were written.
+        // The bounds may have shrunk since the entries were written.
         let victims = tier.evict_to_fit(&mut tier.index.lock());
         tier.delete_files(&victims);
         {
             let index = tier.index.lock();
             tracing::info!(
                 dir = %base.display(),
-                objects = index.entries.len(),
-                bytes = index.used,
+                objects = index.len(),
+                bytes = index.used(),
+                fs_block,
                 evicted = victims.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "disk cache opened"
@@ -200,29 +154,27 @@ impl DiskTier {
     /// here would miss them and a restart would serve them again. Deletes nothing but the
     /// copies it supersedes. Returns how many entries were taken in.
     pub fn adopt_unindexed(&self) -> usize {
-        let (found, highest_generation) = scan(&self.root, false);
+        let (found, highest_generation) = scan(&self.root, self.fs_block, false);
         self.next_generation
             .fetch_max(highest_generation + 1, Ordering::Relaxed);
-        let mut index = self.index.lock();
-        let mut victims = Vec::new();
+        let found: Vec<(Hash, DiskEntry)> = found.into_iter().collect();
         let mut adopted = 0;
-        for (combined, entry) in found {
-            if let Some(known) = index.entries.peek(&combined) {
-                if known.generation >= entry.generation {
+        // In chunks, letting go of the lock in between: the scan found every entry.
+        for chunk in found.chunks(ENTRIES_PER_LOCK) {
+            let mut index = self.index.lock();
+            let mut victims = Vec::new();
+            for (combined, entry) in chunk {
+                let known = index.peek(combined).map(|e| e.generation);
+                if known.is_some_and(|known| known >= entry.generation) {
                     continue;
                 }
+                victims.extend(index.insert(*combined, entry.clone()));
+                adopted += 1;
             }
-            if let Some(old) = index.entries.pop(&combined) {
-                index.used = index.used.saturating_sub(old.size);
-                victims.push((combined, old));
-            }
-            index.used += entry.size;
-            index.entries.push(combined, entry);
-            adopted += 1;
+            victims.extend(self.evict_to_fit(&mut index));
+            drop(index);
+            self.delete_files(&victims);
         }
-        victims.extend(self.evict_to_fit(&mut index));
-        drop(index);
-        self.delete_files(&victims);
         self.report();
         adopted
     }
@@ -239,7 +191,6 @@ impl DiskTier {
     pub fn committed_within(&self, combined: &Hash, window: std::time::Duration) -> bool {
         self.index
             .lock()
-            .entries
             .peek(combined)
             .and_then(|e| e.committed)
             .is_some_and(|at| at.elapsed() < window)
@@ -248,24 +199,19 @@ impl DiskTier {
     /// Opens the committed entry for `combined`, or `None`. A damaged entry is removed and
     /// reported as absent.
     pub fn lookup(&self, combined: &Hash) -> Option<DiskObject> {
-        let entry = self.index.lock().entries.get(combined).cloned()?;
+        let entry = self.index.lock().get(combined).cloned()?;
         match self.open_entry(combined, &entry) {
             Ok(object) => {
-                let now = now_secs();
-                let url = object.url.clone();
-                let mut index = self.index.lock();
-                if let Some(live) = index.entries.peek_mut(combined) {
-                    if live.generation == entry.generation {
-                        live.url.get_or_insert(url);
-                        if now.saturating_sub(live.touched_secs) >= TOUCH_INTERVAL_SECS {
-                            live.touched_secs = now;
-                            drop(index);
-                            let meta_path =
-                                self.entry_path(&entry.primary, combined, entry.generation, "meta");
-                            if let Ok(file) = File::options().write(true).open(&meta_path) {
-                                let _ = file.set_modified(SystemTime::now());
-                            }
-                        }
+                let touched = {
+                    let mut index = self.index.lock();
+                    index.learn_url(combined, entry.generation, object.url.clone());
+                    index.touch(combined, entry.generation, now_secs(), TOUCH_INTERVAL_SECS)
+                };
+                if touched {
+                    let meta_path =
+                        self.entry_path(&entry.primary, combined, entry.generation, "meta");
+                    if let Ok(file) = File::options().write(true).open(&meta_path) {
+                        let _ = file.set_modified(SystemTime::now());
                     }
                 }
                 Some(object)
@@ -401,25 +347,32 @@ impl DiskTier {
         })
     }
 
+    /// What the body file of a body of `body_len` bytes takes on the filesystem: what a
+    /// body being written claims, counted the way its entry will be.
+    pub fn body_allocation(&self, body_len: u64) -> u64 {
+        allocated(BODY_HEADER_LEN + body_len, self.fs_block)
+    }
+
     /// Accounts for `bytes` more of a body being written, evicting to make room. `false`
     /// (the body will not be kept) when bodies in flight already claim half the tier: past
     /// that, making room for them would empty the cache of what people are reading.
     pub fn reserve(&self, bytes: u64) -> bool {
         let mut index = self.index.lock();
-        if index.reserved + bytes > self.max_size / 2 {
+        if !index.reserve(bytes) {
             return false;
         }
-        index.reserved += bytes;
         let victims = self.evict_to_fit(&mut index);
-        let fits = index.used + index.reserved <= self.max_size;
+        let fits = index.fits();
+        if !fits {
+            index.release(bytes);
+        }
         drop(index);
         self.delete_files(&victims);
         fits
     }
 
     pub fn release(&self, bytes: u64) {
-        let mut index = self.index.lock();
-        index.reserved = index.reserved.saturating_sub(bytes);
+        self.index.lock().release(bytes);
     }
 
     /// Makes a complete body an entry: writes its meta file, moves both into place and
@@ -469,34 +422,31 @@ impl DiskTier {
             self.release(reserved);
             return Err(e);
         }
-        let size = BODY_HEADER_LEN + body_len + meta_bytes.len() as u64;
         let entry = DiskEntry {
             primary: *primary,
             generation: body.generation,
-            size,
+            size: self.entry_allocation(body_len, meta_bytes.len() as u64),
             url: Some(url.clone()),
             touched_secs: now_secs(),
             committed: Some(std::time::Instant::now()),
         };
         let mut index = self.index.lock();
-        index.reserved = index.reserved.saturating_sub(reserved);
-        let mut victims = Vec::new();
-        if let Some((old_key, old)) = index.entries.push(*combined, entry) {
-            if old_key == *combined && old.generation != body.generation {
-                index.used = index.used.saturating_sub(old.size);
-                victims.push((old_key, old));
-            }
-        }
-        index.used += size;
+        index.release(reserved);
+        let mut victims: Vec<Removed> = index.insert(*combined, entry).into_iter().collect();
         victims.extend(self.evict_to_fit(&mut index));
         drop(index);
         self.delete_files(&victims);
         Ok(())
     }
 
+    /// What an entry's two files take on the filesystem.
+    fn entry_allocation(&self, body_len: u64, meta_len: u64) -> u64 {
+        self.body_allocation(body_len) + allocated(meta_len, self.fs_block)
+    }
+
     /// Rewrites an entry's metadata (after a 304 refreshed it); its body stays.
     pub fn update_meta(&self, combined: &Hash, meta: &StoredMeta) -> bool {
-        let Some(entry) = self.index.lock().entries.peek(combined).cloned() else {
+        let Some(entry) = self.index.lock().peek(combined).cloned() else {
             return false;
         };
         let meta_path = self.entry_path(&entry.primary, combined, entry.generation, "meta");
@@ -518,7 +468,6 @@ impl DiskTier {
         // an entry evicted or purged meanwhile must not get its meta file back.
         let mut index = self.index.lock();
         let live = index
-            .entries
             .peek(combined)
             .is_some_and(|e| e.generation == entry.generation);
         if !live || fs::rename(&tmp, &meta_path).is_err() {
@@ -526,105 +475,99 @@ impl DiskTier {
             let _ = fs::remove_file(&tmp);
             return false;
         }
-        let body_len = record.body_len;
-        let new_size = BODY_HEADER_LEN + body_len + bytes.len() as u64;
-        let index = &mut *index;
-        if let Some(e) = index.entries.peek_mut(combined) {
-            index.used = index.used.saturating_sub(e.size) + new_size;
-            e.size = new_size;
-        }
+        let size = self.entry_allocation(record.body_len, bytes.len() as u64);
+        index.resize(combined, entry.generation, size);
+        // A longer meta file may have crossed into another block.
+        let victims = self.evict_to_fit(&mut index);
+        drop(index);
+        self.delete_files(&victims);
         true
     }
 
     /// Removes the entry for `combined`, whatever its generation.
     pub fn remove(&self, combined: &Hash) -> bool {
-        let mut index = self.index.lock();
-        let Some(victim) = index.entries.pop_entry(combined) else {
-            return false;
-        };
-        index.used = index.used.saturating_sub(victim.1.size);
-        drop(index);
-        self.delete_files(&[victim]);
-        true
+        let victim = self.index.lock().remove(combined);
+        let removed = victim.is_some();
+        self.delete_files(victim.as_slice());
+        removed
     }
 
     fn remove_generation(&self, combined: &Hash, generation: u64) {
-        let mut index = self.index.lock();
-        let same = index
-            .entries
-            .peek(combined)
-            .is_some_and(|e| e.generation == generation);
-        if !same {
-            return;
-        }
-        if let Some(victim) = index.entries.pop_entry(combined) {
-            index.used = index.used.saturating_sub(victim.1.size);
-            drop(index);
-            self.delete_files(&[victim]);
-        }
+        let victim = self.index.lock().remove_generation(combined, generation);
+        self.delete_files(victim.as_slice());
     }
 
-    /// Removes every entry (all variants) of the URL whose hash is `primary`.
+    /// Removes every entry (all variants) of the URL whose hash is `primary`, found through
+    /// the index's URL set: the lock is held for those entries only, whatever the tier holds.
     pub fn remove_primary(&self, primary: &Hash) -> usize {
-        self.remove_where(|_, entry| &entry.primary == primary)
-    }
-
-    /// Removes every entry whose URL starts with `prefix`. Entries not yet read since start
-    /// have their meta file read to learn their URL.
-    pub fn remove_prefix(&self, prefix: &str) -> usize {
-        let unknown: Vec<(Hash, DiskEntry)> = {
-            let index = self.index.lock();
-            index
-                .entries
-                .iter()
-                .filter(|(_, e)| e.url.is_none())
-                .map(|(k, e)| (*k, e.clone()))
-                .collect()
-        };
-        for (combined, entry) in unknown {
-            let path = self.entry_path(&entry.primary, &combined, entry.generation, "meta");
-            let url = read_meta_file(&path).ok().map(|r| Arc::<str>::from(r.url));
-            let mut index = self.index.lock();
-            if let Some(live) = index.entries.peek_mut(&combined) {
-                if live.generation == entry.generation {
-                    // An unreadable meta file is damage: its entry goes with the purge.
-                    live.url = Some(url.unwrap_or_else(|| Arc::from(prefix)));
-                }
-            }
-        }
-        self.remove_where(|_, entry| entry.url.as_deref().is_some_and(|u| u.starts_with(prefix)))
-    }
-
-    fn remove_where(&self, doomed: impl Fn(&Hash, &DiskEntry) -> bool) -> usize {
-        let mut index = self.index.lock();
-        let keys: Vec<Hash> = index
-            .entries
-            .iter()
-            .filter(|(k, e)| doomed(k, e))
-            .map(|(k, _)| *k)
-            .collect();
-        let mut victims = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(victim) = index.entries.pop_entry(&key) {
-                index.used = index.used.saturating_sub(victim.1.size);
-                victims.push(victim);
-            }
-        }
-        drop(index);
+        let victims = self.index.lock().remove_url(primary);
         self.delete_files(&victims);
         victims.len()
     }
 
-    /// Pops least recently used entries until committed and reserved bytes fit.
-    fn evict_to_fit(&self, index: &mut DiskIndex) -> Vec<(Hash, DiskEntry)> {
-        let mut victims = Vec::new();
-        while index.used + index.reserved > self.max_size {
-            let Some(victim) = index.entries.pop_lru() else {
-                break;
+    /// Removes every entry whose URL starts with `prefix`. URLs are hashed in the index, so
+    /// this walks every entry, a chunk at a time with the lock let go in between: hits go on
+    /// while it runs. An entry committed behind the walk while it runs is left, which is
+    /// right: a fill that began before this purge checks the purge itself when it commits.
+    /// Entries not yet read since start have their meta file read (outside the lock) to
+    /// learn their URL.
+    pub fn remove_prefix(&self, prefix: &str) -> usize {
+        let mut cursor: Option<UrlKey> = None;
+        let mut removed = 0;
+        loop {
+            let mut doomed: Vec<(Hash, u64)> = Vec::new();
+            let mut unread: Vec<(Hash, Hash, u64)> = Vec::new();
+            let next = self
+                .index
+                .lock()
+                .walk_chunk(cursor, ENTRIES_PER_LOCK, |combined, entry| {
+                    match &entry.url {
+                        Some(url) if url.starts_with(prefix) => {
+                            doomed.push((*combined, entry.generation));
+                        }
+                        Some(_) => {}
+                        None => unread.push((*combined, entry.primary, entry.generation)),
+                    }
+                });
+            let mut learnt = Vec::new();
+            for (combined, primary, generation) in unread {
+                let path = self.entry_path(&primary, &combined, generation, "meta");
+                match read_meta_file(&path) {
+                    Ok(record) => {
+                        if record.url.starts_with(prefix) {
+                            doomed.push((combined, generation));
+                        }
+                        learnt.push((combined, generation, Arc::<str>::from(record.url)));
+                    }
+                    // An unreadable meta file is damage: its entry goes with the purge.
+                    Err(_) => doomed.push((combined, generation)),
+                }
+            }
+            let victims: Vec<Removed> = {
+                let mut index = self.index.lock();
+                for (combined, generation, url) in learnt {
+                    index.learn_url(&combined, generation, url);
+                }
+                doomed
+                    .iter()
+                    .filter_map(|(combined, generation)| {
+                        index.remove_generation(combined, *generation)
+                    })
+                    .collect()
             };
-            index.used = index.used.saturating_sub(victim.1.size);
-            victims.push(victim);
+            removed += victims.len();
+            self.delete_files(&victims);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return removed,
+            }
         }
+    }
+
+    /// Takes least recently used entries out until committed and reserved bytes, and the
+    /// number of entries, fit.
+    fn evict_to_fit(&self, index: &mut DiskIndex) -> Vec<Removed> {
+        let victims = index.evict_to_fit();
         if !victims.is_empty() {
             metrics::get()
                 .cache_tier_evictions
@@ -634,7 +577,7 @@ impl DiskTier {
         victims
     }
 
-    fn delete_files(&self, victims: &[(Hash, DiskEntry)]) {
+    fn delete_files(&self, victims: &[Removed]) {
         for (combined, entry) in victims {
             // The meta file first: without it the entry no longer exists.
             for ext in ["meta", "body"] {
@@ -648,11 +591,17 @@ impl DiskTier {
         }
     }
 
+    /// The index, for tests that check it against the files.
+    #[cfg(test)]
+    pub(super) fn index_for_tests(&self) -> parking_lot::MutexGuard<'_, DiskIndex> {
+        self.index.lock()
+    }
+
     /// Publishes the tier's size to the metrics.
     pub fn report(&self) {
         let (objects, used) = {
             let index = self.index.lock();
-            (index.entries.len(), index.used + index.reserved)
+            (index.len(), index.claimed())
         };
         let m = metrics::get();
         m.cache_tier_bytes

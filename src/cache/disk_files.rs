@@ -1,5 +1,5 @@
-//! The disk tier's files: the meta file format, entry file names, and the start-up scan
-//! that rebuilds the index from them.
+//! The disk tier's files: the cache directory's claim and format, the meta file format,
+//! entry file names, and the start-up scan that rebuilds the index from them.
 //!
 //! Every read here is fallible on purpose: these bytes come from disk and may be
 //! truncated, damaged or from another format, and that must become a miss, never a panic.
@@ -12,10 +12,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::codec::{Reader, Writer};
-use super::disk::{DiskEntry, BLOCK_SIZE};
+use super::disk_index::{allocated, DiskEntry};
 use super::meta::StoredMeta;
-use super::Hash;
+use super::{CacheError, Hash};
 
+/// The on-disk format's directory; a different format lives in a different directory, and
+/// directories of other formats are removed at start.
+const FORMAT_DIR: &str = "v1";
+/// Marks a directory as edgecache's own, so a mistyped path is never emptied.
+const MARKER: &str = "EDGECACHE-CACHE-DIR";
+/// Bodies are checksummed and read in blocks of this size.
+pub const BLOCK_SIZE: usize = 256 * 1024;
+/// The filesystem block assumed when the filesystem does not say.
+const FALLBACK_FS_BLOCK: u64 = 4096;
 const META_MAGIC: &[u8; 8] = b"ECMETA02";
 /// No meta file is larger than this; a larger one is damage.
 const MAX_META_FILE: u64 = 16 * 1024 * 1024;
@@ -60,6 +69,66 @@ impl EntryProblem {
             },
         }
     }
+}
+
+/// Makes `base` the cache directory (creating it, or checking that edgecache created it)
+/// and removes directories of other formats; returns the format directory.
+pub(super) fn claim_directory(base: &Path) -> Result<PathBuf, CacheError> {
+    let io_error = |what: &str, path: &Path, e: io::Error| CacheError::Io {
+        what: format!("{what} {}", path.display()),
+        source: e,
+    };
+    fs::create_dir_all(base).map_err(|e| io_error("cannot create", base, e))?;
+    let marker = base.join(MARKER);
+    if !marker.exists() {
+        let mut listing = fs::read_dir(base).map_err(|e| io_error("cannot read", base, e))?;
+        if listing.next().is_some() {
+            return Err(CacheError::ForeignDirectory(base.to_path_buf()));
+        }
+        fs::write(
+            &marker,
+            "This directory holds edgecache's disk cache; edgecache may delete anything in it.\n",
+        )
+        .map_err(|e| io_error("cannot write", &marker, e))?;
+    }
+    // Directories of other formats: their entries are misses now, so they go.
+    for entry in fs::read_dir(base).map_err(|e| io_error("cannot read", base, e))? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_format_dir = name.len() > 1
+            && name.starts_with('v')
+            && name[1..].bytes().all(|b| b.is_ascii_digit());
+        if is_format_dir && name != FORMAT_DIR {
+            tracing::info!(dir = %entry.path().display(), "removing a cache directory of an old format");
+            if let Err(e) = fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove old cache directory");
+            }
+        }
+    }
+    Ok(base.join(FORMAT_DIR))
+}
+
+/// The filesystem's allocation unit under `dir` (its fragment size, which is what a small
+/// file is rounded up to), or a common block size when the filesystem does not say.
+// `c_ulong` is u64 here and narrower on 32-bit targets: the casts are not always no-ops.
+#[allow(clippy::unnecessary_cast)]
+pub(super) fn filesystem_block(dir: &Path) -> u64 {
+    let reported = nix::sys::statvfs::statvfs(dir)
+        .map(|stats| {
+            let fragment = stats.fragment_size() as u64;
+            if fragment > 0 {
+                fragment
+            } else {
+                stats.block_size() as u64
+            }
+        })
+        .unwrap_or(0);
+    if reported == 0 {
+        tracing::warn!(dir = %dir.display(), block = FALLBACK_FS_BLOCK, "the filesystem does not say its block size; assuming one");
+        return FALLBACK_FS_BLOCK;
+    }
+    reported
 }
 
 pub(super) fn encode_meta_file(record: &MetaRecord) -> Vec<u8> {
@@ -187,10 +256,11 @@ pub(super) struct FoundFiles {
 }
 
 /// Walks the format directory: pairs each meta file with its body and keeps the newest
-/// complete generation of each entry. With `tidy`, everything else (strays, half-pairs,
-/// superseded copies) is removed; only safe while no other writer is at work, since a
-/// half-pair may be an entry being committed.
-pub(super) fn scan(root: &Path, tidy: bool) -> (HashMap<Hash, DiskEntry>, u64) {
+/// complete generation of each entry, sized as the tier counts it (each file rounded up to
+/// `fs_block`). With `tidy`, everything else (strays, half-pairs, superseded copies) is
+/// removed; only safe while no other writer is at work, since a half-pair may be an entry
+/// being committed.
+pub(super) fn scan(root: &Path, fs_block: u64, tidy: bool) -> (HashMap<Hash, DiskEntry>, u64) {
     let mut files: HashMap<(Hash, u64), FoundFiles> = HashMap::new();
     let mut strays: Vec<PathBuf> = Vec::new();
     let mut highest_generation = 0;
@@ -245,7 +315,7 @@ pub(super) fn scan(root: &Path, tidy: bool) -> (HashMap<Hash, DiskEntry>, u64) {
         let entry = DiskEntry {
             primary: found.primary,
             generation,
-            size: meta_len + body_len,
+            size: allocated(meta_len, fs_block) + allocated(body_len, fs_block),
             url: None,
             touched_secs: mtime,
             committed: None,

@@ -18,7 +18,8 @@ use pingora::cache::storage::{HandleMiss, MissFinishType};
 use pingora::Result;
 use tokio::sync::watch;
 
-use super::disk::{TempBody, BLOCK_SIZE, BODY_HEADER_LEN};
+use super::disk::{TempBody, BODY_HEADER_LEN};
+use super::disk_files::BLOCK_SIZE;
 use super::memory::MemObject;
 use super::meta::StoredMeta;
 use super::storage::{internal, TieredStorage};
@@ -197,8 +198,12 @@ impl HandleMiss for FillWriter {
             Spool::Disk(file) => {
                 if let Some(disk) = &self.storage.disk {
                     if !self.over_budget {
-                        if disk.reserve(len) {
-                            self.reserved += len;
+                        // The body file's blocks, as its entry will be counted.
+                        let more = disk
+                            .body_allocation(self.written + len)
+                            .saturating_sub(self.reserved);
+                        if more == 0 || disk.reserve(more) {
+                            self.reserved += more;
                         } else {
                             // Never kept: what was reserved so far goes back now.
                             self.over_budget = true;

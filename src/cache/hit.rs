@@ -13,7 +13,8 @@ use pingora::Result;
 use prometheus::IntCounter;
 use tokio::sync::watch;
 
-use super::disk::{DiskObject, DiskTier, BLOCK_SIZE};
+use super::disk::{DiskObject, DiskTier};
+use super::disk_files::BLOCK_SIZE;
 use super::fill::{Fill, Progress};
 use super::memory::MemObject;
 use super::storage::internal;

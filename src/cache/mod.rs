@@ -10,6 +10,11 @@
 mod codec;
 pub mod disk;
 mod disk_files;
+mod disk_index;
+#[cfg(test)]
+mod disk_index_bench;
+#[cfg(test)]
+mod disk_tests;
 mod fill;
 mod hit;
 pub mod key;

@@ -521,11 +521,15 @@ impl Default for CacheMemoryFile {
 pub struct CacheDiskFile {
     /// A directory edgecache owns; entries survive restarts.
     pub path: PathBuf,
-    /// Bytes the directory holds at most; the least recently used objects go first.
+    /// Bytes the entries' files take on the filesystem at most (each file counted in whole
+    /// blocks, as `du` counts it); the least recently used objects go first.
     pub max_size: ByteSize,
     /// Larger objects are passed through uncached.
     #[serde(default = "defaults::disk_max_object_size")]
     pub max_object_size: ByteSize,
+    /// Entries at most: each is two files (two inodes) and a place in the in-memory index.
+    #[serde(default = "defaults::disk_max_entries")]
+    pub max_entries: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -715,6 +719,14 @@ mod defaults {
 
     pub fn disk_max_object_size() -> ByteSize {
         ByteSize(1024 * 1024 * 1024)
+    }
+
+    /// Sized for a small VM's inodes: ext4 gives one inode per 16 KiB, so a 25 GB disk has
+    /// about 1.6 million, and each entry takes two. 500,000 entries take a million, leaving
+    /// a third for the system and everything else on the disk. The index holds them in about
+    /// 150 MiB of memory (some 300 bytes an entry with its URL).
+    pub fn disk_max_entries() -> u64 {
+        500_000
     }
 
     pub fn fleet_max_pending() -> usize {

@@ -288,8 +288,10 @@ impl CacheStorage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiskTierSettings {
     pub path: PathBuf,
+    /// Bytes the filesystem allocates to the entries' files.
     pub max_size: u64,
     pub max_object_size: u64,
+    pub max_entries: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -16,12 +16,12 @@ use super::error::{ConfigError, ConfigProblem};
 use super::file::{self, AccessLogOutput, ConfigFile};
 use super::locate::KeyLines;
 use super::model::{
-    AccessLog, Admin, CachePolicy, CacheSettings, CacheStorage, Config, DiskTierSettings, Limits,
-    Listener, ListenerTls, Logging, Route, ServerSettings, Site, Sites, TrustedProxies,
-    PARSER_HEADER_LIMIT,
+    AccessLog, Admin, Config, Limits, Listener, ListenerTls, Logging, Route, ServerSettings, Site,
+    Sites, TrustedProxies, PARSER_HEADER_LIMIT,
 };
 use crate::tls::{load_certified_key, CertificateSet};
 
+mod cache;
 mod client_limits;
 mod core;
 mod fleet;
@@ -90,7 +90,7 @@ impl Config {
         let hide_response_headers = hidden_headers(&mut check, &parsed.proxy);
         let limits = limits(&mut check, &parsed.limits);
         let logging = logging(&mut check, &parsed.logging);
-        let cache = parsed.cache.as_ref().map(|c| cache(&mut check, c));
+        let cache = parsed.cache.as_ref().map(|c| cache::cache(&mut check, c));
         let stores = media::stores(&mut check, &parsed.stores);
         let write_through = parsed
             .write_through
@@ -456,68 +456,6 @@ fn logging(check: &mut Checker, logging: &file::LoggingFile) -> Logging {
             output: access.output,
             path,
             queue_size: access.queue_size.max(1),
-        },
-    }
-}
-
-fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettings {
-    let memory = &cache.memory;
-    // The memory tier weighs objects in 32-bit units.
-    if memory.max_object_size.bytes() > u64::from(u32::MAX) {
-        check.problem("cache.memory.max_object_size", "must be below 4GiB");
-    }
-    if memory.max_object_size > memory.max_size {
-        check.problem(
-            "cache.memory.max_object_size",
-            "must not exceed cache.memory.max_size",
-        );
-    }
-    let disk = cache.disk.as_ref().map(|disk| {
-        if disk.max_size.bytes() < 1024 * 1024 {
-            check.problem("cache.disk.max_size", "must be at least 1MiB");
-        }
-        if disk.max_object_size > disk.max_size {
-            check.problem(
-                "cache.disk.max_object_size",
-                "must not exceed cache.disk.max_size",
-            );
-        }
-        DiskTierSettings {
-            path: check.resolve_path(&disk.path),
-            max_size: disk.max_size.bytes(),
-            max_object_size: disk.max_object_size.bytes(),
-        }
-    });
-    if cache.lock_timeout.get().is_zero() {
-        check.problem("cache.lock_timeout", "must be greater than zero");
-    }
-    if cache.lock_age_timeout.get().is_zero() {
-        check.problem("cache.lock_age_timeout", "must be greater than zero");
-    }
-    for (i, name) in cache.session_cookies.iter().enumerate() {
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
-        {
-            check.problem(
-                &format!("cache.session_cookies[{i}]"),
-                format!("{name:?} is not a cookie name"),
-            );
-        }
-    }
-    CacheSettings {
-        storage: CacheStorage {
-            memory_max_size: memory.max_size.bytes(),
-            memory_max_object_size: memory.max_object_size.bytes(),
-            disk,
-            lock_timeout: cache.lock_timeout.get(),
-            lock_age_timeout: cache.lock_age_timeout.get(),
-        },
-        policy: CachePolicy {
-            serve_stale_on_error: cache.serve_stale_on_error.get(),
-            status_header: cache.status_header,
-            session_cookies: cache.session_cookies.clone(),
         },
     }
 }

@@ -98,6 +98,158 @@ async fn the_disk_tier_evicts_least_recently_used_to_stay_within_max_size() {
     assert_eq!(get(pop.setup.http, huge, &[]).await.cache_status(), "MISS");
 }
 
+/// What a directory tree takes on its filesystem: blocks allocated to its regular files
+/// (what `du` counts, not their lengths), how many there are, and how many directories.
+#[derive(Debug)]
+struct Allocated {
+    file_bytes: u64,
+    files: u64,
+    dirs: u64,
+}
+
+fn allocated(dir: &std::path::Path) -> Allocated {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = Allocated {
+        file_bytes: 0,
+        files: 0,
+        dirs: 1,
+    };
+    // Entries come and go while the tier works: one that vanished between the listing and
+    // its stat costs nothing.
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return total;
+    };
+    for entry in listing.flatten() {
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            let below = allocated(&entry.path());
+            total.file_bytes += below.file_bytes;
+            total.files += below.files;
+            total.dirs += below.dirs;
+        } else {
+            total.file_bytes += meta.blocks() * 512;
+            total.files += 1;
+        }
+    }
+    total
+}
+
+/// Fetches `count` distinct small cacheable answers through the edge, 16 at a time.
+async fn fetch_distinct(address: std::net::SocketAddr, count: usize, path: fn(usize) -> String) {
+    const IN_FLIGHT: usize = 16;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut workers = Vec::new();
+    for first in 0..IN_FLIGHT {
+        let client = client.clone();
+        workers.push(tokio::spawn(async move {
+            for i in (first..count).step_by(IN_FLIGHT) {
+                let resp = client
+                    .get(format!("http://{address}{}", path(i)))
+                    .send()
+                    .await
+                    .expect("request");
+                resp.bytes().await.expect("body");
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+}
+
+/// The filesystem block of the test's directory: what one small file costs.
+fn block_size(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).expect("metadata").blksize()
+}
+
+#[tokio::test]
+async fn thousands_of_small_entries_stay_within_the_disk_tiers_allocated_bytes() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let block = block_size(dir.path());
+    let max_size: u64 = 1024 * 1024;
+    let yaml = format!(
+        "cache:\n  memory:\n    max_size: 1MiB\n    max_object_size: 16KiB\n  disk:\n    path: {}\n    max_size: 1MiB\n    max_object_size: 64KiB\n",
+        cache.display()
+    );
+    let pop = pop_with_cache_section(&origin, dir, &yaml).await;
+    // Small media 404s: a few hundred bytes each, and two files of at least a block each
+    // on disk.
+    fetch_distinct(pop.setup.http, 3000, |i| {
+        format!("/status/404?cc=public,max-age=600&n={i}")
+    })
+    .await;
+    // The last commits delete their victims just after their answers went out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let used = allocated(&cache);
+    let reported = pop
+        .edge
+        .metric("edgecache_cache_tier_bytes{tier=\"disk\"}")
+        .await
+        .expect("disk bytes");
+    eprintln!(
+        "3000 small 404s under a {max_size}-byte disk tier: {used:?}; the tier says it holds {reported} bytes"
+    );
+    // Slack: the marker file that claims the directory (one block, outside the tier) and one
+    // entry (two files) whose victims a commit may still be deleting.
+    let slack = block + 2 * block;
+    assert!(
+        used.file_bytes <= max_size + slack,
+        "{} bytes allocated to {} files under a {max_size}-byte disk tier",
+        used.file_bytes,
+        used.files
+    );
+    // The format directory, its spool, the process's spool and up to 256 shards: a fixed
+    // skeleton outside max_size.
+    assert!(used.dirs <= 260, "{} directories", used.dirs);
+    assert!(
+        reported <= max_size as f64,
+        "the disk tier says it holds {reported} bytes"
+    );
+    assert!(
+        reported + slack as f64 >= used.file_bytes as f64,
+        "the disk tier says it holds {reported} bytes; its files take {}",
+        used.file_bytes
+    );
+}
+
+#[tokio::test]
+async fn the_disk_tier_keeps_at_most_max_entries() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let yaml = format!(
+        "cache:\n  memory:\n    max_size: 1MiB\n    max_object_size: 16KiB\n  disk:\n    path: {}\n    max_size: 64MiB\n    max_object_size: 1MiB\n    max_entries: 100\n",
+        cache.display()
+    );
+    let pop = pop_with_cache_section(&origin, dir, &yaml).await;
+    // Bytes would allow thousands: the entry bound is what holds.
+    fetch_distinct(pop.setup.http, 1000, |i| {
+        format!("/bytes/200?cc=public,max-age=600&n={i}")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let used = allocated(&cache);
+    let entries = pop
+        .edge
+        .metric("edgecache_cache_tier_objects{tier=\"disk\"}")
+        .await
+        .expect("disk entries");
+    eprintln!(
+        "1000 small answers under max_entries 100: {used:?}; the tier says {entries} entries"
+    );
+    assert_eq!(entries, 100.0);
+    // Two files an entry, and the marker; the spool is empty once nothing is arriving.
+    assert_eq!(used.files, 2 * 100 + 1, "{used:?}");
+}
+
 /// Peak resident memory of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

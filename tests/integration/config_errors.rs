@@ -31,6 +31,7 @@ fn each_bad_file_names_file_line_and_key() {
         ("bad-cache.yaml", ":13: cache.memory.max_object_size: must not exceed cache.memory.max_size"),
         ("bad-cache.yaml", ":14: cache.session_cookies[1]: \"bad;name\" is not a cookie name"),
         ("bad-cache.yaml", ":17: sites[0].routes[0].path: must start with /"),
+        ("bad-disk-cache.yaml", ":13: cache.disk.max_entries: must be at least 1"),
         ("bad-forwarding.yaml", ":11: core.groups.web.retry_methods[1]: \"POST\" cannot be retried"),
         ("bad-forwarding.yaml", ":15: sites[0].routes[0].upstream: no core group is named \"streamin\""),
         ("bad-forwarding.yaml", ":17: sites[0].routes[1].max_body_size: must be more than 0"),
