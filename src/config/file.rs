@@ -721,12 +721,12 @@ mod defaults {
         ByteSize(1024 * 1024 * 1024)
     }
 
-    /// Sized for a small VM's inodes: ext4 gives one inode per 16 KiB, so a 25 GB disk has
-    /// about 1.6 million, and each entry takes two. 500,000 entries take a million, leaving
-    /// a third for the system and everything else on the disk. The index holds them in about
-    /// 150 MiB of memory (some 300 bytes an entry with its URL).
+    /// Sized for a small VM: ext4 gives one inode per 16 KiB, so a 25 GB disk has about
+    /// 1.6 million, and each entry takes two; 200,000 entries take 400,000 of them. The
+    /// index holds them in about 60 MiB of memory (some 300 bytes an entry with its URL),
+    /// which a 1 GiB VM can spare; memory, more than inodes, is what bounds it there.
     pub fn disk_max_entries() -> u64 {
-        500_000
+        200_000
     }
 
     pub fn fleet_max_pending() -> usize {

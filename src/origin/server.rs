@@ -240,6 +240,9 @@ impl Handler {
         };
         // Deleted media is looked for only where Mastodon writes: a legacy copy must not
         // bring it back, and a new upload under the key is served.
+        // Another process on this machine may have laid some (the old one, during an
+        // upgrade).
+        self.tombstones.pick_up_new();
         let tombstoned = self.tombstones.contains(&key);
         let chain: Vec<String> = if tombstoned {
             metrics::get().media_tombstoned_lookups.inc();

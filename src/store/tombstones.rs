@@ -207,9 +207,15 @@ impl Tombstones {
         let count = state.laid.len();
         if let Some(path) = &self.path {
             let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-            file.write_all(format!("{now}\t{}\n", key.as_str()).as_bytes())?;
+            let before = file.metadata()?.len();
+            let line = format!("{now}\t{}\n", key.as_str());
+            file.write_all(line.as_bytes())?;
             file.sync_data()?;
             state.lines += 1;
+            // Nothing else was appended since the last read: this line needs no reading.
+            if before == state.read_to {
+                state.read_to = before + line.len() as u64;
+            }
             if state.lines > 2 * state.laid.len() + 1024 {
                 self.rewrite(path, &mut state)?;
             }
@@ -258,6 +264,12 @@ impl Tombstones {
             }
         }
         state.lines = state.laid.len();
+        {
+            use std::os::unix::fs::MetadataExt;
+            let written = fs::metadata(path)?;
+            state.inode = written.ino();
+            state.read_to = written.len();
+        }
         Ok(())
     }
 
