@@ -18,6 +18,11 @@ async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
+                // A real streaming server answers the handshake at least a network round trip
+                // after the request. An answer within microseconds can reach pingora 0.9.1's
+                // upstream task before the request's (empty) end, which it then takes for the
+                // end of the upgraded stream and closes the websocket at once.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
                     return;
                 };
