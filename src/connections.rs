@@ -204,14 +204,23 @@ fn accepted_at(stream: &Stream) -> Instant {
     now.checked_sub(age).unwrap_or(now)
 }
 
-/// Whether a plain connection opens with HTTP/2's preface (`PRI ` is no HTTP/1 method),
-/// looked at without consuming it. `None` when four bytes do not arrive by `deadline`.
+/// Whether a plain connection opens with HTTP/2's preface, looked at without consuming it:
+/// four bytes first (an HTTP/1 request may be shorter than the preface), then, when they
+/// are `PRI `, the whole preface, so an HTTP/1 request with a `PRI` method still gets our
+/// keep-alive loop and its deadlines. `None` when the bytes do not arrive by `deadline`.
 async fn opens_with_h2_preface(stream: &mut Stream, deadline: Instant) -> Option<bool> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut start = [0u8; 4];
     match tokio::time::timeout_at(deadline, stream.try_peek(&mut start)).await {
-        Ok(Ok(true)) => Some(&start == b"PRI "),
+        Ok(Ok(true)) if &start == b"PRI " => {}
+        Ok(Ok(true)) => return Some(false),
         // A stream that cannot peek is left to pingora to tell.
-        Ok(Ok(false)) => Some(true),
+        Ok(Ok(false)) => return Some(true),
+        Ok(Err(_)) | Err(_) => return None,
+    }
+    let mut whole = [0u8; 24];
+    match tokio::time::timeout_at(deadline, stream.try_peek(&mut whole)).await {
+        Ok(Ok(peeked)) => Some(!peeked || &whole == PREFACE),
         Ok(Err(_)) | Err(_) => None,
     }
 }

@@ -19,7 +19,7 @@ pub struct Metrics {
     /// Response body bytes sent to clients, by listener.
     pub response_bytes: IntCounterVec,
     /// Requests refused before proxying, by reason (`uri_too_long`, `headers_too_large`,
-    /// `conflicting_framing`, `asterisk_target`, `header_timeout`).
+    /// `conflicting_framing`, `asterisk_target`, `bad_target`, `header_timeout`).
     pub rejected_requests: IntCounterVec,
     /// Client connections open now, by listener (counted once TLS, if any, is established).
     pub open_connections: IntGaugeVec,

@@ -158,6 +158,15 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
     if config.tombstones.path.is_none() && !config.stores.is_empty() {
         tracing::warn!("tombstones of deleted media are kept in memory only (no fleet and no tombstones.path): a restart forgets them");
     }
+    let places = if config.stores.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Places::build(&config.stores)?))
+    };
+    let media_urls = Arc::new(MediaUrls {
+        settings: proxy_settings.clone(),
+        places: places.clone(),
+    });
     let purger = Arc::new(Purger {
         cache: cache.clone(),
         fleet: fleet.clone(),
@@ -165,8 +174,9 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
             .fleet
             .as_ref()
             .map_or_else(|| "local".to_string(), |f| f.name.clone()),
-        urls: Some(Arc::new(MediaUrls(proxy_settings.clone()))),
+        urls: Some(media_urls.clone()),
         tombstones: Some(tombstones.clone()),
+        presence: Some(media_urls),
     });
     if let Some(fleet) = fleet {
         server.add_service(GenBackgroundService::new(
@@ -179,10 +189,7 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
     }
     let restart_only = RestartOnly::of(&config);
     // Media routes are served by an origin of our own on loopback, when stores exist.
-    let media_origin = if config.stores.is_empty() {
-        None
-    } else {
-        let places = Arc::new(Places::build(&config.stores)?);
+    let media_origin = if let Some(places) = places {
         let write_through = match &config.write_through {
             Some(settings) => {
                 let queue = WriteThroughQueue::open(settings, places.clone(), tombstones.clone())?;
@@ -209,6 +216,8 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
         service.threads = Some(config.server.threads);
         server.add_service(service);
         Some(address)
+    } else {
+        None
     };
     let going_away = GoingAway::new();
     server.add_service(GenBackgroundService::new(

@@ -92,6 +92,23 @@ pub fn if_range_never_matches(req: &RequestHeader, resp: &ResponseHeader) -> boo
             .is_some_and(|etag| etag.as_bytes().trim_ascii().starts_with(b"W/"))
 }
 
+/// Whether a request identifies a user: `Authorization`, an HTTP `Signature`, or one of
+/// `session_cookies` (any cookie at all when no names are known).
+pub fn carries_credentials(req: &RequestHeader, session_cookies: Option<&[String]>) -> bool {
+    let headers = &req.headers;
+    if headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key("signature")
+        || headers.contains_key("signature-input")
+    {
+        return true;
+    }
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    match session_cookies {
+        Some(names) => cookies.any(|value| carries_session(value.as_bytes(), names)),
+        None => cookies.next().is_some(),
+    }
+}
+
 fn carries_session(cookie_header: &[u8], names: &[String]) -> bool {
     cookie_header.split(|b| *b == b';').any(|pair| {
         let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
@@ -307,6 +324,34 @@ mod tests {
             request_bypass(&request(&[]), true, true, &p),
             Some(BypassReason::RequestBody)
         );
+    }
+
+    #[test]
+    fn only_what_signs_a_user_in_is_a_credential() {
+        let names = policy().session_cookies;
+        let names = Some(names.as_slice());
+        assert!(!carries_credentials(
+            &request(&[("Cookie", "consent=1")]),
+            names
+        ));
+        assert!(carries_credentials(
+            &request(&[("Cookie", "consent=1; _session_id=x")]),
+            names
+        ));
+        assert!(carries_credentials(
+            &request(&[("Authorization", "Bearer t")]),
+            names
+        ));
+        assert!(carries_credentials(
+            &request(&[("Signature", "keyId=\"a\"")]),
+            names
+        ));
+        // Without a cache policy no cookie names are known: any cookie counts.
+        assert!(carries_credentials(
+            &request(&[("Cookie", "consent=1")]),
+            None
+        ));
+        assert!(!carries_credentials(&request(&[]), None));
     }
 
     #[test]

@@ -395,7 +395,7 @@ impl pingora::services::background::BackgroundService for FleetService {
 }
 
 /// How a purge was asked for, for the log and the metrics.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PurgeSource {
     Admin,
     Peer,
@@ -452,6 +452,18 @@ pub struct Purger {
     pub urls: Option<Arc<dyn CanonicalUrls>>,
     /// Where a purge of deleted media leaves its tombstone.
     pub tombstones: Option<Arc<Tombstones>>,
+    /// Tells whether media the cache buster names is really gone.
+    pub presence: Option<Arc<dyn MediaPresence>>,
+}
+
+/// Whether media is still where Mastodon writes it. Mastodon's cache buster purges media
+/// that was deleted, but also media that stays (an account suspended or unsuspended): only
+/// media gone from the store is taken for deleted.
+#[async_trait::async_trait]
+pub trait MediaPresence: Send + Sync {
+    /// `Some(true)`: a write-through store of the URL's media route has the object;
+    /// `Some(false)`: none has it; `None`: it cannot be told (no such store, or one failed).
+    async fn still_stored(&self, url: &str) -> Option<bool>;
 }
 
 /// The form the cache keys a URL under, where it has one of its own: a media route keys
@@ -476,6 +488,7 @@ impl Purger {
         // The form every PoP keys it under travels, so none needs to work it out again.
         let canonical = self.canonical(kind, value);
         let value = canonical.as_deref().unwrap_or(value);
+        let deleted = deleted && self.confirmed_deleted(kind, value, source).await;
         let purged = self.apply_here(kind, value, deleted, source)?;
         let mut report = PurgeReport {
             id: None,
@@ -509,6 +522,31 @@ impl Purger {
             purged,
             pops: vec![(self.name.clone(), Delivery::Purged)],
         })
+    }
+
+    /// Whether a purge that says its media was deleted is believed: an operator's always;
+    /// the cache buster's only when the media is gone from the store Mastodon writes to.
+    async fn confirmed_deleted(&self, kind: PurgeKind, url: &str, source: PurgeSource) -> bool {
+        if kind != PurgeKind::Url || source != PurgeSource::CacheBuster {
+            return true;
+        }
+        let Some(presence) = &self.presence else {
+            return false;
+        };
+        match presence.still_stored(url).await {
+            Some(false) => true,
+            Some(true) => {
+                tracing::info!(url, "cache buster: the media is still in the store, so it is purged, not taken for deleted");
+                false
+            }
+            None => {
+                tracing::info!(
+                    url,
+                    "cache buster: whether the media was deleted cannot be told; purged only"
+                );
+                false
+            }
+        }
     }
 
     /// Remembers that the media at `url` was deleted, before any cache is emptied, so no

@@ -58,10 +58,34 @@ pub fn choose(settings: &ProxySettings, req: &RequestHeader, tls: bool) -> Route
             max_body_size: route.max_body_size,
             cache: route.cache,
             cache_ttl: route.cache_ttl,
-            client_limit: settings.client_limiters.get(route.id).cloned().flatten(),
+            client_limit: client_limit(settings, &host, req.uri.path()),
         },
-        None => RouteChoice::default(),
+        None => RouteChoice {
+            client_limit: client_limit(settings, &host, req.uri.path()),
+            ..RouteChoice::default()
+        },
     }
+}
+
+/// The per-client limit for `path`, found with repeated slashes squeezed: Rails routes
+/// `//auth/sign_in` as `/auth/sign_in`, so a doubled slash must not step around its limit.
+/// (Only the limit is looked up this way; the route itself keys on the path as sent.)
+fn client_limit(settings: &ProxySettings, host: &str, path: &str) -> Option<Arc<RouteLimiter>> {
+    let squeezed;
+    let path = if path.contains("//") {
+        let mut out = String::with_capacity(path.len());
+        for c in path.chars() {
+            if !(c == '/' && out.ends_with('/')) {
+                out.push(c);
+            }
+        }
+        squeezed = out;
+        squeezed.as_str()
+    } else {
+        path
+    };
+    let route = settings.sites.route(host, path)?;
+    settings.client_limiters.get(route.id).cloned().flatten()
 }
 
 /// Whether a failed attempt may be repeated on another host.

@@ -16,6 +16,8 @@ pub enum Rejection {
     ConflictingFraming,
     /// `*` as the target of anything but `OPTIONS` (RFC 9112 §3.2.4).
     AsteriskTarget,
+    /// A target in no form a request may have: not `/…`, not absolute, not `*`.
+    BadTarget,
 }
 
 impl Rejection {
@@ -23,7 +25,7 @@ impl Rejection {
         match self {
             Rejection::UriTooLong => 414,
             Rejection::HeadersTooLarge => 431,
-            Rejection::ConflictingFraming | Rejection::AsteriskTarget => 400,
+            Rejection::ConflictingFraming | Rejection::AsteriskTarget | Rejection::BadTarget => 400,
         }
     }
 
@@ -34,6 +36,7 @@ impl Rejection {
             Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::ConflictingFraming => "conflicting_framing",
             Rejection::AsteriskTarget => "asterisk_target",
+            Rejection::BadTarget => "bad_target",
         }
     }
 
@@ -45,6 +48,7 @@ impl Rejection {
                 "bad request: both Content-Length and Transfer-Encoding\n"
             }
             Rejection::AsteriskTarget => "bad request: * is a target for OPTIONS only\n",
+            Rejection::BadTarget => "bad request: invalid request target\n",
         }
     }
 }
@@ -60,8 +64,18 @@ pub fn check_request(
     if req.raw_path().len() > max_uri_length {
         return Some(Rejection::UriTooLong);
     }
-    if req.raw_path() == b"*" && req.method != http::Method::OPTIONS {
-        return Some(Rejection::AsteriskTarget);
+    let target = req.raw_path();
+    if target == b"*" {
+        if req.method != http::Method::OPTIONS {
+            return Some(Rejection::AsteriskTarget);
+        }
+    } else if !target.starts_with(b"/")
+        && !is_absolute_form(target)
+        && req.method != http::Method::CONNECT
+    {
+        // `GET zz` or `GET *.evil/x`: the core would refuse it, and the cache would key
+        // it beside every other such target.
+        return Some(Rejection::BadTarget);
     }
     let header_size = match raw_header {
         Some(raw) => raw.len().saturating_sub(first_line_len(raw)),
@@ -81,6 +95,16 @@ pub fn check_request(
         }
     }
     None
+}
+
+/// `http://…` or `https://…`, in any case (RFC 9112 §3.2.2).
+fn is_absolute_form(target: &[u8]) -> bool {
+    let starts = |prefix: &[u8]| {
+        target
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    starts(b"http://") || starts(b"https://")
 }
 
 fn first_line_len(raw: &[u8]) -> usize {

@@ -148,9 +148,12 @@ impl EdgeProxy {
             return Ok(false);
         };
         let req = session.req_header();
-        let credentials = ["authorization", "cookie", "signature"]
-            .iter()
-            .any(|name| req.headers.contains_key(*name));
+        // A consent or theme cookie is no credential: only what signs a user in is.
+        let session_cookies = settings
+            .cache_policy
+            .as_ref()
+            .map(|p| p.session_cookies.as_slice());
+        let credentials = policy::carries_credentials(req, session_cookies);
         if !limiter.applies(&req.method, credentials) {
             return Ok(false);
         }

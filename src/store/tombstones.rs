@@ -30,6 +30,8 @@ pub struct Tombstones {
     max_entries: usize,
     max_age: Duration,
     state: Mutex<State>,
+    /// Held while a line is appended.
+    writing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -115,6 +117,7 @@ impl Tombstones {
             max_entries: settings.max_entries.max(1),
             max_age: settings.max_age,
             state: Mutex::new(State::default()),
+            writing: Mutex::new(()),
         };
         if let Some(path) = &tombstones.path {
             let mut state = tombstones.state.lock();
@@ -195,22 +198,30 @@ impl Tombstones {
             max_entries: 200_000,
             max_age: Duration::from_secs(180 * 24 * 3600),
             state: Mutex::new(State::default()),
+            writing: Mutex::new(()),
         }
     }
 
     /// Lays a tombstone for `key` now, durably when there is a file.
     pub fn lay(&self, key: &ObjectKey) -> io::Result<()> {
         let now = now_secs();
-        let mut state = self.state.lock();
-        state.insert(key.as_str().to_string(), now);
-        state.bound(now, self.max_entries, self.max_age);
-        let count = state.laid.len();
+        let count = {
+            let mut state = self.state.lock();
+            state.insert(key.as_str().to_string(), now);
+            state.bound(now, self.max_entries, self.max_age);
+            state.laid.len()
+        };
+        self.report(count);
         if let Some(path) = &self.path {
+            // The write and its sync happen outside the lock every media miss takes; one
+            // writer at a time keeps the file's lines whole.
+            let _writing = self.writing.lock();
             let mut file = OpenOptions::new().create(true).append(true).open(path)?;
             let before = file.metadata()?.len();
             let line = format!("{now}\t{}\n", key.as_str());
             file.write_all(line.as_bytes())?;
             file.sync_data()?;
+            let mut state = self.state.lock();
             state.lines += 1;
             // Nothing else was appended since the last read: this line needs no reading.
             if before == state.read_to {
@@ -220,8 +231,6 @@ impl Tombstones {
                 self.rewrite(path, &mut state)?;
             }
         }
-        drop(state);
-        self.report(count);
         Ok(())
     }
 

@@ -269,3 +269,33 @@ async fn a_copy_queued_before_the_delete_is_dropped() {
         0.0
     );
 }
+
+/// Mastodon also busts media that stays (an account suspended, then unsuspended): media the
+/// store still has is purged from the caches, not taken for deleted.
+#[tokio::test]
+async fn a_bust_of_media_still_in_the_store_is_no_deletion() {
+    let core = Origin::start().await;
+    let s3 = S3Server::start().await;
+    let legacy = tempfile::tempdir().expect("legacy");
+    let path = legacy.path().join(KEY);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+    std::fs::write(&path, b"the old copy").expect("legacy file");
+    let (fra, ewr) = fleet(&core, &s3, legacy.path()).await;
+    assert_eq!(fra.get(URL).await.status, 200);
+    wait_until("the write-through copy", || async {
+        s3.get(KEY).await.is_some()
+    })
+    .await;
+    assert_eq!(fra.get(URL).await.cache_status(), "HIT");
+    assert_eq!(fra.bust(URL).await, 200);
+    // The bust emptied the cache, and the media is served again.
+    assert_eq!(fra.get(URL).await.cache_status(), "MISS");
+    for pop in [&fra, &ewr] {
+        let answer = pop.get(URL).await;
+        assert_eq!(
+            (answer.status, answer.body.as_slice()),
+            (200, &b"the old copy"[..])
+        );
+        assert_eq!(pop.metric("edgecache_media_tombstones").await, 0.0);
+    }
+}

@@ -289,6 +289,12 @@ async fn an_asterisk_target_is_refused_unless_options() {
         let answer = raw_exchange(pop.setup.http, request.as_bytes()).await;
         assert_eq!(raw_status(&answer), Some(400), "{method}: {answer}");
     }
+    // Targets in no form at all are refused too, never keyed beside each other.
+    for target in ["zz", "*.evil/x", ".evil/x"] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(pop.setup.http, request.as_bytes()).await;
+        assert_eq!(raw_status(&answer), Some(400), "{target}: {answer}");
+    }
     assert_eq!(origin.hits(), 0);
     let options = format!("OPTIONS * HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let answer = raw_exchange(pop.setup.http, options.as_bytes()).await;

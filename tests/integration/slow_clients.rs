@@ -228,6 +228,17 @@ async fn a_client_past_its_route_limit_gets_429_and_others_do_not() {
         .parse()
         .expect("seconds");
     assert!((1..=300).contains(&retry_after), "{retry_after}");
+    // Rails routes a doubled slash as one: it is the same limited route.
+    for doubled in ["//auth/sign_in", "/auth//sign_in"] {
+        let resp = client
+            .post(url(doubled))
+            .header("x-forwarded-for", "198.51.100.7")
+            .body("user[email]=a@example.com")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 429, "{doubled}");
+    }
     // Another client, and a GET of the same client, are not limited.
     assert_eq!(sign_in("198.51.100.8").await.expect("post").status(), 200);
     let page = client
@@ -284,7 +295,7 @@ async fn a_client_past_its_route_limit_gets_429_and_others_do_not() {
     assert_eq!(signed_in.status(), 200);
 
     for (route, limit, count) in [
-        ("/auth/sign_in", "requests", 1.0),
+        ("/auth/sign_in", "requests", 3.0),
         ("/slow/", "concurrent", 1.0),
         ("/api/", "requests", 1.0),
     ] {
@@ -293,4 +304,36 @@ async fn a_client_past_its_route_limit_gets_429_and_others_do_not() {
         );
         assert_eq!(edge.metric(&sample).await, Some(count), "{sample}");
     }
+}
+
+/// On an h2c listener only the whole HTTP/2 preface means HTTP/2: an HTTP/1 request with a
+/// `PRI` method gets the HTTP/1 loop, and its head the same deadline.
+#[tokio::test]
+async fn an_http1_pri_request_on_an_h2c_listener_keeps_the_head_deadline() {
+    let origin = Origin::start().await;
+    let (_edge, setup) = edge(&origin).await;
+    let stream = TcpStream::connect(setup.http).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let sending = tokio::spawn(async move {
+        let _ = writer
+            .write_all(b"PRI /x HTTP/1.1\r\nHost: a.example\r\n")
+            .await;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
+    sending.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(raw_status(&answer), Some(408), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 }
