@@ -147,6 +147,25 @@ fn text(status: StatusCode, message: &str, cache_control: &str) -> Response<Body
     resp
 }
 
+/// Whether `If-Range` matches the object by the strong comparison RFC 9110 §13.1.5 asks
+/// for: an entity-tag equal to the object's strong ETag, or a date equal to its
+/// `Last-Modified`. A weak tag on either side never matches.
+fn if_range_matches(if_range: &[u8], info: &crate::store::ObjectInfo) -> bool {
+    let if_range = if_range.trim_ascii();
+    if if_range.starts_with(b"W/") {
+        return false;
+    }
+    if if_range.first() == Some(&b'"') {
+        return info
+            .etag
+            .as_deref()
+            .is_some_and(|etag| !etag.starts_with("W/") && etag.as_bytes() == if_range);
+    }
+    info.last_modified
+        .as_deref()
+        .is_some_and(|date| date.as_bytes() == if_range)
+}
+
 /// One `bytes=` range; several ranges, or anything unparsable, are ignored (the whole
 /// object is sent, which RFC 9110 allows).
 fn single_range(value: Option<&HeaderValue>) -> Option<ByteRange> {
@@ -230,14 +249,11 @@ impl Handler {
                 );
             }
         };
-        // With `If-Range` the validators are not known until the object is found; the
-        // whole object is always a correct answer, and the cache in front cuts the range
-        // when the validator matches strongly.
-        let range = if req.headers().contains_key(header::IF_RANGE) {
-            None
-        } else {
-            single_range(req.headers().get(header::RANGE))
-        };
+        let range = single_range(req.headers().get(header::RANGE));
+        let if_range = req
+            .headers()
+            .get(header::IF_RANGE)
+            .map(|v| v.as_bytes().to_vec());
         // Deleted media is looked for only where Mastodon writes: a legacy copy must not
         // bring it back, and a new upload under the key is served.
         // Another process on this machine may have laid some (the old one, during an
@@ -256,6 +272,19 @@ impl Handler {
             media.chain.clone()
         };
         let mut answer = self.places.lookup(&chain, &key, range, with_body).await;
+        // `If-Range` is judged once the object's validators are known: unless it matches
+        // strongly, the range is ignored and the whole object sent (a 416 is answered
+        // whole too, which ignoring the range always allows).
+        if let (Some(if_range), Some(_)) = (&if_range, range) {
+            let matches = match &answer {
+                ChainAnswer::Found { found, .. } => if_range_matches(if_range, &found.info),
+                ChainAnswer::RangeNotSatisfiable { .. } => false,
+                _ => true,
+            };
+            if !matches {
+                answer = self.places.lookup(&chain, &key, None, with_body).await;
+            }
+        }
         if let ChainAnswer::Found { found, place, .. } = &mut answer {
             found.info.content_type = Some(media_type(found.info.content_type.take(), &key));
             if !tombstoned {

@@ -514,3 +514,38 @@ async fn every_spelling_of_a_media_url_is_one_object_and_one_purge() {
         "MISS"
     );
 }
+
+/// A range with `If-Range` that reaches the media chain itself (a signed-in request, which
+/// bypasses the cache) gets its range when the validator matches strongly, and the whole
+/// object otherwise.
+#[tokio::test]
+async fn if_range_is_judged_by_the_chain_for_requests_the_cache_does_not_answer() {
+    let media = media_pop("disk", "/bytes/", "", "").await;
+    media.legacy_file("v/clip.mp4", &pattern_range(0..10_000));
+    let http = media.pop.setup.http;
+    let whole = get(http, "/system/v/clip.mp4", &[]).await;
+    let etag = whole.header("etag").to_string();
+    let modified = whole.header("last-modified").to_string();
+    assert!(etag.starts_with('"'), "{etag:?}");
+    let signed_in = ("Cookie", "_mastodon_session=abc");
+    let range = ("Range", "bytes=0-9");
+    for (validator, status, len) in [
+        (etag.as_str(), 206, 10),
+        (modified.as_str(), 206, 10),
+        ("\"another\"", 200, 10_000),
+        (&format!("W/{etag}"), 200, 10_000),
+    ] {
+        let answer = get(
+            http,
+            "/system/v/clip.mp4",
+            &[signed_in, range, ("If-Range", validator)],
+        )
+        .await;
+        assert_eq!(answer.cache_status(), "BYPASS");
+        assert_eq!(
+            (answer.status, answer.body.len()),
+            (status, len),
+            "{validator}"
+        );
+    }
+}
