@@ -569,6 +569,24 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
+    /// A connection to a core host (new, or a pooled one still open) says it is reachable,
+    /// whatever its last health check found.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let (Some(group), Some(host)) = (&ctx.group, ctx.current_host) {
+            group.connected(host);
+        }
+        Ok(())
+    }
+
     /// A failed connect sent nothing, so any request may go to the next host.
     fn fail_to_connect(
         &self,

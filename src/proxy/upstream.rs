@@ -37,6 +37,11 @@ struct HostState {
     ejected: AtomicBool,
     /// When a request last failed to connect to it.
     connect_failed_at: Mutex<Option<Instant>>,
+    /// When a request last opened a connection to it.
+    connected_at: Mutex<Option<Instant>>,
+    /// When the one request allowed to try it while it is unhealthy went out, until that
+    /// request connects or fails.
+    trial_at: Mutex<Option<Instant>>,
 }
 
 impl HostState {
@@ -45,6 +50,24 @@ impl HostState {
         self.connect_failed_at
             .lock()
             .is_some_and(|at| now.saturating_duration_since(at) < KNOWN_DOWN_FOR)
+    }
+
+    /// Whether a request opened a connection to it within `within`.
+    fn connected_within(&self, now: Instant, within: Duration) -> bool {
+        self.connected_at
+            .lock()
+            .is_some_and(|at| now.saturating_duration_since(at) < within)
+    }
+
+    /// Takes the trial of this unhealthy host, unless another request holds it (a trial
+    /// is held at most `connect_timeout`, the longest its connect can take).
+    fn take_trial(&self, now: Instant, connect_timeout: Duration) -> bool {
+        let mut trial = self.trial_at.lock();
+        if trial.is_some_and(|at| now.saturating_duration_since(at) < connect_timeout) {
+            return false;
+        }
+        *trial = Some(now);
+        true
     }
 }
 
@@ -70,6 +93,9 @@ pub struct CoreGroup {
     mesh_connector: Option<Arc<MeshConnector>>,
     /// Spreads requests over the hosts when none is healthy.
     unhealthy_turn: AtomicUsize,
+    /// How long a connect that succeeded vouches for an unhealthy host: until the next
+    /// health check can say so itself.
+    health_interval: Duration,
 }
 
 /// Records each check's outcome, then reports it to pingora unchanged.
@@ -140,6 +166,8 @@ impl CoreGroup {
                     state: AtomicU8::new(UNKNOWN),
                     ejected: AtomicBool::new(false),
                     connect_failed_at: Mutex::new(None),
+                    connected_at: Mutex::new(None),
+                    trial_at: Mutex::new(None),
                 })
                 .collect::<Vec<_>>(),
         );
@@ -203,6 +231,7 @@ impl CoreGroup {
             retry_methods: group.retry_methods.clone(),
             mesh_connector,
             unhealthy_turn: AtomicUsize::new(0),
+            health_interval: group.health.interval,
         })
     }
 
@@ -236,6 +265,16 @@ impl CoreGroup {
     pub fn connect_failed(&self, address: SocketAddr) {
         if let Some(host) = self.hosts.iter().find(|h| h.address == address) {
             *host.connect_failed_at.lock() = Some(Instant::now());
+            *host.trial_at.lock() = None;
+        }
+    }
+
+    /// Notes that a request opened a connection to `address`: while no health check has
+    /// passed it yet, every request may use it again, not only one trial at a time.
+    pub fn connected(&self, address: SocketAddr) {
+        if let Some(host) = self.hosts.iter().find(|h| h.address == address) {
+            *host.connected_at.lock() = Some(Instant::now());
+            *host.trial_at.lock() = None;
         }
     }
 
@@ -330,7 +369,10 @@ impl CoreGroup {
 
 impl CoreGroup {
     /// A host to try although none is healthy: in turn, skipping hosts already tried for
-    /// this request and hosts a connect failed to a moment ago.
+    /// this request and hosts a connect failed to a moment ago. A host a request connected
+    /// to lately takes every request; any other takes one trial request at a time, so a
+    /// host that does not answer at all (its connects time out) is not sent a request per
+    /// client, each waiting out its connect timeout: the rest get a fast 503.
     fn pick_unhealthy(&self, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let count = self.hosts.len();
         if count == 0 {
@@ -340,7 +382,12 @@ impl CoreGroup {
         let now = Instant::now();
         (0..count)
             .map(|i| &self.hosts[(start + i) % count])
-            .find(|h| !tried.contains(&h.address) && !h.known_down(now))
+            .find(|h| {
+                !tried.contains(&h.address)
+                    && !h.known_down(now)
+                    && (h.connected_within(now, self.health_interval)
+                        || h.take_trial(now, self.connect_timeout))
+            })
             .map(|h| h.address)
     }
 }

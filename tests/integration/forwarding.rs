@@ -492,3 +492,68 @@ async fn a_lone_core_host_that_comes_back_is_used_at_once() {
         "no health check has run since"
     );
 }
+
+/// A lone core host that takes connections into a full backlog and never answers them: with
+/// its health check failed, one request at a time tries it (and waits out the connect
+/// timeout), while the others get a fast 503 instead of each waiting the same timeout.
+#[tokio::test]
+async fn a_host_that_never_answers_is_tried_by_one_request_at_a_time() {
+    use socket2::{Domain, Socket, Type};
+    // A listener with a backlog of nothing, filled: further connects hang.
+    let blackhole = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let address = crate::harness::edge::free_address();
+    blackhole.bind(&address.into()).expect("bind");
+    blackhole.listen(0).expect("listen");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let filler = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        filler.set_nonblocking(true).expect("nonblocking");
+        let _ = filler.connect(&address.into());
+        fillers.push(filler);
+    }
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.config(&[&cert], &[address], "").replace(
+        "      health:\n        interval: 1s\n",
+        "      health:\n        interval: 60s\n",
+    );
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    // The check at start waits out its connect timeout, then finds the host down.
+    edge.wait_metric(
+        &format!("edgecache_core_host_up{{group=\"web\",host=\"{address}\"}}"),
+        0.0,
+    )
+    .await;
+    // pingora flips the host's state right after our check records it; allow it that moment.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let requests: Vec<_> = (0..6)
+        .map(|i| {
+            let address = setup.http;
+            tokio::spawn(async move {
+                let request = format!(
+                    "GET /hang/{i} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"
+                );
+                crate::harness::client::raw_status(&send(address, &request).await)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.expect("request"));
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![
+            Some(502),
+            Some(503),
+            Some(503),
+            Some(503),
+            Some(503),
+            Some(503)
+        ],
+        "one trial, the rest refused at once"
+    );
+    drop(fillers);
+}
