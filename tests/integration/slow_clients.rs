@@ -31,12 +31,15 @@ async fn edge(origin: &Origin) -> (Edge, EdgeSetup) {
 /// Sends a request head a header line at a time, one line every 300 ms for up to 15 s,
 /// and returns what the edge answered before it closed.
 async fn trickle(address: SocketAddr) -> String {
+    trickle_after(address, b"GET /trickle HTTP/1.1\r\nHost: a.example\r\n").await
+}
+
+/// [`trickle`], starting with `start`.
+async fn trickle_after(address: SocketAddr, start: &'static [u8]) -> String {
     let stream = TcpStream::connect(address).await.expect("connect");
     let (mut reader, mut writer) = stream.into_split();
     let sending = tokio::spawn(async move {
-        let _ = writer
-            .write_all(b"GET /trickle HTTP/1.1\r\nHost: a.example\r\n")
-            .await;
+        let _ = writer.write_all(start).await;
         let until = Instant::now() + Duration::from_secs(15);
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -312,24 +315,8 @@ async fn a_client_past_its_route_limit_gets_429_and_others_do_not() {
 async fn an_http1_pri_request_on_an_h2c_listener_keeps_the_head_deadline() {
     let origin = Origin::start().await;
     let (_edge, setup) = edge(&origin).await;
-    let stream = TcpStream::connect(setup.http).await.expect("connect");
-    let (mut reader, mut writer) = stream.into_split();
     let started = Instant::now();
-    let sending = tokio::spawn(async move {
-        let _ = writer
-            .write_all(b"PRI /x HTTP/1.1\r\nHost: a.example\r\n")
-            .await;
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if writer.write_all(b"X-Slow: 1\r\n").await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
-    sending.abort();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = trickle_after(setup.http, b"PRI /x HTTP/1.1\r\nHost: a.example\r\n").await;
     assert_eq!(raw_status(&answer), Some(408), "{answer}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
