@@ -16,6 +16,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cache;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod connections;
@@ -35,6 +36,7 @@ pub mod spool;
 pub mod store;
 pub mod tls;
 pub mod upgrade;
+pub mod wire;
 
 /// Exit code for a config that cannot be used (EX_USAGE, as sysexits.h numbers it).
 pub const EXIT_CONFIG: u8 = 64;

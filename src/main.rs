@@ -7,7 +7,7 @@ use edgecache::cli::{Cli, Command};
 use edgecache::config::units::ByteSize;
 use edgecache::migrate::{self, bulk::MigrateOptions};
 use edgecache::{
-    config, devcert, logging, reload, server, tls, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE,
+    certs, config, devcert, logging, reload, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE,
 };
 use mimalloc::MiMalloc;
 
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::CheckCertificate { cert, key } => match tls::check_pair(&cert, &key) {
+        Command::CheckCertificate { cert, key } => match certs::check_pair(&cert, &key) {
             Ok(days) => {
                 println!(
                     "{} with {}: ok, expires in {days} days",

@@ -17,28 +17,7 @@ pub fn request_host(req: &RequestHeader, tls: bool) -> Option<String> {
         Some(authority) => authority.as_str(),
         None => req.headers.get(http::header::HOST)?.to_str().ok()?,
     };
-    normalize_host(raw, tls)
-}
-
-/// `raw` (a `Host` value or an authority) in the form the key uses.
-pub fn normalize_host(raw: &str, tls: bool) -> Option<String> {
-    let raw = raw.trim();
-    if raw.is_empty() || raw.contains(['@', '/', ' ', '\\']) {
-        return None;
-    }
-    let mut host = raw.to_ascii_lowercase();
-    let default_port = if tls { ":443" } else { ":80" };
-    if host.ends_with(default_port) && !host.ends_with("]") {
-        host.truncate(host.len() - default_port.len());
-    }
-    if let Some(stripped) = host.strip_suffix('.') {
-        host = stripped.to_string();
-    }
-    let host = host.replace(".:", ":");
-    if host.is_empty() {
-        return None;
-    }
-    Some(host)
+    crate::wire::normalize_host(raw, tls)
 }
 
 /// The primary key string: `scheme://host/path?query` with the query's parameters put in

@@ -96,7 +96,7 @@ impl StoredMeta {
 
     /// The body length the response header promises, if it states one.
     pub fn content_length(&self) -> Option<u64> {
-        crate::proxy::headers::content_length(&self.header.headers)
+        crate::wire::content_length(&self.header.headers)
     }
 
     /// Bytes this meta takes in memory, roughly: what the memory tier charges for it.

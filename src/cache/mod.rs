@@ -78,7 +78,13 @@ fn split_url(url: &str) -> Result<Vec<(bool, String, &str)>, PurgeError> {
     }
     schemes
         .iter()
-        .map(|&tls| Ok((tls, key::normalize_host(host, tls).ok_or_else(bad)?, path)))
+        .map(|&tls| {
+            Ok((
+                tls,
+                crate::wire::normalize_host(host, tls).ok_or_else(bad)?,
+                path,
+            ))
+        })
         .collect()
 }
 
@@ -210,7 +216,7 @@ impl EdgeCache {
     /// pingora's own size check keeps the client's `Range` in force: pingora drops it when
     /// it finds the object too large, and would send the whole body to a range request.
     pub fn too_large_to_keep(&self, resp: &ResponseHeader) -> bool {
-        crate::proxy::headers::content_length(&resp.headers)
+        crate::wire::content_length(&resp.headers)
             .is_some_and(|len| len > self.max_object_size as u64)
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::file::{AccessLogOutput, LogFormat};
-use crate::tls::CertificateSet;
+use crate::certs::CertificateSet;
 
 /// The HTTP/1 parser refuses request headers above this size whatever we configure, so a
 /// larger `max_header_size` could never be honoured.

@@ -19,7 +19,7 @@ use super::model::{
     AccessLog, Admin, Config, Limits, Listener, ListenerTls, Logging, Route, ServerSettings, Site,
     Sites, TrustedProxies, PARSER_HEADER_LIMIT,
 };
-use crate::tls::{load_certified_key, CertificateSet};
+use crate::certs::{load_certified_key, CertificateSet};
 
 mod cache;
 mod client_limits;
@@ -273,18 +273,18 @@ fn listener_tls(check: &mut Checker, key: &str, tls: &file::TlsFile) -> Option<L
             Ok(loaded) => entries.push((names, Arc::new(loaded))),
             Err(e) => {
                 let field = match &e {
-                    crate::tls::CertificateError::Read { path, .. }
-                    | crate::tls::CertificateError::BadPem { path, .. }
+                    crate::certs::CertificateError::Read { path, .. }
+                    | crate::certs::CertificateError::BadPem { path, .. }
                         if *path == key_path =>
                     {
                         "key"
                     }
-                    crate::tls::CertificateError::NoKey { .. } => "key",
-                    crate::tls::CertificateError::Mismatch { .. } => "key",
+                    crate::certs::CertificateError::NoKey { .. } => "key",
+                    crate::certs::CertificateError::Mismatch { .. } => "key",
                     _ => "cert",
                 };
                 let message = match &e {
-                    crate::tls::CertificateError::Read { path, source }
+                    crate::certs::CertificateError::Read { path, source }
                         if source.kind() == std::io::ErrorKind::NotFound =>
                     {
                         format!("file not found: {}", path.display())

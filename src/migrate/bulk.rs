@@ -23,7 +23,7 @@ use super::keys::{self, KeyEntry};
 use super::progress::{Counters, RateLimit, Reporter, Summary};
 use crate::config::model::StoreKind;
 use crate::config::Config;
-use crate::origin::Places;
+use crate::store::places::Places;
 use crate::store::{Lookup, ObjectKey, ObjectStore, PutOutcome, Source, StoreError, Tombstones};
 
 const STATE_HEADER: &str = "edgecache-migrate-state 1";

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use super::tee::Tee;
 use crate::config::model::WriteThroughSettings;
 use crate::metrics;
-use crate::origin::Places;
+use crate::store::places::Places;
 use crate::store::{ObjectInfo, ObjectKey, PutOutcome, Tombstones};
 
 const JOB_FORMAT: u32 = 1;

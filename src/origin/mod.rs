@@ -1,8 +1,8 @@
 //! The media chain: a try_files over object stores and legacy origins.
 //!
-//! A media route lists places by name; [`Places::lookup`] asks them in order and the first
+//! A media route lists places by name; [`lookup`] asks them in order and the first
 //! that has the object answers. A place that fails (error, timeout, refused by its
-//! [`guard::Guard`]) is logged and counted and the next is asked, but a failure is never
+//! [`Guard`](crate::store::guard::Guard)) is logged and counted and the next is asked, but a failure is never
 //! taken to mean "absent": when nothing had the object and something failed, the answer is
 //! a failure (502), not a 404 that the cache would keep.
 //!
@@ -10,37 +10,17 @@
 //! ([`server::MediaServer`]), so media misses go through the same cache, lock, range and
 //! stale machinery as responses from the core.
 
-pub mod guard;
-pub mod http;
 pub mod server;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::config::model::{StoreKind, StoreSettings};
 use crate::metrics;
-use crate::store::directory::DirectoryStore;
-use crate::store::s3::S3Store;
-use crate::store::{
-    BodyStream, ByteRange, Found, Lookup, ObjectKey, ObjectStore, Place, StoreError,
-};
-use guard::{Admission, Guard};
-
-/// A place with its protection.
-pub struct GuardedPlace {
-    pub place: Place,
-    guard: Arc<Guard>,
-}
-
-/// Every configured place, by name; built once at start.
-#[derive(Default)]
-pub struct Places {
-    by_name: HashMap<String, GuardedPlace>,
-}
+use crate::store::guard::Admission;
+use crate::store::places::Places;
+use crate::store::{BodyStream, ByteRange, Found, Lookup, ObjectKey};
 
 /// What the chain found.
 pub enum ChainAnswer {
@@ -61,136 +41,83 @@ pub enum ChainAnswer {
     },
 }
 
-impl Places {
-    pub fn build(stores: &BTreeMap<String, StoreSettings>) -> Result<Places, StoreError> {
-        let mut by_name = HashMap::new();
-        for (name, settings) in stores {
-            let place = match &settings.kind {
-                StoreKind::S3(s3) => Place::Store(Arc::new(S3Store::new(s3))),
-                StoreKind::Directory { path } => Place::Store(Arc::new(DirectoryStore::new(
-                    name,
-                    path.clone(),
-                    settings.timeout,
-                    settings.max_concurrency,
-                ))),
-                StoreKind::Http { url } => Place::Legacy(Arc::new(http::HttpSource::new(
-                    name,
-                    url,
-                    settings.timeout,
-                )?)),
-            };
-            let guard = Arc::new(Guard::new(name, settings.max_concurrency, settings.breaker));
-            by_name.insert(name.clone(), GuardedPlace { place, guard });
-        }
-        Ok(Places { by_name })
-    }
-
-    /// The writable store of that name.
-    /// The names of the places that are object stores (write-through may target them).
-    pub fn store_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .by_name
-            .iter()
-            .filter(|(_, guarded)| matches!(guarded.place, Place::Store(_)))
-            .map(|(name, _)| name.clone())
-            .collect();
-        names.sort();
-        names
-    }
-
-    pub fn store(&self, name: &str) -> Option<Arc<dyn ObjectStore>> {
-        match &self.by_name.get(name)?.place {
-            Place::Store(store) => Some(store.clone()),
-            Place::Legacy(_) => None,
-        }
-    }
-
-    /// The place of that name, for reading.
-    pub fn source(&self, name: &str) -> Option<Arc<dyn crate::store::Source>> {
-        match &self.by_name.get(name)?.place {
-            Place::Store(store) => Some(store.clone() as Arc<dyn crate::store::Source>),
-            Place::Legacy(source) => Some(source.clone()),
-        }
-    }
-
-    /// Asks the places of `chain` in order for `key`.
-    pub async fn lookup(
-        &self,
-        chain: &[String],
-        key: &ObjectKey,
-        range: Option<ByteRange>,
-        with_body: bool,
-    ) -> ChainAnswer {
-        let m = metrics::get();
-        let mut absent_from = Vec::new();
-        let mut errors = Vec::new();
-        for name in chain {
-            let Some(place) = self.by_name.get(name) else {
-                errors.push(format!(
-                    "{name}: not configured (a reload added it; restart to use it)"
-                ));
-                continue;
-            };
-            let Some(mut admission) = place.guard.admit() else {
+/// Asks the places of `chain` in order for `key`.
+pub async fn lookup(
+    places: &Places,
+    chain: &[String],
+    key: &ObjectKey,
+    range: Option<ByteRange>,
+    with_body: bool,
+) -> ChainAnswer {
+    let m = metrics::get();
+    let mut absent_from = Vec::new();
+    let mut errors = Vec::new();
+    for name in chain {
+        let Some(place) = places.guarded(name) else {
+            errors.push(format!(
+                "{name}: not configured (a reload added it; restart to use it)"
+            ));
+            continue;
+        };
+        let Some(mut admission) = place.admit() else {
+            m.media_step_lookups
+                .with_label_values(&[name, "shed"])
+                .inc();
+            errors.push(format!(
+                "{name}: refused (concurrency limit or open circuit)"
+            ));
+            continue;
+        };
+        let started = Instant::now();
+        let result = place.place.source().get(key, range, with_body).await;
+        m.media_step_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Lookup::Found(mut found)) => {
+                // With a body, the place has succeeded only once all of it has come:
+                // a dying disk answers the open and then fails the reads.
+                if found.body.is_none() {
+                    admission.succeeded();
+                }
+                m.media_step_lookups.with_label_values(&[name, "hit"]).inc();
+                let expected = found.body_len();
+                found.body = found
+                    .body
+                    .take()
+                    .map(|body| checked_body(body, expected, admission, name));
+                return ChainAnswer::Found {
+                    found,
+                    place: name.clone(),
+                    absent_from,
+                };
+            }
+            Ok(Lookup::RangeNotSatisfiable(u)) => {
+                admission.succeeded();
+                m.media_step_lookups.with_label_values(&[name, "hit"]).inc();
+                return ChainAnswer::RangeNotSatisfiable { len: u.len };
+            }
+            Ok(Lookup::Absent) => {
+                admission.succeeded();
                 m.media_step_lookups
-                    .with_label_values(&[name, "shed"])
+                    .with_label_values(&[name, "miss"])
                     .inc();
-                errors.push(format!(
-                    "{name}: refused (concurrency limit or open circuit)"
-                ));
-                continue;
-            };
-            let started = Instant::now();
-            let result = place.place.source().get(key, range, with_body).await;
-            m.media_step_seconds
-                .with_label_values(&[name])
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(Lookup::Found(mut found)) => {
-                    // With a body, the place has succeeded only once all of it has come:
-                    // a dying disk answers the open and then fails the reads.
-                    if found.body.is_none() {
-                        admission.succeeded();
-                    }
-                    m.media_step_lookups.with_label_values(&[name, "hit"]).inc();
-                    let expected = found.body_len();
-                    found.body = found
-                        .body
-                        .take()
-                        .map(|body| checked_body(body, expected, admission, name));
-                    return ChainAnswer::Found {
-                        found,
-                        place: name.clone(),
-                        absent_from,
-                    };
-                }
-                Ok(Lookup::RangeNotSatisfiable(u)) => {
-                    admission.succeeded();
-                    m.media_step_lookups.with_label_values(&[name, "hit"]).inc();
-                    return ChainAnswer::RangeNotSatisfiable { len: u.len };
-                }
-                Ok(Lookup::Absent) => {
-                    admission.succeeded();
-                    m.media_step_lookups
-                        .with_label_values(&[name, "miss"])
-                        .inc();
-                    absent_from.push(name.clone());
-                }
-                Err(e) => {
-                    admission.failed();
-                    m.media_step_lookups
-                        .with_label_values(&[name, "error"])
-                        .inc();
-                    tracing::warn!(store = %name, key = %key, error = %e, kind = e.kind(), "media store failed; trying the next");
-                    errors.push(e.to_string());
-                }
+                absent_from.push(name.clone());
+            }
+            Err(e) => {
+                admission.failed();
+                m.media_step_lookups
+                    .with_label_values(&[name, "error"])
+                    .inc();
+                tracing::warn!(store = %name, key = %key, error = %e, kind = e.kind(), "media store failed; trying the next");
+                errors.push(e.to_string());
             }
         }
-        if errors.is_empty() {
-            ChainAnswer::NotFound
-        } else {
-            ChainAnswer::Failed { errors }
-        }
+    }
+    if errors.is_empty() {
+        ChainAnswer::NotFound
+    } else {
+        ChainAnswer::Failed { errors }
     }
 }
 

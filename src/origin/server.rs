@@ -21,15 +21,16 @@ use hyper::body::{Frame, Incoming};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::{ChainAnswer, Places};
-use crate::cache::key::normalize_host;
+use super::{lookup, ChainAnswer};
 use crate::config::model::MediaRoute;
 use crate::metrics;
 use crate::migrate::queue::{NewJob, WriteThroughQueue};
 use crate::migrate::tee::tee_body;
 use crate::proxy::ProxySettings;
-use crate::store::directory::content_type_for;
+use crate::store::places::Places;
 use crate::store::{ByteRange, Found, ObjectKey, Tombstones};
+use crate::wire::content_type_for;
+use crate::wire::normalize_host;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -271,7 +272,7 @@ impl Handler {
         } else {
             media.chain.clone()
         };
-        let mut answer = self.places.lookup(&chain, &key, range, with_body).await;
+        let mut answer = lookup(&self.places, &chain, &key, range, with_body).await;
         // `If-Range` is judged once the object's validators are known: unless it matches
         // strongly, the range is ignored and the whole object sent (a 416 is answered
         // whole too, which ignoring the range always allows).
@@ -282,7 +283,7 @@ impl Handler {
                 _ => true,
             };
             if !matches {
-                answer = self.places.lookup(&chain, &key, None, with_body).await;
+                answer = lookup(&self.places, &chain, &key, None, with_body).await;
             }
         }
         if let ChainAnswer::Found { found, place, .. } = &mut answer {

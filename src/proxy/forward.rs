@@ -95,7 +95,7 @@ pub fn may_retry(group_retries: bool, body_bytes_read: usize) -> bool {
 
 /// The declared body length, when it is over `max`.
 pub fn declared_length_over(req: &RequestHeader, max: u64) -> bool {
-    super::headers::content_length(&req.headers).is_some_and(|len| len > max)
+    crate::wire::content_length(&req.headers).is_some_and(|len| len > max)
 }
 
 pub const X_REQUEST_ID: http::header::HeaderName =

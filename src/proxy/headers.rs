@@ -279,17 +279,6 @@ fn is_end_to_end_essential(name: &HeaderName) -> bool {
         || name == header::UPGRADE
 }
 
-/// The body length a `Content-Length` header states, if it states one plainly.
-pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use super::ProxySettings;
 use crate::fleet::{CanonicalUrls, MediaPresence};
-use crate::origin::Places;
+use crate::store::places::Places;
 use crate::store::ObjectKey;
 
 /// Reads the live routes, so a reload that adds or moves a media route applies at once;

@@ -108,42 +108,9 @@ fn info_of(key: &ObjectKey, meta: &std::fs::Metadata) -> ObjectInfo {
         .map_or(0, |d| d.as_secs());
     ObjectInfo {
         len: meta.len(),
-        content_type: Some(content_type_for(key.as_str()).to_string()),
+        content_type: Some(crate::wire::content_type_for(key.as_str()).to_string()),
         etag: Some(format!("\"{seconds:x}-{:x}\"", meta.len())),
         last_modified: modified.map(httpdate::fmt_http_date),
-    }
-}
-
-/// The media type a file name implies; Mastodon's media are images, video and audio.
-pub fn content_type_for(name: &str) -> &'static str {
-    let extension = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match extension.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "avif" => "image/avif",
-        "heic" => "image/heic",
-        "svg" => "image/svg+xml",
-        "ico" => "image/x-icon",
-        "mp4" | "m4v" => "video/mp4",
-        "webm" => "video/webm",
-        "mov" => "video/quicktime",
-        "mp3" => "audio/mpeg",
-        "ogg" | "oga" => "audio/ogg",
-        "opus" => "audio/opus",
-        "m4a" => "audio/mp4",
-        "wav" => "audio/wav",
-        "flac" => "audio/flac",
-        "json" => "application/json",
-        "txt" => "text/plain; charset=utf-8",
-        "css" => "text/css",
-        "js" => "text/javascript",
-        "woff2" => "font/woff2",
-        _ => "application/octet-stream",
     }
 }
 

@@ -1,5 +1,6 @@
-//! Where media lives: S3-compatible object stores and local (or NFS) directories; an old
-//! server reached over HTTP is in `crate::origin`.
+//! Where media lives: S3-compatible object stores, local (or NFS) directories and old
+//! servers reached over HTTP, with their registry ([`places::Places`]) and the guard that
+//! protects each from overload ([`guard::Guard`]).
 //!
 //! Every place answers the same [`Source`] questions (does it have this key, and its bytes),
 //! so the media chain in `crate::origin` can try them in order without knowing which is which.
@@ -8,7 +9,10 @@
 //! there. Keys are checked once, in [`ObjectKey`], before any of them sees one.
 
 pub mod directory;
+pub mod guard;
+pub mod http;
 pub mod key;
+pub mod places;
 pub mod s3;
 pub mod tombstones;
 

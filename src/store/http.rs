@@ -114,7 +114,7 @@ impl Source for HttpSource {
         if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
             return Err(self.unavailable(format!("GET {url}: HTTP {}", status.as_u16())));
         }
-        let Some(body_len) = crate::proxy::headers::content_length(resp.headers()) else {
+        let Some(body_len) = crate::wire::content_length(resp.headers()) else {
             return Err(self.unavailable(format!("GET {url}: no Content-Length")));
         };
         let (len, span) = if status == StatusCode::PARTIAL_CONTENT {
