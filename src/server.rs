@@ -203,19 +203,14 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
             }
             None => None,
         };
-        let media = MediaServer::bind(
-            places,
-            proxy_settings.clone(),
-            write_through,
-            tombstones.clone(),
-        )
-        .map_err(StartError::MediaOrigin)?;
-        let address = media.address();
+        let media = MediaServer::bind(places, write_through, tombstones.clone())
+            .map_err(StartError::MediaOrigin)?;
+        let origin = media.origin();
         let mut service = GenBackgroundService::new("media origin".to_string(), Arc::new(media));
         // Every media miss passes through it; one thread (the default) would serialize them.
         service.threads = Some(config.server.threads);
         server.add_service(service);
-        Some(address)
+        Some(origin)
     } else {
         None
     };

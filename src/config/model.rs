@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -311,8 +312,9 @@ pub struct Sites {
 pub struct Site {
     /// Lower-case names; `*.example.social` matches any subdomain. Empty: any host.
     pub hosts: Vec<String>,
-    /// Longest path first, so the first match is the most specific.
-    pub routes: Vec<Route>,
+    /// Longest path first, so the first match is the most specific. Shared, so a request
+    /// carries its route (and hands it to the media origin) without copying it.
+    pub routes: Vec<Arc<Route>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -439,7 +441,7 @@ impl std::fmt::Debug for Secret {
 impl Sites {
     /// The route for a request: the site that names `host` (exactly, then by wildcard, then
     /// a site without hosts) and in it the longest path prefix.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let host = host_without_port(host);
         let site = self
             .sites

@@ -501,7 +501,7 @@ fn sites(
             }
             hosts.push(host);
         }
-        let mut routes: Vec<Route> = Vec::new();
+        let mut routes: Vec<Arc<Route>> = Vec::new();
         for (j, route) in site.routes.iter().enumerate() {
             if !route.path.starts_with('/') {
                 check.problem(&format!("sites[{i}].routes[{j}].path"), "must start with /");
@@ -551,7 +551,7 @@ fn sites(
                     limit,
                 )
             });
-            routes.push(Route {
+            routes.push(Arc::new(Route {
                 id: next_route_id,
                 path: route.path.clone(),
                 cache: route.cache,
@@ -560,7 +560,7 @@ fn sites(
                 upstream: route.upstream.clone(),
                 max_body_size: route.max_body_size.map(|size| size.0),
                 client_limit,
-            });
+            }));
             next_route_id += 1;
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));

@@ -4,14 +4,14 @@
 //! media on the same path as the core's responses (one fetch per miss, streaming to
 //! waiters, ranges, stale on error) instead of a second, partial cache path. Only the proxy
 //! talks to it: it listens on 127.0.0.1 on a port chosen at start, and it answers only for
-//! media routes of the running config, from their places, with headers it builds itself
-//! (nothing a store sends beyond length, type and validators reaches the client).
+//! the media route the proxy handed over with the request (see [`super::handoff`]), from
+//! its places, with headers it builds itself (nothing a store sends beyond length, type
+//! and validators reaches the client).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -21,24 +21,23 @@ use hyper::body::{Frame, Incoming};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use super::handoff::{HandedRoutes, MediaOrigin, MEDIA_TICKET};
 use super::{lookup, ChainAnswer};
 use crate::config::model::MediaRoute;
 use crate::metrics;
 use crate::migrate::queue::{NewJob, WriteThroughQueue};
 use crate::migrate::tee::tee_body;
-use crate::proxy::ProxySettings;
 use crate::store::places::Places;
 use crate::store::{ByteRange, Found, ObjectKey, Tombstones};
 use crate::wire::content_type_for;
-use crate::wire::normalize_host;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 pub struct MediaServer {
-    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    listener: parking_lot::Mutex<Option<std::net::TcpListener>>,
     address: SocketAddr,
     places: Arc<Places>,
-    settings: Arc<ArcSwap<ProxySettings>>,
+    routes: Arc<HandedRoutes>,
     write_through: Option<Arc<WriteThroughQueue>>,
     tombstones: Arc<Tombstones>,
 }
@@ -48,7 +47,6 @@ impl MediaServer {
     /// any service starts.
     pub fn bind(
         places: Arc<Places>,
-        settings: Arc<ArcSwap<ProxySettings>>,
         write_through: Option<Arc<WriteThroughQueue>>,
         tombstones: Arc<Tombstones>,
     ) -> std::io::Result<MediaServer> {
@@ -56,28 +54,25 @@ impl MediaServer {
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         Ok(MediaServer {
-            listener: std::sync::Mutex::new(Some(listener)),
+            listener: parking_lot::Mutex::new(Some(listener)),
             address,
             places,
-            settings,
+            routes: Arc::default(),
             write_through,
             tombstones,
         })
     }
 
-    pub fn address(&self) -> SocketAddr {
-        self.address
+    /// The proxy's handle: where to send media misses, and where to lodge their routes.
+    pub fn origin(&self) -> MediaOrigin {
+        MediaOrigin::new(self.address, self.routes.clone())
     }
 }
 
 #[async_trait]
 impl BackgroundService for MediaServer {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let taken = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let taken = self.listener.lock().take();
         let Some(listener) = taken else { return };
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => listener,
@@ -88,7 +83,7 @@ impl BackgroundService for MediaServer {
         };
         let handler = Arc::new(Handler {
             places: self.places.clone(),
-            settings: self.settings.clone(),
+            routes: self.routes.clone(),
             write_through: self.write_through.clone(),
             tombstones: self.tombstones.clone(),
         });
@@ -125,7 +120,7 @@ impl BackgroundService for MediaServer {
 
 struct Handler {
     places: Arc<Places>,
-    settings: Arc<ArcSwap<ProxySettings>>,
+    routes: Arc<HandedRoutes>,
     write_through: Option<Arc<WriteThroughQueue>>,
     tombstones: Arc<Tombstones>,
 }
@@ -223,21 +218,13 @@ impl Handler {
                 return resp;
             }
         };
-        // The host as the proxy read it when it sent the request here.
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| normalize_host(h, false))
-            .unwrap_or_default();
-        let path = req.uri().path();
-        let settings = self.settings.load();
-        let Some(route) = settings.sites.route(&host, path) else {
+        let Some(route) = self.routes.route_for(req.headers().get(MEDIA_TICKET)) else {
             return text(StatusCode::NOT_FOUND, "404 no media route", NO_STORE);
         };
         let Some(media) = &route.media else {
             return text(StatusCode::NOT_FOUND, "404 no media route", NO_STORE);
         };
+        let path = req.uri().path();
         let key = match ObjectKey::for_route(&route.path, path) {
             Ok(Some(key)) => key,
             Ok(None) => return text(StatusCode::NOT_FOUND, "404 not found", NO_STORE),

@@ -1,6 +1,5 @@
-//! Decisions for requests that go to the core: the request's route (looked up once), which
-//! upstream group, whether a failure may be retried on another host, the request id, and
-//! the body limit.
+//! Decisions for requests that go to the core: whether a failure may be retried on another
+//! host, the request id, and the body limit.
 //!
 //! Retrying is where an edge can make a core's bad day worse: a POST sent twice is a
 //! duplicate post. Only the group's `retry_methods` (GET, HEAD and OPTIONS unless PUT or
@@ -9,84 +8,8 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use pingora::http::RequestHeader;
-
-use super::client_limits::RouteLimiter;
-use super::ProxySettings;
-use crate::cache::key as cache_key;
-
-/// What the request's route says about it, looked up once per request.
-#[derive(Debug, Clone)]
-pub struct RouteChoice {
-    /// The core group; `None`: the default group.
-    pub upstream: Option<String>,
-    /// The route's path, when it is a media route (its objects are keyed below it).
-    pub media: Option<String>,
-    pub max_body_size: Option<u64>,
-    /// `false`: the route never uses the shared cache.
-    pub cache: bool,
-    /// How long a response that states no freshness is kept.
-    pub cache_ttl: Option<std::time::Duration>,
-    /// What one client may ask of the route.
-    pub client_limit: Option<Arc<RouteLimiter>>,
-}
-
-impl Default for RouteChoice {
-    /// No route: forward to the default group and let the response's headers decide.
-    fn default() -> Self {
-        RouteChoice {
-            upstream: None,
-            media: None,
-            max_body_size: None,
-            cache: true,
-            cache_ttl: None,
-            client_limit: None,
-        }
-    }
-}
-
-pub fn choose(settings: &ProxySettings, req: &RequestHeader, tls: bool) -> RouteChoice {
-    let Some(host) = cache_key::request_host(req, tls) else {
-        return RouteChoice::default();
-    };
-    match settings.sites.route(&host, req.uri.path()) {
-        Some(route) => RouteChoice {
-            upstream: route.upstream.clone(),
-            media: route.media.as_ref().map(|_| route.path.clone()),
-            max_body_size: route.max_body_size,
-            cache: route.cache,
-            cache_ttl: route.cache_ttl,
-            client_limit: client_limit(settings, &host, req.uri.path()),
-        },
-        None => RouteChoice {
-            client_limit: client_limit(settings, &host, req.uri.path()),
-            ..RouteChoice::default()
-        },
-    }
-}
-
-/// The per-client limit for `path`, found with repeated slashes squeezed: Rails routes
-/// `//auth/sign_in` as `/auth/sign_in`, so a doubled slash must not step around its limit.
-/// (Only the limit is looked up this way; the route itself keys on the path as sent.)
-fn client_limit(settings: &ProxySettings, host: &str, path: &str) -> Option<Arc<RouteLimiter>> {
-    let squeezed;
-    let path = if path.contains("//") {
-        let mut out = String::with_capacity(path.len());
-        for c in path.chars() {
-            if !(c == '/' && out.ends_with('/')) {
-                out.push(c);
-            }
-        }
-        squeezed = out;
-        squeezed.as_str()
-    } else {
-        path
-    };
-    let route = settings.sites.route(host, path)?;
-    settings.client_limiters.get(route.id).cloned().flatten()
-}
 
 /// Whether a failed attempt may be repeated on another host.
 pub fn may_retry(group_retries: bool, body_bytes_read: usize) -> bool {

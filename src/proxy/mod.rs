@@ -12,6 +12,7 @@ pub mod headers;
 pub mod limits;
 pub mod media_urls;
 mod report;
+pub mod route;
 mod settings;
 pub mod upstream;
 pub mod websocket;
@@ -40,8 +41,10 @@ use crate::cache::{policy, CacheStatus, EdgeCache};
 use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource};
 use crate::head_deadline::HeadDeadlines;
 use crate::metrics;
+use crate::origin::handoff::{MediaOrigin, Ticket, MEDIA_TICKET};
 use crate::store::ObjectKey;
 use client_limits::{InFlight, Verdict};
+use route::RouteDecision;
 use upstream::{CoreGroup, CoreUpstreams};
 
 /// What every listener's proxy shares.
@@ -53,7 +56,7 @@ pub struct ProxyShared {
     /// `None` when the config has no `cache` section.
     pub cache: Option<Arc<EdgeCache>>,
     /// The loopback origin that serves media routes; `None` without `stores`.
-    pub media_origin: Option<SocketAddr>,
+    pub media_origin: Option<MediaOrigin>,
     pub request_ids: forward::RequestIds,
     /// Ends websockets cleanly at shutdown.
     pub going_away: Arc<websocket::GoingAway>,
@@ -114,12 +117,21 @@ impl EdgeProxy {
             .unwrap_or_else(|| self.shared.settings.load_full())
     }
 
-    /// The loopback media origin, when the request's route is a media route.
+    /// The loopback media origin, when the request's route is a media route; the route is
+    /// lodged with it for the request's lifetime.
     fn media_peer(&self, ctx: &mut RequestContext) -> Option<Box<HttpPeer>> {
-        let address = self.shared.media_origin?;
-        ctx.route.media.as_ref()?;
+        let origin = self.shared.media_origin.as_ref()?;
+        ctx.route.media()?;
+        let route = ctx.route.route()?.clone();
+        if ctx.media_ticket.is_none() {
+            ctx.media_ticket = Some(origin.hand_over(route));
+        }
         ctx.upstream_label = "media".to_string();
-        Some(Box::new(HttpPeer::new(address, false, String::new())))
+        Some(Box::new(HttpPeer::new(
+            origin.address(),
+            false,
+            String::new(),
+        )))
     }
 
     pub fn new(
@@ -227,8 +239,10 @@ pub struct RequestContext {
     /// The settings this request runs under, taken once so a reload cannot change them
     /// halfway through it.
     settings: Option<Arc<ProxySettings>>,
-    /// What the route says about forwarding.
-    route: forward::RouteChoice,
+    /// The request's route, decided once in `request_filter`.
+    route: RouteDecision,
+    /// The route lodged with the media origin while this media request is in flight.
+    media_ticket: Option<Ticket>,
     /// `X-Request-Id`, the client's or ours.
     request_id: String,
     /// Request body bytes read from the client so far.
@@ -261,7 +275,8 @@ impl ProxyHttp for EdgeProxy {
             cache_status: None,
             cache_key: None,
             settings: None,
-            route: forward::RouteChoice::default(),
+            route: RouteDecision::default(),
+            media_ticket: None,
             request_id: String::new(),
             body_bytes: 0,
             websocket: false,
@@ -317,7 +332,7 @@ impl ProxyHttp for EdgeProxy {
             }
             headers::drop_connection_nominated(session.req_header_mut());
             let req = session.req_header();
-            ctx.route = forward::choose(&settings, req, self.tls);
+            ctx.route = RouteDecision::decide(&settings, req, self.tls);
             ctx.request_id = self.shared.request_ids.for_request(req);
             if let Some(buster) = &settings.cache_buster {
                 if buster::is_cache_buster(buster, req) {
@@ -331,7 +346,7 @@ impl ProxyHttp for EdgeProxy {
             let req = session.req_header();
             if ctx
                 .route
-                .max_body_size
+                .max_body_size()
                 .is_some_and(|max| forward::declared_length_over(req, max))
             {
                 // The body is not read: the connection cannot carry another request.
@@ -381,14 +396,14 @@ impl ProxyHttp for EdgeProxy {
         };
         // The route was looked up in `request_filter`; the host there differs from this one
         // at most by a port, which routing ignores.
-        if policy::request_bypass(req, session_has_body, ctx.route.cache, policy).is_some() {
+        if policy::request_bypass(req, session_has_body, ctx.route.cache(), policy).is_some() {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return Ok(());
         }
-        let primary = match &ctx.route.media {
+        let primary = match ctx.route.media() {
             None => cache_key::primary_key(tls, &host, req),
             // Every spelling of a media URL is the one object the chain serves.
-            Some(route_path) => match ObjectKey::for_route(route_path, req.uri.path()) {
+            Some((_, route_path)) => match ObjectKey::for_route(route_path, req.uri.path()) {
                 Ok(Some(key)) => cache_key::path_key(tls, &host, &key.canonical_path(route_path)),
                 // The media origin refuses it; nothing of it is stored.
                 Ok(None) | Err(_) => {
@@ -423,7 +438,7 @@ impl ProxyHttp for EdgeProxy {
         let Some(policy) = &settings.cache_policy else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        let decision = policy::response_cacheable(resp, ctx.route.cache_ttl, policy);
+        let decision = policy::response_cacheable(resp, ctx.route.cache_ttl(), policy);
         if matches!(decision, RespCacheable::Cacheable(_))
             && self
                 .shared
@@ -529,7 +544,7 @@ impl ProxyHttp for EdgeProxy {
         let group = match &ctx.group {
             Some(group) => group.clone(),
             None => {
-                let name = ctx.route.upstream.as_deref();
+                let name = ctx.route.upstream();
                 let group = self.shared.core.group(name).cloned().ok_or_else(|| {
                     Error::explain(
                         ErrorType::InternalError,
@@ -677,7 +692,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.body_bytes += chunk.len() as u64;
             if ctx
                 .route
-                .max_body_size
+                .max_body_size()
                 .is_some_and(|max| ctx.body_bytes > max)
             {
                 return Err(Error::explain(
@@ -698,6 +713,11 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         headers::strip_request_hop_by_hop(upstream_request, ctx.websocket);
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
+        // Only the proxy lodges routes: a client's ticket never reaches an origin.
+        upstream_request.remove_header(&MEDIA_TICKET);
+        if let Some(ticket) = &ctx.media_ticket {
+            upstream_request.insert_header(MEDIA_TICKET, ticket.header_value())?;
+        }
         let peer = client_addr(session).map(|a| a.ip());
         ctx.client_ip = headers::set_forwarding(
             upstream_request,

@@ -1,0 +1,92 @@
+//! The one route decision of a request.
+//!
+//! `request_filter` looks the route up once, from the request's host and path, under the
+//! settings the request runs with, and keeps it in the context as a shared [`Route`]: every
+//! later hook (cache bypass and key, body limit, upstream group, the media origin it is
+//! handed to) reads that one answer, so no two parts of a request can disagree on its route,
+//! even across a reload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::http::RequestHeader;
+
+use super::client_limits::RouteLimiter;
+use super::ProxySettings;
+use crate::cache::key as cache_key;
+use crate::config::model::{MediaRoute, Route};
+
+/// The route of a request, and what one client may ask of it.
+#[derive(Debug, Clone, Default)]
+pub struct RouteDecision {
+    /// `None`: no route matched; the request goes to the default group and the response's
+    /// own headers decide caching.
+    route: Option<Arc<Route>>,
+    /// What one client may ask of the route.
+    pub client_limit: Option<Arc<RouteLimiter>>,
+}
+
+impl RouteDecision {
+    /// Looks the route up for `req`, once.
+    pub fn decide(settings: &ProxySettings, req: &RequestHeader, tls: bool) -> RouteDecision {
+        let Some(host) = cache_key::request_host(req, tls) else {
+            return RouteDecision::default();
+        };
+        let path = req.uri.path();
+        RouteDecision {
+            route: settings.sites.route(&host, path).cloned(),
+            client_limit: client_limit(settings, &host, path),
+        }
+    }
+
+    /// The route itself, shared (the media origin is handed it).
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.route.as_ref()
+    }
+
+    /// The core group; `None`: the default group.
+    pub fn upstream(&self) -> Option<&str> {
+        self.route.as_ref()?.upstream.as_deref()
+    }
+
+    /// The media route and the path its objects are keyed below, when it is one.
+    pub fn media(&self) -> Option<(&MediaRoute, &str)> {
+        let route = self.route.as_ref()?;
+        Some((route.media.as_ref()?, route.path.as_str()))
+    }
+
+    /// `false`: the route never uses the shared cache.
+    pub fn cache(&self) -> bool {
+        self.route.as_ref().is_none_or(|r| r.cache)
+    }
+
+    /// How long a response that states no freshness is kept.
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        self.route.as_ref()?.cache_ttl
+    }
+
+    pub fn max_body_size(&self) -> Option<u64> {
+        self.route.as_ref()?.max_body_size
+    }
+}
+
+/// The per-client limit for `path`, found with repeated slashes squeezed: Rails routes
+/// `//auth/sign_in` as `/auth/sign_in`, so a doubled slash must not step around its limit.
+/// (Only the limit is looked up this way; the route itself keys on the path as sent.)
+fn client_limit(settings: &ProxySettings, host: &str, path: &str) -> Option<Arc<RouteLimiter>> {
+    let squeezed;
+    let path = if path.contains("//") {
+        let mut out = String::with_capacity(path.len());
+        for c in path.chars() {
+            if !(c == '/' && out.ends_with('/')) {
+                out.push(c);
+            }
+        }
+        squeezed = out;
+        squeezed.as_str()
+    } else {
+        path
+    };
+    let route = settings.sites.route(host, path)?;
+    settings.client_limiters.get(route.id).cloned().flatten()
+}
