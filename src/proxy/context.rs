@@ -1,0 +1,82 @@
+//! What the proxy keeps about one request while its hooks run.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::client_limits::InFlight;
+use super::route::RouteDecision;
+use super::upstream::CoreGroup;
+use super::ProxySettings;
+use crate::cache::CacheStatus;
+use crate::origin::handoff::Ticket;
+
+/// Per-request state.
+pub struct RequestContext {
+    pub(super) started: Instant,
+    pub(super) started_at: SystemTime,
+    pub(super) client_ip: Option<IpAddr>,
+    pub(super) group: Option<Arc<CoreGroup>>,
+    /// Core hosts this request could not connect to, so a retry goes elsewhere.
+    pub(super) connect_failed: Vec<SocketAddr>,
+    /// The embedded mesh was not connected, so no host was tried.
+    pub(super) mesh_down: bool,
+    /// The host of the current attempt.
+    pub(super) current_host: Option<SocketAddr>,
+    pub(super) upstream_label: String,
+    pub(super) upstream_sent: Option<Instant>,
+    pub(super) upstream_status: Option<u16>,
+    /// The status we answered with ourselves (refusals, errors), when pingora did not write
+    /// an upstream response.
+    pub(super) own_status: Option<u16>,
+    /// How the cache took part; `None` when caching is off for this PoP.
+    pub(super) cache_status: Option<CacheStatus>,
+    /// The primary cache key, set when this request uses the cache.
+    pub(super) cache_key: Option<String>,
+    /// The settings this request runs under, taken once so a reload cannot change them
+    /// halfway through it.
+    pub(super) settings: Option<Arc<ProxySettings>>,
+    /// The request's route, decided once in `request_filter`.
+    pub(super) route: RouteDecision,
+    /// The route lodged with the media origin while this media request is in flight.
+    pub(super) media_ticket: Option<Ticket>,
+    /// `X-Request-Id`, the client's or ours.
+    pub(super) request_id: String,
+    /// Request body bytes read from the client so far.
+    pub(super) body_bytes: u64,
+    /// The request asks for a websocket.
+    pub(super) websocket: bool,
+    /// Counted in `edgecache_open_websockets` until the request ends.
+    pub(super) websocket_open: bool,
+    /// This request's place in its client's in-flight count, given back when it ends.
+    pub(super) client_slot: Option<InFlight>,
+}
+
+impl RequestContext {
+    /// A request that has just begun: no route, no host, nothing counted yet.
+    pub(super) fn new() -> RequestContext {
+        RequestContext {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            client_ip: None,
+            group: None,
+            connect_failed: Vec::new(),
+            mesh_down: false,
+            current_host: None,
+            upstream_label: String::new(),
+            upstream_sent: None,
+            upstream_status: None,
+            own_status: None,
+            cache_status: None,
+            cache_key: None,
+            settings: None,
+            route: RouteDecision::default(),
+            media_ticket: None,
+            request_id: String::new(),
+            body_bytes: 0,
+            websocket: false,
+            websocket_open: false,
+            client_slot: None,
+        }
+    }
+}
