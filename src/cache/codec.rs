@@ -3,9 +3,7 @@
 //! Every read is fallible on purpose: these bytes come from disk and may be truncated or
 //! damaged, and a damaged entry must become a miss, never a panic.
 
-use std::time::SystemTime;
-
-use super::meta::{join_time, split_time};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Default)]
 pub struct Writer {
@@ -111,6 +109,19 @@ impl<'a> Reader<'a> {
         let len = self.u32()? as usize;
         self.take(len)
     }
+}
+
+/// Seconds and nanoseconds since the epoch; times before it are stored as the epoch.
+fn split_time(time: SystemTime) -> (u64, u32) {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    (since.as_secs(), since.subsec_nanos())
+}
+
+fn join_time(secs: u64, nanos: u32) -> Option<SystemTime> {
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
 #[cfg(test)]

@@ -18,13 +18,25 @@ use pingora::cache::storage::{HandleMiss, MissFinishType};
 use pingora::Result;
 use tokio::sync::watch;
 
-use super::disk::{TempBody, BODY_HEADER_LEN};
+use super::disk::{DiskTier, TempBody, BODY_HEADER_LEN};
 use super::disk_files::BLOCK_SIZE;
-use super::memory::MemObject;
+use super::memory::{MemObject, MemoryTier};
 use super::meta::StoredMeta;
-use super::storage::{internal, TieredStorage};
-use super::Hash;
+use super::tier::Tier;
+use super::{internal, Hash};
 use crate::metrics;
+
+/// What a fill needs of the storage it arrives into: the tiers it commits to, whether a
+/// purge ran since it began, and a word when it ends. The storage implements it; a fill
+/// knows nothing else of it.
+pub(super) trait FillHome: Send + Sync {
+    fn memory(&self) -> &MemoryTier;
+    fn disk(&self) -> Option<&DiskTier>;
+    /// Whether a purge since count `since` covers this object.
+    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool;
+    /// The fill `id` of `combined` is over (committed, failed or dropped).
+    fn fill_ended(&self, combined: &Hash, id: u64);
+}
 
 /// How far a fill has come; readers wait on changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +69,28 @@ pub(super) struct Fill {
 }
 
 impl Fill {
+    /// An object that begins arriving now; `purges_at_start` is the storage's purge count.
+    pub(super) fn new(
+        id: u64,
+        primary: Hash,
+        url: Arc<str>,
+        meta: StoredMeta,
+        spool: Spool,
+        purges_at_start: u64,
+    ) -> Fill {
+        let (progress, _) = watch::channel(Progress::Writing(0));
+        Fill {
+            id,
+            primary,
+            url,
+            meta,
+            spool,
+            progress,
+            abandoned: AtomicBool::new(false),
+            purges_at_start,
+        }
+    }
+
     /// Up to `max` bytes from `pos`, all of which have been written.
     pub(super) fn read(&self, pos: u64, max: u64) -> Result<Bytes> {
         match &self.spool {
@@ -82,25 +116,51 @@ impl Fill {
 
 /// Writes one fill; pingora's miss handler.
 pub(super) struct FillWriter {
-    pub(super) storage: &'static TieredStorage,
-    pub(super) fill: Arc<Fill>,
-    pub(super) combined: Hash,
-    pub(super) tag: [u8; 8],
-    pub(super) temp: Option<TempBody>,
-    pub(super) written: u64,
-    pub(super) crcs: Vec<u32>,
-    pub(super) block: crc32fast::Hasher,
-    pub(super) block_len: usize,
+    storage: &'static dyn FillHome,
+    fill: Arc<Fill>,
+    combined: Hash,
+    tag: [u8; 8],
+    temp: Option<TempBody>,
+    written: u64,
+    crcs: Vec<u32>,
+    block: crc32fast::Hasher,
+    block_len: usize,
     /// A copy for the memory tier while the body is small enough for it.
-    pub(super) memory_copy: Option<Vec<Bytes>>,
-    pub(super) reserved: u64,
+    memory_copy: Option<Vec<Bytes>>,
+    reserved: u64,
     /// The disk tier could not make room: spool on, but do not commit.
-    pub(super) over_budget: bool,
-    pub(super) finished: bool,
+    over_budget: bool,
+    finished: bool,
 }
 
 impl FillWriter {
-    pub(super) fn checksum(&mut self, mut data: &[u8]) {
+    /// The writer of `fill`, spooling to `temp` when there is a disk tier. With
+    /// `keep_memory_copy` the body is also collected for the memory tier while it fits.
+    pub(super) fn new(
+        storage: &'static dyn FillHome,
+        fill: Arc<Fill>,
+        combined: Hash,
+        temp: Option<TempBody>,
+        keep_memory_copy: bool,
+    ) -> FillWriter {
+        FillWriter {
+            storage,
+            tag: fill.id.to_be_bytes(),
+            fill,
+            combined,
+            temp,
+            written: 0,
+            crcs: Vec::new(),
+            block: crc32fast::Hasher::new(),
+            block_len: 0,
+            memory_copy: keep_memory_copy.then(Vec::new),
+            reserved: 0,
+            over_budget: false,
+            finished: false,
+        }
+    }
+
+    fn checksum(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let room = BLOCK_SIZE - self.block_len;
             let take = room.min(data.len());
@@ -115,16 +175,16 @@ impl FillWriter {
         }
     }
 
-    pub(super) fn fail(&mut self) {
+    fn fail(&mut self) {
         self.fill.progress.send_replace(Progress::Failed);
     }
 
     /// Commits the complete body to the tiers it belongs in.
-    pub(super) fn commit(&mut self) {
+    fn commit(&mut self) {
         let storage = self.storage;
         let fill = &self.fill;
         let abandoned = fill.abandoned.load(Ordering::Acquire);
-        if let (Some(disk), Some(temp)) = (&storage.disk, self.temp.take()) {
+        if let (Some(disk), Some(temp)) = (storage.disk(), self.temp.take()) {
             if abandoned || self.over_budget {
                 temp.discard();
             } else if let Err(e) = disk.commit(
@@ -149,7 +209,7 @@ impl FillWriter {
             (Spool::Disk(_), None) => None,
         };
         if let Some(body) = body {
-            storage.memory.insert(
+            storage.memory().insert(
                 self.combined,
                 MemObject {
                     primary: fill.primary,
@@ -167,8 +227,8 @@ impl FillWriter {
             &self.combined,
             &fill.url,
         ) {
-            storage.memory.remove(&self.combined);
-            if let Some(disk) = &storage.disk {
+            storage.memory().remove(&self.combined);
+            if let Some(disk) = storage.disk() {
                 disk.remove(&self.combined);
             }
         }
@@ -196,7 +256,7 @@ impl HandleMiss for FillWriter {
         let len = data.len() as u64;
         match &self.fill.spool {
             Spool::Disk(file) => {
-                if let Some(disk) = &self.storage.disk {
+                if let Some(disk) = self.storage.disk() {
                     if !self.over_budget {
                         // The body file's blocks, as its entry will be counted.
                         let more = disk
@@ -217,7 +277,7 @@ impl HandleMiss for FillWriter {
                 }
                 self.checksum(&data);
                 if let Some(copy) = &mut self.memory_copy {
-                    if self.storage.memory.admits(self.written + len) {
+                    if self.storage.memory().admits(self.written + len) {
                         copy.push(data.clone());
                     } else {
                         self.memory_copy = None;
@@ -225,14 +285,14 @@ impl HandleMiss for FillWriter {
                 }
                 metrics::get()
                     .cache_tier_written_bytes
-                    .with_label_values(&["disk"])
+                    .with_label_values(&[Tier::Disk.label()])
                     .inc_by(len);
             }
             Spool::Memory(chunks) => {
                 chunks.write().push((self.written, data));
                 metrics::get()
                     .cache_tier_written_bytes
-                    .with_label_values(&["memory"])
+                    .with_label_values(&[Tier::Memory.label()])
                     .inc_by(len);
             }
         }
@@ -279,9 +339,9 @@ impl Drop for FillWriter {
         if let Some(temp) = self.temp.take() {
             temp.discard();
         }
-        if let Some(disk) = &self.storage.disk {
+        if let Some(disk) = self.storage.disk() {
             disk.release(self.reserved);
         }
-        self.storage.remove_fill(&self.combined, self.fill.id);
+        self.storage.fill_ended(&self.combined, self.fill.id);
     }
 }

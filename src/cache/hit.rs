@@ -2,7 +2,7 @@
 //! a fill that is still arriving (waiting for its bytes).
 
 use std::any::Any;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,49 +10,16 @@ use pingora::cache::storage::{HandleHit, HitHandler};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::Result;
-use prometheus::IntCounter;
 use tokio::sync::watch;
 
 use super::disk::{DiskObject, DiskTier};
 use super::disk_files::BLOCK_SIZE;
 use super::fill::{Fill, Progress};
+use super::internal;
 use super::memory::MemObject;
-use super::storage::internal;
-use crate::metrics;
+use super::tier::Tier;
 
-/// The per-tier counters a hit touches, looked up once rather than on every request.
-pub(super) struct TierCounters {
-    pub(super) hits: IntCounter,
-    pub(super) read_bytes: IntCounter,
-}
-
-pub(super) static TIER_COUNTERS: LazyLock<[TierCounters; 3]> = LazyLock::new(|| {
-    let m = metrics::get();
-    ["memory", "disk", "fill"].map(|tier| TierCounters {
-        hits: m.cache_tier_hits.with_label_values(&[tier]),
-        read_bytes: m.cache_tier_read_bytes.with_label_values(&[tier]),
-    })
-});
-
-pub(super) static MEMORY_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
-    metrics::get()
-        .cache_tier_misses
-        .with_label_values(&["memory"])
-});
-
-pub(super) fn tier_counters(tier: &str) -> &'static TierCounters {
-    match tier {
-        "memory" => &TIER_COUNTERS[0],
-        "disk" => &TIER_COUNTERS[1],
-        _ => &TIER_COUNTERS[2],
-    }
-}
-
-pub(super) fn count_hit(tier: &str) {
-    tier_counters(tier).hits.inc();
-}
-
-pub(super) fn memory_hit(object: &MemObject, tier: &'static str) -> (CacheMeta, HitHandler) {
+pub(super) fn memory_hit(object: &MemObject, tier: Tier) -> (CacheMeta, HitHandler) {
     let body = object.body.clone();
     let end = body.len();
     (
@@ -79,7 +46,7 @@ pub(super) struct MemoryHit {
     pub(super) pos: usize,
     pub(super) end: usize,
     pub(super) done: bool,
-    pub(super) tier: &'static str,
+    pub(super) tier: Tier,
 }
 
 pub(super) struct DiskHit {
@@ -170,11 +137,11 @@ impl HandleHit for TieredHit {
                     (Some(hit.body.slice(hit.pos..hit.end)), hit.tier)
                 }
             }
-            TieredHit::Disk(hit) => (hit.read()?, "disk"),
-            TieredHit::Partial(hit) => (hit.read().await?, "fill"),
+            TieredHit::Disk(hit) => (hit.read()?, Tier::Disk),
+            TieredHit::Partial(hit) => (hit.read().await?, Tier::Fill),
         };
         if let Some(chunk) = &chunk {
-            tier_counters(tier).read_bytes.inc_by(chunk.len() as u64);
+            tier.counters().read_bytes.inc_by(chunk.len() as u64);
         }
         Ok(chunk)
     }

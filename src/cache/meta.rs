@@ -6,7 +6,7 @@
 //! and the disk tier writes it in a binary format of our own, so an upgrade of pingora
 //! cannot silently change what is on disk.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
@@ -183,21 +183,10 @@ impl StoredMeta {
     }
 }
 
-/// Seconds and nanoseconds since the epoch; times before it are stored as the epoch.
-pub(super) fn split_time(time: SystemTime) -> (u64, u32) {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    (since.as_secs(), since.subsec_nanos())
-}
-
-pub(super) fn join_time(secs: u64, nanos: u32) -> Option<SystemTime> {
-    if nanos >= 1_000_000_000 {
-        return None;
-    }
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-}
-
 #[cfg(test)]
 pub(super) mod tests {
+    use std::time::Duration;
+
     use proptest::prelude::*;
 
     use super::*;

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod meta;
 pub mod policy;
 pub mod storage;
+mod tier;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +40,11 @@ use storage::TieredStorage;
 
 /// A 128-bit key hash, as pingora computes them.
 pub type Hash = [u8; 16];
+
+/// An error of ours inside a pingora cache call.
+fn internal(message: impl Into<String>) -> Box<pingora::Error> {
+    pingora::Error::explain(pingora::ErrorType::InternalError, message.into())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

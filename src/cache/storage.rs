@@ -8,7 +8,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,15 +17,15 @@ use pingora::cache::key::CacheHashKey;
 use pingora::cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
-use pingora::{Error, ErrorType, Result};
-use tokio::sync::watch;
+use pingora::Result;
 
 use super::disk::DiskTier;
-use super::fill::{Fill, FillWriter, Progress, Spool};
-use super::hit::{count_hit, memory_hit, partial_hit, DiskHit, TieredHit, MEMORY_MISSES};
+use super::fill::{Fill, FillHome, FillWriter, Spool};
+use super::hit::{memory_hit, partial_hit, DiskHit, TieredHit};
 use super::memory::{MemObject, MemoryTier};
 use super::meta::StoredMeta;
-use super::Hash;
+use super::tier::{Tier, MEMORY_MISSES};
+use super::{internal, Hash};
 use crate::metrics;
 
 pub struct TieredStorage {
@@ -100,13 +100,7 @@ impl TieredStorage {
     }
 
     /// Whether a purge since count `since` covers this object.
-    pub(super) fn purged_since(
-        &self,
-        since: u64,
-        primary: &Hash,
-        combined: &Hash,
-        url: &str,
-    ) -> bool {
+    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool {
         if self.purges.load(Ordering::SeqCst) == since {
             return false;
         }
@@ -172,7 +166,7 @@ impl TieredStorage {
         }
     }
 
-    pub(super) fn remove_fill(&self, combined: &Hash, id: u64) {
+    fn remove_fill(&self, combined: &Hash, id: u64) {
         let mut fills = self.fills.lock();
         if let Some(list) = fills.get_mut(combined) {
             list.retain(|f| f.id != id);
@@ -184,8 +178,8 @@ impl TieredStorage {
 
     fn lookup_memory(&self, combined: &Hash) -> Option<(CacheMeta, HitHandler)> {
         let object = self.memory.get(combined)?;
-        count_hit("memory");
-        Some(memory_hit(&object, "memory"))
+        Tier::Memory.count_hit();
+        Some(memory_hit(&object, Tier::Memory))
     }
 
     fn lookup_disk(&'static self, combined: &Hash) -> Option<(CacheMeta, HitHandler)> {
@@ -194,14 +188,14 @@ impl TieredStorage {
         let Some(object) = disk.lookup(combined) else {
             metrics::get()
                 .cache_tier_misses
-                .with_label_values(&["disk"])
+                .with_label_values(&[Tier::Disk.label()])
                 .inc();
             return None;
         };
         if self.memory.admits(object.body_len) {
             // Small enough for memory: read it whole (every block checked) and promote it.
             let body = disk.read_all(&object).ok()?;
-            count_hit("disk");
+            Tier::Disk.count_hit();
             let promoted = MemObject {
                 primary: object.primary,
                 url: object.url.clone(),
@@ -209,7 +203,7 @@ impl TieredStorage {
                 body,
                 committed: None,
             };
-            let hit = memory_hit(&promoted, "disk");
+            let hit = memory_hit(&promoted, Tier::Disk);
             let (primary, url) = (promoted.primary, promoted.url.clone());
             self.memory.insert(*combined, promoted);
             if self.purged_since(purges, &primary, combined, &url) {
@@ -220,7 +214,7 @@ impl TieredStorage {
         // Check the first block now, so damage there is a clean miss rather than a
         // response that breaks off after its header.
         let first = disk.read_block(&object, 0).ok()?;
-        count_hit("disk");
+        Tier::Disk.count_hit();
         let meta = object.meta.to_cache_meta();
         let end = object.body_len;
         Some((
@@ -236,13 +230,27 @@ impl TieredStorage {
     }
 }
 
+impl FillHome for TieredStorage {
+    fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_ref()
+    }
+
+    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool {
+        TieredStorage::purged_since(self, since, primary, combined, url)
+    }
+
+    fn fill_ended(&self, combined: &Hash, id: u64) {
+        self.remove_fill(combined, id);
+    }
+}
+
 fn key_hashes(key: &CacheKey) -> (Hash, Hash, Arc<str>) {
     let url = key.primary_key_str().unwrap_or_default();
     (key.primary_bin(), key.combined_bin(), Arc::from(url))
-}
-
-pub(super) fn internal(message: impl Into<String>) -> Box<Error> {
-    Error::explain(ErrorType::InternalError, message.into())
 }
 
 #[async_trait]
@@ -255,7 +263,7 @@ impl Storage for TieredStorage {
         let combined = key.combined_bin();
         // An arriving copy wins: it is newer than anything stored for the same key.
         if let Some(fill) = self.find_fill(&combined, None) {
-            count_hit("fill");
+            Tier::Fill.count_hit();
             return Ok(Some(partial_hit(fill)));
         }
         if let Some(hit) = self.lookup_memory(&combined) {
@@ -317,39 +325,20 @@ impl Storage for TieredStorage {
         };
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
         let purges_at_start = self.purges.load(Ordering::SeqCst);
-        let (progress, _) = watch::channel(Progress::Writing(0));
-        let fill = Arc::new(Fill {
-            id,
-            primary,
-            url,
-            meta: stored,
-            spool,
-            progress,
-            abandoned: AtomicBool::new(false),
-            purges_at_start,
-        });
+        let fill = Arc::new(Fill::new(id, primary, url, stored, spool, purges_at_start));
         self.fills
             .lock()
             .entry(combined)
             .or_default()
             .push(fill.clone());
-        let memory_copy =
-            (temp.is_some() && length.is_none_or(|l| self.memory.admits(l))).then(Vec::new);
-        Ok(Box::new(FillWriter {
-            storage: self,
+        let keep_memory_copy = temp.is_some() && length.is_none_or(|l| self.memory.admits(l));
+        Ok(Box::new(FillWriter::new(
+            self,
             fill,
             combined,
-            tag: id.to_be_bytes(),
             temp,
-            written: 0,
-            crcs: Vec::new(),
-            block: crc32fast::Hasher::new(),
-            block_len: 0,
-            memory_copy,
-            reserved: 0,
-            over_budget: false,
-            finished: false,
-        }))
+            keep_memory_copy,
+        )))
     }
 
     async fn purge(

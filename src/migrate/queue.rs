@@ -24,7 +24,7 @@ use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::tee::Tee;
+use super::tee::{OnComplete, Tee};
 use crate::config::model::WriteThroughSettings;
 use crate::metrics;
 use crate::store::places::Places;
@@ -311,7 +311,14 @@ impl WriteThroughQueue {
             .create_new(true)
             .open(&path);
         match created {
-            Ok(file) => Some(Tee::start(self.clone(), file, path, job, reservation)),
+            Ok(file) => {
+                let queue = self.clone();
+                let len = job.info.len;
+                let on_complete: OnComplete = Box::new(move |file, path, md5| {
+                    queue.commit(file, &path, job, md5, reservation);
+                });
+                Some(Tee::start(file, path, len, on_complete))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a write-through copy");
                 None

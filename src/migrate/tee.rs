@@ -8,15 +8,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 
-use super::queue::{NewJob, Reservation, WriteThroughQueue};
 use crate::store::BodyStream;
+
+/// What becomes of a whole copy: the file (written, not yet synced), its path and the
+/// MD5 of its bytes. Dropped uncalled when the copy is incomplete.
+pub type OnComplete = Box<dyn FnOnce(std::fs::File, PathBuf, [u8; 16]) + Send>;
 
 /// Chunks waiting for the writer at most (about 2 MiB of a typical body).
 const CHUNKS_IN_FLIGHT: usize = 32;
@@ -29,17 +31,17 @@ pub struct Tee {
 }
 
 impl Tee {
+    /// Copies a body of `len` bytes into `file` at `path`; `on_complete` is called with it
+    /// only when exactly `len` bytes arrived and were written.
     pub(super) fn start(
-        queue: Arc<WriteThroughQueue>,
         file: std::fs::File,
         path: PathBuf,
-        job: NewJob,
-        reservation: Reservation,
+        len: u64,
+        on_complete: OnComplete,
     ) -> Tee {
         let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let len = job.info.len;
         tokio::task::spawn_blocking(move || {
-            write_copy(queue, file, path, job, reservation, receiver);
+            write_copy(file, path, len, on_complete, receiver);
         });
         Tee {
             chunks: Some(sender),
@@ -68,13 +70,12 @@ impl Tee {
 }
 
 /// Writes the chunks; when the channel closes, a copy of exactly the announced length
-/// becomes a job and anything else is removed.
+/// is handed on and anything else is removed.
 fn write_copy(
-    queue: Arc<WriteThroughQueue>,
     mut file: std::fs::File,
     path: PathBuf,
-    job: NewJob,
-    reservation: Reservation,
+    len: u64,
+    on_complete: OnComplete,
     mut chunks: mpsc::Receiver<Bytes>,
 ) {
     let mut hasher = Md5::new();
@@ -88,12 +89,12 @@ fn write_copy(
         hasher.update(&chunk);
         written += chunk.len() as u64;
     }
-    if written != job.info.len {
-        tracing::debug!(key = %job.key, written, expected = job.info.len, "write-through copy incomplete; not queued");
+    if written != len {
+        tracing::debug!(path = %path.display(), written, expected = len, "write-through copy incomplete; not queued");
         let _ = std::fs::remove_file(&path);
         return;
     }
-    queue.commit(file, &path, job, hasher.finalize().into(), reservation);
+    on_complete(file, path, hasher.finalize().into());
 }
 
 /// `body` as the client gets it, copied into `tee` on the way.
