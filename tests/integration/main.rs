@@ -13,6 +13,7 @@ mod deleted_media;
 mod disk_cache;
 mod fleet;
 mod forwarding;
+mod layout;
 mod listeners;
 mod media;
 #[cfg(feature = "tailscale")]
