@@ -503,15 +503,15 @@ impl Default for CacheFile {
 pub struct CacheMemoryFile {
     /// Bytes the memory tier holds at most (bodies and headers).
     pub max_size: ByteSize,
-    /// Larger objects live on disk only.
-    pub max_object_size: ByteSize,
+    /// Larger objects live on disk only. Unwritten: 1MiB, or `max_size` when smaller.
+    pub max_object_size: Option<ByteSize>,
 }
 
 impl Default for CacheMemoryFile {
     fn default() -> Self {
         CacheMemoryFile {
             max_size: ByteSize(256 * 1024 * 1024),
-            max_object_size: ByteSize(1024 * 1024),
+            max_object_size: None,
         }
     }
 }
@@ -524,9 +524,10 @@ pub struct CacheDiskFile {
     /// Bytes the entries' files take on the filesystem at most (each file counted in whole
     /// blocks, as `du` counts it); the least recently used objects go first.
     pub max_size: ByteSize,
-    /// Larger objects are passed through uncached.
-    #[serde(default = "defaults::disk_max_object_size")]
-    pub max_object_size: ByteSize,
+    /// Larger objects are passed through uncached. Unwritten: 1GiB, or `max_size` when
+    /// smaller.
+    #[serde(default)]
+    pub max_object_size: Option<ByteSize>,
     /// Entries at most: each is two files (two inodes) and a place in the in-memory index.
     #[serde(default = "defaults::disk_max_entries")]
     pub max_entries: u64,
@@ -710,11 +711,15 @@ impl Default for BreakerFile {
     }
 }
 
-mod defaults {
+pub(super) mod defaults {
     use super::{ByteSize, HumanDuration};
 
     pub fn enabled() -> bool {
         true
+    }
+
+    pub fn memory_max_object_size() -> ByteSize {
+        ByteSize(1024 * 1024)
     }
 
     pub fn disk_max_object_size() -> ByteSize {

@@ -2,38 +2,41 @@
 //! stale serving and the cookies that mark a signed-in user).
 
 use super::Checker;
-use crate::config::file;
+use crate::config::file::{self, defaults};
+use crate::config::units::ByteSize;
 use crate::config::model::{CachePolicy, CacheSettings, CacheStorage, DiskTierSettings};
 
 pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettings {
     let memory = &cache.memory;
+    let memory_max_object_size = max_object_size(
+        check,
+        "cache.memory",
+        memory.max_object_size,
+        defaults::memory_max_object_size(),
+        memory.max_size,
+    );
     // The memory tier weighs objects in 32-bit units.
-    if memory.max_object_size.bytes() > u64::from(u32::MAX) {
+    if memory_max_object_size > u64::from(u32::MAX) {
         check.problem("cache.memory.max_object_size", "must be below 4GiB");
-    }
-    if memory.max_object_size > memory.max_size {
-        check.problem(
-            "cache.memory.max_object_size",
-            "must not exceed cache.memory.max_size",
-        );
     }
     let disk = cache.disk.as_ref().map(|disk| {
         if disk.max_size.bytes() < 1024 * 1024 {
             check.problem("cache.disk.max_size", "must be at least 1MiB");
         }
-        if disk.max_object_size > disk.max_size {
-            check.problem(
-                "cache.disk.max_object_size",
-                "must not exceed cache.disk.max_size",
-            );
-        }
+        let max_object_size = max_object_size(
+            check,
+            "cache.disk",
+            disk.max_object_size,
+            defaults::disk_max_object_size(),
+            disk.max_size,
+        );
         if disk.max_entries == 0 {
             check.problem("cache.disk.max_entries", "must be at least 1");
         }
         DiskTierSettings {
             path: check.resolve_path(&disk.path),
             max_size: disk.max_size.bytes(),
-            max_object_size: disk.max_object_size.bytes(),
+            max_object_size,
             max_entries: disk.max_entries,
         }
     });
@@ -58,7 +61,7 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
     CacheSettings {
         storage: CacheStorage {
             memory_max_size: memory.max_size.bytes(),
-            memory_max_object_size: memory.max_object_size.bytes(),
+            memory_max_object_size,
             disk,
             lock_timeout: cache.lock_timeout.get(),
             lock_age_timeout: cache.lock_age_timeout.get(),
@@ -68,5 +71,65 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
             status_header: cache.status_header,
             session_cookies: cache.session_cookies.clone(),
         },
+    }
+}
+
+/// A tier's largest object: as written, which must fit the tier, or unwritten, the default
+/// or the tier's whole size when that is smaller (a small tier is no error about a key the
+/// user never wrote).
+fn max_object_size(
+    check: &mut Checker,
+    tier: &str,
+    written: Option<ByteSize>,
+    default: ByteSize,
+    max_size: ByteSize,
+) -> u64 {
+    match written {
+        Some(written) => {
+            if written > max_size {
+                check.problem(
+                    &format!("{tier}.max_object_size"),
+                    format!("must not exceed {tier}.max_size"),
+                );
+            }
+            written.bytes()
+        }
+        None => default.min(max_size).bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn storage(cache_section: &str) -> crate::config::model::CacheStorage {
+        let text = format!(
+            "listeners:\n  - {{ name: http, address: \"127.0.0.1:0\" }}\n\
+             core:\n  groups:\n    web: {{ hosts: [\"127.0.0.1:3000\"] }}\n\
+             cache:\n{cache_section}"
+        );
+        let config = crate::config::parse(&text, Path::new("edgecache.yaml"))
+            .unwrap_or_else(|e| panic!("the config loads: {e}"));
+        config.cache.expect("a cache section").storage
+    }
+
+    #[test]
+    fn an_unwritten_max_object_size_follows_a_smaller_max_size() {
+        let small = storage(
+            "  memory: { max_size: 512KiB }\n  disk: { path: /tmp/edgecache-test, max_size: 100MiB }\n",
+        );
+        assert_eq!(small.memory_max_object_size, 512 * 1024);
+        let disk = small.disk.expect("a disk tier");
+        assert_eq!(disk.max_object_size, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn an_unwritten_max_object_size_keeps_its_default_under_a_larger_max_size() {
+        let large = storage(
+            "  memory: { max_size: 1GiB }\n  disk: { path: /tmp/edgecache-test, max_size: 50GiB }\n",
+        );
+        assert_eq!(large.memory_max_object_size, 1024 * 1024);
+        let disk = large.disk.expect("a disk tier");
+        assert_eq!(disk.max_object_size, 1024 * 1024 * 1024);
     }
 }
