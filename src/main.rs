@@ -3,12 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use edgecache::admin::client as admin_client;
 use edgecache::cli::{Cli, Command};
 use edgecache::config::units::ByteSize;
 use edgecache::migrate::{self, bulk::MigrateOptions};
-use edgecache::{
-    certs, config, devcert, logging, reload, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE,
-};
+use edgecache::{certs, config, devcert, logging, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use mimalloc::MiMalloc;
 
 /// Proxying allocates and frees many small buffers per request; mimalloc does that with
@@ -78,15 +77,15 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Reload { config: path } => ask_admin(&path, reload::request_reload),
-        Command::Upgrade { config: path } => ask_admin(&path, reload::request_upgrade),
+        Command::Reload { config: path } => ask_admin(&path, admin_client::request_reload),
+        Command::Upgrade { config: path } => ask_admin(&path, admin_client::request_upgrade),
         Command::Purge {
             config: path,
             url,
             prefix,
             deleted,
         } => ask_admin(&path, |admin, token| {
-            reload::request_purge(admin, token, &url, prefix, deleted)
+            admin_client::request_purge(admin, token, &url, prefix, deleted)
         }),
         Command::Migrate {
             config: path,
@@ -162,7 +161,10 @@ fn main() -> ExitCode {
 /// its answer.
 fn ask_admin(
     path: &std::path::Path,
-    ask: impl FnOnce(std::net::SocketAddr, Option<&str>) -> Result<String, reload::AdminRequestError>,
+    ask: impl FnOnce(
+        std::net::SocketAddr,
+        Option<&str>,
+    ) -> Result<String, admin_client::AdminRequestError>,
 ) -> ExitCode {
     let config = match config::load(path) {
         Ok(config) => config,

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
@@ -130,13 +130,13 @@ pub struct Reloader {
     pub restart_only: RestartOnly,
     pub access_log: AccessLogger,
     /// One reload at a time: SIGHUP and the admin endpoint may race.
-    pub running: Mutex<()>,
+    pub running: parking_lot::Mutex<()>,
 }
 
 impl Reloader {
     /// Reads and validates the config again and applies what can change live.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
-        let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.running.lock();
         let result = self.apply();
         let m = metrics::get();
         match &result {
@@ -239,97 +239,5 @@ impl BackgroundService for SighupService {
                 _ = shutdown.changed() => return,
             }
         }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AdminRequestError {
-    #[error("cannot reach the admin listener at {address}: {source}")]
-    Connect {
-        address: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("the admin listener answered {status}: {body}")]
-    Refused { status: u16, body: String },
-    #[error("unreadable answer from the admin listener: {0}")]
-    BadAnswer(String),
-}
-
-/// Asks the PoP whose admin listener is at `address` to reload (what `edgecache reload`
-/// does). Returns the admin listener's report.
-pub fn request_reload(
-    address: std::net::SocketAddr,
-    token: Option<&str>,
-) -> Result<String, AdminRequestError> {
-    admin_post(address, token, "/reload")
-}
-
-/// Asks the PoP at `address` to start the binary now on disk as its successor (what
-/// `edgecache upgrade` does). Returns the admin listener's report.
-pub fn request_upgrade(
-    address: std::net::SocketAddr,
-    token: Option<&str>,
-) -> Result<String, AdminRequestError> {
-    admin_post(address, token, "/upgrade")
-}
-
-/// Asks the PoP at `address` to purge `value` (a URL, or a URL prefix) here and on every
-/// other PoP of its fleet; returns its JSON report.
-pub fn request_purge(
-    address: std::net::SocketAddr,
-    token: Option<&str>,
-    value: &str,
-    prefix: bool,
-    deleted: bool,
-) -> Result<String, AdminRequestError> {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    query.append_pair(if prefix { "prefix" } else { "url" }, value);
-    if deleted {
-        query.append_pair("deleted", "1");
-    }
-    let query = query.finish();
-    admin_post(address, token, &format!("/purge?{query}"))
-}
-
-/// POSTs to the admin listener and returns the body of a 200 answer.
-fn admin_post(
-    address: std::net::SocketAddr,
-    token: Option<&str>,
-    target: &str,
-) -> Result<String, AdminRequestError> {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-
-    let connect_err = |source| AdminRequestError::Connect { address, source };
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
-        .map_err(connect_err)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(connect_err)?;
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "POST {target} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).map_err(connect_err)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(connect_err)?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| AdminRequestError::BadAnswer(answer.to_string()))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| AdminRequestError::BadAnswer(head.to_string()))?;
-    if status == 200 {
-        Ok(body.to_string())
-    } else {
-        Err(AdminRequestError::Refused {
-            status,
-            body: body.trim().to_string(),
-        })
     }
 }

@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use pingora::protocols::l4::virt::VirtualSocket;
@@ -55,19 +57,13 @@ impl Relay {
         }))
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock()
     }
 
     /// Starts accepting on the current runtime (once; later calls do nothing).
     pub fn start(self: &Arc<Self>) -> io::Result<()> {
-        let taken = self
-            .listener
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let taken = self.listener.lock().take();
         if let Some(listener) = taken {
             let listener = TcpListener::from_std(listener)?;
             tokio::spawn(self.clone().accept(listener));

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -248,7 +248,7 @@ struct CloseOnShutdown {
     frames: FrameTracker,
     /// Completes when the edge is going away. In a mutex only so the socket is `Sync`;
     /// polling goes through `get_mut`, never the lock.
-    going_away: Mutex<Signal>,
+    going_away: parking_lot::Mutex<Signal>,
     /// Bytes of the close frame handed out so far; `None` until going away.
     closing: Option<usize>,
 }
@@ -274,7 +274,7 @@ impl CloseOnShutdown {
         CloseOnShutdown {
             inner,
             frames: FrameTracker::new(),
-            going_away: Mutex::new(signal),
+            going_away: parking_lot::Mutex::new(signal),
             closing: None,
         }
     }
@@ -283,11 +283,7 @@ impl CloseOnShutdown {
         if !self.frames.at_frame_boundary() {
             return false;
         }
-        let signal = match self.going_away.get_mut() {
-            Ok(signal) => signal,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        signal.as_mut().poll(cx).is_ready()
+        self.going_away.get_mut().as_mut().poll(cx).is_ready()
     }
 }
 

@@ -3,8 +3,8 @@
 
 use super::Checker;
 use crate::config::file::{self, defaults};
-use crate::config::units::ByteSize;
 use crate::config::model::{CachePolicy, CacheSettings, CacheStorage, DiskTierSettings};
+use crate::config::units::ByteSize;
 
 pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettings {
     let memory = &cache.memory;

@@ -17,7 +17,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -83,9 +85,11 @@ impl Origin {
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        if let Ok(mut paths) = control.path_hits.lock() {
-                            *paths.entry(req.uri().path().to_string()).or_default() += 1;
-                        }
+                        *control
+                            .path_hits
+                            .lock()
+                            .entry(req.uri().path().to_string())
+                            .or_default() += 1;
                         answer(req, peer, control.fail_status.load(Ordering::SeqCst))
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
@@ -117,7 +121,8 @@ impl Origin {
         self.control
             .path_hits
             .lock()
-            .map(|paths| paths.get(path).copied().unwrap_or(0))
+            .get(path)
+            .copied()
             .unwrap_or(0)
     }
 

@@ -6,6 +6,8 @@
 //! health check. `/reload`, `/purge` and `/upgrade` need the bearer token from
 //! `admin.token_file` when one is set.
 
+pub mod client;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
