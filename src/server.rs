@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 use crate::access_log::{AccessLogError, AccessLogger};
 use crate::admin::AdminApp;
 use crate::cache::{CacheError, EdgeCache};
+use crate::config::model::Listener;
 use crate::config::Config;
 use crate::connections::{CountedApp, WatchBeforeTls};
 use crate::fleet::catch_up::CatchUpService;
@@ -25,6 +26,7 @@ use crate::fleet::{Fleet, FleetError, FleetService, Purger};
 use crate::head_deadline::HeadDeadlines;
 use crate::mesh::{Mesh, MeshError};
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
+use crate::origin::handoff::MediaOrigin;
 use crate::origin::server::MediaServer;
 use crate::proxy::media_urls::MediaUrls;
 use crate::proxy::upstream::CoreUpstreams;
@@ -83,11 +85,97 @@ pub struct Handover {
 /// Builds a ready-to-run pingora server, and the signal handling to run it with. With a
 /// `handover`, the listening sockets come from the running process, asked for only once
 /// everything else here is set up.
-pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunArgs), StartError> {
+pub fn build(
+    mut config: Config,
+    handover: Option<Handover>,
+) -> Result<(Server, RunArgs), StartError> {
     if handover.is_none() {
         check_addresses_free(&config)?;
     }
+    let mut server = new_server(&config, handover);
+    let upgrader = Upgrader::new(&config);
+    let cache = match &config.cache {
+        Some(settings) => Some(Arc::new(EdgeCache::open(&settings.storage)?)),
+        None => None,
+    };
+    add_background(
+        &mut server,
+        "graceful upgrade",
+        UpgradeService {
+            upgrader: upgrader.clone(),
+            predecessor: handover.and_then(|h| h.from),
+            cache: cache.clone(),
+        },
+    );
+    let access_log = AccessLogger::start(&config.logging.access_log)?;
+    let core = core_upstreams(&mut server, &config)?;
+    let proxy_settings = Arc::new(ArcSwap::from_pointee(ProxySettings::from_config(&config)));
+    let admin_token = Arc::new(ArcSwapOption::from(
+        config.admin.token.clone().map(Arc::new),
+    ));
+    let media = media_services(&mut server, &config, &proxy_settings, &cache, &admin_token)?;
+    let going_away = GoingAway::new();
+    add_background(
+        &mut server,
+        "websocket going-away",
+        GoingAwayService(going_away.clone()),
+    );
+    let shared = Arc::new(ProxyShared {
+        core: core.clone(),
+        settings: proxy_settings.clone(),
+        access_log: access_log.clone(),
+        cache: cache.clone(),
+        media_origin: media.origin,
+        request_ids: Default::default(),
+        going_away,
+        purger: media.purger.clone(),
+    });
+    let restart_only = RestartOnly::of(&config);
+    let mut reloadable = HashMap::new();
+    let mut listener_addresses = Vec::new();
+    for listener in std::mem::take(&mut config.listeners) {
+        listener_addresses.push((listener.name.clone(), listener.address));
+        let running = add_listener(&mut server, &config, listener, &shared)?;
+        reloadable.insert(running.0, running.1);
+    }
+    let reloader = Arc::new(Reloader {
+        config_path: config.source.clone(),
+        listeners: reloadable,
+        proxy_settings,
+        admin_token: admin_token.clone(),
+        restart_only,
+        access_log,
+        running: Default::default(),
+    });
+    add_background(
+        &mut server,
+        "reload on SIGHUP",
+        SighupService {
+            reloader: reloader.clone(),
+        },
+    );
+    let admin = AdminApp {
+        listeners: listener_addresses,
+        core,
+        reloader,
+        token: admin_token,
+        cache,
+        purger: media.purger,
+        upgrader: upgrader.clone(),
+    };
+    add_admin(&mut server, &config, admin);
+    if let Some(handover) = handover {
+        take_over_sockets(&config, handover)?;
+    }
+    server.bootstrap();
+    let run_args = RunArgs {
+        shutdown_signal: Box::new(ShutdownSignals { upgrader }),
+    };
+    Ok((server, run_args))
+}
 
+/// The pingora server with our shutdown periods, thread count and upgrade socket.
+fn new_server(config: &Config, handover: Option<Handover>) -> Server {
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(whole_seconds_up(config.server.grace_period)),
@@ -102,29 +190,24 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
         upgrade: handover.is_some(),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Some(options), conf);
-    let conf = server.configuration.clone();
-    let upgrader = Upgrader::new(&config);
+    Server::new_with_opt_and_conf(Some(options), conf)
+}
 
-    let cache = match &config.cache {
-        Some(settings) => Some(Arc::new(EdgeCache::open(&settings.storage)?)),
-        None => None,
-    };
+fn add_background<S>(server: &mut Server, name: &str, service: S)
+where
+    S: pingora::services::background::BackgroundService + Send + Sync + 'static,
+{
     server.add_service(GenBackgroundService::new(
-        "graceful upgrade".to_string(),
-        Arc::new(UpgradeService {
-            upgrader: upgrader.clone(),
-            predecessor: handover.and_then(|h| h.from),
-            cache: cache.clone(),
-        }),
+        name.to_string(),
+        Arc::new(service),
     ));
-    let access_log = AccessLogger::start(&config.logging.access_log)?;
+}
+
+/// The core's upstream groups over the mesh, each with its health checks.
+fn core_upstreams(server: &mut Server, config: &Config) -> Result<Arc<CoreUpstreams>, StartError> {
     let (mesh, mesh_service) = Mesh::from_config(&config.core, config.server.grace_period)?;
     if let Some(service) = mesh_service {
-        server.add_service(GenBackgroundService::new(
-            "embedded mesh node".to_string(),
-            Arc::new(service),
-        ));
+        add_background(server, "embedded mesh node", service);
     }
     let core = Arc::new(CoreUpstreams::new(&config.core, mesh).map_err(StartError::Upstream)?);
     for group in core.groups.values() {
@@ -133,18 +216,29 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
             group.balancer(),
         ));
     }
+    Ok(core)
+}
 
-    let proxy_settings = Arc::new(ArcSwap::from_pointee(ProxySettings::from_config(&config)));
-    let admin_token = Arc::new(ArcSwapOption::from(
-        config.admin.token.clone().map(Arc::new),
-    ));
+/// What the media side gives the proxy: the purger (local cache, fleet, tombstones) and,
+/// when stores exist, the loopback media origin.
+struct Media {
+    purger: Arc<Purger>,
+    origin: Option<MediaOrigin>,
+}
+
+/// Purges across the fleet, the tombstones of deleted media, the places, and the media
+/// origin with its write-through queue.
+fn media_services(
+    server: &mut Server,
+    config: &Config,
+    proxy_settings: &Arc<ArcSwap<ProxySettings>>,
+    cache: &Option<Arc<EdgeCache>>,
+    admin_token: &Arc<ArcSwapOption<String>>,
+) -> Result<Media, StartError> {
     let fleet = match &config.fleet {
         Some(settings) => {
             let fleet = Fleet::open(settings, admin_token.clone())?;
-            server.add_service(GenBackgroundService::new(
-                "fleet purge delivery".to_string(),
-                Arc::new(FleetService(fleet.clone())),
-            ));
+            add_background(server, "fleet purge delivery", FleetService(fleet.clone()));
             Some(fleet)
         }
         None => None,
@@ -179,180 +273,143 @@ pub fn build(config: Config, handover: Option<Handover>) -> Result<(Server, RunA
         presence: Some(media_urls),
     });
     if let Some(fleet) = fleet {
-        server.add_service(GenBackgroundService::new(
-            "fleet purge catch-up".to_string(),
-            Arc::new(CatchUpService {
+        add_background(
+            server,
+            "fleet purge catch-up",
+            CatchUpService {
                 fleet,
                 purger: purger.clone(),
-            }),
-        ));
-    }
-    let restart_only = RestartOnly::of(&config);
-    // Media routes are served by an origin of our own on loopback, when stores exist.
-    let media_origin = if let Some(places) = places {
-        let write_through = match &config.write_through {
-            Some(settings) => {
-                let queue = WriteThroughQueue::open(settings, places.clone(), tombstones.clone())?;
-                server.add_service(GenBackgroundService::new(
-                    "write-through uploads".to_string(),
-                    Arc::new(WriteThroughService {
-                        queue: queue.clone(),
-                    }),
-                ));
-                Some(queue)
-            }
-            None => None,
-        };
-        let media = MediaServer::bind(places, write_through, tombstones.clone())
-            .map_err(StartError::MediaOrigin)?;
-        let origin = media.origin();
-        let mut service = GenBackgroundService::new("media origin".to_string(), Arc::new(media));
-        // Every media miss passes through it; one thread (the default) would serialize them.
-        service.threads = Some(config.server.threads);
-        server.add_service(service);
-        Some(origin)
-    } else {
-        None
-    };
-    let going_away = GoingAway::new();
-    server.add_service(GenBackgroundService::new(
-        "websocket going-away".to_string(),
-        Arc::new(GoingAwayService(going_away.clone())),
-    ));
-    let shared = Arc::new(ProxyShared {
-        core: core.clone(),
-        settings: proxy_settings.clone(),
-        access_log: access_log.clone(),
-        cache: cache.clone(),
-        media_origin,
-        request_ids: Default::default(),
-        going_away,
-        purger: purger.clone(),
-    });
-
-    let mut reloadable = HashMap::new();
-    let mut listener_addresses = Vec::new();
-    for listener in config.listeners {
-        let tls = listener.tls.is_some();
-        let deadlines = HeadDeadlines::new(&listener.name);
-        let mut proxy = HttpProxy::new(
-            EdgeProxy::new(&listener.name, tls, shared.clone(), deadlines.clone()),
-            conf.clone(),
-        );
-        proxy.handle_init_modules();
-        let mut options = HttpServerOptions::default();
-        options.h2c = listener.h2c;
-        // HTTP/2 connections ignore the per-request keep-alive setting; this bounds them.
-        options.h2_idle_timeout = Some(config.limits.keepalive_timeout);
-        proxy.server_options = Some(options);
-        let mut service = Service::new(
-            format!("listener {}", listener.name),
-            CountedApp::new(
-                &listener.name,
-                proxy,
-                proxy_settings.clone(),
-                deadlines.clone(),
-            ),
-        );
-        let address = listener.address.to_string();
-        // `[::]:443` next to `0.0.0.0:443` needs the IPv6 socket to stay IPv6-only.
-        let mut socket_options = TcpSocketOptions::default();
-        if listener.address.is_ipv6() {
-            socket_options.ipv6_only = Some(true);
-        }
-        let live = match listener.tls {
-            Some(tls_config) => {
-                let live = LiveCertificates::new(&listener.name, tls_config.certificates);
-                let mut settings =
-                    TlsSettings::with_callbacks(Box::new(HandshakeCounter::new(&listener.name)))
-                        .map_err(|e| StartError::Tls {
-                            name: listener.name.clone(),
-                            detail: e.to_string(),
-                        })?;
-                settings
-                    .set_cert_resolver(Arc::new(SniResolver::new(&listener.name, live.clone())));
-                settings.enable_h2();
-                service.add_listener(
-                    ListenerConfig::tcp(&address)
-                        .tcp_socket_options(socket_options)
-                        .tls(settings)
-                        .l4_buffer(connection_buffers()),
-                );
-                service
-                    .endpoints()
-                    .set_pre_tls_callback(Arc::new(WatchBeforeTls {
-                        deadlines,
-                        settings: proxy_settings.clone(),
-                    }));
-                Some(live)
-            }
-            None => {
-                service.add_listener(
-                    ListenerConfig::tcp(&address)
-                        .tcp_socket_options(socket_options)
-                        .l4_buffer(connection_buffers()),
-                );
-                None
-            }
-        };
-        reloadable.insert(
-            listener.name.clone(),
-            RunningListener {
-                address: listener.address,
-                h2c: listener.h2c,
-                certificates: live,
             },
         );
-        listener_addresses.push((listener.name.clone(), listener.address));
-        server.add_service(service);
     }
+    let origin = match places {
+        Some(places) => Some(media_origin(server, config, places, tombstones)?),
+        None => None,
+    };
+    Ok(Media { purger, origin })
+}
 
-    let reloader = Arc::new(Reloader {
-        config_path: config.source.clone(),
-        listeners: reloadable,
-        proxy_settings,
-        admin_token: admin_token.clone(),
-        restart_only,
-        access_log,
-        running: Default::default(),
-    });
-    server.add_service(GenBackgroundService::new(
-        "reload on SIGHUP".to_string(),
-        Arc::new(SighupService {
-            reloader: reloader.clone(),
-        }),
-    ));
+/// Media routes are served by an origin of our own on loopback; what it finds elsewhere is
+/// copied into the write-through stores by the queue.
+fn media_origin(
+    server: &mut Server,
+    config: &Config,
+    places: Arc<Places>,
+    tombstones: Arc<Tombstones>,
+) -> Result<MediaOrigin, StartError> {
+    let write_through = match &config.write_through {
+        Some(settings) => {
+            let queue = WriteThroughQueue::open(settings, places.clone(), tombstones.clone())?;
+            add_background(
+                server,
+                "write-through uploads",
+                WriteThroughService {
+                    queue: queue.clone(),
+                },
+            );
+            Some(queue)
+        }
+        None => None,
+    };
+    let media =
+        MediaServer::bind(places, write_through, tombstones).map_err(StartError::MediaOrigin)?;
+    let origin = media.origin();
+    let mut service = GenBackgroundService::new("media origin".to_string(), Arc::new(media));
+    // Every media miss passes through it; one thread (the default) would serialize them.
+    service.threads = Some(config.server.threads);
+    server.add_service(service);
+    Ok(origin)
+}
 
-    let mut admin = Service::new(
-        "admin".to_string(),
-        HttpServer::new_app(AdminApp {
-            listeners: listener_addresses,
-            core,
-            reloader,
-            token: admin_token,
-            cache,
-            purger,
-            upgrader: upgrader.clone(),
-        }),
+/// One listener's proxy service, with TLS by SNI when it has certificates; returns what a
+/// reload may change of it, by name.
+fn add_listener(
+    server: &mut Server,
+    config: &Config,
+    listener: Listener,
+    shared: &Arc<ProxyShared>,
+) -> Result<(String, RunningListener), StartError> {
+    let tls = listener.tls.is_some();
+    let deadlines = HeadDeadlines::new(&listener.name);
+    let mut proxy = HttpProxy::new(
+        EdgeProxy::new(&listener.name, tls, shared.clone(), deadlines.clone()),
+        server.configuration.clone(),
     );
+    proxy.handle_init_modules();
+    let mut options = HttpServerOptions::default();
+    options.h2c = listener.h2c;
+    // HTTP/2 connections ignore the per-request keep-alive setting; this bounds them.
+    options.h2_idle_timeout = Some(config.limits.keepalive_timeout);
+    proxy.server_options = Some(options);
+    let mut service = Service::new(
+        format!("listener {}", listener.name),
+        CountedApp::new(
+            &listener.name,
+            proxy,
+            shared.settings.clone(),
+            deadlines.clone(),
+        ),
+    );
+    let address = listener.address.to_string();
+    // `[::]:443` next to `0.0.0.0:443` needs the IPv6 socket to stay IPv6-only.
+    let mut socket_options = TcpSocketOptions::default();
+    if listener.address.is_ipv6() {
+        socket_options.ipv6_only = Some(true);
+    }
+    let tcp = ListenerConfig::tcp(&address)
+        .tcp_socket_options(socket_options)
+        .l4_buffer(connection_buffers());
+    let live = match listener.tls {
+        Some(tls_config) => {
+            let live = LiveCertificates::new(&listener.name, tls_config.certificates);
+            let mut settings =
+                TlsSettings::with_callbacks(Box::new(HandshakeCounter::new(&listener.name)))
+                    .map_err(|e| StartError::Tls {
+                        name: listener.name.clone(),
+                        detail: e.to_string(),
+                    })?;
+            settings.set_cert_resolver(Arc::new(SniResolver::new(&listener.name, live.clone())));
+            settings.enable_h2();
+            service.add_listener(tcp.tls(settings));
+            service
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(WatchBeforeTls {
+                    deadlines,
+                    settings: shared.settings.clone(),
+                }));
+            Some(live)
+        }
+        None => {
+            service.add_listener(tcp);
+            None
+        }
+    };
+    server.add_service(service);
+    let running = RunningListener {
+        address: listener.address,
+        h2c: listener.h2c,
+        certificates: live,
+    };
+    Ok((listener.name, running))
+}
+
+/// The admin listener: one thread, on its own address.
+fn add_admin(server: &mut Server, config: &Config, app: AdminApp) {
+    let mut admin = Service::new("admin".to_string(), HttpServer::new_app(app));
     admin.add_tcp(&config.admin.address.to_string());
     admin.threads = Some(1);
     server.add_service(admin);
+}
 
-    if let Some(handover) = handover {
-        // Everything that can fail has been set up; only now is the running process asked
-        // to let go of its sockets.
-        upgrade::prepare_socket_directory(&config.server.upgrade_socket)?;
-        if let Some(pid) = handover.from {
-            upgrade::ask_for_sockets(pid)?;
-        }
-        tracing::info!(socket = %config.server.upgrade_socket.display(), "waiting for the listening sockets of the running process");
+/// Everything that can fail has been set up; only now is the running process asked to let
+/// go of its sockets.
+fn take_over_sockets(config: &Config, handover: Handover) -> Result<(), StartError> {
+    upgrade::prepare_socket_directory(&config.server.upgrade_socket)?;
+    if let Some(pid) = handover.from {
+        upgrade::ask_for_sockets(pid)?;
     }
-    server.bootstrap();
-    let run_args = RunArgs {
-        shutdown_signal: Box::new(ShutdownSignals { upgrader }),
-    };
-    Ok((server, run_args))
+    tracing::info!(socket = %config.server.upgrade_socket.display(), "waiting for the listening sockets of the running process");
+    Ok(())
 }
 
 /// Per-connection socket buffers. pingora's default puts a 64 KiB read buffer in front of
