@@ -1,11 +1,13 @@
 //! The edgecache binary: parse the command line, load the config, run.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use edgecache::admin::client as admin_client;
 use edgecache::cli::{Cli, Command};
 use edgecache::config::units::ByteSize;
+use edgecache::config::Config;
 use edgecache::migrate::{self, bulk::MigrateOptions};
 use edgecache::{certs, config, devcert, logging, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use mimalloc::MiMalloc;
@@ -19,76 +21,29 @@ fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, installed before anything builds a
     // rustls config.
     pingora::tls::install_default_crypto_provider();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve {
-            config: path,
+            config,
             upgrade,
             upgrade_from,
-        } => {
-            let config = match config::load(&path) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            logging::init(&config.logging);
-            upgrade::hold_upgrade_signal();
-            let handover = upgrade.then_some(server::Handover { from: upgrade_from });
-            let (server, run_args) = match server::build(config, handover) {
-                Ok(built) => built,
-                Err(e) => {
-                    eprintln!("edgecache: {e}");
-                    return ExitCode::from(EXIT_UNAVAILABLE);
-                }
-            };
-            tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "edgecache starting");
-            server.run(run_args);
-            // As pingora's run_forever: whatever threads remain, the process is done.
-            std::process::exit(0)
-        }
-        Command::CheckConfig { file } => match config::load(&file) {
-            Ok(config) => {
-                println!(
-                    "{}: ok ({} listeners, {} core groups)",
-                    file.display(),
-                    config.listeners.len(),
-                    config.core.groups.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
-        Command::CheckCertificate { cert, key } => match certs::check_pair(&cert, &key) {
-            Ok(days) => {
-                println!(
-                    "{} with {}: ok, expires in {days} days",
-                    cert.display(),
-                    key.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("edgecache: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
-        Command::Reload { config: path } => ask_admin(&path, admin_client::request_reload),
-        Command::Upgrade { config: path } => ask_admin(&path, admin_client::request_upgrade),
+        } => serve(
+            &config,
+            upgrade.then_some(server::Handover { from: upgrade_from }),
+        ),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckCertificate { cert, key } => check_certificate(&cert, &key),
+        Command::Reload { config } => ask_admin(&config, admin_client::request_reload),
+        Command::Upgrade { config } => ask_admin(&config, admin_client::request_upgrade),
         Command::Purge {
-            config: path,
+            config,
             url,
             prefix,
             deleted,
-        } => ask_admin(&path, |admin, token| {
+        } => ask_admin(&config, |admin, token| {
             admin_client::request_purge(admin, token, &url, prefix, deleted)
         }),
         Command::Migrate {
-            config: path,
+            config,
             from,
             to,
             keys,
@@ -99,27 +54,11 @@ fn main() -> ExitCode {
             dry_run,
             metrics_file,
         } => {
-            let config = match config::load(&path) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let bytes_per_second = match max_bytes_per_second.as_deref().map(ByteSize::parse) {
-                None => None,
-                Some(Ok(size)) => Some(size.0),
-                Some(Err(e)) => {
-                    eprintln!("edgecache: --max-bytes-per-second: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            if max_objects_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0))
-                || bytes_per_second == Some(0)
-            {
-                eprintln!("edgecache: rate limits must be more than 0");
+            let config = load_or_exit(&config);
+            let Some(bytes_per_second) = rate_limits(max_objects_per_second, max_bytes_per_second)
+            else {
                 return ExitCode::from(EXIT_CONFIG);
-            }
+            };
             logging::init(&config.logging);
             let options = MigrateOptions {
                 from,
@@ -139,17 +78,7 @@ fn main() -> ExitCode {
             key,
             names,
             if_missing,
-        } => match devcert::write(&cert, &key, &names, if_missing) {
-            Ok(true) => {
-                println!("wrote {} and {}", cert.display(), key.display());
-                ExitCode::SUCCESS
-            }
-            Ok(false) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("edgecache: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => gen_cert(&cert, &key, &names, if_missing),
         Command::Version => {
             println!("edgecache {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -157,22 +86,111 @@ fn main() -> ExitCode {
     }
 }
 
+/// The validated config, or its errors on stderr (each naming file, line and key) and exit
+/// status 64.
+fn load_or_exit(path: &Path) -> Config {
+    match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(i32::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// Runs the PoP until it is told to stop.
+fn serve(path: &Path, handover: Option<server::Handover>) -> ExitCode {
+    let config = load_or_exit(path);
+    logging::init(&config.logging);
+    upgrade::hold_upgrade_signal();
+    let (server, run_args) = match server::build(config, handover) {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("edgecache: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    tracing::info!(config = %path.display(), version = env!("CARGO_PKG_VERSION"), "edgecache starting");
+    server.run(run_args);
+    // As pingora's run_forever: whatever threads remain, the process is done.
+    std::process::exit(0)
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let config = load_or_exit(path);
+    println!(
+        "{}: ok ({} listeners, {} core groups)",
+        path.display(),
+        config.listeners.len(),
+        config.core.groups.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn check_certificate(cert: &Path, key: &Path) -> ExitCode {
+    match certs::check_pair(cert, key) {
+        Ok(days) => {
+            println!(
+                "{} with {}: ok, expires in {days} days",
+                cert.display(),
+                key.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edgecache: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `migrate`'s rate limits, checked: `Some(bytes per second)` when they are usable, `None`
+/// after saying why not.
+fn rate_limits(
+    objects_per_second: Option<f64>,
+    bytes_per_second: Option<String>,
+) -> Option<Option<u64>> {
+    let bytes_per_second = match bytes_per_second.as_deref().map(ByteSize::parse) {
+        None => None,
+        Some(Ok(size)) => Some(size.0),
+        Some(Err(e)) => {
+            eprintln!("edgecache: --max-bytes-per-second: {e}");
+            return None;
+        }
+    };
+    if objects_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0))
+        || bytes_per_second == Some(0)
+    {
+        eprintln!("edgecache: rate limits must be more than 0");
+        return None;
+    }
+    Some(bytes_per_second)
+}
+
+fn gen_cert(cert: &Path, key: &Path, names: &[String], if_missing: bool) -> ExitCode {
+    match devcert::write(cert, key, names, if_missing) {
+        Ok(true) => {
+            println!("wrote {} and {}", cert.display(), key.display());
+            ExitCode::SUCCESS
+        }
+        Ok(false) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgecache: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Loads the config for the admin address and token, asks the running PoP, and prints
 /// its answer.
 fn ask_admin(
-    path: &std::path::Path,
+    path: &Path,
     ask: impl FnOnce(
         std::net::SocketAddr,
         Option<&str>,
     ) -> Result<String, admin_client::AdminRequestError>,
 ) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let config = load_or_exit(path);
     match ask(config.admin.address, config.admin.token.as_deref()) {
         Ok(report) => {
             print!("{report}");
