@@ -1,0 +1,80 @@
+//! `cache:`: the memory and disk tiers, the cache lock and stale serving.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::defaults;
+use crate::config::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheFile {
+    pub memory: CacheMemoryFile,
+    /// Absent: only the memory tier, and objects above its `max_object_size` are not cached.
+    pub disk: Option<CacheDiskFile>,
+    /// How long a request waits for another request's fetch of the same object before it
+    /// goes to the core itself.
+    pub lock_timeout: HumanDuration,
+    /// A fetch that has held an object's lock this long lets waiting requests compete for it.
+    pub lock_age_timeout: HumanDuration,
+    /// When the core is down or answers 5xx, cached objects are served stale for this long
+    /// past their freshness (unless they say `must-revalidate`); 0s turns it off.
+    pub serve_stale_on_error: HumanDuration,
+    /// Add `X-Cache-Status` (HIT, MISS, ...) to responses.
+    pub status_header: bool,
+    /// Cookies that mark a signed-in user: a request carrying one is never answered from,
+    /// nor stored into, the shared cache.
+    pub session_cookies: Vec<String>,
+}
+
+impl Default for CacheFile {
+    fn default() -> Self {
+        CacheFile {
+            memory: CacheMemoryFile::default(),
+            disk: None,
+            lock_timeout: HumanDuration::from_secs(10),
+            lock_age_timeout: HumanDuration::from_secs(30),
+            serve_stale_on_error: HumanDuration::from_secs(24 * 3600),
+            status_header: true,
+            session_cookies: ["_session_id", "_mastodon_session", "remember_user_token"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheMemoryFile {
+    /// Bytes the memory tier holds at most (bodies and headers).
+    pub max_size: ByteSize,
+    /// Larger objects live on disk only. Unwritten: 1MiB, or `max_size` when smaller.
+    pub max_object_size: Option<ByteSize>,
+}
+
+impl Default for CacheMemoryFile {
+    fn default() -> Self {
+        CacheMemoryFile {
+            max_size: ByteSize(256 * 1024 * 1024),
+            max_object_size: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDiskFile {
+    /// A directory edgecache owns; entries survive restarts.
+    pub path: PathBuf,
+    /// Bytes the entries' files take on the filesystem at most (each file counted in whole
+    /// blocks, as `du` counts it); the least recently used objects go first.
+    pub max_size: ByteSize,
+    /// Larger objects are passed through uncached. Unwritten: 1GiB, or `max_size` when
+    /// smaller.
+    #[serde(default)]
+    pub max_object_size: Option<ByteSize>,
+    /// Entries at most: each is two files (two inodes) and a place in the in-memory index.
+    #[serde(default = "defaults::disk_max_entries")]
+    pub max_entries: u64,
+}
