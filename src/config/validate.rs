@@ -5,7 +5,7 @@
 //! records every problem with the line of the key it is about, so one run of `check-config`
 //! lists them all.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use super::error::{ConfigError, ConfigProblem};
 use super::file::{self, AccessLogOutput, ConfigFile};
 use super::locate::KeyLines;
 use super::model::{
-    AccessLog, Admin, Config, Limits, Listener, ListenerTls, Logging, Route, ServerSettings, Site,
-    Sites, TrustedProxies, PARSER_HEADER_LIMIT,
+    AccessLog, Admin, Config, Limits, Listener, ListenerTls, Logging, ServerSettings,
+    TrustedProxies, PARSER_HEADER_LIMIT,
 };
 use crate::certs::{load_certified_key, CertificateSet};
 
@@ -26,6 +26,7 @@ mod client_limits;
 mod core;
 mod fleet;
 mod media;
+mod sites;
 
 /// Collects problems with the line of the key each is about.
 struct Checker<'a> {
@@ -109,13 +110,12 @@ impl Config {
             &parsed.tombstones,
             fleet.as_ref().and_then(|f| f.as_ref()),
         );
-        let sites = sites(
-            &mut check,
-            &parsed.sites,
-            &parsed.stores,
-            write_through.is_some(),
-            &parsed.core.groups,
-        );
+        let referable = sites::Referable {
+            stores: &parsed.stores,
+            has_queue: write_through.is_some(),
+            groups: &parsed.core.groups,
+        };
+        let sites = sites::sites(&mut check, &parsed.sites, &referable);
 
         if let Some(admin) = &admin {
             for (i, listener) in listeners.iter().enumerate() {
@@ -458,115 +458,6 @@ fn logging(check: &mut Checker, logging: &file::LoggingFile) -> Logging {
             queue_size: access.queue_size.max(1),
         },
     }
-}
-
-fn sites(
-    check: &mut Checker,
-    files: &[file::SiteFile],
-    stores: &BTreeMap<String, file::StoreFile>,
-    has_queue: bool,
-    groups: &BTreeMap<String, file::UpstreamGroupFile>,
-) -> Sites {
-    let mut sites = Vec::new();
-    let mut next_route_id = 0;
-    let mut catch_all_seen = false;
-    for (i, site) in files.iter().enumerate() {
-        if site.hosts.is_empty() {
-            if catch_all_seen {
-                check.problem(
-                    &format!("sites[{i}].hosts"),
-                    "only one site may leave out hosts (the site for every other host)",
-                );
-            }
-            catch_all_seen = true;
-        }
-        let mut hosts = Vec::new();
-        for (j, host) in site.hosts.iter().enumerate() {
-            let host = host.to_ascii_lowercase();
-            let name = host.strip_prefix("*.").unwrap_or(&host);
-            if !valid_server_name(name) {
-                check.problem(
-                    &format!("sites[{i}].hosts[{j}]"),
-                    format!("{host:?} is not a host name"),
-                );
-            }
-            let claimed = sites
-                .iter()
-                .any(|s: &Site| s.hosts.iter().any(|h| h == &host));
-            if claimed || hosts.contains(&host) {
-                check.problem(
-                    &format!("sites[{i}].hosts[{j}]"),
-                    format!("{host} is named by another site too"),
-                );
-            }
-            hosts.push(host);
-        }
-        let mut routes: Vec<Arc<Route>> = Vec::new();
-        for (j, route) in site.routes.iter().enumerate() {
-            if !route.path.starts_with('/') {
-                check.problem(&format!("sites[{i}].routes[{j}].path"), "must start with /");
-            }
-            if routes.iter().any(|r| r.path == route.path) {
-                check.problem(
-                    &format!("sites[{i}].routes[{j}].path"),
-                    format!("{} appears twice in this site", route.path),
-                );
-            }
-            if !route.cache && route.cache_ttl.is_some() {
-                check.problem(
-                    &format!("sites[{i}].routes[{j}].cache_ttl"),
-                    "has no effect on a route with cache: false",
-                );
-            }
-            let media = route.media.as_ref().map(|m| {
-                media::media_route(
-                    check,
-                    &format!("sites[{i}].routes[{j}].media"),
-                    m,
-                    stores,
-                    has_queue,
-                )
-            });
-            if let Some(upstream) = &route.upstream {
-                let field = format!("sites[{i}].routes[{j}].upstream");
-                if !groups.contains_key(upstream) {
-                    check.problem(&field, format!("no core group is named {upstream:?}"));
-                } else if media.is_some() {
-                    check.problem(
-                        &field,
-                        "a media route is served from its stores, not the core",
-                    );
-                }
-            }
-            if route.max_body_size.is_some_and(|size| size.0 == 0) {
-                check.problem(
-                    &format!("sites[{i}].routes[{j}].max_body_size"),
-                    "must be more than 0 (leave it out for no limit)",
-                );
-            }
-            let client_limit = route.client_limit.as_ref().map(|limit| {
-                client_limits::client_limit(
-                    check,
-                    &format!("sites[{i}].routes[{j}].client_limit"),
-                    limit,
-                )
-            });
-            routes.push(Arc::new(Route {
-                id: next_route_id,
-                path: route.path.clone(),
-                cache: route.cache,
-                cache_ttl: route.cache_ttl.map(|t| t.get()),
-                media,
-                upstream: route.upstream.clone(),
-                max_body_size: route.max_body_size.map(|size| size.0),
-                client_limit,
-            }));
-            next_route_id += 1;
-        }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-        sites.push(Site { hosts, routes });
-    }
-    Sites { sites }
 }
 
 fn valid_label(name: &str) -> bool {

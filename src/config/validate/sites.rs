@@ -1,0 +1,136 @@
+//! Validation of `sites:`: each host named by one site at most, one site without hosts at
+//! most, and each route's path, caching, media, upstream, body size and client limit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{client_limits, media, valid_server_name, Checker};
+use crate::config::file;
+use crate::config::model::{Route, Site, Sites};
+
+/// What a route may refer to elsewhere in the file.
+pub(super) struct Referable<'a> {
+    pub(super) stores: &'a BTreeMap<String, file::StoreFile>,
+    /// A write-through queue is configured.
+    pub(super) has_queue: bool,
+    pub(super) groups: &'a BTreeMap<String, file::UpstreamGroupFile>,
+}
+
+pub(super) fn sites(check: &mut Checker, files: &[file::SiteFile], refs: &Referable<'_>) -> Sites {
+    let mut sites: Vec<Site> = Vec::new();
+    let mut next_route_id = 0;
+    let mut catch_all_seen = false;
+    for (i, site) in files.iter().enumerate() {
+        if site.hosts.is_empty() {
+            if catch_all_seen {
+                check.problem(
+                    &format!("sites[{i}].hosts"),
+                    "only one site may leave out hosts (the site for every other host)",
+                );
+            }
+            catch_all_seen = true;
+        }
+        let hosts = hosts(check, i, site, &sites);
+        let mut routes: Vec<Arc<Route>> = Vec::new();
+        for (j, file) in site.routes.iter().enumerate() {
+            let key = format!("sites[{i}].routes[{j}]");
+            let route = route(check, &key, file, next_route_id, refs, &routes);
+            routes.push(Arc::new(route));
+            next_route_id += 1;
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        sites.push(Site { hosts, routes });
+    }
+    Sites { sites }
+}
+
+/// The site's host names, lower-cased; each must be a host name no other site claims.
+fn hosts(check: &mut Checker, i: usize, site: &file::SiteFile, earlier: &[Site]) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for (j, host) in site.hosts.iter().enumerate() {
+        let host = host.to_ascii_lowercase();
+        let name = host.strip_prefix("*.").unwrap_or(&host);
+        if !valid_server_name(name) {
+            check.problem(
+                &format!("sites[{i}].hosts[{j}]"),
+                format!("{host:?} is not a host name"),
+            );
+        }
+        let claimed = earlier.iter().any(|s| s.hosts.iter().any(|h| h == &host));
+        if claimed || hosts.contains(&host) {
+            check.problem(
+                &format!("sites[{i}].hosts[{j}]"),
+                format!("{host} is named by another site too"),
+            );
+        }
+        hosts.push(host);
+    }
+    hosts
+}
+
+/// One route, checked; `key` is its place in the file (`sites[0].routes[2]`), `earlier`
+/// the routes of its site before it.
+fn route(
+    check: &mut Checker,
+    key: &str,
+    route: &file::RouteFile,
+    id: usize,
+    refs: &Referable<'_>,
+    earlier: &[Arc<Route>],
+) -> Route {
+    if !route.path.starts_with('/') {
+        check.problem(&format!("{key}.path"), "must start with /");
+    }
+    if earlier.iter().any(|r| r.path == route.path) {
+        check.problem(
+            &format!("{key}.path"),
+            format!("{} appears twice in this site", route.path),
+        );
+    }
+    if !route.cache && route.cache_ttl.is_some() {
+        check.problem(
+            &format!("{key}.cache_ttl"),
+            "has no effect on a route with cache: false",
+        );
+    }
+    let media = route.media.as_ref().map(|m| {
+        media::media_route(
+            check,
+            &format!("{key}.media"),
+            m,
+            refs.stores,
+            refs.has_queue,
+        )
+    });
+    if let Some(upstream) = &route.upstream {
+        let field = format!("{key}.upstream");
+        if !refs.groups.contains_key(upstream) {
+            check.problem(&field, format!("no core group is named {upstream:?}"));
+        } else if media.is_some() {
+            check.problem(
+                &field,
+                "a media route is served from its stores, not the core",
+            );
+        }
+    }
+    if route.max_body_size.is_some_and(|size| size.0 == 0) {
+        check.problem(
+            &format!("{key}.max_body_size"),
+            "must be more than 0 (leave it out for no limit)",
+        );
+    }
+    let client_limit = route
+        .client_limit
+        .as_ref()
+        .map(|limit| client_limits::client_limit(check, &format!("{key}.client_limit"), limit));
+    Route {
+        id,
+        path: route.path.clone(),
+        cache: route.cache,
+        cache_ttl: route.cache_ttl.map(|t| t.get()),
+        media,
+        upstream: route.upstream.clone(),
+        max_body_size: route.max_body_size.map(|size| size.0),
+        client_limit,
+    }
+}
