@@ -23,7 +23,7 @@ pub fn request_host(req: &RequestHeader, tls: bool) -> Option<String> {
 /// The primary key string: `scheme://host/path?query` with the query's parameters put in
 /// order by their decoded names (stably: the order of repeated names is kept, it can
 /// matter) and empty ones dropped. Where sorting could change what the core reads, the
-/// order is kept as sent: see [`reordering_is_safe`]. The parameters themselves stay as
+/// order is kept as sent: see `reordering_is_safe`. The parameters themselves stay as
 /// sent, so the key names exactly what the core is asked for.
 pub fn primary_key(tls: bool, host: &str, req: &RequestHeader) -> String {
     let scheme = if tls { "https" } else { "http" };

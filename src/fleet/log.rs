@@ -1,7 +1,7 @@
 //! The purges this PoP has applied, numbered, so peers can catch up from it.
 //!
 //! Every purge applied here, whether it came from outside or from a peer, is appended once
-//! (by id) to `<state_dir>/log/`, in segment files of [`SEGMENT_ENTRIES`] JSON lines, each
+//! (by id) to `<state_dir>/log/`, in segment files of `SEGMENT_ENTRIES` JSON lines, each
 //! line synced before the purge is reported done. Peers read it after a sequence number
 //! (`GET /fleet/purges?after=N`), so a PoP that was away gets every purge some surviving
 //! PoP applied, even when the PoP that took the purge from outside is gone for good and its

@@ -10,8 +10,8 @@
 //!   host's tailnet name when the config gave one, then opens a TCP stream through the
 //!   node's userspace network stack.
 //!
-//! Either way [`Mesh::prepare`] is the one place a peer to the core is set up for its mode,
-//! and [`Mesh::problem`] is what `/readyz` reports about the mesh.
+//! Either way [`Mesh::connector`] is the one place a peer to the core gets its dialler for
+//! its mode, and [`Mesh::problem`] is what `/readyz` reports about the mesh.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -9,7 +9,7 @@
 //! - An abandoned `Device::new` leaves its tasks behind (about 0.4 MB each, measured). So each
 //!   attempt runs on a runtime of its own, shut down with everything on it when the
 //!   attempt fails; a joined node keeps its runtime, and calls to it run there, so a call
-//!   cut short by a timeout finishes (within [`LATE_LIMIT`]) without holding anything of
+//!   cut short by a timeout finishes (within `LATE_LIMIT`) without holding anything of
 //!   ours, and a stream that arrives late is closed.
 //! - `tcp_connect` takes an IP; names are looked up with `peer_by_name`.
 //! - The crate writes a missing key file with the process umask; the file is the node's

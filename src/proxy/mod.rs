@@ -3,21 +3,21 @@
 //! The hooks below are in the order pingora calls them for a request (see pingora's
 //! `proxy_trait.rs`), and each hands its decision to a module of this folder:
 //!
-//! 1. `new_ctx`, then `request_filter`: [`admission`] refuses malformed or oversized heads
+//! 1. `new_ctx`, then `request_filter`: `admission` refuses malformed or oversized heads
 //!    ([`limits`]), makes the one route decision ([`route`]), answers the cache buster
 //!    ([`buster`]) and applies the route's per-client limit ([`client_limits`]).
-//! 2. `request_cache_filter`, `cache_key_callback`, `cache_vary_filter`: [`cache_use`] turns
+//! 2. `request_cache_filter`, `cache_key_callback`, `cache_vary_filter`: `cache_use` turns
 //!    the shared cache on under the request's key, or bypasses it.
-//! 3. On a miss: `upstream_peer` ([`peer`]: the media origin for a media route, else a core
+//! 3. On a miss: `upstream_peer` (`peer`: the media origin for a media route, else a core
 //!    host from [`upstream`]), `connected_to_upstream`, `upstream_request_filter` ([`headers`]:
 //!    who the client is, no hop-by-hop), `request_body_filter` (the route's body limit).
 //! 4. `upstream_response_filter`, `response_cache_filter` (may it be kept),
 //!    `range_header_filter`, `response_filter` (`X-Cache-Status`, `X-Request-Id`),
 //!    `upstream_response_body_filter` (the group's total timeout).
-//! 5. `logging`: [`report`] counts the request and writes its access-log line.
+//! 5. `logging`: `report` counts the request and writes its access-log line.
 //!
 //! Failures: `fail_to_connect` and `error_while_proxy` decide retries, `should_serve_stale`
-//! whether a stored response may stand in, `fail_to_proxy` the answer ([`failure`]).
+//! whether a stored response may stand in, `fail_to_proxy` the answer (`failure`).
 
 mod admission;
 pub mod buster;
@@ -368,7 +368,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     /// A failure on a connection that was already carrying this request; see
-    /// [`failure::failed_while_proxying`] for when it is retried.
+    /// `failure::failed_while_proxying` for when it is retried.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,

@@ -45,7 +45,7 @@ struct HostState {
 }
 
 impl HostState {
-    /// Whether a connect to this host failed within [`KNOWN_DOWN_FOR`].
+    /// Whether a connect to this host failed within `KNOWN_DOWN_FOR`.
     fn known_down(&self, now: Instant) -> bool {
         self.connect_failed_at
             .lock()
@@ -260,7 +260,7 @@ impl CoreGroup {
         }
     }
 
-    /// Notes that a request could not connect to `address`: for [`KNOWN_DOWN_FOR`] it is
+    /// Notes that a request could not connect to `address`: for `KNOWN_DOWN_FOR` it is
     /// not tried when no host of the group is healthy.
     pub fn connect_failed(&self, address: SocketAddr) {
         if let Some(host) = self.hosts.iter().find(|h| h.address == address) {

@@ -147,7 +147,7 @@ impl Upgrader {
     }
 
     /// Starts the binary now on disk as this process's successor and waits (at most
-    /// [`HANDOVER_WAIT`]) until it asks for the sockets or exits. Blocking.
+    /// `HANDOVER_WAIT`) until it asks for the sockets or exits. Blocking.
     pub fn start(self: &Arc<Self>) -> Result<UpgradeStarted, UpgradeError> {
         if self.handing_over.load(Ordering::SeqCst) {
             return Err(UpgradeError::HandingOver);
