@@ -5,4 +5,5 @@ pub mod bulk;
 pub mod keys;
 pub mod progress;
 pub mod queue;
+pub mod state;
 pub mod tee;
