@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use pingora::tls::sign::CertifiedKey;
 
 use super::error::{ConfigError, ConfigProblem};
 use super::file::{self, AccessLogOutput, ConfigFile};
@@ -19,7 +20,7 @@ use super::model::{
     AccessLog, Admin, Config, Limits, Listener, ListenerTls, Logging, ServerSettings,
     TrustedProxies, PARSER_HEADER_LIMIT,
 };
-use crate::certs::{load_certified_key, CertificateSet};
+use crate::certs::{load_certified_key, CertificateError, CertificateSet};
 
 mod cache;
 mod client_limits;
@@ -267,32 +268,8 @@ fn listener_tls(check: &mut Checker, key: &str, tls: &file::TlsFile) -> Option<L
                 names.push(name);
             }
         }
-        let cert_path = check.resolve_path(&cert.cert);
-        let key_path = check.resolve_path(&cert.key);
-        match load_certified_key(&cert_path, &key_path) {
-            Ok(loaded) => entries.push((names, Arc::new(loaded))),
-            Err(e) => {
-                let field = match &e {
-                    crate::certs::CertificateError::Read { path, .. }
-                    | crate::certs::CertificateError::BadPem { path, .. }
-                        if *path == key_path =>
-                    {
-                        "key"
-                    }
-                    crate::certs::CertificateError::NoKey { .. } => "key",
-                    crate::certs::CertificateError::Mismatch { .. } => "key",
-                    _ => "cert",
-                };
-                let message = match &e {
-                    crate::certs::CertificateError::Read { path, source }
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        format!("file not found: {}", path.display())
-                    }
-                    other => other.to_string(),
-                };
-                check.problem(&format!("{cert_key}.{field}"), message);
-            }
+        if let Some(loaded) = certificate_pair(check, &cert_key, cert) {
+            entries.push((names, Arc::new(loaded)));
         }
     }
     if check.problems.len() > before {
@@ -319,6 +296,40 @@ fn listener_tls(check: &mut Checker, key: &str, tls: &file::TlsFile) -> Option<L
     Some(ListenerTls {
         certificates: CertificateSet::new(entries, default),
     })
+}
+
+/// One certificate and its key, loaded and matched; a problem names the file's key
+/// (`cert` or `key`) of `cert_key` (`listeners[0].tls.certificates[1]`).
+fn certificate_pair(
+    check: &mut Checker,
+    cert_key: &str,
+    cert: &file::CertificateFile,
+) -> Option<CertifiedKey> {
+    let cert_path = check.resolve_path(&cert.cert);
+    let key_path = check.resolve_path(&cert.key);
+    let e = match load_certified_key(&cert_path, &key_path) {
+        Ok(loaded) => return Some(loaded),
+        Err(e) => e,
+    };
+    let field = match &e {
+        CertificateError::Read { path, .. } | CertificateError::BadPem { path, .. }
+            if *path == key_path =>
+        {
+            "key"
+        }
+        CertificateError::NoKey { .. } | CertificateError::Mismatch { .. } => "key",
+        _ => "cert",
+    };
+    let message = match &e {
+        CertificateError::Read { path, source }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            format!("file not found: {}", path.display())
+        }
+        other => other.to_string(),
+    };
+    check.problem(&format!("{cert_key}.{field}"), message);
+    None
 }
 
 fn admin(check: &mut Checker, admin: &file::AdminFile) -> Option<Admin> {

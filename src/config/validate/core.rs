@@ -96,26 +96,7 @@ fn upstream_group(
     if group.hosts.is_empty() {
         check.problem(&format!("{key}.hosts"), "list at least one host:port");
     }
-    let mut hosts = Vec::new();
-    for (i, host) in group.hosts.iter().enumerate() {
-        let host_key = format!("{key}.hosts[{i}]");
-        let parsed = if parsing.embedded {
-            mesh_host(host, parsing.stand_ins)
-        } else {
-            resolve_host(host).map(|address| (address, None))
-        };
-        match parsed {
-            Ok((address, _)) if hosts.iter().any(|h: &UpstreamHost| h.address == address) => {
-                check.problem(&host_key, format!("{host} is listed twice in this group"));
-            }
-            Ok((address, mesh_name)) => hosts.push(UpstreamHost {
-                label: host.clone(),
-                address,
-                mesh_name,
-            }),
-            Err(message) => check.problem(&host_key, message),
-        }
-    }
+    let hosts = group_hosts(check, key, group, parsing);
     for (field, value) in [
         ("connect_timeout", group.connect_timeout),
         ("read_timeout", group.read_timeout),
@@ -137,21 +118,7 @@ fn upstream_group(
     if group.total_timeout.is_some_and(|t| t.get().is_zero()) {
         check.problem(&format!("{key}.total_timeout"), "must be greater than zero");
     }
-    let mut retry_methods = Vec::new();
-    for (i, method) in group.retry_methods.iter().enumerate() {
-        let upper = method.to_ascii_uppercase();
-        match upper.as_str() {
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" => {
-                if let Ok(m) = upper.parse::<http::Method>() {
-                    retry_methods.push(m);
-                }
-            }
-            _ => check.problem(
-                &format!("{key}.retry_methods[{i}]"),
-                format!("{method:?} cannot be retried: only GET, HEAD, OPTIONS, PUT and DELETE may be (a retried POST is a duplicate post)"),
-            ),
-        }
-    }
+    let retry_methods = retry_methods(check, key, group);
     if hosts.is_empty() {
         return None;
     }
@@ -169,6 +136,60 @@ fn upstream_group(
             path: group.health.path.clone(),
         },
     })
+}
+
+/// The group's hosts, each parsed once (a tailnet name stands in as a 100::/64 address).
+fn group_hosts(
+    check: &mut Checker,
+    key: &str,
+    group: &file::UpstreamGroupFile,
+    parsing: HostParsing,
+) -> Vec<UpstreamHost> {
+    let mut hosts = Vec::new();
+    for (i, host) in group.hosts.iter().enumerate() {
+        let host_key = format!("{key}.hosts[{i}]");
+        let parsed = if parsing.embedded {
+            mesh_host(host, parsing.stand_ins)
+        } else {
+            resolve_host(host).map(|address| (address, None))
+        };
+        match parsed {
+            Ok((address, _)) if hosts.iter().any(|h: &UpstreamHost| h.address == address) => {
+                check.problem(&host_key, format!("{host} is listed twice in this group"));
+            }
+            Ok((address, mesh_name)) => hosts.push(UpstreamHost {
+                label: host.clone(),
+                address,
+                mesh_name,
+            }),
+            Err(message) => check.problem(&host_key, message),
+        }
+    }
+    hosts
+}
+
+/// The methods a failed request of the group may be retried with: never a POST.
+fn retry_methods(
+    check: &mut Checker,
+    key: &str,
+    group: &file::UpstreamGroupFile,
+) -> Vec<http::Method> {
+    let mut retry_methods = Vec::new();
+    for (i, method) in group.retry_methods.iter().enumerate() {
+        let upper = method.to_ascii_uppercase();
+        match upper.as_str() {
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" => {
+                if let Ok(m) = upper.parse::<http::Method>() {
+                    retry_methods.push(m);
+                }
+            }
+            _ => check.problem(
+                &format!("{key}.retry_methods[{i}]"),
+                format!("{method:?} cannot be retried: only GET, HEAD, OPTIONS, PUT and DELETE may be (a retried POST is a duplicate post)"),
+            ),
+        }
+    }
+    retry_methods
 }
 
 /// `host:port`, where host is an IP or a name the resolver knows (the mesh's DNS, /etc/hosts).
@@ -218,22 +239,7 @@ fn mesh_host(text: &str, stand_ins: &mut StandIns) -> Result<(SocketAddr, Option
 
 fn mesh(check: &mut Checker, mesh: &file::MeshFile) -> Option<MeshSettings> {
     if mesh.mode == MeshMode::Os {
-        for (field, set) in [
-            ("key_file", mesh.key_file.is_some()),
-            ("auth_key_file", mesh.auth_key_file.is_some()),
-            ("hostname", mesh.hostname.is_some()),
-            ("tags", !mesh.tags.is_empty()),
-            ("control_url", mesh.control_url.is_some()),
-            ("ephemeral", mesh.ephemeral.is_some()),
-            ("start_timeout", mesh.start_timeout.is_some()),
-        ] {
-            if set {
-                check.problem(
-                    &format!("core.mesh.{field}"),
-                    "only used with `mode: embedded` (with `mode: os` tailscaled joins the tailnet)",
-                );
-            }
-        }
+        embedded_keys_unused(check, mesh);
         return Some(MeshSettings::Os);
     }
     let problems_before = check.problems.len();
@@ -269,6 +275,49 @@ fn mesh(check: &mut Checker, mesh: &file::MeshFile) -> Option<MeshSettings> {
         },
         None => None,
     };
+    let control_url = node_naming(check, mesh);
+    let start_timeout = mesh
+        .start_timeout
+        .map_or(DEFAULT_START_TIMEOUT, |t| t.get());
+    if start_timeout.is_zero() {
+        check.problem("core.mesh.start_timeout", "must be greater than zero");
+    }
+    if check.problems.len() > problems_before {
+        return None;
+    }
+    Some(MeshSettings::Embedded(EmbeddedMesh {
+        key_file: key_file?,
+        auth_key,
+        hostname: mesh.hostname.clone(),
+        control_url,
+        tags: mesh.tags.clone(),
+        ephemeral: mesh.ephemeral.unwrap_or(false),
+        start_timeout,
+    }))
+}
+
+/// With `mode: os`, tailscaled joins the tailnet: the embedded node's keys mean nothing.
+fn embedded_keys_unused(check: &mut Checker, mesh: &file::MeshFile) {
+    for (field, set) in [
+        ("key_file", mesh.key_file.is_some()),
+        ("auth_key_file", mesh.auth_key_file.is_some()),
+        ("hostname", mesh.hostname.is_some()),
+        ("tags", !mesh.tags.is_empty()),
+        ("control_url", mesh.control_url.is_some()),
+        ("ephemeral", mesh.ephemeral.is_some()),
+        ("start_timeout", mesh.start_timeout.is_some()),
+    ] {
+        if set {
+            check.problem(
+                &format!("core.mesh.{field}"),
+                "only used with `mode: embedded` (with `mode: os` tailscaled joins the tailnet)",
+            );
+        }
+    }
+}
+
+/// The embedded node's host name, tags and control server; returns the control URL.
+fn node_naming(check: &mut Checker, mesh: &file::MeshFile) -> String {
     if let Some(hostname) = &mesh.hostname {
         if hostname.contains('.') || !valid_server_name(hostname) {
             check.problem(
@@ -298,24 +347,7 @@ fn mesh(check: &mut Checker, mesh: &file::MeshFile) -> Option<MeshSettings> {
             );
         }
     }
-    let start_timeout = mesh
-        .start_timeout
-        .map_or(DEFAULT_START_TIMEOUT, |t| t.get());
-    if start_timeout.is_zero() {
-        check.problem("core.mesh.start_timeout", "must be greater than zero");
-    }
-    if check.problems.len() > problems_before {
-        return None;
-    }
-    Some(MeshSettings::Embedded(EmbeddedMesh {
-        key_file: key_file?,
-        auth_key,
-        hostname: mesh.hostname.clone(),
-        control_url,
-        tags: mesh.tags.clone(),
-        ephemeral: mesh.ephemeral.unwrap_or(false),
-        start_timeout,
-    }))
+    control_url
 }
 
 /// A secret file must not be open to every user of the machine.

@@ -27,6 +27,39 @@ pub(super) fn fleet(
             "a fleet needs admin.token_file: peers accept a purge only with the admin token, the same on every PoP",
         );
     }
+    let peers = peers(check, fleet);
+    if fleet.max_pending == 0 {
+        check.problem("fleet.max_pending", "must be more than 0");
+    }
+    if fleet.catch_up_interval.get() < std::time::Duration::from_millis(100) {
+        check.problem("fleet.catch_up_interval", "must be at least 100ms");
+    }
+    if fleet.log_entries < 10_000 {
+        check.problem(
+            "fleet.log_entries",
+            "must be at least 10000 (the log is kept in segments of that many)",
+        );
+    }
+    if check.problems.len() > before {
+        return None;
+    }
+    Some(FleetSettings {
+        name: fleet.name.clone(),
+        peers,
+        state_dir: check.resolve_path(&fleet.state_dir),
+        max_pending: fleet.max_pending,
+        wait: fleet.wait.get(),
+        max_retry_delay: fleet
+            .max_retry_delay
+            .get()
+            .max(std::time::Duration::from_millis(100)),
+        catch_up_interval: fleet.catch_up_interval.get(),
+        log_entries: fleet.log_entries,
+    })
+}
+
+/// The other PoPs: each named once (never this PoP's own name), at a host:port.
+fn peers(check: &mut Checker, fleet: &file::FleetFile) -> Vec<FleetPeer> {
     let mut names = HashSet::from([fleet.name.clone()]);
     let mut peers = Vec::new();
     for (i, peer) in fleet.peers.iter().enumerate() {
@@ -64,34 +97,7 @@ pub(super) fn fleet(
             admin: peer.admin.clone(),
         });
     }
-    if fleet.max_pending == 0 {
-        check.problem("fleet.max_pending", "must be more than 0");
-    }
-    if fleet.catch_up_interval.get() < std::time::Duration::from_millis(100) {
-        check.problem("fleet.catch_up_interval", "must be at least 100ms");
-    }
-    if fleet.log_entries < 10_000 {
-        check.problem(
-            "fleet.log_entries",
-            "must be at least 10000 (the log is kept in segments of that many)",
-        );
-    }
-    if check.problems.len() > before {
-        return None;
-    }
-    Some(FleetSettings {
-        name: fleet.name.clone(),
-        peers,
-        state_dir: check.resolve_path(&fleet.state_dir),
-        max_pending: fleet.max_pending,
-        wait: fleet.wait.get(),
-        max_retry_delay: fleet
-            .max_retry_delay
-            .get()
-            .max(std::time::Duration::from_millis(100)),
-        catch_up_interval: fleet.catch_up_interval.get(),
-        log_entries: fleet.log_entries,
-    })
+    peers
 }
 
 pub(super) fn cache_buster(

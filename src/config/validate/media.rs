@@ -64,16 +64,7 @@ pub(super) fn stores(
         if max_concurrency == 0 {
             check.problem(&format!("{key}.max_concurrency"), "must be at least 1");
         }
-        if breaker.failures > 0 && breaker.cooldown.get().is_zero() {
-            check.problem(&format!("{key}.breaker.cooldown"), "must be more than 0s");
-        }
-        if breaker.failures > 0 && breaker.first_probe_after.get().is_zero() {
-            check.problem(
-                &format!("{key}.breaker.first_probe_after"),
-                "must be more than 0s",
-            );
-        }
-
+        let breaker = breaker_settings(check, &key, breaker);
         if let Some(kind) = kind {
             stores.insert(
                 name.clone(),
@@ -82,20 +73,35 @@ pub(super) fn stores(
                     kind,
                     timeout: timeout.get(),
                     max_concurrency,
-                    breaker: BreakerSettings {
-                        failures: breaker.failures,
-                        cooldown: breaker.cooldown.get(),
-                        // A short cooldown shortens the first wait too.
-                        first_probe_after: breaker
-                            .first_probe_after
-                            .get()
-                            .min(breaker.cooldown.get()),
-                    },
+                    breaker,
                 },
             );
         }
     }
     stores
+}
+
+/// A place's breaker; `key` is the place's (`stores.spaces`).
+fn breaker_settings(
+    check: &mut Checker,
+    key: &str,
+    breaker: &file::BreakerFile,
+) -> BreakerSettings {
+    if breaker.failures > 0 && breaker.cooldown.get().is_zero() {
+        check.problem(&format!("{key}.breaker.cooldown"), "must be more than 0s");
+    }
+    if breaker.failures > 0 && breaker.first_probe_after.get().is_zero() {
+        check.problem(
+            &format!("{key}.breaker.first_probe_after"),
+            "must be more than 0s",
+        );
+    }
+    BreakerSettings {
+        failures: breaker.failures,
+        cooldown: breaker.cooldown.get(),
+        // A short cooldown shortens the first wait too.
+        first_probe_after: breaker.first_probe_after.get().min(breaker.cooldown.get()),
+    }
 }
 
 fn s3_settings(
