@@ -23,6 +23,8 @@ pub mod memory;
 pub mod meta;
 pub mod policy;
 pub mod storage;
+#[cfg(test)]
+mod storage_tests;
 mod tier;
 
 use std::path::PathBuf;
