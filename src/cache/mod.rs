@@ -24,6 +24,8 @@ pub mod meta;
 pub mod policy;
 pub mod storage;
 #[cfg(test)]
+mod storage_disk_tests;
+#[cfg(test)]
 mod storage_tests;
 mod tier;
 
