@@ -5,4 +5,6 @@ pub mod bulk;
 pub mod keys;
 pub mod progress;
 pub mod queue;
+#[cfg(test)]
+mod queue_tests;
 pub mod tee;
