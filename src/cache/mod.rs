@@ -23,6 +23,10 @@ pub mod memory;
 pub mod meta;
 pub mod policy;
 pub mod storage;
+#[cfg(test)]
+mod storage_disk_tests;
+#[cfg(test)]
+mod storage_tests;
 mod tier;
 
 use std::path::PathBuf;

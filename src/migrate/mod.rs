@@ -5,5 +5,7 @@ pub mod bulk;
 pub mod keys;
 pub mod progress;
 pub mod queue;
+#[cfg(test)]
+mod queue_tests;
 pub mod state;
 pub mod tee;
