@@ -261,19 +261,42 @@ pub(super) struct FoundFiles {
 /// removed; only safe while no other writer is at work, since a half-pair may be an entry
 /// being committed.
 pub(super) fn scan(root: &Path, fs_block: u64, tidy: bool) -> (HashMap<Hash, DiskEntry>, u64) {
-    let mut files: HashMap<(Hash, u64), FoundFiles> = HashMap::new();
-    let mut strays: Vec<PathBuf> = Vec::new();
-    let mut highest_generation = 0;
     let Ok(shards) = fs::read_dir(root) else {
         return (HashMap::new(), 0);
     };
+    let listed = list_files(shards);
+    let (entries, superseded) = pick_entries(listed.files, fs_block);
+    if tidy {
+        remove_superseded(root, superseded);
+        for stray in listed.strays {
+            tracing::info!(path = %stray.display(), "removing a stray file from the cache directory");
+            let _ = fs::remove_file(&stray).or_else(|_| fs::remove_dir_all(&stray));
+        }
+    }
+    (entries, listed.highest_generation)
+}
+
+/// What the shard directories hold.
+struct Listed {
+    /// The files of each entry, by combined hash and generation.
+    files: HashMap<(Hash, u64), FoundFiles>,
+    /// Files and directories that are no entry's.
+    strays: Vec<PathBuf>,
+    highest_generation: u64,
+}
+
+fn list_files(shards: fs::ReadDir) -> Listed {
+    let mut listed = Listed {
+        files: HashMap::new(),
+        strays: Vec::new(),
+        highest_generation: 0,
+    };
     for shard in shards.flatten() {
-        let shard_name = shard.file_name();
-        if shard_name == "tmp" {
+        if shard.file_name() == "tmp" {
             continue;
         }
         let Ok(listing) = fs::read_dir(shard.path()) else {
-            strays.push(shard.path());
+            listed.strays.push(shard.path());
             continue;
         };
         for file in listing.flatten() {
@@ -281,14 +304,14 @@ pub(super) fn scan(root: &Path, fs_block: u64, tidy: bool) -> (HashMap<Hash, Dis
             let name = file.file_name();
             let parsed = name.to_str().and_then(parse_entry_name);
             let Some((primary, combined, generation, ext)) = parsed else {
-                strays.push(path);
+                listed.strays.push(path);
                 continue;
             };
             let Ok(metadata) = file.metadata() else {
                 continue;
             };
-            highest_generation = highest_generation.max(generation);
-            let found = files.entry((combined, generation)).or_default();
+            listed.highest_generation = listed.highest_generation.max(generation);
+            let found = listed.files.entry((combined, generation)).or_default();
             found.primary = primary;
             match ext {
                 "meta" => {
@@ -301,12 +324,24 @@ pub(super) fn scan(root: &Path, fs_block: u64, tidy: bool) -> (HashMap<Hash, Dis
                     found.meta = Some((metadata.len(), mtime));
                 }
                 "body" => found.body = Some(metadata.len()),
-                _ => strays.push(path),
+                _ => listed.strays.push(path),
             }
         }
     }
+    listed
+}
+
+/// An entry's files that are not its newest whole generation: primary, combined hash and
+/// generation.
+type Superseded = Vec<(Hash, Hash, u64)>;
+
+/// The newest whole generation of each entry; the others (and halves) are superseded.
+fn pick_entries(
+    files: HashMap<(Hash, u64), FoundFiles>,
+    fs_block: u64,
+) -> (HashMap<Hash, DiskEntry>, Superseded) {
     let mut entries: HashMap<Hash, DiskEntry> = HashMap::new();
-    let mut superseded: Vec<(Hash, Hash, u64)> = Vec::new();
+    let mut superseded = Superseded::new();
     for ((combined, generation), found) in files {
         let (Some((meta_len, mtime)), Some(body_len)) = (found.meta, found.body) else {
             superseded.push((found.primary, combined, generation));
@@ -333,9 +368,10 @@ pub(super) fn scan(root: &Path, fs_block: u64, tidy: bool) -> (HashMap<Hash, Dis
             }
         }
     }
-    if !tidy {
-        return (entries, highest_generation);
-    }
+    (entries, superseded)
+}
+
+fn remove_superseded(root: &Path, superseded: Superseded) {
     for (primary, combined, generation) in superseded {
         let primary_hex = hex::encode(primary);
         for ext in ["meta", "body"] {
@@ -346,11 +382,6 @@ pub(super) fn scan(root: &Path, fs_block: u64, tidy: bool) -> (HashMap<Hash, Dis
             let _ = fs::remove_file(path);
         }
     }
-    for stray in strays {
-        tracing::info!(path = %stray.display(), "removing a stray file from the cache directory");
-        let _ = fs::remove_file(&stray).or_else(|_| fs::remove_dir_all(&stray));
-    }
-    (entries, highest_generation)
 }
 
 #[cfg(test)]

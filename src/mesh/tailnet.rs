@@ -172,10 +172,9 @@ impl Tailnet {
         runtime.shutdown_background();
     }
 
-    /// One attempt: keys, device, authorization, address, all within `start_timeout`, on
-    /// a runtime of the attempt's own.
-    async fn join(&self) -> Result<Node, Failure> {
-        let timeout = self.settings.start_timeout;
+    /// The node's settings for the crate: its keys (from `key_file`) and how it asks to be
+    /// named.
+    async fn node_config(&self) -> Result<tailscale::Config, Failure> {
         let key_state = load_keys(&self.settings.key_file)
             .await
             .map_err(|e| ("error", e.to_string()))?;
@@ -192,6 +191,14 @@ impl Tailnet {
             requested_tags: self.settings.tags.clone(),
             ephemeral: self.settings.ephemeral,
         };
+        Ok(config)
+    }
+
+    /// One attempt: keys, device, authorization, address, all within `start_timeout`, on
+    /// a runtime of the attempt's own.
+    async fn join(&self) -> Result<Node, Failure> {
+        let timeout = self.settings.start_timeout;
+        let config = self.node_config().await?;
         let auth_key = self
             .settings
             .auth_key
@@ -203,28 +210,7 @@ impl Tailnet {
             .enable_all()
             .build()
             .map_err(|e| ("error", format!("starting the node's runtime: {e}")))?;
-        let attempt = runtime.spawn(async move {
-            let device = tailscale::Device::new(&config, auth_key)
-                .await
-                .map_err(|e| ("error", format!("starting the node: {e}")))?;
-            match device.is_authorized().await {
-                Err(e) => return Err(("error", format!("registering: {e}"))),
-                Ok(tailscale::AuthState::NotAuthorized(url)) => {
-                    // Whoever opens the URL can claim the node, so it goes to the log only.
-                    tracing::warn!(login_url = %url, "mesh: the control server does not know this node");
-                    return Err((
-                        "not_authorized",
-                        "the control server does not know this node: set core.mesh.auth_key_file, or approve it with the login URL in the log".to_string(),
-                    ));
-                }
-                Ok(tailscale::AuthState::Authorized) => {}
-            }
-            let address = device
-                .ipv4_addr()
-                .await
-                .map_err(|e| ("error", format!("no tailnet address: {e}")))?;
-            Ok((device, address))
-        });
+        let attempt = runtime.spawn(start_device(config, auth_key));
         let (device, address) = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(Ok(joined))) => joined,
             failed => {
@@ -256,6 +242,34 @@ impl Tailnet {
             runtime: Some(runtime),
         })
     }
+}
+
+/// Starts the device and waits until the control server has authorized it and given it
+/// an address.
+async fn start_device(
+    config: tailscale::Config,
+    auth_key: Option<String>,
+) -> Result<(tailscale::Device, std::net::Ipv4Addr), Failure> {
+    let device = tailscale::Device::new(&config, auth_key)
+        .await
+        .map_err(|e| ("error", format!("starting the node: {e}")))?;
+    match device.is_authorized().await {
+        Err(e) => return Err(("error", format!("registering: {e}"))),
+        Ok(tailscale::AuthState::NotAuthorized(url)) => {
+            // Whoever opens the URL can claim the node, so it goes to the log only.
+            tracing::warn!(login_url = %url, "mesh: the control server does not know this node");
+            return Err((
+                "not_authorized",
+                "the control server does not know this node: set core.mesh.auth_key_file, or approve it with the login URL in the log".to_string(),
+            ));
+        }
+        Ok(tailscale::AuthState::Authorized) => {}
+    }
+    let address = device
+        .ipv4_addr()
+        .await
+        .map_err(|e| ("error", format!("no tailnet address: {e}")))?;
+    Ok((device, address))
 }
 
 #[async_trait]

@@ -145,6 +145,54 @@ impl HealthCheck for ObservedCheck {
     }
 }
 
+/// The group's health check: HTTP GET of `health.path` when set, else a TCP connect; it
+/// reaches hosts the way requests do (through the mesh when embedded).
+fn health_check(group: &UpstreamGroup, mesh: &Mesh) -> Box<dyn HealthCheck + Send + Sync> {
+    let timeout = group.connect_timeout.min(group.health.interval);
+    // Health checks reach hosts the way requests do.
+    let check_connector = mesh
+        .connector(timeout)
+        .map(|c| c as Arc<dyn L4Connect + Send + Sync>);
+    // The Host header of HTTP checks: the first host as written in the config.
+    let check_host = group
+        .hosts
+        .first()
+        .map_or("localhost", |h| h.label.as_str());
+    match &group.health.path {
+        Some(path) => {
+            let mut check = HttpHealthCheck::new(check_host, false);
+            check.peer_template.options.connection_timeout = Some(timeout);
+            check.peer_template.options.read_timeout = Some(group.health.interval);
+            check.peer_template.options.custom_l4 = check_connector;
+            if let Ok(req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
+                check.req = req;
+                let _ = check.req.insert_header("Host", check_host);
+                let _ = check.req.insert_header("User-Agent", "edgecache-health");
+            }
+            Box::new(check)
+        }
+        None => {
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(timeout);
+            check.peer_template.options.custom_l4 = check_connector;
+            check
+        }
+    }
+}
+
+/// Error series start at 0, so rate() and alerts see them before the first error.
+fn start_error_series(group: &UpstreamGroup) {
+    let errors = &metrics::get().upstream_errors;
+    for host in &group.hosts {
+        for kind in ["connect", "connect_timeout", "timeout", "other"] {
+            errors.with_label_values(&[group.name.as_str(), host.label.as_str(), kind]);
+        }
+    }
+    for kind in ["no_healthy_host", "mesh_not_connected"] {
+        errors.with_label_values(&[group.name.as_str(), "", kind]);
+    }
+}
+
 impl CoreGroup {
     /// Builds the group and its balancer; the caller runs the balancer as a background
     /// service (see [`CoreGroup::balancer`]).
@@ -171,52 +219,14 @@ impl CoreGroup {
                 })
                 .collect::<Vec<_>>(),
         );
-        let timeout = group.connect_timeout.min(group.health.interval);
         let mesh_connector = mesh.connector(group.connect_timeout);
-        // Health checks reach hosts the way requests do.
-        let check_connector = mesh
-            .connector(timeout)
-            .map(|c| c as Arc<dyn L4Connect + Send + Sync>);
-        // The Host header of HTTP checks: the first host as written in the config.
-        let check_host = group
-            .hosts
-            .first()
-            .map_or("localhost", |h| h.label.as_str());
-        let inner: Box<dyn HealthCheck + Send + Sync> = match &group.health.path {
-            Some(path) => {
-                let mut check = HttpHealthCheck::new(check_host, false);
-                check.peer_template.options.connection_timeout = Some(timeout);
-                check.peer_template.options.read_timeout = Some(group.health.interval);
-                check.peer_template.options.custom_l4 = check_connector;
-                if let Ok(req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
-                    check.req = req;
-                    let _ = check.req.insert_header("Host", check_host);
-                    let _ = check.req.insert_header("User-Agent", "edgecache-health");
-                }
-                Box::new(check)
-            }
-            None => {
-                let mut check = TcpHealthCheck::new();
-                check.peer_template.options.connection_timeout = Some(timeout);
-                check.peer_template.options.custom_l4 = check_connector;
-                check
-            }
-        };
+        let inner = health_check(group, mesh);
         balancer.set_health_check(Box::new(ObservedCheck {
             group: group.name.clone(),
             inner,
             hosts: hosts.clone(),
         }));
-        // Error series start at 0, so rate() and alerts see them before the first error.
-        let errors = &metrics::get().upstream_errors;
-        for host in &group.hosts {
-            for kind in ["connect", "connect_timeout", "timeout", "other"] {
-                errors.with_label_values(&[group.name.as_str(), host.label.as_str(), kind]);
-            }
-        }
-        for kind in ["no_healthy_host", "mesh_not_connected"] {
-            errors.with_label_values(&[group.name.as_str(), "", kind]);
-        }
+        start_error_series(group);
         balancer.health_check_frequency = Some(group.health.interval);
         balancer.parallel_health_check = true;
         Ok(CoreGroup {
