@@ -38,8 +38,8 @@ pub struct TieredStorage {
     /// matches ran since the copy was read or began arriving, the copy is taken out again,
     /// so a purge racing a fill, a promotion or a refresh cannot be undone by it.
     purges: AtomicU64,
-    /// The most recent purges, by count, for that check.
-    purge_log: Mutex<std::collections::VecDeque<(u64, PurgeMatch)>>,
+    /// The most recent purges, by count, for that check, and the purges still removing.
+    purge_log: Mutex<PurgeLog>,
 }
 
 /// What one purge removed.
@@ -52,6 +52,26 @@ enum PurgeMatch {
 /// Purges remembered for the check above; older ones count as matching everything.
 const PURGE_LOG: usize = 1024;
 
+#[derive(Default)]
+struct PurgeLog {
+    recent: std::collections::VecDeque<(u64, PurgeMatch)>,
+    /// Purges that began and have not finished removing: a copy read meanwhile may be one
+    /// they are about to remove (or have just removed), so they count as "since" for it.
+    in_progress: std::collections::BTreeSet<u64>,
+}
+
+/// A purge while it removes; dropped when it is done.
+struct PurgeInProgress<'a> {
+    storage: &'a TieredStorage,
+    seq: u64,
+}
+
+impl Drop for PurgeInProgress<'_> {
+    fn drop(&mut self) {
+        self.storage.purge_log.lock().in_progress.remove(&self.seq);
+    }
+}
+
 impl TieredStorage {
     pub fn new(memory: MemoryTier, disk: Option<DiskTier>) -> Self {
         TieredStorage {
@@ -60,7 +80,7 @@ impl TieredStorage {
             fills: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(1),
             purges: AtomicU64::new(0),
-            purge_log: Mutex::new(std::collections::VecDeque::new()),
+            purge_log: Mutex::new(PurgeLog::default()),
         }
     }
 
@@ -74,7 +94,7 @@ impl TieredStorage {
 
     /// Removes every variant of one URL from both tiers; returns how many objects went.
     pub fn purge_url(&self, primary: &Hash) -> usize {
-        self.record_purge(PurgeMatch::Url(*primary));
+        let _in_progress = self.record_purge(PurgeMatch::Url(*primary));
         self.abandon_fills(|fill| &fill.primary == primary);
         let memory = self.memory.remove_matching(|o| &o.primary == primary);
         let disk = self.disk.as_ref().map_or(0, |d| d.remove_primary(primary));
@@ -83,20 +103,34 @@ impl TieredStorage {
 
     /// Removes every object whose URL starts with `prefix` from both tiers.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.record_purge(PurgeMatch::Prefix(prefix.to_string()));
+        let _in_progress = self.record_purge(PurgeMatch::Prefix(prefix.to_string()));
         self.abandon_fills(|fill| fill.url.starts_with(prefix));
         let memory = self.memory.remove_matching(|o| o.url.starts_with(prefix));
         let disk = self.disk.as_ref().map_or(0, |d| d.remove_prefix(prefix));
         memory.max(disk)
     }
 
-    fn record_purge(&self, what: PurgeMatch) {
+    /// Logs a purge as it begins; it counts as in progress until the guard is dropped.
+    fn record_purge(&self, what: PurgeMatch) -> PurgeInProgress<'_> {
         let mut log = self.purge_log.lock();
         let seq = self.purges.fetch_add(1, Ordering::SeqCst) + 1;
-        if log.len() == PURGE_LOG {
-            log.pop_front();
+        if log.recent.len() == PURGE_LOG {
+            log.recent.pop_front();
         }
-        log.push_back((seq, what));
+        log.recent.push_back((seq, what));
+        log.in_progress.insert(seq);
+        PurgeInProgress { storage: self, seq }
+    }
+
+    /// The purge count to check a copy against later: every purge after it may matter,
+    /// including one that began earlier and is still removing (its removal may have missed
+    /// the copy about to be read, or the copy may be read from what it is about to remove).
+    fn purges_before_reading(&self) -> u64 {
+        let log = self.purge_log.lock();
+        match log.in_progress.first() {
+            Some(oldest) => oldest - 1,
+            None => self.purges.load(Ordering::SeqCst),
+        }
     }
 
     /// Whether a purge since count `since` covers this object.
@@ -105,11 +139,16 @@ impl TieredStorage {
             return false;
         }
         let log = self.purge_log.lock();
-        if log.front().is_some_and(|(oldest, _)| *oldest > since + 1) {
+        if log
+            .recent
+            .front()
+            .is_some_and(|(oldest, _)| *oldest > since + 1)
+        {
             // Some purges since then are forgotten: assume the worst.
             return true;
         }
-        log.iter()
+        log.recent
+            .iter()
             .filter(|(seq, _)| *seq > since)
             .any(|(_, what)| match what {
                 PurgeMatch::Url(p) => p == primary,
@@ -184,7 +223,7 @@ impl TieredStorage {
 
     fn lookup_disk(&'static self, combined: &Hash) -> Option<(CacheMeta, HitHandler)> {
         let disk = self.disk.as_ref()?;
-        let purges = self.purges.load(Ordering::SeqCst);
+        let purges = self.purges_before_reading();
         let Some(object) = disk.lookup(combined) else {
             metrics::get()
                 .cache_tier_misses
@@ -324,7 +363,7 @@ impl Storage for TieredStorage {
             }
         };
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
-        let purges_at_start = self.purges.load(Ordering::SeqCst);
+        let purges_at_start = self.purges_before_reading();
         let fill = Arc::new(Fill::new(id, primary, url, stored, spool, purges_at_start));
         self.fills
             .lock()
@@ -348,7 +387,7 @@ impl Storage for TieredStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let combined = target.key().combined_bin();
-        self.record_purge(PurgeMatch::Object(combined));
+        let _in_progress = self.record_purge(PurgeMatch::Object(combined));
         if let Some(list) = self.fills.lock().get(&combined) {
             for fill in list {
                 fill.abandoned.store(true, Ordering::Release);
@@ -370,7 +409,7 @@ impl Storage for TieredStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let combined = key.combined_bin();
-        let purges = self.purges.load(Ordering::SeqCst);
+        let purges = self.purges_before_reading();
         let stored = StoredMeta::from_cache_meta(meta);
         let memory = self.memory.update_meta(&combined, &stored);
         let (primary, _, url) = key_hashes(key);

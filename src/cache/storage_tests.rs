@@ -26,7 +26,7 @@ use crate::config::model::DiskTierSettings;
 
 /// Bodies up to this size go to the memory tier as well; larger ones only to disk.
 pub(super) const MEMORY_MAX_OBJECT: u64 = 64 * 1024;
-const SITE: &str = "https://example.social";
+pub(super) const SITE: &str = "https://example.social";
 
 /// A storage with a disk tier, and the directory that tier lives in.
 pub(super) struct Cache {
