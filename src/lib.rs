@@ -16,10 +16,10 @@
 //!    (its fill), then the memory tier, then the disk tier. A hit is read from there; a
 //!    miss takes the cache lock, so one request fetches while the others wait and then read
 //!    the same fill as it arrives.
-//! 5. The miss goes to a core host chosen by [`proxy::upstream`] (health checks, failover)
-//!    over [`mesh`], with `X-Forwarded-*` set by [`proxy::headers`]. The response is judged by
-//!    [`cache::policy`] (RFC 9111 and Mastodon's rules), streamed to the client and, when it
-//!    may be kept, into the tiers.
+//! 5. The miss goes to a core host chosen by [`upstream`] (health checks, failover) over
+//!    [`upstream::mesh`], with `X-Forwarded-*` set by [`proxy::headers`]. The response is
+//!    judged by [`cache::policy`] (RFC 9111 and Mastodon's rules), streamed to the client
+//!    and, when it may be kept, into the tiers.
 //! 6. `logging` counts the request in [`metrics`] and writes its [`access_log`] line.
 //!
 //! # A media miss
@@ -50,7 +50,6 @@ pub mod devcert;
 pub mod fleet;
 pub mod head_deadline;
 pub mod logging;
-pub mod mesh;
 pub mod metrics;
 pub mod migrate;
 pub mod origin;
@@ -62,6 +61,7 @@ pub mod spool;
 pub mod store;
 pub mod tls;
 pub mod upgrade;
+pub mod upstream;
 pub mod wire;
 
 /// Exit code for a config that cannot be used (EX_USAGE, as sysexits.h numbers it).

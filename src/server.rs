@@ -24,12 +24,10 @@ use crate::connections::{CountedApp, WatchBeforeTls};
 use crate::fleet::catch_up::CatchUpService;
 use crate::fleet::{Fleet, FleetError, FleetService, Purger};
 use crate::head_deadline::HeadDeadlines;
-use crate::mesh::{Mesh, MeshError};
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::handoff::MediaOrigin;
 use crate::origin::server::MediaServer;
 use crate::proxy::media_urls::MediaUrls;
-use crate::proxy::upstream::CoreUpstreams;
 use crate::proxy::websocket::{GoingAway, GoingAwayService};
 use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
 use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
@@ -38,6 +36,8 @@ use crate::store::StoreError;
 use crate::store::Tombstones;
 use crate::tls::{HandshakeCounter, LiveCertificates, SniResolver};
 use crate::upgrade::{self, ShutdownSignals, UpgradeError, UpgradeService, Upgrader};
+use crate::upstream::mesh::{Mesh, MeshError};
+use crate::upstream::CoreUpstreams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -22,10 +22,10 @@ use crate::fleet::{
     Purge, PurgeFailure, PurgeKind, PurgeSource, Purger, FLEET_ORIGIN_HEADER, PURGE_ID_HEADER,
 };
 use crate::metrics;
-use crate::proxy::upstream::CoreUpstreams;
 use crate::reload::Reloader;
 use crate::sockets;
 use crate::upgrade::{UpgradeError, Upgrader};
+use crate::upstream::CoreUpstreams;
 
 pub struct AdminApp {
     pub listeners: Vec<(String, SocketAddr)>,

@@ -6,10 +6,10 @@ use std::time::{Instant, SystemTime};
 
 use super::client_limits::InFlight;
 use super::route::RouteDecision;
-use super::upstream::CoreGroup;
 use super::ProxySettings;
 use crate::cache::CacheStatus;
 use crate::origin::handoff::Ticket;
+use crate::upstream::CoreGroup;
 
 /// Per-request state.
 pub struct RequestContext {

@@ -9,7 +9,7 @@
 //! 2. `request_cache_filter`, `cache_key_callback`, `cache_vary_filter`: `cache_use` turns
 //!    the shared cache on under the request's key, or bypasses it.
 //! 3. On a miss: `upstream_peer` (`peer`: the media origin for a media route, else a core
-//!    host from [`upstream`]), `connected_to_upstream`, `upstream_request_filter` ([`headers`]:
+//!    host from `crate::upstream`), `connected_to_upstream`, `upstream_request_filter` ([`headers`]:
 //!    who the client is, no hop-by-hop), `request_body_filter` (the route's body limit).
 //! 4. `upstream_response_filter`, `response_cache_filter` (may it be kept),
 //!    `range_header_filter`, `response_filter` (`X-Cache-Status`, `X-Request-Id`),
@@ -33,7 +33,6 @@ mod peer;
 mod report;
 pub mod route;
 mod settings;
-pub mod upstream;
 pub mod websocket;
 
 pub use context::RequestContext;
@@ -59,7 +58,7 @@ use crate::cache::{policy, EdgeCache};
 use crate::head_deadline::HeadDeadlines;
 use crate::metrics;
 use crate::origin::handoff::{MediaOrigin, MEDIA_TICKET};
-use upstream::CoreUpstreams;
+use crate::upstream::CoreUpstreams;
 
 /// What every listener's proxy shares.
 pub struct ProxyShared {

@@ -31,8 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::mesh::{MeshConnector, OpenedStream};
 use crate::metrics;
+use crate::upstream::mesh::{MeshConnector, OpenedStream};
 
 /// A close frame from a server (unmasked): FIN + opcode 8, 2 bytes of payload, 1001.
 const GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];

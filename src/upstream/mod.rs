@@ -3,7 +3,10 @@
 //! Each group is a pingora `LoadBalancer` (round robin) run as a background service that
 //! health-checks its hosts on the configured interval. Our own wrapper around the check
 //! records every result, so `/readyz` and the `edgecache_core_host_up` gauge reflect checks
-//! that actually ran rather than pingora's optimistic initial "healthy".
+//! that actually ran rather than pingora's optimistic initial "healthy". Hosts are dialled
+//! by the OS or through the embedded tailnet node in [`mesh`].
+
+pub mod mesh;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,8 +23,8 @@ use pingora::lb::{Backend, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::model::{Core, UpstreamGroup};
-use crate::mesh::{Mesh, MeshConnector};
 use crate::metrics;
+use mesh::{Mesh, MeshConnector};
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
