@@ -33,6 +33,16 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
         "the chain is handed its route; it never reads proxy settings",
     ),
     (
+        "upstream",
+        &["proxy", "cache", "origin", "store", "migrate", "server", "admin"],
+        "the core's groups and the mesh know nothing of the hooks, the cache or media",
+    ),
+    (
+        "admin",
+        &["proxy", "origin"],
+        "the admin listener reads the core's groups, the cache and the fleet, not the hooks",
+    ),
+    (
         "config",
         &["server", "tls", "proxy", "connections", "reload", "upgrade"],
         "config is pure data and validation",
