@@ -2,6 +2,7 @@
 //! admin service, the core's health checks and the SIGHUP reloader.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -94,10 +95,11 @@ pub fn build(
     }
     let mut server = new_server(&config, handover);
     let upgrader = Upgrader::new(&config);
-    let cache = match &config.cache {
-        Some(settings) => Some(Arc::new(EdgeCache::open(&settings.storage)?)),
-        None => None,
-    };
+    let cache = config
+        .cache
+        .as_ref()
+        .map(|settings| EdgeCache::open(&settings.storage).map(Arc::new))
+        .transpose()?;
     add_background(
         &mut server,
         "graceful upgrade",
@@ -120,6 +122,7 @@ pub fn build(
         "websocket going-away",
         GoingAwayService(going_away.clone()),
     );
+    let purger = media.purger.clone();
     let shared = Arc::new(ProxyShared {
         core: core.clone(),
         settings: proxy_settings.clone(),
@@ -128,16 +131,11 @@ pub fn build(
         media_origin: media.origin,
         request_ids: Default::default(),
         going_away,
-        purger: media.purger.clone(),
+        purger: media.purger,
     });
     let restart_only = RestartOnly::of(&config);
-    let mut reloadable = HashMap::new();
-    let mut listener_addresses = Vec::new();
-    for listener in std::mem::take(&mut config.listeners) {
-        listener_addresses.push((listener.name.clone(), listener.address));
-        let running = add_listener(&mut server, &config, listener, &shared)?;
-        reloadable.insert(running.0, running.1);
-    }
+    let listeners = std::mem::take(&mut config.listeners);
+    let (reloadable, listener_addresses) = add_listeners(&mut server, &config, listeners, &shared)?;
     let reloader = Arc::new(Reloader {
         config_path: config.source.clone(),
         listeners: reloadable,
@@ -160,7 +158,7 @@ pub fn build(
         reloader,
         token: admin_token,
         cache,
-        purger: media.purger,
+        purger,
         upgrader: upgrader.clone(),
     };
     add_admin(&mut server, &config, admin);
@@ -319,6 +317,29 @@ fn media_origin(
     service.threads = Some(config.server.threads);
     server.add_service(service);
     Ok(origin)
+}
+
+/// What a reload may change of each listener, by name, and each listener's address (for
+/// `/readyz`).
+type Listening = (HashMap<String, RunningListener>, Vec<(String, SocketAddr)>);
+
+/// Every listener's proxy service.
+fn add_listeners(
+    server: &mut Server,
+    config: &Config,
+    listeners: Vec<Listener>,
+    shared: &Arc<ProxyShared>,
+) -> Result<Listening, StartError> {
+    let addresses = listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.address))
+        .collect();
+    let mut reloadable = HashMap::new();
+    for listener in listeners {
+        let (name, running) = add_listener(server, config, listener, shared)?;
+        reloadable.insert(name, running);
+    }
+    Ok((reloadable, addresses))
 }
 
 /// One listener's proxy service, with TLS by SNI when it has certificates; returns what a
