@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::cache::{get, pop_with_cache_section};
 use crate::harness::origin::{pattern, Origin};
+use crate::harness::{get, pop_with_cache_section};
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::cache::get;
-use crate::media::{media_pop_with, MediaConfig};
+use crate::harness::get;
+use crate::harness::{media_pop_with, MediaConfig};
 
 fn ops_file(path: &str) -> String {
     std::fs::read_to_string(format!("{}/ops/{path}", env!("CARGO_MANIFEST_DIR")))

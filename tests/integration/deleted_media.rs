@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cache::{cache_yaml, get, ADMIN_TOKEN};
 use crate::harness::edge::{Edge, EdgeSetup, BINARY};
 use crate::harness::origin::Origin;
 use crate::harness::s3::S3Server;
 use crate::harness::TestCert;
+use crate::harness::{cache_yaml, get, ADMIN_TOKEN};
 
 const BUSTER_SECRET: &str = "d3l3ted-media-buster";
 const KEY: &str = "media_attachments/files/1/original/a.png";
@@ -23,7 +23,7 @@ struct Pop {
 }
 
 impl Pop {
-    async fn get(&self, path: &str) -> crate::cache::Answer {
+    async fn get(&self, path: &str) -> crate::harness::Answer {
         get(self.setup.http, path, &[]).await
     }
 

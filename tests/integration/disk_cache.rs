@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use crate::cache::{
-    cache_yaml, entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_section,
-};
 use crate::harness::edge::{run_binary, EdgeSetup, TestCert};
 use crate::harness::origin::{pattern_range, Origin};
+use crate::harness::{
+    cache_yaml, entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_section,
+};
 
 #[tokio::test]
 async fn cached_objects_survive_kill_9() {

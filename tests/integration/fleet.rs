@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use crate::cache::{cache_yaml, get, ADMIN_TOKEN};
 use crate::harness::edge::{Edge, EdgeSetup};
 use crate::harness::origin::Origin;
 use crate::harness::TestCert;
+use crate::harness::{cache_yaml, get, ADMIN_TOKEN};
 
 const MEDIA_HOST: &str = "media.hachyderm.example";
 const BUSTER_SECRET: &str = "b5f0c1d2-cache-buster";
@@ -35,7 +35,7 @@ impl FleetPop {
     }
 
     /// GET `path` on this PoP as a client of the media host would.
-    async fn get(&self, path: &str) -> crate::cache::Answer {
+    async fn get(&self, path: &str) -> crate::harness::Answer {
         get(self.setup.http, path, &[("Host", MEDIA_HOST)]).await
     }
 }

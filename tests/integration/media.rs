@@ -3,100 +3,10 @@
 
 use std::time::Duration;
 
-use crate::cache::{get, pop_with_cache_section, CachingPop};
 use crate::harness::client::raw_exchange;
 use crate::harness::origin::{pattern_range, Origin};
 use crate::harness::s3::S3Server;
-
-/// Places and a media route for `/system/`: `chain` names them in order. `spaces` is the
-/// S3 server, `old` the test origin under `old_base` (`/bytes/`: key `n` is `n` pattern
-/// bytes), `disk` a legacy directory.
-pub struct MediaPop {
-    pub pop: CachingPop,
-    pub s3: S3Server,
-    pub origin: Origin,
-    pub legacy_dir: tempfile::TempDir,
-}
-
-/// What a test changes in the media config.
-#[derive(Clone, Copy)]
-pub struct MediaConfig<'a> {
-    pub chain: &'a str,
-    pub old_base: &'a str,
-    /// Lines under the `old` store.
-    pub old_extra: &'a str,
-    /// Lines under the `spaces` store.
-    pub spaces_extra: &'a str,
-    /// Lines under the route's `media:`.
-    pub route_extra: &'a str,
-    /// Top-level sections; `{dir}` is the test directory.
-    pub top_extra: &'a str,
-}
-
-impl Default for MediaConfig<'_> {
-    fn default() -> Self {
-        MediaConfig {
-            chain: "spaces, disk, old",
-            old_base: "/bytes/",
-            old_extra: "",
-            spaces_extra: "",
-            route_extra: "",
-            top_extra: "",
-        }
-    }
-}
-
-async fn media_pop(chain: &str, old_base: &str, old_extra: &str, spaces_extra: &str) -> MediaPop {
-    media_pop_with(MediaConfig {
-        chain,
-        old_base,
-        old_extra,
-        spaces_extra,
-        ..MediaConfig::default()
-    })
-    .await
-}
-
-pub async fn media_pop_with(config: MediaConfig<'_>) -> MediaPop {
-    let s3 = S3Server::start().await;
-    let origin = Origin::start().await;
-    let legacy_dir = tempfile::tempdir().expect("tempdir");
-    let cache_dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "{cache}stores:\n{spaces}  old:\n    kind: http\n    url: http://{origin}{old_base}\n{old_extra}  disk:\n    kind: directory\n    path: {disk}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [{chain}]\n{route_extra}{top_extra}",
-        cache = crate::cache::cache_yaml(cache_dir.path(), ""),
-        spaces = s3.store_yaml("spaces", cache_dir.path(), config.spaces_extra),
-        origin = origin.address,
-        old_base = config.old_base,
-        old_extra = config.old_extra,
-        disk = legacy_dir.path().display(),
-        chain = config.chain,
-        route_extra = config.route_extra,
-        top_extra = config
-            .top_extra
-            .replace("{dir}", &cache_dir.path().display().to_string()),
-    );
-    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
-    MediaPop {
-        pop,
-        s3,
-        origin,
-        legacy_dir,
-    }
-}
-
-impl MediaPop {
-    pub fn legacy_file(&self, key: &str, body: &[u8]) {
-        let path = self.legacy_dir.path().join(key);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
-        std::fs::write(path, body).expect("legacy file");
-    }
-
-    pub async fn metric(&self, sample: &str) -> f64 {
-        self.pop.edge.metric(sample).await.unwrap_or(0.0)
-    }
-}
-
+use crate::harness::{cache_yaml, get, media_pop, pop_with_cache_section};
 #[tokio::test]
 async fn the_first_place_that_has_the_object_answers() {
     let media = media_pop("spaces, disk, old", "/bytes/", "", "").await;
@@ -348,7 +258,7 @@ async fn wrong_store_credentials_are_an_error_not_a_miss() {
     .expect("credentials");
     let yaml = format!(
         "{cache}stores:\n  spaces:\n    kind: s3\n    endpoint: {endpoint}\n    bucket: media\n    credentials_file: {credentials}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [spaces]\n",
-        cache = crate::cache::cache_yaml(cache_dir.path(), ""),
+        cache = cache_yaml(cache_dir.path(), ""),
         endpoint = s3.endpoint(),
         credentials = credentials.display(),
     );
@@ -445,7 +355,7 @@ async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
     let (status, report) = media
         .pop
         .edge
-        .admin_reload(Some(crate::cache::ADMIN_TOKEN))
+        .admin_reload(Some(crate::harness::ADMIN_TOKEN))
         .await;
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("needs restart: stores changed"), "{report}");

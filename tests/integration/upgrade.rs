@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::ADMIN_TOKEN;
 use crate::harness::edge::{run_binary, Edge, EdgeSetup};
 use crate::harness::origin::{pattern_range, Origin};
+use crate::harness::ADMIN_TOKEN;
 use crate::harness::{https_client, TestCert};
 
 /// Kills a process this test did not spawn itself (the successor is the old edge's child).
@@ -146,7 +146,7 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
         &setup,
         &cert,
         &origin,
-        &crate::cache::cache_yaml(setup.dir.path(), ""),
+        &crate::harness::cache_yaml(setup.dir.path(), ""),
     ));
     let mut old = Edge::start(&setup, &config).await;
     let mut successor_guard = None;
@@ -231,7 +231,7 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
         assert!(Instant::now() < deadline, "the disk cache was not re-read");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let again = crate::cache::get(
+    let again = crate::harness::get(
         setup.http,
         "/bytes/2000000?chunk=65536&delay_ms=250&cc=public,max-age=600",
         &[],
@@ -259,7 +259,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(old.is_running(), "a stray SIGQUIT stopped the process");
     assert_eq!(
-        crate::cache::get(setup.http, "/after-sigquit", &[])
+        crate::harness::get(setup.http, "/after-sigquit", &[])
             .await
             .status,
         200
@@ -290,7 +290,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
         "{stderr}"
     );
     assert!(old.is_running());
-    let resp = crate::cache::get(setup.http, "/still-here", &[]).await;
+    let resp = crate::harness::get(setup.http, "/still-here", &[]).await;
     assert_eq!(resp.status, 200);
     assert!(foreign.join("precious.txt").exists());
     assert_eq!(
@@ -314,7 +314,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     let new_pid = successor_pid(&stdout);
     let _successor = KillOnDrop(new_pid);
-    let resp = crate::cache::get(setup.http, "/after", &[]).await;
+    let resp = crate::harness::get(setup.http, "/after", &[]).await;
     assert_eq!(resp.status, 200);
 }
 

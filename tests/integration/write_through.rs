@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cache::{get, kill_and_restart};
 use crate::harness::origin::pattern_range;
-use crate::media::{media_pop_with, MediaConfig, MediaPop};
+use crate::harness::{get, kill_and_restart};
+use crate::harness::{media_pop_with, MediaConfig, MediaPop};
 
 /// `spaces` first, then the old server; what the old server has is written to `spaces`.
 fn config(top: &'static str) -> MediaConfig<'static> {
