@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use crate::harness::origin::{pattern_range, Origin};
-use crate::harness::{entry_files, get, kill_and_restart, pop_with_cache, Answer, ADMIN_TOKEN};
+use crate::harness::{
+    entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_config, Answer, Route,
+    ADMIN_TOKEN,
+};
 
 #[tokio::test]
 async fn a_public_response_is_served_from_cache_with_its_age() {
@@ -195,7 +198,10 @@ async fn concurrent_misses_make_one_origin_fetch_and_all_get_the_body() {
 #[tokio::test]
 async fn stale_objects_are_served_while_the_core_fails() {
     let origin = Origin::start().await;
-    let pop = pop_with_cache(&origin, "  serve_stale_on_error: 1h\n").await;
+    let pop = pop_with_cache_config(&origin, |config, _| {
+        config.cache().serve_stale_on_error = Some("1h".to_string());
+    })
+    .await;
     let path = "/about?cc=public,max-age=1";
     let fresh = get(pop.setup.http, path, &[]).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -303,13 +309,13 @@ async fn the_status_header_and_routes_reload_live() {
     let path = "/system/x.png";
     get(pop.setup.http, path, &[]).await;
     assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
-    let config = pop.setup.path("edgecache.yaml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replace(
-        "  lock_timeout: 5s\n",
-        "  lock_timeout: 5s\n  status_header: false\nsites:\n  - routes:\n      - { path: /system/, cache_ttl: 7d }\n",
-    );
-    std::fs::write(&config, text).expect("config");
+    let mut changed = pop.config.clone();
+    changed.cache().status_header = Some(false);
+    changed.add_routes([Route {
+        cache_ttl: Some("7d".to_string()),
+        ..Route::at("/system/")
+    }]);
+    pop.setup.write_config(&changed);
     let (status, body) = pop.edge.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("needs restart"), "{body}");

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::harness::config::Config;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_edgecache");
 
 /// A port that was free a moment ago on 127.0.0.1, for an edge to bind later. It is taken
@@ -55,20 +57,6 @@ impl TestCert {
             pem: generated.cert_pem,
         }
     }
-
-    /// The YAML list item for this certificate.
-    pub fn yaml(&self) -> String {
-        format!(
-            "        - names: [{}]\n          cert: {}\n          key: {}\n",
-            self.names
-                .iter()
-                .map(|n| format!("\"{n}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.cert.display(),
-            self.key.display()
-        )
-    }
 }
 
 fn pem_to_der(pem: &str) -> Vec<u8> {
@@ -100,21 +88,19 @@ impl EdgeSetup {
         self.dir.path().join(name)
     }
 
-    /// A config with an HTTP listener, an HTTPS listener serving `certs`, the admin
-    /// listener, the core at `core`, plus `extra` YAML appended at top level.
-    pub fn config(&self, certs: &[&TestCert], core: &[SocketAddr], extra: &str) -> String {
-        let certificates: String = certs.iter().map(|c| c.yaml()).collect();
-        let hosts: Vec<String> = core.iter().map(|a| format!("\"{a}\"")).collect();
-        format!(
-            "listeners:\n  - name: http\n    address: \"{http}\"\n  - name: https\n    address: \"{https}\"\n    tls:\n      certificates:\n{certificates}admin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [{hosts}]\n      connect_timeout: 1s\n      read_timeout: 3s\n      health:\n        interval: 1s\nserver:\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n{extra}",
-            http = self.http,
-            https = self.https,
-            admin = self.admin,
-            hosts = hosts.join(", "),
-        )
+    /// The test config ([`Config::edge`]) on this setup's addresses, serving `certs` on
+    /// HTTPS, in front of `core`, with the top-level sections in `extra` added.
+    pub fn config(&self, certs: &[&TestCert], core: &[SocketAddr], extra: &str) -> Config {
+        Config::edge(self.http, self.https, self.admin, certs, core).with_sections(extra)
     }
 
-    pub fn write_config(&self, text: &str) -> PathBuf {
+    /// Writes `config` where [`Edge::start`] and restarts read it.
+    pub fn write_config(&self, config: &Config) -> PathBuf {
+        self.write_config_text(&config.render())
+    }
+
+    /// Writes a config given as text, for a test that means to write a bad one.
+    pub fn write_config_text(&self, text: &str) -> PathBuf {
         let path = self.path("edgecache.yaml");
         std::fs::write(&path, text).expect("write config");
         path

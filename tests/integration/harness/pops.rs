@@ -2,25 +2,23 @@
 //! token, and an edge with media routes over a real S3-compatible store, a legacy origin
 //! and a legacy directory.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::harness::config::{
+    path_value, settings, Cache, Config, Group, MediaRoute, Route, Store,
+};
 use crate::harness::edge::{Edge, EdgeSetup, TestCert, TestPop};
 use crate::harness::origin::Origin;
 use crate::harness::s3::S3Server;
 
-/// A cache section with both tiers under the test's directory; objects above 256 KiB live
-/// on disk only.
-pub fn cache_yaml(dir: &std::path::Path, extra: &str) -> String {
-    format!(
-        "cache:\n  memory:\n    max_size: 64MiB\n    max_object_size: 256KiB\n  disk:\n    path: {}\n    max_size: 1GiB\n  lock_timeout: 5s\n{extra}",
-        dir.join("cache").display()
-    )
-}
-
-/// A running edge with a cache, and the directory its disk tier lives in.
+/// A running edge with a cache, the directory its disk tier lives in, and the config it
+/// was started from (a test that reloads changes a copy and writes it).
 pub struct CachingPop {
     pub pop: TestPop,
     pub cache_dir: tempfile::TempDir,
+    pub config: Config,
 }
 
 impl std::ops::Deref for CachingPop {
@@ -34,53 +32,70 @@ impl std::ops::Deref for CachingPop {
 /// The admin token every caching test edge has.
 pub const ADMIN_TOKEN: &str = "purge-secret";
 
-/// Starts an edge with [`cache_yaml`] and the admin token [`ADMIN_TOKEN`].
+/// Starts an edge with [`Cache::two_tiers`], the admin token [`ADMIN_TOKEN`] and the
+/// top-level sections in `extra`.
 pub async fn pop_with_cache(origin: &Origin, extra: &str) -> CachingPop {
-    let cache_dir = tempfile::tempdir().expect("tempdir");
-    let yaml = cache_yaml(cache_dir.path(), extra);
-    pop_with_cache_section(origin, cache_dir, &yaml).await
+    pop_with_cache_config(origin, |config, _| config.add_sections(extra)).await
 }
 
-/// Starts an edge with the given `cache:` section (and anything after it).
+/// Starts an edge like [`pop_with_cache`], its config changed by `change`, which is given
+/// the test's directory (where the cache lives) for any paths it needs.
+pub async fn pop_with_cache_config(
+    origin: &Origin,
+    change: impl FnOnce(&mut Config, &Path),
+) -> CachingPop {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    start_caching_pop(origin, cache_dir, change, false).await
+}
+
+/// Starts an edge with the cache section `cache`, in `cache_dir` (made ready by the test).
 pub async fn pop_with_cache_section(
     origin: &Origin,
     cache_dir: tempfile::TempDir,
-    yaml: &str,
+    cache: Cache,
 ) -> CachingPop {
-    start_caching_pop(origin, cache_dir, yaml, false).await
+    start_caching_pop(
+        origin,
+        cache_dir,
+        |config, _| config.cache = Some(cache),
+        false,
+    )
+    .await
 }
 
 /// Like [`pop_with_cache`], with h2c (HTTP/2 with prior knowledge) on the plain listener.
 pub async fn pop_with_cache_and_h2c(origin: &Origin, extra: &str) -> CachingPop {
     let cache_dir = tempfile::tempdir().expect("tempdir");
-    let yaml = cache_yaml(cache_dir.path(), extra);
-    start_caching_pop(origin, cache_dir, &yaml, true).await
+    start_caching_pop(
+        origin,
+        cache_dir,
+        |config, _| config.add_sections(extra),
+        true,
+    )
+    .await
 }
 
 async fn start_caching_pop(
     origin: &Origin,
     cache_dir: tempfile::TempDir,
-    yaml: &str,
+    change: impl FnOnce(&mut Config, &Path),
     h2c: bool,
 ) -> CachingPop {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let token = setup.path("admin.token");
     std::fs::write(&token, ADMIN_TOKEN).expect("token");
-    let mut config = setup.config(&[&cert], &[origin.address], yaml).replace(
-        "admin:\n",
-        &format!("admin:\n  token_file: {}\n", token.display()),
-    );
-    if h2c {
-        let plain = format!("  - name: http\n    address: \"{}\"\n", setup.http);
-        assert!(config.contains(&plain));
-        config = config.replacen(&plain, &format!("{plain}    h2c: true\n"), 1);
-    }
+    let mut config = setup.config(&[&cert], &[origin.address], "");
+    config.admin.token_file = Some(token);
+    config.listener("http").h2c = h2c;
+    config.cache = Some(Cache::two_tiers(cache_dir.path()));
+    change(&mut config, cache_dir.path());
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     CachingPop {
         pop: TestPop { edge, setup, cert },
         cache_dir,
+        config,
     }
 }
 
@@ -140,69 +155,97 @@ pub struct MediaPop {
 /// What a test changes in the media config.
 #[derive(Clone, Copy)]
 pub struct MediaConfig<'a> {
-    pub chain: &'a str,
+    /// The route's chain: store names in order.
+    pub chain: &'a [&'a str],
+    /// The path on the test origin that keys are appended to.
     pub old_base: &'a str,
-    /// Lines under the `old` store.
-    pub old_extra: &'a str,
-    /// Lines under the `spaces` store.
-    pub spaces_extra: &'a str,
-    /// Lines under the route's `media:`.
-    pub route_extra: &'a str,
-    /// Top-level sections; `{dir}` is the test directory.
-    pub top_extra: &'a str,
+    /// More settings of the `old` store: (key, value written as YAML).
+    pub old: &'a [(&'a str, &'a str)],
+    /// More settings of the `spaces` store: (key, value written as YAML).
+    pub spaces: &'a [(&'a str, &'a str)],
+    /// The stores the route copies media into (`media.write_through`).
+    pub write_through: &'a [&'a str],
+    /// The `write_through:` section, its queue in `queue/` of the test's directory, with
+    /// these settings: (key, value written as YAML).
+    pub queue: Option<&'a [(&'a str, &'a str)]>,
+    /// Any other change, given the test's directory (where the cache and the S3
+    /// credentials live) for the paths it needs.
+    pub change: &'a dyn Fn(&mut Config, &Path),
 }
+
+fn unchanged(_: &mut Config, _: &Path) {}
 
 impl Default for MediaConfig<'_> {
     fn default() -> Self {
         MediaConfig {
-            chain: "spaces, disk, old",
+            chain: &["spaces", "disk", "old"],
             old_base: "/bytes/",
-            old_extra: "",
-            spaces_extra: "",
-            route_extra: "",
-            top_extra: "",
+            old: &[],
+            spaces: &[],
+            write_through: &[],
+            queue: None,
+            change: &unchanged,
         }
     }
 }
 
-/// [`media_pop_with`] with the chain, the old server's base path and the lines under the
+/// [`media_pop_with`] with the chain, the old server's base path and the settings of the
 /// `old` and `spaces` stores given; the rest as [`MediaConfig::default`].
 pub async fn media_pop(
-    chain: &str,
+    chain: &[&str],
     old_base: &str,
-    old_extra: &str,
-    spaces_extra: &str,
+    old: &[(&str, &str)],
+    spaces: &[(&str, &str)],
 ) -> MediaPop {
     media_pop_with(MediaConfig {
         chain,
         old_base,
-        old_extra,
-        spaces_extra,
+        old,
+        spaces,
         ..MediaConfig::default()
     })
     .await
 }
 
-pub async fn media_pop_with(config: MediaConfig<'_>) -> MediaPop {
+pub async fn media_pop_with(media: MediaConfig<'_>) -> MediaPop {
     let s3 = S3Server::start().await;
     let origin = Origin::start().await;
     let legacy_dir = tempfile::tempdir().expect("tempdir");
     let cache_dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "{cache}stores:\n{spaces}  old:\n    kind: http\n    url: http://{origin}{old_base}\n{old_extra}  disk:\n    kind: directory\n    path: {disk}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [{chain}]\n{route_extra}{top_extra}",
-        cache = cache_yaml(cache_dir.path(), ""),
-        spaces = s3.store_yaml("spaces", cache_dir.path(), config.spaces_extra),
-        origin = origin.address,
-        old_base = config.old_base,
-        old_extra = config.old_extra,
-        disk = legacy_dir.path().display(),
-        chain = config.chain,
-        route_extra = config.route_extra,
-        top_extra = config
-            .top_extra
-            .replace("{dir}", &cache_dir.path().display().to_string()),
-    );
-    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
+    let mut spaces = s3.store("spaces", cache_dir.path());
+    for (key, value) in media.spaces {
+        spaces = spaces.with(key, value);
+    }
+    let mut old = Store::http(&format!("http://{}{}", origin.address, media.old_base));
+    for (key, value) in media.old {
+        old = old.with(key, value);
+    }
+    let disk = Store::directory(legacy_dir.path());
+    let pop = start_caching_pop(
+        &origin,
+        cache_dir,
+        |config, dir| {
+            config.stores.insert("spaces".to_string(), spaces);
+            config.stores.insert("old".to_string(), old);
+            config.stores.insert("disk".to_string(), disk);
+            config.add_routes([Route {
+                media: Some(MediaRoute {
+                    chain: media.chain.iter().map(|s| s.to_string()).collect(),
+                    write_through: media.write_through.iter().map(|s| s.to_string()).collect(),
+                    more: Default::default(),
+                }),
+                ..Route::at("/system/")
+            }]);
+            if let Some(queue) = media.queue {
+                let mut section = settings(queue);
+                section.insert("queue_dir".into(), path_value(&dir.join("queue")));
+                config.set_section("write_through", section);
+            }
+            (media.change)(config, dir);
+        },
+        false,
+    )
+    .await;
     MediaPop {
         pop,
         s3,
@@ -221,4 +264,37 @@ impl MediaPop {
     pub async fn metric(&self, sample: &str) -> f64 {
         self.pop.edge.metric(sample).await.unwrap_or(0.0)
     }
+}
+
+/// An edge whose core has a `web` group at `web` and a `streaming` group at `streaming`,
+/// with `routes` under a site for every host.
+pub async fn edge_with_groups(
+    web: &[SocketAddr],
+    streaming: SocketAddr,
+    routes: Vec<Route>,
+) -> (Edge, EdgeSetup) {
+    edge_with_groups_and(web, streaming, routes, "").await
+}
+
+/// [`edge_with_groups`] with the top-level sections in `extra`.
+pub async fn edge_with_groups_and(
+    web: &[SocketAddr],
+    streaming: SocketAddr,
+    routes: Vec<Route>,
+    extra: &str,
+) -> (Edge, EdgeSetup) {
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let mut config = setup.config(&[&cert], web, extra);
+    config.core.default_group = Some("web".to_string());
+    config
+        .core
+        .groups
+        .insert("streaming".to_string(), Group::plain(&[streaming]));
+    if !routes.is_empty() {
+        config.add_routes(routes);
+    }
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+    (edge, setup)
 }
