@@ -126,6 +126,8 @@ async fn a_foreign_non_empty_directory_is_never_used_as_the_cache() {
     let mut config = setup.config(&[&cert], &[origin.address], "");
     config.cache = Some(Cache::default().disk(&precious, "1GiB"));
     let config = setup.write_config(&config);
+    // Served here without Edge::start, which would let the ports go.
+    setup.release_ports();
     let (code, _, stderr) = run_binary(&["serve", "--config", config.to_str().expect("utf-8")]);
     assert_eq!(code, 69, "{stderr}");
     assert!(stderr.contains("refusing to use"), "{stderr}");
