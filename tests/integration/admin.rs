@@ -1,6 +1,9 @@
 //! The admin listener: health, readiness, metrics; and the access log.
 
-use crate::harness::{free_address, start_pop, Edge, EdgeSetup, Origin, TestCert, TestPop};
+use crate::harness::{
+    free_address, path_value, settings, start_pop, Config, Edge, EdgeSetup, Origin, TestCert,
+    TestPop,
+};
 
 async fn edge_for(core: std::net::SocketAddr, extra: &str) -> (Edge, EdgeSetup) {
     let TestPop { edge, setup, .. } = start_pop(&[core], extra).await;
@@ -144,11 +147,12 @@ async fn the_access_log_can_go_to_a_file() {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let log = setup.path("access.log");
-    let extra = format!(
-        "logging:\n  access_log:\n    output: file\n    path: {}\n",
-        log.display()
-    );
-    let config = setup.config(&[&cert], &[origin.address], &extra);
+    let mut config = setup.config(&[&cert], &[origin.address], "");
+    let mut access_log = settings(&[("output", "file")]);
+    access_log.insert("path".into(), path_value(&log));
+    let mut logging = serde_yaml::Mapping::new();
+    logging.insert("access_log".into(), access_log.into());
+    config.set_section("logging", logging);
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     for _ in 0..2 {
@@ -205,13 +209,8 @@ async fn an_http_health_check_takes_a_failing_core_host_out_of_rotation() {
     failing.fail_with(503);
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup
-        .config(&[&cert], &[good.address, failing.address], "")
-        .replace(
-            "        interval: 1s\n",
-            "        interval: 1s\n        path: /health\n",
-        );
-    assert!(config.contains("path: /health"));
+    let mut config = setup.config(&[&cert], &[good.address, failing.address], "");
+    config.group("web").health().path = Some("/health".to_string());
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     let host_up = |host: std::net::SocketAddr| {
@@ -259,13 +258,15 @@ fn the_reload_command_says_when_no_pop_is_listening() {
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_address();
     let path = dir.path().join("edgecache.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "listeners:\n  - name: http\n    address: \"127.0.0.1:8080\"\nadmin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\n"
-        ),
-    )
-    .expect("write");
+    // A PoP that is not running: nothing listens on any of its addresses.
+    let config = Config::edge(
+        "127.0.0.1:8080".parse().expect("address"),
+        "127.0.0.1:8443".parse().expect("address"),
+        admin,
+        &[],
+        &["127.0.0.1:3000".parse().expect("address")],
+    );
+    std::fs::write(&path, config.render()).expect("write");
     let (code, _, stderr) =
         crate::harness::run_binary(&["reload", "--config", path.to_str().expect("utf-8")]);
     assert_eq!(code, 1, "{stderr}");

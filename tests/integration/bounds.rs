@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::cache::{get, pop_with_cache_section};
 use crate::harness::origin::{pattern, Origin};
+use crate::harness::{get, pop_with_cache_section, Cache};
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
@@ -23,8 +23,8 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 async fn the_memory_tier_stays_within_max_size() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = "cache:\n  memory:\n    max_size: 1MiB\n    max_object_size: 128KiB\n";
-    let pop = pop_with_cache_section(&origin, dir, yaml).await;
+    let cache = Cache::default().memory("1MiB", "128KiB");
+    let pop = pop_with_cache_section(&origin, dir, cache).await;
     for i in 0..30 {
         let answer = get(
             pop.setup.http,
@@ -57,11 +57,11 @@ async fn the_disk_tier_evicts_least_recently_used_to_stay_within_max_size() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
-    let yaml = format!(
-        "cache:\n  memory:\n    max_size: 1MiB\n    max_object_size: 16KiB\n  disk:\n    path: {}\n    max_size: 5MiB\n    max_object_size: 2MiB\n",
-        cache.display()
-    );
-    let pop = pop_with_cache_section(&origin, dir, &yaml).await;
+    let mut section = Cache::default()
+        .memory("1MiB", "16KiB")
+        .disk(&cache, "5MiB");
+    section.disk_tier().max_object_size = Some("2MiB".to_string());
+    let pop = pop_with_cache_section(&origin, dir, section).await;
     let path = |i: usize| format!("/bytes/1000000?cc=public,max-age=600&n={i}");
     get(pop.setup.http, &path(0), &[]).await;
     for i in 1..12 {
@@ -175,11 +175,11 @@ async fn thousands_of_small_entries_stay_within_the_disk_tiers_allocated_bytes()
     let cache = dir.path().join("cache");
     let block = block_size(dir.path());
     let max_size: u64 = 1024 * 1024;
-    let yaml = format!(
-        "cache:\n  memory:\n    max_size: 1MiB\n    max_object_size: 16KiB\n  disk:\n    path: {}\n    max_size: 1MiB\n    max_object_size: 64KiB\n",
-        cache.display()
-    );
-    let pop = pop_with_cache_section(&origin, dir, &yaml).await;
+    let mut section = Cache::default()
+        .memory("1MiB", "16KiB")
+        .disk(&cache, "1MiB");
+    section.disk_tier().max_object_size = Some("64KiB".to_string());
+    let pop = pop_with_cache_section(&origin, dir, section).await;
     // Small media 404s: a few hundred bytes each, and two files of at least a block each
     // on disk.
     fetch_distinct(pop.setup.http, 3000, |i| {
@@ -225,11 +225,12 @@ async fn the_disk_tier_keeps_at_most_max_entries() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("cache");
-    let yaml = format!(
-        "cache:\n  memory:\n    max_size: 1MiB\n    max_object_size: 16KiB\n  disk:\n    path: {}\n    max_size: 64MiB\n    max_object_size: 1MiB\n    max_entries: 100\n",
-        cache.display()
-    );
-    let pop = pop_with_cache_section(&origin, dir, &yaml).await;
+    let mut section = Cache::default()
+        .memory("1MiB", "16KiB")
+        .disk(&cache, "64MiB");
+    section.disk_tier().max_object_size = Some("1MiB".to_string());
+    section.disk_tier().max_entries = Some(100);
+    let pop = pop_with_cache_section(&origin, dir, section).await;
     // Bytes would allow thousands: the entry bound is what holds.
     fetch_distinct(pop.setup.http, 1000, |i| {
         format!("/bytes/200?cc=public,max-age=600&n={i}")
@@ -291,11 +292,8 @@ async fn stream_and_check(address: std::net::SocketAddr, path: &str, size: u64) 
 async fn a_500_mib_video_streams_through_without_growing_memory() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "cache:\n  disk:\n    path: {}\n    max_size: 2GiB\n",
-        dir.path().join("cache").display()
-    );
-    let pop = pop_with_cache_section(&origin, dir, &yaml).await;
+    let cache = Cache::default().disk(&dir.path().join("cache"), "2GiB");
+    let pop = pop_with_cache_section(&origin, dir, cache).await;
     // Warm up the process (threads, pools, allocator) on a small object first.
     get(pop.setup.http, "/bytes/1000000?cc=public,max-age=600", &[]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,145 +1,12 @@
 //! The shared cache: what is stored, what is served, and from which tier.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::harness::edge::{Edge, EdgeSetup, TestCert, TestPop};
-
 use crate::harness::origin::{pattern_range, Origin};
-
-/// A cache section with both tiers under the test's directory; objects above 256 KiB live
-/// on disk only.
-pub fn cache_yaml(dir: &std::path::Path, extra: &str) -> String {
-    format!(
-        "cache:\n  memory:\n    max_size: 64MiB\n    max_object_size: 256KiB\n  disk:\n    path: {}\n    max_size: 1GiB\n  lock_timeout: 5s\n{extra}",
-        dir.join("cache").display()
-    )
-}
-
-/// A running edge with a cache, and the directory its disk tier lives in.
-pub struct CachingPop {
-    pub pop: TestPop,
-    pub cache_dir: tempfile::TempDir,
-}
-
-impl std::ops::Deref for CachingPop {
-    type Target = TestPop;
-
-    fn deref(&self) -> &TestPop {
-        &self.pop
-    }
-}
-
-/// The admin token every caching test edge has.
-pub const ADMIN_TOKEN: &str = "purge-secret";
-
-/// Starts an edge with [`cache_yaml`] and the admin token [`ADMIN_TOKEN`].
-pub async fn pop_with_cache(origin: &Origin, extra: &str) -> CachingPop {
-    let cache_dir = tempfile::tempdir().expect("tempdir");
-    let yaml = cache_yaml(cache_dir.path(), extra);
-    pop_with_cache_section(origin, cache_dir, &yaml).await
-}
-
-/// Starts an edge with the given `cache:` section (and anything after it).
-pub async fn pop_with_cache_section(
-    origin: &Origin,
-    cache_dir: tempfile::TempDir,
-    yaml: &str,
-) -> CachingPop {
-    start_caching_pop(origin, cache_dir, yaml, false).await
-}
-
-/// Like [`pop_with_cache`], with h2c (HTTP/2 with prior knowledge) on the plain listener.
-pub async fn pop_with_cache_and_h2c(origin: &Origin, extra: &str) -> CachingPop {
-    let cache_dir = tempfile::tempdir().expect("tempdir");
-    let yaml = cache_yaml(cache_dir.path(), extra);
-    start_caching_pop(origin, cache_dir, &yaml, true).await
-}
-
-async fn start_caching_pop(
-    origin: &Origin,
-    cache_dir: tempfile::TempDir,
-    yaml: &str,
-    h2c: bool,
-) -> CachingPop {
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let token = setup.path("admin.token");
-    std::fs::write(&token, ADMIN_TOKEN).expect("token");
-    let mut config = setup.config(&[&cert], &[origin.address], yaml).replace(
-        "admin:\n",
-        &format!("admin:\n  token_file: {}\n", token.display()),
-    );
-    if h2c {
-        let plain = format!("  - name: http\n    address: \"{}\"\n", setup.http);
-        assert!(config.contains(&plain));
-        config = config.replacen(&plain, &format!("{plain}    h2c: true\n"), 1);
-    }
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
-    CachingPop {
-        pop: TestPop { edge, setup, cert },
-        cache_dir,
-    }
-}
-
-impl CachingPop {
-    /// `POST /purge?<query>` with the token: (status, body).
-    pub async fn purge(&self, query: &str) -> (u16, String) {
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/purge?{query}", self.setup.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("purge request");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.expect("purge answer"))
-    }
-}
-
-/// One answer, whole.
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    pub fn cache_status(&self) -> &str {
-        self.headers
-            .get("x-cache-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("origin JSON")
-    }
-}
-
-pub async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    let mut request = client.get(format!("http://{address}{path}"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let resp = request.send().await.expect("request");
-    Answer {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.expect("body").to_vec(),
-    }
-}
+use crate::harness::{
+    entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_config, Answer, Route,
+    ADMIN_TOKEN,
+};
 
 #[tokio::test]
 async fn a_public_response_is_served_from_cache_with_its_age() {
@@ -328,39 +195,13 @@ async fn concurrent_misses_make_one_origin_fetch_and_all_get_the_body() {
     assert!(waits > 0.0, "no request waited on the lock: {statuses:?}");
 }
 
-/// The entry files of the disk tier with this extension.
-pub fn entry_files(pop: &CachingPop, ext: &str) -> Vec<std::path::PathBuf> {
-    let root = pop.cache_dir.path().join("cache").join("v1");
-    let mut found = Vec::new();
-    for shard in std::fs::read_dir(root).expect("cache dir").flatten() {
-        if shard.file_name() == "tmp" {
-            continue;
-        }
-        for file in std::fs::read_dir(shard.path()).expect("shard").flatten() {
-            if file.path().extension().is_some_and(|e| e == ext) {
-                found.push(file.path());
-            }
-        }
-    }
-    found
-}
-
-/// Kills the edge with SIGKILL (nothing flushed, nothing cleaned up) and starts it again.
-pub async fn kill_and_restart(pop: &mut CachingPop) {
-    pop.pop.edge.signal(nix::sys::signal::Signal::SIGKILL);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pop.pop.edge.exit_status().is_none() {
-        assert!(std::time::Instant::now() < deadline, "edge did not die");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let config = pop.pop.setup.path("edgecache.yaml");
-    pop.pop.edge = crate::harness::edge::Edge::start(&pop.pop.setup, &config).await;
-}
-
 #[tokio::test]
 async fn stale_objects_are_served_while_the_core_fails() {
     let origin = Origin::start().await;
-    let pop = pop_with_cache(&origin, "  serve_stale_on_error: 1h\n").await;
+    let pop = pop_with_cache_config(&origin, |config, _| {
+        config.cache().serve_stale_on_error = Some("1h".to_string());
+    })
+    .await;
     let path = "/about?cc=public,max-age=1";
     let fresh = get(pop.setup.http, path, &[]).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -468,13 +309,13 @@ async fn the_status_header_and_routes_reload_live() {
     let path = "/system/x.png";
     get(pop.setup.http, path, &[]).await;
     assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
-    let config = pop.setup.path("edgecache.yaml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replace(
-        "  lock_timeout: 5s\n",
-        "  lock_timeout: 5s\n  status_header: false\nsites:\n  - routes:\n      - { path: /system/, cache_ttl: 7d }\n",
-    );
-    std::fs::write(&config, text).expect("config");
+    let mut changed = pop.config.clone();
+    changed.cache().status_header = Some(false);
+    changed.add_routes([Route {
+        cache_ttl: Some("7d".to_string()),
+        ..Route::at("/system/")
+    }]);
+    pop.setup.write_config(&changed);
     let (status, body) = pop.edge.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("needs restart"), "{body}");

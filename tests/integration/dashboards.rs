@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::cache::get;
-use crate::media::{media_pop_with, MediaConfig};
+use crate::harness::get;
+use crate::harness::{media_pop_with, path_value, settings, MediaConfig};
 
 fn ops_file(path: &str) -> String {
     std::fs::read_to_string(format!("{}/ops/{path}", env!("CARGO_MANIFEST_DIR")))
@@ -84,8 +84,16 @@ fn alert_queries() -> Vec<(String, String)> {
 #[tokio::test]
 async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     let media = media_pop_with(MediaConfig {
-        route_extra: "          write_through: [spaces]\n",
-        top_extra: "write_through:\n  queue_dir: {dir}/queue\nfleet:\n  name: fra\n  peers:\n    - { name: ewr, admin: \"127.0.0.1:1\" }\n  state_dir: {dir}/fleet\n",
+        write_through: &["spaces"],
+        queue: Some(&[]),
+        change: &|config, dir| {
+            let mut fleet = settings(&[
+                ("name", "fra"),
+                ("peers", "[{ name: ewr, admin: \"127.0.0.1:1\" }]"),
+            ]);
+            fleet.insert("state_dir".into(), path_value(&dir.join("fleet")));
+            config.set_section("fleet", fleet);
+        },
         ..MediaConfig::default()
     })
     .await;

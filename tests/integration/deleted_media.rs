@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cache::{cache_yaml, get, ADMIN_TOKEN};
 use crate::harness::edge::{Edge, EdgeSetup, BINARY};
 use crate::harness::origin::Origin;
 use crate::harness::s3::S3Server;
 use crate::harness::TestCert;
+use crate::harness::{get, path_value, settings, Cache, MediaRoute, Route, Store, ADMIN_TOKEN};
+use serde_yaml::Value;
 
 const BUSTER_SECRET: &str = "d3l3ted-media-buster";
 const KEY: &str = "media_attachments/files/1/original/a.png";
@@ -23,7 +24,7 @@ struct Pop {
 }
 
 impl Pop {
-    async fn get(&self, path: &str) -> crate::cache::Answer {
+    async fn get(&self, path: &str) -> crate::harness::Answer {
         get(self.setup.http, path, &[]).await
     }
 
@@ -106,22 +107,42 @@ async fn fleet(core: &Origin, s3: &S3Server, legacy: &Path) -> (Pop, Pop) {
         std::fs::write(&token, ADMIN_TOKEN).expect("token");
         let secret = setup.path("buster.secret");
         std::fs::write(&secret, BUSTER_SECRET).expect("secret");
-        let extra = format!(
-            "stores:\n{spaces}  disk:\n    kind: directory\n    path: {legacy}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [spaces, disk]\n          write_through: [spaces]\nwrite_through:\n  queue_dir: {queue}\n  retry_min: 100ms\n  retry_max: 300ms\nfleet:\n  name: {name}\n  peers:\n    - {{ name: {peer}, admin: \"{peer_admin}\" }}\n  state_dir: {state}\n  max_retry_delay: 300ms\n  catch_up_interval: 1h\ncache_buster:\n  method: PURGE\n  secret_header: X-Cache-Buster-Secret\n  secret_file: {secret}\n",
-            spaces = s3.store_yaml("spaces", dir, ""),
-            legacy = legacy.display(),
-            queue = dir.join("queue").display(),
-            name = names[i],
-            peer = names[1 - i],
-            peer_admin = admins[1 - i],
-            state = dir.join("fleet").display(),
-            secret = secret.display(),
-        );
-        let yaml = cache_yaml(dir, &extra);
-        let config = setup.config(&[&cert], &[core.address], &yaml).replace(
-            "admin:\n",
-            &format!("admin:\n  token_file: {}\n", token.display()),
-        );
+        let mut config = setup.config(&[&cert], &[core.address], "");
+        config.admin.token_file = Some(token);
+        config.cache = Some(Cache::two_tiers(dir));
+        config
+            .stores
+            .insert("spaces".to_string(), s3.store("spaces", dir));
+        config
+            .stores
+            .insert("disk".to_string(), Store::directory(legacy));
+        config.add_routes([Route {
+            media: Some(MediaRoute {
+                chain: vec!["spaces".to_string(), "disk".to_string()],
+                write_through: vec!["spaces".to_string()],
+                ..MediaRoute::default()
+            }),
+            ..Route::at("/system/")
+        }]);
+        let mut queue = settings(&[("retry_min", "100ms"), ("retry_max", "300ms")]);
+        queue.insert("queue_dir".into(), path_value(&dir.join("queue")));
+        config.set_section("write_through", queue);
+        let mut peer = settings(&[("name", names[1 - i])]);
+        peer.insert("admin".into(), admins[1 - i].to_string().into());
+        let mut fleet = settings(&[
+            ("name", names[i]),
+            ("max_retry_delay", "300ms"),
+            ("catch_up_interval", "1h"),
+        ]);
+        fleet.insert("peers".into(), vec![Value::Mapping(peer)].into());
+        fleet.insert("state_dir".into(), path_value(&dir.join("fleet")));
+        config.set_section("fleet", fleet);
+        let mut buster = settings(&[
+            ("method", "PURGE"),
+            ("secret_header", "X-Cache-Buster-Secret"),
+        ]);
+        buster.insert("secret_file".into(), path_value(&secret));
+        config.set_section("cache_buster", buster);
         let config = setup.write_config(&config);
         let edge = Edge::start(&setup, &config).await;
         pops.push(Pop {

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use crate::cache::{
-    cache_yaml, entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_section,
-};
 use crate::harness::edge::{run_binary, EdgeSetup, TestCert};
 use crate::harness::origin::{pattern_range, Origin};
+use crate::harness::{
+    entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_section, Cache,
+};
 
 #[tokio::test]
 async fn cached_objects_survive_kill_9() {
@@ -123,11 +123,11 @@ async fn a_foreign_non_empty_directory_is_never_used_as_the_cache() {
     let precious = setup.path("precious");
     std::fs::create_dir(&precious).expect("dir");
     std::fs::write(precious.join("thesis.tex"), "years of work").expect("file");
-    let yaml = format!(
-        "cache:\n  disk:\n    path: {}\n    max_size: 1GiB\n",
-        precious.display()
-    );
-    let config = setup.write_config(&setup.config(&[&cert], &[origin.address], &yaml));
+    let mut config = setup.config(&[&cert], &[origin.address], "");
+    config.cache = Some(Cache::default().disk(&precious, "1GiB"));
+    let config = setup.write_config(&config);
+    // Served here without Edge::start, which would let the ports go.
+    setup.release_ports();
     let (code, _, stderr) = run_binary(&["serve", "--config", config.to_str().expect("utf-8")]);
     assert_eq!(code, 69, "{stderr}");
     assert!(stderr.contains("refusing to use"), "{stderr}");
@@ -144,8 +144,8 @@ async fn directories_of_an_older_format_are_removed_at_start() {
     std::fs::write(cache.join("v0/ab/old-entry"), "old format").expect("old entry");
     std::fs::create_dir_all(cache.join("v1/tmp")).expect("tmp");
     std::fs::write(cache.join("v1/tmp/0000000000000001.body"), "half").expect("leftover");
-    let yaml = cache_yaml(cache_dir.path(), "");
-    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
+    let two_tiers = Cache::two_tiers(cache_dir.path());
+    let pop = pop_with_cache_section(&origin, cache_dir, two_tiers).await;
     assert!(!cache.join("v0").exists());
     assert!(!cache.join("v1/tmp/0000000000000001.body").exists());
     get(pop.setup.http, "/x?cc=public,max-age=60", &[]).await;

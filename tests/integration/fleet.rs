@@ -3,10 +3,11 @@
 
 use std::time::Instant;
 
-use crate::cache::{cache_yaml, get, ADMIN_TOKEN};
 use crate::harness::edge::{Edge, EdgeSetup};
 use crate::harness::origin::Origin;
 use crate::harness::TestCert;
+use crate::harness::{get, path_value, settings, Cache, ADMIN_TOKEN};
+use serde_yaml::Value;
 
 const MEDIA_HOST: &str = "media.hachyderm.example";
 const BUSTER_SECRET: &str = "b5f0c1d2-cache-buster";
@@ -35,7 +36,7 @@ impl FleetPop {
     }
 
     /// GET `path` on this PoP as a client of the media host would.
-    async fn get(&self, path: &str) -> crate::cache::Answer {
+    async fn get(&self, path: &str) -> crate::harness::Answer {
         get(self.setup.http, path, &[("Host", MEDIA_HOST)]).await
     }
 }
@@ -78,25 +79,32 @@ async fn fleet_with(
         std::fs::write(&token, ADMIN_TOKEN).expect("token");
         let secret = pop.setup.path("cache-buster.secret");
         std::fs::write(&secret, format!("{BUSTER_SECRET}\n")).expect("secret");
-        let peers: String = admins
+        let peers: Vec<Value> = admins
             .iter()
             .filter(|(name, _)| *name != pop.name)
-            .map(|(name, admin)| format!("    - {{ name: {name}, admin: \"{admin}\" }}\n"))
+            .map(|(name, admin)| {
+                let mut peer = settings(&[("name", *name)]);
+                peer.insert("admin".into(), admin.to_string().into());
+                Value::Mapping(peer)
+            })
             .collect();
-        let extra = format!(
-            "fleet:\n  name: {}\n  peers:\n{peers}  state_dir: {}\n  max_retry_delay: 300ms\n  catch_up_interval: {catch_up_interval}\ncache_buster:\n  method: {method}\n  secret_header: X-Cache-Buster-Secret\n  secret_file: {}\n",
-            pop.name,
-            pop.setup.path("fleet").display(),
-            secret.display(),
-        );
-        let yaml = cache_yaml(pop.setup.dir.path(), &extra);
-        let config = pop
-            .setup
-            .config(&[&cert], &[origin.address], &yaml)
-            .replace(
-                "admin:\n",
-                &format!("admin:\n  token_file: {}\n", token.display()),
-            );
+        let mut fleet = settings(&[
+            ("name", pop.name),
+            ("max_retry_delay", "300ms"),
+            ("catch_up_interval", catch_up_interval),
+        ]);
+        fleet.insert("peers".into(), peers.into());
+        fleet.insert("state_dir".into(), path_value(&pop.setup.path("fleet")));
+        let mut buster = settings(&[
+            ("method", method),
+            ("secret_header", "X-Cache-Buster-Secret"),
+        ]);
+        buster.insert("secret_file".into(), path_value(&secret));
+        let mut config = pop.setup.config(&[&cert], &[origin.address], "");
+        config.admin.token_file = Some(token);
+        config.cache = Some(Cache::two_tiers(pop.setup.dir.path()));
+        config.set_section("fleet", fleet);
+        config.set_section("cache_buster", buster);
         pop.config = pop.setup.write_config(&config);
         pop.start().await;
     }
@@ -386,7 +394,7 @@ fn bad_fleet_settings_name_file_line_and_key() {
         http = setup.http,
         admin = setup.admin,
     );
-    let path = setup.write_config(&config);
+    let path = setup.write_config_text(&config);
     let path = path.to_str().expect("utf-8");
     let (code, _, stderr) = crate::harness::run_binary(&["check-config", path]);
     assert_eq!(code, 64, "{stderr}");

@@ -10,36 +10,7 @@ use tokio::io::AsyncReadExt;
 use crate::harness::client::raw_exchange;
 use crate::harness::edge::{Edge, EdgeSetup, TestCert};
 use crate::harness::origin::Origin;
-
-/// An edge whose core has a `web` group at `web` and a `streaming` group at `streaming`,
-/// with `routes` under a site for every host.
-async fn edge_with_groups(
-    web: &[SocketAddr],
-    streaming: SocketAddr,
-    routes: &str,
-) -> (Edge, EdgeSetup) {
-    edge_with_groups_and(web, streaming, routes, "").await
-}
-
-/// [`edge_with_groups`] with `extra` top-level YAML after the sites.
-pub async fn edge_with_groups_and(
-    web: &[SocketAddr],
-    streaming: SocketAddr,
-    routes: &str,
-    extra: &str,
-) -> (Edge, EdgeSetup) {
-    let setup = EdgeSetup::new();
-    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup
-        .config(&[&cert], web, &format!("sites:\n  - routes:\n{routes}{extra}"))
-        .replace(
-            "core:\n  groups:\n",
-            &format!("core:\n  default_group: web\n  groups:\n    streaming:\n      hosts: [\"{streaming}\"]\n"),
-        );
-    let path = setup.write_config(&config);
-    let edge = Edge::start(&setup, &path).await;
-    (edge, setup)
-}
+use crate::harness::{edge_with_groups, Route};
 
 async fn send(address: SocketAddr, request: &str) -> String {
     raw_exchange(address, request.as_bytes()).await
@@ -52,7 +23,9 @@ async fn a_route_sends_its_requests_to_its_group() {
     let (_edge, setup) = edge_with_groups(
         &[web.address],
         streaming.address,
-        "      - { path: /api/v1/streaming, upstream: streaming, cache: false }\n",
+        vec![Route::at("/api/v1/streaming")
+            .upstream("streaming")
+            .cache(false)],
     )
     .await;
     let answer = send(
@@ -127,7 +100,8 @@ async fn a_post_that_failed_at_a_host_is_never_sent_again() {
     let good = Origin::start().await;
     // Both hosts pass the TCP health check; round robin sends every other request to the
     // one that hangs up.
-    let (_edge, setup) = edge_with_groups(&[hangup.address, good.address], good.address, "").await;
+    let (_edge, setup) =
+        edge_with_groups(&[hangup.address, good.address], good.address, vec![]).await;
     let mut failed = 0;
     for n in 0..6 {
         let body = format!("status={n}");
@@ -164,7 +138,7 @@ async fn a_post_that_failed_at_a_host_is_never_sent_again() {
 #[tokio::test]
 async fn request_ids_are_passed_on_or_made_and_returned() {
     let web = Origin::start().await;
-    let (_edge, setup) = edge_with_groups(&[web.address], web.address, "").await;
+    let (_edge, setup) = edge_with_groups(&[web.address], web.address, vec![]).await;
     let answer = send(
         setup.http,
         "GET /a HTTP/1.1\r\nHost: a.example\r\nX-Request-Id: trace-42\r\nConnection: close\r\n\r\n",
@@ -203,7 +177,7 @@ async fn bodies_over_the_route_limit_get_413() {
     let (_edge, setup) = edge_with_groups(
         &[web.address],
         web.address,
-        "      - { path: /api/v2/media, max_body_size: 1KiB }\n",
+        vec![Route::at("/api/v2/media").with("max_body_size", "1KiB")],
     )
     .await;
     let body = "x".repeat(2000);
@@ -227,7 +201,7 @@ async fn bodies_over_the_route_limit_get_413() {
 #[tokio::test]
 async fn a_host_that_just_refused_is_a_fast_503_with_retry_after() {
     let dead = crate::harness::edge::free_address();
-    let (edge, setup) = edge_with_groups(&[dead], dead, "").await;
+    let (edge, setup) = edge_with_groups(&[dead], dead, vec![]).await;
     edge.wait_ready_status(503).await;
     let request = "GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
     let tried = send(setup.http, request).await;
@@ -243,7 +217,7 @@ async fn a_host_that_just_refused_is_a_fast_503_with_retry_after() {
 #[tokio::test]
 async fn headers_the_core_must_not_leak_are_hidden() {
     let web = Origin::start().await;
-    let (_edge, setup) = edge_with_groups(&[web.address], web.address, "").await;
+    let (_edge, setup) = edge_with_groups(&[web.address], web.address, vec![]).await;
     let answer = send(
         setup.http,
         "GET /about?h=Server:Puma%206.4&h=X-Runtime:0.123&h=X-Powered-By:Rails&h=X-Kept:yes HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
@@ -331,7 +305,9 @@ async fn a_100_mib_upload_streams_through_without_raising_memory() {
     let (edge, setup) = edge_with_groups(
         &[sink],
         sink,
-        "      - { path: /api/v2/media, cache: false, max_body_size: 200MiB }\n",
+        vec![Route::at("/api/v2/media")
+            .cache(false)
+            .with("max_body_size", "200MiB")],
     )
     .await;
     // Warm up the path so the first request's one-off allocations are not counted.
@@ -374,7 +350,7 @@ async fn killing_a_host_under_load_fails_no_get() {
     let a = Origin::start().await;
     let b = Origin::start().await;
     let a_address = a.address;
-    let (edge, setup) = edge_with_groups(&[a.address, b.address], b.address, "").await;
+    let (edge, setup) = edge_with_groups(&[a.address, b.address], b.address, vec![]).await;
     edge.wait_ready_status(200).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -427,11 +403,8 @@ async fn a_group_total_timeout_bounds_the_whole_exchange() {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     // read_timeout stays 3s; the whole exchange may take 1s.
-    let config = setup.config(&[&cert], &[web.address], "").replace(
-        "      read_timeout: 3s\n",
-        "      read_timeout: 3s\n      total_timeout: 1s\n",
-    );
-    assert!(config.contains("total_timeout: 1s"));
+    let mut config = setup.config(&[&cert], &[web.address], "");
+    config.group("web").total_timeout = Some("1s".to_string());
     let path = setup.write_config(&config);
     let _edge = Edge::start(&setup, &path).await;
     // A head that takes 2.5 s: within read_timeout, past total_timeout.
@@ -468,12 +441,8 @@ async fn a_lone_core_host_that_comes_back_is_used_at_once() {
     let address = crate::harness::edge::free_address();
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(&[&cert], &[address], "");
-    let checked_rarely = config.replace(
-        "      health:\n        interval: 1s\n",
-        "      health:\n        interval: 60s\n",
-    );
-    assert_ne!(config, checked_rarely);
+    let mut checked_rarely = setup.config(&[&cert], &[address], "");
+    checked_rarely.group("web").health().interval = "60s".to_string();
     let path = setup.write_config(&checked_rarely);
     let edge = Edge::start(&setup, &path).await;
     // The check at start found nothing listening; the next one is a minute away.
@@ -513,10 +482,8 @@ async fn a_host_that_never_answers_is_tried_by_one_request_at_a_time() {
     }
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(&[&cert], &[address], "").replace(
-        "      health:\n        interval: 1s\n",
-        "      health:\n        interval: 60s\n",
-    );
+    let mut config = setup.config(&[&cert], &[address], "");
+    config.group("web").health().interval = "60s".to_string();
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     // The check at start waits out its connect timeout, then finds the host down.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{
-    http1_on, seen_headers, start_pop, Edge, EdgeSetup, Origin, TestCert, TestPop,
+    http1_on, seen_headers, start_pop, Edge, EdgeSetup, Listener, Origin, TestCert, TestPop,
 };
 
 #[tokio::test]
@@ -26,10 +26,15 @@ async fn an_ipv6_listener_serves_and_reports_the_ipv6_client() {
     };
     let v6: SocketAddr = v6;
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(&[&cert], &[origin.address], "").replacen(
-        "listeners:\n",
-        &format!("listeners:\n  - name: http-v6\n    address: \"{v6}\"\n"),
-        1,
+    let mut config = setup.config(&[&cert], &[origin.address], "");
+    config.listeners.insert(
+        0,
+        Listener {
+            name: "http-v6".to_string(),
+            address: v6.to_string(),
+            h2c: false,
+            tls: None,
+        },
     );
     let path = setup.write_config(&config);
     let _edge = Edge::start(&setup, &path).await;
@@ -47,15 +52,8 @@ async fn h2c_is_offered_on_a_plain_listener_when_configured() {
     let origin = Origin::start().await;
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.config(&[&cert], &[origin.address], "").replacen(
-        &format!("  - name: http\n    address: \"{}\"\n", setup.http),
-        &format!(
-            "  - name: http\n    address: \"{}\"\n    h2c: true\n",
-            setup.http
-        ),
-        1,
-    );
-    assert!(config.contains("h2c: true"));
+    let mut config = setup.config(&[&cert], &[origin.address], "");
+    config.listener("http").h2c = true;
     let path = setup.write_config(&config);
     let _edge = Edge::start(&setup, &path).await;
 
@@ -105,10 +103,8 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     // In-flight requests get the grace period; the test config's is 0s.
-    let config = setup
-        .config(&[&cert], &[origin.address], "")
-        .replace("  grace_period: 0s\n", "  grace_period: 3s\n");
-    assert!(config.contains("grace_period: 3s"));
+    let mut config = setup.config(&[&cert], &[origin.address], "");
+    config.server.grace_period = "3s".to_string();
     let path = setup.write_config(&config);
     let mut edge = Edge::start(&setup, &path).await;
 

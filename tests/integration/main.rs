@@ -1,7 +1,8 @@
 //! Integration tests: the real edgecache binary on 127.0.0.1, ports chosen at run time, a real
 //! HTTP origin, real TLS clients and raw sockets.
 
-// Shared test parts: a real origin, the real binary, real TLS and raw HTTP clients.
+// Shared test parts: a real origin, the real binary, real TLS and raw HTTP clients, typed
+// configs, and the cache and media PoPs several modules start.
 mod harness;
 
 // The admin listener: health, readiness, metrics, tokens; the access log.

@@ -3,103 +3,13 @@
 
 use std::time::Duration;
 
-use crate::cache::{get, pop_with_cache_section, CachingPop};
 use crate::harness::client::raw_exchange;
 use crate::harness::origin::{pattern_range, Origin};
 use crate::harness::s3::S3Server;
-
-/// Places and a media route for `/system/`: `chain` names them in order. `spaces` is the
-/// S3 server, `old` the test origin under `old_base` (`/bytes/`: key `n` is `n` pattern
-/// bytes), `disk` a legacy directory.
-pub struct MediaPop {
-    pub pop: CachingPop,
-    pub s3: S3Server,
-    pub origin: Origin,
-    pub legacy_dir: tempfile::TempDir,
-}
-
-/// What a test changes in the media config.
-#[derive(Clone, Copy)]
-pub struct MediaConfig<'a> {
-    pub chain: &'a str,
-    pub old_base: &'a str,
-    /// Lines under the `old` store.
-    pub old_extra: &'a str,
-    /// Lines under the `spaces` store.
-    pub spaces_extra: &'a str,
-    /// Lines under the route's `media:`.
-    pub route_extra: &'a str,
-    /// Top-level sections; `{dir}` is the test directory.
-    pub top_extra: &'a str,
-}
-
-impl Default for MediaConfig<'_> {
-    fn default() -> Self {
-        MediaConfig {
-            chain: "spaces, disk, old",
-            old_base: "/bytes/",
-            old_extra: "",
-            spaces_extra: "",
-            route_extra: "",
-            top_extra: "",
-        }
-    }
-}
-
-async fn media_pop(chain: &str, old_base: &str, old_extra: &str, spaces_extra: &str) -> MediaPop {
-    media_pop_with(MediaConfig {
-        chain,
-        old_base,
-        old_extra,
-        spaces_extra,
-        ..MediaConfig::default()
-    })
-    .await
-}
-
-pub async fn media_pop_with(config: MediaConfig<'_>) -> MediaPop {
-    let s3 = S3Server::start().await;
-    let origin = Origin::start().await;
-    let legacy_dir = tempfile::tempdir().expect("tempdir");
-    let cache_dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "{cache}stores:\n{spaces}  old:\n    kind: http\n    url: http://{origin}{old_base}\n{old_extra}  disk:\n    kind: directory\n    path: {disk}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [{chain}]\n{route_extra}{top_extra}",
-        cache = crate::cache::cache_yaml(cache_dir.path(), ""),
-        spaces = s3.store_yaml("spaces", cache_dir.path(), config.spaces_extra),
-        origin = origin.address,
-        old_base = config.old_base,
-        old_extra = config.old_extra,
-        disk = legacy_dir.path().display(),
-        chain = config.chain,
-        route_extra = config.route_extra,
-        top_extra = config
-            .top_extra
-            .replace("{dir}", &cache_dir.path().display().to_string()),
-    );
-    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
-    MediaPop {
-        pop,
-        s3,
-        origin,
-        legacy_dir,
-    }
-}
-
-impl MediaPop {
-    pub fn legacy_file(&self, key: &str, body: &[u8]) {
-        let path = self.legacy_dir.path().join(key);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
-        std::fs::write(path, body).expect("legacy file");
-    }
-
-    pub async fn metric(&self, sample: &str) -> f64 {
-        self.pop.edge.metric(sample).await.unwrap_or(0.0)
-    }
-}
-
+use crate::harness::{get, media_pop, pop_with_cache_config, MediaRoute, Route, Store};
 #[tokio::test]
 async fn the_first_place_that_has_the_object_answers() {
-    let media = media_pop("spaces, disk, old", "/bytes/", "", "").await;
+    let media = media_pop(&["spaces", "disk", "old"], "/bytes/", &[], &[]).await;
     media
         .s3
         .put("accounts/avatars/a.png", b"from the store")
@@ -172,7 +82,7 @@ async fn the_first_place_that_has_the_object_answers() {
 
 #[tokio::test]
 async fn paths_that_would_escape_the_directory_or_prefix_are_refused() {
-    let media = media_pop("disk", "/bytes/", "", "").await;
+    let media = media_pop(&["disk"], "/bytes/", &[], &[]).await;
     let outside = media
         .legacy_dir
         .path()
@@ -209,7 +119,7 @@ async fn paths_that_would_escape_the_directory_or_prefix_are_refused() {
 
 #[tokio::test]
 async fn a_failing_place_is_skipped_but_never_taken_for_absent() {
-    let media = media_pop("old, disk", "/status/", "", "").await;
+    let media = media_pop(&["old", "disk"], "/status/", &[], &[]).await;
     media.legacy_file("500", b"on the disk");
     let http = media.pop.setup.http;
     // `/status/500` answers 500: the chain logs it and moves on.
@@ -237,10 +147,10 @@ async fn a_failing_place_is_skipped_but_never_taken_for_absent() {
 #[tokio::test]
 async fn a_legacy_origin_that_keeps_failing_is_left_alone_then_probed() {
     let media = media_pop(
-        "old, disk",
+        &["old", "disk"],
         "/bytes/",
-        "    breaker:\n      failures: 2\n      cooldown: 1s\n",
-        "",
+        &[("breaker", "{ failures: 2, cooldown: 1s }")],
+        &[],
     )
     .await;
     let http = media.pop.setup.http;
@@ -281,10 +191,10 @@ async fn a_legacy_origin_that_keeps_failing_is_left_alone_then_probed() {
 #[tokio::test]
 async fn a_legacy_origin_that_recovers_is_probed_soon_and_backed_off_while_failing() {
     let media = media_pop(
-        "old",
+        &["old"],
         "/bytes/",
-        "    breaker:\n      failures: 2\n      cooldown: 30s\n",
-        "",
+        &[("breaker", "{ failures: 2, cooldown: 30s }")],
+        &[],
     )
     .await;
     let http = media.pop.setup.http;
@@ -317,7 +227,7 @@ async fn a_legacy_origin_that_recovers_is_probed_soon_and_backed_off_while_faili
 #[tokio::test]
 async fn a_legacy_origin_gets_no_more_than_its_concurrency_limit() {
     // Key `n` under `/slow/` answers after n ms.
-    let media = media_pop("old", "/slow/", "    max_concurrency: 1\n", "").await;
+    let media = media_pop(&["old"], "/slow/", &[("max_concurrency", "1")], &[]).await;
     let http = media.pop.setup.http;
     let (first, second) = tokio::join!(get(http, "/system/1500", &[]), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -333,26 +243,32 @@ async fn a_legacy_origin_gets_no_more_than_its_concurrency_limit() {
 
 #[tokio::test]
 async fn wrong_store_credentials_are_an_error_not_a_miss() {
-    let media = media_pop("spaces, disk", "/bytes/", "", "").await;
+    let media = media_pop(&["spaces", "disk"], "/bytes/", &[], &[]).await;
     media.s3.put("a.png", b"x").await;
     // A second edge, whose credentials the store refuses.
     let s3 = S3Server::start().await;
     s3.put("a.png", b"x").await;
     let origin = Origin::start().await;
-    let cache_dir = tempfile::tempdir().expect("tempdir");
-    let credentials = cache_dir.path().join("wrong.credentials");
-    std::fs::write(
-        &credentials,
-        "access_key_id: edgecache-test\nsecret_access_key: not-the-secret\n",
-    )
-    .expect("credentials");
-    let yaml = format!(
-        "{cache}stores:\n  spaces:\n    kind: s3\n    endpoint: {endpoint}\n    bucket: media\n    credentials_file: {credentials}\nsites:\n  - routes:\n      - path: /system/\n        media:\n          chain: [spaces]\n",
-        cache = crate::cache::cache_yaml(cache_dir.path(), ""),
-        endpoint = s3.endpoint(),
-        credentials = credentials.display(),
-    );
-    let pop = pop_with_cache_section(&origin, cache_dir, &yaml).await;
+    let pop = pop_with_cache_config(&origin, |config, dir| {
+        let credentials = dir.join("wrong.credentials");
+        std::fs::write(
+            &credentials,
+            "access_key_id: edgecache-test\nsecret_access_key: not-the-secret\n",
+        )
+        .expect("credentials");
+        config.stores.insert(
+            "spaces".to_string(),
+            Store::s3(&s3.endpoint(), "media", &credentials),
+        );
+        config.add_routes([Route {
+            media: Some(MediaRoute {
+                chain: vec!["spaces".to_string()],
+                ..MediaRoute::default()
+            }),
+            ..Route::at("/system/")
+        }]);
+    })
+    .await;
     let answer = get(pop.setup.http, "/system/a.png", &[]).await;
     assert_eq!(answer.status, 502);
     let log = pop.edge.stderr_text() + &pop.edge.stdout_text();
@@ -370,7 +286,7 @@ async fn wrong_store_credentials_are_an_error_not_a_miss() {
 
 #[tokio::test]
 async fn ranges_of_media_are_cut_from_the_whole_object() {
-    let media = media_pop("spaces", "/bytes/", "", "").await;
+    let media = media_pop(&["spaces"], "/bytes/", &[], &[]).await;
     let video: Vec<u8> = pattern_range(0..300_000);
     media.s3.put("video.mp4", &video).await;
     let http = media.pop.setup.http;
@@ -386,7 +302,7 @@ async fn ranges_of_media_are_cut_from_the_whole_object() {
 
 #[tokio::test]
 async fn a_store_prefix_is_put_before_every_key() {
-    let media = media_pop("spaces", "/bytes/", "", "    prefix: cache\n").await;
+    let media = media_pop(&["spaces"], "/bytes/", &[], &[("prefix", "cache")]).await;
     media.s3.put("cache/a.png", b"under the prefix").await;
     media.s3.put("b.png", b"outside the prefix").await;
     let http = media.pop.setup.http;
@@ -402,10 +318,10 @@ async fn bodies_that_break_off_count_against_the_breaker() {
     // `/cut/<n>` sends its headers, then breaks the body off half-way: a disk that opens
     // files and then fails to read them.
     let media = media_pop(
-        "old",
+        &["old"],
         "/cut/",
-        "    breaker:\n      failures: 2\n      cooldown: 30s\n",
-        "",
+        &[("breaker", "{ failures: 2, cooldown: 30s }")],
+        &[],
     )
     .await;
     let client = reqwest::Client::new();
@@ -425,7 +341,7 @@ async fn bodies_that_break_off_count_against_the_breaker() {
 
 #[tokio::test]
 async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
-    let media = media_pop("spaces", "/bytes/", "", "").await;
+    let media = media_pop(&["spaces"], "/bytes/", &[], &[]).await;
     media.s3.put("swap.png", b"from the store").await;
     media.legacy_file("swap.png", b"from the disk");
     let http = media.pop.setup.http;
@@ -434,18 +350,19 @@ async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
         b"from the store"
     );
 
-    let path = media.pop.setup.path("edgecache.yaml");
-    let config = std::fs::read_to_string(&path).expect("config");
-    let changed = config.replace("chain: [spaces]", "chain: [disk]").replace(
-        "    kind: directory\n",
-        "    kind: directory\n    timeout: 7s\n",
-    );
-    assert_ne!(changed, config);
-    std::fs::write(&path, changed).expect("rewrite config");
+    let mut changed = media.pop.config.clone();
+    changed
+        .route("/system/")
+        .media
+        .as_mut()
+        .expect("a media route")
+        .chain = vec!["disk".to_string()];
+    changed.store("disk").set("timeout", "7s");
+    media.pop.setup.write_config(&changed);
     let (status, report) = media
         .pop
         .edge
-        .admin_reload(Some(crate::cache::ADMIN_TOKEN))
+        .admin_reload(Some(crate::harness::ADMIN_TOKEN))
         .await;
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("needs restart: stores changed"), "{report}");
@@ -460,7 +377,7 @@ async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
 /// plain URL (Mastodon's cache buster sends that one) removes it for all of them.
 #[tokio::test]
 async fn every_spelling_of_a_media_url_is_one_object_and_one_purge() {
-    let media = media_pop("disk", "/bytes/", "", "").await;
+    let media = media_pop(&["disk"], "/bytes/", &[], &[]).await;
     media.legacy_file("a/x.png", b"the file");
     let http = media.pop.setup.http;
     let spellings = [
@@ -520,7 +437,7 @@ async fn every_spelling_of_a_media_url_is_one_object_and_one_purge() {
 /// object otherwise.
 #[tokio::test]
 async fn if_range_is_judged_by_the_chain_for_requests_the_cache_does_not_answer() {
-    let media = media_pop("disk", "/bytes/", "", "").await;
+    let media = media_pop(&["disk"], "/bytes/", &[], &[]).await;
     media.legacy_file("v/clip.mp4", &pattern_range(0..10_000));
     let http = media.pop.setup.http;
     let whole = get(http, "/system/v/clip.mp4", &[]).await;

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{free_address, Edge, EdgeSetup};
+use crate::harness::{free_address, yaml, Config, Edge, EdgeSetup};
 
 /// A control server that accepts connections and never says a word.
 fn silent_control_server() -> (SocketAddr, std::thread::JoinHandle<()>) {
@@ -28,11 +28,27 @@ fn silent_control_server() -> (SocketAddr, std::thread::JoinHandle<()>) {
     (address, thread)
 }
 
-fn mesh_config(setup: &EdgeSetup, mesh: &str, hosts: &str) -> String {
+/// An edge with the mesh settings `mesh` (written as YAML) and a web group of `hosts`,
+/// checked over HTTP.
+fn mesh_config(setup: &EdgeSetup, mesh: &str, hosts: &[&str]) -> Config {
+    let mut config = Config::edge(setup.http, setup.https, setup.admin, &[], &[]);
+    config.core.mesh = Some(yaml(mesh));
+    let web = config.group("web");
+    web.hosts = hosts.iter().map(|h| h.to_string()).collect();
+    web.health().path = Some("/health".to_string());
+    config
+}
+
+/// The same config as text with `mesh` pasted in as written, for the tests of bad mesh
+/// settings: the line numbers in the errors they expect count on `mode:` being line 8 and
+/// the settings keeping their own lines.
+fn bad_mesh_config(setup: &EdgeSetup, mesh: &str, hosts: &[&str]) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
     format!(
         "listeners:\n  - name: http\n    address: \"{http}\"\nadmin:\n  address: \"{admin}\"\ncore:\n  mesh:\n{mesh}  groups:\n    web:\n      hosts: [{hosts}]\n      connect_timeout: 1s\n      read_timeout: 3s\n      health:\n        interval: 1s\n        path: /health\nserver:\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n",
         http = setup.http,
         admin = setup.admin,
+        hosts = hosts.join(", "),
     )
 }
 
@@ -59,8 +75,8 @@ async fn an_unreachable_control_server_is_reported_and_nothing_hangs() {
         "    mode: embedded\n    key_file: state/tailscale/keys.json\n    auth_key_file: ts-auth-key\n    hostname: pop-test\n    control_url: \"https://{control}\"\n    start_timeout: 1s\n"
     );
     // At trace level, so a secret logged at any level would show.
-    let config = mesh_config(&setup, &mesh, "\"core-1:3000\", \"100.64.0.7:3000\"")
-        + "logging:\n  level: trace\n";
+    let config = mesh_config(&setup, &mesh, &["core-1:3000", "100.64.0.7:3000"])
+        .with_sections("logging:\n  level: trace\n");
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
 
@@ -184,8 +200,8 @@ fn bad_mesh_settings_name_file_line_and_key() {
         ),
     ];
     for (mesh, expected) in cases {
-        let config = mesh_config(&setup, mesh, &format!("\"{}\"", free_address()));
-        let path = setup.write_config(&config);
+        let config = bad_mesh_config(&setup, mesh, &[&free_address().to_string()]);
+        let path = setup.write_config_text(&config);
         let path = path.to_str().expect("utf-8 path");
         let (code, _, stderr) = crate::harness::run_binary(&["check-config", path]);
         assert_eq!(code, 64, "{mesh:?}: {stderr}");
@@ -198,7 +214,7 @@ fn bad_mesh_settings_name_file_line_and_key() {
     let config = mesh_config(
         &setup,
         "    mode: embedded\n    key_file: keys.json\n",
-        "\"core-1:3000\", \"[100::1]:3000\"",
+        &["core-1:3000", "[100::1]:3000"],
     );
     let path = setup.write_config(&config);
     let (code, _, stderr) =
@@ -212,7 +228,7 @@ fn bad_mesh_settings_name_file_line_and_key() {
     let config = mesh_config(
         &setup,
         "    mode: embedded\n    key_file: keys.json\n    auth_key_file: open-auth-key\n",
-        "\"core-1:3000\"",
+        &["core-1:3000"],
     );
     let path = setup.write_config(&config);
     let (_, _, stderr) =
@@ -236,8 +252,10 @@ async fn end_to_end_on_a_real_tailnet() {
     let mesh = format!(
         "    mode: embedded\n    key_file: keys.json\n    auth_key_file: ts-auth-key\n    hostname: edgecache-test\n    control_url: \"{control}\"\n    ephemeral: true\n    start_timeout: 30s\n"
     );
-    let hosts = format!("\"{}\"", core.as_deref().unwrap_or("100.100.100.100:80"));
-    let config = mesh_config(&setup, &mesh, &hosts).replace("        path: /health\n", "");
+    let hosts = [core.as_deref().unwrap_or("100.100.100.100:80")];
+    let mut config = mesh_config(&setup, &mesh, &hosts);
+    // A tailnet peer need not serve a health path: a TCP connect checks it.
+    config.group("web").health().path = None;
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);

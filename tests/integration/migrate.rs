@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::harness::edge::{EdgeSetup, TestCert, BINARY};
 use crate::harness::origin::{pattern_range, Origin};
 use crate::harness::s3::{S3Server, BUCKET, S3_ACCESS_KEY};
+use crate::harness::Store;
 
 /// A config with `spaces` (the S3 server), `disk` (a legacy directory) and `old` (the test
 /// origin's `/bytes/`).
@@ -26,7 +27,7 @@ impl Migration {
         let s3 = S3Server::start().await;
         let origin = Origin::start().await;
         let legacy = tempfile::tempdir().expect("tempdir");
-        let mut spaces = s3.store_yaml("spaces", setup.dir.path(), "");
+        let mut spaces = s3.store("spaces", setup.dir.path());
         if let Some(secret) = secret {
             let credentials = setup.path("wrong.credentials");
             std::fs::write(
@@ -34,19 +35,19 @@ impl Migration {
                 format!("access_key_id: {S3_ACCESS_KEY}\nsecret_access_key: {secret}\n"),
             )
             .expect("credentials");
-            spaces = spaces.replace(
-                &setup.path("spaces.credentials").display().to_string(),
-                &credentials.display().to_string(),
-            );
+            spaces.credentials_file = Some(credentials);
         }
-        let stores = format!(
-            "stores:\n{spaces}  disk:\n    kind: directory\n    path: {}\n  old:\n    kind: http\n    url: http://{}/bytes/\n",
-            legacy.path().display(),
-            origin.address
-        );
         let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-        let text = setup.config(&[&cert], &[origin.address], &stores);
-        let config = setup.write_config(&text);
+        let mut config = setup.config(&[&cert], &[origin.address], "");
+        config.stores.insert("spaces".to_string(), spaces);
+        config
+            .stores
+            .insert("disk".to_string(), Store::directory(legacy.path()));
+        config.stores.insert(
+            "old".to_string(),
+            Store::http(&format!("http://{}/bytes/", origin.address)),
+        );
+        let config = setup.write_config(&config);
         Migration {
             setup,
             s3,

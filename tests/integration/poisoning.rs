@@ -6,9 +6,9 @@
 //! The origin echoes every request header it receives into its body, so a header that
 //! reached it and was stored would show in what the next, clean client gets.
 
-use crate::cache::{get, pop_with_cache, pop_with_cache_and_h2c};
 use crate::harness::client::{https_client, raw_exchange, raw_status};
 use crate::harness::origin::{seen_headers, Origin};
+use crate::harness::{get, pop_with_cache, pop_with_cache_and_h2c};
 
 #[tokio::test]
 async fn unkeyed_headers_never_reach_the_stored_response() {

@@ -158,9 +158,8 @@ async fn edge_with_a_vanishing_host(origin: &Origin) -> (Edge, EdgeSetup, std::n
     let vanishing_address = vanishing.local_addr().expect("address");
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup
-        .config(&[&cert], &[vanishing_address, origin.address], "")
-        .replace("        interval: 1s\n", "        interval: 60s\n");
+    let mut config = setup.config(&[&cert], &[vanishing_address, origin.address], "");
+    config.group("web").health().interval = "60s".to_string();
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     edge.wait_ready_status(200).await;

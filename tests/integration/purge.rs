@@ -1,7 +1,7 @@
 //! Purging URLs and prefixes from this PoP's cache through the admin listener.
 
-use crate::cache::{get, pop_with_cache, ADMIN_TOKEN};
 use crate::harness::origin::Origin;
+use crate::harness::{get, pop_with_cache, ADMIN_TOKEN};
 
 /// The `purged` count of a purge report.
 fn purged(body: &str) -> i64 {
@@ -47,7 +47,7 @@ async fn a_purged_url_is_a_miss_in_every_variant_and_after_a_restart() {
         .await;
     assert_eq!((status, purged(&body)), (200, 1), "{body}");
 
-    crate::cache::kill_and_restart(&mut pop).await;
+    crate::harness::kill_and_restart(&mut pop).await;
     for accept in ["text/html", "application/activity+json"] {
         let answer = get(pop.setup.http, page, &[("Accept", accept)]).await;
         assert_eq!(answer.cache_status(), "MISS", "{accept}");
@@ -73,7 +73,7 @@ async fn a_prefix_purge_takes_everything_under_it() {
     }
     // After a restart the disk entries' URLs are not in memory yet: the purge must still
     // find them.
-    crate::cache::kill_and_restart(&mut pop).await;
+    crate::harness::kill_and_restart(&mut pop).await;
     let (status, body) = pop
         .purge(&format!(
             "prefix={}",

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::cache::{get, pop_with_cache};
 use crate::harness::origin::{pattern_range, Origin};
+use crate::harness::{get, pop_with_cache, Cache, Memory};
 
 #[tokio::test]
 async fn ranges_of_a_cached_object_come_from_either_tier() {
@@ -113,11 +113,13 @@ async fn a_range_request_joining_a_fill_gets_its_bytes_as_they_arrive() {
 async fn ranges_of_an_object_too_large_to_cache_go_to_the_core() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "cache:\n  memory:\n    max_object_size: 64KiB\n  disk:\n    path: {}\n    max_size: 64MiB\n    max_object_size: 2MiB\n",
-        dir.path().join("cache").display()
-    );
-    let pop = crate::cache::pop_with_cache_section(&origin, dir, &yaml).await;
+    let mut cache = Cache::default().disk(&dir.path().join("cache"), "64MiB");
+    cache.memory = Some(Memory {
+        max_size: None,
+        max_object_size: Some("64KiB".to_string()),
+    });
+    cache.disk_tier().max_object_size = Some("2MiB".to_string());
+    let pop = crate::harness::pop_with_cache_section(&origin, dir, cache).await;
     let size = 3_000_000u64;
     let path = format!("/bytes/{size}?cc=public,max-age=600");
     // The first request learns the size from the core's answer; the client still gets its
@@ -138,7 +140,7 @@ async fn ranges_of_an_object_too_large_to_cache_go_to_the_core() {
     );
     assert!(second.body == pattern_range(2_000_000..2_000_100));
     assert_eq!(origin.hits(), 2);
-    assert!(crate::cache::entry_files(&pop, "body").is_empty());
+    assert!(crate::harness::entry_files(&pop, "body").is_empty());
 }
 
 /// `If-Range` needs a strong validator (RFC 9110 §13.1.5): a weak ETag never matches, so

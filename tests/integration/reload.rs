@@ -120,10 +120,8 @@ async fn the_admin_endpoint_and_the_reload_command_need_the_token() {
     let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
     let token = setup.path("admin.token");
     std::fs::write(&token, "correct-horse\n").expect("token");
-    let config = setup.config(&[&live], &[origin.address], "").replace(
-        "admin:\n",
-        &format!("admin:\n  token_file: {}\n", token.display()),
-    );
+    let mut config = setup.config(&[&live], &[origin.address], "");
+    config.admin.token_file = Some(token);
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
 
@@ -148,7 +146,7 @@ async fn the_admin_endpoint_and_the_reload_command_need_the_token() {
 #[tokio::test]
 async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
     let origin = Origin::start().await;
-    let (setup, _, path, edge) = start_with_live_certificate(&origin).await;
+    let (setup, live, _, edge) = start_with_live_certificate(&origin).await;
     let client = reqwest::Client::new();
     let seen_xff = || async {
         let resp = client
@@ -163,12 +161,13 @@ async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
     assert_eq!(seen_xff().await, vec!["127.0.0.1"]);
 
     let other_core = crate::harness::free_address();
-    let config = std::fs::read_to_string(&path).expect("config");
-    let changed = config.replace(
-        &format!("hosts: [\"{}\"]", origin.address),
-        &format!("hosts: [\"{}\", \"{other_core}\"]", origin.address),
-    ) + "proxy:\n  trusted_proxies: [\"127.0.0.0/8\"]\n";
-    std::fs::write(&path, changed).expect("rewrite config");
+    // The config it started from, with a second core host and a trusted proxy.
+    let changed = setup.config(
+        &[&live],
+        &[origin.address, other_core],
+        "proxy:\n  trusted_proxies: [\"127.0.0.0/8\"]\n",
+    );
+    setup.write_config(&changed);
     let (status, report) = edge.admin_reload(None).await;
     assert_eq!(status, 200);
     assert!(

@@ -19,10 +19,8 @@ const LIMITS: &str = "limits:\n  max_connections: 4\n  client_header_timeout: 2s
 async fn edge(origin: &Origin) -> (Edge, EdgeSetup) {
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let plain = format!("  - name: http\n    address: \"{}\"\n", setup.http);
-    let config = setup.config(&[&cert], &[origin.address], LIMITS);
-    assert!(config.contains(&plain));
-    let config = config.replacen(&plain, &format!("{plain}    h2c: true\n"), 1);
+    let mut config = setup.config(&[&cert], &[origin.address], LIMITS);
+    config.listener("http").h2c = true;
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     (edge, setup)

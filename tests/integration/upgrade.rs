@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::ADMIN_TOKEN;
 use crate::harness::edge::{run_binary, Edge, EdgeSetup};
 use crate::harness::origin::{pattern_range, Origin};
 use crate::harness::{https_client, TestCert};
+use crate::harness::{Cache, Config, Memory, ADMIN_TOKEN};
 
 /// Kills a process this test did not spawn itself (the successor is the old edge's child).
 struct KillOnDrop(u32);
@@ -27,25 +27,16 @@ impl Drop for KillOnDrop {
 
 /// The test edge's config with a token, a private directory for the upgrade socket, and a
 /// grace period long enough for a slow download in flight to finish.
-fn upgrade_config(setup: &EdgeSetup, cert: &TestCert, origin: &Origin, extra: &str) -> String {
+fn upgrade_config(setup: &EdgeSetup, cert: &TestCert, origin: &Origin, extra: &str) -> Config {
     let token = setup.path("admin.token");
     std::fs::write(&token, ADMIN_TOKEN).expect("token");
     let run = setup.path("run");
     std::fs::create_dir_all(&run).expect("run dir");
-    setup
-        .config(&[cert], &[origin.address], extra)
-        .replace("grace_period: 0s", "grace_period: 6s")
-        .replace(
-            "graceful_shutdown_timeout: 1s\n",
-            &format!(
-                "graceful_shutdown_timeout: 1s\n  upgrade_socket: {}\n",
-                run.join("upgrade.sock").display()
-            ),
-        )
-        .replace(
-            "admin:\n  address:",
-            &format!("admin:\n  token_file: {}\n  address:", token.display()),
-        )
+    let mut config = setup.config(&[cert], &[origin.address], extra);
+    config.server.grace_period = "6s".to_string();
+    config.server.upgrade_socket = Some(run.join("upgrade.sock"));
+    config.admin.token_file = Some(token);
+    config
 }
 
 /// Clients that each open a new connection per request until told to stop, counting
@@ -142,12 +133,9 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
     let origin = Origin::start().await;
     let setup = EdgeSetup::new();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup.write_config(&upgrade_config(
-        &setup,
-        &cert,
-        &origin,
-        &crate::cache::cache_yaml(setup.dir.path(), ""),
-    ));
+    let mut with_cache = upgrade_config(&setup, &cert, &origin, "");
+    with_cache.cache = Some(Cache::two_tiers(setup.dir.path()));
+    let config = setup.write_config(&with_cache);
     let mut old = Edge::start(&setup, &config).await;
     let mut successor_guard = None;
 
@@ -231,7 +219,7 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
         assert!(Instant::now() < deadline, "the disk cache was not re-read");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let again = crate::cache::get(
+    let again = crate::harness::get(
         setup.http,
         "/bytes/2000000?chunk=65536&delay_ms=250&cc=public,max-age=600",
         &[],
@@ -259,7 +247,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(old.is_running(), "a stray SIGQUIT stopped the process");
     assert_eq!(
-        crate::cache::get(setup.http, "/after-sigquit", &[])
+        crate::harness::get(setup.http, "/after-sigquit", &[])
             .await
             .status,
         200
@@ -273,16 +261,15 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     let foreign = setup.path("foreign");
     std::fs::create_dir_all(&foreign).expect("dir");
     std::fs::write(foreign.join("precious.txt"), "not a cache").expect("file");
-    let with_cache = upgrade_config(
-        &setup,
-        &cert,
-        &origin,
-        &format!(
-            "cache:\n  memory:\n    max_size: 8MiB\n  disk:\n    path: {}\n    max_size: 64MiB\n    max_object_size: 1MiB\n",
-            foreign.display()
-        ),
-    );
-    std::fs::write(&config, with_cache).expect("config");
+    let mut with_cache = upgrade_config(&setup, &cert, &origin, "");
+    let mut cache = Cache::default().disk(&foreign, "64MiB");
+    cache.memory = Some(Memory {
+        max_size: Some("8MiB".to_string()),
+        max_object_size: None,
+    });
+    cache.disk_tier().max_object_size = Some("1MiB".to_string());
+    with_cache.cache = Some(cache);
+    setup.write_config(&with_cache);
     let (code, stdout, stderr) = upgrade_command(&config).await;
     assert_ne!(code, 0, "{stdout}");
     assert!(
@@ -290,7 +277,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
         "{stderr}"
     );
     assert!(old.is_running());
-    let resp = crate::cache::get(setup.http, "/still-here", &[]).await;
+    let resp = crate::harness::get(setup.http, "/still-here", &[]).await;
     assert_eq!(resp.status, 200);
     assert!(foreign.join("precious.txt").exists());
     assert_eq!(
@@ -299,22 +286,20 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     );
 
     // A config that moves a listener cannot be handed over: refused before anything starts.
-    let moved = upgrade_config(&setup, &cert, &origin, "").replace(
-        &setup.http.to_string(),
-        &crate::harness::free_address().to_string(),
-    );
-    std::fs::write(&config, moved).expect("config");
+    let mut moved = upgrade_config(&setup, &cert, &origin, "");
+    moved.listener("http").address = crate::harness::free_address().to_string();
+    setup.write_config(&moved);
     let (code, _, stderr) = upgrade_command(&config).await;
     assert_ne!(code, 0);
     assert!(stderr.contains("restart instead"), "{stderr}");
 
     // Put right, the same process can still be upgraded.
-    std::fs::write(&config, upgrade_config(&setup, &cert, &origin, "")).expect("config");
+    setup.write_config(&upgrade_config(&setup, &cert, &origin, ""));
     let (code, stdout, stderr) = upgrade_command(&config).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     let new_pid = successor_pid(&stdout);
     let _successor = KillOnDrop(new_pid);
-    let resp = crate::cache::get(setup.http, "/after", &[]).await;
+    let resp = crate::harness::get(setup.http, "/after", &[]).await;
     assert_eq!(resp.status, 200);
 }
 

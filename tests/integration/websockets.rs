@@ -8,6 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::edge::{Edge, EdgeSetup};
 use crate::harness::origin::Origin;
+use crate::harness::{edge_with_groups_and, Group, Route};
 
 /// A websocket server that sends back every message it gets.
 async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -47,10 +48,12 @@ async fn edge_with_streaming(
     streaming: SocketAddr,
     extra: &str,
 ) -> (Edge, EdgeSetup) {
-    crate::forwarding::edge_with_groups_and(
+    edge_with_groups_and(
         &[web],
         streaming,
-        "      - { path: /api/v1/streaming, upstream: streaming, cache: false }\n",
+        vec![Route::at("/api/v1/streaming")
+            .upstream("streaming")
+            .cache(false)],
         extra,
     )
     .await
@@ -155,18 +158,18 @@ async fn a_graceful_shutdown_closes_websockets_with_going_away() {
     let (echo, _task) = echo_server().await;
     let setup = EdgeSetup::new();
     let cert = crate::harness::TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
-    let config = setup
-        .config(
-            &[&cert],
-            &[web.address],
-            "sites:\n  - routes:\n      - { path: /api/v1/streaming, upstream: streaming, cache: false }\n",
-        )
-        .replace(
-            "core:\n  groups:\n",
-            &format!("core:\n  default_group: web\n  groups:\n    streaming:\n      hosts: [\"{echo}\"]\n"),
-        )
-        // Time for requests in flight after the signal, as in production.
-        .replace("grace_period: 0s", "grace_period: 2s");
+    let mut config = setup.config(
+        &[&cert],
+        &[web.address],
+        "sites:\n  - routes:\n      - { path: /api/v1/streaming, upstream: streaming, cache: false }\n",
+    );
+    config.core.default_group = Some("web".to_string());
+    config
+        .core
+        .groups
+        .insert("streaming".to_string(), Group::plain(&[echo]));
+    // Time for requests in flight after the signal, as in production.
+    config.server.grace_period = "2s".to_string();
     let path = setup.write_config(&config);
     let mut edge = Edge::start(&setup, &path).await;
 

@@ -3,22 +3,22 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cache::{get, kill_and_restart};
 use crate::harness::origin::pattern_range;
-use crate::media::{media_pop_with, MediaConfig, MediaPop};
+use crate::harness::{get, kill_and_restart};
+use crate::harness::{media_pop_with, MediaConfig, MediaPop};
 
 /// `spaces` first, then the old server; what the old server has is written to `spaces`.
-fn config(top: &'static str) -> MediaConfig<'static> {
+fn config(queue: &'static [(&'static str, &'static str)]) -> MediaConfig<'static> {
     MediaConfig {
-        chain: "spaces, disk, old",
-        route_extra: "          write_through: [spaces]\n",
-        top_extra: top,
+        chain: &["spaces", "disk", "old"],
+        write_through: &["spaces"],
+        queue: Some(queue),
         ..MediaConfig::default()
     }
 }
 
-const QUEUE: &str =
-    "write_through:\n  queue_dir: {dir}/queue\n  retry_min: 100ms\n  retry_max: 500ms\n";
+/// The queue's settings: retries quick enough for a test.
+const QUEUE: &[(&str, &str)] = &[("retry_min", "100ms"), ("retry_max", "500ms")];
 
 /// Waits until `edgecache_write_through_jobs_total{event=...}` reaches `count`.
 async fn wait_jobs(media: &MediaPop, event: &str, count: f64) {
@@ -58,7 +58,7 @@ async fn media_from_legacy_places_lands_in_the_store_byte_exact() {
 #[tokio::test]
 async fn an_object_already_in_the_store_is_never_overwritten() {
     let media = media_pop_with(MediaConfig {
-        chain: "disk, spaces",
+        chain: &["disk", "spaces"],
         ..config(QUEUE)
     })
     .await;
@@ -149,10 +149,7 @@ async fn jobs_wait_on_disk_while_the_store_is_down_and_survive_kill_9() {
 
 #[tokio::test]
 async fn a_full_queue_drops_the_copy_not_the_request() {
-    let mut media = media_pop_with(config(
-        "write_through:\n  queue_dir: {dir}/queue\n  max_jobs: 1\n  retry_min: 1s\n",
-    ))
-    .await;
+    let mut media = media_pop_with(config(&[("max_jobs", "1"), ("retry_min", "1s")])).await;
     media.s3.stop();
     let http = media.pop.setup.http;
     for n in [1000u64, 2000] {
@@ -175,7 +172,7 @@ async fn a_full_queue_drops_the_copy_not_the_request() {
 #[tokio::test]
 async fn large_objects_are_uploaded_in_verified_parts() {
     let media = media_pop_with(MediaConfig {
-        spaces_extra: "    multipart_threshold: 5MiB\n    part_size: 5MiB\n",
+        spaces: &[("multipart_threshold", "5MiB"), ("part_size", "5MiB")],
         ..config(QUEUE)
     })
     .await;
@@ -212,13 +209,16 @@ async fn large_objects_are_uploaded_in_verified_parts() {
 async fn every_write_through_store_that_lacks_the_object_gets_it() {
     let backup = crate::harness::s3::S3Server::start().await;
     let credentials_dir = tempfile::tempdir().expect("tempdir");
-    // The second store's entry follows the first one's lines.
-    let backup_yaml = backup.store_yaml("backup", credentials_dir.path(), "");
+    let backup_store = backup.store("backup", credentials_dir.path());
     let media = media_pop_with(MediaConfig {
-        chain: "spaces, backup, old",
-        route_extra: "          write_through: [spaces, backup]\n",
-        spaces_extra: &backup_yaml,
-        top_extra: QUEUE,
+        chain: &["spaces", "backup", "old"],
+        write_through: &["spaces", "backup"],
+        queue: Some(QUEUE),
+        change: &|config, _| {
+            config
+                .stores
+                .insert("backup".to_string(), backup_store.clone());
+        },
         ..MediaConfig::default()
     })
     .await;
@@ -240,9 +240,11 @@ async fn every_write_through_store_that_lacks_the_object_gets_it() {
 
 #[tokio::test]
 async fn a_job_that_keeps_failing_is_set_aside_after_max_attempts() {
-    let mut media = media_pop_with(config(
-        "write_through:\n  queue_dir: {dir}/queue\n  retry_min: 50ms\n  retry_max: 50ms\n  max_attempts: 2\n",
-    ))
+    let mut media = media_pop_with(config(&[
+        ("retry_min", "50ms"),
+        ("retry_max", "50ms"),
+        ("max_attempts", "2"),
+    ]))
     .await;
     media.s3.stop();
     let answer = get(media.pop.setup.http, "/system/777", &[]).await;

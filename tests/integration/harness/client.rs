@@ -1,5 +1,6 @@
 //! Clients: a TLS probe that reports which certificate and protocol the edge chose, HTTPS
-//! clients that verify for real, and a raw socket for requests no good client would send.
+//! clients that verify for real, a raw socket for requests no good client would send, and
+//! a plain GET that returns the whole answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -229,4 +230,48 @@ async fn exchange(address: SocketAddr, request: &[u8], half_close: bool) -> Stri
 /// The status code of a raw HTTP/1 answer.
 pub fn raw_status(answer: &str) -> Option<u16> {
     answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One answer, whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn cache_status(&self) -> &str {
+        self.headers
+            .get("x-cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("origin JSON")
+    }
+}
+
+pub async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut request = client.get(format!("http://{address}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let resp = request.send().await.expect("request");
+    Answer {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.expect("body").to_vec(),
+    }
 }

@@ -1,32 +1,70 @@
 //! The real edgecache binary, started with a config written for one test.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::harness::config::Config;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_edgecache");
 
-/// A port that was free a moment ago on 127.0.0.1, for an edge to bind later. It is taken
-/// below the kernel's ephemeral range (32768 and up), where the local ports of the tests'
-/// many client connections come from: a port from there could be in use by a client by
-/// the time the edge binds it. Each call in this process gets another port.
-pub fn free_address() -> SocketAddr {
+/// Edges' ports come from here: below the kernel's ephemeral range (32768 and up), where
+/// the local ports of the tests' many client connections (and every port-0 listener)
+/// come from, so none of those can be holding a port by the time an edge binds it.
+const LOW: u32 = 10_000;
+const SPAN: u32 = 22_000;
+
+/// Lock files of the ports this process has taken, held until it exits. Test processes
+/// running at the same time (several checkouts, several `cargo test`) each lock the ports
+/// they take, so none hands a port to its edges that another one's edge binds or rebinds
+/// (after a restart, a port is bound again long after it was chosen).
+static TAKEN: parking_lot::Mutex<Vec<std::fs::File>> = parking_lot::const_mutex(Vec::new());
+
+/// A port on 127.0.0.1, locked for this process and held bound (not listening, so a
+/// connection to it is refused as to a closed port) until the socket is dropped. Without
+/// SO_REUSEADDR on the held socket, nobody else can bind the port meanwhile.
+fn take_port() -> (SocketAddr, socket2::Socket) {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 10_000;
-    const SPAN: u32 = 22_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let locks = std::env::temp_dir().join("edgecache-test-ports");
+    // Another user's run may own the directory or a lock file: then that port is only
+    // probed by binding it, as without locks.
+    let _ = std::fs::create_dir_all(&locks);
+    // Processes start at different places, so they seldom meet on the same ports.
     let offset = (std::process::id() % 1000) * 20;
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = u16::try_from(LOW + (offset + n) % SPAN).expect("port in range");
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("probe address");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(locks.join(format!("{port}.lock")))
+            .ok();
+        if lock.as_ref().is_some_and(|l| l.try_lock().is_err()) {
+            continue;
+        }
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if socket.bind(&address.into()).is_ok() {
+            TAKEN.lock().extend(lock);
+            return (address, socket);
         }
     }
     panic!("no free port below the ephemeral range");
+}
+
+/// A port that was free a moment ago on 127.0.0.1, for something to bind later (an origin
+/// started after the edge, a core host that is never there). No other test process will
+/// take it, but between now and the bind anything else on the machine still could: an
+/// edge's own ports are held until it starts ([`EdgeSetup::new`]); closing that window
+/// entirely needs the edge to bind port 0 and report its addresses.
+pub fn free_address() -> SocketAddr {
+    take_port().0
 }
 
 /// A certificate written into a test directory.
@@ -55,20 +93,6 @@ impl TestCert {
             pem: generated.cert_pem,
         }
     }
-
-    /// The YAML list item for this certificate.
-    pub fn yaml(&self) -> String {
-        format!(
-            "        - names: [{}]\n          cert: {}\n          key: {}\n",
-            self.names
-                .iter()
-                .map(|n| format!("\"{n}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.cert.display(),
-            self.key.display()
-        )
-    }
 }
 
 fn pem_to_der(pem: &str) -> Vec<u8> {
@@ -84,37 +108,48 @@ pub struct EdgeSetup {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// The three ports, held bound until the edge is about to start, so nothing else takes
+    /// them while the test writes certificates and starts its origins and stores.
+    held: parking_lot::Mutex<Vec<socket2::Socket>>,
 }
 
 impl EdgeSetup {
     pub fn new() -> EdgeSetup {
+        let (http, http_socket) = take_port();
+        let (https, https_socket) = take_port();
+        let (admin, admin_socket) = take_port();
         EdgeSetup {
             dir: tempfile::tempdir().expect("tempdir"),
-            http: free_address(),
-            https: free_address(),
-            admin: free_address(),
+            http,
+            https,
+            admin,
+            held: parking_lot::Mutex::new(vec![http_socket, https_socket, admin_socket]),
         }
+    }
+
+    /// Lets the ports go, for the edge to bind them. From here until the edge has bound
+    /// them, only a process outside the test suite could take them.
+    pub fn release_ports(&self) {
+        self.held.lock().clear();
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    /// A config with an HTTP listener, an HTTPS listener serving `certs`, the admin
-    /// listener, the core at `core`, plus `extra` YAML appended at top level.
-    pub fn config(&self, certs: &[&TestCert], core: &[SocketAddr], extra: &str) -> String {
-        let certificates: String = certs.iter().map(|c| c.yaml()).collect();
-        let hosts: Vec<String> = core.iter().map(|a| format!("\"{a}\"")).collect();
-        format!(
-            "listeners:\n  - name: http\n    address: \"{http}\"\n  - name: https\n    address: \"{https}\"\n    tls:\n      certificates:\n{certificates}admin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [{hosts}]\n      connect_timeout: 1s\n      read_timeout: 3s\n      health:\n        interval: 1s\nserver:\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n{extra}",
-            http = self.http,
-            https = self.https,
-            admin = self.admin,
-            hosts = hosts.join(", "),
-        )
+    /// The test config ([`Config::edge`]) on this setup's addresses, serving `certs` on
+    /// HTTPS, in front of `core`, with the top-level sections in `extra` added.
+    pub fn config(&self, certs: &[&TestCert], core: &[SocketAddr], extra: &str) -> Config {
+        Config::edge(self.http, self.https, self.admin, certs, core).with_sections(extra)
     }
 
-    pub fn write_config(&self, text: &str) -> PathBuf {
+    /// Writes `config` where [`Edge::start`] and restarts read it.
+    pub fn write_config(&self, config: &Config) -> PathBuf {
+        self.write_config_text(&config.render())
+    }
+
+    /// Writes a config given as text, for a test that means to write a bad one.
+    pub fn write_config_text(&self, text: &str) -> PathBuf {
         let path = self.path("edgecache.yaml");
         std::fs::write(&path, text).expect("write config");
         path
@@ -153,6 +188,7 @@ impl Edge {
     pub async fn start(setup: &EdgeSetup, config: &Path) -> Edge {
         let stdout = setup.path("stdout.log");
         let stderr = setup.path("stderr.log");
+        setup.release_ports();
         let child = Command::new(BINARY)
             .args(["serve", "--config"])
             .arg(config)

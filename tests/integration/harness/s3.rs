@@ -11,6 +11,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use tempfile::TempDir;
 
+use super::config::Store;
 use super::edge::free_address;
 
 pub const S3_ACCESS_KEY: &str = "edgecache-test";
@@ -83,18 +84,14 @@ impl S3Server {
     }
 
     /// A `stores:` entry for this server, its credentials in a file under `dir`.
-    pub fn store_yaml(&self, name: &str, dir: &std::path::Path, extra: &str) -> String {
+    pub fn store(&self, name: &str, dir: &std::path::Path) -> Store {
         let credentials = dir.join(format!("{name}.credentials"));
         std::fs::write(
             &credentials,
             format!("access_key_id: {S3_ACCESS_KEY}\nsecret_access_key: {S3_SECRET_KEY}\n"),
         )
         .expect("credentials file");
-        format!(
-            "  {name}:\n    kind: s3\n    endpoint: {}\n    bucket: {BUCKET}\n    credentials_file: {}\n{extra}",
-            self.endpoint(),
-            credentials.display()
-        )
+        Store::s3(&self.endpoint(), BUCKET, &credentials)
     }
 
     /// A client with the server's credentials.
