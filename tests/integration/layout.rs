@@ -34,7 +34,9 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ),
     (
         "upstream",
-        &["proxy", "cache", "origin", "store", "migrate", "server", "admin"],
+        &[
+            "proxy", "cache", "origin", "store", "migrate", "server", "admin",
+        ],
         "the core's groups and the mesh know nothing of the hooks, the cache or media",
     ),
     (
