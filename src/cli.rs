@@ -31,6 +31,16 @@ pub enum Command {
         /// With --upgrade: send that SIGQUIT to this process once ready to take over.
         #[arg(long, requires = "upgrade", value_name = "PID")]
         upgrade_from: Option<u32>,
+        /// Once every listener listens, write each one's address to this file, one
+        /// `name address` line each (`admin`, `listener:<name>`): the way to learn the
+        /// ports the kernel chose for listeners configured with port 0.
+        #[arg(long, value_name = "FILE")]
+        addresses_file: Option<PathBuf>,
+        /// With --upgrade: a listener's address in the running process, as `name=address`
+        /// (names as in --addresses-file). A port-0 listener keeps it. The running process
+        /// passes these when it starts its successor.
+        #[arg(long, requires = "upgrade", value_name = "NAME=ADDRESS", value_parser = parse_inherited)]
+        inherit_address: Vec<(String, std::net::SocketAddr)>,
     },
     /// Validate a config file (certificates included) without serving; exit 64 if invalid.
     CheckConfig {
@@ -121,4 +131,15 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+}
+
+/// `listener:http=127.0.0.1:8080` → (`listener:http`, 127.0.0.1:8080).
+fn parse_inherited(text: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (name, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected name=address, got {text:?}"))?;
+    let address = address
+        .parse()
+        .map_err(|e| format!("invalid address {address:?}: {e}"))?;
+    Ok((name.to_string(), address))
 }

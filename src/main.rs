@@ -26,9 +26,15 @@ fn main() -> ExitCode {
             config,
             upgrade,
             upgrade_from,
+            addresses_file,
+            inherit_address,
         } => serve(
             &config,
-            upgrade.then_some(server::Handover { from: upgrade_from }),
+            upgrade.then(|| server::Handover {
+                from: upgrade_from,
+                inherited: inherit_address.into_iter().collect(),
+            }),
+            addresses_file,
         ),
         Command::CheckConfig { file } => check_config(&file),
         Command::CheckCertificate { cert, key } => check_certificate(&cert, &key),
@@ -99,11 +105,15 @@ fn load_or_exit(path: &Path) -> Config {
 }
 
 /// Runs the PoP until it is told to stop.
-fn serve(path: &Path, handover: Option<server::Handover>) -> ExitCode {
+fn serve(
+    path: &Path,
+    handover: Option<server::Handover>,
+    addresses_file: Option<std::path::PathBuf>,
+) -> ExitCode {
     let config = load_or_exit(path);
     logging::init(&config.logging);
     upgrade::hold_upgrade_signal();
-    let (server, run_args) = match server::build(config, handover) {
+    let (server, run_args) = match server::build(config, handover, addresses_file) {
         Ok(built) => built,
         Err(e) => {
             eprintln!("edgecache: {e}");
@@ -191,6 +201,13 @@ fn ask_admin(
     ) -> Result<String, admin_client::AdminRequestError>,
 ) -> ExitCode {
     let config = load_or_exit(path);
+    if config.admin.address.port() == 0 {
+        eprintln!(
+            "edgecache: {}: admin.address has port 0, so the running PoP's admin port is the one the kernel chose, which this command cannot know (`serve --addresses-file` reports it): give the admin listener a fixed port",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match ask(config.admin.address, config.admin.token.as_deref()) {
         Ok(report) => {
             print!("{report}");

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -32,6 +33,7 @@ use crate::proxy::media_urls::MediaUrls;
 use crate::proxy::websocket::{GoingAway, GoingAwayService};
 use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
 use crate::reload::{Reloader, RestartOnly, RunningListener, SighupService};
+use crate::sockets::{self, AddressClaim, AddressReport, ClaimError, ClaimedAddress};
 use crate::store::places::Places;
 use crate::store::StoreError;
 use crate::store::Tombstones;
@@ -50,12 +52,10 @@ pub enum StartError {
     Mesh(#[from] MeshError),
     #[error("cannot set up fleet purges: {0}")]
     Fleet(#[from] FleetError),
-    #[error("cannot listen on {address} (listener {name}): {source}")]
-    Bind {
-        name: String,
-        address: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] ClaimError),
+    #[error("no address was claimed for listener {0} (a defect)")]
+    Unclaimed(String),
     #[error("TLS setup of listener {name} failed: {detail}")]
     Tls { name: String, detail: String },
     #[error("cannot open the cache: {0}")]
@@ -76,25 +76,38 @@ pub enum StartError {
 }
 
 /// This process takes its listening sockets over from a running edgecache.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Handover {
     /// The running process to send SIGQUIT once this one is ready; `None` when the operator
     /// sends it.
     pub from: Option<u32>,
+    /// The addresses the running process bound, by listener name: a port-0 listener keeps
+    /// its port across the handover.
+    pub inherited: HashMap<String, SocketAddr>,
 }
 
 /// Builds a ready-to-run pingora server, and the signal handling to run it with. With a
 /// `handover`, the listening sockets come from the running process, asked for only once
 /// everything else here is set up.
+/// Each listener's bound address is logged once it listens, and written to
+/// `addresses_file` when given (the way to learn the ports of port-0 listeners).
 pub fn build(
     mut config: Config,
     handover: Option<Handover>,
+    addresses_file: Option<PathBuf>,
 ) -> Result<(Server, RunArgs), StartError> {
-    if handover.is_none() {
-        check_addresses_free(&config)?;
-    }
-    let mut server = new_server(&config, handover);
-    let upgrader = Upgrader::new(&config);
+    let wanted: Vec<(String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .map(|l| (sockets::listener_key(&l.name), l.address))
+        .chain(std::iter::once((
+            sockets::ADMIN.to_string(),
+            config.admin.address,
+        )))
+        .collect();
+    let claim = sockets::claim(&wanted, handover.as_ref().map(|h| &h.inherited))?;
+    let mut server = new_server(&config, handover.is_some());
+    let upgrader = Upgrader::new(&config, claim.pairs(), addresses_file.clone());
     let cache = config
         .cache
         .as_ref()
@@ -105,7 +118,7 @@ pub fn build(
         "graceful upgrade",
         UpgradeService {
             upgrader: upgrader.clone(),
-            predecessor: handover.and_then(|h| h.from),
+            predecessor: handover.as_ref().and_then(|h| h.from),
             cache: cache.clone(),
         },
     );
@@ -135,7 +148,7 @@ pub fn build(
     });
     let restart_only = RestartOnly::of(&config);
     let listeners = std::mem::take(&mut config.listeners);
-    let (reloadable, listener_addresses) = add_listeners(&mut server, &config, listeners, &shared)?;
+    let reloadable = add_listeners(&mut server, &config, listeners, &claim, &shared)?;
     let reloader = Arc::new(Reloader {
         config_path: config.source.clone(),
         listeners: reloadable,
@@ -152,6 +165,14 @@ pub fn build(
             reloader: reloader.clone(),
         },
     );
+    let listener_addresses = claim
+        .pairs()
+        .into_iter()
+        .filter_map(|(key, address)| {
+            let name = key.strip_prefix("listener:")?;
+            Some((name.to_string(), address))
+        })
+        .collect();
     let admin = AdminApp {
         listeners: listener_addresses,
         core,
@@ -161,7 +182,12 @@ pub fn build(
         purger,
         upgrader: upgrader.clone(),
     };
-    add_admin(&mut server, &config, admin);
+    add_admin(&mut server, &claim, admin)?;
+    add_background(
+        &mut server,
+        "address report",
+        AddressReport::new(claim, addresses_file),
+    );
     if let Some(handover) = handover {
         take_over_sockets(&config, handover)?;
     }
@@ -173,7 +199,7 @@ pub fn build(
 }
 
 /// The pingora server with our shutdown periods, thread count and upgrade socket.
-fn new_server(config: &Config, handover: Option<Handover>) -> Server {
+fn new_server(config: &Config, handover: bool) -> Server {
     let conf = ServerConf {
         threads: config.server.threads,
         grace_period_seconds: Some(whole_seconds_up(config.server.grace_period)),
@@ -185,7 +211,7 @@ fn new_server(config: &Config, handover: Option<Handover>) -> Server {
         ..ServerConf::default()
     };
     let options = pingora::server::configuration::Opt {
-        upgrade: handover.is_some(),
+        upgrade: handover,
         ..Default::default()
     };
     Server::new_with_opt_and_conf(Some(options), conf)
@@ -319,27 +345,24 @@ fn media_origin(
     Ok(origin)
 }
 
-/// What a reload may change of each listener, by name, and each listener's address (for
-/// `/readyz`).
-type Listening = (HashMap<String, RunningListener>, Vec<(String, SocketAddr)>);
-
-/// Every listener's proxy service.
+/// Every listener's proxy service; returns what a reload may change of each, by name.
 fn add_listeners(
     server: &mut Server,
     config: &Config,
     listeners: Vec<Listener>,
+    claim: &AddressClaim,
     shared: &Arc<ProxyShared>,
-) -> Result<Listening, StartError> {
-    let addresses = listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.address))
-        .collect();
+) -> Result<HashMap<String, RunningListener>, StartError> {
     let mut reloadable = HashMap::new();
     for listener in listeners {
-        let (name, running) = add_listener(server, config, listener, shared)?;
+        let bound = claim
+            .get(&sockets::listener_key(&listener.name))
+            .cloned()
+            .ok_or_else(|| StartError::Unclaimed(listener.name.clone()))?;
+        let (name, running) = add_listener(server, config, listener, bound, shared)?;
         reloadable.insert(name, running);
     }
-    Ok((reloadable, addresses))
+    Ok(reloadable)
 }
 
 /// One listener's proxy service, with TLS by SNI when it has certificates; returns what a
@@ -348,6 +371,7 @@ fn add_listener(
     server: &mut Server,
     config: &Config,
     listener: Listener,
+    bound: ClaimedAddress,
     shared: &Arc<ProxyShared>,
 ) -> Result<(String, RunningListener), StartError> {
     let tls = listener.tls.is_some();
@@ -371,11 +395,16 @@ fn add_listener(
             deadlines.clone(),
         ),
     );
-    let address = listener.address.to_string();
+    // Also the key under which a handover passes this socket on.
+    let address = bound.address.to_string();
     // `[::]:443` next to `0.0.0.0:443` needs the IPv6 socket to stay IPv6-only.
     let mut socket_options = TcpSocketOptions::default();
-    if listener.address.is_ipv6() {
+    if bound.address.is_ipv6() {
         socket_options.ipv6_only = Some(true);
+    }
+    if bound.chosen_here {
+        // To bind beside the socket that holds the port until this one listens.
+        socket_options.so_reuseport = Some(true);
     }
     let tcp = ListenerConfig::tcp(&address)
         .tcp_socket_options(socket_options)
@@ -415,11 +444,20 @@ fn add_listener(
 }
 
 /// The admin listener: one thread, on its own address.
-fn add_admin(server: &mut Server, config: &Config, app: AdminApp) {
+fn add_admin(server: &mut Server, claim: &AddressClaim, app: AdminApp) -> Result<(), StartError> {
+    let bound = claim
+        .get(sockets::ADMIN)
+        .ok_or_else(|| StartError::Unclaimed(sockets::ADMIN.to_string()))?;
     let mut admin = Service::new("admin".to_string(), HttpServer::new_app(app));
-    admin.add_tcp(&config.admin.address.to_string());
+    let mut socket_options = TcpSocketOptions::default();
+    if bound.chosen_here {
+        // To bind beside the socket that holds the port until this one listens.
+        socket_options.so_reuseport = Some(true);
+    }
+    admin.add_tcp_with_settings(&bound.address.to_string(), socket_options);
     admin.threads = Some(1);
     server.add_service(admin);
+    Ok(())
 }
 
 /// Everything that can fail has been set up; only now is the running process asked to let
@@ -444,49 +482,4 @@ fn connection_buffers() -> L4BufferSettings {
 /// Pingora counts these periods in whole seconds; `500ms` must not become no time at all.
 fn whole_seconds_up(duration: std::time::Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
-}
-
-/// Pingora panics in a service thread when it cannot bind, leaving a process without that
-/// listener. Binding every address first, all held at once so that `0.0.0.0:80` and
-/// `127.0.0.1:80` collide here as they would there, turns that into one clear error at start.
-fn check_addresses_free(config: &Config) -> Result<(), StartError> {
-    let all = config
-        .listeners
-        .iter()
-        .map(|l| (l.name.clone(), l.address))
-        .chain(std::iter::once(("admin".to_string(), config.admin.address)));
-    let mut held = Vec::new();
-    for (name, address) in all {
-        let socket = match address {
-            std::net::SocketAddr::V4(_) => {
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            }
-            std::net::SocketAddr::V6(_) => {
-                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
-            }
-        };
-        let bound = socket.and_then(|socket| {
-            if address.is_ipv6() {
-                // As the listener will be: IPv6 only, beside an IPv4 one on the same port.
-                socket.set_only_v6(true)?;
-            }
-            // Like the real listener: reuse past TIME_WAIT, and listen, which is where
-            // overlapping addresses collide on Linux.
-            socket.set_reuse_address(true)?;
-            socket.bind(&address.into())?;
-            socket.listen(1)?;
-            Ok(socket)
-        });
-        match bound {
-            Ok(socket) => held.push(socket),
-            Err(source) => {
-                return Err(StartError::Bind {
-                    name,
-                    address,
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
 }

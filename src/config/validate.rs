@@ -120,7 +120,7 @@ impl Config {
 
         if let Some(admin) = &admin {
             for (i, listener) in listeners.iter().enumerate() {
-                if listener.address == admin.address {
+                if listener.address == admin.address && admin.address.port() != 0 {
                     check.problem(
                         &format!("listeners[{i}].address"),
                         format!("{} is also the admin address", listener.address),
@@ -203,7 +203,8 @@ fn listeners(check: &mut Checker, files: &[file::ListenerFile]) -> Vec<Listener>
         }
         let address = check.socket_addr(&format!("{key}.address"), &listener.address);
         if let Some(address) = address {
-            if !addresses.insert(address) {
+            // Port 0 is a different port of the kernel's choice for each listener.
+            if address.port() != 0 && !addresses.insert(address) {
                 check.problem(
                     &format!("{key}.address"),
                     format!("{address} is used by another listener"),

@@ -99,6 +99,11 @@ pub struct Upgrader {
     binary: PathBuf,
     config: PathBuf,
     socket: PathBuf,
+    /// Every listener's bound address, by name: the successor's port-0 listeners keep
+    /// theirs, so the sockets it is handed are the ones it looks for.
+    bound: Vec<(String, std::net::SocketAddr)>,
+    /// Where this process reported its addresses; the successor reports there too.
+    addresses_file: Option<PathBuf>,
     /// The successor being started, if any.
     successor: Mutex<Option<u32>>,
     /// Set when this process got SIGQUIT from a successor: its sockets are being handed
@@ -132,7 +137,11 @@ impl HandedOverSockets {
 }
 
 impl Upgrader {
-    pub fn new(config: &Config) -> Arc<Upgrader> {
+    pub fn new(
+        config: &Config,
+        bound: Vec<(String, std::net::SocketAddr)>,
+        addresses_file: Option<PathBuf>,
+    ) -> Arc<Upgrader> {
         // Read now: once the binary is replaced, /proc/self/exe names a deleted file.
         let binary = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("edgecache"));
         Arc::new(Upgrader {
@@ -140,6 +149,8 @@ impl Upgrader {
             binary,
             config: config.source.clone(),
             socket: config.server.upgrade_socket.clone(),
+            bound,
+            addresses_file,
             successor: Mutex::new(None),
             handing_over: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -175,13 +186,23 @@ impl Upgrader {
         prepare_socket_directory(&self.socket)?;
         // A socket file left by an earlier attempt would look like a listening successor.
         let _ = std::fs::remove_file(&self.socket);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
             .arg("--upgrade")
             .arg("--upgrade-from")
-            .arg(std::process::id().to_string())
+            .arg(std::process::id().to_string());
+        for (name, address) in &self.bound {
+            command
+                .arg("--inherit-address")
+                .arg(format!("{name}={address}"));
+        }
+        if let Some(file) = &self.addresses_file {
+            command.arg("--addresses-file").arg(file);
+        }
+        let child = command
             .stdin(Stdio::null())
             .spawn()
             .map_err(|source| UpgradeError::Spawn {

@@ -42,14 +42,14 @@ async fn metrics_count_requests_latency_and_connections() {
     let client = reqwest::Client::new();
     for _ in 0..3 {
         let resp = client
-            .get(format!("http://{}/api/v1/instance", setup.http))
+            .get(format!("http://{}/api/v1/instance", setup.http()))
             .send()
             .await
             .expect("request");
         assert_eq!(resp.status(), 200);
     }
     let resp = client
-        .get(format!("http://{}/status/404", setup.http))
+        .get(format!("http://{}/status/404", setup.http()))
         .send()
         .await
         .expect("request");
@@ -99,7 +99,7 @@ async fn each_request_writes_one_json_access_log_line() {
     let origin = Origin::start().await;
     let (edge, setup) = edge_for(origin.address, "").await;
     let resp = reqwest::Client::new()
-        .get(format!("http://{}/@alice/statuses?x=1", setup.http))
+        .get(format!("http://{}/@alice/statuses?x=1", setup.http()))
         .header("Host", "hachyderm.example")
         .header("User-Agent", "access-log-test")
         .send()
@@ -156,7 +156,7 @@ async fn the_access_log_can_go_to_a_file() {
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;
     for _ in 0..2 {
-        reqwest::get(format!("http://{}/file-log", setup.http))
+        reqwest::get(format!("http://{}/file-log", setup.http()))
             .await
             .expect("request");
     }
@@ -168,7 +168,7 @@ async fn the_access_log_can_go_to_a_file() {
     edge.signal(nix::sys::signal::Signal::SIGHUP);
     edge.wait_metric("edgecache_reloads_total{result=\"ok\"}", 1.0)
         .await;
-    reqwest::get(format!("http://{}/after-rotation", setup.http))
+    reqwest::get(format!("http://{}/after-rotation", setup.http()))
         .await
         .expect("request");
     wait_for_lines(&log, "/after-rotation", 1).await;
@@ -221,7 +221,7 @@ async fn an_http_health_check_takes_a_failing_core_host_out_of_rotation() {
     // pingora flips the host's state right after our check records it; allow it that moment.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     for _ in 0..6 {
-        let resp = reqwest::get(format!("http://{}/api/v1/instance", setup.http))
+        let resp = reqwest::get(format!("http://{}/api/v1/instance", setup.http()))
             .await
             .expect("request");
         assert_eq!(resp.status(), 200);
@@ -240,7 +240,7 @@ async fn an_http_health_check_takes_a_failing_core_host_out_of_rotation() {
 async fn process_logs_can_be_json() {
     let origin = Origin::start().await;
     let (edge, setup) = edge_for(origin.address, "logging:\n  format: json\n").await;
-    reqwest::get(format!("http://{}/", setup.http))
+    reqwest::get(format!("http://{}/", setup.http()))
         .await
         .expect("request");
     let text = edge.stderr_text();
@@ -274,4 +274,32 @@ fn the_reload_command_says_when_no_pop_is_listening() {
         stderr.contains(&format!("cannot reach the admin listener at {admin}")),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_admin_commands_refuse_an_admin_address_on_port_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edgecache.yaml");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let config = Config::edge(
+        any,
+        any,
+        any,
+        &[],
+        &["127.0.0.1:3000".parse().expect("address")],
+    );
+    std::fs::write(&path, config.render()).expect("write");
+    let path = path.to_str().expect("utf-8");
+    for command in [
+        vec!["reload", "--config", path],
+        vec!["upgrade", "--config", path],
+        vec!["purge", "--config", path, "http://hachyderm.example/x"],
+    ] {
+        let (code, _, stderr) = crate::harness::run_binary(&command);
+        assert_eq!(code, 64, "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("admin.address has port 0") && stderr.contains(path),
+            "{command:?}: {stderr}"
+        );
+    }
 }

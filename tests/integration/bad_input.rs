@@ -73,7 +73,7 @@ async fn malformed_requests_get_the_right_status_and_never_reach_the_core() {
         ),
     ];
     for (name, request, expected) in &cases {
-        let answer = raw_exchange(setup.http, request).await;
+        let answer = raw_exchange(setup.http(), request).await;
         assert_eq!(
             raw_status(&answer),
             Some(*expected),
@@ -92,7 +92,7 @@ async fn malformed_requests_get_the_right_status_and_never_reach_the_core() {
 
     // A good request on a fresh connection still works.
     let answer = raw_exchange(
-        setup.http,
+        setup.http(),
         b"GET /fine HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -127,12 +127,12 @@ async fn random_bytes_on_every_port_never_take_the_process_down() {
             bytes = prefixed;
         }
         let target = if seed % 2 == 0 {
-            setup.http
+            setup.http()
         } else {
-            setup.https
+            setup.https()
         };
         let answer = raw_exchange_then_close(target, &bytes).await;
-        if target == setup.http {
+        if target == setup.http() {
             if let Some(status) = raw_status(&answer) {
                 assert!((400..500).contains(&status), "seed {seed}: {answer}");
             }
@@ -150,7 +150,7 @@ async fn a_client_that_stalls_its_body_gets_a_408() {
         mut edge, setup, ..
     } = start_pop(&[origin.address], "limits:\n  client_body_timeout: 1s\n").await;
 
-    let mut stream = tokio::net::TcpStream::connect(setup.http)
+    let mut stream = tokio::net::TcpStream::connect(setup.http())
         .await
         .expect("connect");
     stream
@@ -180,11 +180,14 @@ async fn an_http2_request_with_oversized_headers_gets_431() {
     let client = crate::harness::https_client(
         &[cert_pem.as_str()],
         &["hachyderm.example"],
-        setup.https,
+        setup.https(),
         false,
     );
     let resp = client
-        .get(format!("https://hachyderm.example:{}/", setup.https.port()))
+        .get(format!(
+            "https://hachyderm.example:{}/",
+            setup.https().port()
+        ))
         .header("X-Big", "b".repeat(20 * 1024))
         .send()
         .await
@@ -198,7 +201,7 @@ async fn an_http2_request_with_oversized_headers_gets_431() {
 async fn a_chunked_body_with_an_invalid_chunk_size_gets_400() {
     let (_edge, setup, origin) = edge_with_origin().await;
     let answer = raw_exchange(
-        setup.http,
+        setup.http(),
         b"POST /api/v1/statuses HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     )
     .await;

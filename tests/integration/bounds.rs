@@ -27,7 +27,7 @@ async fn the_memory_tier_stays_within_max_size() {
     let pop = pop_with_cache_section(&origin, dir, cache).await;
     for i in 0..30 {
         let answer = get(
-            pop.setup.http,
+            pop.setup.http(),
             &format!("/bytes/100000?cc=public,max-age=600&n={i}"),
             &[],
         )
@@ -48,8 +48,8 @@ async fn the_memory_tier_stays_within_max_size() {
     assert!((1.0..=10.0).contains(&objects), "{objects} objects");
     // Larger than the memory tier takes and there is no disk tier: passed through.
     let big = "/bytes/300000?cc=public,max-age=600";
-    assert_eq!(get(pop.setup.http, big, &[]).await.body.len(), 300_000);
-    assert_eq!(get(pop.setup.http, big, &[]).await.cache_status(), "MISS");
+    assert_eq!(get(pop.setup.http(), big, &[]).await.body.len(), 300_000);
+    assert_eq!(get(pop.setup.http(), big, &[]).await.cache_status(), "MISS");
 }
 
 #[tokio::test]
@@ -63,12 +63,12 @@ async fn the_disk_tier_evicts_least_recently_used_to_stay_within_max_size() {
     section.disk_tier().max_object_size = Some("2MiB".to_string());
     let pop = pop_with_cache_section(&origin, dir, section).await;
     let path = |i: usize| format!("/bytes/1000000?cc=public,max-age=600&n={i}");
-    get(pop.setup.http, &path(0), &[]).await;
+    get(pop.setup.http(), &path(0), &[]).await;
     for i in 1..12 {
-        get(pop.setup.http, &path(i), &[]).await;
+        get(pop.setup.http(), &path(i), &[]).await;
         // Object 0 is used all the time: LRU keeps it.
         assert_eq!(
-            get(pop.setup.http, &path(0), &[]).await.cache_status(),
+            get(pop.setup.http(), &path(0), &[]).await.cache_status(),
             "HIT",
             "round {i}"
         );
@@ -79,11 +79,11 @@ async fn the_disk_tier_evicts_least_recently_used_to_stay_within_max_size() {
         );
     }
     assert_eq!(
-        get(pop.setup.http, &path(1), &[]).await.cache_status(),
+        get(pop.setup.http(), &path(1), &[]).await.cache_status(),
         "MISS"
     );
     assert_eq!(
-        get(pop.setup.http, &path(11), &[]).await.cache_status(),
+        get(pop.setup.http(), &path(11), &[]).await.cache_status(),
         "HIT"
     );
     let evictions = pop
@@ -94,8 +94,11 @@ async fn the_disk_tier_evicts_least_recently_used_to_stay_within_max_size() {
     assert!(evictions >= 6.0, "{evictions} evictions");
     // Larger than the disk tier's max_object_size: served, not stored.
     let huge = "/bytes/3000000?cc=public,max-age=600";
-    assert_eq!(get(pop.setup.http, huge, &[]).await.body.len(), 3_000_000);
-    assert_eq!(get(pop.setup.http, huge, &[]).await.cache_status(), "MISS");
+    assert_eq!(get(pop.setup.http(), huge, &[]).await.body.len(), 3_000_000);
+    assert_eq!(
+        get(pop.setup.http(), huge, &[]).await.cache_status(),
+        "MISS"
+    );
 }
 
 /// What a directory tree takes on its filesystem: blocks allocated to its regular files
@@ -182,7 +185,7 @@ async fn thousands_of_small_entries_stay_within_the_disk_tiers_allocated_bytes()
     let pop = pop_with_cache_section(&origin, dir, section).await;
     // Small media 404s: a few hundred bytes each, and two files of at least a block each
     // on disk.
-    fetch_distinct(pop.setup.http, 3000, |i| {
+    fetch_distinct(pop.setup.http(), 3000, |i| {
         format!("/status/404?cc=public,max-age=600&n={i}")
     })
     .await;
@@ -232,7 +235,7 @@ async fn the_disk_tier_keeps_at_most_max_entries() {
     section.disk_tier().max_entries = Some(100);
     let pop = pop_with_cache_section(&origin, dir, section).await;
     // Bytes would allow thousands: the entry bound is what holds.
-    fetch_distinct(pop.setup.http, 1000, |i| {
+    fetch_distinct(pop.setup.http(), 1000, |i| {
         format!("/bytes/200?cc=public,max-age=600&n={i}")
     })
     .await;
@@ -295,14 +298,22 @@ async fn a_500_mib_video_streams_through_without_growing_memory() {
     let cache = Cache::default().disk(&dir.path().join("cache"), "2GiB");
     let pop = pop_with_cache_section(&origin, dir, cache).await;
     // Warm up the process (threads, pools, allocator) on a small object first.
-    get(pop.setup.http, "/bytes/1000000?cc=public,max-age=600", &[]).await;
+    get(
+        pop.setup.http(),
+        "/bytes/1000000?cc=public,max-age=600",
+        &[],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = peak_rss_kib(pop.edge.pid());
     let size = 500 * 1024 * 1024u64;
     let path = format!("/bytes/{size}?cc=public,max-age=600&chunk=262144");
-    assert_eq!(stream_and_check(pop.setup.http, &path, size).await, "MISS");
+    assert_eq!(
+        stream_and_check(pop.setup.http(), &path, size).await,
+        "MISS"
+    );
     eprintln!("after the miss: {} KiB", peak_rss_kib(pop.edge.pid()));
-    assert_eq!(stream_and_check(pop.setup.http, &path, size).await, "HIT");
+    assert_eq!(stream_and_check(pop.setup.http(), &path, size).await, "HIT");
     let after = peak_rss_kib(pop.edge.pid());
     let grown_mib = (after.saturating_sub(before)) as f64 / 1024.0;
     eprintln!("peak RSS {before} KiB -> {after} KiB while a {size}-byte object went through twice");

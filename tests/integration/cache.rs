@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use crate::harness::origin::{pattern_range, Origin};
 use crate::harness::{
-    entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_config, Answer, Route,
-    ADMIN_TOKEN,
+    entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_config,
+    restartable_pop_with_cache, Answer, Route, ADMIN_TOKEN,
 };
 
 #[tokio::test]
@@ -13,18 +13,18 @@ async fn a_public_response_is_served_from_cache_with_its_age() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
     let path = "/@alice?cc=public,max-age=60";
-    let first = get(pop.setup.http, path, &[]).await;
+    let first = get(pop.setup.http(), path, &[]).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.cache_status(), "MISS");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let second = get(pop.setup.http, path, &[]).await;
+    let second = get(pop.setup.http(), path, &[]).await;
     assert_eq!(second.cache_status(), "HIT");
     assert_eq!(second.body, first.body);
     let age: u64 = second.header("age").parse().expect("Age header");
     assert!((1..60).contains(&age), "Age {age}");
     assert_eq!(origin.hits_for("/@alice"), 1);
     // The query's parameter order is not part of the object's identity.
-    let reordered = get(pop.setup.http, "/@alice?cc=public,max-age=60&", &[]).await;
+    let reordered = get(pop.setup.http(), "/@alice?cc=public,max-age=60&", &[]).await;
     assert_eq!(reordered.cache_status(), "HIT");
     assert_eq!(origin.hits_for("/@alice"), 1);
     // The access log says the same.
@@ -72,8 +72,8 @@ async fn responses_that_forbid_sharing_are_not_stored() {
     ];
     for (path, query) in cases {
         let url = format!("{path}?{query}");
-        let first = get(pop.setup.http, &url, &[]).await;
-        let second = get(pop.setup.http, &url, &[]).await;
+        let first = get(pop.setup.http(), &url, &[]).await;
+        let second = get(pop.setup.http(), &url, &[]).await;
         assert_eq!(second.cache_status(), "MISS", "{url}");
         assert_eq!(origin.hits_for(path), 2, "{url} was answered from cache");
         assert_eq!(first.status, second.status);
@@ -96,20 +96,20 @@ async fn requests_that_identify_a_user_never_use_the_shared_cache() {
     ];
     // A user's request is neither stored ...
     for (name, value) in users {
-        let answer = get(pop.setup.http, path, &[(name, value)]).await;
+        let answer = get(pop.setup.http(), path, &[(name, value)]).await;
         assert_eq!(answer.cache_status(), "BYPASS", "{name}");
     }
-    let anonymous = get(pop.setup.http, path, &[]).await;
+    let anonymous = get(pop.setup.http(), path, &[]).await;
     assert_eq!(anonymous.cache_status(), "MISS");
     assert!(!String::from_utf8_lossy(&anonymous.body).contains("bob"));
     // ... nor answered from what is stored.
     for (name, value) in users {
-        let answer = get(pop.setup.http, path, &[(name, value)]).await;
+        let answer = get(pop.setup.http(), path, &[(name, value)]).await;
         assert_eq!(answer.cache_status(), "BYPASS", "{name}");
         assert!(String::from_utf8_lossy(&answer.body).contains("bob"));
     }
     assert_eq!(origin.hits_for("/api/v1/timelines/public"), 9);
-    let cached = get(pop.setup.http, path, &[("Cookie", "theme=dark")]).await;
+    let cached = get(pop.setup.http(), path, &[("Cookie", "theme=dark")]).await;
     assert_eq!(cached.cache_status(), "HIT");
 }
 
@@ -121,13 +121,13 @@ async fn vary_keeps_html_and_activitypub_apart() {
     let html = [("Accept", "text/html")];
     let json = [("Accept", "application/activity+json")];
     assert_eq!(
-        get(pop.setup.http, path, &html).await.cache_status(),
+        get(pop.setup.http(), path, &html).await.cache_status(),
         "MISS"
     );
-    let first_json = get(pop.setup.http, path, &json).await;
+    let first_json = get(pop.setup.http(), path, &json).await;
     assert_eq!(first_json.cache_status(), "MISS");
-    let again_html = get(pop.setup.http, path, &html).await;
-    let again_json = get(pop.setup.http, path, &json).await;
+    let again_html = get(pop.setup.http(), path, &html).await;
+    let again_json = get(pop.setup.http(), path, &json).await;
     assert_eq!(again_html.cache_status(), "HIT");
     assert_eq!(again_json.cache_status(), "HIT");
     let accept = |a: &Answer| crate::harness::origin::seen_headers(&a.json(), "accept");
@@ -142,20 +142,20 @@ async fn routes_set_a_default_lifetime_or_turn_the_cache_off() {
     let sites = "sites:\n  - routes:\n      - path: /system/\n        cache_ttl: 7d\n      - path: /api/v1/streaming\n        cache: false\n";
     let pop = pop_with_cache(&origin, sites).await;
     // No Cache-Control at all: kept for the route's 7 days.
-    get(pop.setup.http, "/system/media/a.png", &[]).await;
-    let media = get(pop.setup.http, "/system/media/a.png", &[]).await;
+    get(pop.setup.http(), "/system/media/a.png", &[]).await;
+    let media = get(pop.setup.http(), "/system/media/a.png", &[]).await;
     assert_eq!(media.cache_status(), "HIT");
     assert_eq!(origin.hits_for("/system/media/a.png"), 1);
     // The same silence outside the route is not cacheable.
-    get(pop.setup.http, "/other", &[]).await;
+    get(pop.setup.http(), "/other", &[]).await;
     assert_eq!(
-        get(pop.setup.http, "/other", &[]).await.cache_status(),
+        get(pop.setup.http(), "/other", &[]).await.cache_status(),
         "MISS"
     );
     // A route with the cache off is never stored, whatever the response says.
     let streaming = "/api/v1/streaming/health?cc=public,max-age=60";
-    get(pop.setup.http, streaming, &[]).await;
-    let again = get(pop.setup.http, streaming, &[]).await;
+    get(pop.setup.http(), streaming, &[]).await;
+    let again = get(pop.setup.http(), streaming, &[]).await;
     assert_eq!(again.cache_status(), "BYPASS");
     assert_eq!(origin.hits_for("/api/v1/streaming/health"), 2);
 }
@@ -169,7 +169,7 @@ async fn concurrent_misses_make_one_origin_fetch_and_all_get_the_body() {
     let expected = pattern_range(0..size);
     let mut tasks = Vec::new();
     for _ in 0..500 {
-        let address = pop.setup.http;
+        let address = pop.setup.http();
         let path = path.clone();
         tasks.push(tokio::spawn(async move { get(address, &path, &[]).await }));
     }
@@ -203,17 +203,17 @@ async fn stale_objects_are_served_while_the_core_fails() {
     })
     .await;
     let path = "/about?cc=public,max-age=1";
-    let fresh = get(pop.setup.http, path, &[]).await;
+    let fresh = get(pop.setup.http(), path, &[]).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     origin.fail_with(503);
-    let stale = get(pop.setup.http, path, &[]).await;
+    let stale = get(pop.setup.http(), path, &[]).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.cache_status(), "STALE");
     assert_eq!(stale.body, fresh.body);
     // A core that is gone entirely: the same.
     let address = origin.address;
     drop(origin);
-    let stale = get(pop.setup.http, path, &[]).await;
+    let stale = get(pop.setup.http(), path, &[]).await;
     assert_eq!(stale.status, 200);
     assert_eq!(stale.cache_status(), "STALE");
     // Back again: the object is fetched afresh, once the host that refused connections
@@ -229,7 +229,7 @@ async fn stale_objects_are_served_while_the_core_fails() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let fresh = get(pop.setup.http, path, &[]).await;
+    let fresh = get(pop.setup.http(), path, &[]).await;
     assert_eq!(
         fresh.cache_status(),
         "EXPIRED",
@@ -239,10 +239,10 @@ async fn stale_objects_are_served_while_the_core_fails() {
     assert_eq!(origin.hits(), 1);
     // must-revalidate forbids it.
     let strict = "/strict?cc=public,max-age=1,must-revalidate";
-    get(pop.setup.http, strict, &[]).await;
+    get(pop.setup.http(), strict, &[]).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     origin.fail_with(503);
-    assert_eq!(get(pop.setup.http, strict, &[]).await.status, 503);
+    assert_eq!(get(pop.setup.http(), strict, &[]).await.status, 503);
 }
 
 #[tokio::test]
@@ -250,11 +250,11 @@ async fn an_expired_object_is_revalidated_with_its_validator() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
     let path = "/about/more?cc=public,max-age=1&etag=v1";
-    let first = get(pop.setup.http, path, &[]).await;
+    let first = get(pop.setup.http(), path, &[]).await;
     assert_eq!(first.cache_status(), "MISS");
     assert_eq!(first.header("etag"), "\"v1\"");
     // A client's own validator is answered from the cache.
-    let not_modified = get(pop.setup.http, path, &[("If-None-Match", "\"v1\"")]).await;
+    let not_modified = get(pop.setup.http(), path, &[("If-None-Match", "\"v1\"")]).await;
     assert_eq!(
         (not_modified.status, not_modified.cache_status()),
         (304, "HIT")
@@ -262,12 +262,12 @@ async fn an_expired_object_is_revalidated_with_its_validator() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // The origin only answers 304 to a matching If-None-Match: REVALIDATED proves the edge
     // sent the stored ETag and kept its body.
-    let revalidated = get(pop.setup.http, path, &[]).await;
+    let revalidated = get(pop.setup.http(), path, &[]).await;
     assert_eq!(revalidated.status, 200);
     assert_eq!(revalidated.cache_status(), "REVALIDATED");
     assert_eq!(revalidated.body, first.body);
     assert_eq!(origin.hits_for("/about/more"), 2);
-    let hit = get(pop.setup.http, path, &[]).await;
+    let hit = get(pop.setup.http(), path, &[]).await;
     assert_eq!(hit.cache_status(), "HIT");
     assert_eq!(origin.hits_for("/about/more"), 2);
 }
@@ -277,11 +277,14 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
     let path = "/slow/300?cc=public,max-age=1,stale-while-revalidate=60";
-    assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
+    assert_eq!(
+        get(pop.setup.http(), path, &[]).await.cache_status(),
+        "MISS"
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        let address = pop.setup.http;
+        let address = pop.setup.http();
         tasks.push(tokio::spawn(async move { get(address, path, &[]).await }));
     }
     for task in tasks {
@@ -292,7 +295,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     // One background refresh, then fresh hits.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let answer = get(pop.setup.http, path, &[]).await;
+        let answer = get(pop.setup.http(), path, &[]).await;
         if answer.cache_status() == "HIT" {
             break;
         }
@@ -307,8 +310,11 @@ async fn the_status_header_and_routes_reload_live() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
     let path = "/system/x.png";
-    get(pop.setup.http, path, &[]).await;
-    assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
+    get(pop.setup.http(), path, &[]).await;
+    assert_eq!(
+        get(pop.setup.http(), path, &[]).await.cache_status(),
+        "MISS"
+    );
     let mut changed = pop.config.clone();
     changed.cache().status_header = Some(false);
     changed.add_routes([Route {
@@ -319,8 +325,8 @@ async fn the_status_header_and_routes_reload_live() {
     let (status, body) = pop.edge.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("needs restart"), "{body}");
-    get(pop.setup.http, path, &[]).await;
-    let answer = get(pop.setup.http, path, &[]).await;
+    get(pop.setup.http(), path, &[]).await;
+    let answer = get(pop.setup.http(), path, &[]).await;
     assert!(answer.headers.get("x-cache-status").is_none());
     assert_eq!(origin.hits_for(path), 3);
 }
@@ -332,7 +338,7 @@ async fn waiters_on_a_fetch_that_breaks_off_end_with_an_error_not_a_hang() {
     let path = "/bytes/2000000?cc=public,max-age=600&delay_ms=20&abort_at=600000";
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        let url = format!("http://{}{path}", pop.setup.http);
+        let url = format!("http://{}{path}", pop.setup.http());
         tasks.push(tokio::spawn(async move {
             let resp = reqwest::get(url).await?;
             resp.bytes().await
@@ -347,37 +353,46 @@ async fn waiters_on_a_fetch_that_breaks_off_end_with_an_error_not_a_hang() {
     }
     assert!(entry_files(&pop, "body").is_empty());
     // Nothing is stuck: the next request fetches again.
-    let fresh = get(pop.setup.http, "/bytes/1000?cc=public,max-age=600", &[]).await;
+    let fresh = get(pop.setup.http(), "/bytes/1000?cc=public,max-age=600", &[]).await;
     assert_eq!(fresh.cache_status(), "MISS");
 }
 
 #[tokio::test]
 async fn refreshing_one_variant_keeps_the_others() {
     let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
+    let mut pop = restartable_pop_with_cache(&origin).await;
     let path = "/@carol?cc=public,max-age=2&h=Vary:Accept";
     let html = [("Accept", "text/html")];
     let json = [("Accept", "application/activity+json")];
     assert_eq!(
-        get(pop.setup.http, path, &html).await.cache_status(),
+        get(pop.setup.http(), path, &html).await.cache_status(),
         "MISS"
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        get(pop.setup.http, path, &json).await.cache_status(),
+        get(pop.setup.http(), path, &json).await.cache_status(),
         "MISS"
     );
     // The HTML copy expires first and is fetched again; the JSON one is still fresh.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
-        get(pop.setup.http, path, &html).await.cache_status(),
+        get(pop.setup.http(), path, &html).await.cache_status(),
         "EXPIRED"
     );
-    assert_eq!(get(pop.setup.http, path, &json).await.cache_status(), "HIT");
+    assert_eq!(
+        get(pop.setup.http(), path, &json).await.cache_status(),
+        "HIT"
+    );
     // Also once both come from disk.
     kill_and_restart(&mut pop).await;
-    assert_eq!(get(pop.setup.http, path, &json).await.cache_status(), "HIT");
-    assert_eq!(get(pop.setup.http, path, &html).await.cache_status(), "HIT");
+    assert_eq!(
+        get(pop.setup.http(), path, &json).await.cache_status(),
+        "HIT"
+    );
+    assert_eq!(
+        get(pop.setup.http(), path, &html).await.cache_status(),
+        "HIT"
+    );
     assert_eq!(origin.hits_for("/@carol"), 3);
 }
 
@@ -386,11 +401,11 @@ async fn behind_a_trusted_proxy_the_forwarded_scheme_is_part_of_the_key() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "proxy:\n  trusted_proxies: [\"127.0.0.1\"]\n").await;
     let path = "/redirecting?cc=public,max-age=600";
-    let https = get(pop.setup.http, path, &[("X-Forwarded-Proto", "https")]).await;
-    let http = get(pop.setup.http, path, &[("X-Forwarded-Proto", "http")]).await;
+    let https = get(pop.setup.http(), path, &[("X-Forwarded-Proto", "https")]).await;
+    let http = get(pop.setup.http(), path, &[("X-Forwarded-Proto", "http")]).await;
     assert_eq!(https.cache_status(), "MISS");
     assert_eq!(http.cache_status(), "MISS");
-    let again = get(pop.setup.http, path, &[("X-Forwarded-Proto", "https")]).await;
+    let again = get(pop.setup.http(), path, &[("X-Forwarded-Proto", "https")]).await;
     assert_eq!(again.cache_status(), "HIT");
     assert_eq!(
         crate::harness::origin::seen_headers(&again.json(), "x-forwarded-proto"),
@@ -398,7 +413,7 @@ async fn behind_a_trusted_proxy_the_forwarded_scheme_is_part_of_the_key() {
     );
     // A forwarded host is not in the key: not cached.
     let other = get(
-        pop.setup.http,
+        pop.setup.http(),
         path,
         &[("X-Forwarded-Host", "other.example")],
     )
@@ -414,7 +429,7 @@ async fn waiters_on_a_core_that_is_down_get_an_error_quickly() {
     drop(origin);
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        let address = pop.setup.http;
+        let address = pop.setup.http();
         tasks.push(tokio::spawn(async move {
             get(address, "/never-cached?cc=public,max-age=60", &[]).await
         }));

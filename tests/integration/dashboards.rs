@@ -97,7 +97,7 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
         ..MediaConfig::default()
     })
     .await;
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     // Media from the old server, copied into the store; a page from the core, twice.
     assert_eq!(get(http, "/system/3000", &[]).await.status, 200);
     assert_eq!(

@@ -25,7 +25,7 @@ struct Pop {
 
 impl Pop {
     async fn get(&self, path: &str) -> crate::harness::Answer {
-        get(self.setup.http, path, &[]).await
+        get(self.setup.http(), path, &[]).await
     }
 
     async fn metric(&self, sample: &str) -> f64 {
@@ -33,12 +33,12 @@ impl Pop {
     }
 
     async fn purge(&self, url: &str, deleted: bool) -> u16 {
-        let mut query = vec![("url", format!("{}{url}", self.setup.http))];
+        let mut query = vec![("url", format!("{}{url}", self.setup.http()))];
         if deleted {
             query.push(("deleted", "1".to_string()));
         }
         reqwest::Client::new()
-            .post(format!("http://{}/purge", self.setup.admin))
+            .post(format!("http://{}/purge", self.setup.admin()))
             .query(&query)
             .bearer_auth(ADMIN_TOKEN)
             .send()
@@ -53,7 +53,7 @@ impl Pop {
         reqwest::Client::new()
             .request(
                 reqwest::Method::from_bytes(b"PURGE").expect("method"),
-                format!("http://{}{url}", self.setup.http),
+                format!("http://{}{url}", self.setup.http()),
             )
             .header("X-Cache-Buster-Secret", BUSTER_SECRET)
             .send()
@@ -97,8 +97,8 @@ impl Pop {
 async fn fleet(core: &Origin, s3: &S3Server, legacy: &Path) -> (Pop, Pop) {
     let names = ["fra", "ewr"];
     // Both are placed first: each config names the other's admin address.
-    let setups = [EdgeSetup::new(), EdgeSetup::new()];
-    let admins = [setups[0].admin, setups[1].admin];
+    let setups = [EdgeSetup::with_ports_now(), EdgeSetup::with_ports_now()];
+    let admins = [setups[0].admin(), setups[1].admin()];
     let mut pops = Vec::new();
     for (i, setup) in setups.into_iter().enumerate() {
         let dir = setup.dir.path();

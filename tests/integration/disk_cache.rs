@@ -6,22 +6,23 @@ use std::time::Duration;
 use crate::harness::edge::{run_binary, EdgeSetup, TestCert};
 use crate::harness::origin::{pattern_range, Origin};
 use crate::harness::{
-    entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_section, Cache,
+    entry_files, get, kill_and_restart, pop_with_cache, pop_with_cache_section,
+    restartable_pop_with_cache, Cache,
 };
 
 #[tokio::test]
 async fn cached_objects_survive_kill_9() {
     let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
+    let mut pop = restartable_pop_with_cache(&origin).await;
     let small = "/@alice?cc=public,max-age=600";
     let large = "/bytes/3000000?cc=public,max-age=600";
-    let small_body = get(pop.setup.http, small, &[]).await.body;
-    get(pop.setup.http, large, &[]).await;
+    let small_body = get(pop.setup.http(), small, &[]).await.body;
+    get(pop.setup.http(), large, &[]).await;
     kill_and_restart(&mut pop).await;
-    let again = get(pop.setup.http, small, &[]).await;
+    let again = get(pop.setup.http(), small, &[]).await;
     assert_eq!(again.cache_status(), "HIT");
     assert_eq!(again.body, small_body);
-    let again = get(pop.setup.http, large, &[]).await;
+    let again = get(pop.setup.http(), large, &[]).await;
     assert_eq!(again.cache_status(), "HIT");
     assert!(again.body == pattern_range(0..3_000_000));
     assert_eq!(origin.hits(), 2);
@@ -36,14 +37,14 @@ async fn cached_objects_survive_kill_9() {
 #[tokio::test]
 async fn damaged_disk_entries_are_misses_and_are_removed() {
     let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
+    let mut pop = restartable_pop_with_cache(&origin).await;
     let paths = [
         "/bytes/1000?cc=public,max-age=600",
         "/bytes/2000000?cc=public,max-age=600",
         "/bytes/3000?cc=public,max-age=600",
     ];
     for path in paths {
-        get(pop.setup.http, path, &[]).await;
+        get(pop.setup.http(), path, &[]).await;
     }
     // The memory tier would answer the small ones: restart to read from disk.
     kill_and_restart(&mut pop).await;
@@ -61,7 +62,7 @@ async fn damaged_disk_entries_are_misses_and_are_removed() {
         std::fs::write(body, bytes).expect("damage");
     }
     for path in paths {
-        let answer = get(pop.setup.http, path, &[]).await;
+        let answer = get(pop.setup.http(), path, &[]).await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.cache_status(), "MISS", "{path}");
         let size: u64 = path[7..path.find('?').expect("query")]
@@ -78,7 +79,7 @@ async fn damaged_disk_entries_are_misses_and_are_removed() {
     // The refetched copies replaced the damaged ones.
     assert_eq!(entry_files(&pop, "body").len(), 3);
     for path in paths {
-        assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "HIT");
+        assert_eq!(get(pop.setup.http(), path, &[]).await.cache_status(), "HIT");
     }
 }
 
@@ -89,7 +90,7 @@ async fn a_body_the_core_breaks_off_is_never_stored() {
     let path = "/bytes/1000000?cc=public,max-age=600&abort_at=300000";
     let client = reqwest::Client::new();
     let result = client
-        .get(format!("http://{}{path}", pop.setup.http))
+        .get(format!("http://{}{path}", pop.setup.http()))
         .send()
         .await
         .expect("headers arrive");
@@ -107,7 +108,7 @@ async fn a_body_the_core_breaks_off_is_never_stored() {
     let tmp = std::fs::read_dir(spool).expect("tmp").count();
     assert_eq!(tmp, 0, "the spool file was left behind");
     let result = client
-        .get(format!("http://{}{path}", pop.setup.http))
+        .get(format!("http://{}{path}", pop.setup.http()))
         .send()
         .await
         .expect("headers arrive");
@@ -148,9 +149,9 @@ async fn directories_of_an_older_format_are_removed_at_start() {
     let pop = pop_with_cache_section(&origin, cache_dir, two_tiers).await;
     assert!(!cache.join("v0").exists());
     assert!(!cache.join("v1/tmp/0000000000000001.body").exists());
-    get(pop.setup.http, "/x?cc=public,max-age=60", &[]).await;
+    get(pop.setup.http(), "/x?cc=public,max-age=60", &[]).await;
     assert_eq!(
-        get(pop.setup.http, "/x?cc=public,max-age=60", &[])
+        get(pop.setup.http(), "/x?cc=public,max-age=60", &[])
             .await
             .cache_status(),
         "HIT"
@@ -160,11 +161,14 @@ async fn directories_of_an_older_format_are_removed_at_start() {
 #[tokio::test]
 async fn empty_bodies_are_hits_from_disk_too() {
     let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
+    let mut pop = restartable_pop_with_cache(&origin).await;
     let path = "/bytes/0?cc=public,max-age=600";
-    assert_eq!(get(pop.setup.http, path, &[]).await.cache_status(), "MISS");
+    assert_eq!(
+        get(pop.setup.http(), path, &[]).await.cache_status(),
+        "MISS"
+    );
     kill_and_restart(&mut pop).await;
-    let again = get(pop.setup.http, path, &[]).await;
+    let again = get(pop.setup.http(), path, &[]).await;
     assert_eq!((again.status, again.cache_status()), (200, "HIT"));
     assert!(again.body.is_empty());
     assert_eq!(origin.hits(), 1);

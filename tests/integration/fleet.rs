@@ -37,7 +37,7 @@ impl FleetPop {
 
     /// GET `path` on this PoP as a client of the media host would.
     async fn get(&self, path: &str) -> crate::harness::Answer {
-        get(self.setup.http, path, &[("Host", MEDIA_HOST)]).await
+        get(self.setup.http(), path, &[("Host", MEDIA_HOST)]).await
     }
 }
 
@@ -66,13 +66,13 @@ async fn fleet_with(
         .iter()
         .map(|name| FleetPop {
             name,
-            setup: EdgeSetup::new(),
+            setup: EdgeSetup::with_ports_now(),
             config: std::path::PathBuf::new(),
             edge: None,
         })
         .collect();
     let admins: Vec<(&str, std::net::SocketAddr)> =
-        pops.iter().map(|p| (p.name, p.setup.admin)).collect();
+        pops.iter().map(|p| (p.name, p.setup.admin())).collect();
     for pop in &mut pops {
         let cert = TestCert::create(pop.setup.dir.path(), "site", &["hachyderm.example"]);
         let token = pop.setup.path("admin.token");
@@ -113,7 +113,7 @@ async fn fleet_with(
 
 async fn admin_purge(pop: &FleetPop, url: &str) -> (u16, serde_json::Value) {
     let resp = reqwest::Client::new()
-        .post(format!("http://{}/purge", pop.setup.admin))
+        .post(format!("http://{}/purge", pop.setup.admin()))
         .query(&[("url", url)])
         .bearer_auth(ADMIN_TOKEN)
         .send()
@@ -325,7 +325,7 @@ async fn mastodons_cache_buster_purges_the_url_on_every_pop() {
         client
             .request(
                 reqwest::Method::from_bytes(b"PURGE").expect("method"),
-                format!("http://{}{path}", pops[1].setup.http),
+                format!("http://{}{path}", pops[1].setup.http()),
             )
             // As Mastodon's CacheBuster sends it (app/lib/cache_buster.rb through its
             // Request class): the media URL, the configured method and secret header.
@@ -389,10 +389,9 @@ async fn the_cli_purges_through_the_local_admin_listener() {
 #[test]
 fn bad_fleet_settings_name_file_line_and_key() {
     let setup = EdgeSetup::new();
+    let (http, admin) = setup.configured_http_and_admin();
     let config = format!(
         "listeners:\n  - name: http\n    address: \"{http}\"\nadmin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\nfleet:\n  name: fra\n  peers:\n    - {{ name: fra, admin: \"127.0.0.1:9901\" }}\n    - {{ name: ewr, admin: \"http://127.0.0.1:9901/\" }}\n  state_dir: fleet\n  catch_up_interval: 10ms\n  log_entries: 50\ncache_buster:\n  method: PURGE\n  secret_header: \"bad header\"\n  secret_file: /nonexistent/edgecache/buster.secret\n",
-        http = setup.http,
-        admin = setup.admin,
     );
     let path = setup.write_config_text(&config);
     let path = path.to_str().expect("utf-8");
@@ -425,7 +424,7 @@ async fn with_mastodons_default_get_the_secret_header_makes_a_get_a_purge() {
     // A GET without the secret is an ordinary GET, answered from the cache.
     assert_eq!(pops[0].get(path).await.cache_status(), "HIT");
     let answer = get(
-        pops[0].setup.http,
+        pops[0].setup.http(),
         path,
         &[
             ("Host", MEDIA_HOST),

@@ -29,13 +29,13 @@ async fn a_route_sends_its_requests_to_its_group() {
     )
     .await;
     let answer = send(
-        setup.http,
+        setup.http(),
         "GET /api/v1/streaming/health HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let answer = send(
-        setup.http,
+        setup.http(),
         "GET /api/v1/timelines/public HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -109,7 +109,7 @@ async fn a_post_that_failed_at_a_host_is_never_sent_again() {
             "POST /api/v1/statuses/{n} HTTP/1.1\r\nHost: a.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let answer = send(setup.http, &request).await;
+        let answer = send(setup.http(), &request).await;
         if answer.starts_with("HTTP/1.1 502") {
             failed += 1;
             assert!(
@@ -140,7 +140,7 @@ async fn request_ids_are_passed_on_or_made_and_returned() {
     let web = Origin::start().await;
     let (_edge, setup) = edge_with_groups(&[web.address], web.address, vec![]).await;
     let answer = send(
-        setup.http,
+        setup.http(),
         "GET /a HTTP/1.1\r\nHost: a.example\r\nX-Request-Id: trace-42\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -155,7 +155,7 @@ async fn request_ids_are_passed_on_or_made_and_returned() {
         "{answer}"
     );
     let made = send(
-        setup.http,
+        setup.http(),
         "GET /b HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -182,13 +182,13 @@ async fn bodies_over_the_route_limit_get_413() {
     .await;
     let body = "x".repeat(2000);
     let declared = format!("POST /api/v2/media/declared HTTP/1.1\r\nHost: a.example\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}");
-    let answer = send(setup.http, &declared).await;
+    let answer = send(setup.http(), &declared).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let chunked = format!("POST /api/v2/media/chunked HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n");
-    let answer = send(setup.http, &chunked).await;
+    let answer = send(setup.http(), &chunked).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let small = "POST /api/v2/media/small HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
-    assert!(send(setup.http, small).await.starts_with("HTTP/1.1 200"));
+    assert!(send(setup.http(), small).await.starts_with("HTTP/1.1 200"));
     // A declared length over the limit is refused before anything goes to the core; a
     // chunked body is cut off where it crosses the limit (its head may have gone ahead).
     assert_eq!(web.hits_for("/api/v2/media/declared"), 0);
@@ -204,9 +204,9 @@ async fn a_host_that_just_refused_is_a_fast_503_with_retry_after() {
     let (edge, setup) = edge_with_groups(&[dead], dead, vec![]).await;
     edge.wait_ready_status(503).await;
     let request = "GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
-    let tried = send(setup.http, request).await;
+    let tried = send(setup.http(), request).await;
     assert!(tried.starts_with("HTTP/1.1 502"), "{tried}");
-    let answer = send(setup.http, request).await;
+    let answer = send(setup.http(), request).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("retry-after: 5"),
@@ -219,7 +219,7 @@ async fn headers_the_core_must_not_leak_are_hidden() {
     let web = Origin::start().await;
     let (_edge, setup) = edge_with_groups(&[web.address], web.address, vec![]).await;
     let answer = send(
-        setup.http,
+        setup.http(),
         "GET /about?h=Server:Puma%206.4&h=X-Runtime:0.123&h=X-Powered-By:Rails&h=X-Kept:yes HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -312,7 +312,7 @@ async fn a_100_mib_upload_streams_through_without_raising_memory() {
     .await;
     // Warm up the path so the first request's one-off allocations are not counted.
     let client = reqwest::Client::new();
-    let url = format!("http://{}/api/v2/media", setup.http);
+    let url = format!("http://{}/api/v2/media", setup.http());
     let warm = client
         .post(&url)
         .body(vec![b'w'; 1024 * 1024])
@@ -356,7 +356,7 @@ async fn killing_a_host_under_load_fails_no_get() {
     let mut workers = Vec::new();
     for w in 0..4 {
         let stop = stop.clone();
-        let url = format!("http://{}/api/v1/timelines/public?w={w}", setup.http);
+        let url = format!("http://{}/api/v1/timelines/public?w={w}", setup.http());
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let (mut ok, mut failed) = (0u32, Vec::new());
@@ -409,7 +409,7 @@ async fn a_group_total_timeout_bounds_the_whole_exchange() {
     let _edge = Edge::start(&setup, &path).await;
     // A head that takes 2.5 s: within read_timeout, past total_timeout.
     let slow_head = send(
-        setup.http,
+        setup.http(),
         "GET /slow/2500 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -418,7 +418,7 @@ async fn a_group_total_timeout_bounds_the_whole_exchange() {
     let client = reqwest::Client::new();
     let url = format!(
         "http://{}/bytes/200000?chunk=10000&delay_ms=100&cc=no-store",
-        setup.http
+        setup.http()
     );
     let whole = match client.get(&url).send().await {
         Ok(resp) => resp.bytes().await.is_ok_and(|b| b.len() == 200_000),
@@ -427,7 +427,7 @@ async fn a_group_total_timeout_bounds_the_whole_exchange() {
     assert!(!whole, "the trickling body was not cut at total_timeout");
     // A quick exchange is untouched.
     let quick = send(
-        setup.http,
+        setup.http(),
         "GET /quick HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -449,7 +449,7 @@ async fn a_lone_core_host_that_comes_back_is_used_at_once() {
     edge.wait_ready_status(503).await;
     let core = Origin::start_at(address).await;
     let answer = send(
-        setup.http,
+        setup.http(),
         "GET /back HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -496,7 +496,7 @@ async fn a_host_that_never_answers_is_tried_by_one_request_at_a_time() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let requests: Vec<_> = (0..6)
         .map(|i| {
-            let address = setup.http;
+            let address = setup.http();
             tokio::spawn(async move {
                 let request = format!(
                     "GET /hang/{i} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"

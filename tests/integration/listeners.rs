@@ -1,7 +1,7 @@
 //! Plain listeners beyond the basics: IPv6, h2c, and the connection gauge.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -14,7 +14,7 @@ use crate::harness::{
 async fn an_ipv6_listener_serves_and_reports_the_ipv6_client() {
     let origin = Origin::start().await;
     let setup = EdgeSetup::new();
-    let Ok(v6) = TcpListener::bind("[::1]:0").and_then(|l| l.local_addr()) else {
+    if TcpListener::bind("[::1]:0").is_err() {
         // Some CI containers have IPv6 switched off; there is nothing to test there. The
         // test harness captures `eprintln!`, so the notice is written past it: a run shows
         // that this test checked nothing.
@@ -23,21 +23,22 @@ async fn an_ipv6_listener_serves_and_reports_the_ipv6_client() {
             "SKIPPED an_ipv6_listener_serves_and_reports_the_ipv6_client: no IPv6 loopback here"
         );
         return;
-    };
-    let v6: SocketAddr = v6;
+    }
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let mut config = setup.config(&[&cert], &[origin.address], "");
     config.listeners.insert(
         0,
         Listener {
             name: "http-v6".to_string(),
-            address: v6.to_string(),
+            address: "[::1]:0".to_string(),
             h2c: false,
             tls: None,
         },
     );
     let path = setup.write_config(&config);
     let _edge = Edge::start(&setup, &path).await;
+    let v6 = setup.listener_address("http-v6");
+    assert!(v6.is_ipv6() && v6.port() != 0, "{v6}");
     let resp = reqwest::get(format!("http://{v6}/over-v6"))
         .await
         .expect("request over IPv6");
@@ -62,14 +63,14 @@ async fn h2c_is_offered_on_a_plain_listener_when_configured() {
         .build()
         .expect("client");
     let resp = h2
-        .get(format!("http://{}/h2c", setup.http))
+        .get(format!("http://{}/h2c", setup.http()))
         .send()
         .await
         .expect("h2c request");
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     // HTTP/1.1 on the same port still works.
-    let h1 = reqwest::get(format!("http://{}/h1", setup.http))
+    let h1 = reqwest::get(format!("http://{}/h1", setup.http()))
         .await
         .expect("http/1.1 request");
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
@@ -83,7 +84,7 @@ async fn open_connections_are_counted_while_open() {
 
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut stream = tokio::net::TcpStream::connect(setup.http)
+        let mut stream = tokio::net::TcpStream::connect(setup.http())
             .await
             .expect("connect");
         assert_eq!(http1_on(&mut stream, "a", "/hold").await.0, 200);
@@ -108,7 +109,7 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits_cleanly() {
     let path = setup.write_config(&config);
     let mut edge = Edge::start(&setup, &path).await;
 
-    let url = format!("http://{}/slow/1500", setup.http);
+    let url = format!("http://{}/slow/1500", setup.http());
     let in_flight = tokio::spawn(async move {
         reqwest::get(url)
             .await
@@ -156,17 +157,17 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     let TestPop { edge, setup, .. } =
         start_pop(&[origin.address], "limits:\n  max_connections: 2\n").await;
 
-    let mut first = tokio::net::TcpStream::connect(setup.http)
+    let mut first = tokio::net::TcpStream::connect(setup.http())
         .await
         .expect("connect");
     assert_eq!(http1_on(&mut first, "a", "/one").await.0, 200);
-    let mut second = tokio::net::TcpStream::connect(setup.http)
+    let mut second = tokio::net::TcpStream::connect(setup.http())
         .await
         .expect("connect");
     assert_eq!(http1_on(&mut second, "a", "/two").await.0, 200);
 
     // The third is accepted by the kernel and closed by the edge without an answer.
-    let mut third = tokio::net::TcpStream::connect(setup.http)
+    let mut third = tokio::net::TcpStream::connect(setup.http())
         .await
         .expect("connect");
     third
@@ -188,7 +189,7 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     drop(first);
     edge.wait_metric("edgecache_open_connections{listener=\"http\"}", 1.0)
         .await;
-    let mut fourth = tokio::net::TcpStream::connect(setup.http)
+    let mut fourth = tokio::net::TcpStream::connect(setup.http())
         .await
         .expect("connect");
     assert_eq!(http1_on(&mut fourth, "a", "/four").await.0, 200);
@@ -202,20 +203,20 @@ async fn idle_connections_are_closed_after_the_keepalive_timeout() {
     let TestPop { edge, setup, cert } =
         start_pop(&[origin.address], "limits:\n  keepalive_timeout: 1s\n").await;
 
-    let mut h1 = tokio::net::TcpStream::connect(setup.http)
+    let mut h1 = tokio::net::TcpStream::connect(setup.http())
         .await
         .expect("connect");
     assert_eq!(http1_on(&mut h1, "a", "/idle").await.0, 200);
     let h2 = crate::harness::https_client(
         &[cert.pem.as_str()],
         &["hachyderm.example"],
-        setup.https,
+        setup.https(),
         false,
     );
     let resp = h2
         .get(format!(
             "https://hachyderm.example:{}/idle",
-            setup.https.port()
+            setup.https().port()
         ))
         .send()
         .await
@@ -233,4 +234,70 @@ async fn idle_connections_are_closed_after_the_keepalive_timeout() {
     edge.wait_metric("edgecache_open_connections{listener=\"https\"}", 0.0)
         .await;
     drop(h1);
+}
+
+#[tokio::test]
+async fn port_zero_listeners_get_ports_of_their_own_and_are_reported_once_listening() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let mut config = setup.config(&[&cert], &[origin.address], "");
+    config.listeners.push(Listener {
+        name: "http-2".to_string(),
+        address: "127.0.0.1:0".to_string(),
+        h2c: false,
+        tls: None,
+    });
+    let path = setup.write_config(&config);
+    let edge = Edge::start(&setup, &path).await;
+
+    let report = setup.report();
+    let names: Vec<&str> = report.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "listener:http",
+            "listener:https",
+            "listener:http-2",
+            "admin"
+        ]
+    );
+    let ports: std::collections::HashSet<u16> = report.iter().map(|(_, a)| a.port()).collect();
+    assert_eq!(
+        ports.len(),
+        4,
+        "each listener has a port of its own: {report:?}"
+    );
+    assert!(!ports.contains(&0), "{report:?}");
+    // The report is written once every listener accepts.
+    for name in ["http", "http-2"] {
+        let address = setup.listener_address(name);
+        let resp = reqwest::get(format!("http://{address}/on-{name}"))
+            .await
+            .unwrap_or_else(|e| panic!("{name} at {address}: {e}"));
+        assert_eq!(resp.status(), 200, "{name}");
+    }
+    let https = setup.listener_address("https");
+    let client = crate::harness::https_client(&[&cert.pem], &["hachyderm.example"], https, false);
+    let resp = client
+        .get(format!(
+            "https://hachyderm.example:{}/on-https",
+            https.port()
+        ))
+        .send()
+        .await
+        .expect("https on a port-0 listener");
+    assert_eq!(resp.status(), 200);
+    let (status, body) = edge.admin_get("/readyz").await;
+    assert!(!body.contains("not bound"), "{status} {body}");
+    // And the log says where each one listens.
+    let log = edge.stderr_text();
+    for (name, address) in &report {
+        assert!(
+            log.lines().any(|l| l.contains("listening")
+                && l.contains(name.as_str())
+                && l.contains(&address.to_string())),
+            "no log line for {name} at {address}:\n{log}"
+        );
+    }
 }

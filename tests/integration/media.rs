@@ -16,7 +16,7 @@ async fn the_first_place_that_has_the_object_answers() {
         .await;
     media.legacy_file("accounts/avatars/a.png", b"stale copy on the old disk");
     media.legacy_file("media_attachments/b.jpg", b"only on the old disk");
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
 
     let from_store = get(http, "/system/accounts/avatars/a.png", &[]).await;
     assert_eq!(from_store.status, 200);
@@ -91,7 +91,7 @@ async fn paths_that_would_escape_the_directory_or_prefix_are_refused() {
         .join("secret.txt");
     std::fs::write(&outside, b"secret").expect("secret file");
     media.legacy_file("ok.txt", b"fine");
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     for path in [
         "/system/../secret.txt",
         "/system/%2e%2e/secret.txt",
@@ -121,7 +121,7 @@ async fn paths_that_would_escape_the_directory_or_prefix_are_refused() {
 async fn a_failing_place_is_skipped_but_never_taken_for_absent() {
     let media = media_pop(&["old", "disk"], "/status/", &[], &[]).await;
     media.legacy_file("500", b"on the disk");
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     // `/status/500` answers 500: the chain logs it and moves on.
     let answer = get(http, "/system/500", &[]).await;
     assert_eq!(answer.status, 200);
@@ -153,7 +153,7 @@ async fn a_legacy_origin_that_keeps_failing_is_left_alone_then_probed() {
         &[],
     )
     .await;
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     media.origin.fail_with(500);
     for n in 1..=2 {
         assert_eq!(get(http, &format!("/system/{n}"), &[]).await.status, 502);
@@ -197,7 +197,7 @@ async fn a_legacy_origin_that_recovers_is_probed_soon_and_backed_off_while_faili
         &[],
     )
     .await;
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     media.origin.fail_with(500);
     for n in 1..=3 {
         assert_eq!(get(http, &format!("/system/{n}"), &[]).await.status, 502);
@@ -228,7 +228,7 @@ async fn a_legacy_origin_that_recovers_is_probed_soon_and_backed_off_while_faili
 async fn a_legacy_origin_gets_no_more_than_its_concurrency_limit() {
     // Key `n` under `/slow/` answers after n ms.
     let media = media_pop(&["old"], "/slow/", &[("max_concurrency", "1")], &[]).await;
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     let (first, second) = tokio::join!(get(http, "/system/1500", &[]), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         get(http, "/system/1501", &[]).await
@@ -269,7 +269,7 @@ async fn wrong_store_credentials_are_an_error_not_a_miss() {
         }]);
     })
     .await;
-    let answer = get(pop.setup.http, "/system/a.png", &[]).await;
+    let answer = get(pop.setup.http(), "/system/a.png", &[]).await;
     assert_eq!(answer.status, 502);
     let log = pop.edge.stderr_text() + &pop.edge.stdout_text();
     assert!(log.contains("access denied"), "{log}");
@@ -279,7 +279,7 @@ async fn wrong_store_credentials_are_an_error_not_a_miss() {
     );
     // The edge with the right credentials serves it.
     assert_eq!(
-        get(media.pop.setup.http, "/system/a.png", &[]).await.body,
+        get(media.pop.setup.http(), "/system/a.png", &[]).await.body,
         b"x"
     );
 }
@@ -289,7 +289,7 @@ async fn ranges_of_media_are_cut_from_the_whole_object() {
     let media = media_pop(&["spaces"], "/bytes/", &[], &[]).await;
     let video: Vec<u8> = pattern_range(0..300_000);
     media.s3.put("video.mp4", &video).await;
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     let answer = get(http, "/system/video.mp4", &[("Range", "bytes=1000-1999")]).await;
     assert_eq!(answer.status, 206);
     assert_eq!(answer.header("content-range"), "bytes 1000-1999/300000");
@@ -305,7 +305,7 @@ async fn a_store_prefix_is_put_before_every_key() {
     let media = media_pop(&["spaces"], "/bytes/", &[], &[("prefix", "cache")]).await;
     media.s3.put("cache/a.png", b"under the prefix").await;
     media.s3.put("b.png", b"outside the prefix").await;
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     assert_eq!(
         get(http, "/system/a.png", &[]).await.body,
         b"under the prefix"
@@ -326,7 +326,7 @@ async fn bodies_that_break_off_count_against_the_breaker() {
     .await;
     let client = reqwest::Client::new();
     for n in [100_000, 100_001] {
-        let url = format!("http://{}/system/{n}", media.pop.setup.http);
+        let url = format!("http://{}/system/{n}", media.pop.setup.http());
         let whole = match client.get(&url).send().await {
             Ok(resp) => resp.bytes().await.is_ok_and(|b| b.len() == n),
             Err(_) => false,
@@ -334,7 +334,7 @@ async fn bodies_that_break_off_count_against_the_breaker() {
         assert!(!whole, "a broken body must not reach the client whole");
     }
     assert_eq!(media.origin.hits(), 2);
-    let third = get(media.pop.setup.http, "/system/100002", &[]).await;
+    let third = get(media.pop.setup.http(), "/system/100002", &[]).await;
     assert_eq!(third.status, 502);
     assert_eq!(media.origin.hits(), 2, "the circuit is open");
 }
@@ -344,7 +344,7 @@ async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
     let media = media_pop(&["spaces"], "/bytes/", &[], &[]).await;
     media.s3.put("swap.png", b"from the store").await;
     media.legacy_file("swap.png", b"from the disk");
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     assert_eq!(
         get(http, "/system/swap.png", &[]).await.body,
         b"from the store"
@@ -379,7 +379,7 @@ async fn a_reload_changes_media_routes_live_and_stores_only_after_a_restart() {
 async fn every_spelling_of_a_media_url_is_one_object_and_one_purge() {
     let media = media_pop(&["disk"], "/bytes/", &[], &[]).await;
     media.legacy_file("a/x.png", b"the file");
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     let spellings = [
         "/system/a/x.png",
         "/system/a/x.png?x=1",
@@ -439,7 +439,7 @@ async fn every_spelling_of_a_media_url_is_one_object_and_one_purge() {
 async fn if_range_is_judged_by_the_chain_for_requests_the_cache_does_not_answer() {
     let media = media_pop(&["disk"], "/bytes/", &[], &[]).await;
     media.legacy_file("v/clip.mp4", &pattern_range(0..10_000));
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     let whole = get(http, "/system/v/clip.mp4", &[]).await;
     let etag = whole.header("etag").to_string();
     let modified = whole.header("last-modified").to_string();

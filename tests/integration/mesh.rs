@@ -31,7 +31,7 @@ fn silent_control_server() -> (SocketAddr, std::thread::JoinHandle<()>) {
 /// An edge with the mesh settings `mesh` (written as YAML) and a web group of `hosts`,
 /// checked over HTTP.
 fn mesh_config(setup: &EdgeSetup, mesh: &str, hosts: &[&str]) -> Config {
-    let mut config = Config::edge(setup.http, setup.https, setup.admin, &[], &[]);
+    let mut config = setup.config(&[], &[], "");
     config.core.mesh = Some(yaml(mesh));
     let web = config.group("web");
     web.hosts = hosts.iter().map(|h| h.to_string()).collect();
@@ -44,10 +44,9 @@ fn mesh_config(setup: &EdgeSetup, mesh: &str, hosts: &[&str]) -> Config {
 /// the settings keeping their own lines.
 fn bad_mesh_config(setup: &EdgeSetup, mesh: &str, hosts: &[&str]) -> String {
     let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    let (http, admin) = setup.configured_http_and_admin();
     format!(
         "listeners:\n  - name: http\n    address: \"{http}\"\nadmin:\n  address: \"{admin}\"\ncore:\n  mesh:\n{mesh}  groups:\n    web:\n      hosts: [{hosts}]\n      connect_timeout: 1s\n      read_timeout: 3s\n      health:\n        interval: 1s\n        path: /health\nserver:\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n",
-        http = setup.http,
-        admin = setup.admin,
         hosts = hosts.join(", "),
     )
 }
@@ -106,7 +105,7 @@ async fn an_unreachable_control_server_is_reported_and_nothing_hangs() {
         .expect("client");
     for _ in 0..3 {
         let resp = client
-            .get(format!("http://{}/api/v1/timelines/home", setup.http))
+            .get(format!("http://{}/api/v1/timelines/home", setup.http()))
             .send()
             .await
             .expect("an answer, not a hang");
@@ -269,7 +268,7 @@ async fn end_to_end_on_a_real_tailnet() {
     }
     if core.is_some() {
         edge.wait_ready_status(200).await;
-        let resp = reqwest::get(format!("http://{}/", setup.http))
+        let resp = reqwest::get(format!("http://{}/", setup.http()))
             .await
             .expect("through the mesh");
         assert!(resp.status().as_u16() < 500, "{}", resp.status());

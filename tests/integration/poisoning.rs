@@ -34,14 +34,14 @@ async fn unkeyed_headers_never_reach_the_stored_response() {
     ];
     for (i, (name, value)) in attacks.iter().enumerate() {
         let path = format!("/poison/{i}?cc=public,max-age=600");
-        let attacker = get(pop.setup.http, &path, &[(name, value)]).await;
+        let attacker = get(pop.setup.http(), &path, &[(name, value)]).await;
         assert_eq!(attacker.cache_status(), "MISS");
         let seen = seen_headers(&attacker.json(), &name.to_ascii_lowercase());
         assert!(
             !seen.iter().any(|v| v.contains("evil") || v == "6666"),
             "{name} reached the core: {seen:?}"
         );
-        let victim = get(pop.setup.http, &path, &[]).await;
+        let victim = get(pop.setup.http(), &path, &[]).await;
         assert_eq!(victim.cache_status(), "HIT");
         let text = String::from_utf8_lossy(&victim.body);
         assert!(
@@ -60,7 +60,7 @@ async fn unkeyed_headers_never_reach_the_stored_response() {
 async fn host_games_cannot_plant_a_response_for_another_host() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
-    let address = pop.setup.http;
+    let address = pop.setup.http();
     let path = "/hostgame?cc=public,max-age=600";
     // Absolute-form target naming one host, Host naming the victim: refused, so the core
     // and the key can never disagree about the host.
@@ -114,7 +114,7 @@ async fn host_games_cannot_plant_a_response_for_another_host() {
 async fn a_get_with_a_body_is_not_cached() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
-    let address = pop.setup.http;
+    let address = pop.setup.http();
     let path = "/fatget?cc=public,max-age=600";
     let fat = format!(
         "GET {path} HTTP/1.1\r\nHost: victim.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\nConnection: close\r\n\r\nevil=true"
@@ -148,11 +148,11 @@ async fn a_get_with_a_body_bypasses_the_cache_in_every_framing() {
     let tls = https_client(
         &[&pop.cert.pem],
         &["hachyderm.example"],
-        pop.setup.https,
+        pop.setup.https(),
         false,
     );
-    let plain = format!("http://{}", pop.setup.http);
-    let secure = format!("https://hachyderm.example:{}", pop.setup.https.port());
+    let plain = format!("http://{}", pop.setup.http());
+    let secure = format!("https://hachyderm.example:{}", pop.setup.https().port());
     let cases: [(&str, &reqwest::Client, &str, bool); 4] = [
         ("h2c-stream", &h2c, &plain, true),
         ("h2c-length", &h2c, &plain, false),
@@ -185,14 +185,14 @@ async fn a_get_with_a_body_bypasses_the_cache_in_every_framing() {
     }
     // HTTP/1.1, chunked.
     let path = "/fat/h1-chunked?cc=public,max-age=600";
-    let host = pop.setup.http.to_string();
+    let host = pop.setup.http().to_string();
     let chunked = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n9\r\nevil=true\r\n0\r\n\r\n"
     );
-    let answer = raw_exchange(pop.setup.http, chunked.as_bytes()).await;
+    let answer = raw_exchange(pop.setup.http(), chunked.as_bytes()).await;
     assert_eq!(raw_status(&answer), Some(200), "{answer}");
     assert!(answer.contains("x-cache-status: BYPASS"), "{answer}");
-    let clean = get(pop.setup.http, path, &[]).await;
+    let clean = get(pop.setup.http(), path, &[]).await;
     assert_eq!(clean.cache_status(), "MISS");
     assert_eq!(clean.json()["body_length"], 0);
 }
@@ -203,7 +203,7 @@ async fn a_get_with_a_body_bypasses_the_cache_in_every_framing() {
 async fn a_header_nominated_by_connection_cannot_choose_a_variant() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
-    let host = pop.setup.http.to_string();
+    let host = pop.setup.http().to_string();
     let selecting = [
         ("Accept-Language", "de"),
         ("Accept", "application/activity+json"),
@@ -214,17 +214,17 @@ async fn a_header_nominated_by_connection_cannot_choose_a_variant() {
         let attack = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\n{name}: {value}\r\nConnection: close, {name}\r\n\r\n"
         );
-        let answer = raw_exchange(pop.setup.http, attack.as_bytes()).await;
+        let answer = raw_exchange(pop.setup.http(), attack.as_bytes()).await;
         assert_eq!(raw_status(&answer), Some(200), "{answer}");
         let lower = name.to_ascii_lowercase();
-        let victim = get(pop.setup.http, &path, &[(name, value)]).await;
+        let victim = get(pop.setup.http(), &path, &[(name, value)]).await;
         assert_eq!(
             seen_headers(&victim.json(), &lower),
             vec![value.to_string()],
             "{name}: served an answer made without it ({})",
             victim.cache_status()
         );
-        let again = get(pop.setup.http, &path, &[(name, value)]).await;
+        let again = get(pop.setup.http(), &path, &[(name, value)]).await;
         assert_eq!(again.cache_status(), "HIT", "{name}");
         assert_eq!(again.body, victim.body, "{name}");
     }
@@ -237,7 +237,7 @@ async fn a_header_nominated_by_connection_cannot_choose_a_variant() {
 async fn query_spellings_the_core_reads_differently_are_different_objects() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
-    let http = pop.setup.http;
+    let http = pop.setup.http();
     let pairs = [
         // Rails reads a=2, then a=1.
         (
@@ -281,23 +281,23 @@ async fn query_spellings_the_core_reads_differently_are_different_objects() {
 async fn an_asterisk_target_is_refused_unless_options() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
-    let host = pop.setup.http.to_string();
+    let host = pop.setup.http().to_string();
     for method in ["GET", "HEAD", "POST"] {
         let request = format!(
             "{method} * HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
-        let answer = raw_exchange(pop.setup.http, request.as_bytes()).await;
+        let answer = raw_exchange(pop.setup.http(), request.as_bytes()).await;
         assert_eq!(raw_status(&answer), Some(400), "{method}: {answer}");
     }
     // Targets in no form at all are refused too, never keyed beside each other.
     for target in ["zz", "*.evil/x", ".evil/x"] {
         let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        let answer = raw_exchange(pop.setup.http, request.as_bytes()).await;
+        let answer = raw_exchange(pop.setup.http(), request.as_bytes()).await;
         assert_eq!(raw_status(&answer), Some(400), "{target}: {answer}");
     }
     assert_eq!(origin.hits(), 0);
     let options = format!("OPTIONS * HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let answer = raw_exchange(pop.setup.http, options.as_bytes()).await;
+    let answer = raw_exchange(pop.setup.http(), options.as_bytes()).await;
     assert_eq!(raw_status(&answer), Some(200), "{answer}");
     assert!(!answer.contains("x-cache-status: HIT"), "{answer}");
     assert_eq!(origin.hits(), 1);

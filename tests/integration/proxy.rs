@@ -24,7 +24,7 @@ async fn the_core_sees_the_real_client_and_no_client_forgeries() {
     let origin = Origin::start().await;
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
     let resp = client()
-        .get(format!("http://{}/@alice?page=2", setup.http))
+        .get(format!("http://{}/@alice?page=2", setup.http()))
         .header("Host", "hachyderm.example")
         .header("X-Forwarded-For", "6.6.6.6")
         .header("X-Real-IP", "6.6.6.6")
@@ -84,7 +84,7 @@ async fn a_trusted_proxy_passes_the_client_address_through() {
     )
     .await;
     let resp = client()
-        .get(format!("http://{}/", setup.http))
+        .get(format!("http://{}/", setup.http()))
         .header("X-Forwarded-For", "198.51.100.7")
         .header("X-Forwarded-Proto", "https")
         .send()
@@ -105,7 +105,7 @@ async fn an_unreachable_core_gets_a_short_502_or_503() {
     let (edge, setup) = plain_edge(&[dead], "").await;
     for _ in 0..3 {
         let resp = client()
-            .get(format!("http://{}/api/v1/timelines/public", setup.http))
+            .get(format!("http://{}/api/v1/timelines/public", setup.http()))
             .send()
             .await
             .expect("an answer, not a hang");
@@ -139,7 +139,7 @@ async fn a_core_that_does_not_answer_in_time_gets_a_504() {
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
     // read_timeout is 3s in the test config.
     let resp = client()
-        .get(format!("http://{}/slow/6000", setup.http))
+        .get(format!("http://{}/slow/6000", setup.http()))
         .send()
         .await
         .expect("an answer");
@@ -177,7 +177,7 @@ async fn gets_fail_over_and_a_host_that_refused_is_ejected() {
     let (edge, setup, vanishing) = edge_with_a_vanishing_host(&origin).await;
     for i in 0..10 {
         let resp = client()
-            .get(format!("http://{}/api/v1/timelines/{i}", setup.http))
+            .get(format!("http://{}/api/v1/timelines/{i}", setup.http()))
             .send()
             .await
             .expect("request");
@@ -217,7 +217,7 @@ async fn a_post_is_never_retried_even_after_a_refused_connect() {
     let mut failed = 0;
     for i in 0..10 {
         let resp = client()
-            .post(format!("http://{}/api/v1/statuses/{i}", setup.http))
+            .post(format!("http://{}/api/v1/statuses/{i}", setup.http()))
             .body(format!("status number {i}"))
             .send()
             .await
@@ -250,7 +250,7 @@ async fn request_bodies_reach_the_core() {
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
     let payload = vec![b'x'; 3 * 1024 * 1024];
     let resp = client()
-        .post(format!("http://{}/api/v2/media", setup.http))
+        .post(format!("http://{}/api/v2/media", setup.http()))
         .body(payload)
         .send()
         .await
@@ -267,7 +267,7 @@ async fn an_h2c_upgrade_is_not_passed_to_the_core() {
     let origin = Origin::start().await;
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
     let answer = crate::harness::raw_exchange(
-        setup.http,
+        setup.http(),
         b"GET /api/v1/instance HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     )
     .await;
@@ -288,7 +288,7 @@ async fn an_http10_request_without_keep_alive_gets_its_connection_closed() {
     let origin = Origin::start().await;
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
     let mut stream = crate::harness::client::connect_and_send(
-        setup.http,
+        setup.http(),
         b"GET /old HTTP/1.0\r\nHost: a\r\n\r\n",
     )
     .await;
@@ -316,7 +316,7 @@ async fn a_websocket_upgrade_passes_through_and_carries_bytes_both_ways() {
     let origin = Origin::start().await;
     let (_edge, setup) = plain_edge(&[origin.address], "").await;
     let mut stream = crate::harness::client::connect_and_send(
-        setup.http,
+        setup.http(),
         b"GET /echo-upgrade HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .await;

@@ -1,7 +1,7 @@
 //! Purging URLs and prefixes from this PoP's cache through the admin listener.
 
 use crate::harness::origin::Origin;
-use crate::harness::{get, pop_with_cache, ADMIN_TOKEN};
+use crate::harness::{get, pop_with_cache, restartable_pop_with_cache, ADMIN_TOKEN};
 
 /// The `purged` count of a purge report.
 fn purged(body: &str) -> i64 {
@@ -25,16 +25,16 @@ fn encode(url: &str) -> String {
 #[tokio::test]
 async fn a_purged_url_is_a_miss_in_every_variant_and_after_a_restart() {
     let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
-    let host = pop.setup.http.to_string();
+    let mut pop = restartable_pop_with_cache(&origin).await;
+    let host = pop.setup.http().to_string();
     let page = "/@alice?cc=public,max-age=600&h=Vary:Accept";
     let big = "/bytes/2000000?cc=public,max-age=600";
     let other = "/@bob?cc=public,max-age=600";
     for accept in ["text/html", "application/activity+json"] {
-        get(pop.setup.http, page, &[("Accept", accept)]).await;
+        get(pop.setup.http(), page, &[("Accept", accept)]).await;
     }
-    get(pop.setup.http, big, &[]).await;
-    get(pop.setup.http, other, &[]).await;
+    get(pop.setup.http(), big, &[]).await;
+    get(pop.setup.http(), other, &[]).await;
     assert_eq!(origin.hits(), 4);
 
     let (status, body) = pop
@@ -49,19 +49,22 @@ async fn a_purged_url_is_a_miss_in_every_variant_and_after_a_restart() {
 
     crate::harness::kill_and_restart(&mut pop).await;
     for accept in ["text/html", "application/activity+json"] {
-        let answer = get(pop.setup.http, page, &[("Accept", accept)]).await;
+        let answer = get(pop.setup.http(), page, &[("Accept", accept)]).await;
         assert_eq!(answer.cache_status(), "MISS", "{accept}");
     }
-    assert_eq!(get(pop.setup.http, big, &[]).await.cache_status(), "MISS");
-    assert_eq!(get(pop.setup.http, other, &[]).await.cache_status(), "HIT");
+    assert_eq!(get(pop.setup.http(), big, &[]).await.cache_status(), "MISS");
+    assert_eq!(
+        get(pop.setup.http(), other, &[]).await.cache_status(),
+        "HIT"
+    );
     assert_eq!(origin.hits(), 7);
 }
 
 #[tokio::test]
 async fn a_prefix_purge_takes_everything_under_it() {
     let origin = Origin::start().await;
-    let mut pop = pop_with_cache(&origin, "").await;
-    let host = pop.setup.http.to_string();
+    let mut pop = restartable_pop_with_cache(&origin).await;
+    let host = pop.setup.http().to_string();
     let media = [
         "/system/media_attachments/1.png?cc=public,max-age=600",
         "/system/media_attachments/2.png?cc=public,max-age=600",
@@ -69,7 +72,7 @@ async fn a_prefix_purge_takes_everything_under_it() {
     ];
     let kept = "/packs/app.js?cc=public,max-age=600";
     for path in media.iter().chain([&kept]) {
-        get(pop.setup.http, path, &[]).await;
+        get(pop.setup.http(), path, &[]).await;
     }
     // After a restart the disk entries' URLs are not in memory yet: the purge must still
     // find them.
@@ -82,18 +85,18 @@ async fn a_prefix_purge_takes_everything_under_it() {
         .await;
     assert_eq!((status, purged(&body)), (200, 2), "{body}");
     assert_eq!(
-        get(pop.setup.http, media[0], &[]).await.cache_status(),
+        get(pop.setup.http(), media[0], &[]).await.cache_status(),
         "MISS"
     );
     assert_eq!(
-        get(pop.setup.http, media[1], &[]).await.cache_status(),
+        get(pop.setup.http(), media[1], &[]).await.cache_status(),
         "MISS"
     );
     assert_eq!(
-        get(pop.setup.http, media[2], &[]).await.cache_status(),
+        get(pop.setup.http(), media[2], &[]).await.cache_status(),
         "HIT"
     );
-    assert_eq!(get(pop.setup.http, kept, &[]).await.cache_status(), "HIT");
+    assert_eq!(get(pop.setup.http(), kept, &[]).await.cache_status(), "HIT");
     assert_eq!(
         pop.edge
             .metric("edgecache_cache_purged_objects_total{kind=\"prefix\"}")
@@ -107,7 +110,7 @@ async fn purging_needs_the_token_and_a_well_formed_target() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
     let client = reqwest::Client::new();
-    let url = format!("http://{}/purge?url=example.social/x", pop.setup.admin);
+    let url = format!("http://{}/purge?url=example.social/x", pop.setup.admin());
     assert_eq!(client.post(&url).send().await.expect("purge").status(), 401);
     let wrong = client
         .post(&url)

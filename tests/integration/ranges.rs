@@ -12,7 +12,7 @@ async fn ranges_of_a_cached_object_come_from_either_tier() {
     // 100 KB lives in memory, 2 MB on disk only (the memory tier takes up to 256 KiB).
     for size in [100_000u64, 2_000_000] {
         let path = format!("/bytes/{size}?cc=public,max-age=600");
-        get(pop.setup.http, &path, &[]).await;
+        get(pop.setup.http(), &path, &[]).await;
         for (range, start, end) in [
             ("bytes=0-0", 0, 1),
             ("bytes=100-199", 100, 200),
@@ -23,7 +23,7 @@ async fn ranges_of_a_cached_object_come_from_either_tier() {
             if start >= size {
                 continue;
             }
-            let answer = get(pop.setup.http, &path, &[("Range", range)]).await;
+            let answer = get(pop.setup.http(), &path, &[("Range", range)]).await;
             assert_eq!(answer.status, 206, "{size} {range}");
             assert_eq!(answer.cache_status(), "HIT");
             assert_eq!(
@@ -32,13 +32,13 @@ async fn ranges_of_a_cached_object_come_from_either_tier() {
             );
             assert!(answer.body == pattern_range(start..end), "{size} {range}");
         }
-        let unsatisfiable = get(pop.setup.http, &path, &[("Range", "bytes=9000000-")]).await;
+        let unsatisfiable = get(pop.setup.http(), &path, &[("Range", "bytes=9000000-")]).await;
         assert_eq!(unsatisfiable.status, 416);
         assert_eq!(
             unsatisfiable.header("content-range"),
             format!("bytes */{size}")
         );
-        let multi = get(pop.setup.http, &path, &[("Range", "bytes=0-9,1000-1009")]).await;
+        let multi = get(pop.setup.http(), &path, &[("Range", "bytes=0-9,1000-1009")]).await;
         assert_eq!(multi.status, 206);
         assert!(multi
             .header("content-type")
@@ -52,7 +52,7 @@ async fn ranges_of_a_cached_object_come_from_either_tier() {
         ));
         // If-Range with a validator that does not match: the whole object.
         let whole = get(
-            pop.setup.http,
+            pop.setup.http(),
             &path,
             &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")],
         )
@@ -69,13 +69,18 @@ async fn a_cold_range_request_fetches_the_object_once_and_answers_its_range() {
     let pop = pop_with_cache(&origin, "").await;
     let size = 3_000_000u64;
     let path = format!("/bytes/{size}?cc=public,max-age=600&delay_ms=10");
-    let answer = get(pop.setup.http, &path, &[("Range", "bytes=2000000-2000099")]).await;
+    let answer = get(
+        pop.setup.http(),
+        &path,
+        &[("Range", "bytes=2000000-2000099")],
+    )
+    .await;
     assert_eq!(answer.status, 206);
     assert!(answer.body == pattern_range(2_000_000..2_000_100));
     // The whole object was fetched (without the Range) and kept.
     let seen = origin.hits_for(&format!("/bytes/{size}"));
     assert_eq!(seen, 1);
-    let whole = get(pop.setup.http, &path, &[]).await;
+    let whole = get(pop.setup.http(), &path, &[]).await;
     assert_eq!(whole.cache_status(), "HIT");
     assert!(whole.body == pattern_range(0..size));
     assert_eq!(origin.hits(), 1);
@@ -88,16 +93,16 @@ async fn a_range_request_joining_a_fill_gets_its_bytes_as_they_arrive() {
     let size = 2_000_000u64;
     // About 1.5 s for the whole body.
     let path = format!("/bytes/{size}?cc=public,max-age=600&chunk=65536&delay_ms=50");
-    let address = pop.setup.http;
+    let address = pop.setup.http();
     let leader = {
         let path = path.clone();
         tokio::spawn(async move { get(address, &path, &[]).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let early = get(pop.setup.http, &path, &[("Range", "bytes=10-19")]).await;
+    let early = get(pop.setup.http(), &path, &[("Range", "bytes=10-19")]).await;
     assert_eq!(early.status, 206);
     assert!(early.body == pattern_range(10..20));
-    let late = get(pop.setup.http, &path, &[("Range", "bytes=1999000-")]).await;
+    let late = get(pop.setup.http(), &path, &[("Range", "bytes=1999000-")]).await;
     assert_eq!(late.status, 206);
     assert_eq!(
         late.header("content-range"),
@@ -124,7 +129,7 @@ async fn ranges_of_an_object_too_large_to_cache_go_to_the_core() {
     let path = format!("/bytes/{size}?cc=public,max-age=600");
     // The first request learns the size from the core's answer; the client still gets its
     // range, and nothing is stored.
-    let first = get(pop.setup.http, &path, &[("Range", "bytes=100-199")]).await;
+    let first = get(pop.setup.http(), &path, &[("Range", "bytes=100-199")]).await;
     assert_eq!(first.status, 206);
     assert_eq!(
         first.header("content-range"),
@@ -132,7 +137,12 @@ async fn ranges_of_an_object_too_large_to_cache_go_to_the_core() {
     );
     assert!(first.body == pattern_range(100..200));
     // From then on a range goes to the core as a range.
-    let second = get(pop.setup.http, &path, &[("Range", "bytes=2000000-2000099")]).await;
+    let second = get(
+        pop.setup.http(),
+        &path,
+        &[("Range", "bytes=2000000-2000099")],
+    )
+    .await;
     assert_eq!(second.status, 206);
     assert_eq!(
         second.header("content-range"),
@@ -152,23 +162,28 @@ async fn if_range_with_a_weak_etag_gets_the_whole_object() {
     let weak = "/bytes/1000?cc=public,max-age=600&h=etag:W/%22v1%22";
     let strong = "/bytes/1000?cc=public,max-age=600&etag=v1";
     for path in [weak, strong] {
-        assert_eq!(get(pop.setup.http, path, &[]).await.status, 200);
+        assert_eq!(get(pop.setup.http(), path, &[]).await.status, 200);
     }
     let range = [("Range", "bytes=0-9")];
     for if_range in ["W/\"v1\"", "\"v1\""] {
-        let answer = get(pop.setup.http, weak, &[range[0], ("If-Range", if_range)]).await;
+        let answer = get(pop.setup.http(), weak, &[range[0], ("If-Range", if_range)]).await;
         assert_eq!(answer.header("etag"), "W/\"v1\"");
         assert_eq!(answer.status, 200, "weak ETag, If-Range {if_range}");
         assert_eq!(answer.body.len(), 1000);
     }
     let weak_given = get(
-        pop.setup.http,
+        pop.setup.http(),
         strong,
         &[range[0], ("If-Range", "W/\"v1\"")],
     )
     .await;
     assert_eq!(weak_given.status, 200, "a weak If-Range never matches");
-    let matching = get(pop.setup.http, strong, &[range[0], ("If-Range", "\"v1\"")]).await;
+    let matching = get(
+        pop.setup.http(),
+        strong,
+        &[range[0], ("If-Range", "\"v1\"")],
+    )
+    .await;
     assert_eq!(matching.status, 206);
     assert!(matching.body == pattern_range(0..10));
 }

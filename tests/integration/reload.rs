@@ -12,7 +12,7 @@ use crate::harness::{
 const NAME: &str = "hachyderm.example";
 
 async fn served_leaf(setup: &EdgeSetup) -> Vec<u8> {
-    tls_probe(setup.https, Some(NAME), &[&TLS12, &TLS13], &[b"http/1.1"])
+    tls_probe(setup.https(), Some(NAME), &[&TLS12, &TLS13], &[b"http/1.1"])
         .await
         .leaf_der
 }
@@ -43,11 +43,12 @@ async fn sighup_swaps_the_certificate_and_connections_in_flight_carry_on() {
     assert_eq!(served_leaf(&setup).await, live.der);
 
     // A kept-alive connection and a slow request, both open across the reload.
-    let mut kept = tls_connect(setup.https, Some(NAME), &[&TLS13], &[b"http/1.1"]).await;
+    let mut kept = tls_connect(setup.https(), Some(NAME), &[&TLS13], &[b"http/1.1"]).await;
     assert_eq!(http1_on(&mut kept, NAME, "/before").await.0, 200);
     let slow = tokio::spawn({
-        let client = crate::harness::https_client(&[live.pem.as_str()], &[NAME], setup.https, true);
-        let url = format!("https://{NAME}:{}/slow/1500", setup.https.port());
+        let client =
+            crate::harness::https_client(&[live.pem.as_str()], &[NAME], setup.https(), true);
+        let url = format!("https://{NAME}:{}/slow/1500", setup.https().port());
         async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -76,9 +77,10 @@ async fn sighup_swaps_the_certificate_and_connections_in_flight_carry_on() {
     );
 
     // A new client that trusts only the renewed certificate verifies it for real.
-    let client = crate::harness::https_client(&[renewed.pem.as_str()], &[NAME], setup.https, false);
+    let client =
+        crate::harness::https_client(&[renewed.pem.as_str()], &[NAME], setup.https(), false);
     let resp = client
-        .get(format!("https://{NAME}:{}/", setup.https.port()))
+        .get(format!("https://{NAME}:{}/", setup.https().port()))
         .send()
         .await
         .expect("request with the renewed certificate");
@@ -116,7 +118,8 @@ async fn a_bad_new_certificate_is_refused_and_the_old_one_stays() {
 #[tokio::test]
 async fn the_admin_endpoint_and_the_reload_command_need_the_token() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
+    // The reload command finds the admin listener at the config's address.
+    let setup = EdgeSetup::with_ports_now();
     let live = TestCert::create(setup.dir.path(), "live", &[NAME]);
     let token = setup.path("admin.token");
     std::fs::write(&token, "correct-horse\n").expect("token");
@@ -150,7 +153,7 @@ async fn a_reload_applies_trusted_proxies_and_reports_what_needs_a_restart() {
     let client = reqwest::Client::new();
     let seen_xff = || async {
         let resp = client
-            .get(format!("http://{}/", setup.http))
+            .get(format!("http://{}/", setup.http()))
             .header("X-Forwarded-For", "198.51.100.7")
             .send()
             .await

@@ -71,7 +71,7 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
 async fn four_trickling_clients_cannot_lock_out_a_fifth() {
     let origin = Origin::start().await;
     let (edge, setup) = edge(&origin).await;
-    let address = setup.http;
+    let address = setup.http();
     let tricklers: Vec<_> = (0..4).map(|_| tokio::spawn(trickle(address))).collect();
     edge.wait_metric("edgecache_open_connections{listener=\"http\"}", 4.0)
         .await;
@@ -113,7 +113,7 @@ async fn a_connection_that_never_finishes_its_start_is_closed_at_the_deadline() 
     let (_edge, setup) = edge(&origin).await;
     // h2c: half the HTTP/2 connection preface, then nothing.
     let started = Instant::now();
-    let mut h2c = TcpStream::connect(setup.http).await.expect("connect");
+    let mut h2c = TcpStream::connect(setup.http()).await.expect("connect");
     h2c.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
     let waited = closed_after(&mut h2c, started).await;
     assert!(
@@ -123,13 +123,13 @@ async fn a_connection_that_never_finishes_its_start_is_closed_at_the_deadline() 
     assert!(waited < Duration::from_secs(8), "h2c preface: {waited:?}");
     // TLS: a connection that never starts its handshake.
     let started = Instant::now();
-    let mut silent = TcpStream::connect(setup.https).await.expect("connect");
+    let mut silent = TcpStream::connect(setup.https()).await.expect("connect");
     let waited = closed_after(&mut silent, started).await;
     assert!(waited < Duration::from_secs(8), "TLS handshake: {waited:?}");
     // TLS with h2 agreed, and then no preface.
     let started = Instant::now();
     let mut tls = tls_connect(
-        setup.https,
+        setup.https(),
         Some("hachyderm.example"),
         &[&tokio_rustls::rustls::version::TLS13],
         &[b"h2"],
@@ -140,7 +140,7 @@ async fn a_connection_that_never_finishes_its_start_is_closed_at_the_deadline() 
     assert!(waited < Duration::from_secs(8), "h2 over TLS: {waited:?}");
     // An HTTP/1.1 head over TLS that stops half-way gets its 408.
     let mut half = tls_connect(
-        setup.https,
+        setup.https(),
         Some("hachyderm.example"),
         &[&tokio_rustls::rustls::version::TLS13],
         &[b"http/1.1"],
@@ -161,7 +161,7 @@ async fn clients_that_send_in_time_are_unaffected() {
     let (_edge, setup) = edge(&origin).await;
     // A head in three pieces, each well within the deadline, then a kept-alive second
     // request after a pause longer than the header timeout (the keep-alive wait is its own).
-    let mut stream = TcpStream::connect(setup.http).await.expect("connect");
+    let mut stream = TcpStream::connect(setup.http()).await.expect("connect");
     for piece in [&b"GET /a HTTP/1.1\r\n"[..], b"Host: a.example\r\n", b"\r\n"] {
         stream.write_all(piece).await.expect("write");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -185,7 +185,7 @@ async fn clients_that_send_in_time_are_unaffected() {
         .expect("client");
     for path in ["/h2-first", "/h2-second"] {
         let resp = h2
-            .get(format!("http://{}{path}", setup.http))
+            .get(format!("http://{}{path}", setup.http()))
             .send()
             .await
             .expect("h2c request");
@@ -210,7 +210,7 @@ async fn a_client_past_its_route_limit_gets_429_and_others_do_not() {
         .no_proxy()
         .build()
         .expect("client");
-    let url = |path: &str| format!("http://{}{path}", setup.http);
+    let url = |path: &str| format!("http://{}{path}", setup.http());
     let sign_in = |from: &'static str| {
         client
             .post(url("/auth/sign_in"))
@@ -314,7 +314,7 @@ async fn an_http1_pri_request_on_an_h2c_listener_keeps_the_head_deadline() {
     let origin = Origin::start().await;
     let (_edge, setup) = edge(&origin).await;
     let started = Instant::now();
-    let answer = trickle_after(setup.http, b"PRI /x HTTP/1.1\r\nHost: a.example\r\n").await;
+    let answer = trickle_after(setup.http(), b"PRI /x HTTP/1.1\r\nHost: a.example\r\n").await;
     assert_eq!(raw_status(&answer), Some(408), "{answer}");
     assert!(
         started.elapsed() < Duration::from_secs(8),

@@ -39,7 +39,7 @@ async fn two_sites() -> TwoSites {
 #[tokio::test]
 async fn sni_picks_the_certificate_and_no_sni_gets_the_default() {
     let sites = two_sites().await;
-    let https = sites.setup.https;
+    let https = sites.setup.https();
     let both = [&TLS12, &TLS13];
     let alpn: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
@@ -92,7 +92,7 @@ async fn sni_picks_the_certificate_and_no_sni_gets_the_default() {
 #[tokio::test]
 async fn tls12_and_tls13_and_both_alpn_protocols_are_offered() {
     let sites = two_sites().await;
-    let https = sites.setup.https;
+    let https = sites.setup.https();
     let h2_first: [&[u8]; 2] = [b"h2", b"http/1.1"];
     let h1: [&[u8]; 1] = [b"http/1.1"];
 
@@ -134,7 +134,7 @@ async fn tls12_and_tls13_and_both_alpn_protocols_are_offered() {
 #[tokio::test]
 async fn verified_https_requests_work_over_h2_and_http1() {
     let sites = two_sites().await;
-    let https = sites.setup.https;
+    let https = sites.setup.https();
     let names = ["hachyderm.example", "media.hachyderm.example"];
     let roots = [sites.main.pem.as_str(), sites.media.pem.as_str()];
 

@@ -56,7 +56,7 @@ impl Load {
         let mut tasks = Vec::new();
         for task in 0..4 {
             let client = if task == 3 {
-                https_client(&[&cert.pem], &["hachyderm.example"], setup.https, false)
+                https_client(&[&cert.pem], &["hachyderm.example"], setup.https(), false)
             } else {
                 reqwest::Client::builder()
                     .no_proxy()
@@ -69,10 +69,10 @@ impl Load {
             let url = match task {
                 3 => format!(
                     "https://hachyderm.example:{}/load/{task}",
-                    setup.https.port()
+                    setup.https().port()
                 ),
-                0 | 1 => format!("http://{}/load/{task}?cc=public,max-age=60", setup.http),
-                _ => format!("http://{}/load/{task}", setup.http),
+                0 | 1 => format!("http://{}/load/{task}?cc=public,max-age=60", setup.http()),
+                _ => format!("http://{}/load/{task}", setup.http()),
             };
             let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
             tasks.push(tokio::spawn(async move {
@@ -131,7 +131,8 @@ async fn upgrade_command(config: &std::path::Path) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
+    // The upgrade command finds the admin listener at the config's address.
+    let setup = EdgeSetup::with_ports_now();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let mut with_cache = upgrade_config(&setup, &cert, &origin, "");
     with_cache.cache = Some(Cache::two_tiers(setup.dir.path()));
@@ -143,7 +144,7 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
     // handover): ~2 MB at 64 KiB per 250 ms, about 8 s.
     let slow_url = format!(
         "http://{}/bytes/2000000?chunk=65536&delay_ms=250&cc=public,max-age=600",
-        setup.http
+        setup.http()
     );
     let slow = tokio::spawn(async move {
         let resp = reqwest::Client::builder()
@@ -220,7 +221,7 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let again = crate::harness::get(
-        setup.http,
+        setup.http(),
         "/bytes/2000000?chunk=65536&delay_ms=250&cc=public,max-age=600",
         &[],
     )
@@ -237,7 +238,8 @@ async fn an_upgrade_hands_the_sockets_over_without_failing_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     let origin = Origin::start().await;
-    let setup = EdgeSetup::new();
+    // The upgrade command finds the admin listener at the config's address.
+    let setup = EdgeSetup::with_ports_now();
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let config = setup.write_config(&upgrade_config(&setup, &cert, &origin, ""));
     let mut old = Edge::start(&setup, &config).await;
@@ -247,7 +249,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(old.is_running(), "a stray SIGQUIT stopped the process");
     assert_eq!(
-        crate::harness::get(setup.http, "/after-sigquit", &[])
+        crate::harness::get(setup.http(), "/after-sigquit", &[])
             .await
             .status,
         200
@@ -277,7 +279,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
         "{stderr}"
     );
     assert!(old.is_running());
-    let resp = crate::harness::get(setup.http, "/still-here", &[]).await;
+    let resp = crate::harness::get(setup.http(), "/still-here", &[]).await;
     assert_eq!(resp.status, 200);
     assert!(foreign.join("precious.txt").exists());
     assert_eq!(
@@ -299,7 +301,7 @@ async fn a_successor_that_cannot_start_leaves_the_old_process_serving() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     let new_pid = successor_pid(&stdout);
     let _successor = KillOnDrop(new_pid);
-    let resp = crate::harness::get(setup.http, "/after", &[]).await;
+    let resp = crate::harness::get(setup.http(), "/after", &[]).await;
     assert_eq!(resp.status, 200);
 }
 
@@ -309,7 +311,7 @@ async fn an_upgrade_needs_the_admin_token() {
     let pop = crate::harness::start_pop(&[origin.address], "").await;
     // No admin.token_file: the admin listener may not replace the process.
     let resp = reqwest::Client::new()
-        .post(format!("http://{}/upgrade", pop.setup.admin))
+        .post(format!("http://{}/upgrade", pop.setup.admin()))
         .send()
         .await
         .expect("request");
@@ -319,4 +321,54 @@ async fn an_upgrade_needs_the_admin_token() {
         .await
         .expect("body")
         .contains("admin.token_file"));
+}
+
+#[tokio::test]
+async fn a_port_zero_edge_keeps_its_ports_across_an_upgrade() {
+    let origin = Origin::start().await;
+    let setup = EdgeSetup::new();
+    let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
+    let config = setup.write_config(&upgrade_config(&setup, &cert, &origin, ""));
+    let mut old = Edge::start(&setup, &config).await;
+    let before = setup.report();
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.iter().all(|(_, a)| a.port() != 0), "{before:?}");
+    // The successor writes its own report: gone until it listens.
+    std::fs::remove_file(setup.addresses_file()).expect("remove the report");
+
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/upgrade", setup.admin()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("upgrade request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let new_pid = successor_pid(&resp.text().await.expect("upgrade answer"));
+    let _successor = KillOnDrop(new_pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.is_running() || !setup.addresses_file().exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the old process never left or the successor never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(setup.report(), before);
+    // Only the successor is left, on the same ports.
+    let resp = crate::harness::get(setup.http(), "/after-upgrade", &[]).await;
+    assert_eq!(resp.status, 200);
+    let client = https_client(&[&cert.pem], &["hachyderm.example"], setup.https(), false);
+    let resp = client
+        .get(format!(
+            "https://hachyderm.example:{}/after-upgrade",
+            setup.https().port()
+        ))
+        .send()
+        .await
+        .expect("https after the upgrade");
+    assert_eq!(resp.status().as_u16(), 200);
+    let health = reqwest::get(format!("http://{}/healthz", setup.admin()))
+        .await
+        .expect("admin after the upgrade");
+    assert_eq!(health.status().as_u16(), 200);
 }

@@ -70,7 +70,7 @@ async fn ten_thousand_messages_are_echoed_byte_exact() {
     let web = Origin::start().await;
     let (echo, _task) = echo_server().await;
     let (edge, setup) = edge_with_streaming(web.address, echo, "").await;
-    let url = format!("ws://{}/api/v1/streaming?stream=public", setup.http);
+    let url = format!("ws://{}/api/v1/streaming?stream=public", setup.http());
     let (mut socket, response) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("upgrade");
@@ -119,7 +119,7 @@ async fn an_idle_websocket_is_closed_after_its_timeout() {
     let (echo, _task) = echo_server().await;
     let (_edge, setup) =
         edge_with_streaming(web.address, echo, "limits:\n  websocket_idle_timeout: 1s\n").await;
-    let url = format!("ws://{}/api/v1/streaming", setup.http);
+    let url = format!("ws://{}/api/v1/streaming", setup.http());
     let (mut socket, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("upgrade");
@@ -173,7 +173,7 @@ async fn a_graceful_shutdown_closes_websockets_with_going_away() {
     let path = setup.write_config(&config);
     let mut edge = Edge::start(&setup, &path).await;
 
-    let url = format!("ws://{}/api/v1/streaming?stream=public", setup.http);
+    let url = format!("ws://{}/api/v1/streaming?stream=public", setup.http());
     let mut sockets = Vec::new();
     for i in 0..3 {
         let (mut socket, _) = tokio_tungstenite::connect_async(&url)

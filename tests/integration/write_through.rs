@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::origin::pattern_range;
 use crate::harness::{get, kill_and_restart};
-use crate::harness::{media_pop_with, MediaConfig, MediaPop};
+use crate::harness::{media_pop_with, MediaConfig, MediaPop, Ports};
 
 /// `spaces` first, then the old server; what the old server has is written to `spaces`.
 fn config(queue: &'static [(&'static str, &'static str)]) -> MediaConfig<'static> {
@@ -43,7 +43,7 @@ async fn wait_jobs(media: &MediaPop, event: &str, count: f64) {
 async fn media_from_legacy_places_lands_in_the_store_byte_exact() {
     let media = media_pop_with(config(QUEUE)).await;
     media.legacy_file("media_attachments/c.png", &pattern_range(7..70_007));
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     let from_old = get(http, "/system/300000", &[]).await;
     assert_eq!(from_old.status, 200);
     assert!(from_old.body == pattern_range(0..300_000));
@@ -64,7 +64,7 @@ async fn an_object_already_in_the_store_is_never_overwritten() {
     .await;
     media.s3.put("a.png", b"the store's own copy").await;
     media.legacy_file("a.png", b"an older copy on the old disk");
-    let answer = get(media.pop.setup.http, "/system/a.png", &[]).await;
+    let answer = get(media.pop.setup.http(), "/system/a.png", &[]).await;
     assert_eq!(answer.body, b"an older copy on the old disk");
     wait_jobs(&media, "done", 1.0).await;
     assert_eq!(
@@ -81,7 +81,7 @@ async fn a_body_cut_off_mid_way_is_never_uploaded() {
     })
     .await;
     let client = reqwest::Client::new();
-    let url = format!("http://{}/system/200000", media.pop.setup.http);
+    let url = format!("http://{}/system/200000", media.pop.setup.http());
     let outcome = match client.get(&url).send().await {
         Ok(resp) => resp.bytes().await.map(|b| b.len()),
         Err(e) => Err(e),
@@ -107,9 +107,13 @@ async fn a_body_cut_off_mid_way_is_never_uploaded() {
 
 #[tokio::test]
 async fn jobs_wait_on_disk_while_the_store_is_down_and_survive_kill_9() {
-    let mut media = media_pop_with(config(QUEUE)).await;
+    let mut media = media_pop_with(MediaConfig {
+        ports: Ports::Kept,
+        ..config(QUEUE)
+    })
+    .await;
     media.s3.stop();
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     for n in [1000, 2000, 3000] {
         let answer = get(http, &format!("/system/{n}"), &[]).await;
         assert_eq!(
@@ -151,7 +155,7 @@ async fn jobs_wait_on_disk_while_the_store_is_down_and_survive_kill_9() {
 async fn a_full_queue_drops_the_copy_not_the_request() {
     let mut media = media_pop_with(config(&[("max_jobs", "1"), ("retry_min", "1s")])).await;
     media.s3.stop();
-    let http = media.pop.setup.http;
+    let http = media.pop.setup.http();
     for n in [1000u64, 2000] {
         let answer = get(http, &format!("/system/{n}"), &[]).await;
         assert_eq!(answer.status, 200);
@@ -177,7 +181,7 @@ async fn large_objects_are_uploaded_in_verified_parts() {
     })
     .await;
     let size = 12 * 1024 * 1024 + 5;
-    let answer = get(media.pop.setup.http, &format!("/system/{size}"), &[]).await;
+    let answer = get(media.pop.setup.http(), &format!("/system/{size}"), &[]).await;
     assert!(answer.body == pattern_range(0..size));
     wait_jobs(&media, "done", 1.0).await;
     assert!(media.s3.get(&size.to_string()).await == Some(pattern_range(0..size)));
@@ -224,10 +228,10 @@ async fn every_write_through_store_that_lacks_the_object_gets_it() {
     .await;
     // Only in the first store: the second gets a copy.
     media.s3.put("in-spaces.png", b"first store only").await;
-    let answer = get(media.pop.setup.http, "/system/in-spaces.png", &[]).await;
+    let answer = get(media.pop.setup.http(), "/system/in-spaces.png", &[]).await;
     assert_eq!(answer.body, b"first store only");
     // Only on the old server: both get a copy.
-    let answer = get(media.pop.setup.http, "/system/4096", &[]).await;
+    let answer = get(media.pop.setup.http(), "/system/4096", &[]).await;
     assert!(answer.body == pattern_range(0..4096));
     wait_jobs(&media, "done", 2.0).await;
     assert_eq!(
@@ -247,7 +251,7 @@ async fn a_job_that_keeps_failing_is_set_aside_after_max_attempts() {
     ]))
     .await;
     media.s3.stop();
-    let answer = get(media.pop.setup.http, "/system/777", &[]).await;
+    let answer = get(media.pop.setup.http(), "/system/777", &[]).await;
     assert_eq!(answer.status, 200);
     wait_jobs(&media, "failed", 1.0).await;
     let failed = media.pop.cache_dir.path().join("queue/failed");

@@ -60,9 +60,8 @@ fn take_port() -> (SocketAddr, socket2::Socket) {
 
 /// A port that was free a moment ago on 127.0.0.1, for something to bind later (an origin
 /// started after the edge, a core host that is never there). No other test process will
-/// take it, but between now and the bind anything else on the machine still could: an
-/// edge's own ports are held until it starts ([`EdgeSetup::new`]); closing that window
-/// entirely needs the edge to bind port 0 and report its addresses.
+/// take it, but between now and the bind anything else on the machine still could; an
+/// edge binds port 0 instead ([`EdgeSetup::new`]).
 pub fn free_address() -> SocketAddr {
     take_port().0
 }
@@ -102,33 +101,124 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// The three addresses of a test edge.
+#[derive(Debug, Clone, Copy)]
+struct EdgeAddresses {
+    http: SocketAddr,
+    https: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// How a test edge gets its ports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ports {
+    /// Port 0: ports of the kernel's choice, new at every start, reported by the edge.
+    #[default]
+    Chosen,
+    /// Taken before the config is written, the same at every start: for an edge whose
+    /// address must be known before it starts or stay where it was across a restart
+    /// (cache keys name the port a client called).
+    Kept,
+}
+
 /// Addresses and files of one test's edge.
 pub struct EdgeSetup {
     pub dir: TempDir,
-    pub http: SocketAddr,
-    pub https: SocketAddr,
-    pub admin: SocketAddr,
-    /// The three ports, held bound until the edge is about to start, so nothing else takes
-    /// them while the test writes certificates and starts its origins and stores.
+    /// What the config says: port 0 (the edge picks) unless taken by [`EdgeSetup::with_ports_now`].
+    configured: EdgeAddresses,
+    /// What the running (or last) edge reported it listens on.
+    reported: parking_lot::Mutex<Option<EdgeAddresses>>,
+    /// Ports taken by [`EdgeSetup::with_ports_now`], held bound until the edge is about to
+    /// start, so nothing else takes them while the test writes certificates and starts its
+    /// origins and stores.
     held: parking_lot::Mutex<Vec<socket2::Socket>>,
 }
 
 impl EdgeSetup {
+    /// An edge on port 0: it binds ports of the kernel's choice and reports them
+    /// (`serve --addresses-file`), read by [`Edge::start`]. Every start, restarts included,
+    /// gets new ports; ask [`EdgeSetup::http`] and the others after it.
     pub fn new() -> EdgeSetup {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        EdgeSetup {
+            dir: tempfile::tempdir().expect("tempdir"),
+            configured: EdgeAddresses {
+                http: any,
+                https: any,
+                admin: any,
+            },
+            reported: parking_lot::Mutex::new(None),
+            held: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An edge with `ports`.
+    pub fn with(ports: Ports) -> EdgeSetup {
+        match ports {
+            Ports::Chosen => EdgeSetup::new(),
+            Ports::Kept => EdgeSetup::with_ports_now(),
+        }
+    }
+
+    /// An edge whose ports are taken now ([`Ports::Kept`]), for a config that must name
+    /// them before it starts (PoPs of a fleet list each other's admin addresses) or that
+    /// must keep them across a restart.
+    pub fn with_ports_now() -> EdgeSetup {
         let (http, http_socket) = take_port();
         let (https, https_socket) = take_port();
         let (admin, admin_socket) = take_port();
         EdgeSetup {
             dir: tempfile::tempdir().expect("tempdir"),
-            http,
-            https,
-            admin,
+            configured: EdgeAddresses { http, https, admin },
+            reported: parking_lot::Mutex::new(None),
             held: parking_lot::Mutex::new(vec![http_socket, https_socket, admin_socket]),
         }
     }
 
-    /// Lets the ports go, for the edge to bind them. From here until the edge has bound
-    /// them, only a process outside the test suite could take them.
+    /// The plain HTTP listener's address.
+    pub fn http(&self) -> SocketAddr {
+        self.known(|a| a.http, "http")
+    }
+
+    /// The HTTPS listener's address.
+    pub fn https(&self) -> SocketAddr {
+        self.known(|a| a.https, "https")
+    }
+
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.known(|a| a.admin, "admin")
+    }
+
+    fn known(&self, pick: impl Fn(&EdgeAddresses) -> SocketAddr, what: &str) -> SocketAddr {
+        if let Some(reported) = *self.reported.lock() {
+            return pick(&reported);
+        }
+        let configured = pick(&self.configured);
+        assert_ne!(
+            configured.port(),
+            0,
+            "the {what} port is chosen when the edge starts: ask after Edge::start, or take it first with EdgeSetup::with_ports_now"
+        );
+        configured
+    }
+
+    /// The (http, admin) addresses as a config names them: port 0 unless [`Ports::Kept`].
+    pub fn configured_http_and_admin(&self) -> (SocketAddr, SocketAddr) {
+        (self.configured.http, self.configured.admin)
+    }
+
+    /// Whether every start binds the same ports.
+    pub fn ports(&self) -> Ports {
+        if self.configured.http.port() == 0 {
+            Ports::Chosen
+        } else {
+            Ports::Kept
+        }
+    }
+
+    /// Lets the taken ports go, for the edge to bind them. From here until the edge has
+    /// bound them, only a process outside the test suite could take them.
     pub fn release_ports(&self) {
         self.held.lock().clear();
     }
@@ -140,7 +230,8 @@ impl EdgeSetup {
     /// The test config ([`Config::edge`]) on this setup's addresses, serving `certs` on
     /// HTTPS, in front of `core`, with the top-level sections in `extra` added.
     pub fn config(&self, certs: &[&TestCert], core: &[SocketAddr], extra: &str) -> Config {
-        Config::edge(self.http, self.https, self.admin, certs, core).with_sections(extra)
+        let EdgeAddresses { http, https, admin } = self.configured;
+        Config::edge(http, https, admin, certs, core).with_sections(extra)
     }
 
     /// Writes `config` where [`Edge::start`] and restarts read it.
@@ -153,6 +244,47 @@ impl EdgeSetup {
         let path = self.path("edgecache.yaml");
         std::fs::write(&path, text).expect("write config");
         path
+    }
+
+    /// Where the edge reports its addresses.
+    pub fn addresses_file(&self) -> PathBuf {
+        self.path("addresses")
+    }
+
+    /// The edge's report: (name, address) of every listener, `admin` and
+    /// `listener:<name>`.
+    pub fn report(&self) -> Vec<(String, SocketAddr)> {
+        let text = std::fs::read_to_string(self.addresses_file()).expect("the address report");
+        edgecache::sockets::parse_report(&text).expect("a readable address report")
+    }
+
+    /// The reported address of the listener `name` (as named in the config).
+    pub fn listener_address(&self, name: &str) -> SocketAddr {
+        let key = edgecache::sockets::listener_key(name);
+        self.report()
+            .into_iter()
+            .find_map(|(n, address)| (n == key).then_some(address))
+            .unwrap_or_else(|| panic!("no listener {name} in the report"))
+    }
+
+    /// Takes in what the edge reported (listeners other than `http` and `https` a test
+    /// added keep their own addresses); `None` until the report is there.
+    fn read_report(&self) -> Option<SocketAddr> {
+        let text = std::fs::read_to_string(self.addresses_file()).ok()?;
+        let report = edgecache::sockets::parse_report(&text).expect("a readable address report");
+        let find = |name: &str, otherwise: SocketAddr| {
+            report
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(otherwise, |(_, a)| *a)
+        };
+        let admin = find(edgecache::sockets::ADMIN, self.configured.admin);
+        *self.reported.lock() = Some(EdgeAddresses {
+            http: find("listener:http", self.configured.http),
+            https: find("listener:https", self.configured.https),
+            admin,
+        });
+        Some(admin)
     }
 }
 
@@ -184,14 +316,23 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Starts `edgecache serve` on `config` and waits until every listener is bound.
+    /// Starts `edgecache serve` on `config` and waits until every listener listens (the
+    /// edge reports its addresses then).
     pub async fn start(setup: &EdgeSetup, config: &Path) -> Edge {
         let stdout = setup.path("stdout.log");
         let stderr = setup.path("stderr.log");
         setup.release_ports();
+        let report = setup.addresses_file();
+        match std::fs::remove_file(&report) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove the old address report: {e}"),
+        }
         let child = Command::new(BINARY)
             .args(["serve", "--config"])
             .arg(config)
+            .arg("--addresses-file")
+            .arg(&report)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
@@ -202,31 +343,30 @@ impl Edge {
             child,
             stdout,
             stderr,
-            admin: setup.admin,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        edge.wait_bound().await;
+        edge.admin = edge.wait_listening(setup).await;
         edge
     }
 
-    async fn wait_bound(&mut self) {
+    /// Waits for the edge's address report; returns the admin address.
+    async fn wait_listening(&mut self, setup: &EdgeSetup) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let client = reqwest::Client::new();
         loop {
+            if let Some(admin) = setup.read_report() {
+                return admin;
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "edgecache exited early with {status}: {}",
                     std::fs::read_to_string(&self.stderr).unwrap_or_default()
                 );
             }
-            let url = format!("http://{}/readyz", self.admin);
-            if let Ok(resp) = client.get(&url).send().await {
-                let body = resp.text().await.unwrap_or_default();
-                if !body.contains("not bound") {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "edgecache did not bind in 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                Instant::now() < deadline,
+                "edgecache did not listen in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::harness::config::{
     path_value, settings, Cache, Config, Group, MediaRoute, Route, Store,
 };
-use crate::harness::edge::{Edge, EdgeSetup, TestCert, TestPop};
+use crate::harness::edge::{Edge, EdgeSetup, Ports, TestCert, TestPop};
 use crate::harness::origin::Origin;
 use crate::harness::s3::S3Server;
 
@@ -45,7 +45,14 @@ pub async fn pop_with_cache_config(
     change: impl FnOnce(&mut Config, &Path),
 ) -> CachingPop {
     let cache_dir = tempfile::tempdir().expect("tempdir");
-    start_caching_pop(origin, cache_dir, change, false).await
+    start_caching_pop(origin, cache_dir, change, false, Ports::Chosen).await
+}
+
+/// Like [`pop_with_cache`] with nothing added, on ports that stay the same when
+/// [`kill_and_restart`] starts it again.
+pub async fn restartable_pop_with_cache(origin: &Origin) -> CachingPop {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    start_caching_pop(origin, cache_dir, |_, _| {}, false, Ports::Kept).await
 }
 
 /// Starts an edge with the cache section `cache`, in `cache_dir` (made ready by the test).
@@ -59,6 +66,7 @@ pub async fn pop_with_cache_section(
         cache_dir,
         |config, _| config.cache = Some(cache),
         false,
+        Ports::Chosen,
     )
     .await
 }
@@ -71,6 +79,7 @@ pub async fn pop_with_cache_and_h2c(origin: &Origin, extra: &str) -> CachingPop 
         cache_dir,
         |config, _| config.add_sections(extra),
         true,
+        Ports::Chosen,
     )
     .await
 }
@@ -80,8 +89,9 @@ async fn start_caching_pop(
     cache_dir: tempfile::TempDir,
     change: impl FnOnce(&mut Config, &Path),
     h2c: bool,
+    ports: Ports,
 ) -> CachingPop {
-    let setup = EdgeSetup::new();
+    let setup = EdgeSetup::with(ports);
     let cert = TestCert::create(setup.dir.path(), "site", &["hachyderm.example"]);
     let token = setup.path("admin.token");
     std::fs::write(&token, ADMIN_TOKEN).expect("token");
@@ -103,7 +113,7 @@ impl CachingPop {
     /// `POST /purge?<query>` with the token: (status, body).
     pub async fn purge(&self, query: &str) -> (u16, String) {
         let resp = reqwest::Client::new()
-            .post(format!("http://{}/purge?{query}", self.setup.admin))
+            .post(format!("http://{}/purge?{query}", self.setup.admin()))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
@@ -130,8 +140,14 @@ pub fn entry_files(pop: &CachingPop, ext: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// Kills the edge with SIGKILL (nothing flushed, nothing cleaned up) and starts it again.
+/// Kills the edge with SIGKILL (nothing flushed, nothing cleaned up) and starts it again,
+/// on the same ports ([`Ports::Kept`]).
 pub async fn kill_and_restart(pop: &mut CachingPop) {
+    assert_eq!(
+        pop.setup.ports(),
+        Ports::Kept,
+        "a restarted edge on port 0 would answer elsewhere: start it with Ports::Kept"
+    );
     pop.pop.edge.signal(nix::sys::signal::Signal::SIGKILL);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while pop.pop.edge.exit_status().is_none() {
@@ -171,6 +187,8 @@ pub struct MediaConfig<'a> {
     /// Any other change, given the test's directory (where the cache and the S3
     /// credentials live) for the paths it needs.
     pub change: &'a dyn Fn(&mut Config, &Path),
+    /// [`Ports::Kept`] for a test that restarts the edge.
+    pub ports: Ports,
 }
 
 fn unchanged(_: &mut Config, _: &Path) {}
@@ -185,6 +203,7 @@ impl Default for MediaConfig<'_> {
             write_through: &[],
             queue: None,
             change: &unchanged,
+            ports: Ports::Chosen,
         }
     }
 }
@@ -244,6 +263,7 @@ pub async fn media_pop_with(media: MediaConfig<'_>) -> MediaPop {
             (media.change)(config, dir);
         },
         false,
+        media.ports,
     )
     .await;
     MediaPop {
