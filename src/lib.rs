@@ -31,9 +31,12 @@
 //! the route back by its ticket and never routes again. [`origin::lookup`] asks the route's
 //! places in order ([`store::places`]: S3, an old server over HTTP, a directory), each
 //! behind its guard ([`store::guard`]: a concurrency limit and a breaker). A body found
-//! anywhere but the write-through stores streams to pingora's fill and, through
-//! [`migrate::tee`], to the write-through queue ([`migrate::queue`]), which uploads it to the
-//! route's object stores once it arrived whole.
+//! anywhere but the write-through stores streams to pingora's fill, and a copy of it goes to
+//! the write-through queue ([`migrate::queue`]), which uploads it to the route's object
+//! stores once it arrived whole. The copy is written once: when the cache keeps the body on
+//! disk, the copy is that file, which the proxy links into the queue when the request ends
+//! ([`origin::handoff`], [`migrate::arriving`]); otherwise it is spooled as the body streams
+//! ([`migrate::tee`]).
 //!
 //! Around that: [`admin`] serves health, readiness, metrics, reload, purge and upgrade on
 //! its own address; [`fleet`] takes every purge to every PoP; [`reload`] re-reads the config

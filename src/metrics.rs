@@ -350,11 +350,20 @@ metrics! {
     );
     /// Write-through jobs by event: `queued`, `done`, `failed` (set aside after
     /// `max_attempts`), `dropped` (the queue was full), `too_large`, `tombstoned` (the
-    /// media was deleted before the copy went out).
+    /// media was deleted before the copy went out), `not_kept` (the copy was to be the
+    /// cache's file of the body, and the cache did not keep one).
     write_through_jobs: IntCounterVec = counter_vec(
         "edgecache_write_through_jobs_total",
         "Write-through jobs by event.",
         &["event"],
+    );
+    /// Bytes of queued copies by where their local file came from: `stream` (written by
+    /// the copy as the body went to the client) or `cache` (the cache's own file of the
+    /// body, linked: no byte written twice).
+    write_through_copied_bytes: IntCounterVec = counter_vec(
+        "edgecache_write_through_copied_bytes_total",
+        "Bytes of queued write-through copies by where their local file came from (stream: written by the copy; cache: the cache's file, linked).",
+        &["source"],
     );
     /// Jobs waiting or arriving now.
     write_through_queue_jobs: IntGauge = gauge(

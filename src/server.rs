@@ -307,7 +307,7 @@ fn media_services(
         );
     }
     let origin = match places {
-        Some(places) => Some(media_origin(server, config, places, tombstones)?),
+        Some(places) => Some(media_origin(server, config, places, tombstones, cache)?),
         None => None,
     };
     Ok(Media { purger, origin })
@@ -320,6 +320,7 @@ fn media_origin(
     config: &Config,
     places: Arc<Places>,
     tombstones: Arc<Tombstones>,
+    cache: &Option<Arc<EdgeCache>>,
 ) -> Result<MediaOrigin, StartError> {
     let write_through = match &config.write_through {
         Some(settings) => {
@@ -337,7 +338,14 @@ fn media_origin(
     };
     let media =
         MediaServer::bind(places, write_through, tombstones).map_err(StartError::MediaOrigin)?;
-    let origin = media.origin();
+    // A body the cache keeps on disk is written there once: its write-through copy is
+    // that file, linked into the queue.
+    let copies_from_cache = media.copies_can_come_from(|dir| {
+        cache
+            .as_ref()
+            .is_some_and(|cache| cache.can_link_bodies_into(dir))
+    });
+    let origin = media.origin().with_copies_from_cache(copies_from_cache);
     let mut service = GenBackgroundService::new("media origin".to_string(), Arc::new(media));
     // Every media miss passes through it; one thread (the default) would serialize them.
     service.threads = Some(config.server.threads);

@@ -16,7 +16,7 @@
 //! each entry counts both its files rounded up to the filesystem's block, and there are at
 //! most `max_entries` of them (each costs two inodes). The index, its bounds and the URL set
 //! purges go through live in `disk_index.rs`; the file formats and the start-up scan in
-//! `disk_files.rs`.
+//! `disk_files.rs`; taking entries out (purges, eviction) in `disk_removal.rs`.
 //!
 //! File I/O here is plain blocking calls from the request's thread, the way nginx reads
 //! cache files by default: reads and writes land in the page cache and take microseconds.
@@ -36,7 +36,7 @@ use super::disk_files::{
     claim_directory, encode_meta_file, filesystem_block, read_meta_file, scan, EntryProblem,
     MetaRecord, BLOCK_SIZE,
 };
-use super::disk_index::{allocated, Bounds, DiskEntry, DiskIndex, Removed, UrlKey};
+use super::disk_index::{allocated, Bounds, DiskEntry, DiskIndex, Removed};
 use super::meta::StoredMeta;
 use super::{CacheError, Hash};
 use crate::config::model::DiskTierSettings;
@@ -50,7 +50,7 @@ const TOUCH_INTERVAL_SECS: u64 = 60;
 /// Work over every entry (a prefix purge, taking in another process's entries) holds the
 /// index lock for this many entries at a time and lets go in between, so hits are never
 /// held up for the whole walk.
-const ENTRIES_PER_LOCK: usize = 1024;
+pub(super) const ENTRIES_PER_LOCK: usize = 1024;
 
 pub struct DiskTier {
     root: PathBuf,
@@ -58,7 +58,7 @@ pub struct DiskTier {
     /// The filesystem's allocation unit: every file takes a whole number of these.
     fs_block: u64,
     max_object_size: u64,
-    index: Mutex<DiskIndex>,
+    pub(super) index: Mutex<DiskIndex>,
     next_generation: AtomicU64,
 }
 
@@ -179,7 +179,13 @@ impl DiskTier {
         adopted
     }
 
-    fn entry_path(&self, primary: &Hash, combined: &Hash, generation: u64, ext: &str) -> PathBuf {
+    pub(super) fn entry_path(
+        &self,
+        primary: &Hash,
+        combined: &Hash,
+        generation: u64,
+        ext: &str,
+    ) -> PathBuf {
         let primary_hex = hex::encode(primary);
         self.root.join(&primary_hex[..2]).join(format!(
             "{primary_hex}-{}-{generation:016x}.{ext}",
@@ -194,6 +200,44 @@ impl DiskTier {
             .peek(combined)
             .and_then(|e| e.committed)
             .is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// Whether a body file can be hard-linked into `dir` (the same filesystem, and no mount
+    /// point between): tried with a probe file.
+    pub fn can_link_into(&self, dir: &Path) -> bool {
+        let name = format!(".link-probe-{}", std::process::id());
+        let probe = self.tmp.join(&name);
+        let linked = dir.join(&name);
+        let result = File::create(&probe).and_then(|_| fs::hard_link(&probe, &linked));
+        let _ = fs::remove_file(&linked);
+        let _ = fs::remove_file(&probe);
+        if let Err(e) = &result {
+            tracing::info!(dir = %dir.display(), error = %e, "cache body files cannot be linked there; write-through copies are spooled as bodies stream");
+        }
+        result.is_ok()
+    }
+
+    /// Hard-links the body file of the entry for `combined` to `destination` when that
+    /// entry was committed at or after `since` (by the fill the caller saw, not an older
+    /// copy); returns where the body starts in the file. The index lock is held while
+    /// linking, so eviction cannot delete the file in between; afterwards the link keeps
+    /// the bytes for its holder whatever becomes of the entry.
+    pub fn link_body(
+        &self,
+        combined: &Hash,
+        since: std::time::Instant,
+        destination: &Path,
+    ) -> io::Result<Option<u64>> {
+        let index = self.index.lock();
+        let Some(entry) = index.peek(combined) else {
+            return Ok(None);
+        };
+        if entry.committed.is_none_or(|at| at < since) {
+            return Ok(None);
+        }
+        let body = self.entry_path(&entry.primary, combined, entry.generation, "body");
+        fs::hard_link(&body, destination)?;
+        Ok(Some(BODY_HEADER_LEN))
     }
 
     /// Opens the committed entry for `combined`, or `None`. A damaged entry is removed and
@@ -482,113 +526,6 @@ impl DiskTier {
         drop(index);
         self.delete_files(&victims);
         true
-    }
-
-    /// Removes the entry for `combined`, whatever its generation.
-    pub fn remove(&self, combined: &Hash) -> bool {
-        let victim = self.index.lock().remove(combined);
-        let removed = victim.is_some();
-        self.delete_files(victim.as_slice());
-        removed
-    }
-
-    fn remove_generation(&self, combined: &Hash, generation: u64) {
-        let victim = self.index.lock().remove_generation(combined, generation);
-        self.delete_files(victim.as_slice());
-    }
-
-    /// Removes every entry (all variants) of the URL whose hash is `primary`, found through
-    /// the index's URL set: the lock is held for those entries only, whatever the tier holds.
-    pub fn remove_primary(&self, primary: &Hash) -> usize {
-        let victims = self.index.lock().remove_url(primary);
-        self.delete_files(&victims);
-        victims.len()
-    }
-
-    /// Removes every entry whose URL starts with `prefix`. URLs are hashed in the index, so
-    /// this walks every entry, a chunk at a time with the lock let go in between: hits go on
-    /// while it runs. An entry committed behind the walk while it runs is left, which is
-    /// right: a fill that began before this purge checks the purge itself when it commits.
-    /// Entries not yet read since start have their meta file read (outside the lock) to
-    /// learn their URL.
-    pub fn remove_prefix(&self, prefix: &str) -> usize {
-        let mut cursor: Option<UrlKey> = None;
-        let mut removed = 0;
-        loop {
-            let mut doomed: Vec<(Hash, u64)> = Vec::new();
-            let mut unread: Vec<(Hash, Hash, u64)> = Vec::new();
-            let next = self
-                .index
-                .lock()
-                .walk_chunk(cursor, ENTRIES_PER_LOCK, |combined, entry| {
-                    match &entry.url {
-                        Some(url) if url.starts_with(prefix) => {
-                            doomed.push((*combined, entry.generation));
-                        }
-                        Some(_) => {}
-                        None => unread.push((*combined, entry.primary, entry.generation)),
-                    }
-                });
-            let mut learnt = Vec::new();
-            for (combined, primary, generation) in unread {
-                let path = self.entry_path(&primary, &combined, generation, "meta");
-                match read_meta_file(&path) {
-                    Ok(record) => {
-                        if record.url.starts_with(prefix) {
-                            doomed.push((combined, generation));
-                        }
-                        learnt.push((combined, generation, Arc::<str>::from(record.url)));
-                    }
-                    // An unreadable meta file is damage: its entry goes with the purge.
-                    Err(_) => doomed.push((combined, generation)),
-                }
-            }
-            let victims: Vec<Removed> = {
-                let mut index = self.index.lock();
-                for (combined, generation, url) in learnt {
-                    index.learn_url(&combined, generation, url);
-                }
-                doomed
-                    .iter()
-                    .filter_map(|(combined, generation)| {
-                        index.remove_generation(combined, *generation)
-                    })
-                    .collect()
-            };
-            removed += victims.len();
-            self.delete_files(&victims);
-            match next {
-                Some(next) => cursor = Some(next),
-                None => return removed,
-            }
-        }
-    }
-
-    /// Takes least recently used entries out until committed and reserved bytes, and the
-    /// number of entries, fit.
-    fn evict_to_fit(&self, index: &mut DiskIndex) -> Vec<Removed> {
-        let victims = index.evict_to_fit();
-        if !victims.is_empty() {
-            metrics::get()
-                .cache_tier_evictions
-                .with_label_values(&["disk"])
-                .inc_by(victims.len() as u64);
-        }
-        victims
-    }
-
-    fn delete_files(&self, victims: &[Removed]) {
-        for (combined, entry) in victims {
-            // The meta file first: without it the entry no longer exists.
-            for ext in ["meta", "body"] {
-                let path = self.entry_path(&entry.primary, combined, entry.generation, ext);
-                if let Err(e) = fs::remove_file(&path) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot remove cache file");
-                    }
-                }
-            }
-        }
     }
 
     /// The index, for tests that check it against the files.

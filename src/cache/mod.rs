@@ -13,6 +13,7 @@ mod disk_files;
 mod disk_index;
 #[cfg(test)]
 mod disk_index_bench;
+mod disk_removal;
 #[cfg(test)]
 mod disk_tests;
 mod fill;
@@ -179,6 +180,24 @@ impl EdgeCache {
             .disk
             .as_ref()
             .map_or(0, |disk| disk.adopt_unindexed())
+    }
+
+    /// Whether the disk tier would keep the body of this response, by its stated length
+    /// (a response without one may outgrow it).
+    pub fn disk_tier_keeps(&self, resp: &ResponseHeader) -> bool {
+        let Some(disk) = &self.storage.disk else {
+            return false;
+        };
+        crate::wire::content_length(&resp.headers).is_some_and(|len| len <= disk.max_object_size())
+    }
+
+    /// Whether the disk tier's body files can be hard-linked into `dir`; `false` without a
+    /// disk tier.
+    pub fn can_link_bodies_into(&self, dir: &std::path::Path) -> bool {
+        self.storage
+            .disk
+            .as_ref()
+            .is_some_and(|disk| disk.can_link_into(dir))
     }
 
     /// Opens the tiers (the disk tier's index is rebuilt from its directory).

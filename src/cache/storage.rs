@@ -287,6 +287,23 @@ impl FillHome for TieredStorage {
     }
 }
 
+impl TieredStorage {
+    /// Hard-links the disk tier's body file of `key` (committed at or after `since`) to
+    /// `destination`; returns where the body starts in it, or `None` when the disk tier
+    /// holds no such body.
+    pub fn link_committed_body(
+        &self,
+        key: &CacheKey,
+        since: std::time::Instant,
+        destination: &std::path::Path,
+    ) -> std::io::Result<Option<u64>> {
+        match &self.disk {
+            Some(disk) => disk.link_body(&key.combined_bin(), since, destination),
+            None => Ok(None),
+        }
+    }
+}
+
 fn key_hashes(key: &CacheKey) -> (Hash, Hash, Arc<str>) {
     let url = key.primary_key_str().unwrap_or_default();
     (key.primary_bin(), key.combined_bin(), Arc::from(url))

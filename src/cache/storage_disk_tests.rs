@@ -417,3 +417,49 @@ async fn a_lookup_during_a_prefix_purge_does_not_bring_back_a_purged_object() {
         "the purged object is served"
     );
 }
+
+#[tokio::test]
+async fn the_body_file_committed_for_a_request_is_linked_out_and_outlives_its_entry() {
+    let cache = with_disk(8 << 20);
+    let k = key("/link/a.bin");
+    let before = std::time::Instant::now();
+    let data = body(300_000, 7);
+    store(cache.storage, &k, &data).await;
+    let out = tempfile::tempdir().expect("dir");
+    let linked = out.path().join("copy.body");
+    let offset = cache
+        .storage
+        .link_committed_body(&k, before, &linked)
+        .expect("link")
+        .expect("committed since the request began");
+    assert_eq!(offset, BODY_HEADER_LEN);
+    let bytes = std::fs::read(&linked).expect("linked file");
+    assert_eq!(&bytes[BODY_HEADER_LEN as usize..], &data[..]);
+    // Not an entry committed before the request began (an older copy of the object).
+    let later = std::time::Instant::now();
+    let elsewhere = out.path().join("stale.body");
+    assert_eq!(
+        cache
+            .storage
+            .link_committed_body(&k, later, &elsewhere)
+            .expect("look"),
+        None
+    );
+    assert!(!elsewhere.exists());
+    // Nothing for a key the disk tier does not hold.
+    let other = out.path().join("other.body");
+    assert_eq!(
+        cache
+            .storage
+            .link_committed_body(&key("/link/none.bin"), before, &other)
+            .expect("look"),
+        None
+    );
+    // Purged from the cache, the linked bytes stay whole for their holder.
+    purge(cache.storage, &k, Purge::Object).await;
+    assert_stored_nowhere(cache.storage, &k).await;
+    assert_eq!(
+        &std::fs::read(&linked).expect("still there")[BODY_HEADER_LEN as usize..],
+        &data[..]
+    );
+}

@@ -23,7 +23,9 @@ use super::state::{StateFile, StateFileError};
 use crate::config::model::StoreKind;
 use crate::config::Config;
 use crate::store::places::Places;
-use crate::store::{Lookup, ObjectKey, ObjectStore, PutOutcome, Source, StoreError, Tombstones};
+use crate::store::{
+    BodyFile, Lookup, ObjectKey, ObjectStore, PutOutcome, Source, StoreError, Tombstones,
+};
 
 const STATE_HEADER: &str = "edgecache-migrate-state 1";
 
@@ -421,7 +423,10 @@ impl Job {
         drop(file);
         let md5: [u8; 16] = hasher.finalize().into();
         for (name, store) in lacking {
-            match store.put_file(key, spool, info, md5).await {
+            match store
+                .put_file(key, &BodyFile::whole(spool), info, md5)
+                .await
+            {
                 Ok(PutOutcome::Stored | PutOutcome::AlreadyPresent) => {}
                 Err(e) => {
                     tracing::warn!(key = %key, store = %name, error = %e, "upload failed");

@@ -1,6 +1,7 @@
 //! Moving media into the object stores: on the way, as people look at it (the write-through
 //! [`queue`], fed by a [`tee`] on media bodies), and in bulk (`edgecache migrate`).
 
+pub mod arriving;
 pub mod bulk;
 pub mod keys;
 pub mod progress;

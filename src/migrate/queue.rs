@@ -24,11 +24,10 @@ use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::tee::{OnComplete, Tee};
 use crate::config::model::WriteThroughSettings;
 use crate::metrics;
 use crate::store::places::Places;
-use crate::store::{ObjectInfo, ObjectKey, PutOutcome, Tombstones};
+use crate::store::{BodyFile, ObjectInfo, ObjectKey, PutOutcome, Tombstones};
 
 const JOB_FORMAT: u32 = 1;
 
@@ -52,6 +51,10 @@ struct JobFile {
     content_type: Option<String>,
     md5: String,
     attempts: u32,
+    /// Where the body starts in the `.body` file: after the cache's file header when the
+    /// file is the cache's own (absent in jobs written before there was one: 0).
+    #[serde(default)]
+    offset: u64,
 }
 
 /// What the media origin knows when it starts a copy.
@@ -161,8 +164,12 @@ impl WriteThroughQueue {
             "dropped",
             "too_large",
             "tombstoned",
+            "not_kept",
         ] {
             m.write_through_jobs.with_label_values(&[event]);
+        }
+        for source in ["stream", "cache"] {
+            m.write_through_copied_bytes.with_label_values(&[source]);
         }
         for store in queue.places.store_names() {
             m.write_through_upload_errors
@@ -262,16 +269,22 @@ impl WriteThroughQueue {
             .set(i64::try_from(state.held_bytes).unwrap_or(i64::MAX));
     }
 
-    fn count(&self, event: &str) {
+    pub(super) fn count(&self, event: &str) {
         metrics::get()
             .write_through_jobs
             .with_label_values(&[event])
             .inc();
     }
 
-    /// Starts a copy of an object on its way to a client, or `None` when the object is too
-    /// large, already queued, or does not fit (then the drop is counted).
-    pub fn begin(self: &Arc<Self>, job: NewJob) -> Option<Tee> {
+    /// Where copies arrive (this process's directory under `incoming/`).
+    pub fn arriving_dir(&self) -> &Path {
+        &self.incoming
+    }
+
+    /// Room for a copy of an object: its reservation and where its file arrives, or `None`
+    /// when the object is too large, already queued, or does not fit (then the drop is
+    /// counted). See `arriving.rs` for how the copy then arrives.
+    pub(super) fn take_room(self: &Arc<Self>, job: &NewJob) -> Option<(Reservation, PathBuf)> {
         if job.stores.is_empty() {
             return None;
         }
@@ -305,25 +318,7 @@ impl WriteThroughQueue {
             committed: false,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let path = self.incoming.join(format!("{id}.body"));
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path);
-        match created {
-            Ok(file) => {
-                let queue = self.clone();
-                let len = job.info.len;
-                let on_complete: OnComplete = Box::new(move |file, path, md5| {
-                    queue.commit(file, &path, job, md5, reservation);
-                });
-                Some(Tee::start(file, path, len, on_complete))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start a write-through copy");
-                None
-            }
-        }
+        Some((reservation, self.incoming.join(format!("{id}.body"))))
     }
 
     fn release(&self, key: &str, len: u64) {
@@ -335,10 +330,12 @@ impl WriteThroughQueue {
     }
 
     /// Makes a complete copy a job: body synced and moved into `jobs/`, then the job file.
+    /// The body is the file's bytes from `offset` on.
     pub(super) fn commit(
         &self,
         file: std::fs::File,
         incoming: &Path,
+        offset: u64,
         job: NewJob,
         md5: [u8; 16],
         mut reservation: Reservation,
@@ -356,6 +353,7 @@ impl WriteThroughQueue {
             content_type: job.info.content_type,
             md5: hex::encode(md5),
             attempts: 0,
+            offset,
         };
         let stored = file
             .sync_all()
@@ -439,8 +437,12 @@ impl WriteThroughQueue {
             last_modified: None,
         };
         let stores = std::mem::take(&mut record.stores);
+        let file = BodyFile {
+            path: body.clone(),
+            offset: record.offset,
+        };
         let remaining = self
-            .upload(&key, &body, &info, md5, &mut record, stores)
+            .upload(&key, &file, &info, md5, &mut record, stores)
             .await;
         record.stores = remaining;
         if record.stores.is_empty() {
@@ -449,14 +451,14 @@ impl WriteThroughQueue {
             self.finish(id, &record, "done");
             return;
         }
-        self.retry_or_set_aside(id, record, &body);
+        self.retry_or_set_aside(id, record, &body).await;
     }
 
     /// Uploads the body to each of `stores`; returns those that failed (to retry).
     async fn upload(
         &self,
         key: &ObjectKey,
-        body: &Path,
+        body: &BodyFile,
         info: &ObjectInfo,
         md5: [u8; 16],
         record: &mut JobFile,
@@ -495,13 +497,28 @@ impl WriteThroughQueue {
 
     /// A job some stores still lack: set aside past `max_attempts`, else due again after a
     /// backoff that doubles with each attempt up to `retry_max`.
-    fn retry_or_set_aside(&self, id: u64, mut record: JobFile, body: &Path) {
+    async fn retry_or_set_aside(&self, id: u64, mut record: JobFile, body: &Path) {
         record.attempts = record.attempts.saturating_add(1);
         let limit = self.settings.max_attempts;
         if record.attempts == u32::MAX || (limit > 0 && record.attempts >= limit) {
+            let failed_body = self.failed_dir.join(format!("{id}.body"));
+            if record.offset == 0 {
+                let _ = std::fs::rename(body, &failed_body);
+            } else {
+                // The cache's file of the body: what is set aside is the object alone, as
+                // an operator would upload it by hand.
+                let (from, to) = (body.to_path_buf(), failed_body);
+                let (offset, len) = (record.offset, record.len);
+                let copied =
+                    tokio::task::spawn_blocking(move || copy_span(&from, offset, len, &to)).await;
+                if let Ok(Err(e)) | Err(e) = copied.map_err(std::io::Error::other) {
+                    tracing::warn!(error = %e, key = %record.key, "cannot set aside the body of a failed write-through job");
+                }
+                let _ = std::fs::remove_file(body);
+                record.offset = 0;
+            }
             let _ = self.write_job_file(id, &record);
             let _ = std::fs::rename(self.job_path(id), self.failed_dir.join(format!("{id}.job")));
-            let _ = std::fs::rename(body, self.failed_dir.join(format!("{id}.body")));
             self.finish(id, &record, "failed");
             return;
         }
@@ -543,10 +560,28 @@ impl WriteThroughQueue {
 
 /// The job in the bytes of a `.job` file, when it is of this format, names a valid key and
 /// has the length of its body.
-fn parse_job(text: &[u8], body_len: u64) -> Option<(JobFile, ObjectKey)> {
+/// Writes the `len` bytes of `from` after `offset` to `to`.
+fn copy_span(from: &Path, offset: u64, len: u64, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut input = std::fs::File::open(from)?;
+    input.seek(SeekFrom::Start(offset))?;
+    let mut output = std::fs::File::create(to)?;
+    let copied = std::io::copy(&mut input.take(len), &mut output)?;
+    if copied != len {
+        return Err(std::io::Error::other(format!(
+            "{copied} of {len} bytes copied"
+        )));
+    }
+    output.sync_all()
+}
+
+/// A job file read back, if it is one and its body file (`file_len` bytes, the body from
+/// the job's offset on) is whole.
+fn parse_job(text: &[u8], file_len: u64) -> Option<(JobFile, ObjectKey)> {
     let file: JobFile = serde_json::from_slice(text).ok()?;
     let key = ObjectKey::new(file.key.clone()).ok()?;
-    (file.format == JOB_FORMAT && body_len == file.len).then_some((file, key))
+    let whole = file_len.checked_sub(file.offset) == Some(file.len);
+    (file.format == JOB_FORMAT && whole).then_some((file, key))
 }
 
 /// Runs the queue's workers.

@@ -20,16 +20,20 @@ fn any_job(len: u64) -> impl Strategy<Value = JobFile> {
         proptest::option::of("[a-z]{1,10}/[a-z0-9.+-]{1,20}"),
         "[0-9a-f]{32}",
         any::<u32>(),
+        prop_oneof![Just(0u64), Just(16u64)],
     )
-        .prop_map(move |(key, stores, content_type, md5, attempts)| JobFile {
-            format: JOB_FORMAT,
-            key,
-            stores,
-            len,
-            content_type,
-            md5,
-            attempts,
-        })
+        .prop_map(
+            move |(key, stores, content_type, md5, attempts, offset)| JobFile {
+                format: JOB_FORMAT,
+                key,
+                stores,
+                len,
+                content_type,
+                md5,
+                attempts,
+                offset,
+            },
+        )
 }
 
 fn job_bytes(job: &JobFile) -> Vec<u8> {
@@ -62,7 +66,7 @@ proptest! {
 
     #[test]
     fn any_job_file_parses_back_to_itself(job in any::<u64>().prop_flat_map(any_job)) {
-        let (back, key) = parse_job(&job_bytes(&job), job.len).expect("parses");
+        let (back, key) = parse_job(&job_bytes(&job), job.offset + job.len).expect("parses");
         prop_assert_eq!(key.as_str(), job.key.as_str());
         prop_assert_eq!(back, job);
     }
@@ -71,7 +75,11 @@ proptest! {
     fn a_job_file_cut_anywhere_is_not_a_job(job in any_job(42)) {
         let bytes = job_bytes(&job);
         for cut in 0..bytes.len() {
-            prop_assert!(parse_job(&bytes[..cut], 42).is_none(), "cut at {}", cut);
+            prop_assert!(
+                parse_job(&bytes[..cut], job.offset + 42).is_none(),
+                "cut at {}",
+                cut
+            );
         }
     }
 
@@ -80,7 +88,7 @@ proptest! {
         job in any_job(42),
         body_len in any::<u64>(),
     ) {
-        prop_assume!(body_len != 42);
+        prop_assume!(body_len != job.offset + 42);
         prop_assert!(parse_job(&job_bytes(&job), body_len).is_none());
     }
 
@@ -91,6 +99,14 @@ proptest! {
     ) {
         let _ = parse_job(&bytes, body_len);
     }
+}
+
+#[test]
+fn a_job_file_from_before_offsets_reads_as_a_whole_file_body() {
+    let text = br#"{"format":1,"key":"media/a.png","stores":["s3"],"len":4,"content_type":null,"md5":"00000000000000000000000000000000","attempts":0}"#;
+    let (job, _) = parse_job(text, 4).expect("parses");
+    assert_eq!(job.offset, 0);
+    assert!(parse_job(text, 20).is_none());
 }
 
 proptest! {
@@ -120,7 +136,7 @@ proptest! {
             std::fs::write(jobs_dir.join(format!("{id}.body")), body).expect("body");
             let text = match job {
                 Some(job) => {
-                    let job = JobFile { len: body.len() as u64, ..job.clone() };
+                    let job = JobFile { len: body.len() as u64, offset: 0, ..job.clone() };
                     valid.push(*id);
                     job_bytes(&job)
                 }
@@ -193,6 +209,7 @@ async fn a_job_file_at_the_attempt_limit_is_set_aside_when_its_upload_fails() {
         // Not the body's digest: the store refuses the upload.
         md5: "00".repeat(16),
         attempts: u32::MAX,
+        offset: 0,
     };
     std::fs::write(jobs_dir.join("7.job"), job_bytes(&job)).expect("job");
     let queue =

@@ -401,3 +401,99 @@ async fn the_service_puts_queued_and_recovered_jobs_into_a_directory_store() {
     stop.send(true).expect("service listening");
     running.await.expect("service stops");
 }
+
+/// A file like the cache's: a header of `header` bytes, then `body`.
+fn cache_like_file(dir: &Path, header: usize, body: &[u8]) -> PathBuf {
+    let path = dir.join("cache-body");
+    let mut bytes = vec![0xEE; header];
+    bytes.extend_from_slice(body);
+    std::fs::write(&path, bytes).expect("cache file");
+    path
+}
+
+#[tokio::test]
+async fn a_copy_linked_from_a_file_with_a_header_is_the_body_after_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (queue_dir, store_dir) = (dir.path().join("queue"), dir.path().join("store"));
+    std::fs::create_dir_all(&store_dir).expect("store dir");
+    let queue = open(
+        &settings(&queue_dir, 10, 1 << 20),
+        directory_store(&store_dir),
+    );
+    let body = data(50_000, 10);
+    let cached = cache_like_file(dir.path(), 16, &body);
+    let copy = queue
+        .reserve(job("media/linked.png", body.len()))
+        .expect("room")
+        .linked();
+    let destination = copy.destination().expect("a place").to_path_buf();
+    std::fs::hard_link(&cached, &destination).expect("link");
+    copy.adopt(16);
+    wait_until("the job is written", || jobs(&queue_dir).len() == 2).await;
+    let job_file = jobs(&queue_dir)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "job"))
+        .expect("job file");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&job_file).expect("job")).expect("JSON");
+    assert_eq!(record["offset"], 16);
+    assert_eq!(record["md5"], hex::encode(Md5::digest(&body)));
+    // One file, two names: nothing was written for the copy.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&cached).expect("meta").nlink(), 2);
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let service = WriteThroughService {
+        queue: queue.clone(),
+    };
+    let running = tokio::spawn(async move { service.start(shutdown).await });
+    wait_until("the job is done", || jobs(&queue_dir).is_empty()).await;
+    assert_eq!(
+        std::fs::read(store_dir.join("media/linked.png")).expect("stored"),
+        body
+    );
+    // The cache's file is its own again, whole.
+    assert_eq!(std::fs::metadata(&cached).expect("meta").nlink(), 1);
+    assert_eq!(
+        std::fs::read(&cached).expect("cache file").len(),
+        16 + body.len()
+    );
+    stop.send(true).expect("service listening");
+    running.await.expect("service stops");
+}
+
+#[tokio::test]
+async fn a_linked_file_of_the_wrong_length_is_not_queued_and_gives_its_room_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = open(&settings(dir.path(), 1, 1 << 20), no_places());
+    let body = data(10_000, 11);
+    let cached = cache_like_file(dir.path(), 16, &body[..9_000]);
+    let copy = queue
+        .reserve(job("media/short.png", body.len()))
+        .expect("room")
+        .linked();
+    std::fs::hard_link(&cached, copy.destination().expect("a place")).expect("link");
+    copy.adopt(16);
+    wait_until("the copy is removed", || incoming(dir.path()).is_empty()).await;
+    assert!(jobs(dir.path()).is_empty());
+    // max_jobs is 1: the room came back.
+    wait_for_room(&queue, "media/short.png", body.len()).await;
+}
+
+#[tokio::test]
+async fn a_linked_copy_dropped_unadopted_leaves_nothing_and_gives_its_room_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = open(&settings(dir.path(), 1, 1 << 20), no_places());
+    let cached = cache_like_file(dir.path(), 16, &data(1000, 12));
+    let copy = queue
+        .reserve(job("media/dropped.png", 1000))
+        .expect("room")
+        .linked();
+    // Linked, but the request ended before it was adopted.
+    std::fs::hard_link(&cached, copy.destination().expect("a place")).expect("link");
+    drop(copy);
+    assert!(incoming(dir.path()).is_empty());
+    assert!(queue.reserve(job("media/other.png", 1000)).is_some());
+    // The cache's file is left as it was.
+    assert_eq!(std::fs::read(&cached).expect("cache file").len(), 1016);
+}

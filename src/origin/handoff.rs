@@ -9,41 +9,141 @@
 //!
 //! A ticket is held in the request's context and withdrawn when the request ends, so the
 //! table holds at most one entry per request in flight.
+//!
+//! A ticket may also carry a write-through copy back the other way. When the proxy's cache
+//! may keep the body on disk, the proxy offers a [`CopyHandoff`]: the origin holds the
+//! body back until the proxy has seen the response's head and says whether the cache is
+//! writing it to disk ([`CacheVerdict`]). If it is, the origin sends the body untouched and
+//! leaves its reserved copy ([`PendingCopy`]) in the handoff; once the body is complete the
+//! proxy links the cache's file to the copy's place in the queue. If not (or if the proxy
+//! goes away without a word), the origin spools the copy itself as the body streams. Either
+//! way the body is written to local disk once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::HeaderName;
 use http::HeaderValue;
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use crate::config::model::Route;
+use crate::migrate::arriving::LinkedCopy;
 
 /// The header that carries a ticket's number from the proxy to the media origin.
 pub const MEDIA_TICKET: HeaderName = HeaderName::from_static("x-edgecache-media-ticket");
+
+/// What the proxy's cache does with a media response's body, told once its head is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheVerdict {
+    /// The cache is writing the body to its disk tier: that file can be the copy.
+    KeepsOnDisk,
+    /// It is not: a copy is written as the body streams.
+    DoesNotKeep,
+}
+
+/// The way a write-through copy of one media response can come from the cache's file.
+pub struct CopyHandoff {
+    /// Taken by the origin, which waits on it before sending the body.
+    verdict: Mutex<Option<oneshot::Receiver<CacheVerdict>>>,
+    /// Left by the origin when the cache keeps the body; taken by the proxy at the end.
+    pending: Mutex<Option<PendingCopy>>,
+}
+
+impl CopyHandoff {
+    /// The proxy's word on the cache, to wait for before sending the body; `None` once
+    /// taken.
+    pub fn take_verdict(&self) -> Option<oneshot::Receiver<CacheVerdict>> {
+        self.verdict.lock().take()
+    }
+
+    /// Leaves the copy for the proxy to give the cache's file to.
+    pub fn leave(&self, copy: PendingCopy) {
+        *self.pending.lock() = Some(copy);
+    }
+}
+
+/// A reserved write-through copy waiting for the cache's file of the body.
+pub struct PendingCopy(LinkedCopy);
+
+impl PendingCopy {
+    pub fn new(copy: LinkedCopy) -> PendingCopy {
+        PendingCopy(copy)
+    }
+
+    /// Where the cache's file is to be linked.
+    pub fn destination(&self) -> Option<&Path> {
+        self.0.destination()
+    }
+
+    /// The file at the destination holds the body from `offset` on: queue it.
+    pub fn adopt(self, offset: u64) {
+        self.0.adopt(offset);
+    }
+}
+
+/// What a ticket lodges.
+struct Lodged {
+    route: Arc<Route>,
+    copy: Option<Arc<CopyHandoff>>,
+}
+
+/// What the origin finds under a ticket.
+pub struct Handed {
+    pub route: Arc<Route>,
+    /// Offered when the proxy's cache may keep the body on disk.
+    pub copy: Option<Arc<CopyHandoff>>,
+}
 
 /// Routes lodged by requests in flight, by ticket number.
 #[derive(Default)]
 pub struct HandedRoutes {
     next: AtomicU64,
-    by_ticket: Mutex<HashMap<u64, Arc<Route>>>,
+    by_ticket: Mutex<HashMap<u64, Lodged>>,
 }
 
 impl HandedRoutes {
     /// The route lodged under the ticket a request carries, if it is one we lodged.
     pub fn route_for(&self, ticket: Option<&HeaderValue>) -> Option<Arc<Route>> {
-        let number: u64 = ticket?.to_str().ok()?.parse().ok()?;
-        self.by_ticket.lock().get(&number).cloned()
+        self.handed(ticket).map(|handed| handed.route)
     }
 
-    fn lodge(self: &Arc<Self>, route: Arc<Route>) -> Ticket {
+    /// The route and the copy handoff lodged under the ticket a request carries.
+    pub fn handed(&self, ticket: Option<&HeaderValue>) -> Option<Handed> {
+        let number: u64 = ticket?.to_str().ok()?.parse().ok()?;
+        self.by_ticket.lock().get(&number).map(|lodged| Handed {
+            route: lodged.route.clone(),
+            copy: lodged.copy.clone(),
+        })
+    }
+
+    fn lodge(self: &Arc<Self>, route: Arc<Route>, offer_copy: bool) -> Ticket {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
-        self.by_ticket.lock().insert(number, route);
+        let (verdict, copy) = if offer_copy {
+            let (sender, receiver) = oneshot::channel();
+            let copy = Arc::new(CopyHandoff {
+                verdict: Mutex::new(Some(receiver)),
+                pending: Mutex::new(None),
+            });
+            (Some(sender), Some(copy))
+        } else {
+            (None, None)
+        };
+        self.by_ticket.lock().insert(
+            number,
+            Lodged {
+                route,
+                copy: copy.clone(),
+            },
+        );
         Ticket {
             number,
             routes: self.clone(),
+            verdict,
+            copy,
         }
     }
 
@@ -57,16 +157,32 @@ impl HandedRoutes {
     }
 }
 
-/// A route lodged for one request; withdrawn when dropped.
+/// A route lodged for one request; withdrawn when dropped (an untold verdict then reads as
+/// [`CacheVerdict::DoesNotKeep`] to the origin, and a copy left behind is given up).
 pub struct Ticket {
     number: u64,
     routes: Arc<HandedRoutes>,
+    verdict: Option<oneshot::Sender<CacheVerdict>>,
+    copy: Option<Arc<CopyHandoff>>,
 }
 
 impl Ticket {
     /// The value of [`MEDIA_TICKET`] on the request to the media origin.
     pub fn header_value(&self) -> String {
         self.number.to_string()
+    }
+
+    /// Tells the origin what the cache does with the body; only the first word counts.
+    pub fn tell(&mut self, verdict: CacheVerdict) {
+        if let Some(sender) = self.verdict.take() {
+            // The origin may not be waiting (no copy wanted): nothing to tell then.
+            let _ = sender.send(verdict);
+        }
+    }
+
+    /// The copy the origin left for the cache's file, if it did.
+    pub fn take_pending_copy(&self) -> Option<PendingCopy> {
+        self.copy.as_ref()?.pending.lock().take()
     }
 }
 
@@ -87,11 +203,30 @@ impl std::fmt::Debug for Ticket {
 pub struct MediaOrigin {
     address: SocketAddr,
     routes: Arc<HandedRoutes>,
+    copies_from_cache: bool,
 }
 
 impl MediaOrigin {
     pub fn new(address: SocketAddr, routes: Arc<HandedRoutes>) -> Self {
-        MediaOrigin { address, routes }
+        MediaOrigin {
+            address,
+            routes,
+            copies_from_cache: false,
+        }
+    }
+
+    /// The same origin, its write-through copies taken from the cache's files when
+    /// `possible` (the cache's disk tier can link into the queue's directory).
+    pub fn with_copies_from_cache(self, possible: bool) -> Self {
+        MediaOrigin {
+            copies_from_cache: possible,
+            ..self
+        }
+    }
+
+    /// Whether a write-through copy can be the cache's file of the body.
+    pub fn takes_copies_from_cache(&self) -> bool {
+        self.copies_from_cache
     }
 
     /// The loopback address media misses are sent to.
@@ -99,9 +234,11 @@ impl MediaOrigin {
         self.address
     }
 
-    /// Lodges `route` for one request; the origin finds it while the ticket lives.
-    pub fn hand_over(&self, route: Arc<Route>) -> Ticket {
-        self.routes.lodge(route)
+    /// Lodges `route` for one request; the origin finds it while the ticket lives. With
+    /// `offer_copy`, a write-through copy may come from the cache's file ([`CopyHandoff`]):
+    /// the caller must then [`Ticket::tell`] once the response's head is seen.
+    pub fn hand_over(&self, route: Arc<Route>, offer_copy: bool) -> Ticket {
+        self.routes.lodge(route, offer_copy)
     }
 }
 
@@ -130,8 +267,8 @@ mod tests {
     fn a_ticket_finds_its_route_until_it_is_dropped() {
         let routes = Arc::new(HandedRoutes::default());
         let origin = MediaOrigin::new("127.0.0.1:1".parse().expect("address"), routes.clone());
-        let system = origin.hand_over(route("/system/"));
-        let emoji = origin.hand_over(route("/emoji/"));
+        let system = origin.hand_over(route("/system/"), false);
+        let emoji = origin.hand_over(route("/emoji/"), false);
         let found = routes.route_for(Some(&value(&system))).expect("lodged");
         assert_eq!(found.path, "/system/");
         let found = routes.route_for(Some(&value(&emoji))).expect("lodged");
@@ -148,7 +285,7 @@ mod tests {
     fn a_request_without_a_lodged_ticket_finds_no_route() {
         let routes = Arc::new(HandedRoutes::default());
         let origin = MediaOrigin::new("127.0.0.1:1".parse().expect("address"), routes.clone());
-        let _ticket = origin.hand_over(route("/system/"));
+        let _ticket = origin.hand_over(route("/system/"), false);
         assert!(routes.route_for(None).is_none());
         for forged in ["", "x", "-1", "99", "0 ", "18446744073709551616"] {
             let forged = HeaderValue::from_str(forged).expect("value");
@@ -166,12 +303,41 @@ mod tests {
                 let routes = routes.clone();
                 scope.spawn(move || {
                     for _ in 0..1000 {
-                        let ticket = origin.hand_over(route("/system/"));
+                        let ticket = origin.hand_over(route("/system/"), false);
                         assert!(routes.route_for(Some(&value(&ticket))).is_some());
                     }
                 });
             }
         });
         assert!(routes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_origin_hears_the_first_verdict_or_none_when_the_ticket_goes() {
+        let routes = Arc::new(HandedRoutes::default());
+        let origin = MediaOrigin::new("127.0.0.1:1".parse().expect("address"), routes.clone());
+        let mut told = origin.hand_over(route("/system/"), true);
+        let handed = routes.handed(Some(&value(&told))).expect("lodged");
+        let copy = handed.copy.expect("a copy handoff was offered");
+        let verdict = copy.take_verdict().expect("the verdict, once");
+        assert!(copy.take_verdict().is_none());
+        told.tell(CacheVerdict::KeepsOnDisk);
+        told.tell(CacheVerdict::DoesNotKeep);
+        assert_eq!(verdict.await, Ok(CacheVerdict::KeepsOnDisk));
+
+        let silent = origin.hand_over(route("/system/"), true);
+        let copy = routes
+            .handed(Some(&value(&silent)))
+            .and_then(|h| h.copy)
+            .expect("offered");
+        let verdict = copy.take_verdict().expect("verdict");
+        drop(silent);
+        assert!(verdict.await.is_err(), "a ticket gone says nothing");
+        assert!(copy.pending.lock().is_none());
+
+        let plain = origin.hand_over(route("/system/"), false);
+        let handed = routes.handed(Some(&value(&plain))).expect("lodged");
+        assert!(handed.copy.is_none());
+        assert!(plain.take_pending_copy().is_none());
     }
 }

@@ -20,18 +20,25 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::sync::oneshot;
 
-use super::handoff::{HandedRoutes, MediaOrigin, MEDIA_TICKET};
+use super::handoff::{
+    CacheVerdict, CopyHandoff, Handed, HandedRoutes, MediaOrigin, PendingCopy, MEDIA_TICKET,
+};
 use super::{lookup, ChainAnswer};
 use crate::config::model::MediaRoute;
 use crate::metrics;
+use crate::migrate::arriving::Reserved;
 use crate::migrate::queue::{NewJob, WriteThroughQueue};
 use crate::migrate::tee::tee_body;
 use crate::store::places::Places;
-use crate::store::{ByteRange, Found, ObjectKey, Tombstones};
+use crate::store::{BodyStream, ByteRange, Found, ObjectKey, Tombstones};
 use crate::wire::content_type_for;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// How long a body waits at most for the proxy's word on its cache.
+const VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct MediaServer {
     listener: parking_lot::Mutex<Option<std::net::TcpListener>>,
@@ -66,6 +73,14 @@ impl MediaServer {
     /// The proxy's handle: where to send media misses, and where to lodge their routes.
     pub fn origin(&self) -> MediaOrigin {
         MediaOrigin::new(self.address, self.routes.clone())
+    }
+
+    /// Whether copies may be taken from the cache's files: there is a queue, and `link`
+    /// (the cache's probe) can link a file into its directory.
+    pub fn copies_can_come_from(&self, link: impl FnOnce(&std::path::Path) -> bool) -> bool {
+        self.write_through
+            .as_ref()
+            .is_some_and(|queue| link(queue.arriving_dir()))
     }
 }
 
@@ -218,7 +233,8 @@ impl Handler {
                 return resp;
             }
         };
-        let Some(route) = self.routes.route_for(req.headers().get(MEDIA_TICKET)) else {
+        let Some(Handed { route, copy }) = self.routes.handed(req.headers().get(MEDIA_TICKET))
+        else {
             return text(StatusCode::NOT_FOUND, "404 no media route", NO_STORE);
         };
         let Some(media) = &route.media else {
@@ -276,7 +292,7 @@ impl Handler {
         if let ChainAnswer::Found { found, place, .. } = &mut answer {
             found.info.content_type = Some(media_type(found.info.content_type.take(), &key));
             if !tombstoned {
-                self.write_through(media, &key, found, place);
+                self.write_through(media, &key, found, place, copy);
             }
         }
         respond(answer, media, NO_STORE)
@@ -284,8 +300,16 @@ impl Handler {
 
     /// Copies a whole body that came from anywhere but a write-through store into every
     /// write-through store, by way of the queue. The stores that said they lack it are not
-    /// trusted blindly: each upload looks first and never overwrites.
-    fn write_through(&self, media: &MediaRoute, key: &ObjectKey, found: &mut Found, place: &str) {
+    /// trusted blindly: each upload looks first and never overwrites. With a `copy`
+    /// handoff, the copy is the cache's file of the body when the cache keeps one.
+    fn write_through(
+        &self,
+        media: &MediaRoute,
+        key: &ObjectKey,
+        found: &mut Found,
+        place: &str,
+        copy: Option<Arc<CopyHandoff>>,
+    ) {
         let Some(queue) = &self.write_through else {
             return;
         };
@@ -306,11 +330,53 @@ impl Handler {
             stores,
             info: found.info.clone(),
         };
-        found.body = Some(match queue.begin(job) {
-            Some(tee) => tee_body(body, tee),
-            None => body,
+        let Some(reserved) = queue.reserve(job) else {
+            found.body = Some(body);
+            return;
+        };
+        let verdict = copy.as_ref().and_then(|c| c.take_verdict());
+        found.body = Some(match (copy, verdict) {
+            (Some(copy), Some(verdict)) => copy_as_the_cache_decides(body, reserved, copy, verdict),
+            _ => copy_as_it_streams(body, reserved),
         });
     }
+}
+
+/// The body, with the copy spooled from it as it streams (the body alone if the copy's
+/// file cannot be made).
+fn copy_as_it_streams(body: BodyStream, reserved: Reserved) -> BodyStream {
+    match reserved.tee() {
+        Some(tee) => tee_body(body, tee),
+        None => body,
+    }
+}
+
+/// The body, held back until the proxy says what its cache does with it: kept on disk, the
+/// body goes out untouched and the copy waits for the cache's file; otherwise it is spooled
+/// as it streams. The proxy answers as soon as it has the response's head, or its ticket
+/// goes (which reads as "not kept"); [`VERDICT_WAIT`] only bounds a path that says nothing.
+fn copy_as_the_cache_decides(
+    body: BodyStream,
+    reserved: Reserved,
+    copy: Arc<CopyHandoff>,
+    verdict: oneshot::Receiver<CacheVerdict>,
+) -> BodyStream {
+    let decided = async move {
+        match tokio::time::timeout(VERDICT_WAIT, verdict).await {
+            Ok(Ok(CacheVerdict::KeepsOnDisk)) => {
+                copy.leave(PendingCopy::new(reserved.linked()));
+                body
+            }
+            Ok(Ok(CacheVerdict::DoesNotKeep) | Err(_)) => copy_as_it_streams(body, reserved),
+            Err(_) => {
+                tracing::warn!(
+                    "the proxy said nothing of its cache; the copy is spooled as the body streams"
+                );
+                copy_as_it_streams(body, reserved)
+            }
+        }
+    };
+    Box::pin(futures_util::stream::once(decided).flatten())
 }
 
 /// The store's media type, or the one the key's extension implies when the store has none

@@ -174,7 +174,7 @@ impl ProxyHttp for EdgeProxy {
         if ctx.client_ip.is_none() {
             ctx.client_ip = client_addr(session).map(|a| a.ip());
         }
-        match self.media_peer(ctx) {
+        match self.media_peer(ctx, session.cache.enabled()) {
             Some(media) => Ok(media),
             None => self.core_peer(ctx),
         }
@@ -271,6 +271,11 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.upstream_status = Some(status);
+        if !session.cache.enabled() {
+            // Nothing of this response is cached; with the cache on, the verdict waits for
+            // `response_cache_filter`.
+            self.tell_media_origin(ctx, false);
+        }
         // An HTTP/1.0 core answer still goes out as HTTP/1.1 to an HTTP/1.1 client; the
         // version is per hop (RFC 9110 §2.5).
         if session.req_header().version == http::Version::HTTP_11 {
@@ -284,14 +289,23 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    /// Applies RFC 9111 and the PoP's rules to a response from the core or the media origin.
+    /// Applies RFC 9111 and the PoP's rules to a response from the core or the media origin
+    /// (which hears whether its body goes to the disk tier).
     fn response_cache_filter(
         &self,
         _session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<RespCacheable> {
-        Ok(self.keepable(resp, ctx))
+        let keepable = self.keepable(resp, ctx);
+        let on_disk = matches!(keepable, RespCacheable::Cacheable(_))
+            && self
+                .shared
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.disk_tier_keeps(resp));
+        self.tell_media_origin(ctx, on_disk);
+        Ok(keepable)
     }
 
     /// Cuts the requested range from a cached or cacheable response, as pingora does, except
@@ -349,8 +363,10 @@ impl ProxyHttp for EdgeProxy {
         Ok(None)
     }
 
-    /// Counts the request and writes its access-log line.
+    /// Counts the request and writes its access-log line; a write-through copy waiting for
+    /// the cache's file of the body gets it now.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestContext) {
+        self.hand_cache_file_to_copy(session, ctx);
         report::log_request(self, session, e, ctx);
     }
 

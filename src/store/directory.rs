@@ -17,8 +17,8 @@ use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 
 use super::{
-    BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, ObjectStore, PutOutcome, Source,
-    StoreError, Unsatisfiable,
+    BodyFile, BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, ObjectStore, PutOutcome,
+    Source, StoreError, Unsatisfiable,
 };
 
 /// Where temporary files of writes live, inside the root so the final link stays on one
@@ -265,11 +265,11 @@ impl ObjectStore for DirectoryStore {
     async fn put_file(
         &self,
         key: &ObjectKey,
-        file: &Path,
+        body: &BodyFile,
         info: &ObjectInfo,
         md5: [u8; 16],
     ) -> Result<PutOutcome, StoreError> {
-        let source = file.to_path_buf();
+        let source = body.clone();
         let target = self.path_of(key);
         let temp_dir = self.root.join(TEMP_DIR);
         let expected_len = info.len;
@@ -300,10 +300,11 @@ enum Copied {
     Mismatch(String),
 }
 
-/// Copies `source` to a temporary file while hashing it, checks length and digest, then
-/// links it to `target` (which fails, leaving the existing object alone, if one is there).
+/// Copies the `expected_len` bytes of `source` to a temporary file while hashing them,
+/// checks length and digest, then links it to `target` (which fails, leaving the existing
+/// object alone, if one is there).
 fn copy_into_place(
-    source: &Path,
+    source: &BodyFile,
     temp_dir: &Path,
     target: &Path,
     expected_len: u64,
@@ -318,7 +319,10 @@ fn copy_into_place(
         .map_or(0, |d| d.as_nanos());
     let temp = temp_dir.join(format!("{}-{nanos:x}", std::process::id()));
     let result = (|| {
-        let mut input = std::fs::File::open(source)?;
+        let mut input = std::fs::File::open(&source.path)?;
+        input.seek(SeekFrom::Start(source.offset))?;
+        // A longer file (the cache's, say) holds more than this body.
+        let mut input = input.take(expected_len);
         let mut output = std::fs::File::create(&temp)?;
         let mut hasher = Md5::new();
         let mut buf = vec![0u8; READ_CHUNK];

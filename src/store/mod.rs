@@ -16,7 +16,7 @@ pub mod places;
 pub mod s3;
 pub mod tombstones;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -201,15 +201,34 @@ pub trait ObjectStore: Source {
     /// What the store has under `key`, without its body.
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, StoreError>;
 
-    /// Stores the complete file at `file` under `key` unless an object is already there.
-    /// `md5` is the body's MD5 digest, used to verify what the store received.
+    /// Stores the body in `body` (`info.len` bytes) under `key` unless an object is
+    /// already there. `md5` is the body's MD5 digest, used to verify what the store
+    /// received.
     async fn put_file(
         &self,
         key: &ObjectKey,
-        file: &Path,
+        body: &BodyFile,
         info: &ObjectInfo,
         md5: [u8; 16],
     ) -> Result<PutOutcome, StoreError>;
+}
+
+/// A body in a local file: the file's bytes from `offset` on. A body spooled for a copy
+/// starts at 0; one the cache keeps starts after the cache's own file header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyFile {
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+impl BodyFile {
+    /// The whole file is the body.
+    pub fn whole(path: &Path) -> BodyFile {
+        BodyFile {
+            path: path.to_path_buf(),
+            offset: 0,
+        }
+    }
 }
 
 /// A configured place, by what it can do.

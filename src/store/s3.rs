@@ -23,8 +23,8 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use md5::{Digest, Md5};
 
 use super::{
-    parse_content_range, BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey, ObjectStore,
-    PutOutcome, Source, StoreError, Unsatisfiable,
+    parse_content_range, BodyFile, BodyStream, ByteRange, Found, Lookup, ObjectInfo, ObjectKey,
+    ObjectStore, PutOutcome, Source, StoreError, Unsatisfiable,
 };
 use crate::config::model::S3Settings;
 
@@ -133,12 +133,14 @@ impl S3Store {
     async fn put_whole(
         &self,
         object: &str,
-        file: &Path,
+        file: &BodyFile,
         info: &ObjectInfo,
         md5: [u8; 16],
     ) -> Result<PutOutcome, StoreError> {
         let body = ByteStream::read_from()
-            .path(file)
+            .path(&file.path)
+            .offset(file.offset)
+            .length(Length::Exact(info.len))
             .build()
             .await
             .map_err(|e| self.local_error(e))?;
@@ -173,7 +175,7 @@ impl S3Store {
     async fn put_multipart(
         &self,
         object: &str,
-        file: &Path,
+        file: &BodyFile,
         info: &ObjectInfo,
     ) -> Result<PutOutcome, StoreError> {
         let mut create = self
@@ -211,7 +213,7 @@ impl S3Store {
     async fn upload_parts(
         &self,
         object: &str,
-        file: &Path,
+        file: &BodyFile,
         info: &ObjectInfo,
         upload_id: &str,
     ) -> Result<PutOutcome, StoreError> {
@@ -221,12 +223,12 @@ impl S3Store {
         let mut number = 1i32;
         while offset < info.len {
             let length = self.part_size.min(info.len - offset);
-            let digest = md5_of_span(file, offset, length)
+            let digest = md5_of_span(&file.path, file.offset + offset, length)
                 .await
                 .map_err(|e| self.local_error(e))?;
             let body = ByteStream::read_from()
-                .path(file)
-                .offset(offset)
+                .path(&file.path)
+                .offset(file.offset + offset)
                 .length(Length::Exact(length))
                 .build()
                 .await
@@ -542,7 +544,7 @@ impl ObjectStore for S3Store {
     async fn put_file(
         &self,
         key: &ObjectKey,
-        file: &Path,
+        file: &BodyFile,
         info: &ObjectInfo,
         md5: [u8; 16],
     ) -> Result<PutOutcome, StoreError> {

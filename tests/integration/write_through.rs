@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::origin::pattern_range;
-use crate::harness::{get, kill_and_restart};
+use crate::harness::{entry_files, get, kill_and_restart};
 use crate::harness::{media_pop_with, MediaConfig, MediaPop, Ports};
 
 /// `spaces` first, then the old server; what the old server has is written to `spaces`.
@@ -265,4 +265,83 @@ async fn a_job_that_keeps_failing_is_set_aside_after_max_attempts() {
     assert!(std::fs::read(failed.join(body)).expect("read") == pattern_range(0..777));
     media.s3.resume().await;
     assert_eq!(media.s3.get("777").await, None);
+}
+
+/// The `.body` files under `dir` with their (inode, link count).
+fn body_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "body"))
+                .map(|p| {
+                    let meta = std::fs::metadata(&p).expect("metadata");
+                    (p, meta.ino(), meta.nlink())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_body_the_cache_keeps_on_disk_is_written_once_and_is_the_copy() {
+    let mut media = media_pop_with(config(QUEUE)).await;
+    // The store is away, so the job waits and its file can be looked at.
+    media.s3.stop();
+    let http = media.pop.setup.http();
+    let answer = get(http, "/system/300000", &[]).await;
+    assert_eq!((answer.status, answer.cache_status()), (200, "MISS"));
+    assert!(answer.body == pattern_range(0..300_000));
+    wait_jobs(&media, "queued", 1.0).await;
+
+    let jobs = body_files(&media.pop.cache_dir.path().join("queue/jobs"));
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let (_, job_inode, links) = jobs[0];
+    assert_eq!(links, 2, "the job's body has a second name");
+    use std::os::unix::fs::MetadataExt;
+    let cached: Vec<u64> = entry_files(&media.pop, "body")
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("metadata").ino())
+        .collect();
+    assert!(
+        cached.contains(&job_inode),
+        "the job's body is the cache's file: {job_inode} not in {cached:?}"
+    );
+    let copied =
+        |source: &str| format!("edgecache_write_through_copied_bytes_total{{source=\"{source}\"}}");
+    assert_eq!(media.metric(&copied("cache")).await, 300_000.0);
+    assert_eq!(media.metric(&copied("stream")).await, 0.0);
+
+    // What goes up is the object, not the cache's file with its header.
+    media.s3.resume().await;
+    wait_jobs(&media, "done", 1.0).await;
+    assert!(media.s3.get("300000").await == Some(pattern_range(0..300_000)));
+    assert!(body_files(&media.pop.cache_dir.path().join("queue/jobs")).is_empty());
+    // The cache's copy is untouched by the job's end.
+    let again = get(http, "/system/300000", &[]).await;
+    assert_eq!(again.cache_status(), "HIT");
+    assert!(again.body == pattern_range(0..300_000));
+    assert_eq!(media.origin.hits_for("/bytes/300000"), 1);
+}
+
+#[tokio::test]
+async fn a_body_the_cache_does_not_keep_is_copied_as_it_streams() {
+    let media = media_pop_with(MediaConfig {
+        change: &|config, _| {
+            config.route("/system/").cache = Some(false);
+        },
+        ..config(QUEUE)
+    })
+    .await;
+    let answer = get(media.pop.setup.http(), "/system/5000", &[]).await;
+    assert_eq!(answer.status, 200);
+    wait_jobs(&media, "done", 1.0).await;
+    assert!(media.s3.get("5000").await == Some(pattern_range(0..5000)));
+    let copied =
+        |source: &str| format!("edgecache_write_through_copied_bytes_total{{source=\"{source}\"}}");
+    assert_eq!(media.metric(&copied("stream")).await, 5000.0);
+    assert_eq!(media.metric(&copied("cache")).await, 0.0);
+    assert!(entry_files(&media.pop, "body").is_empty());
 }
