@@ -225,7 +225,8 @@ impl Fleet {
             .map(|_| ())
     }
 
-    /// Queues the purge for every peer and tries each once, for at most `wait`.
+    /// Queues the purge for every peer and tries each once, for at most `wait`; until that
+    /// try ends the peer's worker leaves the purge alone, so a peer gets it once.
     async fn fan_out(&self, purge: &Purge) -> Result<Vec<(String, Delivery)>, FleetError> {
         let outbox = self.outbox.clone();
         let queued_purge = purge.clone();
@@ -257,6 +258,7 @@ impl Fleet {
                 };
                 self.report_pending(&peer.name);
                 if matches!(delivery, Delivery::Queued(_)) {
+                    self.outbox.release(&peer.name, &purge.id);
                     // Stored as a permit if the worker is busy, so it is never missed.
                     self.queued[i].notify_one();
                 }

@@ -5,9 +5,12 @@
 //! reported queued survives a crash or power loss whole. A purge is removed only after the
 //! peer answered 200, or set aside (`.bad`) when the peer refuses it for good. Names sort
 //! in the order purges were made, so a peer that comes back gets them in that order.
+//! A purge being handed over by the call that made it is claimed in memory from before its
+//! file exists until that attempt ends, so the peer's worker never sends the same purge at
+//! the same time.
 //! These are blocking calls: callers on the async runtime use `spawn_blocking`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,8 @@ pub struct Outbox {
     max_pending: usize,
     /// Purges waiting per peer, counted once at open and kept up to date.
     counts: Mutex<BTreeMap<String, usize>>,
+    /// (peer, id) of purges a first attempt is delivering; `pending` skips them.
+    claimed: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Outbox {
@@ -46,6 +51,7 @@ impl Outbox {
             dirs,
             max_pending,
             counts: Mutex::new(counts),
+            claimed: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -53,7 +59,8 @@ impl Outbox {
         self.counts.lock().get(peer).copied().unwrap_or(0)
     }
 
-    /// Queues `purge` for each peer; a peer whose queue is full (or whose directory
+    /// Queues `purge` for each peer, claimed for the caller's first attempt (end it with
+    /// `done`, `set_aside` or `release`); a peer whose queue is full (or whose directory
     /// cannot be written) does not get it, and only that peer is reported.
     pub fn push(&self, purge: &Purge) -> Vec<(String, Result<(), FleetError>)> {
         let text = match serde_json::to_vec(purge) {
@@ -73,17 +80,23 @@ impl Outbox {
                 continue;
             }
             let path = dir.join(format!("{}.{SUFFIX}", purge.id));
+            let claim = (peer.clone(), purge.id.clone());
+            // Claimed before the file appears, so no worker can read it unclaimed.
+            let newly_claimed = self.claimed.lock().insert(claim.clone());
             let written = write_atomically(&path, &text).map_err(|e| FleetError::State(path, e));
             if written.is_ok() {
                 *self.counts.lock().entry(peer.clone()).or_default() += 1;
+            } else if newly_claimed {
+                self.claimed.lock().remove(&claim);
             }
             results.push((peer.clone(), written));
         }
         results
     }
 
-    /// Up to `limit` of the peer's waiting purges, oldest first. An unreadable file is set
-    /// aside (renamed `.bad`) and reported, never retried forever.
+    /// Up to `limit` of the peer's waiting purges, oldest first, leaving out those claimed
+    /// by a first attempt. An unreadable file is set aside (renamed `.bad`) and reported,
+    /// never retried forever.
     pub fn pending(&self, peer: &str, limit: usize) -> Vec<Purge> {
         let Some(dir) = self.dirs.get(peer) else {
             return Vec::new();
@@ -91,8 +104,22 @@ impl Outbox {
         let Ok(paths) = list(dir) else {
             return Vec::new();
         };
+        let unclaimed: Vec<PathBuf> = {
+            let claimed = self.claimed.lock();
+            paths
+                .into_iter()
+                .filter(|path| {
+                    let id = path
+                        .file_stem()
+                        .and_then(|stem| stem.to_str())
+                        .unwrap_or("");
+                    !claimed.contains(&(peer.to_string(), id.to_string()))
+                })
+                .take(limit)
+                .collect()
+        };
         let mut purges = Vec::new();
-        for path in paths.into_iter().take(limit) {
+        for path in unclaimed {
             match std::fs::read(&path)
                 .ok()
                 .and_then(|text| serde_json::from_slice::<Purge>(&text).ok())
@@ -116,6 +143,15 @@ impl Outbox {
         if std::fs::remove_file(dir.join(format!("{id}.{SUFFIX}"))).is_ok() {
             self.forget(peer);
         }
+        self.release(peer, id);
+    }
+
+    /// The first attempt at `id` is over without the peer having it: it waits for the
+    /// peer's worker like any other queued purge.
+    pub fn release(&self, peer: &str, id: &str) {
+        self.claimed
+            .lock()
+            .remove(&(peer.to_string(), id.to_string()));
     }
 
     /// The peer refuses `id` for good: kept beside the queue as `.bad`, for an operator.
@@ -127,6 +163,7 @@ impl Outbox {
         if std::fs::rename(&path, path.with_extension("bad")).is_ok() {
             self.forget(peer);
         }
+        self.release(peer, id);
     }
 
     fn forget(&self, peer: &str) {
@@ -212,6 +249,9 @@ mod tests {
         // The same id again never overwrites the waiting purge.
         let again = outbox.push(&purge("3"));
         assert!(again.iter().all(|(_, r)| r.is_err()));
+        for id in ["2", "3"] {
+            outbox.release("ewr", id);
+        }
         let ids: Vec<String> = outbox
             .pending("ewr", 10)
             .into_iter()
@@ -225,5 +265,34 @@ mod tests {
             Outbox::open(dir.path(), ["ewr".to_string(), "nrt".to_string()], 2).expect("open");
         assert_eq!(reopened.pending_count("ewr"), 2);
         assert!(!dir.path().join("outbox/ewr/9.tmp").exists());
+    }
+
+    fn pending_ids(outbox: &Outbox, peer: &str) -> Vec<String> {
+        outbox.pending(peer, 10).into_iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn a_purge_in_its_first_attempt_is_not_handed_to_the_worker_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let outbox =
+            Outbox::open(dir.path(), ["ewr".to_string(), "nrt".to_string()], 10).expect("open");
+        assert!(outbox.push(&purge("1")).iter().all(|(_, r)| r.is_ok()));
+        // While the first attempt runs, the workers see nothing to send.
+        assert!(pending_ids(&outbox, "ewr").is_empty());
+        assert!(pending_ids(&outbox, "nrt").is_empty());
+        assert_eq!(outbox.pending_count("nrt"), 1);
+        // ewr got it; nrt could not be reached and is left to its worker.
+        outbox.done("ewr", "1");
+        outbox.release("nrt", "1");
+        assert!(pending_ids(&outbox, "ewr").is_empty());
+        assert_eq!(pending_ids(&outbox, "nrt"), ["1"]);
+        // A push that fails (the id is already queued) takes no claim from the waiting one.
+        assert!(outbox
+            .push(&purge("1"))
+            .iter()
+            .any(|(peer, r)| peer == "nrt" && r.is_err()));
+        assert_eq!(pending_ids(&outbox, "nrt"), ["1"]);
+        outbox.done("nrt", "1");
+        assert_eq!(outbox.pending_count("nrt"), 0);
     }
 }
