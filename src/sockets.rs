@@ -172,17 +172,25 @@ pub fn claim(
     wanted: &[(String, SocketAddr)],
     inherited: Option<&HashMap<String, SocketAddr>>,
 ) -> Result<AddressClaim, ClaimError> {
+    let failed = |name: &String, address: &SocketAddr, source| ClaimError {
+        name: name.clone(),
+        address: *address,
+        source,
+    };
+    // Fixed ports first, held while the kernel picks the others, so it cannot pick one of
+    // them for a port-0 listener.
     let mut checked = Vec::new();
+    if inherited.is_none() {
+        for (name, address) in wanted.iter().filter(|(_, a)| a.port() != 0) {
+            checked.push(listen_briefly(*address).map_err(|e| failed(name, address, e))?);
+        }
+    }
     let mut claim = AddressClaim {
         addresses: Vec::new(),
         holders: Vec::new(),
     };
     for (name, address) in wanted {
-        let failed = |source| ClaimError {
-            name: name.clone(),
-            address: *address,
-            source,
-        };
+        let failed = |source| failed(name, address, source);
         let kept = inherited
             .and_then(|i| i.get(name))
             .filter(|kept| address.port() == 0 && kept.ip() == address.ip());
@@ -198,12 +206,7 @@ pub fn claim(
                 claim.holders.push(holder);
                 (bound, true)
             }
-            None => {
-                if inherited.is_none() {
-                    checked.push(listen_briefly(*address).map_err(failed)?);
-                }
-                (*address, false)
-            }
+            None => (*address, false),
         };
         let claimed = ClaimedAddress {
             name: name.clone(),

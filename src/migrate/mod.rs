@@ -3,6 +3,7 @@
 
 pub mod arriving;
 pub mod bulk;
+mod failed;
 pub mod keys;
 pub mod progress;
 pub mod queue;

@@ -24,6 +24,7 @@ use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::failed::set_aside_body;
 use crate::config::model::WriteThroughSettings;
 use crate::metrics;
 use crate::store::places::Places;
@@ -502,20 +503,19 @@ impl WriteThroughQueue {
         let limit = self.settings.max_attempts;
         if record.attempts == u32::MAX || (limit > 0 && record.attempts >= limit) {
             let failed_body = self.failed_dir.join(format!("{id}.body"));
-            if record.offset == 0 {
-                let _ = std::fs::rename(body, &failed_body);
-            } else {
-                // The cache's file of the body: what is set aside is the object alone, as
-                // an operator would upload it by hand.
-                let (from, to) = (body.to_path_buf(), failed_body);
-                let (offset, len) = (record.offset, record.len);
-                let copied =
-                    tokio::task::spawn_blocking(move || copy_span(&from, offset, len, &to)).await;
-                if let Ok(Err(e)) | Err(e) = copied.map_err(std::io::Error::other) {
-                    tracing::warn!(error = %e, key = %record.key, "cannot set aside the body of a failed write-through job");
+            let (from, offset, len) = (body.to_path_buf(), record.offset, record.len);
+            match tokio::task::spawn_blocking(move || {
+                set_aside_body(&from, offset, len, &failed_body)
+            })
+            .await
+            {
+                Ok(Ok(offset)) => record.offset = offset,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, key = %record.key, "cannot set aside the body of a failed write-through job; it stays in the queue's directory");
                 }
-                let _ = std::fs::remove_file(body);
-                record.offset = 0;
+                Err(e) => {
+                    tracing::warn!(error = %e, key = %record.key, "setting aside the body of a failed write-through job stopped");
+                }
             }
             let _ = self.write_job_file(id, &record);
             let _ = std::fs::rename(self.job_path(id), self.failed_dir.join(format!("{id}.job")));
@@ -556,23 +556,6 @@ impl WriteThroughQueue {
             }
         }
     }
-}
-
-/// The job in the bytes of a `.job` file, when it is of this format, names a valid key and
-/// has the length of its body.
-/// Writes the `len` bytes of `from` after `offset` to `to`.
-fn copy_span(from: &Path, offset: u64, len: u64, to: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut input = std::fs::File::open(from)?;
-    input.seek(SeekFrom::Start(offset))?;
-    let mut output = std::fs::File::create(to)?;
-    let copied = std::io::copy(&mut input.take(len), &mut output)?;
-    if copied != len {
-        return Err(std::io::Error::other(format!(
-            "{copied} of {len} bytes copied"
-        )));
-    }
-    output.sync_all()
 }
 
 /// A job file read back, if it is one and its body file (`file_len` bytes, the body from

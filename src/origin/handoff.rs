@@ -5,7 +5,10 @@
 //! route here and sends the ticket's number in [`MEDIA_TICKET`]; the origin takes the route
 //! back by that number. The origin therefore never routes a request again (not by its
 //! `Host`, not under settings a reload has since replaced), and a request that carries no
-//! ticket the proxy lodged (another local process calling the port) finds no route.
+//! ticket the proxy lodged (another local process calling the port) finds no route. A
+//! ticket's value is its number and a tag keyed with this process's random secret, so a
+//! process that sees the port cannot guess the ticket of a request in flight and take its
+//! route or its copy.
 //!
 //! A ticket is held in the request's context and withdrawn when the request ends, so the
 //! table holds at most one entry per request in flight.
@@ -19,7 +22,9 @@
 //! goes away without a word), the origin spools the copy itself as the body streams. Either
 //! way the body is written to local disk once.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +33,7 @@ use std::sync::Arc;
 use http::header::HeaderName;
 use http::HeaderValue;
 use parking_lot::Mutex;
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use crate::config::model::Route;
@@ -87,6 +93,7 @@ impl PendingCopy {
 
 /// What a ticket lodges.
 struct Lodged {
+    tag: u64,
     route: Arc<Route>,
     copy: Option<Arc<CopyHandoff>>,
 }
@@ -103,6 +110,8 @@ pub struct Handed {
 pub struct HandedRoutes {
     next: AtomicU64,
     by_ticket: Mutex<HashMap<u64, Lodged>>,
+    /// Keys the tags (SipHash under random keys): a tag is unpredictable without them.
+    secret: RandomState,
 }
 
 impl HandedRoutes {
@@ -113,15 +122,27 @@ impl HandedRoutes {
 
     /// The route and the copy handoff lodged under the ticket a request carries.
     pub fn handed(&self, ticket: Option<&HeaderValue>) -> Option<Handed> {
-        let number: u64 = ticket?.to_str().ok()?.parse().ok()?;
-        self.by_ticket.lock().get(&number).map(|lodged| Handed {
+        let (number, tag) = ticket?.to_str().ok()?.split_once('.')?;
+        let number: u64 = number.parse().ok()?;
+        let tag: u64 = tag.parse().ok()?;
+        let by_ticket = self.by_ticket.lock();
+        let lodged = by_ticket.get(&number)?;
+        if !bool::from(lodged.tag.ct_eq(&tag)) {
+            return None;
+        }
+        Some(Handed {
             route: lodged.route.clone(),
             copy: lodged.copy.clone(),
         })
     }
 
+    fn tag(&self, number: u64) -> u64 {
+        self.secret.hash_one(number)
+    }
+
     fn lodge(self: &Arc<Self>, route: Arc<Route>, offer_copy: bool) -> Ticket {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let tag = self.tag(number);
         let (verdict, copy) = if offer_copy {
             let (sender, receiver) = oneshot::channel();
             let copy = Arc::new(CopyHandoff {
@@ -135,12 +156,14 @@ impl HandedRoutes {
         self.by_ticket.lock().insert(
             number,
             Lodged {
+                tag,
                 route,
                 copy: copy.clone(),
             },
         );
         Ticket {
             number,
+            tag,
             routes: self.clone(),
             verdict,
             copy,
@@ -161,6 +184,7 @@ impl HandedRoutes {
 /// [`CacheVerdict::DoesNotKeep`] to the origin, and a copy left behind is given up).
 pub struct Ticket {
     number: u64,
+    tag: u64,
     routes: Arc<HandedRoutes>,
     verdict: Option<oneshot::Sender<CacheVerdict>>,
     copy: Option<Arc<CopyHandoff>>,
@@ -169,7 +193,7 @@ pub struct Ticket {
 impl Ticket {
     /// The value of [`MEDIA_TICKET`] on the request to the media origin.
     pub fn header_value(&self) -> String {
-        self.number.to_string()
+        format!("{}.{}", self.number, self.tag)
     }
 
     /// Tells the origin what the cache does with the body; only the first word counts.
@@ -287,10 +311,44 @@ mod tests {
         let origin = MediaOrigin::new("127.0.0.1:1".parse().expect("address"), routes.clone());
         let _ticket = origin.hand_over(route("/system/"), false);
         assert!(routes.route_for(None).is_none());
-        for forged in ["", "x", "-1", "99", "0 ", "18446744073709551616"] {
+        for forged in [
+            "",
+            "x",
+            "-1",
+            "99",
+            "0",
+            "0 ",
+            "0.",
+            "0.1",
+            "18446744073709551616",
+        ] {
             let forged = HeaderValue::from_str(forged).expect("value");
             assert!(routes.route_for(Some(&forged)).is_none(), "{forged:?}");
         }
+    }
+
+    #[test]
+    fn a_ticket_number_with_another_tag_finds_nothing() {
+        let routes = Arc::new(HandedRoutes::default());
+        let origin = MediaOrigin::new("127.0.0.1:1".parse().expect("address"), routes.clone());
+        let ticket = origin.hand_over(route("/system/"), true);
+        let real = ticket.header_value();
+        let (number, tag) = real.split_once('.').expect("number.tag");
+        let tag: u64 = tag.parse().expect("tag");
+        // Another process's secret (or none) gives other tags for the same number.
+        let other = HandedRoutes::default();
+        let guesses = [
+            format!("{number}.{}", tag.wrapping_add(1)),
+            format!("{number}.{}", other.tag(number.parse().expect("number"))),
+            format!("{number}.0"),
+            number.to_string(),
+        ];
+        for guess in guesses {
+            let guess = HeaderValue::from_str(&guess).expect("value");
+            assert!(routes.handed(Some(&guess)).is_none(), "{guess:?}");
+        }
+        let real = HeaderValue::from_str(&real).expect("value");
+        assert!(routes.handed(Some(&real)).is_some());
     }
 
     #[test]
