@@ -96,16 +96,7 @@ pub fn build(
     handover: Option<Handover>,
     addresses_file: Option<PathBuf>,
 ) -> Result<(Server, RunArgs), StartError> {
-    let wanted: Vec<(String, SocketAddr)> = config
-        .listeners
-        .iter()
-        .map(|l| (sockets::listener_key(&l.name), l.address))
-        .chain(std::iter::once((
-            sockets::ADMIN.to_string(),
-            config.admin.address,
-        )))
-        .collect();
-    let claim = sockets::claim(&wanted, handover.as_ref().map(|h| &h.inherited))?;
+    let claim = claim_addresses(&config, handover.as_ref())?;
     let mut server = new_server(&config, handover.is_some());
     let upgrader = Upgrader::new(&config, claim.pairs(), addresses_file.clone());
     let cache = config
@@ -149,32 +140,20 @@ pub fn build(
     let restart_only = RestartOnly::of(&config);
     let listeners = std::mem::take(&mut config.listeners);
     let reloadable = add_listeners(&mut server, &config, listeners, &claim, &shared)?;
-    let reloader = Arc::new(Reloader {
-        config_path: config.source.clone(),
-        listeners: reloadable,
-        proxy_settings,
-        admin_token: admin_token.clone(),
-        restart_only,
-        access_log,
-        running: Default::default(),
-    });
-    add_background(
+    let reloader = add_reloader(
         &mut server,
-        "reload on SIGHUP",
-        SighupService {
-            reloader: reloader.clone(),
+        Reloader {
+            config_path: config.source.clone(),
+            listeners: reloadable,
+            proxy_settings,
+            admin_token: admin_token.clone(),
+            restart_only,
+            access_log,
+            running: Default::default(),
         },
     );
-    let listener_addresses = claim
-        .pairs()
-        .into_iter()
-        .filter_map(|(key, address)| {
-            let name = key.strip_prefix("listener:")?;
-            Some((name.to_string(), address))
-        })
-        .collect();
     let admin = AdminApp {
-        listeners: listener_addresses,
+        listeners: claim.listener_addresses(),
         core,
         reloader,
         token: admin_token,
@@ -196,6 +175,37 @@ pub fn build(
         shutdown_signal: Box::new(ShutdownSignals { upgrader }),
     };
     Ok((server, run_args))
+}
+
+/// Takes the addresses of the listeners and the admin API before anything listens (see
+/// [`sockets::claim`]).
+fn claim_addresses(
+    config: &Config,
+    handover: Option<&Handover>,
+) -> Result<AddressClaim, StartError> {
+    let wanted: Vec<(String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .map(|l| (sockets::listener_key(&l.name), l.address))
+        .chain(std::iter::once((
+            sockets::ADMIN.to_string(),
+            config.admin.address,
+        )))
+        .collect();
+    Ok(sockets::claim(&wanted, handover.map(|h| &h.inherited))?)
+}
+
+/// Runs `reloader` on SIGHUP; the admin API's reload shares it.
+fn add_reloader(server: &mut Server, reloader: Reloader) -> Arc<Reloader> {
+    let reloader = Arc::new(reloader);
+    add_background(
+        server,
+        "reload on SIGHUP",
+        SighupService {
+            reloader: reloader.clone(),
+        },
+    );
+    reloader
 }
 
 /// The pingora server with our shutdown periods, thread count and upgrade socket.

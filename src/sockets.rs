@@ -120,9 +120,11 @@ pub struct ClaimError {
 /// `listener:http` there (a listener's name has no `:`, so the two never meet).
 pub const ADMIN: &str = "admin";
 
+const LISTENER_PREFIX: &str = "listener:";
+
 /// A proxy listener's name in a claim and a report.
 pub fn listener_key(name: &str) -> String {
-    format!("listener:{name}")
+    format!("{LISTENER_PREFIX}{name}")
 }
 
 /// One listener's address: as bound, port 0 resolved.
@@ -148,6 +150,17 @@ impl AddressClaim {
     /// for one that was not claimed.
     pub fn get(&self, key: &str) -> Option<&ClaimedAddress> {
         self.addresses.iter().find(|a| a.name == key)
+    }
+
+    /// (listener name as configured, bound address) of the proxy's listeners.
+    pub fn listener_addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.addresses
+            .iter()
+            .filter_map(|a| {
+                let name = a.name.strip_prefix(LISTENER_PREFIX)?;
+                Some((name.to_string(), a.address))
+            })
+            .collect()
     }
 
     /// (name, bound address) of every listener.
