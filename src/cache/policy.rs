@@ -5,7 +5,7 @@
 //! never touches the cache: neither its answer nor a stored one for someone else. A response
 //! that sets a cookie, varies on everything, or says `private`/`no-store` is not kept.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{header, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
@@ -163,14 +163,10 @@ pub fn response_cacheable(
     }
 
     let now = SystemTime::now();
-    // The response may already have aged in a cache behind us (RFC 9111 §4.2.3).
-    let age = resp
-        .headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
-    let received = now.checked_sub(age).unwrap_or(now);
+    // The response may already have aged in a cache behind us (RFC 9111 §4.2.3): it counts
+    // as received that long ago, so its Age on every hit includes it.
+    let age = upstream_age(resp);
+    let received = now.checked_sub(age).unwrap_or(UNIX_EPOCH);
     let lifetime = cc
         .as_ref()
         .and_then(|cc| cc.fresh_duration())
@@ -206,9 +202,33 @@ pub fn response_cacheable(
     if let Some(cc) = &cc {
         cc.strip_private_headers(&mut header);
     }
-    // Hop-specific: the cache writes its own Age on every hit.
-    header.remove_header(&header::AGE);
+    // The upstream's Age stays: a miss passes it on, and a hit writes its own in its place.
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, received, swr, sie, header))
+}
+
+/// The largest Age believed (RFC 9111 §1.2.2): anything larger, or an overflow, is this.
+const AGE_CEILING: u64 = 1 << 31;
+
+/// How old the response already was when it reached us, from its `Age` (RFC 9111 §5.1):
+/// the first field line's first member, in whole seconds. A value that is not delta-seconds
+/// (negative, a fraction, words) is ignored; one too large to hold is [`AGE_CEILING`].
+pub fn upstream_age(resp: &ResponseHeader) -> Duration {
+    let Some(line) = resp.headers.get(header::AGE) else {
+        return Duration::ZERO;
+    };
+    let first = line
+        .as_bytes()
+        .split(|b| *b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+        return Duration::ZERO;
+    }
+    let seconds = first.iter().try_fold(0u64, |n, digit| {
+        n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    });
+    Duration::from_secs(seconds.map_or(AGE_CEILING, |s| s.min(AGE_CEILING)))
 }
 
 /// Freshness from `Expires`, measured against the response's own `Date` so that the two
@@ -414,6 +434,55 @@ mod tests {
         // An origin Age uses up part of the lifetime.
         let aged = r(200, &[("Cache-Control", "max-age=60"), ("Age", "50")]);
         assert!(aged.is_some_and(|s| s <= 60));
+    }
+
+    #[test]
+    fn age_is_the_first_members_whole_seconds() {
+        let age = |lines: &[&str]| {
+            let headers: Vec<(&str, &str)> = lines.iter().map(|v| ("Age", *v)).collect();
+            upstream_age(&response(200, &headers)).as_secs()
+        };
+        assert_eq!(age(&[]), 0);
+        assert_eq!(age(&["7200"]), 7200);
+        assert_eq!(age(&[" 30 "]), 30);
+        for ignored in ["abc", "-7200", "7200.0", "1e3", "", "0x10", "+5"] {
+            assert_eq!(age(&[ignored]), 0, "{ignored:?}");
+        }
+        // One line with a list, or several lines: the first member of the first line.
+        assert_eq!(age(&["7200, 0"]), 7200);
+        assert_eq!(age(&["0, 7200"]), 0);
+        assert_eq!(age(&["7200", "0"]), 7200);
+        assert_eq!(age(&["0", "7200"]), 0);
+        // Too large to hold, or past 2^31: 2^31, which leaves nothing fresh.
+        assert_eq!(age(&["2147483647"]), 2_147_483_647);
+        assert_eq!(age(&["2147483649"]), 1 << 31);
+        assert_eq!(age(&["99999999999999999999999"]), 1 << 31);
+        let p = policy();
+        let stale = response(
+            200,
+            &[
+                ("Cache-Control", "max-age=3600"),
+                ("Age", "99999999999999999999"),
+            ],
+        );
+        let RespCacheable::Cacheable(meta) = response_cacheable(&stale, None, &p) else {
+            panic!("cacheable");
+        };
+        assert!(!meta.is_fresh(SystemTime::now()));
+    }
+
+    #[test]
+    fn an_upstream_age_is_kept_in_the_stored_header() {
+        let p = policy();
+        let resp = response(200, &[("Cache-Control", "max-age=60"), ("Age", "5")]);
+        let RespCacheable::Cacheable(meta) = response_cacheable(&resp, None, &p) else {
+            panic!("cacheable");
+        };
+        assert_eq!(
+            meta.headers().get("age").map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        assert!(meta.age().as_secs() >= 5);
     }
 
     #[test]

@@ -15,6 +15,8 @@ mod bounds;
 mod cache;
 // Bad config files: each error names file, line and key; exit 64.
 mod config_errors;
+// RFC 9111 in detail: Age, status codes, invalidation, header updates, targeted fields.
+mod conformance;
 // The Grafana dashboard and the alert rules in ops/ query only metrics we export.
 mod dashboards;
 // Deleted media stays deleted: tombstones across purges, restarts and the fleet.
