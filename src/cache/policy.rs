@@ -8,12 +8,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{header, Method, StatusCode};
-use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::filters::calculate_serve_stale_durations;
 use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::model::CachePolicy;
+use crate::config::model::{CachePolicy, HeuristicFreshness};
 
 /// Why a request does not use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,27 +117,44 @@ fn carries_session(cookie_header: &[u8], names: &[String]) -> bool {
     })
 }
 
-/// Statuses a response may be stored with. Others (206, 304, 5xx, ...) never are: a
-/// partial or error body must not stand in for the object.
+/// Whether a final response's status lets it be stored at all. A 206 is a part of the
+/// object and a 304 only updates a stored one; every other final status may be stored when
+/// the response says how long it is fresh (RFC 9111 §3).
 fn storable_status(status: StatusCode) -> bool {
+    !status.is_informational() && !matches!(status.as_u16(), 206 | 304)
+}
+
+/// Statuses whose meaning RFC 9110 defines, so a cache that understands them may follow
+/// `must-understand` in place of `no-store` (RFC 9111 §5.2.2.3).
+fn recognised_status(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 410
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
     )
 }
 
-/// Statuses a route's `cache_ttl` applies to when the response states no freshness.
-fn heuristic_status(status: StatusCode) -> bool {
+/// Statuses cacheable by default (RFC 9110 §15.1): a response with one of them and no
+/// freshness of its own may get a heuristic lifetime; others only with `public`.
+fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 410
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
+}
+
+/// What a route says about responses that state no freshness of their own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteFreshness {
+    /// The operator's lifetime for them.
+    pub ttl: Option<Duration>,
+    /// Whether one may be guessed from `Last-Modified`.
+    pub heuristic: bool,
 }
 
 /// Decides whether a response may be stored, and for how long it is fresh.
 pub fn response_cacheable(
     resp: &ResponseHeader,
-    route_ttl: Option<Duration>,
+    route: RouteFreshness,
     policy: &CachePolicy,
 ) -> RespCacheable {
     use RespCacheable::Uncacheable;
@@ -155,11 +172,12 @@ pub fn response_cacheable(
         return Uncacheable(NoCacheReason::Custom("vary-star"));
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if cc
-        .as_ref()
-        .is_some_and(|cc| cc.is_cacheable() == Cacheable::No)
-    {
-        return Uncacheable(NoCacheReason::OriginNotCache);
+    if let Some(cc) = &cc {
+        let understood = cc.has_key("must-understand") && recognised_status(resp.status);
+        let refused = cc.private() || (cc.no_store() && !understood);
+        if refused {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
     }
 
     let now = SystemTime::now();
@@ -167,11 +185,21 @@ pub fn response_cacheable(
     // as received that long ago, so its Age on every hit includes it.
     let age = upstream_age(resp);
     let received = now.checked_sub(age).unwrap_or(UNIX_EPOCH);
-    let lifetime = cc
+    let explicit = cc
         .as_ref()
         .and_then(|cc| cc.fresh_duration())
-        .or_else(|| expires_lifetime(resp))
-        .or_else(|| route_ttl.filter(|_| heuristic_status(resp.status)));
+        .or_else(|| expires_lifetime(resp));
+    let may_guess =
+        heuristically_cacheable(resp.status) || cc.as_ref().is_some_and(|cc| cc.public());
+    let lifetime = explicit.or_else(|| {
+        if !may_guess {
+            return None;
+        }
+        route.ttl.or_else(|| {
+            let heuristic = policy.heuristic.filter(|_| route.heuristic)?;
+            last_modified_lifetime(resp, heuristic)
+        })
+    });
     let Some(lifetime) = lifetime else {
         return Uncacheable(NoCacheReason::OriginNotCache);
     };
@@ -192,8 +220,12 @@ pub fn response_cacheable(
     let forbids_stale = cc.as_ref().is_some_and(|cc| {
         cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache() || cc.has_key("s-maxage")
     });
+    // The PoP's own window stands in for a good object while the core is in trouble; an
+    // error kept as an answer gets only the window it states.
     let sie = if forbids_stale {
         0
+    } else if resp.status.is_server_error() {
+        sie_from_header
     } else {
         let window = u32::try_from(policy.serve_stale_on_error.as_secs()).unwrap_or(u32::MAX);
         sie_from_header.max(window)
@@ -231,6 +263,27 @@ pub fn upstream_age(resp: &ResponseHeader) -> Duration {
     Duration::from_secs(seconds.map_or(AGE_CEILING, |s| s.min(AGE_CEILING)))
 }
 
+/// A share of the time between `Last-Modified` and the response's `Date` (or now), capped
+/// (RFC 9111 §4.2.2); `None` without a valid `Last-Modified` in the past.
+fn last_modified_lifetime(
+    resp: &ResponseHeader,
+    heuristic: HeuristicFreshness,
+) -> Option<Duration> {
+    let parse = |v: &http::HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+    };
+    let modified = resp.headers.get(header::LAST_MODIFIED).and_then(parse)?;
+    let date = resp
+        .headers
+        .get(header::DATE)
+        .and_then(parse)
+        .unwrap_or_else(SystemTime::now);
+    let unchanged_for = date.duration_since(modified).ok()?;
+    Some(unchanged_for.mul_f64(heuristic.fraction).min(heuristic.max))
+}
+
 /// Freshness from `Expires`, measured against the response's own `Date` so that the two
 /// clocks need not agree (RFC 9111 §4.2.1). An invalid `Expires` means already stale.
 fn expires_lifetime(resp: &ResponseHeader) -> Option<Duration> {
@@ -264,8 +317,17 @@ mod tests {
             serve_stale_on_error: Duration::from_secs(3600),
             status_header: true,
             session_cookies: vec!["_session_id".into(), "_mastodon_session".into()],
+            heuristic: Some(HeuristicFreshness {
+                fraction: 0.1,
+                max: Duration::from_secs(24 * 3600),
+            }),
         }
     }
+
+    const NO_ROUTE: RouteFreshness = RouteFreshness {
+        ttl: None,
+        heuristic: true,
+    };
 
     fn request(headers: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).expect("request");
@@ -395,7 +457,7 @@ mod tests {
     fn freshness_comes_from_the_response() {
         let p = policy();
         let r = |status, headers: &[(&str, &str)]| {
-            fresh_secs(response_cacheable(&response(status, headers), None, &p))
+            fresh_secs(response_cacheable(&response(status, headers), NO_ROUTE, &p))
         };
         assert_eq!(r(200, &[("Cache-Control", "public, max-age=60")]), Some(60));
         assert_eq!(
@@ -418,7 +480,7 @@ mod tests {
             None
         );
         assert_eq!(r(206, &[("Cache-Control", "max-age=60")]), None);
-        assert_eq!(r(500, &[("Cache-Control", "max-age=60")]), None);
+        assert_eq!(r(304, &[("Cache-Control", "max-age=60")]), None);
         assert_eq!(r(200, &[]), None);
         assert_eq!(
             r(
@@ -465,7 +527,7 @@ mod tests {
                 ("Age", "99999999999999999999"),
             ],
         );
-        let RespCacheable::Cacheable(meta) = response_cacheable(&stale, None, &p) else {
+        let RespCacheable::Cacheable(meta) = response_cacheable(&stale, NO_ROUTE, &p) else {
             panic!("cacheable");
         };
         assert!(!meta.is_fresh(SystemTime::now()));
@@ -475,7 +537,7 @@ mod tests {
     fn an_upstream_age_is_kept_in_the_stored_header() {
         let p = policy();
         let resp = response(200, &[("Cache-Control", "max-age=60"), ("Age", "5")]);
-        let RespCacheable::Cacheable(meta) = response_cacheable(&resp, None, &p) else {
+        let RespCacheable::Cacheable(meta) = response_cacheable(&resp, NO_ROUTE, &p) else {
             panic!("cacheable");
         };
         assert_eq!(
@@ -486,10 +548,129 @@ mod tests {
     }
 
     #[test]
+    fn any_final_status_with_explicit_freshness_is_stored() {
+        let p = policy();
+        for status in [200, 299, 303, 400, 429, 499, 500, 502, 503, 504, 599] {
+            let fresh = response(status, &[("Cache-Control", "max-age=60")]);
+            assert_eq!(
+                fresh_secs(response_cacheable(&fresh, NO_ROUTE, &p)),
+                Some(60),
+                "{status}"
+            );
+        }
+        // Without freshness of its own, only a status cacheable by default (or `public`)
+        // gets a guessed lifetime.
+        let modified = [
+            ("Date", "Mon, 23 Nov 2026 10:00:00 GMT"),
+            ("Last-Modified", "Fri, 13 Nov 2026 10:00:00 GMT"),
+        ];
+        let day = 24 * 3600;
+        for (status, lifetime) in [
+            (200, Some(day)),
+            (404, Some(day)),
+            (501, Some(day)),
+            (500, None),
+            (599, None),
+        ] {
+            let silent = response(status, &modified);
+            assert_eq!(
+                fresh_secs(response_cacheable(&silent, NO_ROUTE, &p)),
+                lifetime,
+                "{status}"
+            );
+        }
+        let mut public = modified.to_vec();
+        public.push(("Cache-Control", "public"));
+        assert_eq!(
+            fresh_secs(response_cacheable(&response(599, &public), NO_ROUTE, &p)),
+            Some(day)
+        );
+    }
+
+    #[test]
+    fn a_guess_from_last_modified_is_a_capped_share_and_can_be_refused() {
+        let p = policy();
+        let lifetime = |modified: &str, route: RouteFreshness, policy: &CachePolicy| {
+            let resp = response(
+                200,
+                &[
+                    ("Date", "Mon, 23 Nov 2026 10:00:00 GMT"),
+                    ("Last-Modified", modified),
+                ],
+            );
+            fresh_secs(response_cacheable(&resp, route, policy))
+        };
+        // Ten hours unchanged: fresh for one.
+        assert_eq!(
+            lifetime("Mon, 23 Nov 2026 00:00:00 GMT", NO_ROUTE, &p),
+            Some(3600)
+        );
+        // A year: capped at the day.
+        assert_eq!(
+            lifetime("Sun, 23 Nov 2025 10:00:00 GMT", NO_ROUTE, &p),
+            Some(24 * 3600)
+        );
+        // Modified after its own Date, or not a date: no guess.
+        assert_eq!(
+            lifetime("Tue, 24 Nov 2026 10:00:00 GMT", NO_ROUTE, &p),
+            None
+        );
+        assert_eq!(lifetime("yesterday", NO_ROUTE, &p), None);
+        // A route that refuses guesses, or a PoP with them off.
+        let refusing = RouteFreshness {
+            ttl: None,
+            heuristic: false,
+        };
+        assert_eq!(
+            lifetime("Mon, 23 Nov 2026 00:00:00 GMT", refusing, &p),
+            None
+        );
+        let off = CachePolicy {
+            heuristic: None,
+            ..policy()
+        };
+        assert_eq!(
+            lifetime("Mon, 23 Nov 2026 00:00:00 GMT", NO_ROUTE, &off),
+            None
+        );
+        // The route's own lifetime comes before a guess.
+        let route_ttl = RouteFreshness {
+            ttl: Some(Duration::from_secs(60)),
+            heuristic: true,
+        };
+        assert_eq!(
+            lifetime("Mon, 23 Nov 2026 00:00:00 GMT", route_ttl, &p),
+            Some(60)
+        );
+    }
+
+    #[test]
+    fn must_understand_stands_in_for_no_store_only_for_a_recognised_status() {
+        let p = policy();
+        let cc = [("Cache-Control", "max-age=3600, no-store, must-understand")];
+        assert_eq!(
+            fresh_secs(response_cacheable(&response(200, &cc), NO_ROUTE, &p)),
+            Some(3600)
+        );
+        assert_eq!(
+            fresh_secs(response_cacheable(&response(599, &cc), NO_ROUTE, &p)),
+            None
+        );
+        let plain = [("Cache-Control", "max-age=3600, no-store")];
+        assert_eq!(
+            fresh_secs(response_cacheable(&response(200, &plain), NO_ROUTE, &p)),
+            None
+        );
+    }
+
+    #[test]
     fn route_ttl_fills_in_only_when_the_response_is_silent() {
         let p = policy();
         // `/system/` with `cache_ttl: 7d`.
-        let route_ttl = Some(Duration::from_secs(7 * 24 * 3600));
+        let route_ttl = RouteFreshness {
+            ttl: Some(Duration::from_secs(7 * 24 * 3600)),
+            heuristic: true,
+        };
         let r = |headers: &[(&str, &str)]| {
             fresh_secs(response_cacheable(&response(200, headers), route_ttl, &p))
         };
@@ -503,7 +684,7 @@ mod tests {
         let p = policy();
         let sie = |headers: &[(&str, &str)]| match response_cacheable(
             &response(200, headers),
-            None,
+            NO_ROUTE,
             &p,
         ) {
             RespCacheable::Cacheable(meta) => meta.stale_if_error_sec(),
@@ -516,5 +697,18 @@ mod tests {
         );
         assert_eq!(sie(&[("Cache-Control", "max-age=10, must-revalidate")]), 0);
         assert_eq!(sie(&[("Cache-Control", "s-maxage=10")]), 0);
+        let error = |headers: &[(&str, &str)]| match response_cacheable(
+            &response(503, headers),
+            NO_ROUTE,
+            &p,
+        ) {
+            RespCacheable::Cacheable(meta) => meta.stale_if_error_sec(),
+            RespCacheable::Uncacheable(_) => panic!("cacheable"),
+        };
+        assert_eq!(error(&[("Cache-Control", "max-age=10")]), 0);
+        assert_eq!(
+            error(&[("Cache-Control", "max-age=10, stale-if-error=60")]),
+            60
+        );
     }
 }

@@ -300,6 +300,17 @@ pub struct CachePolicy {
     pub serve_stale_on_error: Duration,
     pub status_header: bool,
     pub session_cookies: Vec<String>,
+    /// `None`: no freshness is guessed from `Last-Modified`.
+    pub heuristic: Option<HeuristicFreshness>,
+}
+
+/// Freshness guessed from `Last-Modified` (RFC 9111 §4.2.2): a share of the time since the
+/// response last changed, capped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeuristicFreshness {
+    /// In (0, 1].
+    pub fraction: f64,
+    pub max: Duration,
 }
 
 /// Sites in config order; a request's host picks one, its path then picks a route.
@@ -324,6 +335,8 @@ pub struct Route {
     pub path: String,
     pub cache: bool,
     pub cache_ttl: Option<Duration>,
+    /// `false`: no freshness is guessed from `Last-Modified` on this route.
+    pub heuristic_freshness: bool,
     /// Served from media places rather than the core.
     pub media: Option<MediaRoute>,
     /// The core group; `None`: the default group.

@@ -276,6 +276,7 @@ mod tests {
             path: path.to_string(),
             cache: true,
             cache_ttl: None,
+            heuristic_freshness: true,
             media: None,
             upstream: None,
             max_body_size: None,

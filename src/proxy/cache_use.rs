@@ -73,7 +73,7 @@ impl EdgeProxy {
         let Some(policy) = &settings.cache_policy else {
             return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
         };
-        let decision = policy::response_cacheable(resp, ctx.route.cache_ttl(), policy);
+        let decision = policy::response_cacheable(resp, ctx.route.freshness(), policy);
         if matches!(decision, RespCacheable::Cacheable(_))
             && self
                 .shared

@@ -7,13 +7,13 @@
 //! even across a reload.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pingora::http::RequestHeader;
 
 use super::client_limits::RouteLimiter;
 use super::ProxySettings;
 use crate::cache::key as cache_key;
+use crate::cache::policy::RouteFreshness;
 use crate::config::model::{MediaRoute, Route};
 
 /// The route of a request, and what one client may ask of it.
@@ -66,9 +66,18 @@ impl RouteDecision {
         self.route.as_ref().is_none_or(|r| r.cache)
     }
 
-    /// How long a response that states no freshness is kept.
-    pub fn cache_ttl(&self) -> Option<Duration> {
-        self.route.as_ref()?.cache_ttl
+    /// What the route says of responses that state no freshness of their own.
+    pub fn freshness(&self) -> RouteFreshness {
+        match &self.route {
+            Some(route) => RouteFreshness {
+                ttl: route.cache_ttl,
+                heuristic: route.heuristic_freshness,
+            },
+            None => RouteFreshness {
+                ttl: None,
+                heuristic: true,
+            },
+        }
     }
 
     pub fn max_body_size(&self) -> Option<u64> {

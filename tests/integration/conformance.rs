@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::origin::Origin;
-use crate::harness::{get, pop_with_cache};
+use crate::harness::{get, pop_with_cache, pop_with_cache_config, Route};
 
 #[tokio::test]
 async fn an_upstream_age_is_passed_on_and_uses_up_the_lifetime() {
@@ -45,4 +45,78 @@ async fn an_upstream_age_is_passed_on_and_uses_up_the_lifetime() {
         let again = get(http, path, &[]).await;
         assert_eq!(again.cache_status() != "HIT", stale, "{path}");
     }
+}
+
+#[tokio::test]
+async fn any_final_status_with_explicit_freshness_is_stored_and_never_reused_stale() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    for status in [299, 303, 400, 499, 500, 502, 503, 504, 599] {
+        let path = format!("/status/{status}?cc=max-age=60");
+        let first = get(http, &path, &[]).await;
+        let second = get(http, &path, &[]).await;
+        assert_eq!((first.status, second.status), (status, status));
+        assert_eq!(second.cache_status(), "HIT", "{status}");
+        assert_eq!(origin.hits_for(&format!("/status/{status}")), 1, "{status}");
+    }
+    // Stale, an error is asked for again, even though the core still answers with errors:
+    // the PoP's stale-on-error window keeps good objects, not errors.
+    let path = "/status/500?cc=max-age=1&stale";
+    get(http, path, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = get(http, path, &[]).await;
+    assert_eq!(again.status, 500);
+    assert_ne!(again.cache_status(), "HIT");
+    assert_ne!(again.cache_status(), "STALE");
+    // Without freshness of its own, an error is not kept, and 206 and 304 never are.
+    for path in [
+        "/status/500?plain",
+        "/status/503?plain",
+        "/status/206?cc=max-age=60",
+    ] {
+        get(http, path, &[]).await;
+        assert_eq!(get(http, path, &[]).await.cache_status(), "MISS", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_response_with_last_modified_is_fresh_for_a_share_of_its_age_unless_the_route_refuses() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache_config(&origin, |config, _| {
+        config.add_routes([Route {
+            heuristic_freshness: Some(false),
+            ..Route::at("/api/")
+        }]);
+    })
+    .await;
+    let http = pop.setup.http();
+    let modified =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10 * 24 * 3600));
+    let path = format!(
+        "/heuristic?h=Last-Modified:{}",
+        modified.replace(' ', "%20")
+    );
+    get(http, &path, &[]).await;
+    let hit = get(http, &path, &[]).await;
+    assert_eq!(hit.cache_status(), "HIT");
+    assert_eq!(origin.hits_for("/heuristic"), 1);
+    // A status that is not cacheable by default needs `public` for a guess.
+    let path = format!(
+        "/status/599?h=Last-Modified:{}",
+        modified.replace(' ', "%20")
+    );
+    get(http, &path, &[]).await;
+    assert_eq!(get(http, &path, &[]).await.cache_status(), "MISS");
+    let public = format!("{path}&cc=public");
+    get(http, &public, &[]).await;
+    assert_eq!(get(http, &public, &[]).await.cache_status(), "HIT");
+    // A route that refuses guesses keeps nothing without stated freshness.
+    let refused = format!(
+        "/api/v1/instance?h=Last-Modified:{}",
+        modified.replace(' ', "%20")
+    );
+    get(http, &refused, &[]).await;
+    assert_eq!(get(http, &refused, &[]).await.cache_status(), "MISS");
+    assert_eq!(origin.hits_for("/api/v1/instance"), 2);
 }

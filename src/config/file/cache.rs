@@ -23,6 +23,9 @@ pub struct CacheFile {
     pub serve_stale_on_error: HumanDuration,
     /// Add `X-Cache-Status` (HIT, MISS, ...) to responses.
     pub status_header: bool,
+    /// How long a response that states no freshness but has `Last-Modified` is kept
+    /// (RFC 9111 §4.2.2), on routes that allow it.
+    pub heuristic_freshness: HeuristicFreshnessFile,
     /// Cookies that mark a signed-in user: a request carrying one is never answered from,
     /// nor stored into, the shared cache.
     pub session_cookies: Vec<String>,
@@ -37,9 +40,29 @@ impl Default for CacheFile {
             lock_age_timeout: HumanDuration::from_secs(30),
             serve_stale_on_error: HumanDuration::from_secs(24 * 3600),
             status_header: true,
+            heuristic_freshness: HeuristicFreshnessFile::default(),
             session_cookies: ["_session_id", "_mastodon_session", "remember_user_token"]
                 .map(String::from)
                 .to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeuristicFreshnessFile {
+    /// The share of the time since `Last-Modified` the response is fresh for; 0 turns
+    /// heuristic freshness off.
+    pub fraction: f64,
+    /// Never longer than this.
+    pub max: HumanDuration,
+}
+
+impl Default for HeuristicFreshnessFile {
+    fn default() -> Self {
+        HeuristicFreshnessFile {
+            fraction: 0.1,
+            max: HumanDuration::from_secs(24 * 3600),
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct RouteFile {
     /// and `Expires` still win when present).
     #[serde(default)]
     pub cache_ttl: Option<HumanDuration>,
+    /// `false`: a response that states no freshness is never kept for a share of the time
+    /// since its `Last-Modified` (`cache.heuristic_freshness`) on this route.
+    #[serde(default = "defaults::enabled")]
+    pub heuristic_freshness: bool,
     /// Serve this path from media places instead of the core.
     #[serde(default)]
     pub media: Option<MediaRouteFile>,

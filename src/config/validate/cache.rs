@@ -3,7 +3,9 @@
 
 use super::Checker;
 use crate::config::file::{self, defaults};
-use crate::config::model::{CachePolicy, CacheSettings, CacheStorage, DiskTierSettings};
+use crate::config::model::{
+    CachePolicy, CacheSettings, CacheStorage, DiskTierSettings, HeuristicFreshness,
+};
 use crate::config::units::ByteSize;
 
 pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettings {
@@ -58,6 +60,19 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
             );
         }
     }
+    let heuristic = &cache.heuristic_freshness;
+    if !(0.0..=1.0).contains(&heuristic.fraction) {
+        check.problem(
+            "cache.heuristic_freshness.fraction",
+            "must be between 0 and 1",
+        );
+    }
+    let heuristic = (heuristic.fraction > 0.0 && !heuristic.max.get().is_zero()).then_some(
+        HeuristicFreshness {
+            fraction: heuristic.fraction.min(1.0),
+            max: heuristic.max.get(),
+        },
+    );
     CacheSettings {
         storage: CacheStorage {
             memory_max_size: memory.max_size.bytes(),
@@ -70,6 +85,7 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
             serve_stale_on_error: cache.serve_stale_on_error.get(),
             status_header: cache.status_header,
             session_cookies: cache.session_cookies.clone(),
+            heuristic,
         },
     }
 }
@@ -131,5 +147,34 @@ mod tests {
         assert_eq!(large.memory_max_object_size, 1024 * 1024);
         let disk = large.disk.expect("a disk tier");
         assert_eq!(disk.max_object_size, 1024 * 1024 * 1024);
+    }
+
+    fn policy(cache_section: &str) -> Result<crate::config::model::CachePolicy, String> {
+        let text = format!(
+            "listeners:\n  - {{ name: http, address: \"127.0.0.1:0\" }}\n\
+             core:\n  groups:\n    web: {{ hosts: [\"127.0.0.1:3000\"] }}\n\
+             cache:\n{cache_section}"
+        );
+        crate::config::parse(&text, Path::new("edgecache.yaml"))
+            .map(|config| config.cache.expect("a cache section").policy)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn heuristic_freshness_is_on_by_default_and_a_fraction_outside_0_to_1_is_an_error() {
+        let default = policy("  status_header: true\n").expect("loads");
+        let heuristic = default.heuristic.expect("on by default");
+        assert_eq!(
+            (heuristic.fraction, heuristic.max.as_secs()),
+            (0.1, 24 * 3600)
+        );
+        let off = policy("  heuristic_freshness: { fraction: 0 }\n").expect("loads");
+        assert!(off.heuristic.is_none());
+        let error = policy("  heuristic_freshness: { fraction: 1.5 }\n").expect_err("refused");
+        assert!(
+            error.contains("edgecache.yaml:7")
+                && error.contains("cache.heuristic_freshness.fraction"),
+            "{error}"
+        );
     }
 }

@@ -233,6 +233,8 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_ttl: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heuristic_freshness: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<MediaRoute>,
