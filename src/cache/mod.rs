@@ -8,6 +8,7 @@
 //! built once at start.
 
 mod codec;
+pub mod directives;
 pub mod disk;
 mod disk_files;
 mod disk_index;

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{header, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
-use pingora::cache::filters::calculate_serve_stale_durations;
-use pingora::cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+
+use super::directives::Directives;
+use pingora::cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::model::{CachePolicy, HeuristicFreshness};
@@ -172,12 +173,12 @@ pub fn response_cacheable(
         return Uncacheable(NoCacheReason::Custom("vary-star"));
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if let Some(cc) = &cc {
-        let understood = cc.has_key("must-understand") && recognised_status(resp.status);
-        let refused = cc.private() || (cc.no_store() && !understood);
-        if refused {
-            return Uncacheable(NoCacheReason::OriginNotCache);
-        }
+    let directives = Directives::targeted(resp, &policy.targeted_fields)
+        .or_else(|| cc.as_ref().map(Directives::from_cache_control))
+        .unwrap_or_default();
+    let understood = directives.must_understand && recognised_status(resp.status);
+    if directives.private || (directives.no_store && !understood) {
+        return Uncacheable(NoCacheReason::OriginNotCache);
     }
 
     let now = SystemTime::now();
@@ -185,12 +186,13 @@ pub fn response_cacheable(
     // as received that long ago, so its Age on every hit includes it.
     let age = upstream_age(resp);
     let received = now.checked_sub(age).unwrap_or(UNIX_EPOCH);
-    let explicit = cc
-        .as_ref()
-        .and_then(|cc| cc.fresh_duration())
-        .or_else(|| expires_lifetime(resp));
-    let may_guess =
-        heuristically_cacheable(resp.status) || cc.as_ref().is_some_and(|cc| cc.public());
+    let explicit = directives.lifetime().or_else(|| {
+        // A targeted field replaces Expires too.
+        (!directives.targeted)
+            .then(|| expires_lifetime(resp))
+            .flatten()
+    });
+    let may_guess = heuristically_cacheable(resp.status) || directives.public;
     let lifetime = explicit.or_else(|| {
         if !may_guess {
             return None;
@@ -214,21 +216,23 @@ pub fn response_cacheable(
             .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
     };
 
-    let defaults = CacheMetaDefaults::new(|_| None, 0, 0);
-    let (swr, sie_from_header) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
-    // s-maxage implies proxy-revalidate for a shared cache (RFC 9111 §5.2.2.10).
-    let forbids_stale = cc.as_ref().is_some_and(|cc| {
-        cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache() || cc.has_key("s-maxage")
-    });
+    let seconds =
+        |d: Option<Duration>| d.map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    let forbids_stale = directives.forbids_stale();
+    let swr = if forbids_stale {
+        0
+    } else {
+        seconds(directives.stale_while_revalidate)
+    };
     // The PoP's own window stands in for a good object while the core is in trouble; an
     // error kept as an answer gets only the window it states.
+    let sie_stated = seconds(directives.stale_if_error);
     let sie = if forbids_stale {
         0
     } else if resp.status.is_server_error() {
-        sie_from_header
+        sie_stated
     } else {
-        let window = u32::try_from(policy.serve_stale_on_error.as_secs()).unwrap_or(u32::MAX);
-        sie_from_header.max(window)
+        sie_stated.max(seconds(Some(policy.serve_stale_on_error)))
     };
     let mut header = resp.clone();
     if let Some(cc) = &cc {
@@ -321,6 +325,11 @@ mod tests {
                 fraction: 0.1,
                 max: Duration::from_secs(24 * 3600),
             }),
+            targeted_fields: vec![
+                http::HeaderName::from_static("edgecache-cache-control"),
+                http::HeaderName::from_static("cdn-cache-control"),
+            ],
+            own_targeted_field: Some(http::HeaderName::from_static("edgecache-cache-control")),
         }
     }
 
@@ -659,6 +668,97 @@ mod tests {
         let plain = [("Cache-Control", "max-age=3600, no-store")];
         assert_eq!(
             fresh_secs(response_cacheable(&response(200, &plain), NO_ROUTE, &p)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_targeted_field_replaces_cache_control_and_expires() {
+        let p = policy();
+        let r = |headers: &[(&str, &str)]| {
+            fresh_secs(response_cacheable(&response(200, headers), NO_ROUTE, &p))
+        };
+        let expires = [
+            ("Date", "Mon, 23 Nov 2026 10:00:00 GMT"),
+            ("Expires", "Mon, 23 Nov 2026 11:00:00 GMT"),
+        ];
+        assert_eq!(
+            r(&[
+                ("CDN-Cache-Control", "private"),
+                ("Cache-Control", "max-age=10000")
+            ]),
+            None
+        );
+        assert_eq!(
+            r(&[
+                ("CDN-Cache-Control", "no-store"),
+                ("Cache-Control", "max-age=10000")
+            ]),
+            None
+        );
+        assert_eq!(
+            r(&[
+                ("CDN-Cache-Control", "no-cache"),
+                ("Cache-Control", "max-age=10000")
+            ]),
+            Some(0)
+        );
+        assert_eq!(
+            r(&[
+                ("CDN-Cache-Control", "max-age=10000"),
+                ("Cache-Control", "no-store")
+            ]),
+            Some(10000)
+        );
+        assert_eq!(
+            r(&[
+                ("CDN-Cache-Control", "max-age=1"),
+                ("Cache-Control", "max-age=3600")
+            ]),
+            Some(1)
+        );
+        // A targeted field without a lifetime: Expires does not count either.
+        let mut silent = expires.to_vec();
+        silent.push(("CDN-Cache-Control", "foo"));
+        assert_eq!(r(&silent), None);
+        // Invalid: ignored whole, Cache-Control rules.
+        assert_eq!(
+            r(&[
+                ("CDN-Cache-Control", "max-age=\"10000\""),
+                ("Cache-Control", "no-store")
+            ]),
+            None
+        );
+        assert_eq!(
+            r(&[
+                ("CDN-Cache-Control", "max-age =100"),
+                ("Cache-Control", "max-age=1")
+            ]),
+            Some(1)
+        );
+        // Ours first: a PoP may keep what browsers and other CDNs keep briefly.
+        assert_eq!(
+            r(&[
+                ("Edgecache-Cache-Control", "max-age=86400"),
+                ("CDN-Cache-Control", "max-age=60"),
+                ("Cache-Control", "max-age=10")
+            ]),
+            Some(86400)
+        );
+        let cdn_off = CachePolicy {
+            targeted_fields: Vec::new(),
+            own_targeted_field: None,
+            ..policy()
+        };
+        let cdn_only = response(
+            200,
+            &[
+                ("CDN-Cache-Control", "max-age=60"),
+                ("Cache-Control", "no-store"),
+            ],
+        );
+        assert_eq!(
+            fresh_secs(response_cacheable(&cdn_only, NO_ROUTE, &cdn_off)),
             None
         );
     }

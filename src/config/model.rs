@@ -302,6 +302,11 @@ pub struct CachePolicy {
     pub session_cookies: Vec<String>,
     /// `None`: no freshness is guessed from `Last-Modified`.
     pub heuristic: Option<HeuristicFreshness>,
+    /// Targeted cache-control fields (RFC 9213) this PoP obeys, first match first: our own,
+    /// then `CDN-Cache-Control`.
+    pub targeted_fields: Vec<http::HeaderName>,
+    /// Our own targeted field, removed from every response sent to a client.
+    pub own_targeted_field: Option<http::HeaderName>,
 }
 
 /// Freshness guessed from `Last-Modified` (RFC 9111 §4.2.2): a share of the time since the

@@ -338,6 +338,16 @@ impl ProxyHttp for EdgeProxy {
         if !ctx.request_id.is_empty() {
             upstream_response.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         }
+        // Our own targeted field is for PoPs only: it stays in the stored copy, which is
+        // judged again on revalidation, and never reaches a client.
+        if let Some(field) = self
+            .settings(ctx)
+            .cache_policy
+            .as_ref()
+            .and_then(|p| p.own_targeted_field.as_ref())
+        {
+            upstream_response.remove_header(field);
+        }
         self.report_cache_status(session, upstream_response, ctx)
     }
 

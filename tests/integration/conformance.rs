@@ -120,3 +120,41 @@ async fn a_response_with_last_modified_is_fresh_for_a_share_of_its_age_unless_th
     assert_eq!(get(http, &refused, &[]).await.cache_status(), "MISS");
     assert_eq!(origin.hits_for("/api/v1/instance"), 2);
 }
+
+#[tokio::test]
+async fn targeted_fields_speak_to_the_pop_and_ours_never_reaches_a_client() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let kept = |path: &'static str| async move {
+        get(http, path, &[]).await;
+        get(http, path, &[]).await.cache_status() == "HIT"
+    };
+    // CDN-Cache-Control over Cache-Control, both ways.
+    assert!(kept("/a?cc=no-store&h=CDN-Cache-Control:max-age=600").await);
+    assert!(!kept("/b?cc=max-age=600&h=CDN-Cache-Control:no-store").await);
+    assert!(!kept("/c?cc=max-age=600&h=CDN-Cache-Control:private").await);
+    // Not a valid dictionary: ignored, Cache-Control applies.
+    assert!(!kept("/d?cc=no-store&h=CDN-Cache-Control:max-age=%2210000%22").await);
+    assert!(kept("/e?cc=max-age=600&h=CDN-Cache-Control:max-age%20=1").await);
+
+    // Ours comes first and is for PoPs alone; browsers still get Cache-Control as sent.
+    let path =
+        "/f?cc=max-age=10&h=CDN-Cache-Control:max-age=20&h=Edgecache-Cache-Control:max-age=86400";
+    let first = get(http, path, &[]).await;
+    assert_eq!(first.header("edgecache-cache-control"), "");
+    assert_eq!(first.header("cache-control"), "max-age=10");
+    assert_eq!(first.header("cdn-cache-control"), "max-age=20");
+    let hit = get(http, path, &[]).await;
+    assert_eq!(hit.cache_status(), "HIT");
+    assert_eq!(hit.header("edgecache-cache-control"), "");
+    // Uncached responses lose it too.
+    let passed = get(
+        http,
+        "/g?cc=no-store&h=Edgecache-Cache-Control:no-store",
+        &[],
+    )
+    .await;
+    assert_eq!(passed.header("edgecache-cache-control"), "");
+    assert_eq!(passed.header("cache-control"), "no-store");
+}

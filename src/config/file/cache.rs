@@ -26,6 +26,12 @@ pub struct CacheFile {
     /// How long a response that states no freshness but has `Last-Modified` is kept
     /// (RFC 9111 §4.2.2), on routes that allow it.
     pub heuristic_freshness: HeuristicFreshnessFile,
+    /// A cache-control field only edgecache PoPs obey (RFC 9213), before
+    /// `CDN-Cache-Control` and `Cache-Control`; removed from responses to clients. Empty:
+    /// none.
+    pub targeted_field: String,
+    /// Obey `CDN-Cache-Control` over `Cache-Control` (RFC 9213).
+    pub cdn_cache_control: bool,
     /// Cookies that mark a signed-in user: a request carrying one is never answered from,
     /// nor stored into, the shared cache.
     pub session_cookies: Vec<String>,
@@ -41,6 +47,8 @@ impl Default for CacheFile {
             serve_stale_on_error: HumanDuration::from_secs(24 * 3600),
             status_header: true,
             heuristic_freshness: HeuristicFreshnessFile::default(),
+            targeted_field: "Edgecache-Cache-Control".to_string(),
+            cdn_cache_control: true,
             session_cookies: ["_session_id", "_mastodon_session", "remember_user_token"]
                 .map(String::from)
                 .to_vec(),

@@ -73,6 +73,24 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
             max: heuristic.max.get(),
         },
     );
+    let own_targeted_field = if cache.targeted_field.is_empty() {
+        None
+    } else {
+        match http::HeaderName::from_bytes(cache.targeted_field.as_bytes()) {
+            Ok(name) if !FIELDS_NOT_TARGETED.contains(&name.as_str()) => Some(name),
+            _ => {
+                check.problem(
+                    "cache.targeted_field",
+                    format!("{:?} is not a field name of its own", cache.targeted_field),
+                );
+                None
+            }
+        }
+    };
+    let mut targeted_fields: Vec<http::HeaderName> = own_targeted_field.iter().cloned().collect();
+    if cache.cdn_cache_control {
+        targeted_fields.push(http::HeaderName::from_static("cdn-cache-control"));
+    }
     CacheSettings {
         storage: CacheStorage {
             memory_max_size: memory.max_size.bytes(),
@@ -86,9 +104,14 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
             status_header: cache.status_header,
             session_cookies: cache.session_cookies.clone(),
             heuristic,
+            targeted_fields,
+            own_targeted_field,
         },
     }
 }
+
+/// Fields that cannot be our own targeted field: they mean something else to every cache.
+const FIELDS_NOT_TARGETED: [&str; 4] = ["cache-control", "cdn-cache-control", "expires", "pragma"];
 
 /// A tier's largest object: as written, which must fit the tier, or unwritten, the default
 /// or the tier's whole size when that is smaller (a small tier is no error about a key the
