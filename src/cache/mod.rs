@@ -18,6 +18,7 @@ mod disk_removal;
 #[cfg(test)]
 mod disk_tests;
 mod fill;
+pub mod freshen;
 mod hit;
 pub mod key;
 mod lock;

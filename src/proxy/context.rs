@@ -33,6 +33,8 @@ pub struct RequestContext {
     pub(super) cache_status: Option<CacheStatus>,
     /// The primary cache key, set when this request uses the cache.
     pub(super) cache_key: Option<String>,
+    /// The core's `304` to a revalidation, whose fields freshen the stored response.
+    pub(super) not_modified: Option<Box<pingora::http::ResponseHeader>>,
     /// The settings this request runs under, taken once so a reload cannot change them
     /// halfway through it.
     pub(super) settings: Option<Arc<ProxySettings>>,
@@ -69,6 +71,7 @@ impl RequestContext {
             own_status: None,
             cache_status: None,
             cache_key: None,
+            not_modified: None,
             settings: None,
             route: RouteDecision::default(),
             media_ticket: None,

@@ -53,6 +53,7 @@ use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Ses
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLogger;
+use crate::cache::freshen::freshen;
 use crate::cache::key as cache_key;
 use crate::cache::{policy, EdgeCache};
 use crate::head_deadline::HeadDeadlines;
@@ -271,6 +272,11 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.upstream_status = Some(status);
+        if status == 304 && session.cache.maybe_cache_meta().is_some() {
+            // A revalidation's answer: `response_cache_filter` sees it merged into the
+            // stored header only in part, so the whole of it is kept for the freshening.
+            ctx.not_modified = Some(Box::new(upstream_response.clone()));
+        }
         if !session.cache.enabled() {
             // Nothing of this response is cached; with the cache on, the verdict waits for
             // `response_cache_filter`.
@@ -297,6 +303,14 @@ impl ProxyHttp for EdgeProxy {
         resp: &ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<RespCacheable> {
+        let freshened;
+        let resp = match ctx.not_modified.take() {
+            Some(not_modified) => {
+                freshened = freshen(resp, &not_modified);
+                &freshened
+            }
+            None => resp,
+        };
         let keepable = self.keepable(resp, ctx);
         let on_disk = matches!(keepable, RespCacheable::Cacheable(_))
             && self

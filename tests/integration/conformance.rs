@@ -158,3 +158,30 @@ async fn targeted_fields_speak_to_the_pop_and_ours_never_reaches_a_client() {
     assert_eq!(passed.header("edgecache-cache-control"), "");
     assert_eq!(passed.header("cache-control"), "no-store");
 }
+
+#[tokio::test]
+async fn a_304_freshens_the_stored_headers_but_not_its_framing() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let path = "/validated?cc=max-age=1&etag=v1&hit_header=Test-Header&hit_header=Content-Foo";
+    let first = get(http, path, &[]).await;
+    assert_eq!(
+        (first.header("test-header"), first.header("content-foo")),
+        ("1", "1")
+    );
+    let length = first.header("content-length").to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale: revalidated with the ETag, and the 304's fields replace the stored ones.
+    let revalidated = get(http, path, &[]).await;
+    assert_eq!(revalidated.cache_status(), "REVALIDATED");
+    assert_eq!(revalidated.header("test-header"), "2");
+    assert_eq!(revalidated.header("content-foo"), "2");
+    assert_eq!(revalidated.header("content-length"), length);
+    assert_eq!(revalidated.body, first.body);
+    // And the stored copy has them now.
+    let hit = get(http, path, &[]).await;
+    assert_eq!(hit.cache_status(), "HIT");
+    assert_eq!(hit.header("test-header"), "2");
+    assert_eq!(origin.hits_for("/validated"), 2);
+}

@@ -6,8 +6,9 @@
 //! pattern ([`pattern`]).
 //!
 //! Query parameters shape any answer: `cc=` sets `Cache-Control`, `h=Name:Value` adds a
-//! header (repeatable), `etag=` sets an `ETag` and answers a matching `If-None-Match` with
-//! 304. For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
+//! header (repeatable), `hit_header=Name` adds `Name: <how many requests this path has
+//! had>`, `etag=` sets an `ETag` and answers a matching `If-None-Match` with 304 (carrying
+//! the same extra headers). For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
 //! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes; a
 //! single `Range: bytes=a-b` gets a 206. `/cut/<n>` is `/bytes/<n>` broken off half-way.
 //! [`Origin::fail_with`] makes every answer an error status (a core in trouble).
@@ -85,12 +86,13 @@ impl Origin {
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        *control
-                            .path_hits
-                            .lock()
-                            .entry(req.uri().path().to_string())
-                            .or_default() += 1;
-                        answer(req, peer, control.fail_status.load(Ordering::SeqCst))
+                        let hit = {
+                            let mut hits = control.path_hits.lock();
+                            let hits = hits.entry(req.uri().path().to_string()).or_default();
+                            *hits += 1;
+                            *hits
+                        };
+                        answer(req, peer, hit, control.fail_status.load(Ordering::SeqCst))
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -249,6 +251,7 @@ fn streamed_bytes(span: std::ops::Range<u64>, params: &[(String, String)]) -> (O
 async fn answer(
     req: Request<Incoming>,
     peer: SocketAddr,
+    hit: usize,
     fail_status: u16,
 ) -> Result<Response<OriginBody>, Infallible> {
     let path = req.uri().path().to_string();
@@ -267,6 +270,7 @@ async fn answer(
                 }
             }
             "etag" => etag = Some(format!("\"{value}\"")),
+            "hit_header" => extra_headers.push((value.clone(), hit.to_string())),
             _ => {}
         }
     }
