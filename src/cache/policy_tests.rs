@@ -16,6 +16,7 @@ fn policy() -> CachePolicy {
             http::HeaderName::from_static("cdn-cache-control"),
         ],
         own_targeted_field: Some(http::HeaderName::from_static("edgecache-cache-control")),
+        invalidation: crate::config::model::Invalidation::Local,
     }
 }
 

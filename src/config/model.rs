@@ -307,6 +307,19 @@ pub struct CachePolicy {
     pub targeted_fields: Vec<http::HeaderName>,
     /// Our own targeted field, removed from every response sent to a client.
     pub own_targeted_field: Option<http::HeaderName>,
+    /// Where a successful unsafe request invalidates its URLs (RFC 9111 §4.4).
+    pub invalidation: Invalidation,
+}
+
+/// Where a successful unsafe request (POST, PUT, DELETE, ...) invalidates the URLs it
+/// changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    Off,
+    /// This PoP's cache only.
+    Local,
+    /// This PoP's at once, the others' through the fleet's purges.
+    Fleet,
 }
 
 /// Freshness guessed from `Last-Modified` (RFC 9111 §4.2.2): a share of the time since the

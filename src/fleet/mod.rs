@@ -404,6 +404,8 @@ pub enum PurgeSource {
     CacheBuster,
     /// Read from a peer's purge log.
     CatchUp,
+    /// A successful POST, PUT, DELETE through this PoP (RFC 9111 §4.4).
+    Invalidation,
 }
 
 impl PurgeSource {
@@ -413,6 +415,7 @@ impl PurgeSource {
             PurgeSource::Peer => "peer",
             PurgeSource::CacheBuster => "cache_buster",
             PurgeSource::CatchUp => "catch_up",
+            PurgeSource::Invalidation => "invalidation",
         }
     }
 }

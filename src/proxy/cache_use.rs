@@ -2,6 +2,7 @@
 //! which key (`request_cache_filter`), whether a response may be kept
 //! (`response_cache_filter`), and how the cache answered (`X-Cache-Status`).
 
+use http::header;
 use pingora::cache::{NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -12,6 +13,8 @@ use super::report::client_addr;
 use super::{headers, EdgeProxy, X_CACHE_STATUS};
 use crate::cache::key as cache_key;
 use crate::cache::{policy, CacheStatus};
+use crate::config::model::Invalidation;
+use crate::fleet::{PurgeKind, PurgeSource};
 use crate::metrics;
 use crate::store::ObjectKey;
 
@@ -44,6 +47,9 @@ impl EdgeProxy {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return;
         };
+        if !is_safe(&req.method) && policy.invalidation != Invalidation::Off {
+            ctx.invalidates_on = Some(host.clone());
+        }
         // The route was looked up in `request_filter`; the host there differs from this one
         // at most by a port, which routing ignores.
         if policy::request_bypass(req, session_has_body, ctx.route.cache(), policy).is_some() {
@@ -65,6 +71,57 @@ impl EdgeProxy {
         ctx.cache_key = Some(primary);
         ctx.cache_status = Some(CacheStatus::Miss);
         cache.enable(&mut session.cache);
+    }
+
+    /// After a successful answer to an unsafe request, removes the stored responses it may
+    /// have changed (RFC 9111 §4.4): its own URL, and the `Location` and
+    /// `Content-Location` it names on the same host, for either scheme. With
+    /// `invalidation: fleet` the other PoPs are told in the background; this PoP's copies
+    /// are gone before the answer leaves, so its client never reads its own write stale.
+    pub(super) fn invalidate_after_unsafe(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestContext,
+    ) {
+        let Some(host) = ctx.invalidates_on.take() else {
+            return;
+        };
+        if !(resp.status.is_success() || resp.status.is_redirection()) {
+            return;
+        }
+        let (Some(cache), Some(policy)) = (&self.shared.cache, &self.settings(ctx).cache_policy)
+        else {
+            return;
+        };
+        let req = session.req_header();
+        let own = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let named = [header::LOCATION, header::CONTENT_LOCATION]
+            .into_iter()
+            .filter_map(|name| resp.headers.get(name)?.to_str().ok())
+            .filter_map(|value| same_host_target(value, &host, req.uri.path()));
+        let mut urls: Vec<String> = std::iter::once(own.to_string())
+            .chain(named)
+            .map(|target| format!("{host}{target}"))
+            .collect();
+        urls.dedup();
+        for url in urls {
+            match cache.purge_url(&url) {
+                Ok(purged) => tracing::debug!(url, purged, method = %req.method, "invalidated"),
+                Err(e) => tracing::debug!(url, error = %e, "not a URL to invalidate"),
+            }
+            if policy.invalidation == Invalidation::Fleet {
+                let purger = self.shared.purger.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = purger
+                        .purge(PurgeKind::Url, &url, false, PurgeSource::Invalidation)
+                        .await
+                    {
+                        tracing::warn!(url, error = %e, "invalidation not passed to the fleet");
+                    }
+                });
+            }
+        }
     }
 
     /// RFC 9111 and the PoP's rules applied to a response, and the cache's size bounds.
@@ -118,5 +175,78 @@ impl EdgeProxy {
             resp.insert_header(X_CACHE_STATUS, status.as_str())?;
         }
         Ok(())
+    }
+}
+
+/// Safe methods (RFC 9110 §9.2.1) change nothing at the origin; any other may.
+fn is_safe(method: &http::Method) -> bool {
+    matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE")
+}
+
+/// The path (and query) a `Location` or `Content-Location` names when it is on `host`
+/// (already in key form): absolute with that host, absolute-path, or relative to the
+/// request's path. `None` for another host or what is not a URI reference.
+fn same_host_target(value: &str, host: &str, request_path: &str) -> Option<String> {
+    let value = value.trim();
+    if value.starts_with("//") {
+        let uri: http::Uri = format!("http:{value}").parse().ok()?;
+        return same_authority(&uri, host, false);
+    }
+    if value.starts_with('/') {
+        let uri: http::Uri = value.parse().ok()?;
+        return Some(uri.path_and_query()?.as_str().to_string());
+    }
+    if let Ok(uri) = value.parse::<http::Uri>() {
+        if let Some(scheme) = uri.scheme_str() {
+            let tls = match scheme.to_ascii_lowercase().as_str() {
+                "https" => true,
+                "http" => false,
+                _ => return None,
+            };
+            return same_authority(&uri, host, tls);
+        }
+    }
+    // Relative to the request's directory.
+    if value.contains(':') || value.is_empty() {
+        return None;
+    }
+    let directory = &request_path[..request_path.rfind('/').map_or(0, |i| i + 1)];
+    let joined = format!("{directory}{value}");
+    let uri: http::Uri = joined.parse().ok()?;
+    Some(uri.path_and_query()?.as_str().to_string())
+}
+
+fn same_authority(uri: &http::Uri, host: &str, tls: bool) -> Option<String> {
+    let authority = crate::wire::normalize_host(uri.authority()?.as_str(), tls)?;
+    (authority == host).then(|| {
+        uri.path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_on_the_same_host_name_their_paths() {
+        let at = |value| same_host_target(value, "social.example", "/api/v1/statuses/1");
+        assert_eq!(at("/@alice/1").as_deref(), Some("/@alice/1"));
+        assert_eq!(
+            at("https://social.example/@alice/1?x=1").as_deref(),
+            Some("/@alice/1?x=1")
+        );
+        assert_eq!(at("HTTP://Social.Example:80/a").as_deref(), Some("/a"));
+        assert_eq!(at("//social.example/b").as_deref(), Some("/b"));
+        assert_eq!(at("2").as_deref(), Some("/api/v1/statuses/2"));
+        assert_eq!(at("https://other.example/a"), None);
+        assert_eq!(at("https://social.example.evil/a"), None);
+        assert_eq!(at("mailto:a@social.example"), None);
+        assert_eq!(at(""), None);
+        assert!(is_safe(&http::Method::GET) && !is_safe(&http::Method::POST));
+        assert!(!is_safe(
+            &http::Method::from_bytes(b"M-SEARCH").expect("method")
+        ));
     }
 }

@@ -33,6 +33,9 @@ pub struct RequestContext {
     pub(super) cache_status: Option<CacheStatus>,
     /// The primary cache key, set when this request uses the cache.
     pub(super) cache_key: Option<String>,
+    /// The key form of the host an unsafe request (POST, PUT, ...) was for: a successful
+    /// answer invalidates what it names there.
+    pub(super) invalidates_on: Option<String>,
     /// The core's `304` to a revalidation, whose fields freshen the stored response.
     pub(super) not_modified: Option<Box<pingora::http::ResponseHeader>>,
     /// The settings this request runs under, taken once so a reload cannot change them
@@ -72,6 +75,7 @@ impl RequestContext {
             cache_status: None,
             cache_key: None,
             not_modified: None,
+            invalidates_on: None,
             settings: None,
             route: RouteDecision::default(),
             media_ticket: None,

@@ -272,6 +272,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.upstream_status = Some(status);
+        self.invalidate_after_unsafe(session, upstream_response, ctx);
         if status == 304 && session.cache.maybe_cache_meta().is_some() {
             // A revalidation's answer: `response_cache_filter` sees it merged into the
             // stored header only in part, so the whole of it is kept for the freshening.

@@ -185,3 +185,66 @@ async fn a_304_freshens_the_stored_headers_but_not_its_framing() {
     assert_eq!(hit.header("test-header"), "2");
     assert_eq!(origin.hits_for("/validated"), 2);
 }
+
+#[tokio::test]
+async fn a_successful_unsafe_request_invalidates_its_url_and_the_ones_it_names() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let client = reqwest::Client::new();
+    let send = |method: &str, path: &str| {
+        let request = client.request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+            format!("http://{http}{path}"),
+        );
+        async move { request.send().await.expect("request").status().as_u16() }
+    };
+    let cached = |path: &'static str| async move {
+        get(http, path, &[]).await;
+        assert_eq!(get(http, path, &[]).await.cache_status(), "HIT", "{path}");
+    };
+    for method in ["POST", "PUT", "DELETE", "M-SEARCH"] {
+        cached("/notes/1?cc=max-age=600").await;
+        assert_eq!(send(method, "/notes/1?cc=max-age=600").await, 200);
+        let after = get(http, "/notes/1?cc=max-age=600", &[]).await;
+        assert_eq!(after.cache_status(), "MISS", "after {method}");
+    }
+    // Location and Content-Location on the same host go too; another host's do not.
+    cached("/a?cc=max-age=600").await;
+    cached("/b?cc=max-age=600").await;
+    cached("/c?cc=max-age=600").await;
+    let named = format!(
+        "/notes?h=Location:/a%3Fcc=max-age=600&h=Content-Location:http://{http}/b%3Fcc=max-age=600\
+         &h=Link:/c"
+    );
+    assert_eq!(send("POST", &named).await, 200);
+    assert_eq!(
+        get(http, "/a?cc=max-age=600", &[]).await.cache_status(),
+        "MISS"
+    );
+    assert_eq!(
+        get(http, "/b?cc=max-age=600", &[]).await.cache_status(),
+        "MISS"
+    );
+    assert_eq!(
+        get(http, "/c?cc=max-age=600", &[]).await.cache_status(),
+        "HIT"
+    );
+    cached("/d?cc=max-age=600").await;
+    let elsewhere = "/notes?h=Location:http://elsewhere.example/d%3Fcc=max-age=600";
+    assert_eq!(send("POST", elsewhere).await, 200);
+    assert_eq!(
+        get(http, "/d?cc=max-age=600", &[]).await.cache_status(),
+        "HIT"
+    );
+    // A failed unsafe request changes nothing.
+    cached("/status/200?cc=max-age=600").await;
+    let failed = "/status/500?x";
+    assert_eq!(send("POST", failed).await, 500);
+    assert_eq!(
+        get(http, "/status/200?cc=max-age=600", &[])
+            .await
+            .cache_status(),
+        "HIT"
+    );
+}

@@ -32,6 +32,10 @@ pub struct CacheFile {
     pub targeted_field: String,
     /// Obey `CDN-Cache-Control` over `Cache-Control` (RFC 9213).
     pub cdn_cache_control: bool,
+    /// What a successful POST, PUT, DELETE (any unsafe method) invalidates (RFC 9111
+    /// §4.4): its URL and the `Location` and `Content-Location` on its host, on this PoP
+    /// (`local`), on every PoP of the fleet (`fleet`), or nowhere (`off`).
+    pub invalidation: InvalidationFile,
     /// Cookies that mark a signed-in user: a request carrying one is never answered from,
     /// nor stored into, the shared cache.
     pub session_cookies: Vec<String>,
@@ -49,11 +53,20 @@ impl Default for CacheFile {
             heuristic_freshness: HeuristicFreshnessFile::default(),
             targeted_field: "Edgecache-Cache-Control".to_string(),
             cdn_cache_control: true,
+            invalidation: InvalidationFile::Local,
             session_cookies: ["_session_id", "_mastodon_session", "remember_user_token"]
                 .map(String::from)
                 .to_vec(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidationFile {
+    Off,
+    Local,
+    Fleet,
 }
 
 #[derive(Debug, Deserialize)]

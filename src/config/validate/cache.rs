@@ -4,7 +4,7 @@
 use super::Checker;
 use crate::config::file::{self, defaults};
 use crate::config::model::{
-    CachePolicy, CacheSettings, CacheStorage, DiskTierSettings, HeuristicFreshness,
+    CachePolicy, CacheSettings, CacheStorage, DiskTierSettings, HeuristicFreshness, Invalidation,
 };
 use crate::config::units::ByteSize;
 
@@ -106,6 +106,11 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
             heuristic,
             targeted_fields,
             own_targeted_field,
+            invalidation: match cache.invalidation {
+                file::InvalidationFile::Off => Invalidation::Off,
+                file::InvalidationFile::Local => Invalidation::Local,
+                file::InvalidationFile::Fleet => Invalidation::Fleet,
+            },
         },
     }
 }
