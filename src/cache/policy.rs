@@ -273,11 +273,7 @@ fn last_modified_lifetime(
     resp: &ResponseHeader,
     heuristic: HeuristicFreshness,
 ) -> Option<Duration> {
-    let parse = |v: &http::HeaderValue| {
-        v.to_str()
-            .ok()
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-    };
+    let parse = |v: &http::HeaderValue| v.to_str().ok().and_then(crate::wire::http_date);
     let modified = resp.headers.get(header::LAST_MODIFIED).and_then(parse)?;
     let date = resp
         .headers
@@ -296,11 +292,7 @@ fn expires_lifetime(resp: &ResponseHeader) -> Option<Duration> {
     if values.next().is_some() {
         return Some(Duration::ZERO);
     }
-    let parse = |v: &http::HeaderValue| {
-        v.to_str()
-            .ok()
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-    };
+    let parse = |v: &http::HeaderValue| v.to_str().ok().and_then(crate::wire::http_date);
     let Some(expires) = parse(expires) else {
         return Some(Duration::ZERO);
     };

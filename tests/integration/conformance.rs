@@ -248,3 +248,25 @@ async fn a_successful_unsafe_request_invalidates_its_url_and_the_ones_it_names()
         "HIT"
     );
 }
+
+#[tokio::test]
+async fn expires_is_read_in_all_three_date_formats_and_any_case() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    for (i, (expires, kept)) in [
+        ("Thu Aug 18 02:01:18 2050", true),
+        ("Thursday, 18-Aug-50 02:01:18 GMT", true),
+        ("THU, 18 AUG 2050 02:01:18 gMT", true),
+        ("Thu, 18 Aug 2050 02:01:18 UTC", false),
+        ("Thu, 18 Aug 2050 2:01:18 GMT", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/expires/{i}?h=Expires:{}", expires.replace(' ', "%20"));
+        get(http, &path, &[]).await;
+        let again = get(http, &path, &[]).await;
+        assert_eq!(again.cache_status() == "HIT", kept, "{expires}");
+    }
+}
