@@ -114,16 +114,42 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     }
     let mut variance = VarianceBuilder::new();
     for name in names {
-        let mut value = Vec::new();
-        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
-            if i > 0 {
-                value.extend_from_slice(b", ");
-            }
-            value.extend_from_slice(v.as_bytes());
-        }
+        let lines = req.headers.get_all(name.as_str());
+        let value = selecting_value(&name, lines.iter().map(|v| v.as_bytes()));
         variance.add_owned_name_value(name, value);
     }
     variance.finalize()
+}
+
+/// A selecting header's value in the one form that variants are told apart by, so that
+/// requests the core cannot tell apart share one: its lines joined as one list, with the
+/// optional whitespace around members and commas dropped (RFC 9110 §5.3, §5.6.1). In
+/// `Accept-Language`, language tags are compared without case too (RFC 4647 §2); the order
+/// of the members stays, since the core may prefer the first of equal weights.
+fn selecting_value<'a>(name: &str, lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let case_blind = name == "accept-language";
+    let mut value = Vec::new();
+    for member in lines.flat_map(|line| line.split(|b| *b == b',')) {
+        let member = member.trim_ascii();
+        if member.is_empty() {
+            continue;
+        }
+        if !value.is_empty() {
+            value.push(b',');
+        }
+        if case_blind {
+            // `en-US ; q=0.8` and `en-us;q=0.8` are one range.
+            value.extend(
+                member
+                    .iter()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .map(u8::to_ascii_lowercase),
+            );
+        } else {
+            value.extend_from_slice(member);
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -235,5 +261,23 @@ mod tests {
             pingora::http::ResponseHeader::build(200, None).expect("status"),
         );
         assert_eq!(variance(&plain, &html), None);
+    }
+
+    #[test]
+    fn selecting_values_differ_only_where_the_core_can_tell() {
+        let form = |name: &str, lines: &[&str]| {
+            String::from_utf8(selecting_value(name, lines.iter().map(|l| l.as_bytes())))
+                .expect("utf-8")
+        };
+        assert_eq!(form("foo", &["1,2"]), form("foo", &[" 1, 2 "]));
+        assert_eq!(form("foo", &["1, 2"]), form("foo", &["1", "2"]));
+        assert_ne!(form("foo", &["a"]), form("foo", &["A"]));
+        let lang = |lines: &[&str]| form("accept-language", lines);
+        assert_eq!(lang(&["en, de"]), lang(&["eN, De"]));
+        assert_eq!(lang(&["en, de"]), lang(&[" en ,   de"]));
+        assert_eq!(lang(&["en-US;q=0.8"]), lang(&["en-us ; q=0.8"]));
+        // Order is a preference the core may act on.
+        assert_ne!(lang(&["en, de"]), lang(&["de, en"]));
+        assert_eq!(lang(&[]), "");
     }
 }

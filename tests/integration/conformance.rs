@@ -270,3 +270,24 @@ async fn expires_is_read_in_all_three_date_formats_and_any_case() {
         assert_eq!(again.cache_status() == "HIT", kept, "{expires}");
     }
 }
+
+#[tokio::test]
+async fn requests_the_core_cannot_tell_apart_share_a_variant() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let path = "/about?cc=max-age=600&h=Vary:Accept-Language,%20Foo";
+    let with = |lang: &'static str, foo: &'static str| async move {
+        get(http, path, &[("Accept-Language", lang), ("Foo", foo)])
+            .await
+            .cache_status()
+            .to_string()
+    };
+    assert_eq!(with("en, de", "1,2").await, "MISS");
+    assert_eq!(with("eN, De", "1,2").await, "HIT");
+    assert_eq!(with(" en ,   de", " 1, 2 ").await, "HIT");
+    // The order of languages is a preference; another value of Foo is another variant.
+    assert_eq!(with("de, en", "1,2").await, "MISS");
+    assert_eq!(with("en, de", "1,3").await, "MISS");
+    assert_eq!(origin.hits_for("/about"), 3);
+}
