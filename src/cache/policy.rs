@@ -242,6 +242,35 @@ pub fn response_cacheable(
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, received, swr, sie, header))
 }
 
+/// Whether a stored response answers a conditional request with `304` (RFC 9111 §4.3.2):
+/// pingora's rules (`If-None-Match` first, then `If-Modified-Since` against
+/// `Last-Modified`), and, where the response has no `Last-Modified`, its `Date` stands in
+/// for it, as the RFC asks of a cache.
+pub fn not_modified(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    if pingora::protocols::http::conditional_filter::not_modified_filter(req, resp) {
+        return true;
+    }
+    let applies = resp.status == StatusCode::OK
+        && matches!(req.method, Method::GET | Method::HEAD)
+        && !req.headers.contains_key(header::IF_NONE_MATCH)
+        && !resp.headers.contains_key(header::LAST_MODIFIED);
+    if !applies {
+        return false;
+    }
+    let date = |value: Option<&http::HeaderValue>| {
+        value
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::wire::http_date)
+    };
+    match (
+        date(req.headers.get(header::IF_MODIFIED_SINCE)),
+        date(resp.headers.get(header::DATE)),
+    ) {
+        (Some(since), Some(dated)) => since >= dated,
+        _ => false,
+    }
+}
+
 /// The largest Age believed (RFC 9111 §1.2.2): anything larger, or an overflow, is this.
 const AGE_CEILING: u64 = 1 << 31;
 

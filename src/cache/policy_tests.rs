@@ -498,3 +498,40 @@ fn stale_on_error_window_respects_must_revalidate() {
         60
     );
 }
+
+#[test]
+fn a_stored_response_without_last_modified_is_validated_against_its_date() {
+    let dated = response(200, &[("Date", "Mon, 23 Nov 2026 10:00:00 GMT")]);
+    let since = |value: &str| request(&[("If-Modified-Since", value)]);
+    assert!(not_modified(
+        &since("Mon, 23 Nov 2026 10:00:00 GMT"),
+        &dated
+    ));
+    assert!(not_modified(
+        &since("Monday, 23-Nov-26 11:00:00 GMT"),
+        &dated
+    ));
+    assert!(!not_modified(
+        &since("Mon, 23 Nov 2026 09:59:59 GMT"),
+        &dated
+    ));
+    assert!(!not_modified(&since("yesterday"), &dated));
+    // Last-Modified, when there is one, is what counts.
+    let modified = response(
+        200,
+        &[
+            ("Date", "Mon, 23 Nov 2026 10:00:00 GMT"),
+            ("Last-Modified", "Mon, 23 Nov 2026 12:00:00 GMT"),
+        ],
+    );
+    assert!(!not_modified(
+        &since("Mon, 23 Nov 2026 11:00:00 GMT"),
+        &modified
+    ));
+    // If-None-Match rules out If-Modified-Since.
+    let both = request(&[
+        ("If-Modified-Since", "Mon, 23 Nov 2026 11:00:00 GMT"),
+        ("If-None-Match", "\"x\""),
+    ]);
+    assert!(!not_modified(&both, &dated));
+}

@@ -323,6 +323,16 @@ impl ProxyHttp for EdgeProxy {
         Ok(keepable)
     }
 
+    /// Whether a stored response answers the request's conditions with `304`.
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        Ok(policy::not_modified(session.req_header(), resp))
+    }
+
     /// Cuts the requested range from a cached or cacheable response, as pingora does, except
     /// where `If-Range` carries or meets a weak entity-tag: then the whole response is sent.
     fn range_header_filter(

@@ -291,3 +291,35 @@ async fn requests_the_core_cannot_tell_apart_share_a_variant() {
     assert_eq!(with("en, de", "1,3").await, "MISS");
     assert_eq!(origin.hits_for("/about"), 3);
 }
+
+#[tokio::test]
+async fn a_fresh_response_without_last_modified_answers_if_modified_since_by_its_date() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let path = "/dated?cc=max-age=600";
+    let first = get(http, path, &[]).await;
+    assert_eq!(first.header("last-modified"), "");
+    let dated = first.header("date").to_string();
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+    let earlier = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(3000));
+    assert_eq!(
+        get(http, path, &[("If-Modified-Since", &dated)])
+            .await
+            .status,
+        304
+    );
+    assert_eq!(
+        get(http, path, &[("If-Modified-Since", &later)])
+            .await
+            .status,
+        304
+    );
+    assert_eq!(
+        get(http, path, &[("If-Modified-Since", &earlier)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(origin.hits_for("/dated"), 1);
+}
