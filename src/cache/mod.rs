@@ -25,6 +25,7 @@ mod lock;
 pub mod memory;
 pub mod meta;
 pub mod policy;
+pub mod status_field;
 pub mod storage;
 #[cfg(test)]
 mod storage_disk_tests;

@@ -6,6 +6,8 @@ fn policy() -> CachePolicy {
     CachePolicy {
         serve_stale_on_error: Duration::from_secs(3600),
         status_header: true,
+        status_name: "edgecache".to_string(),
+        status_key: false,
         session_cookies: vec!["_session_id".into(), "_mastodon_session".into()],
         heuristic: Some(HeuristicFreshness {
             fraction: 0.1,

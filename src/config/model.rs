@@ -299,6 +299,9 @@ pub struct DiskTierSettings {
 pub struct CachePolicy {
     pub serve_stale_on_error: Duration,
     pub status_header: bool,
+    /// The `Cache-Status` entry's name, and whether it shows the key.
+    pub status_name: String,
+    pub status_key: bool,
     pub session_cookies: Vec<String>,
     /// `None`: no freshness is guessed from `Last-Modified`.
     pub heuristic: Option<HeuristicFreshness>,

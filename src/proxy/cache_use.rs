@@ -12,8 +12,9 @@ use super::context::RequestContext;
 use super::report::client_addr;
 use super::{headers, EdgeProxy, X_CACHE_STATUS};
 use crate::cache::key as cache_key;
+use crate::cache::status_field::{Entry, Forward};
 use crate::cache::{policy, CacheStatus};
-use crate::config::model::Invalidation;
+use crate::config::model::{CachePolicy, Invalidation};
 use crate::fleet::{PurgeKind, PurgeSource};
 use crate::metrics;
 use crate::store::ObjectKey;
@@ -166,15 +167,70 @@ impl EdgeProxy {
             m.cache_lock_waits.inc();
             m.cache_lock_wait_seconds.observe(waited.as_secs_f64());
         }
-        let show = self
-            .settings(ctx)
-            .cache_policy
-            .as_ref()
-            .is_some_and(|p| p.status_header);
-        if show {
+        let settings = self.settings(ctx);
+        let Some(policy) = &settings.cache_policy else {
+            return Ok(());
+        };
+        if policy.status_header {
             resp.insert_header(X_CACHE_STATUS, status.as_str())?;
         }
+        let entry = status_entry(session, ctx, status, policy).to_string();
+        // After whatever entries the response brought: ours is the one nearest the client.
+        resp.append_header(CACHE_STATUS, entry)?;
         Ok(())
+    }
+}
+
+/// The `Cache-Status` field (RFC 9211).
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+/// This PoP's `Cache-Status` entry for the request, from how pingora's cache phase ended
+/// and what the core answered.
+fn status_entry<'a>(
+    session: &Session,
+    ctx: &'a RequestContext,
+    status: CacheStatus,
+    policy: &'a CachePolicy,
+) -> Entry<'a> {
+    let meta = session.cache.maybe_cache_meta();
+    let ttl = meta.map(|meta| {
+        let now = std::time::SystemTime::now();
+        match meta.fresh_until().duration_since(now) {
+            Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+        }
+    });
+    let collapsed = session.cache.lock_duration().is_some() && ctx.upstream_status.is_none();
+    let missed = if ctx.variant_looked_up {
+        Forward::VaryMiss
+    } else {
+        Forward::UriMiss
+    };
+    let (forward, stored) = match status {
+        CacheStatus::Bypass => (Some(Forward::Bypass), false),
+        // A request that waited for another's fetch would have gone forward itself.
+        CacheStatus::Hit if collapsed => (Some(missed), false),
+        CacheStatus::Hit => (None, false),
+        // Served stale: while another request revalidates it (a hit), or because the core
+        // failed just now.
+        CacheStatus::Stale if ctx.upstream_sent.is_none() => (None, false),
+        CacheStatus::Stale | CacheStatus::Revalidated => (Some(Forward::Stale), false),
+        CacheStatus::Expired => (Some(Forward::Stale), session.cache.enabled()),
+        CacheStatus::Miss => (Some(missed), session.cache.enabled() && meta.is_some()),
+    };
+    Entry {
+        name: &policy.status_name,
+        forward,
+        forward_status: forward.and(ctx.upstream_status),
+        // A response that was not kept has no lifetime here.
+        ttl: match status {
+            CacheStatus::Bypass => None,
+            CacheStatus::Miss if !stored => None,
+            _ => ttl,
+        },
+        stored,
+        collapsed,
+        key: ctx.cache_key.as_deref().filter(|_| policy.status_key),
     }
 }
 

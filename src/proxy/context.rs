@@ -36,6 +36,9 @@ pub struct RequestContext {
     /// The key form of the host an unsafe request (POST, PUT, ...) was for: a successful
     /// answer invalidates what it names there.
     pub(super) invalidates_on: Option<String>,
+    /// A stored response for the URL was found but its variants were looked through: a
+    /// miss then is a vary-miss.
+    pub(super) variant_looked_up: bool,
     /// The core's `304` to a revalidation, whose fields freshen the stored response.
     pub(super) not_modified: Option<Box<pingora::http::ResponseHeader>>,
     /// The settings this request runs under, taken once so a reload cannot change them
@@ -75,6 +78,7 @@ impl RequestContext {
             cache_status: None,
             cache_key: None,
             not_modified: None,
+            variant_looked_up: false,
             invalidates_on: None,
             settings: None,
             route: RouteDecision::default(),

@@ -159,10 +159,16 @@ impl ProxyHttp for EdgeProxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestContext,
+        ctx: &mut RequestContext,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        cache_key::variance(meta, req)
+        let variance = cache_key::variance(meta, req);
+        // Before anything went forward, this is the lookup finding a stored response
+        // that varies (after, it is the fill keying the new one).
+        if variance.is_some() && ctx.upstream_sent.is_none() {
+            ctx.variant_looked_up = true;
+        }
+        variance
     }
 
     /// Picks where a miss goes: the media origin for a media route, otherwise a core host
@@ -435,9 +441,13 @@ impl ProxyHttp for EdgeProxy {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestContext,
+        ctx: &mut RequestContext,
         error: Option<&Error>,
     ) -> bool {
+        // A 5xx from the core reaches us only here, as an error that carries its status.
+        if let Some(ErrorType::HTTPStatus(status)) = error.map(|e| e.etype()) {
+            ctx.upstream_status = Some(*status);
+        }
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 

@@ -323,3 +323,149 @@ async fn a_fresh_response_without_last_modified_answers_if_modified_since_by_its
     );
     assert_eq!(origin.hits_for("/dated"), 1);
 }
+
+/// The PoP's own `Cache-Status` entry: the last one.
+fn own_entry(answer: &crate::harness::Answer) -> String {
+    let lines: Vec<&str> = answer
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = lines.join(", ");
+    joined.rsplit(", ").next().unwrap_or("").to_string()
+}
+
+/// `entry` without its `ttl=` (which moves with the clock), and the ttl.
+fn without_ttl(entry: &str) -> (String, Option<i64>) {
+    let mut ttl = None;
+    let kept: Vec<&str> = entry
+        .split("; ")
+        .filter(|part| match part.strip_prefix("ttl=") {
+            Some(value) => {
+                ttl = value.parse().ok();
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join("; "), ttl)
+}
+
+#[tokio::test]
+async fn every_response_says_how_this_pop_handled_it_in_cache_status() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache_config(&origin, |config, _| {
+        config
+            .cache()
+            .more
+            .insert("status_name".into(), "fra".into());
+    })
+    .await;
+    let http = pop.setup.http();
+
+    let path = "/page?cc=max-age=600";
+    let miss = get(http, path, &[]).await;
+    let (entry, ttl) = without_ttl(&own_entry(&miss));
+    assert_eq!(entry, "fra; fwd=uri-miss; fwd-status=200; stored");
+    assert!(ttl.is_some_and(|t| (590..=600).contains(&t)), "{ttl:?}");
+    assert_eq!(miss.cache_status(), "MISS");
+    let (entry, ttl) = without_ttl(&own_entry(&get(http, path, &[]).await));
+    assert_eq!(entry, "fra; hit");
+    assert!(ttl.is_some_and(|t| (590..=600).contains(&t)), "{ttl:?}");
+
+    // Not kept: forwarded, with no lifetime here. A user's request: bypassed.
+    let kept_not = get(http, "/private?cc=no-store", &[]).await;
+    assert_eq!(own_entry(&kept_not), "fra; fwd=uri-miss; fwd-status=200");
+    let user = get(http, path, &[("Authorization", "Bearer t")]).await;
+    assert_eq!(own_entry(&user), "fra; fwd=bypass; fwd-status=200");
+
+    // Another variant of a stored URL.
+    let varied = "/lang?cc=max-age=600&h=Vary:Accept-Language";
+    get(http, varied, &[("Accept-Language", "en")]).await;
+    let other = get(http, varied, &[("Accept-Language", "de")]).await;
+    let (entry, _) = without_ttl(&own_entry(&other));
+    assert_eq!(entry, "fra; fwd=vary-miss; fwd-status=200; stored");
+
+    // Stale, revalidated with a 304.
+    let validated = "/validated?cc=max-age=1&etag=v1";
+    get(http, validated, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (entry, _) = without_ttl(&own_entry(&get(http, validated, &[]).await));
+    assert_eq!(entry, "fra; fwd=stale; fwd-status=304");
+
+    // An entry from further upstream stays, before ours; the key is not shown by default.
+    let upstream = get(
+        http,
+        "/relayed?cc=max-age=600&h=Cache-Status:core%3B%20hit",
+        &[],
+    )
+    .await;
+    let all: Vec<&str> = upstream
+        .headers
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(all.first().copied(), Some("core; hit"), "{all:?}");
+    assert!(
+        all.last()
+            .is_some_and(|e| e.starts_with("fra; fwd=uri-miss")),
+        "{all:?}"
+    );
+    assert!(!own_entry(&upstream).contains("key="));
+}
+
+#[tokio::test]
+async fn the_cache_status_key_is_shown_only_when_configured() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache_config(&origin, |config, _| {
+        config.cache().more.insert("status_key".into(), true.into());
+    })
+    .await;
+    let http = pop.setup.http();
+    let answer = get(http, "/keyed?b=2&a=1&cc=max-age=60", &[]).await;
+    let entry = own_entry(&answer);
+    assert!(
+        entry.starts_with("edgecache; fwd=uri-miss")
+            && entry.ends_with(&format!(
+                "key=\"http://{http}/keyed?a=1&b=2&cc=max-age=60\""
+            )),
+        "{entry}"
+    );
+}
+
+#[tokio::test]
+async fn cache_status_tells_collapsed_requests_and_stale_answers_apart() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    // Requests that wait for one fetch: the leader stored it, the others were collapsed.
+    let path = "/slow/300?cc=max-age=600";
+    let tasks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { get(http, path, &[]).await }))
+        .collect();
+    let mut entries = Vec::new();
+    for task in tasks {
+        entries.push(without_ttl(&own_entry(&task.await.expect("request"))).0);
+    }
+    assert_eq!(origin.hits_for("/slow/300"), 1);
+    let stored = entries.iter().filter(|e| e.ends_with("; stored")).count();
+    let collapsed = entries
+        .iter()
+        .filter(|e| e.ends_with("; collapsed"))
+        .count();
+    assert_eq!((stored, collapsed), (1, 7), "{entries:?}");
+
+    // Served stale because the core fails: forwarded, with the core's status and a
+    // negative ttl.
+    let stale = "/stale?cc=max-age=1";
+    get(http, stale, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin.fail_with(503);
+    let answer = get(http, stale, &[]).await;
+    assert_eq!(answer.cache_status(), "STALE");
+    let (entry, ttl) = without_ttl(&own_entry(&answer));
+    assert_eq!(entry, "edgecache; fwd=stale; fwd-status=503");
+    assert!(ttl.is_some_and(|t| t < 0), "{ttl:?}");
+}

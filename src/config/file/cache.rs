@@ -23,6 +23,10 @@ pub struct CacheFile {
     pub serve_stale_on_error: HumanDuration,
     /// Add `X-Cache-Status` (HIT, MISS, ...) to responses.
     pub status_header: bool,
+    /// This PoP's name in the `Cache-Status` entry every response carries (RFC 9211).
+    pub status_name: String,
+    /// Show the cache key in that entry (for debugging: it reveals how URLs are keyed).
+    pub status_key: bool,
     /// How long a response that states no freshness but has `Last-Modified` is kept
     /// (RFC 9111 §4.2.2), on routes that allow it.
     pub heuristic_freshness: HeuristicFreshnessFile,
@@ -50,6 +54,8 @@ impl Default for CacheFile {
             lock_age_timeout: HumanDuration::from_secs(30),
             serve_stale_on_error: HumanDuration::from_secs(24 * 3600),
             status_header: true,
+            status_name: "edgecache".to_string(),
+            status_key: false,
             heuristic_freshness: HeuristicFreshnessFile::default(),
             targeted_field: "Edgecache-Cache-Control".to_string(),
             cdn_cache_control: true,

@@ -60,6 +60,14 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
             );
         }
     }
+    if cache.status_name.is_empty()
+        || !cache
+            .status_name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ')
+    {
+        check.problem("cache.status_name", "must be printable ASCII and not empty");
+    }
     let heuristic = &cache.heuristic_freshness;
     if !(0.0..=1.0).contains(&heuristic.fraction) {
         check.problem(
@@ -102,6 +110,8 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
         policy: CachePolicy {
             serve_stale_on_error: cache.serve_stale_on_error.get(),
             status_header: cache.status_header,
+            status_name: cache.status_name.clone(),
+            status_key: cache.status_key,
             session_cookies: cache.session_cookies.clone(),
             heuristic,
             targeted_fields,
