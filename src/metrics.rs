@@ -269,11 +269,17 @@ metrics! {
         "Seconds a request waited for another request's fetch of the same object.",
         &[0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
     );
-    /// Objects removed by purge requests, by kind (`url`, `prefix`).
+    /// Objects removed by purge requests, by kind (`url`, `prefix`, `invalidation`: a
+    /// successful unsafe request through this PoP).
     cache_purged_objects: IntCounterVec = counter_vec(
         "edgecache_cache_purged_objects_total",
-        "Objects removed by purge requests.",
+        "Objects removed by purge requests and invalidations, by kind.",
         &["kind"],
+    );
+    /// Invalidations not passed to the fleet because too many were on their way already.
+    invalidations_not_passed_on: IntCounter = counter(
+        "edgecache_invalidations_not_passed_on_total",
+        "Invalidations not passed to the fleet because too many were on their way already.",
     );
     /// Purge requests applied here, by source (`admin`, `peer`, `cache_buster`).
     purges_received: IntCounterVec = counter_vec(

@@ -148,7 +148,7 @@ fn rfc850(rest: &str) -> Option<CivilTime> {
 fn asctime(rest: &str) -> Option<CivilTime> {
     let (month, rest) = rest.split_once(' ')?;
     let (day, rest) = match rest.strip_prefix(' ') {
-        Some(padded) => (&padded[..1.min(padded.len())], padded.get(1..)?),
+        Some(padded) => (padded.get(..1)?, padded.get(1..)?),
         None => (rest.get(..2)?, rest.get(2..)?),
     };
     let rest = rest.strip_prefix(' ')?;

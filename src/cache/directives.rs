@@ -96,6 +96,10 @@ impl Directives {
 /// A targeted field's value, or `None` when it is not a valid dictionary of directives.
 fn parse_targeted(value: &[u8]) -> Option<Directives> {
     let dictionary = sfv::Parser::parse_dictionary(value).ok()?;
+    // An empty field is no field (RFC 9213 §2.1 takes the first with a non-empty value).
+    if dictionary.is_empty() {
+        return None;
+    }
     let mut directives = Directives {
         targeted: true,
         ..Directives::default()
@@ -199,6 +203,8 @@ mod tests {
             assert_eq!(targeted(&[("CDN-Cache-Control", value)]), None, "{value:?}");
         }
         assert_eq!(targeted(&[]), None);
+        assert_eq!(targeted(&[("CDN-Cache-Control", "")]), None);
+        assert_eq!(targeted(&[("CDN-Cache-Control", "   ")]), None);
     }
 
     #[test]

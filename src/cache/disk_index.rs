@@ -181,6 +181,14 @@ impl DiskIndex {
         self.remove(combined)
     }
 
+    /// Whether any variant of the URL whose hash is `primary` is stored.
+    pub(super) fn has_url(&self, primary: &Hash) -> bool {
+        self.by_url
+            .range((*primary, [0u8; 16])..=(*primary, [0xff; 16]))
+            .next()
+            .is_some()
+    }
+
     /// Takes out every variant of the URL whose hash is `primary`: a range of the URL set,
     /// never a walk over every entry.
     pub(super) fn remove_url(&mut self, primary: &Hash) -> Vec<Removed> {

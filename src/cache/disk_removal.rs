@@ -27,6 +27,11 @@ impl DiskTier {
 
     /// Removes every entry (all variants) of the URL whose hash is `primary`, found through
     /// the index's URL set: the lock is held for those entries only, whatever the tier holds.
+    /// Whether any variant of the URL is stored here.
+    pub fn holds_url(&self, primary: &Hash) -> bool {
+        self.index.lock().has_url(primary)
+    }
+
     pub fn remove_primary(&self, primary: &Hash) -> usize {
         let victims = self.index.lock().remove_url(primary);
         self.delete_files(&victims);

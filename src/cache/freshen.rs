@@ -6,11 +6,14 @@
 use http::header::{self, HeaderName};
 use pingora::http::ResponseHeader;
 
-/// Fields a 304 never changes in the stored response: its framing (`Content-Length` is the
-/// stored body's, not the 304's), the hop-by-hop ones a cache does not store, and `Vary`,
-/// whose change would orphan the stored variants.
-const KEPT: [HeaderName; 11] = [
+/// Fields a 304 never changes in the stored response: what says how to read the stored
+/// body (`Content-Length`, `Content-Encoding`, `Content-Range` are the stored body's, not
+/// the 304's), the hop-by-hop ones a cache does not store, and `Vary`, whose change would
+/// orphan the stored variants.
+const KEPT: [HeaderName; 13] = [
     header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -24,7 +27,8 @@ const KEPT: [HeaderName; 11] = [
 ];
 
 /// `stored` with every field of `not_modified` in place of its own, but those in [`KEPT`],
-/// those the 304's `Connection` names, and `Proxy-Authorization`.
+/// those the 304's `Connection` names, and `Proxy-Authorization`. The stored `Age` goes:
+/// the response was just validated, so only an `Age` the 304 brings counts.
 pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
     let connection_listed: Vec<String> = not_modified
         .headers
@@ -35,6 +39,7 @@ pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
     let mut freshened = stored.clone();
+    freshened.remove_header(&header::AGE);
     for name in not_modified.headers.keys() {
         let skipped = KEPT.contains(name)
             || *name == header::PROXY_AUTHORIZATION
@@ -87,6 +92,8 @@ mod tests {
                 ("Link", "</b>"),
                 ("Vary", "Accept"),
                 ("Cache-Control", "max-age=1"),
+                ("Content-Encoding", "gzip"),
+                ("Age", "7200"),
             ],
         );
         let not_modified = response(
@@ -102,6 +109,7 @@ mod tests {
                 ("X-Hop", "1"),
                 ("Keep-Alive", "timeout=5"),
                 ("Proxy-Authenticate", "Basic"),
+                ("Content-Encoding", "br"),
             ],
         );
         let fresh = freshen(&stored, &not_modified);
@@ -113,6 +121,9 @@ mod tests {
         assert_eq!(values(&fresh, "content-type"), ["text/plain"]);
         assert_eq!(values(&fresh, "content-length"), ["36"]);
         assert_eq!(values(&fresh, "vary"), ["Accept"]);
+        assert_eq!(values(&fresh, "content-encoding"), ["gzip"]);
+        // Validated just now: the stored Age is gone, as the 304 brought none.
+        assert!(values(&fresh, "age").is_empty());
         for gone in ["connection", "x-hop", "keep-alive", "proxy-authenticate"] {
             assert!(values(&fresh, gone).is_empty(), "{gone}");
         }

@@ -121,14 +121,33 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     variance.finalize()
 }
 
-/// A selecting header's value in the one form that variants are told apart by, so that
-/// requests the core cannot tell apart share one: its lines joined as one list, with the
-/// optional whitespace around members and commas dropped (RFC 9110 §5.3, §5.6.1). In
-/// `Accept-Language`, language tags are compared without case too (RFC 4647 §2); the order
-/// of the members stays, since the core may prefer the first of equal weights.
+/// Request fields defined as lists whose members may carry optional whitespace around
+/// them and the commas (RFC 9110 §12.5): only these are normalised.
+const LIST_FIELDS: [&str; 4] = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+];
+
+/// A selecting header's value in the one form that variants are told apart by. Its lines
+/// are joined with `, `, as the core's Rack joins them. In the `Accept` family, the optional
+/// whitespace around members is dropped (RFC 9110 §5.6.1), and in `Accept-Language` tags
+/// compare without case (RFC 4647 §2); the order of members stays, since the core may
+/// prefer the first of equal weights. Any other field is kept byte for byte: the core may
+/// read `User-Agent` or a custom header whitespace and all.
 fn selecting_value<'a>(name: &str, lines: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
-    let case_blind = name == "accept-language";
     let mut value = Vec::new();
+    if !LIST_FIELDS.contains(&name) {
+        for (i, line) in lines.enumerate() {
+            if i > 0 {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(line);
+        }
+        return value;
+    }
+    let case_blind = name == "accept-language";
     for member in lines.flat_map(|line| line.split(|b| *b == b',')) {
         let member = member.trim_ascii();
         if member.is_empty() {
@@ -269,8 +288,16 @@ mod tests {
             String::from_utf8(selecting_value(name, lines.iter().map(|l| l.as_bytes())))
                 .expect("utf-8")
         };
-        assert_eq!(form("foo", &["1,2"]), form("foo", &[" 1, 2 "]));
+        let encoding = |lines: &[&str]| form("accept-encoding", lines);
+        assert_eq!(encoding(&["gzip,br"]), encoding(&[" gzip, br "]));
+        assert_eq!(encoding(&["gzip, br"]), encoding(&["gzip", "br"]));
+        // Other fields only as the core's Rack joins lines.
         assert_eq!(form("foo", &["1, 2"]), form("foo", &["1", "2"]));
+        assert_ne!(form("foo", &["1,2"]), form("foo", &[" 1, 2 "]));
+        assert_ne!(
+            form("user-agent", &["X (KHTML, like Gecko)"]),
+            form("user-agent", &["X (KHTML,like Gecko)"])
+        );
         assert_ne!(form("foo", &["a"]), form("foo", &["A"]));
         let lang = |lines: &[&str]| form("accept-language", lines);
         assert_eq!(lang(&["en, de"]), lang(&["eN, De"]));

@@ -66,6 +66,11 @@ impl MemoryTier {
         self.objects.get(combined)
     }
 
+    /// Whether an object is held, without counting as a use of it.
+    pub fn contains(&self, combined: &Hash) -> bool {
+        self.objects.contains_key(combined)
+    }
+
     pub fn insert(&self, combined: Hash, object: MemObject) {
         if self.admits(object.body.len() as u64) {
             self.objects.insert(combined, Arc::new(object));

@@ -270,6 +270,27 @@ impl EdgeCache {
         Ok(purged)
     }
 
+    /// Like [`Self::purge_url`], but only for a URL something is stored or arriving under:
+    /// invalidation runs on every successful POST, and a purge of what is not here would
+    /// still walk the memory tier and count against fills in flight.
+    pub fn invalidate_url(&self, url: &str) -> Result<usize, PurgeError> {
+        let mut purged = 0;
+        for (tls, host, rest) in split_url(url)? {
+            let target = if rest.is_empty() { "/" } else { rest };
+            let req = pingora::http::RequestHeader::build("GET", target.as_bytes(), None)
+                .map_err(|_| PurgeError::Url(url.to_string()))?;
+            let primary = Self::key(&key::primary_key(tls, &host, &req)).primary_bin();
+            if self.storage.holds_url(&primary) {
+                purged += self.storage.purge_url(&primary);
+            }
+        }
+        crate::metrics::get()
+            .cache_purged_objects
+            .with_label_values(&["invalidation"])
+            .inc_by(purged as u64);
+        Ok(purged)
+    }
+
     /// Removes every object whose URL starts with `prefix` (scheme optional, as for
     /// [`Self::purge_url`]).
     pub fn purge_prefix(&self, prefix: &str) -> Result<usize, PurgeError> {

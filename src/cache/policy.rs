@@ -192,12 +192,14 @@ pub fn response_cacheable(
             .then(|| expires_lifetime(resp))
             .flatten()
     });
-    let may_guess = heuristically_cacheable(resp.status) || directives.public;
+    // The route's lifetime is meant for answers cacheable by default; `public` opens any
+    // status to a guess from Last-Modified only.
+    let by_default = heuristically_cacheable(resp.status);
     let lifetime = explicit.or_else(|| {
-        if !may_guess {
+        if !(by_default || directives.public) {
             return None;
         }
-        route.ttl.or_else(|| {
+        route.ttl.filter(|_| by_default).or_else(|| {
             let heuristic = policy.heuristic.filter(|_| route.heuristic)?;
             last_modified_lifetime(resp, heuristic)
         })

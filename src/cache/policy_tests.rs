@@ -466,6 +466,9 @@ fn route_ttl_fills_in_only_when_the_response_is_silent() {
     assert_eq!(r(&[]), Some(7 * 24 * 3600));
     assert_eq!(r(&[("Cache-Control", "max-age=10")]), Some(10));
     assert_eq!(r(&[("Cache-Control", "private")]), None);
+    // Not for an error, even a public one.
+    let error = response(503, &[("Cache-Control", "public")]);
+    assert_eq!(fresh_secs(response_cacheable(&error, route_ttl, &p)), None);
 }
 
 #[test]

@@ -92,6 +92,19 @@ impl TieredStorage {
         }
     }
 
+    /// Whether anything of one URL may be here: arriving, or in either tier's primary slot
+    /// (pingora keeps a URL's first variant under its primary key, and others beside it),
+    /// or any variant on disk. Cheap: no walk over the memory tier, unlike a purge.
+    pub fn holds_url(&self, primary: &Hash) -> bool {
+        self.fills
+            .lock()
+            .values()
+            .flatten()
+            .any(|fill| &fill.primary == primary && !fill.abandoned.load(Ordering::Acquire))
+            || self.memory.contains(primary)
+            || self.disk.as_ref().is_some_and(|d| d.holds_url(primary))
+    }
+
     /// Removes every variant of one URL from both tiers; returns how many objects went.
     pub fn purge_url(&self, primary: &Hash) -> usize {
         let _in_progress = self.record_purge(PurgeMatch::Url(*primary));

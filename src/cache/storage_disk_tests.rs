@@ -463,3 +463,26 @@ async fn the_body_file_committed_for_a_request_is_linked_out_and_outlives_its_en
         &data[..]
     );
 }
+
+#[tokio::test]
+async fn holds_url_sees_arriving_and_stored_objects_and_nothing_after_a_purge() {
+    let cache = with_disk(64 << 20);
+    let arriving = key("/page/arriving");
+    let writer = begin(cache.storage, &arriving, 10).await;
+    assert!(cache.storage.holds_url(&arriving.primary_bin()));
+    drop(writer);
+
+    let small = key("/page/small");
+    let large = key("/media/large.mp4");
+    store(cache.storage, &small, &body(1_000, 5)).await;
+    store(cache.storage, &large, &body(2 * BLOCK_SIZE, 6)).await;
+    assert!(cache.storage.holds_url(&small.primary_bin()));
+    assert!(cache.storage.holds_url(&large.primary_bin()), "on disk only");
+    assert!(!cache.storage.holds_url(&key("/page/other").primary_bin()));
+    cache.storage.purge_url(&small.primary_bin());
+    assert!(!cache.storage.holds_url(&small.primary_bin()));
+
+    // A restart's storage knows what its disk holds before anything is read.
+    let reopened = reopen(&cache, 64 << 20);
+    assert!(reopened.holds_url(&large.primary_bin()));
+}

@@ -510,6 +510,22 @@ impl Purger {
         Ok(report)
     }
 
+    /// Passes a URL purge already applied here on to every peer, through the log and the
+    /// outboxes like any other (an invalidation: this PoP removed its copies before
+    /// answering). Without a fleet there is nothing to do.
+    pub async fn pass_on(&self, value: &str, source: PurgeSource) -> Result<(), PurgeFailure> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        let canonical = self.canonical(PurgeKind::Url, value);
+        let value = canonical.as_deref().unwrap_or(value);
+        let purge = fleet.new_purge(PurgeKind::Url, value, false);
+        fleet.record(&purge).await?;
+        fleet.fan_out(&purge).await?;
+        tracing::debug!(value, source = source.label(), id = %purge.id, "passed on");
+        Ok(())
+    }
+
     /// Applies a purge another PoP passed on (or that its log had) here only, and logs it
     /// so that PoPs catching up from this one get it too.
     pub async fn purge_from_peer(

@@ -15,7 +15,7 @@ use crate::cache::key as cache_key;
 use crate::cache::status_field::{Entry, Forward};
 use crate::cache::{policy, CacheStatus};
 use crate::config::model::{CachePolicy, Invalidation};
-use crate::fleet::{PurgeKind, PurgeSource};
+use crate::fleet::PurgeSource;
 use crate::metrics;
 use crate::store::ObjectKey;
 
@@ -48,8 +48,10 @@ impl EdgeProxy {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return;
         };
-        if !is_safe(&req.method) && policy.invalidation != Invalidation::Off {
-            ctx.invalidates_on = Some(host.clone());
+        // A route that never caches holds nothing to invalidate (and takes the federation's
+        // inbox deliveries, which need no work here).
+        if !is_safe(&req.method) && policy.invalidation != Invalidation::Off && ctx.route.cache() {
+            ctx.invalidates_on = Some((host.clone(), tls));
         }
         // The route was looked up in `request_filter`; the host there differs from this one
         // at most by a port, which routing ignores.
@@ -85,7 +87,11 @@ impl EdgeProxy {
         resp: &ResponseHeader,
         ctx: &mut RequestContext,
     ) {
-        let Some(host) = ctx.invalidates_on.take() else {
+        // An interim 1xx (100 Continue on an upload) is not the answer yet.
+        if resp.status.is_informational() {
+            return;
+        }
+        let Some((host, tls)) = ctx.invalidates_on.take() else {
             return;
         };
         if !(resp.status.is_success() || resp.status.is_redirection()) {
@@ -100,27 +106,19 @@ impl EdgeProxy {
         let named = [header::LOCATION, header::CONTENT_LOCATION]
             .into_iter()
             .filter_map(|name| resp.headers.get(name)?.to_str().ok())
-            .filter_map(|value| same_host_target(value, &host, req.uri.path()));
+            .filter_map(|value| same_host_target(value, &host, tls, req.uri.path()));
         let mut urls: Vec<String> = std::iter::once(own.to_string())
             .chain(named)
             .map(|target| format!("{host}{target}"))
             .collect();
         urls.dedup();
         for url in urls {
-            match cache.purge_url(&url) {
+            match cache.invalidate_url(&url) {
                 Ok(purged) => tracing::debug!(url, purged, method = %req.method, "invalidated"),
                 Err(e) => tracing::debug!(url, error = %e, "not a URL to invalidate"),
             }
             if policy.invalidation == Invalidation::Fleet {
-                let purger = self.shared.purger.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = purger
-                        .purge(PurgeKind::Url, &url, false, PurgeSource::Invalidation)
-                        .await
-                    {
-                        tracing::warn!(url, error = %e, "invalidation not passed to the fleet");
-                    }
-                });
+                pass_on_to_the_fleet(&self.shared.purger, url);
             }
         }
     }
@@ -179,6 +177,30 @@ impl EdgeProxy {
         resp.append_header(CACHE_STATUS, entry)?;
         Ok(())
     }
+}
+
+/// Invalidations being passed to the fleet at once, at most; past it they are dropped and
+/// counted, so a burst of writes cannot pile up tasks and outbox files without bound.
+const FLEET_INVALIDATIONS_IN_FLIGHT: usize = 64;
+
+static FLEET_INVALIDATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Passes an invalidation this PoP applied on to its peers, in the background, within
+/// [`FLEET_INVALIDATIONS_IN_FLIGHT`].
+fn pass_on_to_the_fleet(purger: &std::sync::Arc<crate::fleet::Purger>, url: String) {
+    use std::sync::atomic::Ordering;
+    if FLEET_INVALIDATIONS.fetch_add(1, Ordering::AcqRel) >= FLEET_INVALIDATIONS_IN_FLIGHT {
+        FLEET_INVALIDATIONS.fetch_sub(1, Ordering::AcqRel);
+        metrics::get().invalidations_not_passed_on.inc();
+        return;
+    }
+    let purger = purger.clone();
+    tokio::spawn(async move {
+        if let Err(e) = purger.pass_on(&url, PurgeSource::Invalidation).await {
+            tracing::warn!(url, error = %e, "invalidation not passed to the fleet");
+        }
+        FLEET_INVALIDATIONS.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 /// The `Cache-Status` field (RFC 9211).
@@ -240,13 +262,16 @@ fn is_safe(method: &http::Method) -> bool {
 }
 
 /// The path (and query) a `Location` or `Content-Location` names when it is on `host`
-/// (already in key form): absolute with that host, absolute-path, or relative to the
-/// request's path. `None` for another host or what is not a URI reference.
-fn same_host_target(value: &str, host: &str, request_path: &str) -> Option<String> {
+/// (already in key form): absolute with that host, network-path (`//host/...`, in the
+/// request's scheme), absolute-path, or relative to the request's directory (dot segments
+/// are not resolved: such a name is only left stored). `None` for another host or what is
+/// not a URI reference.
+fn same_host_target(value: &str, host: &str, tls: bool, request_path: &str) -> Option<String> {
     let value = value.trim();
     if value.starts_with("//") {
-        let uri: http::Uri = format!("http:{value}").parse().ok()?;
-        return same_authority(&uri, host, false);
+        let scheme = if tls { "https" } else { "http" };
+        let uri: http::Uri = format!("{scheme}:{value}").parse().ok()?;
+        return same_authority(&uri, host, tls);
     }
     if value.starts_with('/') {
         let uri: http::Uri = value.parse().ok()?;
@@ -287,7 +312,7 @@ mod tests {
 
     #[test]
     fn locations_on_the_same_host_name_their_paths() {
-        let at = |value| same_host_target(value, "social.example", "/api/v1/statuses/1");
+        let at = |value| same_host_target(value, "social.example", false, "/api/v1/statuses/1");
         assert_eq!(at("/@alice/1").as_deref(), Some("/@alice/1"));
         assert_eq!(
             at("https://social.example/@alice/1?x=1").as_deref(),
@@ -295,6 +320,8 @@ mod tests {
         );
         assert_eq!(at("HTTP://Social.Example:80/a").as_deref(), Some("/a"));
         assert_eq!(at("//social.example/b").as_deref(), Some("/b"));
+        let secure = same_host_target("//social.example:443/b", "social.example", true, "/");
+        assert_eq!(secure.as_deref(), Some("/b"));
         assert_eq!(at("2").as_deref(), Some("/api/v1/statuses/2"));
         assert_eq!(at("https://other.example/a"), None);
         assert_eq!(at("https://social.example.evil/a"), None);

@@ -33,9 +33,9 @@ pub struct RequestContext {
     pub(super) cache_status: Option<CacheStatus>,
     /// The primary cache key, set when this request uses the cache.
     pub(super) cache_key: Option<String>,
-    /// The key form of the host an unsafe request (POST, PUT, ...) was for: a successful
-    /// answer invalidates what it names there.
-    pub(super) invalidates_on: Option<String>,
+    /// The key form of the host an unsafe request (POST, PUT, ...) was for, and whether
+    /// its scheme is https: a successful answer invalidates what it names there.
+    pub(super) invalidates_on: Option<(String, bool)>,
     /// A stored response for the URL was found but its variants were looked through: a
     /// miss then is a vary-miss.
     pub(super) variant_looked_up: bool,

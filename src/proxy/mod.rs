@@ -279,11 +279,6 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.upstream_status = Some(status);
         self.invalidate_after_unsafe(session, upstream_response, ctx);
-        if status == 304 && session.cache.maybe_cache_meta().is_some() {
-            // A revalidation's answer: `response_cache_filter` sees it merged into the
-            // stored header only in part, so the whole of it is kept for the freshening.
-            ctx.not_modified = Some(Box::new(upstream_response.clone()));
-        }
         if !session.cache.enabled() {
             // Nothing of this response is cached; with the cache on, the verdict waits for
             // `response_cache_filter`.
@@ -298,6 +293,12 @@ impl ProxyHttp for EdgeProxy {
         // Before the cache sees the response, so stored copies lack them too.
         for name in &self.settings(ctx).hide_response_headers {
             upstream_response.remove_header(name);
+        }
+        if status == 304 && session.cache.maybe_cache_meta().is_some() {
+            // A revalidation's answer, as cleaned above: `response_cache_filter` sees it
+            // merged into the stored header only in part, so the whole of it is kept for
+            // the freshening.
+            ctx.not_modified = Some(Box::new(upstream_response.clone()));
         }
         Ok(())
     }

@@ -134,7 +134,10 @@ async fn targeted_fields_speak_to_the_pop_and_ours_never_reaches_a_client() {
     assert!(kept("/a?cc=no-store&h=CDN-Cache-Control:max-age=600").await);
     assert!(!kept("/b?cc=max-age=600&h=CDN-Cache-Control:no-store").await);
     assert!(!kept("/c?cc=max-age=600&h=CDN-Cache-Control:private").await);
-    // Not a valid dictionary: ignored, Cache-Control applies.
+    // Empty, or not a valid dictionary: ignored, Cache-Control applies.
+    let empty = "/empty?cc=private&h=CDN-Cache-Control:\
+                 &h=Last-Modified:Mon,%2001%20Jan%202024%2000:00:00%20GMT";
+    assert!(!kept(empty).await);
     assert!(!kept("/d?cc=no-store&h=CDN-Cache-Control:max-age=%2210000%22").await);
     assert!(kept("/e?cc=max-age=600&h=CDN-Cache-Control:max-age%20=1").await);
 
@@ -184,6 +187,13 @@ async fn a_304_freshens_the_stored_headers_but_not_its_framing() {
     assert_eq!(hit.cache_status(), "HIT");
     assert_eq!(hit.header("test-header"), "2");
     assert_eq!(origin.hits_for("/validated"), 2);
+
+    // What the PoP hides from clients stays hidden after a 304 brought it again.
+    let hidden = "/hidden?cc=max-age=1&etag=v1&h=X-Runtime:0.1";
+    assert_eq!(get(http, hidden, &[]).await.header("x-runtime"), "");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(http, hidden, &[]).await.header("x-runtime"), "");
+    assert_eq!(get(http, hidden, &[]).await.header("x-runtime"), "");
 }
 
 #[tokio::test]
@@ -276,19 +286,22 @@ async fn requests_the_core_cannot_tell_apart_share_a_variant() {
     let origin = Origin::start().await;
     let pop = pop_with_cache(&origin, "").await;
     let http = pop.setup.http();
-    let path = "/about?cc=max-age=600&h=Vary:Accept-Language,%20Foo";
-    let with = |lang: &'static str, foo: &'static str| async move {
-        get(http, path, &[("Accept-Language", lang), ("Foo", foo)])
-            .await
-            .cache_status()
-            .to_string()
+    let path = "/about?cc=max-age=600&h=Vary:Accept-Language,%20Accept-Encoding,%20Foo";
+    let with = |lang: &'static str, encoding: &'static str, foo: &'static str| async move {
+        let headers = [
+            ("Accept-Language", lang),
+            ("Accept-Encoding", encoding),
+            ("Foo", foo),
+        ];
+        get(http, path, &headers).await.cache_status().to_string()
     };
-    assert_eq!(with("en, de", "1,2").await, "MISS");
-    assert_eq!(with("eN, De", "1,2").await, "HIT");
-    assert_eq!(with(" en ,   de", " 1, 2 ").await, "HIT");
-    // The order of languages is a preference; another value of Foo is another variant.
-    assert_eq!(with("de, en", "1,2").await, "MISS");
-    assert_eq!(with("en, de", "1,3").await, "MISS");
+    assert_eq!(with("en, de", "gzip,br", "1,2").await, "MISS");
+    assert_eq!(with("eN, De", "gzip,br", "1,2").await, "HIT");
+    assert_eq!(with(" en ,   de", " gzip, br ", "1,2").await, "HIT");
+    // The order of languages is a preference; a field outside the Accept family is kept
+    // as sent, whitespace and all.
+    assert_eq!(with("de, en", "gzip,br", "1,2").await, "MISS");
+    assert_eq!(with("en, de", "gzip,br", "1, 2").await, "MISS");
     assert_eq!(origin.hits_for("/about"), 3);
 }
 
