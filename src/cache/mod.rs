@@ -75,6 +75,19 @@ pub enum PurgeError {
     Url(String),
 }
 
+/// The primary key hashes `url` is stored under: one per scheme it may have.
+fn url_primaries(url: &str) -> Result<Vec<Hash>, PurgeError> {
+    split_url(url)?
+        .into_iter()
+        .map(|(tls, host, rest)| {
+            let target = if rest.is_empty() { "/" } else { rest };
+            let req = pingora::http::RequestHeader::build("GET", target.as_bytes(), None)
+                .map_err(|_| PurgeError::Url(url.to_string()))?;
+            Ok(EdgeCache::key(&key::primary_key(tls, &host, &req)).primary_bin())
+        })
+        .collect()
+}
+
 /// Splits `[scheme://]host[/rest]` into the (tls, normalized host, rest) forms to purge.
 fn split_url(url: &str) -> Result<Vec<(bool, String, &str)>, PurgeError> {
     let bad = || PurgeError::Url(url.to_string());
@@ -255,14 +268,10 @@ impl EdgeCache {
     /// Removes every variant of `url` from both tiers. A URL without a scheme is purged for
     /// both `http` and `https`. Returns how many objects went.
     pub fn purge_url(&self, url: &str) -> Result<usize, PurgeError> {
-        let mut purged = 0;
-        for (tls, host, rest) in split_url(url)? {
-            let target = if rest.is_empty() { "/" } else { rest };
-            let req = pingora::http::RequestHeader::build("GET", target.as_bytes(), None)
-                .map_err(|_| PurgeError::Url(url.to_string()))?;
-            let primary = key::primary_key(tls, &host, &req);
-            purged += self.storage.purge_url(&Self::key(&primary).primary_bin());
-        }
+        let purged = url_primaries(url)?
+            .iter()
+            .map(|primary| self.storage.purge_url(primary))
+            .sum();
         crate::metrics::get()
             .cache_purged_objects
             .with_label_values(&["url"])
@@ -274,16 +283,11 @@ impl EdgeCache {
     /// invalidation runs on every successful POST, and a purge of what is not here would
     /// still walk the memory tier and count against fills in flight.
     pub fn invalidate_url(&self, url: &str) -> Result<usize, PurgeError> {
-        let mut purged = 0;
-        for (tls, host, rest) in split_url(url)? {
-            let target = if rest.is_empty() { "/" } else { rest };
-            let req = pingora::http::RequestHeader::build("GET", target.as_bytes(), None)
-                .map_err(|_| PurgeError::Url(url.to_string()))?;
-            let primary = Self::key(&key::primary_key(tls, &host, &req)).primary_bin();
-            if self.storage.holds_url(&primary) {
-                purged += self.storage.purge_url(&primary);
-            }
-        }
+        let purged = url_primaries(url)?
+            .iter()
+            .filter(|primary| self.storage.holds_url(primary))
+            .map(|primary| self.storage.purge_url(primary))
+            .sum();
         crate::metrics::get()
             .cache_purged_objects
             .with_label_values(&["invalidation"])

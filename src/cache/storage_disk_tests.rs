@@ -477,7 +477,10 @@ async fn holds_url_sees_arriving_and_stored_objects_and_nothing_after_a_purge() 
     store(cache.storage, &small, &body(1_000, 5)).await;
     store(cache.storage, &large, &body(2 * BLOCK_SIZE, 6)).await;
     assert!(cache.storage.holds_url(&small.primary_bin()));
-    assert!(cache.storage.holds_url(&large.primary_bin()), "on disk only");
+    assert!(
+        cache.storage.holds_url(&large.primary_bin()),
+        "on disk only"
+    );
     assert!(!cache.storage.holds_url(&key("/page/other").primary_bin()));
     cache.storage.purge_url(&small.primary_bin());
     assert!(!cache.storage.holds_url(&small.primary_bin()));
