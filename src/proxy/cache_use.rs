@@ -123,6 +123,29 @@ impl EdgeProxy {
         }
     }
 
+    /// Sends an interim response (`103 Early Hints`, `102 Processing`) on to the client
+    /// at once when the cache takes part. pingora serves a cacheable answer from the cache
+    /// fill and drops what it read together with the final header, so a 1xx in the same
+    /// read would never arrive. It is written here, and pingora's own write of it is then
+    /// ignored (HTTP/1; pingora sends no 1xx over HTTP/2). `100 Continue` is left to
+    /// pingora, which sends it to a client that asked for it; an HTTP/1.0 client gets no
+    /// 1xx at all (RFC 9110 §15.2).
+    pub(super) async fn pass_interim_on(
+        &self,
+        session: &mut Session,
+        interim: &ResponseHeader,
+    ) -> Result<()> {
+        if !session.cache.enabled() || session.req_header().version < http::Version::HTTP_11 {
+            return Ok(());
+        }
+        session.downstream_session.set_ignore_info_resp(false);
+        let written = session
+            .write_response_header(Box::new(interim.clone()), false)
+            .await;
+        session.downstream_session.set_ignore_info_resp(true);
+        written
+    }
+
     /// RFC 9111 and the PoP's rules applied to a response, and the cache's size bounds.
     pub(super) fn keepable(&self, resp: &ResponseHeader, ctx: &RequestContext) -> RespCacheable {
         let settings = self.settings(ctx);

@@ -300,6 +300,9 @@ impl ProxyHttp for EdgeProxy {
             // the freshening.
             ctx.not_modified = Some(Box::new(upstream_response.clone()));
         }
+        if upstream_response.status.is_informational() && !matches!(status, 100 | 101) {
+            self.pass_interim_on(session, upstream_response).await?;
+        }
         Ok(())
     }
 
