@@ -26,7 +26,7 @@ const KEPT: [HeaderName; 13] = [
     header::VARY,
 ];
 
-/// `stored` with every field of `not_modified` in place of its own, but those in [`KEPT`],
+/// `stored` with every field of `not_modified` in place of its own, but those in `KEPT`,
 /// those the 304's `Connection` names, and `Proxy-Authorization`. The stored `Age` goes:
 /// the response was just validated, so only an `Age` the 304 brings counts.
 pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {

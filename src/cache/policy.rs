@@ -259,14 +259,9 @@ pub fn not_modified(req: &RequestHeader, resp: &ResponseHeader) -> bool {
     if !applies {
         return false;
     }
-    let date = |value: Option<&http::HeaderValue>| {
-        value
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::wire::http_date)
-    };
     match (
-        date(req.headers.get(header::IF_MODIFIED_SINCE)),
-        date(resp.headers.get(header::DATE)),
+        header_date(&req.headers, header::IF_MODIFIED_SINCE),
+        header_date(&resp.headers, header::DATE),
     ) {
         (Some(since), Some(dated)) => since >= dated,
         _ => false,
@@ -278,7 +273,7 @@ const AGE_CEILING: u64 = 1 << 31;
 
 /// How old the response already was when it reached us, from its `Age` (RFC 9111 §5.1):
 /// the first field line's first member, in whole seconds. A value that is not delta-seconds
-/// (negative, a fraction, words) is ignored; one too large to hold is [`AGE_CEILING`].
+/// (negative, a fraction, words) is ignored; one too large to hold is `AGE_CEILING`.
 pub fn upstream_age(resp: &ResponseHeader) -> Duration {
     let Some(line) = resp.headers.get(header::AGE) else {
         return Duration::ZERO;
@@ -304,14 +299,8 @@ fn last_modified_lifetime(
     resp: &ResponseHeader,
     heuristic: HeuristicFreshness,
 ) -> Option<Duration> {
-    let parse = |v: &http::HeaderValue| v.to_str().ok().and_then(crate::wire::http_date);
-    let modified = resp.headers.get(header::LAST_MODIFIED).and_then(parse)?;
-    let date = resp
-        .headers
-        .get(header::DATE)
-        .and_then(parse)
-        .unwrap_or_else(SystemTime::now);
-    let unchanged_for = date.duration_since(modified).ok()?;
+    let modified = header_date(&resp.headers, header::LAST_MODIFIED)?;
+    let unchanged_for = response_date(resp).duration_since(modified).ok()?;
     Some(unchanged_for.mul_f64(heuristic.fraction).min(heuristic.max))
 }
 
@@ -323,16 +312,28 @@ fn expires_lifetime(resp: &ResponseHeader) -> Option<Duration> {
     if values.next().is_some() {
         return Some(Duration::ZERO);
     }
-    let parse = |v: &http::HeaderValue| v.to_str().ok().and_then(crate::wire::http_date);
-    let Some(expires) = parse(expires) else {
+    let Some(expires) = expires.to_str().ok().and_then(crate::wire::http_date) else {
         return Some(Duration::ZERO);
     };
-    let date = resp
-        .headers
-        .get(header::DATE)
-        .and_then(parse)
-        .unwrap_or_else(SystemTime::now);
-    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    Some(
+        expires
+            .duration_since(response_date(resp))
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The time the first `name` field names, if it is an HTTP date.
+fn header_date(headers: &http::HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()
+        .and_then(crate::wire::http_date)
+}
+
+/// When the response was made, by its own clock: its `Date`, or now without one.
+fn response_date(resp: &ResponseHeader) -> SystemTime {
+    header_date(&resp.headers, header::DATE).unwrap_or_else(SystemTime::now)
 }
 
 #[cfg(test)]

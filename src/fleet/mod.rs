@@ -16,6 +16,7 @@
 pub mod catch_up;
 pub mod log;
 mod outbox;
+mod purger;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,12 +28,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::cache::{EdgeCache, PurgeError};
 use crate::config::model::{FleetPeer, FleetSettings};
 use crate::metrics;
-use crate::store::{ObjectKey, Tombstones};
 use log::PurgeLog;
 use outbox::Outbox;
+pub use purger::{CanonicalUrls, MediaPresence, PurgeFailure, PurgeReport, PurgeSource, Purger};
 
 /// Marks a purge sent by a peer: the receiver applies it and sends it nowhere.
 pub const FLEET_ORIGIN_HEADER: &str = "x-edgecache-fleet-origin";
@@ -225,6 +225,20 @@ impl Fleet {
             .map(|_| ())
     }
 
+    /// Makes a purge of this PoP's, logs it and hands it to every peer (see `fan_out`);
+    /// returns its id and what each peer did.
+    async fn send(
+        &self,
+        kind: PurgeKind,
+        value: &str,
+        deleted: bool,
+    ) -> Result<(String, Vec<(String, Delivery)>), FleetError> {
+        let purge = self.new_purge(kind, value, deleted);
+        self.record(&purge).await?;
+        let deliveries = self.fan_out(&purge).await?;
+        Ok((purge.id, deliveries))
+    }
+
     /// Queues the purge for every peer and tries each once, for at most `wait`; until that
     /// try ends the peer's worker leaves the purge alone, so a peer gets it once.
     async fn fan_out(&self, purge: &Purge) -> Result<Vec<(String, Delivery)>, FleetError> {
@@ -393,228 +407,5 @@ impl pingora::services::background::BackgroundService for FleetService {
             _ = futures_util::future::join_all(workers) => {}
             _ = shutdown.wait_for(|going| *going) => {}
         }
-    }
-}
-
-/// How a purge was asked for, for the log and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeSource {
-    Admin,
-    Peer,
-    CacheBuster,
-    /// Read from a peer's purge log.
-    CatchUp,
-    /// A successful POST, PUT, DELETE through this PoP (RFC 9111 §4.4).
-    Invalidation,
-}
-
-impl PurgeSource {
-    fn label(self) -> &'static str {
-        match self {
-            PurgeSource::Admin => "admin",
-            PurgeSource::Peer => "peer",
-            PurgeSource::CacheBuster => "cache_buster",
-            PurgeSource::CatchUp => "catch_up",
-            PurgeSource::Invalidation => "invalidation",
-        }
-    }
-}
-
-/// The outcome of a purge: what this PoP removed, and what each peer did.
-#[derive(Debug)]
-pub struct PurgeReport {
-    pub id: Option<String>,
-    pub purged: usize,
-    pub pops: Vec<(String, Delivery)>,
-}
-
-impl PurgeReport {
-    pub fn to_json(&self) -> String {
-        let pops: serde_json::Map<String, serde_json::Value> = self
-            .pops
-            .iter()
-            .map(|(name, delivery)| (name.clone(), delivery.to_string().into()))
-            .collect();
-        serde_json::json!({ "id": self.id, "purged": self.purged, "pops": pops }).to_string()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PurgeFailure {
-    #[error(transparent)]
-    Bad(#[from] PurgeError),
-    #[error(transparent)]
-    Fleet(#[from] FleetError),
-}
-
-/// Purges here and, for a purge from outside, on every peer.
-pub struct Purger {
-    pub cache: Option<Arc<EdgeCache>>,
-    pub fleet: Option<Arc<Fleet>>,
-    /// This PoP's name in reports (`local` without a fleet).
-    pub name: String,
-    /// Puts a URL to purge in the one form the cache keys it under.
-    pub urls: Option<Arc<dyn CanonicalUrls>>,
-    /// Where a purge of deleted media leaves its tombstone.
-    pub tombstones: Option<Arc<Tombstones>>,
-    /// Tells whether media the cache buster names is really gone.
-    pub presence: Option<Arc<dyn MediaPresence>>,
-}
-
-/// Whether media is still where Mastodon writes it. Mastodon's cache buster purges media
-/// that was deleted, but also media that stays (an account suspended or unsuspended): only
-/// media gone from the store is taken for deleted.
-#[async_trait::async_trait]
-pub trait MediaPresence: Send + Sync {
-    /// `Some(true)`: a write-through store of the URL's media route has the object;
-    /// `Some(false)`: none has it; `None`: it cannot be told (no such store, or one failed).
-    async fn still_stored(&self, url: &str) -> Option<bool>;
-}
-
-/// The form the cache keys a URL under, where it has one of its own: a media route keys
-/// every spelling of a file (escapes, a query) under one path.
-pub trait CanonicalUrls: Send + Sync {
-    /// `url` (with or without a scheme) in that form; `None`: as it is.
-    fn canonical(&self, url: &str) -> Option<String>;
-
-    /// The media key `url` names, when it is on a media route.
-    fn media_key(&self, url: &str) -> Option<ObjectKey>;
-}
-
-impl Purger {
-    /// Applies a purge received from outside here, logs it and sends it to every peer.
-    pub async fn purge(
-        &self,
-        kind: PurgeKind,
-        value: &str,
-        deleted: bool,
-        source: PurgeSource,
-    ) -> Result<PurgeReport, PurgeFailure> {
-        // The form every PoP keys it under travels, so none needs to work it out again.
-        let canonical = self.canonical(kind, value);
-        let value = canonical.as_deref().unwrap_or(value);
-        let deleted = deleted && self.confirmed_deleted(kind, value, source).await;
-        let purged = self.apply_here(kind, value, deleted, source)?;
-        let mut report = PurgeReport {
-            id: None,
-            purged,
-            pops: vec![(self.name.clone(), Delivery::Purged)],
-        };
-        if let Some(fleet) = &self.fleet {
-            let purge = fleet.new_purge(kind, value, deleted);
-            fleet.record(&purge).await?;
-            report.pops.extend(fleet.fan_out(&purge).await?);
-            report.id = Some(purge.id);
-        }
-        tracing::info!(?kind, value, deleted, purged, source = source.label(), id = ?report.id, "purged");
-        Ok(report)
-    }
-
-    /// Passes a URL purge already applied here on to every peer, through the log and the
-    /// outboxes like any other (an invalidation: this PoP removed its copies before
-    /// answering). Without a fleet there is nothing to do.
-    pub async fn pass_on(&self, value: &str, source: PurgeSource) -> Result<(), PurgeFailure> {
-        let Some(fleet) = &self.fleet else {
-            return Ok(());
-        };
-        let canonical = self.canonical(PurgeKind::Url, value);
-        let value = canonical.as_deref().unwrap_or(value);
-        let purge = fleet.new_purge(PurgeKind::Url, value, false);
-        fleet.record(&purge).await?;
-        fleet.fan_out(&purge).await?;
-        tracing::debug!(value, source = source.label(), id = %purge.id, "passed on");
-        Ok(())
-    }
-
-    /// Applies a purge another PoP passed on (or that its log had) here only, and logs it
-    /// so that PoPs catching up from this one get it too.
-    pub async fn purge_from_peer(
-        &self,
-        purge: &Purge,
-        source: PurgeSource,
-    ) -> Result<PurgeReport, PurgeFailure> {
-        let purged = self.apply_here(purge.kind, &purge.value, purge.deleted, source)?;
-        if let Some(fleet) = &self.fleet {
-            fleet.record(purge).await?;
-        }
-        tracing::info!(kind = ?purge.kind, value = %purge.value, purged, source = source.label(), id = %purge.id, origin = %purge.origin, "purged");
-        Ok(PurgeReport {
-            id: Some(purge.id.clone()),
-            purged,
-            pops: vec![(self.name.clone(), Delivery::Purged)],
-        })
-    }
-
-    /// Whether a purge that says its media was deleted is believed: an operator's always;
-    /// the cache buster's only when the media is gone from the store Mastodon writes to.
-    async fn confirmed_deleted(&self, kind: PurgeKind, url: &str, source: PurgeSource) -> bool {
-        if kind != PurgeKind::Url || source != PurgeSource::CacheBuster {
-            return true;
-        }
-        let Some(presence) = &self.presence else {
-            return false;
-        };
-        match presence.still_stored(url).await {
-            Some(false) => true,
-            Some(true) => {
-                tracing::info!(url, "cache buster: the media is still in the store, so it is purged, not taken for deleted");
-                false
-            }
-            None => {
-                tracing::info!(
-                    url,
-                    "cache buster: whether the media was deleted cannot be told; purged only"
-                );
-                false
-            }
-        }
-    }
-
-    /// Remembers that the media at `url` was deleted, before any cache is emptied, so no
-    /// miss in between can find a legacy copy. A URL that is no media is left alone.
-    fn lay_tombstone(&self, url: &str) {
-        let (Some(urls), Some(tombstones)) = (&self.urls, &self.tombstones) else {
-            return;
-        };
-        let Some(key) = urls.media_key(url) else {
-            return;
-        };
-        if let Err(e) = tombstones.lay(&key) {
-            tracing::error!(key = %key, error = %e, "cannot record the tombstone of deleted media; it holds until a restart");
-        }
-    }
-
-    fn canonical(&self, kind: PurgeKind, value: &str) -> Option<String> {
-        match kind {
-            PurgeKind::Url => self.urls.as_ref()?.canonical(value),
-            PurgeKind::Prefix => None,
-        }
-    }
-
-    fn apply_here(
-        &self,
-        kind: PurgeKind,
-        value: &str,
-        deleted: bool,
-        source: PurgeSource,
-    ) -> Result<usize, PurgeFailure> {
-        // A peer that keys differently (an older version) may send another spelling.
-        let canonical = self.canonical(kind, value);
-        let value = canonical.as_deref().unwrap_or(value);
-        if deleted && kind == PurgeKind::Url {
-            self.lay_tombstone(value);
-        }
-        let purged = match &self.cache {
-            Some(cache) => match kind {
-                PurgeKind::Url => cache.purge_url(value)?,
-                PurgeKind::Prefix => cache.purge_prefix(value)?,
-            },
-            None => 0,
-        };
-        metrics::get()
-            .purges_received
-            .with_label_values(&[source.label()])
-            .inc();
-        Ok(purged)
     }
 }
