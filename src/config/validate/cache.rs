@@ -215,4 +215,27 @@ mod tests {
             "{error}"
         );
     }
+
+    #[test]
+    fn a_targeted_field_or_status_name_that_cannot_be_one_is_an_error() {
+        for (section, key) in [
+            (
+                "  targeted_field: \"Cache-Control\"\n",
+                "cache.targeted_field",
+            ),
+            ("  targeted_field: \"not a name\"\n", "cache.targeted_field"),
+            ("  status_name: \"\"\n", "cache.status_name"),
+            ("  status_name: \"caf\u{e9}\"\n", "cache.status_name"),
+        ] {
+            let error = policy(section).expect_err("refused");
+            assert!(
+                error.contains("edgecache.yaml:7") && error.contains(key),
+                "{section:?}: {error}"
+            );
+        }
+        let off = policy("  targeted_field: \"\"\n  cdn_cache_control: false\n").expect("loads");
+        assert!(off.targeted_fields.is_empty() && off.own_targeted_field.is_none());
+        let named = policy("  status_name: \"PoP Frankfurt\"\n").expect("loads");
+        assert_eq!(named.status_name, "PoP Frankfurt");
+    }
 }
