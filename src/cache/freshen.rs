@@ -1,9 +1,10 @@
-//! Freshening a stored response with a `304 Not Modified` (RFC 9111 §3.2, §4.3.4): the
-//! stored header fields are replaced by those the 304 carries, so a validation brings new
-//! metadata (a new `Cache-Control`, `Expires`, `Date`, or any header the core changed)
-//! without sending the body again.
+//! Freshening a stored response with a `304 Not Modified` (RFC 9111 §3.2, §4.3.4), or with a
+//! `200` to a `HEAD` that describes it (§4.3.5): the stored header fields are replaced by
+//! those the answer carries, so a validation brings new metadata (a new `Cache-Control`,
+//! `Expires`, `Date`, or any header the core changed) without sending the body again.
 
 use http::header::{self, HeaderName};
+use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 
 /// Fields a 304 never changes in the stored response: what says how to read the stored
@@ -56,6 +57,44 @@ pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
         }
     }
     freshened
+}
+
+/// Whether a `200` to a `HEAD` describes the stored response (RFC 9111 §4.3.5), so its
+/// fields may freshen it: each of `ETag`, `Last-Modified` and `Content-Length` it carries
+/// has the stored value. So must `Content-Encoding`, which would otherwise describe a
+/// body the cache does not have. An answer with none of them is taken at its word, as
+/// the RFC has it: the core says the resource is as stored.
+pub fn head_describes_stored(stored: &ResponseHeader, head: &ResponseHeader) -> bool {
+    let values = |resp: &ResponseHeader, name: &HeaderName| -> Vec<Vec<u8>> {
+        resp.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    };
+    [header::ETAG, header::LAST_MODIFIED, header::CONTENT_LENGTH]
+        .iter()
+        .all(|name| {
+            let theirs = values(head, name);
+            theirs.is_empty() || theirs == values(stored, name)
+        })
+        && values(head, &header::CONTENT_ENCODING) == values(stored, &header::CONTENT_ENCODING)
+}
+
+/// The stored response as it is, but stale from now on: what a cache does with a response
+/// that a `HEAD` found changed (RFC 9111 §4.3.5). Its body stays for `stale-if-error`.
+pub fn made_stale(stored: &CacheMeta) -> CacheMeta {
+    let mut stale = CacheMeta::new(
+        stored.created(),
+        stored.created(),
+        stored.stale_while_revalidate_sec(),
+        stored.stale_if_error_sec(),
+        stored.response_header().clone(),
+    );
+    if let Some(variance) = stored.variance() {
+        stale.set_variance(variance);
+    }
+    stale
 }
 
 #[cfg(test)]
@@ -127,5 +166,73 @@ mod tests {
         for gone in ["connection", "x-hop", "keep-alive", "proxy-authenticate"] {
             assert!(values(&fresh, gone).is_empty(), "{gone}");
         }
+    }
+
+    #[test]
+    fn a_head_answer_describes_the_stored_response_only_by_matching_fields_it_carries() {
+        let stored = response(
+            200,
+            &[
+                ("Content-Length", "36"),
+                ("ETag", "\"v1\""),
+                ("Last-Modified", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ],
+        );
+        let same_length = response(200, &[("Content-Length", "36"), ("Test-Header", "2")]);
+        assert!(head_describes_stored(&stored, &same_length));
+        let all_same = response(
+            200,
+            &[
+                ("Content-Length", "36"),
+                ("ETag", "\"v1\""),
+                ("Last-Modified", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ],
+        );
+        assert!(head_describes_stored(&stored, &all_same));
+        for changed in [
+            ("Content-Length", "37"),
+            ("ETag", "\"v2\""),
+            ("ETag", "W/\"v1\""),
+            ("Last-Modified", "Fri, 02 Jan 2026 00:00:00 GMT"),
+            ("Content-Encoding", "gzip"),
+        ] {
+            let head = response(200, &[("Content-Length", "36"), changed]);
+            assert!(!head_describes_stored(&stored, &head), "{changed:?}");
+        }
+        // Nothing to compare: the core's word is taken.
+        let bare = response(200, &[("Test-Header", "2")]);
+        assert!(head_describes_stored(&stored, &bare));
+        // But an encoding the stored body does not have is never taken.
+        let encoded = response(200, &[("Content-Encoding", "br")]);
+        assert!(!head_describes_stored(&stored, &encoded));
+        let gzipped = response(200, &[("Content-Encoding", "gzip")]);
+        let stored_gzip = response(200, &[("Content-Encoding", "gzip")]);
+        assert!(head_describes_stored(&stored_gzip, &gzipped));
+        assert!(!head_describes_stored(&stored_gzip, &bare));
+    }
+
+    #[test]
+    fn a_response_made_stale_keeps_its_fields_and_variance_and_is_fresh_no_more() {
+        let now = std::time::SystemTime::now();
+        let created = now - std::time::Duration::from_secs(10);
+        let mut fresh = CacheMeta::new(
+            now + std::time::Duration::from_secs(3600),
+            created,
+            30,
+            60,
+            response(200, &[("Content-Length", "36"), ("Test-Header", "1")]),
+        );
+        fresh.set_variance([7u8; 16]);
+        let stale = made_stale(&fresh);
+        assert!(fresh.is_fresh(now) && !stale.is_fresh(now));
+        assert_eq!(stale.variance(), Some([7u8; 16]));
+        assert_eq!(
+            (
+                stale.stale_while_revalidate_sec(),
+                stale.stale_if_error_sec()
+            ),
+            (30, 60)
+        );
+        assert_eq!(values(stale.response_header(), "test-header"), ["1"]);
     }
 }

@@ -315,6 +315,24 @@ impl TieredStorage {
             None => Ok(None),
         }
     }
+
+    /// Replaces the metadata of what is stored under `key` in either tier, keeping its
+    /// body; `false` when nothing is. A purge that ran meanwhile wins.
+    pub fn update_stored_meta(&self, key: &CacheKey, meta: &CacheMeta) -> bool {
+        let combined = key.combined_bin();
+        let purges = self.purges_before_reading();
+        let stored = StoredMeta::from_cache_meta(meta);
+        let memory = self.memory.update_meta(&combined, &stored);
+        let (primary, _, url) = key_hashes(key);
+        if self.purged_since(purges, &primary, &combined, &url) {
+            self.memory.remove(&combined);
+        }
+        let disk = self
+            .disk
+            .as_ref()
+            .is_some_and(|d| d.update_meta(&combined, &stored));
+        memory || disk
+    }
 }
 
 fn key_hashes(key: &CacheKey) -> (Hash, Hash, Arc<str>) {
@@ -438,19 +456,7 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let combined = key.combined_bin();
-        let purges = self.purges_before_reading();
-        let stored = StoredMeta::from_cache_meta(meta);
-        let memory = self.memory.update_meta(&combined, &stored);
-        let (primary, _, url) = key_hashes(key);
-        if self.purged_since(purges, &primary, &combined, &url) {
-            self.memory.remove(&combined);
-        }
-        let disk = self
-            .disk
-            .as_ref()
-            .is_some_and(|d| d.update_meta(&combined, &stored));
-        Ok(memory || disk)
+        Ok(self.update_stored_meta(key, meta))
     }
 
     fn support_streaming_partial_write(&self) -> bool {

@@ -176,10 +176,12 @@ impl EdgeProxy {
         let Some(status) = ctx.cache_status else {
             return Ok(());
         };
-        let status = if status == CacheStatus::Bypass {
-            status
-        } else {
-            CacheStatus::of_phase(session.cache.phase())
+        let status = match CacheStatus::of_phase(session.cache.phase()) {
+            _ if status == CacheStatus::Bypass => status,
+            // A `HEAD` revalidation turns the cache off for its bodiless answer, yet it was
+            // the stored response that went forward.
+            CacheStatus::Miss if ctx.head_revalidation => CacheStatus::Expired,
+            phase => phase,
         };
         ctx.cache_status = Some(status);
         status.count();

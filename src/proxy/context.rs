@@ -41,6 +41,9 @@ pub struct RequestContext {
     pub(super) variant_looked_up: bool,
     /// The core's `304` to a revalidation, whose fields freshen the stored response.
     pub(super) not_modified: Option<Box<pingora::http::ResponseHeader>>,
+    /// A `HEAD` revalidating a stored response went on as a `HEAD`: its answer has no
+    /// body to store.
+    pub(super) head_revalidation: bool,
     /// The settings this request runs under, taken once so a reload cannot change them
     /// halfway through it.
     pub(super) settings: Option<Arc<ProxySettings>>,
@@ -78,6 +81,7 @@ impl RequestContext {
             cache_status: None,
             cache_key: None,
             not_modified: None,
+            head_revalidation: false,
             variant_looked_up: false,
             invalidates_on: None,
             settings: None,

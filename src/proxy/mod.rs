@@ -10,7 +10,8 @@
 //!    the shared cache on under the request's key, or bypasses it.
 //! 3. On a miss: `upstream_peer` (`peer`: the media origin for a media route, else a core
 //!    host from `crate::upstream`), `connected_to_upstream`, `upstream_request_filter` ([`headers`]:
-//!    who the client is, no hop-by-hop), `request_body_filter` (the route's body limit).
+//!    who the client is, no hop-by-hop; `head_revalidation`: a `HEAD` revalidates with a
+//!    `HEAD`), `request_body_filter` (the route's body limit).
 //! 4. `upstream_response_filter`, `response_cache_filter` (may it be kept),
 //!    `range_header_filter`, `response_filter` (`X-Cache-Status`, `X-Request-Id`),
 //!    `upstream_response_body_filter` (the group's total timeout).
@@ -26,6 +27,7 @@ pub mod client_limits;
 mod context;
 mod failure;
 pub mod forward;
+mod head_revalidation;
 pub mod headers;
 pub mod limits;
 pub mod media_urls;
@@ -213,6 +215,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         headers::strip_request_hop_by_hop(upstream_request, ctx.websocket);
+        self.revalidate_head_with_head(session, upstream_request, ctx);
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         // Only the proxy lodges routes: inserting replaces any ticket a client sent.
         if let Some(ticket) = &ctx.media_ticket {
@@ -294,6 +297,8 @@ impl ProxyHttp for EdgeProxy {
         for name in &self.settings(ctx).hide_response_headers {
             upstream_response.remove_header(name);
         }
+        self.freshen_with_head_answer(session, upstream_response, ctx)
+            .await;
         if status == 304 && session.cache.maybe_cache_meta().is_some() {
             // A revalidation's answer, as cleaned above: `response_cache_filter` sees it
             // merged into the stored header only in part, so the whole of it is kept for
@@ -319,6 +324,10 @@ impl ProxyHttp for EdgeProxy {
             Some(not_modified) => {
                 freshened = freshen(resp, &not_modified);
                 &freshened
+            }
+            None if ctx.head_revalidation => {
+                self.tell_media_origin(ctx, false);
+                return Ok(RespCacheable::Uncacheable(head_revalidation::NOT_STORED));
             }
             None => resp,
         };

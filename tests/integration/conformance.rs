@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::origin::Origin;
-use crate::harness::{get, pop_with_cache, pop_with_cache_config, raw_exchange, Route};
+use crate::harness::{get, pop_with_cache, pop_with_cache_config, raw_exchange, send, Route};
 
 #[tokio::test]
 async fn an_upstream_age_is_passed_on_and_uses_up_the_lifetime() {
@@ -194,6 +194,61 @@ async fn a_304_freshens_the_stored_headers_but_not_its_framing() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(get(http, hidden, &[]).await.header("x-runtime"), "");
     assert_eq!(get(http, hidden, &[]).await.header("x-runtime"), "");
+}
+
+#[tokio::test]
+async fn a_head_on_a_stale_response_goes_on_as_head_and_a_matching_200_freshens_it() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let head = || reqwest::Method::HEAD;
+
+    // The HEAD's answer has the stored length and no other validator: the stored response
+    // takes its fields and its lifetime, and keeps its body.
+    let same = "/bytes/3000?cc=max-age=1&hit_header=Test-Header";
+    let first = get(http, same, &[]).await;
+    assert_eq!(first.body.len(), 3000);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answered = send(head(), http, same, &[]).await;
+    assert_eq!(answered.status, 200);
+    assert_eq!(answered.header("test-header"), "2");
+    assert_eq!(answered.header("content-length"), "3000");
+    assert!(answered.body.is_empty());
+    assert_eq!(answered.cache_status(), "EXPIRED");
+    assert!(
+        own_entry(&answered).contains("fwd=stale"),
+        "{}",
+        own_entry(&answered)
+    );
+    let hit = get(http, same, &[]).await;
+    assert_eq!(hit.cache_status(), "HIT");
+    assert_eq!(hit.header("test-header"), "2");
+    assert_eq!(hit.body, first.body);
+    assert_eq!(origin.methods_for("/bytes/3000"), ["GET", "HEAD"]);
+
+    // A validator changed: the HEAD's answer is passed on as it came, the stored response
+    // is left stale, and the next GET fetches the new body.
+    let changed = "/bytes/2000?cc=max-age=1&hit_header=ETag";
+    assert_eq!(get(http, changed, &[]).await.header("etag"), "1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answered = send(head(), http, changed, &[]).await;
+    assert_eq!((answered.status, answered.header("etag")), (200, "2"));
+    assert!(answered.body.is_empty());
+    let refetched = get(http, changed, &[]).await;
+    assert_ne!(refetched.cache_status(), "HIT");
+    assert_eq!(refetched.header("etag"), "3");
+    assert_eq!(refetched.body.len(), 2000);
+    assert_eq!(origin.methods_for("/bytes/2000"), ["GET", "HEAD", "GET"]);
+    assert_eq!(get(http, changed, &[]).await.body.len(), 2000);
+
+    // Nothing stored: a HEAD still fills the cache with a GET.
+    let cold = "/bytes/1000?cc=max-age=60";
+    let answered = send(head(), http, cold, &[]).await;
+    assert_eq!(answered.header("content-length"), "1000");
+    assert!(answered.body.is_empty());
+    let hit = get(http, cold, &[]).await;
+    assert_eq!((hit.cache_status(), hit.body.len()), ("HIT", 1000));
+    assert_eq!(origin.methods_for("/bytes/1000"), ["GET"]);
 }
 
 #[tokio::test]

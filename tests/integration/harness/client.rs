@@ -260,11 +260,21 @@ impl Answer {
 }
 
 pub async fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    send(reqwest::Method::GET, address, path, headers).await
+}
+
+/// One request of any method, on a connection of its own.
+pub async fn send(
+    method: reqwest::Method,
+    address: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client");
-    let mut request = client.get(format!("http://{address}{path}"));
+    let mut request = client.request(method, format!("http://{address}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

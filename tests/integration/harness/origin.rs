@@ -51,6 +51,8 @@ struct Control {
     fail_status: AtomicU16,
     /// Requests by path.
     path_hits: Mutex<HashMap<String, usize>>,
+    /// The methods of the requests by path, in the order they came.
+    path_methods: Mutex<HashMap<String, Vec<String>>>,
 }
 
 type OriginBody = BoxBody<Bytes, std::io::Error>;
@@ -92,6 +94,12 @@ impl Origin {
                             *hits += 1;
                             *hits
                         };
+                        control
+                            .path_methods
+                            .lock()
+                            .entry(req.uri().path().to_string())
+                            .or_default()
+                            .push(req.method().to_string());
                         answer(req, peer, hit, control.fail_status.load(Ordering::SeqCst))
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
@@ -126,6 +134,16 @@ impl Origin {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The methods of the requests for one path, in the order they came.
+    pub fn methods_for(&self, path: &str) -> Vec<String> {
+        self.control
+            .path_methods
+            .lock()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// From now on every answer is `status` (0: back to normal).
