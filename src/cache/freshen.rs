@@ -7,6 +7,8 @@ use http::header::{self, HeaderName};
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 
+use super::meta::StoredMeta;
+
 /// Fields a 304 never changes in the stored response: what says how to read the stored
 /// body (`Content-Length`, `Content-Encoding`, `Content-Range` are the stored body's, not
 /// the 304's), the hop-by-hop ones a cache does not store, and `Vary`, whose change would
@@ -60,11 +62,15 @@ pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
 }
 
 /// Whether a `200` to a `HEAD` describes the stored response (RFC 9111 §4.3.5), so its
-/// fields may freshen it: each of `ETag`, `Last-Modified` and `Content-Length` it carries
+/// fields may freshen it: the stored response is a `200` too, and each of `ETag`, `Last-Modified` and `Content-Length` it carries
 /// has the stored value. So must `Content-Encoding`, which would otherwise describe a
 /// body the cache does not have. An answer with none of them is taken at its word, as
 /// the RFC has it: the core says the resource is as stored.
 pub fn head_describes_stored(stored: &ResponseHeader, head: &ResponseHeader) -> bool {
+    // A stored 404 or 301 is not what a 200 describes, however few fields it carries.
+    if stored.status != http::StatusCode::OK {
+        return false;
+    }
     let values = |resp: &ResponseHeader, name: &HeaderName| -> Vec<Vec<u8>> {
         resp.headers
             .get_all(name)
@@ -81,20 +87,21 @@ pub fn head_describes_stored(stored: &ResponseHeader, head: &ResponseHeader) -> 
         && values(head, &header::CONTENT_ENCODING) == values(stored, &header::CONTENT_ENCODING)
 }
 
-/// The stored response as it is, but stale from now on: what a cache does with a response
-/// that a `HEAD` found changed (RFC 9111 §4.3.5). Its body stays for `stale-if-error`.
-pub fn made_stale(stored: &CacheMeta) -> CacheMeta {
-    let mut stale = CacheMeta::new(
-        stored.created(),
-        stored.created(),
-        stored.stale_while_revalidate_sec(),
-        stored.stale_if_error_sec(),
-        stored.response_header().clone(),
+/// The stored object `stored` with the header and lifetime of `fresh`, a response just
+/// judged storable that freshens it. What makes the object the same one stays: its creation
+/// and provenance time (pingora checks every other variant of a `Vary` response against
+/// the provenance of the first, so a new one would orphan them all) and its variance.
+pub fn refreshed(stored: &CacheMeta, fresh: &CacheMeta) -> CacheMeta {
+    let mut meta = StoredMeta::from_cache_meta(stored).to_cache_meta();
+    *meta.response_header_mut() = fresh.response_header_copy();
+    meta.update_freshness(
+        fresh.fresh_until(),
+        fresh.stale_while_revalidate_sec(),
+        fresh.stale_if_error_sec(),
     );
-    if let Some(variance) = stored.variance() {
-        stale.set_variance(variance);
-    }
-    stale
+    // Age counts from when the fresh response was received, less any Age it came with.
+    meta.set_epoch_override(fresh.epoch());
+    meta
 }
 
 #[cfg(test)]
@@ -199,6 +206,9 @@ mod tests {
             let head = response(200, &[("Content-Length", "36"), changed]);
             assert!(!head_describes_stored(&stored, &head), "{changed:?}");
         }
+        // A stored answer other than a 200 is never described by one.
+        let stored_404 = response(404, &[("Content-Length", "36")]);
+        assert!(!head_describes_stored(&stored_404, &same_length));
         // Nothing to compare: the core's word is taken.
         let bare = response(200, &[("Test-Header", "2")]);
         assert!(head_describes_stored(&stored, &bare));
@@ -212,27 +222,41 @@ mod tests {
     }
 
     #[test]
-    fn a_response_made_stale_keeps_its_fields_and_variance_and_is_fresh_no_more() {
-        let now = std::time::SystemTime::now();
-        let created = now - std::time::Duration::from_secs(10);
-        let mut fresh = CacheMeta::new(
-            now + std::time::Duration::from_secs(3600),
+    fn a_refreshed_object_keeps_its_identity_and_takes_the_new_header_and_lifetime() {
+        use std::time::{Duration, SystemTime};
+        let now = SystemTime::now();
+        let created = now - Duration::from_secs(100);
+        let mut stored = CacheMeta::new(
+            created + Duration::from_secs(10),
             created,
-            30,
-            60,
+            0,
+            0,
             response(200, &[("Content-Length", "36"), ("Test-Header", "1")]),
         );
-        fresh.set_variance([7u8; 16]);
-        let stale = made_stale(&fresh);
-        assert!(fresh.is_fresh(now) && !stale.is_fresh(now));
-        assert_eq!(stale.variance(), Some([7u8; 16]));
+        stored.set_variance([7u8; 16]);
+        // Received now with an Age of 5: its age counts from 5 s ago.
+        let received = now - Duration::from_secs(5);
+        let fresh = CacheMeta::new(
+            received + Duration::from_secs(3600),
+            received,
+            30,
+            60,
+            response(200, &[("Content-Length", "36"), ("Test-Header", "2")]),
+        );
+        let meta = refreshed(&stored, &fresh);
+        assert_eq!((meta.created(), meta.provenance()), (created, created));
+        assert_eq!(meta.variance(), Some([7u8; 16]));
+        assert_eq!(values(meta.response_header(), "test-header"), ["2"]);
+        assert_eq!(meta.fresh_until(), fresh.fresh_until());
         assert_eq!(
-            (
-                stale.stale_while_revalidate_sec(),
-                stale.stale_if_error_sec()
-            ),
+            (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec()),
             (30, 60)
         );
-        assert_eq!(values(stale.response_header(), "test-header"), ["1"]);
+        assert_eq!(meta.epoch(), received);
+        assert!(meta.is_fresh(now));
+        // And so it is kept by the tiers.
+        let kept = StoredMeta::from_cache_meta(&meta).to_cache_meta();
+        assert_eq!((kept.created(), kept.provenance()), (created, created));
+        assert_eq!(kept.epoch(), received);
     }
 }

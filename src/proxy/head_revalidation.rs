@@ -3,7 +3,11 @@
 //! client that asked for the header alone should not cost the core the whole body. A
 //! `304` freshens the stored response as for a `GET`. A `200` that describes the stored
 //! response freshens it too, and the client gets the freshened header. A `200` that does
-//! not leaves the stored response stale and is passed on as it came. A response to a
+//! not leaves the stored response stale and is passed on as it came.
+//!
+//! Like pingora's own `304` path, the freshened header is written over whatever body is
+//! stored under the key at that moment: a `GET` that took over the fill after this
+//! request's cache lock expired could have replaced it in between. A response to a
 //! `HEAD` has no body, so it is never stored itself.
 
 use http::Method;
@@ -15,7 +19,7 @@ use pingora::proxy::Session;
 
 use super::context::RequestContext;
 use super::EdgeProxy;
-use crate::cache::freshen::{freshen, head_describes_stored, made_stale};
+use crate::cache::freshen::{freshen, head_describes_stored, refreshed};
 
 /// Why the answer to a `HEAD` revalidation is not stored. Not an origin's refusal, so
 /// pingora's predictor does not remember the URL as uncacheable.
@@ -53,18 +57,18 @@ impl EdgeProxy {
         else {
             return;
         };
-        let key = session.cache.cache_key();
+        // A changed resource: the stored response is stale already (which is why it is
+        // revalidated) and stays as it is, its stale-if-error window intact.
         if !head_describes_stored(stored.response_header(), answer) {
-            cache.storage.update_stored_meta(key, &made_stale(stored));
             return;
         }
+        let key = session.cache.cache_key();
         let freshened = freshen(stored.response_header(), answer);
         match self.keepable(&freshened, ctx) {
-            RespCacheable::Cacheable(mut meta) => {
-                if let Some(variance) = stored.variance() {
-                    meta.set_variance(variance);
-                }
-                cache.storage.update_stored_meta(key, &meta);
+            RespCacheable::Cacheable(fresh) => {
+                cache
+                    .storage
+                    .update_stored_meta(key, &refreshed(stored, &fresh));
             }
             // The core no longer lets it be stored: nor may it stand in for an error later.
             RespCacheable::Uncacheable(_) => {

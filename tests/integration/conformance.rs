@@ -241,6 +241,48 @@ async fn a_head_on_a_stale_response_goes_on_as_head_and_a_matching_200_freshens_
     assert_eq!(origin.methods_for("/bytes/2000"), ["GET", "HEAD", "GET"]);
     assert_eq!(get(http, changed, &[]).await.body.len(), 2000);
 
+    // With a validator stored, the HEAD is conditional and a 304 freshens as for a GET.
+    let validated = "/bytes/1200?cc=max-age=1&etag=v1&hit_header=Test-Header";
+    get(http, validated, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answered = send(head(), http, validated, &[]).await;
+    assert_eq!(
+        (answered.status, answered.header("test-header")),
+        (200, "2")
+    );
+    assert_eq!(answered.cache_status(), "REVALIDATED");
+    let hit = get(http, validated, &[]).await;
+    assert_eq!((hit.cache_status(), hit.body.len()), ("HIT", 1200));
+    assert_eq!(hit.header("test-header"), "2");
+    assert_eq!(origin.methods_for("/bytes/1200"), ["GET", "HEAD"]);
+
+    // A HEAD whose answer forbids storing removes the stored response: it may no longer
+    // stand in for anything.
+    let forbidden = "/bytes/900?cc=max-age=1&head_h=Cache-Control:no-store";
+    get(http, forbidden, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(send(head(), http, forbidden, &[]).await.status, 200);
+    let after = get(http, forbidden, &[]).await;
+    assert_eq!((after.cache_status(), after.body.len()), ("MISS", 900));
+    assert_eq!(origin.methods_for("/bytes/900"), ["GET", "HEAD", "GET"]);
+
+    // A HEAD that freshens one variant of a `Vary` response leaves the others stored: the
+    // first variant's refresh is no new object.
+    let varied = "/bytes/1500?cc=max-age=1&h=Vary:Accept";
+    get(http, varied, &[("accept", "text/a")]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    get(http, varied, &[("accept", "text/b")]).await;
+    let answered = send(head(), http, varied, &[("accept", "text/a")]).await;
+    assert_eq!(answered.cache_status(), "EXPIRED");
+    let other = get(http, varied, &[("accept", "text/b")]).await;
+    assert_eq!((other.cache_status(), other.body.len()), ("HIT", 1500));
+    let refreshed = get(http, varied, &[("accept", "text/a")]).await;
+    assert_eq!(
+        (refreshed.cache_status(), refreshed.body.len()),
+        ("HIT", 1500)
+    );
+    assert_eq!(origin.methods_for("/bytes/1500"), ["GET", "GET", "HEAD"]);
+
     // Nothing stored: a HEAD still fills the cache with a GET.
     let cold = "/bytes/1000?cc=max-age=60";
     let answered = send(head(), http, cold, &[]).await;

@@ -7,7 +7,7 @@
 //!
 //! Query parameters shape any answer: `cc=` sets `Cache-Control`, `h=Name:Value` adds a
 //! header (repeatable), `hit_header=Name` adds `Name: <how many requests this path has
-//! had>`, `etag=` sets an `ETag` and answers a matching `If-None-Match` with 304 (carrying
+//! had>`, `head_h=Name:Value` adds a header to answers to `HEAD` only, `etag=` sets an `ETag` and answers a matching `If-None-Match` with 304 (carrying
 //! the same extra headers). For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
 //! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes; a
 //! single `Range: bytes=a-b` gets a 206. `/cut/<n>` is `/bytes/<n>` broken off half-way.
@@ -289,6 +289,11 @@ async fn answer(
             }
             "etag" => etag = Some(format!("\"{value}\"")),
             "hit_header" => extra_headers.push((value.clone(), hit.to_string())),
+            "head_h" if req.method() == hyper::Method::HEAD => {
+                if let Some((n, v)) = value.split_once(':') {
+                    extra_headers.push((n.trim().to_string(), v.trim().to_string()));
+                }
+            }
             _ => {}
         }
     }
