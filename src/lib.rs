@@ -50,6 +50,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod devcert;
+pub mod encoding;
 pub mod fleet;
 pub mod head_deadline;
 pub mod logging;
