@@ -32,6 +32,7 @@ pub struct Config {
     pub logging: Logging,
     /// `None`: nothing is cached.
     pub cache: Option<CacheSettings>,
+    pub compression: Compression,
     pub sites: Sites,
     /// Media places by name; built once at start.
     pub stores: BTreeMap<String, StoreSettings>,
@@ -358,6 +359,8 @@ pub struct Route {
     pub cache_ttl: Option<Duration>,
     /// `false`: no freshness is guessed from `Last-Modified` on this route.
     pub heuristic_freshness: bool,
+    /// `false`: the PoP never compresses responses on this route.
+    pub compress: bool,
     /// Served from media places rather than the core.
     pub media: Option<MediaRoute>,
     /// The core group; `None`: the default group.
@@ -505,5 +508,24 @@ fn host_without_port(host: &str) -> &str {
     match host.split_once(':') {
         Some((name, port)) if !port.contains(':') => name,
         _ => host,
+    }
+}
+
+/// What the PoP compresses, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// In the PoP's order of preference, each at its level; empty: nothing is compressed.
+    pub codings: Vec<(crate::encoding::Coding, u32)>,
+    /// Lower-case `type/subtype`, without parameters.
+    pub types: Vec<String>,
+    pub min_length: u64,
+    pub max_concurrent: usize,
+    pub max_decoded_size: u64,
+}
+
+impl Compression {
+    /// The codings alone, in order.
+    pub fn offered(&self) -> Vec<crate::encoding::Coding> {
+        self.codings.iter().map(|(coding, _)| *coding).collect()
     }
 }

@@ -24,6 +24,7 @@ use crate::certs::{load_certified_key, CertificateError, CertificateSet};
 
 mod cache;
 mod client_limits;
+mod compression;
 mod core;
 mod fleet;
 mod media;
@@ -93,6 +94,7 @@ impl Config {
         let limits = limits(&mut check, &parsed.limits);
         let logging = logging(&mut check, &parsed.logging);
         let cache = parsed.cache.as_ref().map(|c| cache::cache(&mut check, c));
+        let compression = compression::compression(&mut check, &parsed.compression);
         let stores = media::stores(&mut check, &parsed.stores);
         let write_through = parsed
             .write_through
@@ -141,6 +143,7 @@ impl Config {
                 limits,
                 logging,
                 cache,
+                compression,
                 sites,
                 stores,
                 write_through,

@@ -277,6 +277,7 @@ mod tests {
             cache: true,
             cache_ttl: None,
             heuristic_freshness: true,
+            compress: true,
             media: None,
             upstream: None,
             max_body_size: None,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 mod cache;
+mod compression;
 pub(in crate::config) mod defaults;
 mod fleet;
 mod media;
@@ -17,6 +18,7 @@ mod sites;
 mod upstream;
 
 pub use cache::*;
+pub use compression::*;
 pub use fleet::*;
 pub use media::*;
 pub use sites::*;
@@ -42,6 +44,9 @@ pub struct ConfigFile {
     /// Absent: nothing is cached and every request goes to the core.
     #[serde(default)]
     pub cache: Option<CacheFile>,
+    /// zstd, brotli and gzip for text the core sends unencoded; on unless `codings: []`.
+    #[serde(default)]
+    pub compression: CompressionFile,
     /// Per-host, per-path rules; without any, the response headers alone decide.
     #[serde(default)]
     pub sites: Vec<SiteFile>,

@@ -32,6 +32,10 @@ pub struct RouteFile {
     /// since its `Last-Modified` (`cache.heuristic_freshness`) on this route.
     #[serde(default = "defaults::enabled")]
     pub heuristic_freshness: bool,
+    /// `false`: responses on this path are never compressed by the PoP (`compression:`),
+    /// e.g. where a response reflects a secret next to what a user typed (BREACH).
+    #[serde(default = "defaults::enabled")]
+    pub compress: bool,
     /// Serve this path from media places instead of the core.
     #[serde(default)]
     pub media: Option<MediaRouteFile>,

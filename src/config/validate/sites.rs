@@ -129,6 +129,7 @@ fn route(
         cache: route.cache,
         cache_ttl: route.cache_ttl.map(|t| t.get()),
         heuristic_freshness: route.heuristic_freshness,
+        compress: route.compress,
         media,
         upstream: route.upstream.clone(),
         max_body_size: route.max_body_size.map(|size| size.0),
