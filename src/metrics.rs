@@ -276,6 +276,23 @@ metrics! {
         "Objects removed by purge requests and invalidations, by kind.",
         &["kind"],
     );
+    /// Body bytes through the PoP's content codings: `operation` is `encode` (compressing
+    /// what the core sent unencoded) or `decode` (for a client that takes no coding the
+    /// core used), `side` is `in` or `out`.
+    coded_bytes: IntCounterVec = counter_vec(
+        "edgecache_coded_bytes_total",
+        "Body bytes through the PoP's content codings, by operation (encode, decode), coding and side (in, out).",
+        &["operation", "coding", "side"],
+    );
+    /// Responses sent as they came instead of being encoded or decoded, by reason
+    /// (`busy`: compression.max_concurrent bodies were being coded; `too_large`: a decoded
+    /// body passed compression.max_decoded_size and was cut off; `corrupt`: the core's
+    /// encoded body could not be decoded).
+    coding_skipped: IntCounterVec = counter_vec(
+        "edgecache_coding_skipped_total",
+        "Responses not encoded or decoded as planned, by reason (busy, too_large, corrupt).",
+        &["reason"],
+    );
     /// Invalidations not passed to the fleet because too many were on their way already.
     invalidations_not_passed_on: IntCounter = counter(
         "edgecache_invalidations_not_passed_on_total",

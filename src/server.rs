@@ -136,6 +136,7 @@ pub fn build(
         request_ids: Default::default(),
         going_away,
         purger: media.purger,
+        coding_slots: Default::default(),
     });
     let restart_only = RestartOnly::of(&config);
     let listeners = std::mem::take(&mut config.listeners);

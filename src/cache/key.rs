@@ -97,8 +97,11 @@ fn param_name(param: &str) -> &str {
 }
 
 /// The variant of a stored response this request wants: the values of the request headers
-/// the response's `Vary` names. `None` when the response does not vary.
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+/// the response's `Vary` names. `None` when the response does not vary. `coding`, when
+/// the PoP decides the content coding, stands for `Accept-Encoding`: the coding chosen for
+/// the request, so requests that get the same coding share a variant however they spelled
+/// the header.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<&str>) -> Option<HashBinary> {
     let mut names: Vec<String> = Vec::new();
     for value in meta.headers().get_all(http::header::VARY) {
         let Ok(value) = value.to_str() else { continue };
@@ -114,8 +117,13 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     }
     let mut variance = VarianceBuilder::new();
     for name in names {
-        let lines = req.headers.get_all(name.as_str());
-        let value = selecting_value(&name, lines.iter().map(|v| v.as_bytes()));
+        let value = match coding {
+            Some(coding) if name == "accept-encoding" => coding.as_bytes().to_vec(),
+            _ => {
+                let lines = req.headers.get_all(name.as_str());
+                selecting_value(&name, lines.iter().map(|v| v.as_bytes()))
+            }
+        };
         variance.add_owned_name_value(name, value);
     }
     variance.finalize()
@@ -246,6 +254,37 @@ mod tests {
     }
 
     #[test]
+    fn with_the_coding_decided_accept_encoding_selects_by_the_coding_alone() {
+        let mut header = pingora::http::ResponseHeader::build(200, None).expect("status");
+        header
+            .append_header("Vary", "Accept-Encoding")
+            .expect("vary");
+        let meta = CacheMeta::new(
+            std::time::SystemTime::now(),
+            std::time::SystemTime::now(),
+            0,
+            0,
+            header,
+        );
+        let with = |value: &str| {
+            let mut r = req("/api/v1/timelines/public", None);
+            r.insert_header("Accept-Encoding", value)
+                .expect("accept-encoding");
+            r
+        };
+        let (a, b) = (with("gzip, deflate, br"), with("br;q=1, gzip;q=0.8"));
+        assert_ne!(variance(&meta, &a, None), variance(&meta, &b, None));
+        assert_eq!(
+            variance(&meta, &a, Some("br")),
+            variance(&meta, &b, Some("br"))
+        );
+        assert_ne!(
+            variance(&meta, &a, Some("br")),
+            variance(&meta, &a, Some("gzip"))
+        );
+    }
+
+    #[test]
     fn variance_follows_the_vary_header() {
         let mut header = pingora::http::ResponseHeader::build(200, None).expect("status");
         header
@@ -270,8 +309,11 @@ mod tests {
         other_header
             .insert_header("X-Forwarded-Host", "evil")
             .expect("xfh");
-        assert_ne!(variance(&meta, &html), variance(&meta, &json));
-        assert_eq!(variance(&meta, &html), variance(&meta, &other_header));
+        assert_ne!(variance(&meta, &html, None), variance(&meta, &json, None));
+        assert_eq!(
+            variance(&meta, &html, None),
+            variance(&meta, &other_header, None)
+        );
         let plain = CacheMeta::new(
             std::time::SystemTime::now(),
             std::time::SystemTime::now(),
@@ -279,7 +321,7 @@ mod tests {
             0,
             pingora::http::ResponseHeader::build(200, None).expect("status"),
         );
-        assert_eq!(variance(&plain, &html), None);
+        assert_eq!(variance(&plain, &html, None), None);
     }
 
     #[test]

@@ -182,6 +182,10 @@ impl Decoder {
         })
     }
 
+    pub fn coding(&self) -> Coding {
+        self.coding
+    }
+
     /// Takes in the next piece of the encoded body; returns what it decodes to so far.
     pub fn decode(&mut self, input: &[u8]) -> Result<Bytes, DecodeError> {
         self.check_usable()?;

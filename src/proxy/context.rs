@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::body_coding::{BodyWork, CodingPlan};
 use super::client_limits::InFlight;
 use super::route::RouteDecision;
 use super::ProxySettings;
@@ -44,6 +45,16 @@ pub struct RequestContext {
     /// A `HEAD` revalidating a stored response went on as a `HEAD`: its answer has no
     /// body to store.
     pub(super) head_revalidation: bool,
+    /// The request sent to the core is a `HEAD`: no body comes back.
+    pub(super) upstream_head: bool,
+    /// The coding of the response, decided from `Accept-Encoding`; `None` when the PoP
+    /// codes nothing on this request.
+    pub(super) coding_plan: Option<CodingPlan>,
+    /// The encoding or decoding of the body on its way in.
+    pub(super) body_work: Option<BodyWork>,
+    /// The response is not in its variant's coding (passed on or left unencoded): not
+    /// stored.
+    pub(super) coding_not_storable: bool,
     /// The settings this request runs under, taken once so a reload cannot change them
     /// halfway through it.
     pub(super) settings: Option<Arc<ProxySettings>>,
@@ -82,6 +93,10 @@ impl RequestContext {
             cache_key: None,
             not_modified: None,
             head_revalidation: false,
+            upstream_head: false,
+            coding_plan: None,
+            body_work: None,
+            coding_not_storable: false,
             variant_looked_up: false,
             invalidates_on: None,
             settings: None,

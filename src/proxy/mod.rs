@@ -21,9 +21,11 @@
 //! whether a stored response may stand in, `fail_to_proxy` the answer (`failure`).
 
 mod admission;
+mod body_coding;
 pub mod buster;
 mod cache_use;
 pub mod client_limits;
+mod compression;
 mod context;
 mod failure;
 pub mod forward;
@@ -37,6 +39,7 @@ pub mod route;
 mod settings;
 pub mod websocket;
 
+pub use body_coding::CodingSlots;
 pub use context::RequestContext;
 use report::{client_addr, ListenerCounters};
 pub use settings::{LimitsSnapshot, ProxySettings};
@@ -78,6 +81,8 @@ pub struct ProxyShared {
     pub going_away: Arc<websocket::GoingAway>,
     /// Mastodon's cache-buster requests purge through it, fleet-wide.
     pub purger: Arc<crate::fleet::Purger>,
+    /// Bodies being compressed or decompressed now.
+    pub coding_slots: CodingSlots,
 }
 
 /// The proxy of one listener.
@@ -139,7 +144,11 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
-        self.admit(session, ctx).await
+        let answered = self.admit(session, ctx).await?;
+        if !answered {
+            self.plan_coding(session, ctx);
+        }
+        Ok(answered)
     }
 
     /// Decides whether this request may use the shared cache and turns it on if so.
@@ -164,7 +173,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let variance = cache_key::variance(meta, req);
+        let coding = ctx.coding_plan.as_ref().map(|plan| plan.variant());
+        let variance = cache_key::variance(meta, req, coding);
         // Before anything went forward, this is the lookup finding a stored response
         // that varies (after, it is the fill keying the new one).
         if variance.is_some() && ctx.upstream_sent.is_none() {
@@ -216,6 +226,8 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         headers::strip_request_hop_by_hop(upstream_request, ctx.websocket);
         self.revalidate_head_with_head(session, upstream_request, ctx);
+        ctx.upstream_head = upstream_request.method == http::Method::HEAD;
+        self.ask_core_for_coding(upstream_request, ctx)?;
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         // Only the proxy lodges routes: inserting replaces any ticket a client sent.
         if let Some(ticket) = &ctx.media_ticket {
@@ -297,6 +309,8 @@ impl ProxyHttp for EdgeProxy {
         for name in &self.settings(ctx).hide_response_headers {
             upstream_response.remove_header(name);
         }
+        // Before the HEAD freshening: it compares the coded header with the stored one.
+        self.plan_body(ctx.upstream_head, upstream_response, ctx);
         self.freshen_with_head_answer(session, upstream_response, ctx)
             .await;
         if status == 304 && session.cache.maybe_cache_meta().is_some() {
@@ -325,7 +339,7 @@ impl ProxyHttp for EdgeProxy {
                 freshened = freshen(resp, &not_modified);
                 &freshened
             }
-            None if ctx.head_revalidation => {
+            None if ctx.head_revalidation || ctx.coding_not_storable => {
                 self.tell_media_origin(ctx, false);
                 return Ok(RespCacheable::Uncacheable(head_revalidation::NOT_STORED));
             }
@@ -400,10 +414,11 @@ impl ProxyHttp for EdgeProxy {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> Result<Option<std::time::Duration>> {
+        self.code_body(body, end_of_stream, ctx)?;
         let Some(total) = ctx.group.as_ref().and_then(|g| g.total_timeout) else {
             return Ok(None);
         };

@@ -80,6 +80,11 @@ impl RouteDecision {
         }
     }
 
+    /// `false`: the PoP never compresses responses on this route.
+    pub fn compress(&self) -> bool {
+        self.route.as_ref().is_none_or(|r| r.compress)
+    }
+
     pub fn max_body_size(&self) -> Option<u64> {
         self.route.as_ref()?.max_body_size
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::client_limits::RouteLimiter;
-use crate::config::model::{CacheBuster, CachePolicy, Limits, Sites, TrustedProxies};
+use crate::config::model::{CacheBuster, CachePolicy, Compression, Limits, Sites, TrustedProxies};
 
 /// One limiter per route that has a `client_limit`, at the route's id.
 fn client_limiters(sites: &Sites, table_size: usize) -> Vec<Option<Arc<RouteLimiter>>> {
@@ -33,6 +33,7 @@ pub struct ProxySettings {
     pub cache_policy: Option<CachePolicy>,
     pub sites: Sites,
     pub cache_buster: Option<CacheBuster>,
+    pub compression: Compression,
     /// By route id: the route's per-client limits with their counts (which a reload
     /// starts afresh).
     pub client_limiters: Vec<Option<Arc<RouteLimiter>>>,
@@ -47,6 +48,7 @@ impl ProxySettings {
             cache_policy: config.cache.as_ref().map(|c| c.policy.clone()),
             sites: config.sites.clone(),
             cache_buster: config.cache_buster.clone(),
+            compression: config.compression.clone(),
             client_limiters: client_limiters(&config.sites, config.limits.client_table_size),
         }
     }

@@ -13,6 +13,8 @@ mod bad_input;
 mod bounds;
 // The shared cache: what is stored, what is served, and from which tier.
 mod cache;
+// Compression at the edge: codings chosen per client, stored once each, bounded decoding.
+mod compression;
 // Bad config files: each error names file, line and key; exit 64.
 mod config_errors;
 // RFC 9111 in detail: Age, status codes, invalidation, header updates, targeted fields.

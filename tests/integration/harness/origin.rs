@@ -10,7 +10,7 @@
 //! had>`, `head_h=Name:Value` adds a header to answers to `HEAD` only, `etag=` sets an `ETag` and answers a matching `If-None-Match` with 304 (carrying
 //! the same extra headers). For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
 //! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes; a
-//! single `Range: bytes=a-b` gets a 206. `/cut/<n>` is `/bytes/<n>` broken off half-way.
+//! single `Range: bytes=a-b` gets a 206. `/text/<n>` is JSON text ([`text_answer`]). `/cut/<n>` is `/bytes/<n>` broken off half-way.
 //! [`Origin::fail_with`] makes every answer an error status (a core in trouble).
 
 use std::collections::HashMap;
@@ -369,6 +369,15 @@ async fn answer(
         }
         return Ok(builder.body(body).expect("response"));
     }
+    if let Some(n) = path.strip_prefix("/text/") {
+        return Ok(text_answer(
+            &req,
+            n.parse().unwrap_or(0),
+            &params,
+            &etag,
+            &extra_headers,
+        ));
+    }
     let mut status = 200u16;
     if let Some(ms) = path.strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(1000);
@@ -418,6 +427,123 @@ async fn answer(
         builder = builder.header(n.as_str(), v.as_str());
     }
     Ok(builder.body(full(body)).expect("response"))
+}
+
+/// `len` bytes of JSON that compress like a Mastodon timeline: the same keys over and over,
+/// with numbers and names that change.
+pub fn timeline_text(len: usize) -> Vec<u8> {
+    let mut text = Vec::with_capacity(len + 200);
+    text.push(b'[');
+    let mut n = 0u64;
+    while text.len() < len {
+        text.extend_from_slice(
+            format!(
+                r#"{{"id":"{}","created_at":"2026-12-0{}T10:{:02}:00.000Z","account":{{"acct":"user{}@example.social","display_name":"User {}"}},"content":"<p>post number {} about #fediverse</p>","replies_count":{}}},"#,
+                109_000_000_000 + n * 7919,
+                1 + n % 5,
+                n % 60,
+                n % 97,
+                n % 97,
+                n,
+                n % 13
+            )
+            .as_bytes(),
+        );
+        n += 1;
+    }
+    text.truncate(len);
+    text
+}
+
+/// `/text/<n>`: [`timeline_text`] as `application/json` (or `type=`), with the request's
+/// `Accept-Encoding` echoed in `X-Seen-Accept-Encoding`. `encoded=gzip|br|zstd` sends it
+/// encoded, as a core that compresses; `fill=zero` makes it `n` zero bytes (a bomb, once
+/// encoded).
+fn text_answer(
+    req: &Request<Incoming>,
+    len: usize,
+    params: &[(String, String)],
+    etag: &Option<String>,
+    extra_headers: &[(String, String)],
+) -> Response<OriginBody> {
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let plain = if param("fill") == Some("zero") {
+        vec![0u8; len]
+    } else {
+        timeline_text(len)
+    };
+    let mut builder = Response::builder()
+        .status(200)
+        .header("content-type", param("type").unwrap_or("application/json"));
+    let body = match param("encoded") {
+        Some(coding) => {
+            builder = builder.header("content-encoding", coding);
+            encode(coding, &plain)
+        }
+        None => plain,
+    };
+    if let Some(seen) = req.headers().get("accept-encoding") {
+        builder = builder.header("x-seen-accept-encoding", seen);
+    }
+    if let Some(etag) = etag {
+        builder = builder.header("etag", etag.as_str());
+    }
+    for (n, v) in extra_headers {
+        builder = builder.header(n.as_str(), v.as_str());
+    }
+    builder
+        .header("content-length", body.len())
+        .body(full(body))
+        .expect("response")
+}
+
+/// `body` in a content coding, by the libraries themselves.
+pub fn encode(coding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(body).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                e.write_all(body).expect("br");
+            }
+            out
+        }
+        "zstd" => zstd::encode_all(body, 3).expect("zstd"),
+        other => panic!("no coding {other}"),
+    }
+}
+
+/// `body` decoded from a content coding, by the libraries themselves.
+pub fn decode(coding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => {
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .expect("gzip body");
+        }
+        "br" => {
+            brotli::Decompressor::new(body, 4096)
+                .read_to_end(&mut out)
+                .expect("br body");
+        }
+        "zstd" => out = zstd::decode_all(body).expect("zstd body"),
+        "" => out = body.to_vec(),
+        other => panic!("no coding {other}"),
+    }
+    out
 }
 
 /// Answers an `Upgrade: websocket` request with 101 and then echoes every byte back, as a
