@@ -514,13 +514,20 @@ fn host_without_port(host: &str) -> &str {
 /// What the PoP compresses, and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compression {
-    /// In the PoP's order of preference, each at its level; empty: nothing is compressed.
-    pub codings: Vec<(crate::encoding::Coding, u32)>,
+    /// In the PoP's order of preference, each with its levels; empty: nothing is compressed.
+    pub codings: Vec<(crate::encoding::Coding, CodingLevels)>,
     /// Lower-case `type/subtype`, without parameters.
     pub types: Vec<String>,
     pub min_length: u64,
     pub max_concurrent: usize,
     pub max_decoded_size: u64,
+}
+
+/// A coding's level for a response the cache keeps, and for one it does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodingLevels {
+    pub stored: u32,
+    pub passing: u32,
 }
 
 impl Compression {

@@ -168,7 +168,7 @@ mod tests {
     fn a_body_is_encoded_piece_by_piece_and_a_bomb_fails_as_too_large() {
         let slots = CodingSlots::default();
         let mut work = BodyWork::encode(
-            Encoder::new(Coding::Gzip, 6).expect("encoder"),
+            Encoder::new(Coding::Gzip, 6, None).expect("encoder"),
             slots.take(1).expect("slot"),
         );
         let mut encoded = Vec::new();

@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 use http::header;
+use pingora::cache::RespCacheable;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -64,7 +65,7 @@ impl EdgeProxy {
     /// Decides what happens to the body of the core's response, and says so in its header.
     pub(super) fn plan_body(
         &self,
-        upstream_request_was_head: bool,
+        session: &Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) {
@@ -89,12 +90,18 @@ impl EdgeProxy {
                 self.passed_or_decoded(plan, Coding::from_token(&token), resp, compression)
             }
             None if compressible(resp, compression) => {
+                // Compressed once for a response the cache keeps, so at the higher level.
+                let kept = session.cache.enabled()
+                    && matches!(self.keepable(resp, ctx), RespCacheable::Cacheable(_));
+                let body = Body {
+                    comes: !ctx.upstream_head,
+                    length: crate::wire::content_length(&resp.headers),
+                    kept,
+                };
                 add_vary_accept_encoding(resp);
                 match plan.chosen {
                     None => (None, true),
-                    Some(coding) => {
-                        self.encoded(coding, upstream_request_was_head, resp, compression)
-                    }
+                    Some(coding) => self.encoded(coding, body, resp, compression),
                 }
             }
             None => (None, true),
@@ -142,7 +149,7 @@ impl EdgeProxy {
     fn encoded(
         &self,
         coding: Coding,
-        upstream_request_was_head: bool,
+        body: Body,
         resp: &mut ResponseHeader,
         compression: &Compression,
     ) -> (Option<BodyWork>, bool) {
@@ -150,8 +157,14 @@ impl EdgeProxy {
             .codings
             .iter()
             .find(|(c, _)| *c == coding)
-            .map_or(1, |(_, level)| *level);
-        let work = if upstream_request_was_head {
+            .map_or(1, |(_, levels)| {
+                if body.kept {
+                    levels.stored
+                } else {
+                    levels.passing
+                }
+            });
+        let work = if !body.comes {
             // No body comes: the header says what a GET would get.
             None
         } else {
@@ -159,7 +172,7 @@ impl EdgeProxy {
                 skipped("busy");
                 return (None, false);
             };
-            let Ok(encoder) = Encoder::new(coding, level) else {
+            let Ok(encoder) = Encoder::new(coding, level, body.length) else {
                 return (None, false);
             };
             Some(BodyWork::encode(encoder, slot))
@@ -209,6 +222,16 @@ fn skipped(reason: &str) {
         .coding_skipped
         .with_label_values(&[reason])
         .inc();
+}
+
+/// What is known of the body of a response about to be encoded.
+struct Body {
+    /// A body follows (not the answer to a `HEAD`).
+    comes: bool,
+    /// Its length, when the core stated it.
+    length: Option<u64>,
+    /// The cache keeps it: compressed once, served many times.
+    kept: bool,
 }
 
 /// Whether an unencoded response is one the PoP compresses: a listed type, long enough (or
@@ -272,6 +295,7 @@ fn weaken_etag(resp: &mut ResponseHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::model::CodingLevels;
 
     fn response(headers: &[(&str, &str)]) -> ResponseHeader {
         let mut resp = ResponseHeader::build(200, None).expect("response");
@@ -284,7 +308,22 @@ mod tests {
 
     fn compression() -> Compression {
         Compression {
-            codings: vec![(Coding::Zstd, 3), (Coding::Gzip, 6)],
+            codings: vec![
+                (
+                    Coding::Zstd,
+                    CodingLevels {
+                        stored: 15,
+                        passing: 3,
+                    },
+                ),
+                (
+                    Coding::Gzip,
+                    CodingLevels {
+                        stored: 9,
+                        passing: 5,
+                    },
+                ),
+            ],
             types: vec!["application/json".into(), "text/html".into()],
             min_length: 1024,
             max_concurrent: 2,

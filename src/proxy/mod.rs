@@ -310,7 +310,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_response.remove_header(name);
         }
         // Before the HEAD freshening: it compares the coded header with the stored one.
-        self.plan_body(ctx.upstream_head, upstream_response, ctx);
+        self.plan_body(session, upstream_response, ctx);
         self.freshen_with_head_answer(session, upstream_response, ctx)
             .await;
         if status == 304 && session.cache.maybe_cache_meta().is_some() {

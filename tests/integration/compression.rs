@@ -248,3 +248,27 @@ async fn a_head_gets_the_header_a_get_would() {
     );
     assert!(decode("br", &hit.body) == timeline_text(40 * 1024));
 }
+
+#[tokio::test]
+async fn a_stored_response_is_compressed_harder_than_one_that_passes() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let text = timeline_text(100 * 1024);
+    for coding in ["zstd", "br", "gzip"] {
+        let accept = [("accept-encoding", coding)];
+        let kept = get(http, "/text/102400?cc=public,max-age=60", &accept).await;
+        let passing = get(http, "/text/102400?cc=no-store", &accept).await;
+        assert_eq!(
+            (coding_of(&kept), coding_of(&passing)),
+            (coding.to_string(), coding.to_string())
+        );
+        assert!(decode(coding, &kept.body) == text && decode(coding, &passing.body) == text);
+        assert!(
+            kept.body.len() < passing.body.len(),
+            "{coding}: stored {} bytes, passing {}",
+            kept.body.len(),
+            passing.body.len()
+        );
+    }
+}

@@ -44,7 +44,7 @@ fn each_bad_file_names_file_line_and_key() {
         ("bad-media.yaml", ":20: stores.old.breaker.first_probe_after: must be more than 0s"),
         ("bad-media.yaml", ":25: sites[0].routes[0].media.chain[1]: no store is named \"nfs\""),
         ("bad-compression.yaml", ":10: compression.codings[1]: \"deflate\" is not one of zstd, br, gzip"),
-        ("bad-compression.yaml", ":12: compression.levels.gzip: must be between 1 and 9"),
+        ("bad-compression.yaml", ":12: compression.levels.passing.gzip: must be between 1 and 9"),
         ("bad-compression.yaml", ":13: compression.types[1]: \"text\" is not a media type"),
         ("bad-compression.yaml", ":14: compression.max_concurrent: must be at least 1"),
         ("bad-upgrade-socket.yaml", ":6: server.upgrade_socket: /run/edgecache-upgrade-socket-directory/"),

@@ -3,7 +3,7 @@
 
 use super::Checker;
 use crate::config::file;
-use crate::config::model::Compression;
+use crate::config::model::{CodingLevels, Compression};
 use crate::encoding::Coding;
 
 pub(super) fn compression(check: &mut Checker, file: &file::CompressionFile) -> Compression {
@@ -19,19 +19,26 @@ pub(super) fn compression(check: &mut Checker, file: &file::CompressionFile) -> 
             check.problem(&key, format!("{name} is listed twice"));
             continue;
         }
-        let level = match coding {
-            Coding::Zstd => file.levels.zstd,
-            Coding::Brotli => file.levels.br,
-            Coding::Gzip => file.levels.gzip,
+        let mut level_of = |set: &str, levels: &file::CodingLevelsFile| {
+            let level = match coding {
+                Coding::Zstd => levels.zstd,
+                Coding::Brotli => levels.br,
+                Coding::Gzip => levels.gzip,
+            };
+            let range = coding.levels();
+            if !range.contains(&level) {
+                check.problem(
+                    &format!("compression.levels.{set}.{coding}"),
+                    format!("must be between {} and {}", range.start(), range.end()),
+                );
+            }
+            level
         };
-        let levels = coding.levels();
-        if !levels.contains(&level) {
-            check.problem(
-                &format!("compression.levels.{coding}"),
-                format!("must be between {} and {}", levels.start(), levels.end()),
-            );
-        }
-        codings.push((coding, level));
+        let levels = CodingLevels {
+            stored: level_of("stored", &file.levels.stored),
+            passing: level_of("passing", &file.levels.passing),
+        };
+        codings.push((coding, levels));
     }
     let mut types = Vec::new();
     for (i, media_type) in file.types.iter().enumerate() {
