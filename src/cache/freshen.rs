@@ -61,6 +61,22 @@ pub fn freshen(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
     freshened
 }
 
+/// A stored body the PoP encoded carries the weak form of the core's `ETag` (other bytes,
+/// same resource); a 304 from the core names the strong one, which is put in the weak form
+/// here, before it freshens the coded copy or reaches the client.
+pub fn keep_weakened_etag(stored: &ResponseHeader, not_modified: &mut ResponseHeader) {
+    let (Some(ours), Some(theirs)) = (
+        stored.headers.get(header::ETAG),
+        not_modified.headers.get(header::ETAG),
+    ) else {
+        return;
+    };
+    if ours.as_bytes().strip_prefix(b"W/") == Some(theirs.as_bytes()) {
+        let weak = ours.clone();
+        let _ = not_modified.insert_header(header::ETAG, weak);
+    }
+}
+
 /// Whether a `200` to a `HEAD` describes the stored response (RFC 9111 §4.3.5), so its
 /// fields may freshen it: the stored response is a `200` too, and each of `ETag`, `Last-Modified` and `Content-Length` it carries
 /// has the stored value. So must `Content-Encoding`, which would otherwise describe a
@@ -173,6 +189,20 @@ mod tests {
         for gone in ["connection", "x-hop", "keep-alive", "proxy-authenticate"] {
             assert!(values(&fresh, gone).is_empty(), "{gone}");
         }
+    }
+
+    #[test]
+    fn a_weakened_etag_stays_weak_and_a_new_etag_replaces_it() {
+        let stored = response(200, &[("ETag", "W/\"v1\""), ("Content-Encoding", "br")]);
+        let kept = |stored: &ResponseHeader, etag: &str| {
+            let mut not_modified = response(304, &[("ETag", etag)]);
+            keep_weakened_etag(stored, &mut not_modified);
+            values(&freshen(stored, &not_modified), "etag")
+        };
+        assert_eq!(kept(&stored, "\"v1\""), ["W/\"v1\""]);
+        assert_eq!(kept(&stored, "\"v2\""), ["\"v2\""]);
+        let plain = response(200, &[("ETag", "\"v1\"")]);
+        assert_eq!(kept(&plain, "\"v1\""), ["\"v1\""]);
     }
 
     #[test]

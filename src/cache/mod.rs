@@ -261,8 +261,12 @@ impl EdgeCache {
     /// pingora's own size check keeps the client's `Range` in force: pingora drops it when
     /// it finds the object too large, and would send the whole body to a range request.
     pub fn too_large_to_keep(&self, resp: &ResponseHeader) -> bool {
-        crate::wire::content_length(&resp.headers)
-            .is_some_and(|len| len > self.max_object_size as u64)
+        crate::wire::content_length(&resp.headers).is_some_and(|len| self.too_large(len))
+    }
+
+    /// Whether a body of `len` bytes is over what any tier keeps.
+    pub fn too_large(&self, len: u64) -> bool {
+        len > self.max_object_size as u64
     }
 
     /// Removes every variant of `url` from both tiers. A URL without a scheme is purged for

@@ -35,9 +35,17 @@ impl CodingPlan {
     }
 }
 
-/// Bodies being coded at once, shared by every listener.
+/// Bodies being coded at once, shared by every listener: those filling the cache, and those
+/// passing to one client, each bounded by `compression.max_concurrent`.
 #[derive(Debug, Default)]
-pub struct CodingSlots(Arc<AtomicUsize>);
+pub struct CodingSlots {
+    pub(super) filling: SlotPool,
+    pub(super) passing: SlotPool,
+}
+
+/// One bounded count of bodies being coded.
+#[derive(Debug, Default)]
+pub struct SlotPool(Arc<AtomicUsize>);
 
 /// One body's place among those being coded; given back when dropped.
 pub(super) struct Slot(Arc<AtomicUsize>);
@@ -48,7 +56,7 @@ impl Drop for Slot {
     }
 }
 
-impl CodingSlots {
+impl SlotPool {
     pub(super) fn take(&self, max: usize) -> Option<Slot> {
         self.0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -154,7 +162,7 @@ mod tests {
 
     #[test]
     fn slots_are_bounded_and_given_back() {
-        let slots = CodingSlots::default();
+        let slots = SlotPool::default();
         let first = slots.take(2).expect("first");
         let second = slots.take(2).expect("second");
         assert!(slots.take(2).is_none());
@@ -166,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_body_is_encoded_piece_by_piece_and_a_bomb_fails_as_too_large() {
-        let slots = CodingSlots::default();
+        let slots = SlotPool::default();
         let mut work = BodyWork::encode(
             Encoder::new(Coding::Gzip, 6, None).expect("encoder"),
             slots.take(1).expect("slot"),

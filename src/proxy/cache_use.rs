@@ -154,11 +154,11 @@ impl EdgeProxy {
         };
         let decision = policy::response_cacheable(resp, ctx.route.freshness(), policy);
         if matches!(decision, RespCacheable::Cacheable(_))
-            && self
-                .shared
-                .cache
-                .as_ref()
-                .is_some_and(|c| c.too_large_to_keep(resp))
+            && self.shared.cache.as_ref().is_some_and(|c| {
+                // A coded body lost its `Content-Length`: the core's stated one counts.
+                c.too_large_to_keep(resp)
+                    || ctx.coded_from_length.is_some_and(|len| c.too_large(len))
+            })
         {
             return RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge);
         }

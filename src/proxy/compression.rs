@@ -34,7 +34,11 @@ impl EdgeProxy {
         let applies = !compression.codings.is_empty()
             && ctx.route.compress()
             && ctx.route.media().is_none()
-            && !req.headers.contains_key(header::UPGRADE);
+            && !req.headers.contains_key(header::UPGRADE)
+            // A signed request (HTTP Signatures, RFC 9421) may have signed the
+            // `Accept-Encoding` the PoP would replace.
+            && !req.headers.contains_key("signature")
+            && !req.headers.contains_key("signature-input");
         if !applies {
             return;
         }
@@ -77,25 +81,37 @@ impl EdgeProxy {
         }
         let settings = self.settings(ctx);
         let compression = &settings.compression;
-        let encoded = resp
+        // Every line of it: codings stacked over several lines are stacked all the same.
+        let encoded: Vec<String> = resp
             .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"))
+            .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"))
-            .map(str::to_string);
+            .map(str::to_string)
+            .collect();
+        let encoded = match encoded.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            _ => Some("stacked".to_string()),
+        };
+        let length = crate::wire::content_length(&resp.headers);
+        ctx.coded_from_length = length;
+        let comes = !ctx.upstream_head && length != Some(0);
         let (work, storable) = match encoded {
             Some(token) => {
                 add_vary_accept_encoding(resp);
-                self.passed_or_decoded(plan, Coding::from_token(&token), resp, compression)
+                self.passed_or_decoded(plan, Coding::from_token(&token), comes, resp, compression)
             }
             None if compressible(resp, compression) => {
                 // Compressed once for a response the cache keeps, so at the higher level.
                 let kept = session.cache.enabled()
                     && matches!(self.keepable(resp, ctx), RespCacheable::Cacheable(_));
                 let body = Body {
-                    comes: !ctx.upstream_head,
-                    length: crate::wire::content_length(&resp.headers),
+                    comes,
+                    length,
                     kept,
                 };
                 add_vary_accept_encoding(resp);
@@ -118,6 +134,7 @@ impl EdgeProxy {
         &self,
         plan: &CodingPlan,
         coding: Option<Coding>,
+        comes: bool,
         resp: &mut ResponseHeader,
         compression: &Compression,
     ) -> (Option<BodyWork>, bool) {
@@ -131,18 +148,28 @@ impl EdgeProxy {
         if plan.accepts(coding) {
             return (None, false);
         }
-        let Some(slot) = self.shared.coding_slots.take(compression.max_concurrent) else {
-            skipped("busy");
-            return (None, false);
-        };
-        let Ok(decoder) = Decoder::new(coding, compression.max_decoded_size) else {
-            return (None, false);
+        let work = if comes {
+            let Some(slot) = self
+                .shared
+                .coding_slots
+                .passing
+                .take(compression.max_concurrent)
+            else {
+                skipped("busy");
+                return (None, false);
+            };
+            let Ok(decoder) = Decoder::new(coding, compression.max_decoded_size) else {
+                return (None, false);
+            };
+            Some(BodyWork::decode(decoder, slot))
+        } else {
+            None
         };
         resp.remove_header(&header::CONTENT_ENCODING);
         resp.remove_header(&header::CONTENT_LENGTH);
         weaken_etag(resp);
         // Identity is the variant's coding only when the client asked for nothing else.
-        (Some(BodyWork::decode(decoder, slot)), plan.chosen.is_none())
+        (work, plan.chosen.is_none())
     }
 
     /// An unencoded body the client wants in `coding`.
@@ -168,7 +195,14 @@ impl EdgeProxy {
             // No body comes: the header says what a GET would get.
             None
         } else {
-            let Some(slot) = self.shared.coding_slots.take(compression.max_concurrent) else {
+            // Fills draw on a pool of their own: clients that read slowly on responses
+            // that pass cannot keep what the cache stores from being compressed.
+            let pool = if body.kept {
+                &self.shared.coding_slots.filling
+            } else {
+                &self.shared.coding_slots.passing
+            };
+            let Some(slot) = pool.take(compression.max_concurrent) else {
                 skipped("busy");
                 return (None, false);
             };
@@ -258,7 +292,11 @@ fn compressible(resp: &ResponseHeader, compression: &Compression) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|d| d.trim().eq_ignore_ascii_case("no-transform"));
-    listed && long_enough && !no_transform
+    // A digest of the content (RFC 9530, RFC 3230) would no longer match a coded body.
+    let digested = ["content-digest", "repr-digest", "digest"]
+        .iter()
+        .any(|name| resp.headers.contains_key(*name));
+    listed && long_enough && !no_transform && !digested
 }
 
 /// Adds `Accept-Encoding` to `Vary` unless it is there (or `Vary: *` says it all).

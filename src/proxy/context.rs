@@ -55,6 +55,8 @@ pub struct RequestContext {
     /// The response is not in its variant's coding (passed on or left unencoded): not
     /// stored.
     pub(super) coding_not_storable: bool,
+    /// The length the core stated for a body the PoP codes (the coded one has none).
+    pub(super) coded_from_length: Option<u64>,
     /// The settings this request runs under, taken once so a reload cannot change them
     /// halfway through it.
     pub(super) settings: Option<Arc<ProxySettings>>,
@@ -97,6 +99,7 @@ impl RequestContext {
             coding_plan: None,
             body_work: None,
             coding_not_storable: false,
+            coded_from_length: None,
             variant_looked_up: false,
             invalidates_on: None,
             settings: None,

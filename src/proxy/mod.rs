@@ -58,7 +58,7 @@ use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Ses
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLogger;
-use crate::cache::freshen::freshen;
+use crate::cache::freshen::{freshen, keep_weakened_etag};
 use crate::cache::key as cache_key;
 use crate::cache::{policy, EdgeCache};
 use crate::head_deadline::HeadDeadlines;
@@ -313,6 +313,9 @@ impl ProxyHttp for EdgeProxy {
         self.plan_body(session, upstream_response, ctx);
         self.freshen_with_head_answer(session, upstream_response, ctx)
             .await;
+        if let (304, Some(stored)) = (status, session.cache.maybe_cache_meta()) {
+            keep_weakened_etag(stored.response_header(), upstream_response);
+        }
         if status == 304 && session.cache.maybe_cache_meta().is_some() {
             // A revalidation's answer, as cleaned above: `response_cache_filter` sees it
             // merged into the stored header only in part, so the whole of it is kept for

@@ -47,6 +47,7 @@ fn each_bad_file_names_file_line_and_key() {
         ("bad-compression.yaml", ":12: compression.levels.passing.gzip: must be between 1 and 9"),
         ("bad-compression.yaml", ":13: compression.types[1]: \"text\" is not a media type"),
         ("bad-compression.yaml", ":14: compression.max_concurrent: must be at least 1"),
+        ("bad-compression.yaml", ":15: compression.min_length: must be at least 1 byte"),
         ("bad-upgrade-socket.yaml", ":6: server.upgrade_socket: /run/edgecache-upgrade-socket-directory/"),
     ];
     for (file, expected) in cases {

@@ -60,6 +60,12 @@ pub(super) fn compression(check: &mut Checker, file: &file::CompressionFile) -> 
         }
         types.push(lower);
     }
+    if file.min_length.bytes() == 0 {
+        check.problem(
+            "compression.min_length",
+            "must be at least 1 byte (an empty body has nothing to compress)",
+        );
+    }
     if file.max_concurrent == 0 {
         check.problem(
             "compression.max_concurrent",

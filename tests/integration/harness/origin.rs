@@ -309,7 +309,11 @@ async fn answer(
             .headers()
             .get("if-none-match")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+            // Weak comparison, as RFC 9110 §13.1.2 has it for If-None-Match.
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().trim_start_matches("W/") == etag.trim_start_matches("W/"))
+            });
         if matches {
             let mut builder = Response::builder()
                 .status(304)
