@@ -101,11 +101,19 @@ impl EdgeProxy {
         ctx.coded_from_length = length;
         let comes = !ctx.upstream_head && length != Some(0);
         let (work, storable) = match encoded {
-            Some(token) => {
-                add_vary_accept_encoding(resp);
-                self.passed_or_decoded(plan, Coding::from_token(&token), comes, resp, compression)
-            }
-            None if compressible(resp, compression) => {
+            Some(token) => match Coding::from_token(&token) {
+                // A coding the PoP neither makes nor undoes (stacked ones too) is the
+                // resource's own, as an `.svgz` is: the same for every client, passed on
+                // and stored as the core sent it.
+                None => (None, true),
+                Some(coding) => {
+                    add_vary_accept_encoding(resp);
+                    self.passed_or_decoded(plan, coding, comes, resp, compression)
+                }
+            },
+            // The answer to a `HEAD` names a coding only when its stated length says the
+            // body a `GET` gets would be compressed.
+            None if compressible(resp, compression) && (comes || length.is_some()) => {
                 // Compressed once for a response the cache keeps, so at the higher level.
                 let kept = session.cache.enabled()
                     && matches!(self.keepable(resp, ctx), RespCacheable::Cacheable(_));
@@ -133,15 +141,11 @@ impl EdgeProxy {
     fn passed_or_decoded(
         &self,
         plan: &CodingPlan,
-        coding: Option<Coding>,
+        coding: Coding,
         comes: bool,
         resp: &mut ResponseHeader,
         compression: &Compression,
     ) -> (Option<BodyWork>, bool) {
-        let Some(coding) = coding else {
-            // Stacked or unknown codings: nothing the PoP can do but pass them on.
-            return (None, false);
-        };
         if plan.chosen == Some(coding) {
             return (None, true);
         }

@@ -329,3 +329,19 @@ async fn signed_requests_and_digested_bodies_are_left_alone() {
     assert_eq!(coding_of(&digested), "");
     assert_eq!(digested.body.len(), 40 * 1024);
 }
+
+#[tokio::test]
+async fn a_coding_the_pop_does_not_know_is_the_resources_own_and_is_stored_as_it_came() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let path = "/text/40960?cc=public,max-age=60&h=Content-Encoding:x-custom";
+    for (i, accept) in ["gzip", "br", ""].into_iter().enumerate() {
+        let answer = get(http, path, &[("accept-encoding", accept)]).await;
+        assert_eq!(coding_of(&answer), "x-custom");
+        assert_eq!(answer.body.len(), 40 * 1024);
+        assert!(!vary_has_accept_encoding(&answer));
+        assert_eq!(answer.cache_status(), if i == 0 { "MISS" } else { "HIT" });
+    }
+    assert_eq!(origin.hits_for("/text/40960"), 1);
+}
