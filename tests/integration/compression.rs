@@ -345,3 +345,37 @@ async fn a_coding_the_pop_does_not_know_is_the_resources_own_and_is_stored_as_it
     }
     assert_eq!(origin.hits_for("/text/40960"), 1);
 }
+
+#[tokio::test]
+async fn an_http2_client_gets_a_coded_copy_and_then_the_stored_one() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let text = timeline_text(40 * 1024);
+    let path = "/text/40960?cc=public,max-age=60";
+    let h2 = crate::harness::https_client(
+        &[pop.cert.pem.as_str()],
+        &["hachyderm.example"],
+        pop.setup.https(),
+        false,
+    );
+    let mut bodies = Vec::new();
+    for expected in ["MISS", "HIT"] {
+        let resp = h2
+            .get(format!(
+                "https://hachyderm.example:{}{path}",
+                pop.setup.https().port()
+            ))
+            .header("accept-encoding", "zstd")
+            .send()
+            .await
+            .expect("h2 request");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.headers()["content-encoding"], "zstd");
+        assert_eq!(resp.headers()["x-cache-status"], expected);
+        let body = resp.bytes().await.expect("h2 body");
+        assert!(decode("zstd", &body) == text, "{expected}: body differs");
+        bodies.push(body);
+    }
+    assert!(bodies[0] == bodies[1], "the hit is not the stored copy");
+    assert_eq!(origin.hits_for("/text/40960"), 1);
+}
