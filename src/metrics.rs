@@ -34,6 +34,18 @@ macro_rules! metrics {
                     .build_info
                     .with_label_values(&[env!("CARGO_PKG_VERSION")])
                     .set(1);
+                // Every coding's series from the start, at 0: a rate over them is defined
+                // before the first compressed response.
+                for operation in ["encode", "decode"] {
+                    for coding in ["zstd", "br", "gzip"] {
+                        for side in ["in", "out"] {
+                            metrics.coded_bytes.with_label_values(&[operation, coding, side]);
+                        }
+                    }
+                }
+                for reason in ["busy", "too_large", "corrupt"] {
+                    metrics.coding_skipped.with_label_values(&[reason]);
+                }
                 metrics
             }
         }
