@@ -51,22 +51,9 @@ while sum(map(len, parts)) < 300 * 1024:
     i += 1
 open(f"{out}/bundle.js", "w").write("".join(parts)[: 300 * 1024])
 PY
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in $WORK/run/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-taskset -c 1 nginx -c "$HERE/origin.conf" -g 'daemon on;'
-taskset -c 0 nginx -c "$HERE/nginx-cache.conf" -g 'daemon on;'
-taskset -c 0 "$BIN" serve --config "$HERE/edgecache.yaml" > $WORK/log/edgecache.out 2> $WORK/log/edgecache.err &
-pids+=($!)
-for _ in $(seq 100); do
-  curl -sf http://127.0.0.1:18902/readyz >/dev/null && break
-  sleep 0.1
-done
-curl -sf http://127.0.0.1:18902/readyz >/dev/null || { echo "edgecache not ready"; cat $WORK/log/edgecache.err; exit 1; }
+# shellcheck source=../lib.sh
+. "$HERE/../lib.sh"
+start_side_by_side "$HERE/origin.conf" "$HERE/nginx-cache.conf" "$HERE/edgecache.yaml" 127.0.0.1:18902
 declare -A TARGET=([nginx]=http://127.0.0.1:18201 [edgecache]=http://127.0.0.1:18200)
 
 # Bytes on the wire, each body checked after decoding (curl decodes gzip, br and zstd).
@@ -98,22 +85,15 @@ done
 RAW=$WORK/raw.tsv
 : > "$RAW"
 declare -A PIDS
-NGINX_MASTER=$(cat $WORK/run/nginx-cache.pid)
-PIDS[nginx]="$NGINX_MASTER $(ps -o pid=,args= --ppid "$NGINX_MASTER" | awk '/worker process/ {print $1}' | tr '\n' ' ')"
-PIDS[edgecache]=${pids[0]}
-cpu_ticks() {
-  local total=0 p
-  for p in ${PIDS[$1]}; do total=$((total + $(awk '{print $14 + $15}' /proc/$p/stat))); done
-  echo $total
-}
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
+PIDS[nginx]=$(nginx_pids $WORK/run/nginx-cache.pid)
+PIDS[edgecache]=$EDGE_PID
 origin_lines() { wc -l < $WORK/log/origin-access.log; }
 measure() { # target coding file round
   local out before after origin_before
   origin_before=$(origin_lines)
-  before=$(cpu_ticks "$1")
+  before=$(cpu_ticks ${PIDS[$1]})
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Accept-Encoding: $2" "${TARGET[$1]}/$3")
-  after=$(cpu_ticks "$1")
+  after=$(cpu_ticks ${PIDS[$1]})
   [ "$(origin_lines)" = "$origin_before" ] || { echo "$1 went to the origin during a hit run"; exit 1; }
   if grep -q -E "Non-2xx|Socket errors: connect [1-9]|read [1-9]" <<<"$out"; then
     echo "$1 $2 $3: errors under load"; echo "$out"; exit 1

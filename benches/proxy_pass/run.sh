@@ -30,23 +30,9 @@ BIN=$ROOT/target/release/edgecache
 mkdir -p $WORK/run $WORK/log $WORK/tmp $WORK/www
 head -c 1024 /dev/urandom > $WORK/www/1k.bin
 head -c 102400 /dev/urandom > $WORK/www/100k.bin
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in $WORK/run/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-taskset -c 1 nginx -c "$HERE/origin.conf" -g 'daemon on;'
-taskset -c 0 nginx -c "$HERE/nginx-proxy.conf" -g 'daemon on;'
-taskset -c 0 "$BIN" serve --config "$HERE/edgecache.yaml" > $WORK/log/edgecache.out 2> $WORK/log/edgecache.err &
-pids+=($!)
-for _ in $(seq 100); do
-  curl -sf http://127.0.0.1:18901/readyz >/dev/null && break
-  sleep 0.1
-done
-curl -sf http://127.0.0.1:18901/readyz >/dev/null || { echo "edgecache not ready"; cat $WORK/log/edgecache.err; exit 1; }
-
+# shellcheck source=../lib.sh
+. "$HERE/../lib.sh"
+start_side_by_side "$HERE/origin.conf" "$HERE/nginx-proxy.conf" "$HERE/edgecache.yaml" 127.0.0.1:18901
 declare -A TARGET=([nginx]=http://127.0.0.1:18101 [edgecache]=http://127.0.0.1:18100 [direct]=http://127.0.0.1:18080)
 for t in nginx edgecache; do
   for o in 1k.bin 100k.bin; do
@@ -57,21 +43,14 @@ done
 RAW=$WORK/raw.tsv
 : > "$RAW"
 declare -A PIDS
-NGINX_MASTER=$(cat $WORK/run/nginx-proxy.pid)
-PIDS[nginx]="$NGINX_MASTER $(ps -o pid= --ppid "$NGINX_MASTER" | tr '\n' ' ')"
-PIDS[edgecache]=${pids[0]}
+PIDS[nginx]=$(nginx_pids $WORK/run/nginx-proxy.pid)
+PIDS[edgecache]=$EDGE_PID
 PIDS[direct]=""   # no proxy: its CPU column stays 0
-cpu_ticks() { # summed user+system clock ticks of a target's processes
-  local total=0 p
-  for p in ${PIDS[$1]}; do total=$((total + $(awk '{print $14 + $15}' /proc/$p/stat))); done
-  echo $total
-}
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 measure() { # target object round
   local out before after
-  before=$(cpu_ticks "$1")
+  before=$(cpu_ticks ${PIDS[$1]})
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${TARGET[$1]}/$2")
-  after=$(cpu_ticks "$1")
+  after=$(cpu_ticks ${PIDS[$1]})
   local rps p50 p99 requests cpu_us
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")

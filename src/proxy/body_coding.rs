@@ -105,28 +105,12 @@ impl BodyWork {
     /// in `edgecache_coded_bytes_total`.
     pub(super) fn code(&mut self, input: &[u8], end: bool) -> Result<Bytes, CodingFailure> {
         let mut out = BytesMut::new();
-        let result: Result<(), CodingFailure> = match &mut self.kind {
-            Work::Encode(e) => e
-                .encode(input)
-                .map(|b| out.extend_from_slice(&b))
-                .and_then(|()| {
-                    if end {
-                        out.extend_from_slice(&e.finish()?);
-                    }
-                    Ok(())
-                })
-                .map_err(CodingFailure::from),
-            Work::Decode(d) => d
-                .decode(input)
-                .map(|b| out.extend_from_slice(&b))
-                .and_then(|()| {
-                    if end {
-                        out.extend_from_slice(&d.finish()?);
-                    }
-                    Ok(())
-                })
-                .map_err(CodingFailure::from),
-        };
+        let result = self.kind.push(input, &mut out).and_then(|()| {
+            if end {
+                self.kind.finish(&mut out)?;
+            }
+            Ok(())
+        });
         let (operation, coding) = self.what();
         let m = metrics::get();
         for (side, bytes) in [("in", input.len()), ("out", out.len())] {
@@ -135,6 +119,28 @@ impl BodyWork {
                 .inc_by(bytes as u64);
         }
         result.map(|()| out.freeze())
+    }
+}
+
+impl Work {
+    /// Codes the next piece of the body into `out`.
+    fn push(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), CodingFailure> {
+        let coded = match self {
+            Work::Encode(e) => e.encode(input)?,
+            Work::Decode(d) => d.decode(input)?,
+        };
+        out.extend_from_slice(&coded);
+        Ok(())
+    }
+
+    /// Ends the coding: the rest of the output into `out`.
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), CodingFailure> {
+        let rest = match self {
+            Work::Encode(e) => e.finish()?,
+            Work::Decode(d) => d.finish()?,
+        };
+        out.extend_from_slice(&rest);
+        Ok(())
     }
 }
 
