@@ -41,3 +41,15 @@ cpu_ticks() {
   echo $total
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# wrk_figures WRK_OUTPUT TICKS_BEFORE TICKS_AFTER: "req/s p50 p99 requests bytes_read
+# cpu_us_per_request" from one `wrk --latency` run and the proxy's CPU ticks around it.
+wrk_figures() {
+  local rps p50 p99 requests read_bytes
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$1")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$1")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$1")
+  requests=$(awk '/requests in/ {print $1}' <<<"$1")
+  read_bytes=$(awk '/requests in/ {print $5}' <<<"$1")
+  echo "$rps $p50 $p99 $requests $read_bytes $(python3 -c "print(round(($3 - $2) * $TICK_US / $requests, 2))")"
+}

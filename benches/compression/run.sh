@@ -98,13 +98,8 @@ measure() { # target coding file round
   if grep -q -E "Non-2xx|Socket errors: connect [1-9]|read [1-9]" <<<"$out"; then
     echo "$1 $2 $3: errors under load"; echo "$out"; exit 1
   fi
-  local rps p50 p99 requests cpu_us
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  read_bytes=$(awk '/requests in/ {print $5}' <<<"$out")
-  cpu_us=$(python3 -c "print(round(($after - $before) * $TICK_US / $requests, 2))")
+  local rps p50 p99 requests read_bytes cpu_us
+  read -r rps p50 p99 requests read_bytes cpu_us < <(wrk_figures "$out" "$before" "$after")
   printf '%s\t%s\t%s-%s\t%s\t%s\t%s\t%s\n' "$3" "$4" "$1" "$2" "$rps" "$p50" "$p99" "$cpu_us" >> "$RAW"
   echo "round $4 $3 $1 $2: $rps req/s, p50 $p50, p99 $p99, proxy CPU $cpu_us us/request, $read_bytes read in $requests requests"
 }

@@ -51,12 +51,8 @@ measure() { # target object round
   before=$(cpu_ticks ${PIDS[$1]})
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${TARGET[$1]}/$2")
   after=$(cpu_ticks ${PIDS[$1]})
-  local rps p50 p99 requests cpu_us
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  cpu_us=$(python3 -c "print(round(($after - $before) * $TICK_US / $requests, 2))")
+  local rps p50 p99 requests read_bytes cpu_us
+  read -r rps p50 p99 requests read_bytes cpu_us < <(wrk_figures "$out" "$before" "$after")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$1" "$rps" "$p50" "$p99" "$cpu_us" >> "$RAW"
   echo "round $3 $2 $1: $rps req/s, p50 $p50, p99 $p99, proxy CPU $cpu_us us/request"
 }

@@ -532,7 +532,7 @@ pub struct CodingLevels {
 
 impl Compression {
     /// The codings alone, in order.
-    pub fn offered(&self) -> Vec<crate::encoding::Coding> {
-        self.codings.iter().map(|(coding, _)| *coding).collect()
+    pub fn offered(&self) -> impl Iterator<Item = crate::encoding::Coding> + '_ {
+        self.codings.iter().map(|(coding, _)| *coding)
     }
 }

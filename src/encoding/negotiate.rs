@@ -91,12 +91,12 @@ impl Acceptance {
     /// The coding to send, of those `offered` in the PoP's order of preference: the one
     /// the client weighs highest, the PoP's order breaking ties; `None` for identity, when
     /// the client accepts none of them or weighs identity higher than all of them.
-    pub fn choose(&self, offered: &[Coding]) -> Option<Coding> {
+    pub fn choose(&self, offered: impl IntoIterator<Item = Coding>) -> Option<Coding> {
         if !self.present {
             return None;
         }
         let mut best: Option<(Coding, Quality)> = None;
-        for &coding in offered {
+        for coding in offered {
             let q = self.quality(coding);
             if q > 0 && best.is_none_or(|(_, b)| q > b) {
                 best = Some((coding, q));
@@ -142,7 +142,7 @@ pub fn negotiate<'a>(
     lines: impl IntoIterator<Item = &'a [u8]>,
     offered: &[Coding],
 ) -> Option<Coding> {
-    Acceptance::parse(lines).choose(offered)
+    Acceptance::parse(lines).choose(offered.iter().copied())
 }
 
 #[cfg(test)]

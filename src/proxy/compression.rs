@@ -49,7 +49,7 @@ impl EdgeProxy {
                 .map(|v| v.as_bytes()),
         );
         ctx.coding_plan = Some(CodingPlan::new(
-            acceptance.choose(&compression.offered()),
+            acceptance.choose(compression.offered()),
             acceptance,
         ));
     }
