@@ -282,7 +282,8 @@ metrics! {
         &[0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
     );
     /// Objects removed by purge requests, by kind (`url`, `prefix`, `invalidation`: a
-    /// successful unsafe request through this PoP).
+    /// successful unsafe request through this PoP; `changed_slices`: the slices of an
+    /// object that changed at its origin).
     cache_purged_objects: IntCounterVec = counter_vec(
         "edgecache_cache_purged_objects_total",
         "Objects removed by purge requests and invalidations, by kind.",
@@ -386,7 +387,8 @@ metrics! {
     /// Write-through jobs by event: `queued`, `done`, `failed` (set aside after
     /// `max_attempts`), `dropped` (the queue was full), `too_large`, `tombstoned` (the
     /// media was deleted before the copy went out), `not_kept` (the copy was to be the
-    /// cache's file of the body, and the cache did not keep one).
+    /// cache's file of the body, and the cache did not keep one), `busy` (an object served
+    /// in slices was not copied: as many background copies as allowed were running).
     write_through_jobs: IntCounterVec = counter_vec(
         "edgecache_write_through_jobs_total",
         "Write-through jobs by event.",

@@ -25,6 +25,7 @@ mod lock;
 pub mod memory;
 pub mod meta;
 pub mod policy;
+pub mod slices;
 pub mod status_field;
 pub mod storage;
 #[cfg(test)]
@@ -267,6 +268,17 @@ impl EdgeCache {
     /// Whether a body of `len` bytes is over what any tier keeps.
     pub fn too_large(&self, len: u64) -> bool {
         len > self.max_object_size as u64
+    }
+
+    /// Removes everything stored under the primary key `primary` (every variant and slice)
+    /// from both tiers; how many objects went.
+    pub fn purge_key(&self, primary: &str) -> usize {
+        let purged = self.storage.purge_url(&Self::key(primary).primary_bin());
+        crate::metrics::get()
+            .cache_purged_objects
+            .with_label_values(&["changed_slices"])
+            .inc_by(purged as u64);
+        purged
     }
 
     /// Removes every variant of `url` from both tiers. A URL without a scheme is purged for

@@ -19,6 +19,7 @@ fn policy() -> CachePolicy {
         ],
         own_targeted_field: Some(http::HeaderName::from_static("edgecache-cache-control")),
         invalidation: crate::config::model::Invalidation::Local,
+        slice_size: 1024 * 1024,
     }
 }
 

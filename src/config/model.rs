@@ -313,6 +313,8 @@ pub struct CachePolicy {
     pub own_targeted_field: Option<http::HeaderName>,
     /// Where a successful unsafe request invalidates its URLs (RFC 9111 §4.4).
     pub invalidation: Invalidation,
+    /// The size of the slices large objects are kept in, on routes that slice.
+    pub slice_size: u64,
 }
 
 /// Where a successful unsafe request (POST, PUT, DELETE, ...) invalidates the URLs it
@@ -361,6 +363,9 @@ pub struct Route {
     pub heuristic_freshness: bool,
     /// `false`: the PoP never compresses responses on this route.
     pub compress: bool,
+    /// Objects are fetched and stored in aligned slices: `None` when the route does not
+    /// slice; `Some(None)`: of `cache.slice_size`; `Some(Some(n))`: of `n` bytes.
+    pub slice: Option<Option<u64>>,
     /// Served from media places rather than the core.
     pub media: Option<MediaRoute>,
     /// The core group; `None`: the default group.

@@ -117,6 +117,7 @@ impl Config {
             stores: &parsed.stores,
             has_queue: write_through.is_some(),
             groups: &parsed.core.groups,
+            largest_object: cache.as_ref().map(|c| c.storage.max_object_size()),
         };
         let sites = sites::sites(&mut check, &parsed.sites, &referable);
 

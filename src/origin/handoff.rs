@@ -278,6 +278,7 @@ mod tests {
             cache_ttl: None,
             heuristic_freshness: true,
             compress: true,
+            slice: None,
             media: None,
             upstream: None,
             max_body_size: None,

@@ -10,6 +10,7 @@
 //! ([`server::MediaServer`]), so media misses go through the same cache, lock, range and
 //! stale machinery as responses from the core.
 
+pub mod background_copy;
 pub mod handoff;
 pub mod server;
 

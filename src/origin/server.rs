@@ -22,6 +22,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::oneshot;
 
+use super::background_copy::BackgroundCopies;
 use super::handoff::{
     CacheVerdict, CopyHandoff, Handed, HandedRoutes, MediaOrigin, PendingCopy, MEDIA_TICKET,
 };
@@ -100,6 +101,10 @@ impl BackgroundService for MediaServer {
             places: self.places.clone(),
             routes: self.routes.clone(),
             write_through: self.write_through.clone(),
+            background_copies: self
+                .write_through
+                .as_ref()
+                .map(|queue| BackgroundCopies::new(self.places.clone(), queue.clone())),
             tombstones: self.tombstones.clone(),
         });
         loop {
@@ -137,6 +142,8 @@ struct Handler {
     places: Arc<Places>,
     routes: Arc<HandedRoutes>,
     write_through: Option<Arc<WriteThroughQueue>>,
+    /// Copies of objects served in parts, fetched whole in the background.
+    background_copies: Option<BackgroundCopies>,
     tombstones: Arc<Tombstones>,
 }
 
@@ -313,7 +320,7 @@ impl Handler {
         let Some(queue) = &self.write_through else {
             return;
         };
-        if found.range.is_some() || media.write_through.is_empty() {
+        if media.write_through.is_empty() {
             return;
         }
         let stores: Vec<String> = media
@@ -322,6 +329,17 @@ impl Handler {
             .filter(|s| s.as_str() != place)
             .cloned()
             .collect();
+        // A part of the object (a slice): the whole is fetched for the copy on its own.
+        // A range that covers the whole object is the object.
+        let whole = found
+            .range
+            .is_none_or(|(first, last)| first == 0 && last.checked_add(1) == Some(found.info.len));
+        if !whole {
+            if let (Some(copies), Some(_)) = (&self.background_copies, &found.body) {
+                copies.start(key, &found.info, place, stores);
+            }
+            return;
+        }
         let Some(body) = found.body.take() else {
             return;
         };

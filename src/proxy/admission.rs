@@ -151,6 +151,10 @@ impl EdgeProxy {
         let Some(limiter) = ctx.route.client_limit.clone() else {
             return Ok(false);
         };
+        // A slice is part of a request already counted.
+        if ctx.slice_fill.is_some() {
+            return Ok(false);
+        }
         let req = session.req_header();
         // A consent or theme cookie is no credential: only what signs a user in is.
         let session_cookies = settings

@@ -59,21 +59,24 @@ impl EdgeProxy {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return;
         }
-        let primary = match ctx.route.media() {
-            None => cache_key::primary_key(tls, &host, req),
-            // Every spelling of a media URL is the one object the chain serves.
-            Some((_, route_path)) => match ObjectKey::for_route(route_path, req.uri.path()) {
-                Ok(Some(key)) => cache_key::path_key(tls, &host, &key.canonical_path(route_path)),
-                // The media origin refuses it; nothing of it is stored.
-                Ok(None) | Err(_) => {
-                    ctx.cache_status = Some(CacheStatus::Bypass);
-                    return;
-                }
-            },
+        let Some(primary) = primary_of(req, ctx, tls, &host) else {
+            ctx.cache_status = Some(CacheStatus::Bypass);
+            return;
         };
         ctx.cache_key = Some(primary);
         ctx.cache_status = Some(CacheStatus::Miss);
         cache.enable(&mut session.cache);
+    }
+
+    /// The primary cache key of the object this request is for, as `use_cache` keys it;
+    /// `None` when it cannot be keyed.
+    pub(super) fn object_key(&self, session: &Session, ctx: &RequestContext) -> Option<String> {
+        let settings = self.settings(ctx);
+        let peer = client_addr(session).map(|a| a.ip());
+        let req = session.req_header();
+        let tls = headers::effective_scheme_is_tls(req, peer, self.tls, &settings.trusted_proxies)?;
+        let host = cache_key::request_host(req, tls)?;
+        primary_of(req, ctx, tls, &host)
     }
 
     /// After a successful answer to an unsafe request, removes the stored responses it may
@@ -201,6 +204,28 @@ impl EdgeProxy {
         // After whatever entries the response brought: ours is the one nearest the client.
         resp.append_header(CACHE_STATUS, entry)?;
         Ok(())
+    }
+}
+
+/// The primary key of `req` on its route: a media URL by its object (every spelling of it
+/// is the one object the chain serves), any other by `cache::key::primary_key`. `None`
+/// when the media origin would refuse the path: nothing of it is stored.
+fn primary_of(
+    req: &pingora::http::RequestHeader,
+    ctx: &RequestContext,
+    tls: bool,
+    host: &str,
+) -> Option<String> {
+    match ctx.route.media() {
+        None => Some(cache_key::primary_key(tls, host, req)),
+        Some((_, route_path)) => match ObjectKey::for_route(route_path, req.uri.path()) {
+            Ok(Some(key)) => Some(cache_key::path_key(
+                tls,
+                host,
+                &key.canonical_path(route_path),
+            )),
+            Ok(None) | Err(_) => None,
+        },
     }
 }
 

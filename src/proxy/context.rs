@@ -8,6 +8,7 @@ use super::body_coding::{BodyWork, CodingPlan};
 use super::client_limits::InFlight;
 use super::route::RouteDecision;
 use super::ProxySettings;
+use crate::cache::slices::SliceOrder;
 use crate::cache::CacheStatus;
 use crate::origin::handoff::Ticket;
 use crate::upstream::CoreGroup;
@@ -74,6 +75,8 @@ pub struct RequestContext {
     pub(super) websocket_open: bool,
     /// This request's place in its client's in-flight count, given back when it ends.
     pub(super) client_slot: Option<InFlight>,
+    /// A subrequest for one slice of a large object (`slice_fill`).
+    pub(super) slice_fill: Option<SliceOrder>,
 }
 
 impl RequestContext {
@@ -110,6 +113,7 @@ impl RequestContext {
             websocket: false,
             websocket_open: false,
             client_slot: None,
+            slice_fill: None,
         }
     }
 }

@@ -34,9 +34,12 @@ pub mod headers;
 pub mod limits;
 pub mod media_urls;
 mod peer;
+mod range_body;
 mod report;
 pub mod route;
 mod settings;
+mod slice_fill;
+mod slicing;
 pub mod websocket;
 
 pub use body_coding::CodingSlots;
@@ -60,7 +63,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::access_log::AccessLogger;
 use crate::cache::freshen::{freshen, keep_weakened_etag};
 use crate::cache::key as cache_key;
-use crate::cache::{policy, EdgeCache};
+use crate::cache::{policy, slices, EdgeCache};
 use crate::head_deadline::HeadDeadlines;
 use crate::metrics;
 use crate::origin::handoff::{MediaOrigin, MEDIA_TICKET};
@@ -132,9 +135,14 @@ impl EdgeProxy {
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestContext;
 
-    /// A fresh context for each request (and each background revalidation).
+    /// A fresh context for each request (and each background revalidation or slice).
     fn new_ctx(&self) -> RequestContext {
         RequestContext::new()
+    }
+
+    /// Client requests may ask for slices (`slicing`); subrequests ask for nothing more.
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestContext) -> bool {
+        session.subrequest_ctx.is_none()
     }
 
     /// Admits the request or answers it here (refusals, the cache buster, 429, 413); `true`
@@ -144,11 +152,18 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
-        let answered = self.admit(session, ctx).await?;
-        if !answered {
+        self.take_slice_order(session, ctx);
+        if self.admit(session, ctx).await? {
+            return Ok(true);
+        }
+        if let Some(size) = self.slice_size_for(session, ctx) {
+            self.serve_from_slices(session, ctx, size).await?;
+            return Ok(true);
+        }
+        if ctx.slice_fill.is_none() {
             self.plan_coding(session, ctx);
         }
-        Ok(answered)
+        Ok(false)
     }
 
     /// Decides whether this request may use the shared cache and turns it on if so.
@@ -163,7 +178,11 @@ impl ProxyHttp for EdgeProxy {
             .cache_key
             .as_deref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache on without a key"))?;
-        Ok(EdgeCache::key(primary))
+        let mut key = EdgeCache::key(primary);
+        if let Some(order) = ctx.slice_fill {
+            key.set_variance_key(slices::slice_variance(order.index, order.size));
+        }
+        Ok(key)
     }
 
     /// Selects the stored variant from the request headers the response's `Vary` names.
@@ -173,6 +192,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
+        if let Some(order) = ctx.slice_fill {
+            return Some(slices::slice_variance(order.index, order.size));
+        }
         let coding = ctx.coding_plan.as_ref().map(|plan| plan.variant());
         let variance = cache_key::variance(meta, req, coding);
         // Before anything went forward, this is the lookup finding a stored response
@@ -228,6 +250,7 @@ impl ProxyHttp for EdgeProxy {
         self.revalidate_head_with_head(session, upstream_request, ctx);
         ctx.upstream_head = upstream_request.method == http::Method::HEAD;
         self.ask_core_for_coding(upstream_request, ctx)?;
+        self.ask_for_slice(upstream_request, ctx)?;
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         // Only the proxy lodges routes: inserting replaces any ticket a client sent.
         if let Some(ticket) = &ctx.media_ticket {
@@ -348,7 +371,10 @@ impl ProxyHttp for EdgeProxy {
             }
             None => resp,
         };
-        let keepable = self.keepable(resp, ctx);
+        let keepable = match ctx.slice_fill {
+            Some(order) => self.slice_keepable(resp, order, ctx),
+            None => self.keepable(resp, ctx),
+        };
         let on_disk = matches!(keepable, RespCacheable::Cacheable(_))
             && self
                 .shared
@@ -478,6 +504,10 @@ impl ProxyHttp for EdgeProxy {
         // A 5xx from the core reaches us only here, as an error that carries its status.
         if let Some(ErrorType::HTTPStatus(status)) = error.map(|e| e.etype()) {
             ctx.upstream_status = Some(*status);
+        }
+        // pingora's background revalidation would not know the request is for a slice.
+        if error.is_none() && ctx.slice_fill.is_some() {
+            return false;
         }
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }

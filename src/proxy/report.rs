@@ -62,6 +62,10 @@ pub(super) fn log_request(
             .with_label_values(&[name, "down"])
             .inc_by(session.upstream_body_bytes_received() as u64);
     }
+    // A slice is a part of its client's request, which is counted and logged itself.
+    if ctx.slice_fill.is_some() {
+        return;
+    }
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())

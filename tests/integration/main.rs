@@ -50,6 +50,8 @@ mod purge;
 mod ranges;
 // Certificates and settings reloaded without a restart; a bad one is refused.
 mod reload;
+// Large objects as aligned slices: range misses fetch only what they cover.
+mod slices;
 // What one client can take: head, handshake and preface deadlines, per-client limits.
 mod slow_clients;
 // HTTPS: certificates by SNI, a default without SNI, TLS 1.2 and 1.3, ALPN.

@@ -43,6 +43,11 @@ pub struct CacheFile {
     /// Cookies that mark a signed-in user: a request carrying one is never answered from,
     /// nor stored into, the shared cache.
     pub session_cookies: Vec<String>,
+    /// Objects on routes that slice (`slice:` of a route; media routes do unless told not
+    /// to) are fetched and stored in aligned parts of this size: a range request fetches only
+    /// the parts it covers. Unwritten: 1MiB, or the largest object a tier keeps when that
+    /// is smaller.
+    pub slice_size: Option<ByteSize>,
 }
 
 impl Default for CacheFile {
@@ -63,6 +68,7 @@ impl Default for CacheFile {
             session_cookies: ["_session_id", "_mastodon_session", "remember_user_token"]
                 .map(String::from)
                 .to_vec(),
+            slice_size: None,
         }
     }
 }

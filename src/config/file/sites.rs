@@ -36,6 +36,14 @@ pub struct RouteFile {
     /// e.g. where a response reflects a secret next to what a user typed (BREACH).
     #[serde(default = "defaults::enabled")]
     pub compress: bool,
+    /// `true`: objects are fetched and stored as aligned slices (`cache.slice_size`), so a
+    /// range request fetches only the slices it covers; absent: on for media routes, off
+    /// for the others.
+    #[serde(default)]
+    pub slice: Option<bool>,
+    /// This route's slice size; absent: `cache.slice_size`.
+    #[serde(default)]
+    pub slice_size: Option<ByteSize>,
     /// Serve this path from media places instead of the core.
     #[serde(default)]
     pub media: Option<MediaRouteFile>,

@@ -99,6 +99,18 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
     if cache.cdn_cache_control {
         targeted_fields.push(http::HeaderName::from_static("cdn-cache-control"));
     }
+    let largest = disk
+        .as_ref()
+        .map_or(memory_max_object_size, |d: &DiskTierSettings| {
+            d.max_object_size.max(memory_max_object_size)
+        });
+    let slice_bytes = match cache.slice_size {
+        Some(size) => {
+            slice_size(check, "cache.slice_size", size.bytes(), Some(largest));
+            size.bytes()
+        }
+        None => DEFAULT_SLICE_SIZE.min(largest),
+    };
     CacheSettings {
         storage: CacheStorage {
             memory_max_size: memory.max_size.bytes(),
@@ -121,7 +133,28 @@ pub(super) fn cache(check: &mut Checker, cache: &file::CacheFile) -> CacheSettin
                 file::InvalidationFile::Local => Invalidation::Local,
                 file::InvalidationFile::Fleet => Invalidation::Fleet,
             },
+            slice_size: slice_bytes,
         },
+    }
+}
+
+/// `cache.slice_size` when unwritten (and every tier keeps objects this large).
+const DEFAULT_SLICE_SIZE: u64 = 1024 * 1024;
+
+/// The smallest and largest slice sizes: below, the requests per byte cost more than the
+/// bytes they save; above, a small range fetches most of a video again.
+const SLICE_SIZES: std::ops::RangeInclusive<u64> = 64 * 1024..=64 * 1024 * 1024;
+
+/// Checks a slice size written at `key`: within [`SLICE_SIZES`], and a slice must fit the
+/// largest object a tier keeps (`largest`, when there is a cache), or none would be kept.
+pub(super) fn slice_size(check: &mut Checker, key: &str, size: u64, largest: Option<u64>) {
+    if !SLICE_SIZES.contains(&size) {
+        check.problem(key, "must be between 64KiB and 64MiB");
+    } else if largest.is_some_and(|largest| size > largest) {
+        check.problem(
+            key,
+            "must not be larger than the largest object a cache tier keeps (max_object_size)",
+        );
     }
 }
 

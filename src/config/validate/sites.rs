@@ -14,6 +14,8 @@ pub(super) struct Referable<'a> {
     /// A write-through queue is configured.
     pub(super) has_queue: bool,
     pub(super) groups: &'a BTreeMap<String, file::UpstreamGroupFile>,
+    /// The largest object a cache tier keeps; `None` without a cache.
+    pub(super) largest_object: Option<u64>,
 }
 
 pub(super) fn sites(check: &mut Checker, files: &[file::SiteFile], refs: &Referable<'_>) -> Sites {
@@ -119,6 +121,15 @@ fn route(
             "must be more than 0 (leave it out for no limit)",
         );
     }
+    let slice_enabled = route.slice.unwrap_or(route.media.is_some());
+    if let Some(size) = route.slice_size {
+        super::cache::slice_size(
+            check,
+            &format!("{key}.slice_size"),
+            size.bytes(),
+            refs.largest_object,
+        );
+    }
     let client_limit = route
         .client_limit
         .as_ref()
@@ -130,6 +141,7 @@ fn route(
         cache_ttl: route.cache_ttl.map(|t| t.get()),
         heuristic_freshness: route.heuristic_freshness,
         compress: route.compress,
+        slice: slice_enabled.then(|| route.slice_size.map(|size| size.bytes())),
         media,
         upstream: route.upstream.clone(),
         max_body_size: route.max_body_size.map(|size| size.0),

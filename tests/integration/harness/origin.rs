@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -53,6 +53,13 @@ struct Control {
     path_hits: Mutex<HashMap<String, usize>>,
     /// The methods of the requests by path, in the order they came.
     path_methods: Mutex<HashMap<String, Vec<String>>>,
+    /// The `Range` of each request by path (empty: none), in the order they came.
+    path_ranges: Mutex<HashMap<String, Vec<String>>>,
+    /// Body bytes of `/bytes/` answers sent so far.
+    body_bytes: AtomicU64,
+    /// Bumped by [`Origin::change_content`]: `/bytes/` answers with `versioned=1` have
+    /// other bytes and another `ETag` for each value.
+    generation: AtomicU64,
 }
 
 type OriginBody = BoxBody<Bytes, std::io::Error>;
@@ -100,7 +107,19 @@ impl Origin {
                             .entry(req.uri().path().to_string())
                             .or_default()
                             .push(req.method().to_string());
-                        answer(req, peer, hit, control.fail_status.load(Ordering::SeqCst))
+                        control
+                            .path_ranges
+                            .lock()
+                            .entry(req.uri().path().to_string())
+                            .or_default()
+                            .push(
+                                req.headers()
+                                    .get("range")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string(),
+                            );
+                        answer(req, peer, hit, control.clone())
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -146,6 +165,26 @@ impl Origin {
             .unwrap_or_default()
     }
 
+    /// The `Range` of each request for one path (empty: none), in the order they came.
+    pub fn ranges_for(&self, path: &str) -> Vec<String> {
+        self.control
+            .path_ranges
+            .lock()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Body bytes of `/bytes/` answers sent so far (what an operator pays egress for).
+    pub fn body_bytes(&self) -> u64 {
+        self.control.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Changes what `/bytes/` paths with `versioned=1` hold: other bytes, another `ETag`.
+    pub fn change_content(&self) {
+        self.control.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// From now on every answer is `status` (0: back to normal).
     pub fn fail_with(&self, status: u16) {
         self.control.fail_status.store(status, Ordering::SeqCst);
@@ -162,6 +201,11 @@ impl Drop for Origin {
 /// Byte `i` of every `/bytes/` body.
 pub fn pattern(i: u64) -> u8 {
     (i % 251) as u8
+}
+
+/// Bytes `range` of a `versioned=1` body after `generation` changes.
+pub fn versioned_range(range: std::ops::Range<u64>, generation: u64) -> Vec<u8> {
+    range.map(|i| pattern(i + generation)).collect()
 }
 
 /// The bytes `range` of a `/bytes/` body.
@@ -223,7 +267,11 @@ fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn streamed_bytes(span: std::ops::Range<u64>, params: &[(String, String)]) -> (OriginBody, bool) {
+fn streamed_bytes(
+    span: std::ops::Range<u64>,
+    params: &[(String, String)],
+    generation: u64,
+) -> (OriginBody, bool) {
     let get = |name: &str| {
         params
             .iter()
@@ -251,7 +299,7 @@ fn streamed_bytes(span: std::ops::Range<u64>, params: &[(String, String)]) -> (O
                 }
             }
             if tx
-                .send(Ok(Bytes::from(pattern_range(sent..end))))
+                .send(Ok(Bytes::from(versioned_range(sent..end, generation))))
                 .await
                 .is_err()
             {
@@ -270,8 +318,9 @@ async fn answer(
     req: Request<Incoming>,
     peer: SocketAddr,
     hit: usize,
-    fail_status: u16,
+    control: Arc<Control>,
 ) -> Result<Response<OriginBody>, Infallible> {
+    let fail_status = control.fail_status.load(Ordering::SeqCst);
     let path = req.uri().path().to_string();
     if path == "/echo-upgrade" {
         return Ok(echo_upgrade(req));
@@ -279,6 +328,15 @@ async fn answer(
     let params = query_params(&req);
     let mut extra_headers: Vec<(String, String)> = Vec::new();
     let mut etag = None;
+    let versioned = params.iter().any(|(k, v)| k == "versioned" && v == "1");
+    let generation = if versioned {
+        control.generation.load(Ordering::SeqCst)
+    } else {
+        0
+    };
+    if versioned {
+        etag = Some(format!("\"g{generation}\""));
+    }
     for (name, value) in &params {
         match name.as_str() {
             "cc" => extra_headers.push(("cache-control".into(), value.clone())),
@@ -337,22 +395,35 @@ async fn answer(
     };
     if let Some(n) = path.strip_prefix("/bytes/") {
         let total: u64 = n.parse().unwrap_or(0);
-        // One `bytes=a-b` range is honoured, as object stores do.
-        let range = req
+        // One `bytes=a-b` range is honoured, as object stores do; one starting past the
+        // end gets a 416.
+        let asked = req
             .headers()
             .get("range")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("bytes="))
             .and_then(|v| v.split_once('-'))
-            .and_then(|(a, b)| {
-                let a: u64 = a.parse().ok()?;
-                let b: u64 = b
-                    .parse::<u64>()
-                    .map_or(total.saturating_sub(1), |b| b.min(total - 1));
-                (a <= b && b < total).then_some(a..b + 1)
-            });
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok())));
+        if asked.is_some_and(|(a, _)| a >= total) {
+            let mut builder = Response::builder()
+                .status(416)
+                .header("content-range", format!("bytes */{total}"));
+            if let Some(etag) = &etag {
+                builder = builder.header("etag", etag.as_str());
+            }
+            return Ok(builder.body(full(Bytes::new())).expect("response"));
+        }
+        let range = asked.and_then(|(a, b)| {
+            let b = b.map_or(total - 1, |b| b.min(total - 1));
+            (a <= b).then_some(a..b + 1)
+        });
         let span = range.clone().unwrap_or(0..total);
-        let (body, chunked) = streamed_bytes(span.clone(), &params);
+        if req.method() != hyper::Method::HEAD {
+            control
+                .body_bytes
+                .fetch_add(span.end - span.start, Ordering::SeqCst);
+        }
+        let (body, chunked) = streamed_bytes(span.clone(), &params, generation);
         let mut builder = Response::builder()
             .status(if range.is_some() { 206 } else { 200 })
             .header("content-type", "application/octet-stream");

@@ -1,0 +1,211 @@
+//! Large objects fetched and stored as aligned slices: a range request costs the origin only
+//! the slices it covers, a cold range gets its 206 at once, and slices of two versions of
+//! an object never mix.
+
+use std::time::Duration;
+
+use crate::harness::origin::{pattern_range, versioned_range, Origin};
+use crate::harness::{get, pop_with_cache_config, CachingPop, Route};
+
+/// The slice size of these tests.
+const SLICE: u64 = 256 * 1024;
+
+/// A PoP whose `/bytes/` route slices at [`SLICE`].
+async fn slicing_pop(origin: &Origin) -> CachingPop {
+    pop_with_cache_config(origin, |config, _| {
+        config.add_sections("cache: { slice_size: 256KiB }");
+        config.add_routes([Route::at("/bytes/").with("slice", "true")]);
+    })
+    .await
+}
+
+fn range_of(index: u64) -> String {
+    format!("bytes={}-{}", index * SLICE, (index + 1) * SLICE - 1)
+}
+
+#[tokio::test]
+async fn a_cold_range_costs_the_origin_only_the_slices_it_covers() {
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 3_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600");
+    let object = format!("/bytes/{size}");
+
+    // The iOS player's first probe: two bytes, and the object's length.
+    let probe = get(pop.setup.http(), &path, &[("Range", "bytes=0-1")]).await;
+    assert_eq!(probe.status, 206);
+    assert_eq!(probe.header("content-range"), format!("bytes 0-1/{size}"));
+    assert!(probe.body == pattern_range(0..2));
+    assert_eq!(origin.ranges_for(&object), vec![range_of(0)]);
+    assert_eq!(origin.body_bytes(), SLICE);
+
+    // A seek into the middle: one more slice.
+    let seek = get(
+        pop.setup.http(),
+        &path,
+        &[("Range", "bytes=2000000-2000099")],
+    )
+    .await;
+    assert_eq!(seek.status, 206);
+    assert_eq!(
+        seek.header("content-range"),
+        format!("bytes 2000000-2000099/{size}")
+    );
+    assert!(seek.body == pattern_range(2_000_000..2_000_100));
+    assert_eq!(origin.ranges_for(&object), vec![range_of(0), range_of(7)]);
+
+    // An open-ended range across a slice boundary: the slices it covers, once each.
+    let tail = get(pop.setup.http(), &path, &[("Range", "bytes=1900000-")]).await;
+    assert_eq!(tail.status, 206);
+    assert!(tail.body == pattern_range(1_900_000..size));
+    let fetched = origin.ranges_for(&object);
+    for index in 7..12 {
+        assert_eq!(
+            fetched.iter().filter(|r| **r == range_of(index)).count(),
+            1,
+            "slice {index} in {fetched:?}"
+        );
+    }
+
+    // The whole object, streamed from slices: only the ones not yet stored are fetched.
+    let whole = get(pop.setup.http(), &path, &[]).await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("content-length"), size.to_string());
+    assert!(whole.body == pattern_range(0..size));
+    assert_eq!(origin.hits_for(&object), 12);
+    assert_eq!(origin.body_bytes(), size);
+
+    // From then on, every answer comes from the PoP.
+    let again = get(pop.setup.http(), &path, &[]).await;
+    assert!(again.body == pattern_range(0..size));
+    let suffix = get(pop.setup.http(), &path, &[("Range", "bytes=-100")]).await;
+    assert_eq!(suffix.status, 206);
+    assert!(suffix.body == pattern_range(size - 100..size));
+    assert_eq!(origin.hits_for(&object), 12);
+}
+
+#[tokio::test]
+async fn unsatisfiable_ranges_get_416_with_the_length_even_on_a_miss() {
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 600_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600");
+    let answer = get(pop.setup.http(), &path, &[("Range", "bytes=9000000-")]).await;
+    assert_eq!(answer.status, 416);
+    assert_eq!(answer.header("content-range"), format!("bytes */{size}"));
+    assert!(answer.body.is_empty());
+    // The same from what is stored.
+    get(pop.setup.http(), &path, &[("Range", "bytes=0-0")]).await;
+    let stored = get(pop.setup.http(), &path, &[("Range", "bytes=600000-")]).await;
+    assert_eq!(stored.status, 416);
+    assert_eq!(stored.header("content-range"), format!("bytes */{size}"));
+}
+
+#[tokio::test]
+async fn a_multi_range_request_gets_its_parts_from_the_slices() {
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 2_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600");
+    let answer = get(
+        pop.setup.http(),
+        &path,
+        &[("Range", "bytes=10-19,1500000-1500009")],
+    )
+    .await;
+    assert_eq!(answer.status, 206);
+    assert!(answer
+        .header("content-type")
+        .starts_with("multipart/byteranges; boundary="));
+    let text = answer.body.clone();
+    let contains = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(&pattern_range(10..20)));
+    assert!(contains(&pattern_range(1_500_000..1_500_010)));
+    assert!(contains(
+        format!("Content-Range: bytes 1500000-1500009/{size}").as_bytes()
+    ));
+    assert_eq!(
+        answer.header("content-length"),
+        answer.body.len().to_string()
+    );
+    // Two slices, not the eight between them.
+    assert_eq!(
+        origin.ranges_for(&format!("/bytes/{size}")),
+        vec![range_of(0), range_of(5)]
+    );
+}
+
+#[tokio::test]
+async fn many_clients_missing_one_slice_cost_one_origin_request() {
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 5_000_000u64;
+    // Slow enough that every client arrives while the first fetch is on its way.
+    let path = format!("/bytes/{size}?cc=public,max-age=600&delay_ms=20&chunk=16384");
+    let base = pop.setup.http();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let path = path.clone();
+            tokio::spawn(
+                async move { get(base, &path, &[("Range", "bytes=3000000-3000999")]).await },
+            )
+        })
+        .collect();
+    for client in clients {
+        let answer = client.await.expect("client");
+        assert_eq!(answer.status, 206);
+        assert!(answer.body == pattern_range(3_000_000..3_001_000));
+    }
+    assert_eq!(
+        origin.ranges_for(&format!("/bytes/{size}")),
+        vec![range_of(11)]
+    );
+}
+
+#[tokio::test]
+async fn a_changed_object_never_mixes_its_slices_with_the_old_ones() {
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 1_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600&versioned=1");
+    // Slice 0 of the first version is stored.
+    let first = get(pop.setup.http(), &path, &[("Range", "bytes=0-9")]).await;
+    assert!(first.body == versioned_range(0..10, 0));
+    origin.change_content();
+    // The rest comes from the new version: the answer is broken off, never mixed.
+    let url = format!("http://{}{path}", pop.setup.http());
+    let mixed = reqwest::get(&url).await.expect("answer head");
+    assert_eq!(mixed.status(), 200);
+    let body = mixed.bytes().await;
+    assert!(
+        body.is_err(),
+        "a body mixed from two versions was sent whole"
+    );
+    // The old slices are gone: the next answer is the new version throughout.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = get(pop.setup.http(), &path, &[]).await;
+    assert_eq!(after.status, 200);
+    assert!(after.body == versioned_range(0..size, 1));
+    assert_eq!(after.header("etag"), "\"g1\"");
+}
+
+#[tokio::test]
+async fn a_purge_of_the_url_removes_every_slice() {
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 1_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600");
+    let object = format!("/bytes/{size}");
+    get(pop.setup.http(), &path, &[]).await;
+    assert_eq!(origin.hits_for(&object), 4);
+    let host = pop.setup.http();
+    let (status, _) = pop
+        .purge(&format!(
+            "url=http://{host}/bytes/{size}%3Fcc%3Dpublic,max-age%3D600"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let after = get(pop.setup.http(), &path, &[]).await;
+    assert!(after.body == pattern_range(0..size));
+    assert_eq!(origin.hits_for(&object), 8);
+}
