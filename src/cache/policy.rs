@@ -93,6 +93,24 @@ pub fn if_range_never_matches(req: &RequestHeader, resp: &ResponseHeader) -> boo
             .is_some_and(|etag| etag.as_bytes().trim_ascii().starts_with(b"W/"))
 }
 
+/// The `Range` value without its zero-length suffix ranges (`-0`), which no length can
+/// satisfy (RFC 9110 §14.1.3); `None` when it has none. Left in, pingora's range filter
+/// would answer one with an empty `206` whose `Content-Range` runs backwards.
+pub fn without_empty_suffixes(range: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(range).ok()?;
+    let (unit, set) = text.split_once('=')?;
+    let is_empty_suffix = |spec: &str| {
+        spec.trim()
+            .strip_prefix('-')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'))
+    };
+    if !set.split(',').any(is_empty_suffix) {
+        return None;
+    }
+    let kept: Vec<&str> = set.split(',').filter(|s| !is_empty_suffix(s)).collect();
+    Some(format!("{unit}={}", kept.join(",")))
+}
+
 /// Whether a request identifies a user: `Authorization`, an HTTP `Signature`, or one of
 /// `session_cookies` (any cookie at all when no names are known).
 pub fn carries_credentials(req: &RequestHeader, session_cookies: Option<&[String]>) -> bool {

@@ -541,3 +541,18 @@ fn a_stored_response_without_last_modified_is_validated_against_its_date() {
     ]);
     assert!(!not_modified(&both, &dated));
 }
+
+#[test]
+fn zero_length_suffix_ranges_are_left_out() {
+    assert_eq!(
+        without_empty_suffixes(b"bytes=-0"),
+        Some("bytes=".to_string())
+    );
+    assert_eq!(
+        without_empty_suffixes(b"bytes=-000, 0-3"),
+        Some("bytes= 0-3".to_string())
+    );
+    assert_eq!(without_empty_suffixes(b"bytes=-10"), None);
+    assert_eq!(without_empty_suffixes(b"bytes=0-0"), None);
+    assert_eq!(without_empty_suffixes(b"bytes=-"), None);
+}

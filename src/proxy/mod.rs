@@ -396,7 +396,8 @@ impl ProxyHttp for EdgeProxy {
     }
 
     /// Cuts the requested range from a cached or cacheable response, as pingora does, except
-    /// where `If-Range` carries or meets a weak entity-tag: then the whole response is sent.
+    /// where `If-Range` carries or meets a weak entity-tag: then the whole response is sent;
+    /// and a zero-length suffix range (`-0`) is unsatisfiable, not an empty part.
     fn range_header_filter(
         &self,
         session: &mut Session,
@@ -408,6 +409,16 @@ impl ProxyHttp for EdgeProxy {
             let mut whole = req.clone();
             let _ = whole.remove_header(&http::header::RANGE);
             return range_header_filter(&whole, resp, MAX_RANGES);
+        }
+        let satisfiable = req
+            .headers
+            .get(http::header::RANGE)
+            .and_then(|range| policy::without_empty_suffixes(range.as_bytes()));
+        if let Some(range) = satisfiable {
+            let mut cleaned = req.clone();
+            if cleaned.insert_header(http::header::RANGE, range).is_ok() {
+                return range_header_filter(&cleaned, resp, MAX_RANGES);
+            }
         }
         range_header_filter(req, resp, MAX_RANGES)
     }

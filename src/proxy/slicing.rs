@@ -188,14 +188,34 @@ impl EdgeProxy {
     }
 
     /// Asks a subrequest for slice `index`.
-    fn open_slice(&self, session: &Session, index: u64, size: u64) -> Result<SliceStream> {
-        let spawner = session
-            .subrequest_spawner
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no subrequests here"))?;
+    fn open_slice(&self, session: &mut Session, index: u64, size: u64) -> Result<SliceStream> {
+        // A subrequest reads its request as HTTP/1.1 text: pingora writes an HTTP/2
+        // request's current head for it, which needs an HTTP/1 version and a `Host` for
+        // that. The client's own head is put back after.
+        let h2 = session.req_header().version == http::Version::HTTP_2;
+        let mut host_added = false;
+        if h2 {
+            let req = session.req_header_mut();
+            req.set_version(http::Version::HTTP_11);
+            if !req.headers.contains_key(header::HOST) {
+                if let Some(authority) = req.uri.authority().map(|a| a.to_string()) {
+                    host_added = req.insert_header(header::HOST, authority).is_ok();
+                }
+            }
+        }
         let order = SliceOrder { index, size };
-        let (subrequest, handle) =
-            spawner.create_subrequest(&session.downstream_session, order_context(order));
+        let created = session.subrequest_spawner.as_ref().map(|spawner| {
+            spawner.create_subrequest(&session.downstream_session, order_context(order))
+        });
+        if h2 {
+            let req = session.req_header_mut();
+            req.set_version(http::Version::HTTP_2);
+            if host_added {
+                req.remove_header(&header::HOST);
+            }
+        }
+        let (subrequest, handle) = created
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no subrequests here"))?;
         tokio::spawn(subrequest.run());
         Ok(SliceStream { index, handle })
     }
@@ -251,7 +271,7 @@ impl EdgeProxy {
     /// not, the object changed at its origin: every slice of it is purged.
     async fn check_slice(
         &self,
-        session: &Session,
+        session: &mut Session,
         ctx: &RequestContext,
         stream: &mut SliceStream,
         head: &SliceHead,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::harness::origin::{pattern_range, versioned_range, Origin};
-use crate::harness::{get, pop_with_cache_config, CachingPop, Route};
+use crate::harness::{get, pop_with_cache_config, send, CachingPop, Route};
 
 /// The slice size of these tests.
 const SLICE: u64 = 256 * 1024;
@@ -208,4 +208,118 @@ async fn a_purge_of_the_url_removes_every_slice() {
     let after = get(pop.setup.http(), &path, &[]).await;
     assert!(after.body == pattern_range(0..size));
     assert_eq!(origin.hits_for(&object), 8);
+}
+
+#[tokio::test]
+async fn head_and_conditional_requests_are_answered_from_the_first_slice() {
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 3_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600&etag=v1");
+    let object = format!("/bytes/{size}");
+    let head = send(reqwest::Method::HEAD, pop.setup.http(), &path, &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), size.to_string());
+    assert_eq!(head.header("etag"), "\"v1\"");
+    assert!(head.body.is_empty());
+    // The origin was asked for slice 0 alone, as a GET.
+    assert_eq!(origin.ranges_for(&object), vec![range_of(0)]);
+    assert_eq!(origin.methods_for(&object), vec!["GET"]);
+
+    let unchanged = get(pop.setup.http(), &path, &[("If-None-Match", "\"v1\"")]).await;
+    assert_eq!(unchanged.status, 304);
+    assert!(unchanged.body.is_empty());
+    let changed = get(
+        pop.setup.http(),
+        &path,
+        &[("If-None-Match", "\"v0\""), ("Range", "bytes=5-9")],
+    )
+    .await;
+    assert_eq!(changed.status, 206);
+    assert!(changed.body == pattern_range(5..10));
+    // If-Range that does not match: the whole object, from slices.
+    let whole = get(
+        pop.setup.http(),
+        &path,
+        &[("Range", "bytes=5-9"), ("If-Range", "\"v0\"")],
+    )
+    .await;
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == pattern_range(0..size));
+    assert_eq!(origin.hits_for(&object), 12);
+}
+
+#[tokio::test]
+async fn a_zero_length_suffix_is_unsatisfiable() {
+    let origin = Origin::start().await;
+    let size = 300_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600");
+    // A PoP that slices and one that stores whole objects answer alike, on a miss and
+    // from what they stored.
+    for pop in [
+        slicing_pop(&origin).await,
+        pop_with_cache_config(&origin, |_, _| {}).await,
+    ] {
+        for _ in 0..2 {
+            let answer = get(pop.setup.http(), &path, &[("Range", "bytes=-0")]).await;
+            assert_eq!(answer.status, 416);
+            assert_eq!(answer.header("content-range"), format!("bytes */{size}"));
+            // A zero-length suffix next to a satisfiable range is only left out.
+            let both = get(pop.setup.http(), &path, &[("Range", "bytes=-0,0-3")]).await;
+            assert_eq!(both.status, 206);
+            assert!(both.body == pattern_range(0..4));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_ranges_is_answered_from_its_whole_object() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache_config(&origin, |config, _| {
+        config.add_routes([Route::at("/text/").with("slice", "true")]);
+    })
+    .await;
+    let path = "/text/100000?cc=public,max-age=600";
+    let whole = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(whole.status, 200);
+    let range = get(pop.setup.http(), path, &[("Range", "bytes=10-19")]).await;
+    assert_eq!(range.status, 206);
+    assert_eq!(range.header("content-range"), "bytes 10-19/100000");
+    assert_eq!(range.body, whole.body[10..20]);
+    assert_eq!(range.cache_status(), "HIT");
+    assert_eq!(origin.hits_for("/text/100000"), 1);
+}
+
+#[tokio::test]
+async fn an_http2_client_gets_its_range_from_slices() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache_config(&origin, |config, _| {
+        config.add_sections("cache: { slice_size: 256KiB }");
+        config.add_routes([Route::at("/bytes/").with("slice", "true")]);
+        config.listener("http").h2c = true;
+    })
+    .await;
+    let size = 1_000_000u64;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let url = format!(
+        "http://{}/bytes/{size}?cc=public,max-age=600",
+        pop.setup.http()
+    );
+    for _ in 0..2 {
+        let resp = client
+            .get(&url)
+            .header("Range", "bytes=500000-500009")
+            .send()
+            .await
+            .expect("h2 request");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 206);
+        let body = resp.bytes().await.expect("body");
+        assert!(body.as_ref() == pattern_range(500_000..500_010));
+    }
+    assert_eq!(origin.hits_for(&format!("/bytes/{size}")), 1);
 }
