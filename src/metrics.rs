@@ -306,6 +306,27 @@ metrics! {
         "Responses not encoded or decoded as planned, by reason (busy, too_large, corrupt).",
         &["reason"],
     );
+    /// Slices of large objects looked up, by route and how the cache answered (`hit`,
+    /// `miss`, `stale`, `revalidated`, `expired`, `bypass`).
+    slices: IntCounterVec = counter_vec(
+        "edgecache_slices_total",
+        "Slices of large objects looked up, by route and cache outcome.",
+        &["route", "outcome"],
+    );
+    /// Body bytes of slices fetched from the core or the media chain, by route: what the
+    /// origin was asked for.
+    slice_fetched_bytes: IntCounterVec = counter_vec(
+        "edgecache_slice_fetched_bytes_total",
+        "Body bytes of slices fetched from the origin, by route.",
+        &["route"],
+    );
+    /// Body bytes sent to clients from slices, by route: set against the bytes fetched,
+    /// the share of egress the PoP saved.
+    slice_served_bytes: IntCounterVec = counter_vec(
+        "edgecache_slice_served_bytes_total",
+        "Body bytes sent to clients from slices, by route.",
+        &["route"],
+    );
     /// Invalidations not passed to the fleet because too many were on their way already.
     invalidations_not_passed_on: IntCounter = counter(
         "edgecache_invalidations_not_passed_on_total",

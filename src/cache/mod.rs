@@ -163,6 +163,20 @@ impl CacheStatus {
         }
     }
 
+    /// The status an `X-Cache-Status` value names.
+    pub fn from_name(name: &[u8]) -> Option<CacheStatus> {
+        [
+            CacheStatus::Hit,
+            CacheStatus::Miss,
+            CacheStatus::Stale,
+            CacheStatus::Revalidated,
+            CacheStatus::Expired,
+            CacheStatus::Bypass,
+        ]
+        .into_iter()
+        .find(|status| status.as_str().as_bytes() == name)
+    }
+
     /// The status of a request that used the cache, from pingora's phase.
     pub fn of_phase(phase: CachePhase) -> CacheStatus {
         match phase {

@@ -77,6 +77,8 @@ pub struct RequestContext {
     pub(super) client_slot: Option<InFlight>,
     /// A subrequest for one slice of a large object (`slice_fill`).
     pub(super) slice_fill: Option<SliceOrder>,
+    /// The answer was put together from slices (`slicing`).
+    pub(super) served_from_slices: bool,
 }
 
 impl RequestContext {
@@ -114,6 +116,7 @@ impl RequestContext {
             websocket_open: false,
             client_slot: None,
             slice_fill: None,
+            served_from_slices: false,
         }
     }
 }

@@ -42,6 +42,25 @@ impl ListenerCounters {
 }
 
 /// Counts the request and writes its access-log line.
+/// How one slice was found, and what it cost the origin.
+fn count_slice(session: &Session, ctx: &RequestContext) {
+    let m = metrics::get();
+    let route = route_label(ctx);
+    let outcome = ctx
+        .cache_status
+        .map_or("bypass", |status| status.as_str())
+        .to_ascii_lowercase();
+    m.slices.with_label_values(&[route, &outcome]).inc();
+    m.slice_fetched_bytes
+        .with_label_values(&[route])
+        .inc_by(session.upstream_body_bytes_received() as u64);
+}
+
+/// The route's path as a metric label (from the config, so a bounded set).
+fn route_label(ctx: &RequestContext) -> &str {
+    ctx.route.route().map_or("", |route| route.path.as_str())
+}
+
 pub(super) fn log_request(
     proxy: &EdgeProxy,
     session: &mut Session,
@@ -64,7 +83,14 @@ pub(super) fn log_request(
     }
     // A slice is a part of its client's request, which is counted and logged itself.
     if ctx.slice_fill.is_some() {
+        count_slice(session, ctx);
         return;
+    }
+    if ctx.served_from_slices {
+        metrics::get()
+            .slice_served_bytes
+            .with_label_values(&[route_label(ctx)])
+            .inc_by(session.body_bytes_sent() as u64);
     }
     let status = session
         .response_written()

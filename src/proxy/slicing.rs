@@ -37,9 +37,9 @@ use pingora::ErrorType;
 use super::context::RequestContext;
 use super::range_body::RangeBody;
 use super::slice_fill::order_context;
-use super::{forward, EdgeProxy};
-use crate::cache::policy;
+use super::{forward, EdgeProxy, X_CACHE_STATUS};
 use crate::cache::slices::{self, ContentRange, SliceHead, SliceOrder};
+use crate::cache::{policy, CacheStatus};
 
 /// One slice's subrequest, as the parent reads it.
 struct SliceStream {
@@ -147,8 +147,14 @@ impl EdgeProxy {
             .get(header::RANGE)
             .and_then(|range| slices::first_wanted_offset(range.as_bytes()))
             .map_or(0, |offset| slices::slice_of(offset, size));
+        ctx.served_from_slices = true;
         let mut first = self.open_slice(session, anchor, size)?;
         let (header, end) = first.header().await?;
+        // The client's request reports how its first slice was found.
+        ctx.cache_status = header
+            .headers
+            .get(X_CACHE_STATUS)
+            .and_then(|value| CacheStatus::from_name(value.as_bytes()));
         let found = judge_first(&header, anchor, size);
         let total = match found {
             Found::Sliced(ref head) => head.total,

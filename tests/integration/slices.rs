@@ -78,10 +78,25 @@ async fn a_cold_range_costs_the_origin_only_the_slices_it_covers() {
     // From then on, every answer comes from the PoP.
     let again = get(pop.setup.http(), &path, &[]).await;
     assert!(again.body == pattern_range(0..size));
+    assert_eq!(again.cache_status(), "HIT");
     let suffix = get(pop.setup.http(), &path, &[("Range", "bytes=-100")]).await;
     assert_eq!(suffix.status, 206);
     assert!(suffix.body == pattern_range(size - 100..size));
     assert_eq!(origin.hits_for(&object), 12);
+
+    // The operator sees what the origin was asked for against what clients got.
+    let edge = &pop.pop.edge;
+    let sample = |name: &str| format!("edgecache_{name}{{route=\"/bytes/\"}}");
+    edge.wait_metric(&sample("slice_fetched_bytes_total"), size as f64)
+        .await;
+    let served = 2 + 100 + (size - 1_900_000) + 2 * size + 100;
+    edge.wait_metric(&sample("slice_served_bytes_total"), served as f64)
+        .await;
+    edge.wait_metric(
+        "edgecache_slices_total{outcome=\"miss\",route=\"/bytes/\"}",
+        12.0,
+    )
+    .await;
 }
 
 #[tokio::test]
