@@ -345,3 +345,32 @@ async fn a_body_the_cache_does_not_keep_is_copied_as_it_streams() {
     assert_eq!(media.metric(&copied("cache")).await, 0.0);
     assert!(entry_files(&media.pop, "body").is_empty());
 }
+
+#[tokio::test]
+async fn a_legacy_video_served_in_slices_is_copied_whole_once_in_the_background() {
+    let media = media_pop_with(config(QUEUE)).await;
+    let http = media.pop.setup.http();
+    let size = 5_000_000u64;
+    let path = format!("/system/{size}");
+    let object = format!("/bytes/{size}");
+    // The player's probe and a seek: two slices from the old server, at once.
+    let probe = get(http, &path, &[("Range", "bytes=0-1")]).await;
+    assert_eq!(probe.status, 206);
+    assert_eq!(probe.header("content-range"), format!("bytes 0-1/{size}"));
+    let seek = get(http, &path, &[("Range", "bytes=3000000-3000099")]).await;
+    assert!(seek.body == pattern_range(3_000_000..3_000_100));
+    // The copy: one whole fetch of its own, however many slices were served.
+    wait_jobs(&media, "done", 1.0).await;
+    assert!(media.s3.get(&size.to_string()).await == Some(pattern_range(0..size)));
+    let asked = media.origin.ranges_for(&object);
+    assert_eq!(
+        asked.iter().filter(|range| range.is_empty()).count(),
+        1,
+        "{asked:?}"
+    );
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    // Slices not yet stored now come from the store, not the old server.
+    let later = get(http, &path, &[("Range", "bytes=4500000-4500009")]).await;
+    assert!(later.body == pattern_range(4_500_000..4_500_010));
+    assert_eq!(media.origin.ranges_for(&object).len(), 3);
+}
