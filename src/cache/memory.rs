@@ -35,6 +35,12 @@ impl MemObject {
 pub struct MemoryTier {
     objects: moka::sync::Cache<Hash, Arc<MemObject>>,
     max_object_size: u64,
+    /// Bytes inserted since moka last weighed and evicted: moka does that in batches of
+    /// writes, so a burst of large objects would otherwise sit in memory many times over
+    /// `max_size` until the batch fills.
+    unweighed: std::sync::atomic::AtomicU64,
+    /// Past this many unweighed bytes, an insert has moka catch up at once.
+    weigh_every: u64,
 }
 
 impl MemoryTier {
@@ -54,6 +60,8 @@ impl MemoryTier {
         MemoryTier {
             objects,
             max_object_size,
+            unweighed: std::sync::atomic::AtomicU64::new(0),
+            weigh_every: (max_size / 16).max(1),
         }
     }
 
@@ -72,8 +80,17 @@ impl MemoryTier {
     }
 
     pub fn insert(&self, combined: Hash, object: MemObject) {
-        if self.admits(object.body.len() as u64) {
-            self.objects.insert(combined, Arc::new(object));
+        use std::sync::atomic::Ordering;
+        if !self.admits(object.body.len() as u64) {
+            return;
+        }
+        let weight = u64::from(object.weight());
+        self.objects.insert(combined, Arc::new(object));
+        // The tier then holds at most about `max_size` and a sixteenth more.
+        let unweighed = self.unweighed.fetch_add(weight, Ordering::AcqRel) + weight;
+        if unweighed >= self.weigh_every {
+            self.unweighed.store(0, Ordering::Release);
+            self.objects.run_pending_tasks();
         }
     }
 
@@ -123,5 +140,51 @@ impl MemoryTier {
         m.cache_tier_objects
             .with_label_values(&["memory"])
             .set(i64::try_from(self.objects.entry_count()).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+
+    fn object(len: usize) -> MemObject {
+        let header = ResponseHeader::build(200, None).expect("header");
+        let now = std::time::SystemTime::now();
+        let meta =
+            StoredMeta::from_cache_meta(&pingora::cache::CacheMeta::new(now, now, 0, 0, header));
+        MemObject {
+            primary: [0; 16],
+            url: Arc::from("http://example.social/v.mp4"),
+            meta,
+            body: Bytes::from(vec![7u8; len]),
+            committed: None,
+        }
+    }
+
+    /// What the tier holds right now, counted entry by entry (moka's own count waits for
+    /// its housekeeping).
+    fn held_bytes(tier: &MemoryTier) -> u64 {
+        tier.objects
+            .iter()
+            .map(|(_, object)| u64::from(object.weight()))
+            .sum()
+    }
+
+    #[test]
+    fn a_burst_of_large_objects_never_holds_much_more_than_max_size() {
+        let max_size = 4 << 20;
+        let tier = MemoryTier::new(max_size, 1 << 20);
+        let mut most = 0;
+        for i in 0..200u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            tier.insert(key, object(1 << 20));
+            most = most.max(held_bytes(&tier));
+        }
+        assert!(
+            most <= max_size + max_size / 8 + (2 << 20),
+            "held {most} bytes with max_size {max_size}"
+        );
     }
 }

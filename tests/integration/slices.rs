@@ -338,3 +338,44 @@ async fn an_http2_client_gets_its_range_from_slices() {
     }
     assert_eq!(origin.hits_for(&format!("/bytes/{size}")), 1);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_back_two_slices_past_the_socket_buffers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let pop = slicing_pop(&origin).await;
+    let size = 64 * 1024 * 1024u64;
+    let object = format!("/bytes/{size}");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(16 * 1024)
+        .expect("small receive buffer");
+    let mut stream = socket.connect(pop.setup.http()).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET {object}?cc=public,max-age=600 HTTP/1.1\r\nHost: example.social\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut head = [0u8; 4096];
+    let read = stream.read(&mut head).await.expect("first bytes");
+    assert!(head[..read].starts_with(b"HTTP/1.1 200"));
+    // The client reads nothing more. The PoP may fill the kernel's buffers of the
+    // connection (its send buffer grows up to tcp_wmem's maximum) and hold the slice being
+    // sent and the one after it; it asks the origin for nothing beyond.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let send_buffer_max: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .expect("tcp_wmem")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_wmem maximum");
+    let in_buffers = (send_buffer_max + 64 * 1024).div_ceil(SLICE);
+    let asked = origin.ranges_for(&object).len() as u64;
+    assert!(
+        asked <= in_buffers + 2,
+        "{asked} slices asked of the origin with the client stalled (buffers hold {in_buffers})"
+    );
+    assert!(asked < size / SLICE / 4);
+}
