@@ -48,6 +48,8 @@ fn each_bad_file_names_file_line_and_key() {
         ("bad-compression.yaml", ":13: compression.types[1]: \"text\" is not a media type"),
         ("bad-compression.yaml", ":14: compression.max_concurrent: must be at least 1"),
         ("bad-compression.yaml", ":15: compression.min_length: must be at least 1 byte"),
+        ("bad-slices.yaml", ":11: cache.slice_size: must be between 64KiB and 64MiB"),
+        ("bad-slices.yaml", ":14: sites[0].routes[0].slice_size: must not be larger than the largest object a cache tier keeps"),
         ("bad-upgrade-socket.yaml", ":6: server.upgrade_socket: /run/edgecache-upgrade-socket-directory/"),
     ];
     for (file, expected) in cases {
