@@ -24,6 +24,7 @@ pub mod key;
 mod lock;
 pub mod memory;
 pub mod meta;
+pub mod partial;
 pub mod policy;
 pub mod slices;
 pub mod status_field;

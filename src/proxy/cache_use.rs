@@ -168,6 +168,26 @@ impl EdgeProxy {
         decision
     }
 
+    /// Whether a `206` may be stored, judged as the `200` it is a part of; it is stored as
+    /// the `206` it is, so a hit reads as that part again.
+    pub(super) fn keepable_as_part(
+        &self,
+        resp: &ResponseHeader,
+        ctx: &RequestContext,
+    ) -> RespCacheable {
+        let mut whole = resp.clone();
+        let _ = whole.set_status(http::StatusCode::OK);
+        match self.keepable(&whole, ctx) {
+            RespCacheable::Cacheable(mut meta) => {
+                let _ = meta
+                    .response_header_mut()
+                    .set_status(http::StatusCode::PARTIAL_CONTENT);
+                RespCacheable::Cacheable(meta)
+            }
+            not => not,
+        }
+    }
+
     /// Counts how the cache answered and, when the policy says so, shows it in
     /// `X-Cache-Status`.
     pub(super) fn report_cache_status(

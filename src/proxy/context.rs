@@ -8,6 +8,7 @@ use super::body_coding::{BodyWork, CodingPlan};
 use super::client_limits::InFlight;
 use super::route::RouteDecision;
 use super::ProxySettings;
+use crate::cache::partial::{Completion, StoredSpan};
 use crate::cache::slices::SliceOrder;
 use crate::cache::CacheStatus;
 use crate::origin::handoff::Ticket;
@@ -79,6 +80,14 @@ pub struct RequestContext {
     pub(super) slice_fill: Option<SliceOrder>,
     /// The answer was put together from slices (`slicing`).
     pub(super) served_from_slices: bool,
+    /// A stored span of the object answers this request (`partial`).
+    pub(super) stored_span: Option<StoredSpan>,
+    /// A stored span of the object falls short of this request (`partial`).
+    pub(super) span_short: bool,
+    /// A stored start of the object being completed with the rest (`partial`).
+    pub(super) completion: Option<Completion>,
+    /// The stored start, put before the rest's body once the rest is on its way.
+    pub(super) held_prefix: Option<bytes::Bytes>,
 }
 
 impl RequestContext {
@@ -117,6 +126,10 @@ impl RequestContext {
             client_slot: None,
             slice_fill: None,
             served_from_slices: false,
+            stored_span: None,
+            span_short: false,
+            completion: None,
+            held_prefix: None,
         }
     }
 }

@@ -33,6 +33,7 @@ mod head_revalidation;
 pub mod headers;
 pub mod limits;
 pub mod media_urls;
+mod partial;
 mod peer;
 mod range_body;
 mod report;
@@ -63,6 +64,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::access_log::AccessLogger;
 use crate::cache::freshen::{freshen, keep_weakened_etag};
 use crate::cache::key as cache_key;
+use crate::cache::partial::StoredSpan;
 use crate::cache::{policy, slices, EdgeCache};
 use crate::head_deadline::HeadDeadlines;
 use crate::metrics;
@@ -108,6 +110,29 @@ const X_CACHE_STATUS: http::header::HeaderName =
     http::header::HeaderName::from_static("x-cache-status");
 
 impl EdgeProxy {
+    /// The range answer to `req` from a whole response `resp` (rewritten to the answer's
+    /// header), as pingora's range filter decides it, except where `If-Range` carries or
+    /// meets a weak entity-tag: then the whole response is sent; and a zero-length suffix
+    /// range (`-0`) is unsatisfiable, not an empty part.
+    fn judge_range(&self, req: &RequestHeader, resp: &mut ResponseHeader) -> RangeType {
+        if policy::if_range_never_matches(req, resp) {
+            let mut whole = req.clone();
+            let _ = whole.remove_header(&http::header::RANGE);
+            return range_header_filter(&whole, resp, MAX_RANGES);
+        }
+        let satisfiable = req
+            .headers
+            .get(http::header::RANGE)
+            .and_then(|range| policy::without_empty_suffixes(range.as_bytes()));
+        if let Some(range) = satisfiable {
+            let mut cleaned = req.clone();
+            if cleaned.insert_header(http::header::RANGE, range).is_ok() {
+                return range_header_filter(&cleaned, resp, MAX_RANGES);
+            }
+        }
+        range_header_filter(req, resp, MAX_RANGES)
+    }
+
     pub fn new(
         listener: &str,
         tls: bool,
@@ -205,6 +230,19 @@ impl ProxyHttp for EdgeProxy {
         variance
     }
 
+    /// A stored span of the object answers only the ranges inside it (`partial`).
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        hit_handler: &mut pingora::cache::HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<pingora::cache::ForcedFreshness>> {
+        self.judge_stored_span(session, meta, hit_handler, ctx)
+            .await
+    }
+
     /// Picks where a miss goes: the media origin for a media route, otherwise a core host
     /// of the route's group that this request has not failed to reach.
     async fn upstream_peer(
@@ -251,6 +289,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.upstream_head = upstream_request.method == http::Method::HEAD;
         self.ask_core_for_coding(upstream_request, ctx)?;
         self.ask_for_slice(upstream_request, ctx)?;
+        self.ask_for_the_rest(upstream_request, ctx)?;
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         // Only the proxy lodges routes: inserting replaces any ticket a client sent.
         if let Some(ticket) = &ctx.media_ticket {
@@ -332,6 +371,8 @@ impl ProxyHttp for EdgeProxy {
         for name in &self.settings(ctx).hide_response_headers {
             upstream_response.remove_header(name);
         }
+        // Before the coding is planned: the whole object is what gets coded.
+        self.join_the_rest(upstream_response, ctx);
         // Before the HEAD freshening: it compares the coded header with the stored one.
         self.plan_body(session, upstream_response, ctx);
         self.freshen_with_head_answer(session, upstream_response, ctx)
@@ -373,6 +414,8 @@ impl ProxyHttp for EdgeProxy {
         };
         let keepable = match ctx.slice_fill {
             Some(order) => self.slice_keepable(resp, order, ctx),
+            // A span of the object that agrees with its length (`partial`).
+            None if StoredSpan::of(resp).is_some() => self.keepable_as_part(resp, ctx),
             None => self.keepable(resp, ctx),
         };
         let on_disk = matches!(keepable, RespCacheable::Cacheable(_))
@@ -395,32 +438,19 @@ impl ProxyHttp for EdgeProxy {
         Ok(policy::not_modified(session.req_header(), resp))
     }
 
-    /// Cuts the requested range from a cached or cacheable response, as pingora does, except
-    /// where `If-Range` carries or meets a weak entity-tag: then the whole response is sent;
-    /// and a zero-length suffix range (`-0`) is unsatisfiable, not an empty part.
+    /// Cuts the requested range from a cached or cacheable response (`judge_range`), or
+    /// from a stored span of it (`partial`).
     fn range_header_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut RequestContext,
+        ctx: &mut RequestContext,
     ) -> RangeType {
         let req = session.req_header();
-        if policy::if_range_never_matches(req, resp) {
-            let mut whole = req.clone();
-            let _ = whole.remove_header(&http::header::RANGE);
-            return range_header_filter(&whole, resp, MAX_RANGES);
+        if let Some(range) = self.range_of_stored_span(req, resp, ctx) {
+            return range;
         }
-        let satisfiable = req
-            .headers
-            .get(http::header::RANGE)
-            .and_then(|range| policy::without_empty_suffixes(range.as_bytes()));
-        if let Some(range) = satisfiable {
-            let mut cleaned = req.clone();
-            if cleaned.insert_header(http::header::RANGE, range).is_ok() {
-                return range_header_filter(&cleaned, resp, MAX_RANGES);
-            }
-        }
-        range_header_filter(req, resp, MAX_RANGES)
+        self.judge_range(req, resp)
     }
 
     /// Says how the cache answered, in `X-Cache-Status` and the metrics, and which request
@@ -458,6 +488,7 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> Result<Option<std::time::Duration>> {
+        self.put_the_start_first(body, ctx);
         self.code_body(body, end_of_stream, ctx)?;
         let Some(total) = ctx.group.as_ref().and_then(|g| g.total_timeout) else {
             return Ok(None);

@@ -94,18 +94,7 @@ impl EdgeProxy {
                         "206 is not the slice asked for",
                     ));
                 }
-                let mut whole = resp.clone();
-                let _ = whole.set_status(http::StatusCode::OK);
-                match self.keepable(&whole, ctx) {
-                    // Stored as the `206` it is, so a hit reads as the slice again.
-                    RespCacheable::Cacheable(mut meta) => {
-                        let _ = meta
-                            .response_header_mut()
-                            .set_status(http::StatusCode::PARTIAL_CONTENT);
-                        RespCacheable::Cacheable(meta)
-                    }
-                    not => not,
-                }
+                self.keepable_as_part(resp, ctx)
             }
             // The server ignored the range: the whole object, which is slice 0's place.
             200 if order.index > 0 => {

@@ -31,7 +31,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::conditional_filter::to_304;
 use pingora::protocols::http::subrequest::server::SubrequestHandle;
 use pingora::protocols::http::HttpTask;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::Session;
 use pingora::ErrorType;
 
 use super::context::RequestContext;
@@ -168,7 +168,7 @@ impl EdgeProxy {
             first.let_finish();
             return Ok(());
         }
-        let range = self.range_header_filter(session, &mut resp, ctx);
+        let range = self.judge_range(session.req_header(), &mut resp);
         let is_head = session.req_header().method == http::Method::HEAD;
         let body = RangeBody::for_range(&range, total).filter(|_| !is_head);
         let Some(mut body) = body else {

@@ -187,3 +187,65 @@ async fn if_range_with_a_weak_etag_gets_the_whole_object() {
     assert_eq!(matching.status, 206);
     assert!(matching.body == pattern_range(0..10));
 }
+
+/// A `206` from the core is kept as the part it is: ranges inside it are answered from it,
+/// and a request for more asks the core for the rest alone, then keeps the whole object.
+#[tokio::test]
+async fn a_partial_answer_is_kept_reused_and_completed_with_the_rest() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/1000?cc=public,max-age=600&etag=v1&partial=0-99";
+    let first = get(pop.setup.http(), path, &[("Range", "bytes=2-5")]).await;
+    assert_eq!(first.status, 206);
+    assert_eq!(first.header("content-range"), "bytes 0-99/1000");
+
+    let inside = get(pop.setup.http(), path, &[("Range", "bytes=10-19")]).await;
+    assert_eq!(inside.status, 206);
+    assert_eq!(inside.cache_status(), "HIT");
+    assert_eq!(inside.header("content-range"), "bytes 10-19/1000");
+    assert!(inside.body == pattern_range(10..20));
+    let unsatisfiable = get(pop.setup.http(), path, &[("Range", "bytes=5000-")]).await;
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(unsatisfiable.header("content-range"), "bytes */1000");
+    assert_eq!(origin.hits(), 1);
+
+    // Past the part: the core is asked for the rest alone, and the answer is whole.
+    let beyond = get(pop.setup.http(), path, &[("Range", "bytes=500-509")]).await;
+    assert_eq!(beyond.status, 206);
+    assert_eq!(beyond.header("content-range"), "bytes 500-509/1000");
+    assert!(beyond.body == pattern_range(500..510));
+    assert_eq!(origin.ranges_for("/bytes/1000"), vec!["", "bytes=100-"]);
+    let whole = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.cache_status(), "HIT");
+    assert!(whole.body == pattern_range(0..1000));
+    assert_eq!(origin.hits(), 2);
+}
+
+/// A `206` whose `Content-Range` disagrees with its own length cannot be placed: it is
+/// passed on, never stored.
+#[tokio::test]
+async fn a_partial_answer_that_disagrees_with_its_length_is_not_kept() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/1000?cc=public,max-age=600&partial=0-99&claim=0-109";
+    for _ in 0..2 {
+        let answer = get(pop.setup.http(), path, &[("Range", "bytes=2-5")]).await;
+        assert_eq!(answer.status, 206);
+    }
+    assert_eq!(origin.hits(), 2);
+}
+
+/// Parts are joined only when both carry the same strong validator (RFC 9111 §3.4): a
+/// stored start without one is fetched again whole, never completed.
+#[tokio::test]
+async fn a_partial_answer_without_a_validator_is_replaced_whole_not_completed() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/1000?cc=public,max-age=600&partial=0-99";
+    get(pop.setup.http(), path, &[("Range", "bytes=2-5")]).await;
+    let whole = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == pattern_range(0..1000));
+    assert_eq!(origin.ranges_for("/bytes/1000"), vec!["", ""]);
+}

@@ -10,7 +10,9 @@
 //! had>`, `head_h=Name:Value` adds a header to answers to `HEAD` only, `etag=` sets an `ETag` and answers a matching `If-None-Match` with 304 (carrying
 //! the same extra headers). For `/bytes/`: `chunk=` bytes per write, `delay_ms=` between writes, `chunked=1`
 //! leaves out `Content-Length`, `abort_at=` breaks the body off after that many bytes; a
-//! single `Range: bytes=a-b` gets a 206. `/text/<n>` is JSON text ([`text_answer`]). `/cut/<n>` is `/bytes/<n>` broken off half-way.
+//! single `Range: bytes=a-b` gets a 206 (one starting past the end a 416); without one,
+//! `partial=a-b` answers the path's first request with that part, and `claim=a-b` writes another span in its
+//! `Content-Range`; `versioned=1` bodies change with [`Origin::change_content`]. `/text/<n>` is JSON text ([`text_answer`]). `/cut/<n>` is `/bytes/<n>` broken off half-way.
 //! [`Origin::fail_with`] makes every answer an error status (a core in trouble).
 
 use std::collections::HashMap;
@@ -267,6 +269,14 @@ fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of the query parameter `name`.
+fn param_of<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 fn streamed_bytes(
     span: std::ops::Range<u64>,
     params: &[(String, String)],
@@ -413,6 +423,14 @@ async fn answer(
             }
             return Ok(builder.body(full(Bytes::new())).expect("response"));
         }
+        // `partial=a-b`: a core that answers the path's first request, when it has no
+        // `Range`, with that part.
+        let asked = asked.or_else(|| {
+            let (a, b) = param_of(&params, "partial")
+                .filter(|_| hit == 1)?
+                .split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()))
+        });
         let range = asked.and_then(|(a, b)| {
             let b = b.map_or(total - 1, |b| b.min(total - 1));
             (a <= b).then_some(a..b + 1)
@@ -428,10 +446,10 @@ async fn answer(
             .status(if range.is_some() { 206 } else { 200 })
             .header("content-type", "application/octet-stream");
         if let Some(r) = &range {
-            builder = builder.header(
-                "content-range",
-                format!("bytes {}-{}/{total}", r.start, r.end - 1),
-            );
+            // `claim=a-b`: a core whose Content-Range disagrees with the bytes it sends.
+            let span = param_of(&params, "claim")
+                .map_or_else(|| format!("{}-{}", r.start, r.end - 1), str::to_string);
+            builder = builder.header("content-range", format!("bytes {span}/{total}"));
         }
         if !chunked {
             builder = builder.header("content-length", span.end - span.start);

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Video without waste: what edgecache's slices cost the origin, against nginx's proxy_cache
+# (whole objects) and nginx with `slice 1m`, on the same origin in one run.
+#
+#   bash benches/slices/run.sh
+#
+# Three workloads, each on caches that start cold, one proxy at a time (so the origin's log
+# tells whose fetches it served); every answer is checked byte for byte (drive.py):
+#   aligned    200 clients at once, each asking a random aligned 1 MiB range of ten cold
+#              40 MiB videos, then a bytes=0-1 probe of each video;
+#   mix        3,000 client sessions over 600 images and 40 videos (5-40 MiB): 95 % images,
+#              5 % videos, of which 70 % are ranges (iOS probes and closed ranges, Android
+#              open-ended ranges read for 2 MiB, browsers reading the start and the end);
+#   firstbyte  the time to the first body byte of a cold bytes=0-1 and of a cold whole
+#              object (edgecache: a slicing route and a route that stores whole objects).
+# Origin bytes are the body bytes the origin sent (its log); offload is 1 - origin/client.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+WORK=/tmp/edgecache-bench-slices
+
+command -v nginx >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+}
+(cd "$ROOT" && cargo build --release --locked --quiet)
+BIN=$ROOT/target/release/edgecache
+
+rm -rf $WORK/nginx-whole $WORK/nginx-slice $WORK/edge-cache $WORK/log $WORK/tmp
+mkdir -p $WORK/run $WORK/log $WORK/tmp $WORK/www
+python3 "$HERE/drive.py" make $WORK/www
+# shellcheck source=../lib.sh
+. "$HERE/../lib.sh"
+start_side_by_side "$HERE/origin.conf" "$HERE/nginx-cache.conf" "$HERE/edgecache.yaml" 127.0.0.1:18903
+declare -A PORT=([nginx]=18301 [nginx-slice]=18302 [edgecache]=18300)
+PEERS=(nginx nginx-slice edgecache)
+LOG=$WORK/log/origin-access.log
+
+# Waits until the origin's log has not grown for a second (a proxy may go on fetching after
+# its client has gone), then prints the body bytes it logged after line $1.
+origin_bytes_after() {
+  local last=-1 now
+  for _ in $(seq 60); do
+    now=$(wc -l < $LOG)
+    [ "$now" = "$last" ] && break
+    last=$now
+    sleep 1
+  done
+  tail -n +$(($1 + 1)) $LOG | awk '{s += $1} END {print s + 0}'
+}
+
+declare -A RESULT
+for scenario in aligned mix; do
+  for peer in "${PEERS[@]}"; do
+    mark=$(wc -l < $LOG)
+    out=$(taskset -c 1 python3 "$HERE/drive.py" $scenario "${PORT[$peer]}" $WORK/www 7)
+    origin=$(origin_bytes_after "$mark")
+    RESULT[$scenario,$peer]=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); d['origin_bytes']=int(sys.argv[2]); print(json.dumps(d))" "$out" "$origin")
+    echo "$scenario $peer ${RESULT[$scenario,$peer]}" >> $WORK/log/results.jsonl
+  done
+done
+for peer in "${PEERS[@]}"; do
+  for kind in range whole; do
+    prefix=v/
+    [ "$peer" = edgecache ] && [ "$kind" = whole ] && prefix=w/
+    RESULT[first-$kind,$peer]=$(taskset -c 1 python3 "$HERE/drive.py" firstbyte "${PORT[$peer]}" $WORK/www $prefix $kind)
+    echo "first-$kind $peer ${RESULT[first-$kind,$peer]}" >> $WORK/log/results.jsonl
+  done
+done
+
+python3 - "$WORK/log/results.jsonl" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    scenario, peer, data = line.split(" ", 2)
+    rows[(scenario, peer)] = json.loads(data)
+peers = ["nginx", "nginx-slice", "edgecache"]
+mib = lambda b: f"{b / 2**20:,.1f}"
+for scenario in ["aligned", "mix"]:
+    print(f"\n{scenario}:")
+    print("| proxy | client MiB | distinct asked MiB | origin MiB | origin / distinct | origin / nginx | byte offload | violations | wrong_range |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = rows[(scenario, "nginx")]["origin_bytes"]
+    for p in peers:
+        r = rows[(scenario, p)]
+        print(f"| {p} | {mib(r['client_bytes'])} | {mib(r['distinct_bytes'])} | {mib(r['origin_bytes'])} "
+              f"| {r['origin_bytes'] / max(r['distinct_bytes'], 1):.3f} | {r['origin_bytes'] / max(base, 1):.3f} "
+              f"| {1 - r['origin_bytes'] / max(r['client_bytes'], 1):.1%} | {r['violations']} | {r['wrong_range']} |")
+    r = rows[(scenario, "edgecache")]
+    print(f"ceilings on this workload: whole objects {r['ceiling_whole_objects']:.1%}, "
+          f"1 MiB slices {r['ceiling_1mib_slices']:.1%}, bytes asked {r['ceiling_bytes_asked']:.1%}")
+    for p in peers:
+        if rows[(scenario, p)]["first_violations"]:
+            print(f"  {p}: {rows[(scenario, p)]['first_violations']}")
+print("\nfirst body byte of a cold request (median of 4, ms):")
+print("| proxy | bytes=0-1 of a 40 MiB video | the whole video | range / whole |")
+print("|---|---:|---:|---:|")
+for p in peers:
+    a = rows[("first-range", p)]["first_byte_ms_median"]
+    b = rows[("first-whole", p)]["first_byte_ms_median"]
+    print(f"| {p} | {a} | {b} | {a / b:.2f} |")
+PY
