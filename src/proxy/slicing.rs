@@ -10,9 +10,9 @@
 //!    for a matching condition, `416` with `bytes */length` for an unsatisfiable range,
 //!    `206` (one range, or `multipart/byteranges`) or `200`; it goes out at once, before
 //!    any further slice;
-//! 3. every other slice the answer needs follows in order, the next one already asked for
-//!    while the current one streams, so at most two slices are in flight per client and a
-//!    slow client holds back only those two.
+//! 3. every other slice the answer needs follows in order, the next one asked for once
+//!    half of the current one is out, so its fetch overlaps the rest of the current one, at
+//!    most two slices are in flight per client, and a slow client holds back only those two.
 //!
 //! Each further slice must be of the first slice's representation (length, `ETag`,
 //! `Last-Modified`). When one is not, the object changed at its origin: every stored slice of
@@ -45,11 +45,14 @@ use crate::cache::{policy, CacheStatus};
 struct SliceStream {
     index: u64,
     handle: SubrequestHandle,
+    /// Its response header has been read (and judged).
+    header_read: bool,
 }
 
 impl SliceStream {
     /// The slice's final response header, and whether it ends the response.
     async fn header(&mut self) -> Result<(Box<ResponseHeader>, bool)> {
+        self.header_read = true;
         loop {
             match self.handle.rx.recv().await {
                 Some(HttpTask::Header(header, end)) if !header.status.is_informational() => {
@@ -223,7 +226,11 @@ impl EdgeProxy {
         let (subrequest, handle) = created
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no subrequests here"))?;
         tokio::spawn(subrequest.run());
-        Ok(SliceStream { index, handle })
+        Ok(SliceStream {
+            index,
+            handle,
+            header_read: false,
+        })
     }
 
     /// Streams the slices `body` needs, in order, checking each against the first.
@@ -245,26 +252,30 @@ impl EdgeProxy {
                     if let Some(unneeded) = other {
                         unneeded.let_finish();
                     }
-                    let mut stream = self.open_slice(session, index, size)?;
-                    self.check_slice(session, ctx, &mut stream, head, size)
-                        .await?;
-                    stream
+                    self.open_slice(session, index, size)?
                 }
             };
-            if let Some(&next) = needed.get(i + 1) {
-                let mut upcoming = self.open_slice(session, next, size)?;
-                // Its header is read now, so a changed object is found before its bytes.
-                self.check_slice(session, ctx, &mut upcoming, head, size)
+            // Before any of its bytes go out: a changed object is found before it mixes.
+            if !stream.header_read {
+                self.check_slice(session, ctx, &mut stream, head, size)
                     .await?;
-                ready = Some(upcoming);
             }
-            let mut at = slices::slice_start(index, size);
+            let next = needed.get(i + 1).copied();
+            let start = slices::slice_start(index, size);
+            // The next slice is asked for once half of this one is out: its fetch overlaps
+            // the rest of this one, and a client that leaves early has cost at most the
+            // slice it was reading.
+            let halfway = start + size / 2;
+            let mut at = start;
             while let Some(bytes) = stream.body().await? {
                 let len = bytes.len() as u64;
                 if let Some(out) = body.cut(at, &bytes) {
                     session.write_response_body(Some(out), false).await?;
                 }
                 at += len;
+                if let (None, Some(next), true) = (&ready, next, at >= halfway) {
+                    ready = Some(self.open_slice(session, next, size)?);
+                }
             }
         }
         if let Some(unneeded) = ready {
