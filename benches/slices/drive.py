@@ -5,7 +5,8 @@
   drive.py aligned PORT WWW SEED         200 clients, each one aligned 1 MiB range of ten cold
                                          40 MiB videos at once, then a bytes=0-1 probe of each
   drive.py mix PORT WWW SEED             a Mastodon-like mix of image and video requests
-  drive.py firstbyte PORT WWW PREFIX     time to the first body byte of cold requests
+  drive.py firstbyte PORT WWW PREFIX     time to the first body byte of cold requests: a
+                                         bytes=0-1 and a whole video (under PREFIX), in turn
 
 Every answer is checked against the file it claims to be a part of: the status (206 for a
 range, 200 without), the Content-Range, and every byte. A JSON line goes to stdout with the
@@ -44,7 +45,7 @@ def make(www):
 
     for i in range(10):
         write(f"aligned/v{i}.mp4", 40 * MIB)
-    for i in range(8):
+    for i in range(12):
         write(f"first/v{i}.mp4", 40 * MIB)
     for i in range(600):
         # Attachments and avatars: mostly small, a few large photos.
@@ -259,23 +260,24 @@ def mix(port, www, seed):
     )
 
 
-def firstbyte(port, www, prefix, ranged):
-    """Cold requests, one at a time, under `prefix`: the range `bytes=0-1` of four videos, or
-    four other videos whole."""
+def firstbyte(port, www, whole_prefix):
+    """Cold requests, one at a time with a pause between them, alternating: `bytes=0-1` of a
+    video (under v/), and another video whole (under `whole_prefix`)."""
     manifest = json.load(open(os.path.join(www, "manifest.json")))
     checker = Checker(www)
-    times = []
+    times = {"range": [], "whole": []}
     names = sorted(n for n in manifest if n.startswith("first/"))
-    for name in names[:4] if ranged else names[4:]:
-        rng = (0, 1) if ranged else None
-        status, cr, body, t = fetch(port, prefix + name, rng)
-        checker.check(name, rng, status, cr, body, manifest[name])
-        times.append(t)
-    return {
-        "first_byte_ms_median": round(statistics.median(times) * 1000, 2),
-        "first_byte_ms": [round(t * 1000, 2) for t in times],
-        "violations": len(checker.violations),
-    }
+    for ranged, whole in zip(names[0::2], names[1::2]):
+        for kind, name, prefix, rng in [("range", ranged, "v/", (0, 1)), ("whole", whole, whole_prefix, None)]:
+            status, cr, body, t = fetch(port, prefix + name, rng)
+            checker.check(name, rng, status, cr, body, manifest[name])
+            times[kind].append(t)
+            time.sleep(0.3)
+    out = {"violations": len(checker.violations)}
+    for kind, values in times.items():
+        out[f"{kind}_ms_median"] = round(statistics.median(values) * 1000, 2)
+        out[f"{kind}_ms"] = [round(t * 1000, 2) for t in values]
+    return out
 
 
 if __name__ == "__main__":
@@ -287,4 +289,4 @@ if __name__ == "__main__":
     elif what == "mix":
         print(json.dumps(mix(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
     elif what == "firstbyte":
-        print(json.dumps(firstbyte(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "range")))
+        print(json.dumps(firstbyte(int(sys.argv[2]), sys.argv[3], sys.argv[4])))
