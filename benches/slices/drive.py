@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The clients of the slices benchmark (benches/slices/run.sh).
 
-  drive.py make WWW                      the origin's files and their manifest
-  drive.py aligned PORT WWW SEED         200 clients, each one aligned 1 MiB range of ten cold
-                                         40 MiB videos at once, then a bytes=0-1 probe of each
+  drive.py make WWW SEED...              the origin's files and their manifest
+  drive.py aligned PORT WWW SEED         200 clients, each one aligned 1 MiB range of the seed's
+                                         ten cold 40 MiB videos at once, then a bytes=0-1 probe
+                                         of each
   drive.py mix PORT WWW SEED             a Mastodon-like mix of image and video requests
   drive.py firstbyte PORT WWW PREFIX     time to the first body byte of cold requests: a
                                          bytes=0-1 and a whole video (under PREFIX), in turn
@@ -26,8 +27,9 @@ import time
 MIB = 1024 * 1024
 
 
-def make(www):
-    """Random bytes, so a byte served from the wrong place never passes the check."""
+def make(www, seeds):
+    """Random bytes, so a byte served from the wrong place never passes the check. Each
+    seed of the aligned workload gets ten videos of its own, cold for every proxy."""
     rnd = random.Random(18)
     manifest = {}
 
@@ -43,8 +45,9 @@ def make(www):
                     left -= n
         manifest[name] = size
 
-    for i in range(10):
-        write(f"aligned/v{i}.mp4", 40 * MIB)
+    for seed in seeds:
+        for i in range(10):
+            write(f"aligned/s{seed}/v{i}.mp4", 40 * MIB)
     for i in range(12):
         write(f"first/v{i}.mp4", 40 * MIB)
     for i in range(600):
@@ -187,7 +190,7 @@ def aligned(port, www, seed):
 
     def one(ask):
         v, s = ask
-        name = f"aligned/v{v}.mp4"
+        name = f"aligned/s{seed}/v{v}.mp4"
         barrier.wait()
         rng = (s * MIB, (s + 1) * MIB - 1)
         status, cr, body, _ = fetch(port, "v/" + name, rng)
@@ -196,7 +199,7 @@ def aligned(port, www, seed):
     with cf.ThreadPoolExecutor(len(asks)) as pool:
         list(pool.map(one, asks))
     for v in range(10):
-        name = f"aligned/v{v}.mp4"
+        name = f"aligned/s{seed}/v{v}.mp4"
         status, cr, body, _ = fetch(port, "v/" + name, (0, 1))
         checker.check(name, (0, 1), status, cr, body, manifest[name])
     return checker.summary(manifest, {"requests": len(asks) + 10})
@@ -283,7 +286,7 @@ def firstbyte(port, www, whole_prefix):
 if __name__ == "__main__":
     what = sys.argv[1]
     if what == "make":
-        make(sys.argv[2])
+        make(sys.argv[2], [int(seed) for seed in sys.argv[3:]])
     elif what == "aligned":
         print(json.dumps(aligned(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
     elif what == "mix":

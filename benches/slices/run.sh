@@ -7,7 +7,8 @@
 # Three workloads, each on caches that start cold, one proxy at a time (so the origin's log
 # tells whose fetches it served); every answer is checked byte for byte (drive.py):
 #   aligned    200 clients at once, each asking a random aligned 1 MiB range of ten cold
-#              40 MiB videos, then a bytes=0-1 probe of each video;
+#              40 MiB videos, then a bytes=0-1 probe of each video; once per seed in
+#              SEEDS (default "7 8 9"), each seed with videos of its own;
 #   mix        3,000 client sessions over 600 images and 40 videos (5-40 MiB): 95 % images,
 #              5 % videos, of which 70 % are ranges (iOS probes and closed ranges, Android
 #              open-ended ranges read for 2 MiB, browsers reading the start and the end);
@@ -28,7 +29,9 @@ BIN=$ROOT/target/release/edgecache
 
 rm -rf $WORK/nginx-whole $WORK/nginx-slice $WORK/edge-cache $WORK/log $WORK/tmp
 mkdir -p $WORK/run $WORK/log $WORK/tmp $WORK/www
-python3 "$HERE/drive.py" make $WORK/www
+SEEDS=${SEEDS:-7 8 9}
+# shellcheck disable=SC2086
+python3 "$HERE/drive.py" make $WORK/www $SEEDS
 # shellcheck source=../lib.sh
 . "$HERE/../lib.sh"
 start_side_by_side "$HERE/origin.conf" "$HERE/nginx-cache.conf" "$HERE/edgecache.yaml" 127.0.0.1:18903
@@ -50,15 +53,24 @@ origin_bytes_after() {
 }
 
 declare -A RESULT
-for scenario in aligned mix; do
+# run_workload NAME WORKLOAD: drive.py's WORKLOAD (seed $ARG) against each proxy in turn,
+# with the origin bytes it cost, as a line of results.jsonl under NAME.
+run_workload() {
+  local name=$1 peer mark out origin
+  shift
   for peer in "${PEERS[@]}"; do
     mark=$(wc -l < $LOG)
-    out=$(taskset -c 1 python3 "$HERE/drive.py" $scenario "${PORT[$peer]}" $WORK/www 7)
+    out=$(taskset -c 1 python3 "$HERE/drive.py" "$@" "${PORT[$peer]}" $WORK/www "${ARG:-7}")
     origin=$(origin_bytes_after "$mark")
-    RESULT[$scenario,$peer]=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); d['origin_bytes']=int(sys.argv[2]); print(json.dumps(d))" "$out" "$origin")
-    echo "$scenario $peer ${RESULT[$scenario,$peer]}" >> $WORK/log/results.jsonl
+    RESULT[$name,$peer]=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); d['origin_bytes']=int(sys.argv[2]); print(json.dumps(d))" "$out" "$origin")
+    echo "$name $peer ${RESULT[$name,$peer]}" >> $WORK/log/results.jsonl
   done
+}
+for seed in $SEEDS; do
+  ARG=$seed run_workload "aligned-$seed" aligned
 done
+ARG=7 run_workload mix mix
+
 for peer in "${PEERS[@]}"; do
   # edgecache's whole objects come from a route that does not slice.
   whole=v/
@@ -75,7 +87,9 @@ for line in open(sys.argv[1]):
     rows[(scenario, peer)] = json.loads(data)
 peers = ["nginx", "nginx-slice", "edgecache"]
 mib = lambda b: f"{b / 2**20:,.1f}"
-for scenario in ["aligned", "mix"]:
+scenarios = [s for s, _ in rows if s.startswith("aligned-")]
+scenarios = sorted(set(scenarios), key=lambda s: int(s.split("-")[1])) + ["mix"]
+for scenario in scenarios:
     print(f"\n{scenario}:")
     print("| proxy | client MiB | distinct asked MiB | origin MiB | origin / distinct | origin / nginx | byte offload | violations | wrong_range |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -97,9 +97,10 @@ impl StoredSpan {
                 let to = usize::try_from(stop - first).ok()?;
                 Some(RangeType::Single(from..to))
             }
-            // The whole, or several parts (whose headers state offsets of the whole): the
-            // span does not answer them.
-            RangeType::None | RangeType::Multi(_) => None,
+            // The whole: only a span that is the whole answers it.
+            RangeType::None => (first == 0 && end == self.total).then_some(RangeType::None),
+            // Several parts, whose headers state offsets of the whole: not from a span.
+            RangeType::Multi(_) => None,
         }
     }
 }

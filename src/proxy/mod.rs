@@ -115,6 +115,17 @@ impl EdgeProxy {
     /// meets a weak entity-tag: then the whole response is sent; and a zero-length suffix
     /// range (`-0`) is unsatisfiable, not an empty part.
     fn judge_range(&self, req: &RequestHeader, resp: &mut ResponseHeader) -> RangeType {
+        // No range of an empty representation is satisfiable (RFC 9110 §14.1.1); pingora
+        // would answer a suffix with a part ending before it starts.
+        if req.headers.contains_key(http::header::RANGE)
+            && !policy::if_range_never_matches(req, resp)
+            && crate::wire::content_length(&resp.headers) == Some(0)
+        {
+            let mut none = req.clone();
+            if none.insert_header(http::header::RANGE, "bytes=").is_ok() {
+                return range_header_filter(&none, resp, MAX_RANGES);
+            }
+        }
         if policy::if_range_never_matches(req, resp) {
             let mut whole = req.clone();
             let _ = whole.remove_header(&http::header::RANGE);
@@ -372,7 +383,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_response.remove_header(name);
         }
         // Before the coding is planned: the whole object is what gets coded.
-        self.join_the_rest(upstream_response, ctx);
+        self.join_the_rest(upstream_response, ctx)?;
         // Before the HEAD freshening: it compares the coded header with the stored one.
         self.plan_body(session, upstream_response, ctx);
         self.freshen_with_head_answer(session, upstream_response, ctx)

@@ -78,7 +78,10 @@ impl EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &RequestContext,
     ) -> Option<RangeType> {
-        let span = ctx.stored_span.filter(|_| resp.status.as_u16() == 206)?;
+        // The span of the response being served (a refresh may have replaced the one the
+        // lookup found).
+        ctx.stored_span?;
+        let span = StoredSpan::of(resp)?;
         let mut whole = span.whole_header(resp)?;
         let relative = span.answers(&self.judge_range(req, &mut whole))?;
         *resp = whole;
@@ -105,11 +108,16 @@ impl EdgeProxy {
         Ok(())
     }
 
-    /// The rest arrived: it goes on, and into the cache, as the whole object. Anything else
-    /// (the whole object, an error) goes on as it is.
-    pub(super) fn join_the_rest(&self, resp: &mut ResponseHeader, ctx: &mut RequestContext) {
+    /// The rest arrived: it goes on, and into the cache, as the whole object. The whole
+    /// object or an error goes on as it is; a part that is not the rest is a 502 (it
+    /// answers nothing the client asked, and must not be stored).
+    pub(super) fn join_the_rest(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
         let Some(completion) = &mut ctx.completion else {
-            return;
+            return Ok(());
         };
         let span = completion.span;
         let is_the_rest = resp.status.as_u16() == 206
@@ -130,6 +138,14 @@ impl EdgeProxy {
             ctx.held_prefix = completion.held.take();
         }
         ctx.completion = None;
+        if !joined && resp.status.as_u16() == 206 {
+            return Err(Error::explain(
+                pingora::ErrorType::HTTPStatus(502),
+                "the core answered the rest of an object with another part",
+            )
+            .into_up());
+        }
+        Ok(())
     }
 
     /// Puts the stored start before the first piece of the rest.
@@ -146,19 +162,15 @@ impl EdgeProxy {
     }
 }
 
-/// The response's strong `ETag`, or its `Last-Modified`: what `If-Range` may carry.
+/// The response's strong `ETag`: what parts must share to be joined (RFC 9111 §3.4) and
+/// what `If-Range` carries. A `Last-Modified` is not taken: a change within its second
+/// keeps it, so it cannot tell two versions apart.
 fn strong_validator(resp: &ResponseHeader) -> Option<String> {
-    let etag = resp
-        .headers
+    resp.headers
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())
-        .filter(|tag| tag.starts_with('"'));
-    let date = || {
-        resp.headers
-            .get(header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-    };
-    etag.or_else(date).map(str::to_string)
+        .filter(|tag| tag.starts_with('"'))
+        .map(str::to_string)
 }
 
 /// A stored span's whole body (the caller bounds its length).

@@ -31,7 +31,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::conditional_filter::to_304;
 use pingora::protocols::http::subrequest::server::SubrequestHandle;
 use pingora::protocols::http::HttpTask;
-use pingora::proxy::Session;
+use pingora::proxy::{RangeType, Session};
 use pingora::ErrorType;
 
 use super::context::RequestContext;
@@ -90,6 +90,15 @@ impl SliceStream {
     fn let_finish(self) {
         self.handle.drain_tasks();
     }
+
+    /// After the answer needs no more of it: a slice is let finish (at most one slice's
+    /// bytes), and so is a whole object (from a server that ignores ranges) the cache can
+    /// keep; one it cannot keep is dropped, or every `HEAD` would cost its whole body.
+    fn finish_if_kept(self, kept: bool) {
+        if kept {
+            self.let_finish();
+        }
+    }
 }
 
 fn slice_error(index: u64, what: &str) -> Box<Error> {
@@ -144,56 +153,82 @@ impl EdgeProxy {
         ctx: &mut RequestContext,
         size: u64,
     ) -> Result<()> {
-        let anchor = session
+        let mut anchor = session
             .req_header()
             .headers
             .get(header::RANGE)
             .and_then(|range| slices::first_wanted_offset(range.as_bytes()))
             .map_or(0, |offset| slices::slice_of(offset, size));
         ctx.served_from_slices = true;
-        let mut first = self.open_slice(session, anchor, size)?;
-        let (header, end) = first.header().await?;
-        // The client's request reports how its first slice was found.
-        ctx.cache_status = header
-            .headers
-            .get(X_CACHE_STATUS)
-            .and_then(|value| CacheStatus::from_name(value.as_bytes()));
-        let found = judge_first(&header, anchor, size);
-        let total = match found {
-            Found::Sliced(ref head) => head.total,
-            Found::Whole(total) | Found::Unsatisfiable(total) => total,
-            Found::Other => return pass_on(session, ctx, header, end, first).await,
-        };
-        let mut resp = whole_object_header(&header, total, ctx)?;
-        if policy::not_modified(session.req_header(), &resp) {
-            to_304(&mut resp);
-            session.write_response_header(Box::new(resp), true).await?;
-            first.let_finish();
-            return Ok(());
-        }
-        let range = self.judge_range(session.req_header(), &mut resp);
-        let is_head = session.req_header().method == http::Method::HEAD;
-        let body = RangeBody::for_range(&range, total).filter(|_| !is_head);
-        let Some(mut body) = body else {
-            session.write_response_header(Box::new(resp), true).await?;
-            first.let_finish();
-            return Ok(());
-        };
-        session.write_response_header(Box::new(resp), false).await?;
-        match found {
-            Found::Sliced(head) => {
-                self.stream_slices(session, ctx, &mut body, first, &head, size)
-                    .await?
+        loop {
+            let mut first = self.open_slice(session, anchor, size)?;
+            let (header, end) = first.header().await?;
+            // The client's request reports how its first slice was found.
+            ctx.cache_status = header
+                .headers
+                .get(X_CACHE_STATUS)
+                .and_then(|value| CacheStatus::from_name(value.as_bytes()));
+            let found = judge_first(&header, anchor, size)?;
+            let total = match found {
+                Found::Sliced(ref head) => head.total,
+                Found::Whole(total) | Found::Unsatisfiable(total) => total,
+                Found::Other => return pass_on(session, ctx, header, end, first).await,
+            };
+            let kept = match found {
+                Found::Whole(total) => self
+                    .shared
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| !c.too_large(total)),
+                _ => true,
+            };
+            let mut resp = whole_object_header(&header, total, ctx)?;
+            if policy::not_modified(session.req_header(), &resp) {
+                to_304(&mut resp);
+                session.write_response_header(Box::new(resp), true).await?;
+                first.finish_if_kept(kept);
+                return Ok(());
             }
-            _ => stream_whole(session, &mut body, first).await?,
+            let range = self.judge_range(session.req_header(), &mut resp);
+            // Past the end, yet the answer wants bytes (an `If-Range` that did not match
+            // asks for the whole): from the first slice on.
+            if matches!(found, Found::Unsatisfiable(_))
+                && !matches!(range, RangeType::Invalid)
+                && anchor != 0
+                && total > 0
+            {
+                anchor = 0;
+                continue;
+            }
+            let range = bounded_multipart(range, session, &mut resp, total, size, self);
+            let is_head = session.req_header().method == http::Method::HEAD;
+            let body = RangeBody::for_range(&range, total).filter(|_| !is_head);
+            let Some(mut body) = body.filter(|_| !matches!(found, Found::Unsatisfiable(_))) else {
+                if matches!(found, Found::Unsatisfiable(_)) && !matches!(range, RangeType::Invalid)
+                {
+                    // Only an empty object gets here (`total` 0): nothing to send.
+                    resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                }
+                session.write_response_header(Box::new(resp), true).await?;
+                first.finish_if_kept(kept);
+                return Ok(());
+            };
+            session.write_response_header(Box::new(resp), false).await?;
+            match found {
+                Found::Sliced(head) => {
+                    self.stream_slices(session, ctx, &mut body, first, &head, size)
+                        .await?
+                }
+                _ => stream_whole(session, &mut body, first, kept).await?,
+            }
+            if !body.complete() {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "the object ended before the bytes the answer promised",
+                ));
+            }
+            return session.write_response_body(None, true).await;
         }
-        if !body.complete() {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                "the object ended before the bytes the answer promised",
-            ));
-        }
-        session.write_response_body(None, true).await
     }
 
     /// Asks a subrequest for slice `index`.
@@ -243,9 +278,10 @@ impl EdgeProxy {
         head: &SliceHead,
         size: u64,
     ) -> Result<()> {
-        let needed = slices_needed(body.wanted(), size);
+        let wanted = body.wanted().to_vec();
+        let mut needed = slices_needed(&wanted, size).peekable();
         let mut ready = Some(first);
-        for (i, &index) in needed.iter().enumerate() {
+        while let Some(index) = needed.next() {
             let mut stream = match ready.take() {
                 Some(stream) if stream.index == index => stream,
                 other => {
@@ -260,15 +296,20 @@ impl EdgeProxy {
                 self.check_slice(session, ctx, &mut stream, head, size)
                     .await?;
             }
-            let next = needed.get(i + 1).copied();
+            let next = needed.peek().copied();
             let start = slices::slice_start(index, size);
+            let end = start.saturating_add(size).min(head.total);
             // The next slice is asked for once half of this one is out: its fetch overlaps
             // the rest of this one, and a client that leaves early has cost at most the
             // slice it was reading.
-            let halfway = start + size / 2;
+            let halfway = start.saturating_add(size / 2);
             let mut at = start;
             while let Some(bytes) = stream.body().await? {
                 let len = bytes.len() as u64;
+                // A slice's body must fill its span exactly, or its bytes are misplaced.
+                if at.saturating_add(len) > end {
+                    return Err(slice_error(index, "sent more bytes than its span"));
+                }
                 if let Some(out) = body.cut(at, &bytes) {
                     session.write_response_body(Some(out), false).await?;
                 }
@@ -277,6 +318,9 @@ impl EdgeProxy {
                     ready = Some(self.open_slice(session, next, size)?);
                 }
             }
+            if at != end {
+                return Err(slice_error(index, "ended short of its span"));
+            }
         }
         if let Some(unneeded) = ready {
             unneeded.let_finish();
@@ -284,8 +328,10 @@ impl EdgeProxy {
         Ok(())
     }
 
-    /// Reads a further slice's header and checks it belongs with the first; when it does
-    /// not, the object changed at its origin: every slice of it is purged.
+    /// Reads a further slice's header and checks it belongs with the first. A slice of
+    /// another length or validators means the object changed at its origin: every slice of
+    /// it is purged. Any other answer (an error, a whole object) only breaks this answer
+    /// off: the stored slices are still good.
     async fn check_slice(
         &self,
         session: &mut Session,
@@ -295,13 +341,22 @@ impl EdgeProxy {
         size: u64,
     ) -> Result<()> {
         let (header, _) = stream.header().await?;
-        let fits = header.status == StatusCode::PARTIAL_CONTENT
-            && ContentRange::of(&header).is_some_and(|range| {
-                slices::holds_slice(range, stream.index, size)
-                    && SliceHead::of(&header, head.total) == *head
-                    && matches!(range, ContentRange::Span { total: Some(t), .. } if t == head.total)
-            });
-        if fits {
+        let range = ContentRange::of(&header)
+            .filter(|_| header.status == StatusCode::PARTIAL_CONTENT)
+            .filter(|range| slices::holds_slice(*range, stream.index, size))
+            .filter(|range| slice_length_agrees(&header, *range));
+        let Some(ContentRange::Span {
+            total: Some(total), ..
+        }) = range
+        else {
+            tracing::info!(
+                slice = stream.index,
+                status = header.status.as_u16(),
+                "a slice came back as something else; the answer is broken off"
+            );
+            return Err(slice_error(stream.index, "was not the slice asked for"));
+        };
+        if SliceHead::of(&header, total) == *head {
             return Ok(());
         }
         let key = self.object_key(session, ctx);
@@ -312,7 +367,6 @@ impl EdgeProxy {
         tracing::warn!(
             key = key.as_deref().unwrap_or(""),
             slice = stream.index,
-            status = header.status.as_u16(),
             purged,
             "a slice does not match the object's first slice: the object changed, its slices are purged"
         );
@@ -323,9 +377,10 @@ impl EdgeProxy {
     }
 }
 
-/// What the first slice's answer says about the object.
-fn judge_first(header: &ResponseHeader, anchor: u64, size: u64) -> Found {
-    match (header.status.as_u16(), ContentRange::of(header)) {
+/// What the first slice's answer says about the object. A `206` that is not the slice asked
+/// for cannot be placed: the answer is a 502, never that `206` passed on.
+fn judge_first(header: &ResponseHeader, anchor: u64, size: u64) -> Result<Found> {
+    Ok(match (header.status.as_u16(), ContentRange::of(header)) {
         (
             206,
             Some(
@@ -333,16 +388,86 @@ fn judge_first(header: &ResponseHeader, anchor: u64, size: u64) -> Found {
                     total: Some(total), ..
                 },
             ),
-        ) if slices::holds_slice(range, anchor, size) => {
+        ) if slices::holds_slice(range, anchor, size)
+            && slice_length_agrees(header, range)
+            && total <= MAX_SLICED_LENGTH =>
+        {
             Found::Sliced(SliceHead::of(header, total))
+        }
+        (206, _) => {
+            return Err(slice_error(
+                anchor,
+                "answered with another range than the slice",
+            ))
         }
         (200, _) => match crate::wire::content_length(&header.headers) {
             Some(total) => Found::Whole(total),
             None => Found::Other,
         },
-        (416, Some(ContentRange::Unsatisfied { total })) => Found::Unsatisfiable(total),
+        (416, Some(ContentRange::Unsatisfied { total })) if total <= MAX_SLICED_LENGTH => {
+            Found::Unsatisfiable(total)
+        }
         _ => Found::Other,
+    })
+}
+
+/// The longest object served in slices (1 PiB): a larger stated length is an origin's error,
+/// not an object.
+const MAX_SLICED_LENGTH: u64 = 1 << 50;
+
+/// Whether a slice's `Content-Length`, when it states one, is its span's.
+fn slice_length_agrees(header: &ResponseHeader, range: ContentRange) -> bool {
+    let ContentRange::Span { first, last, .. } = range else {
+        return false;
+    };
+    crate::wire::content_length(&header.headers).is_none_or(|len| len == last - first + 1)
+}
+
+/// More than this many slices for one multipart answer, and only its first part is sent
+/// (RFC 9110 §14.2 lets a server ignore or coalesce such requests): a few bytes asked of
+/// many places must not cost the origin many slices.
+const MAX_MULTIPART_SLICES: u64 = 8;
+
+/// The range answer, with a multipart one over too many slices cut down to its first part.
+fn bounded_multipart(
+    range: RangeType,
+    session: &Session,
+    resp: &mut ResponseHeader,
+    total: u64,
+    size: u64,
+    proxy: &EdgeProxy,
+) -> RangeType {
+    let RangeType::Multi(info) = &range else {
+        return range;
+    };
+    let spans: Vec<Range<u64>> = info
+        .ranges
+        .iter()
+        .map(|r| r.start as u64..r.end as u64)
+        .collect();
+    let count = slices_needed(&spans, size)
+        .take(MAX_MULTIPART_SLICES as usize + 1)
+        .count() as u64;
+    if count <= MAX_MULTIPART_SLICES {
+        return range;
     }
+    let Some(first) = spans.first() else {
+        return range;
+    };
+    let mut single = session.req_header().clone();
+    let asked = format!("bytes={}-{}", first.start, first.end - 1);
+    if single.insert_header(header::RANGE, asked).is_err() {
+        return range;
+    }
+    // Judged again from the whole object's header.
+    let _ = resp.set_status(StatusCode::OK);
+    resp.remove_header(&header::CONTENT_RANGE);
+    let _ = resp.insert_header(
+        header::CONTENT_TYPE,
+        info.content_type.clone().unwrap_or_default(),
+    );
+    let _ = resp.insert_header(header::CONTENT_LENGTH, total);
+    proxy.judge_range(&single, resp)
 }
 
 /// The client's header as if the whole object were stored: the slice's fields, with the
@@ -363,19 +488,23 @@ fn whole_object_header(
     Ok(resp)
 }
 
-/// The slice indexes that hold the bytes of `wanted`, ascending, each once.
-fn slices_needed(wanted: &[Range<u64>], size: u64) -> Vec<u64> {
-    let mut needed: Vec<u64> = Vec::new();
-    for span in wanted.iter().filter(|s| !s.is_empty()) {
-        let first = slices::slice_of(span.start, size);
-        let last = slices::slice_of(span.end - 1, size);
-        for index in first..=last {
-            if needed.last().is_none_or(|&l| l < index) {
-                needed.push(index);
+/// The slice indexes that hold the bytes of `wanted` (ascending spans), ascending, each
+/// once; computed as they are taken, so an object's length never sizes a list.
+fn slices_needed(wanted: &[Range<u64>], size: u64) -> impl Iterator<Item = u64> + '_ {
+    let mut last_taken: Option<u64> = None;
+    wanted
+        .iter()
+        .filter(|span| !span.is_empty())
+        .flat_map(move |span| {
+            slices::slice_of(span.start, size)..=slices::slice_of(span.end - 1, size)
+        })
+        .filter(move |&index| {
+            let new = last_taken.is_none_or(|last| index > last);
+            if new {
+                last_taken = Some(index);
             }
-        }
-    }
-    needed
+            new
+        })
 }
 
 /// Cuts the answer from a whole object's body, which starts at its first byte.
@@ -383,6 +512,7 @@ async fn stream_whole(
     session: &mut Session,
     body: &mut RangeBody,
     mut whole: SliceStream,
+    kept: bool,
 ) -> Result<()> {
     let mut at = 0;
     while let Some(bytes) = whole.body().await? {
@@ -392,7 +522,7 @@ async fn stream_whole(
         }
         at += len;
         if body.complete() {
-            whole.let_finish();
+            whole.finish_if_kept(kept);
             return Ok(());
         }
     }
@@ -410,6 +540,8 @@ async fn pass_on(
     if !ctx.request_id.is_empty() {
         header.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
     }
+    // A `HEAD` gets the header alone, whatever the slice's `GET` brought.
+    let end = end || session.req_header().method == http::Method::HEAD;
     session.write_response_header(header, end).await?;
     if end {
         return Ok(());
@@ -426,19 +558,17 @@ mod tests {
 
     #[test]
     fn the_slices_needed_cover_every_wanted_byte_once() {
-        assert_eq!(slices_needed(std::slice::from_ref(&(0..2)), 1024), vec![0]);
+        let needed = |w: &[Range<u64>]| slices_needed(w, 1024).collect::<Vec<_>>();
+        assert_eq!(needed(std::slice::from_ref(&(0..2))), vec![0]);
+        assert_eq!(needed(std::slice::from_ref(&(1000..3000))), vec![0, 1, 2]);
+        assert_eq!(needed(&[0..10, 500..600, 5000..5001]), vec![0, 4]);
+        assert_eq!(needed(std::slice::from_ref(&(1024..2048))), vec![1]);
+        assert!(needed(&[]).is_empty());
+        // A length no list could hold is walked, not listed.
+        let huge = 0..u64::MAX;
         assert_eq!(
-            slices_needed(std::slice::from_ref(&(1000..3000)), 1024),
-            vec![0, 1, 2]
+            slices_needed(std::slice::from_ref(&huge), 1024).nth(3),
+            Some(3)
         );
-        assert_eq!(
-            slices_needed(&[0..10, 500..600, 5000..5001], 1024),
-            vec![0, 4]
-        );
-        assert_eq!(
-            slices_needed(std::slice::from_ref(&(1024..2048)), 1024),
-            vec![1]
-        );
-        assert!(slices_needed(&[], 1024).is_empty());
     }
 }
