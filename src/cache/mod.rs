@@ -132,15 +132,7 @@ pub enum CacheStatus {
 /// One counter per status, looked up once.
 static RESPONSE_COUNTERS: std::sync::LazyLock<[prometheus::IntCounter; 6]> =
     std::sync::LazyLock::new(|| {
-        [
-            CacheStatus::Hit,
-            CacheStatus::Miss,
-            CacheStatus::Stale,
-            CacheStatus::Revalidated,
-            CacheStatus::Expired,
-            CacheStatus::Bypass,
-        ]
-        .map(|s| {
+        CacheStatus::ALL.map(|s| {
             crate::metrics::get()
                 .cache_responses
                 .with_label_values(&[s.as_str()])
@@ -148,6 +140,16 @@ static RESPONSE_COUNTERS: std::sync::LazyLock<[prometheus::IntCounter; 6]> =
     });
 
 impl CacheStatus {
+    /// Every status, in the order of `RESPONSE_COUNTERS`.
+    const ALL: [CacheStatus; 6] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Stale,
+        CacheStatus::Revalidated,
+        CacheStatus::Expired,
+        CacheStatus::Bypass,
+    ];
+
     /// Counts one response with this status.
     pub fn count(self) {
         RESPONSE_COUNTERS[self as usize].inc();
@@ -166,16 +168,9 @@ impl CacheStatus {
 
     /// The status an `X-Cache-Status` value names.
     pub fn from_name(name: &[u8]) -> Option<CacheStatus> {
-        [
-            CacheStatus::Hit,
-            CacheStatus::Miss,
-            CacheStatus::Stale,
-            CacheStatus::Revalidated,
-            CacheStatus::Expired,
-            CacheStatus::Bypass,
-        ]
-        .into_iter()
-        .find(|status| status.as_str().as_bytes() == name)
+        CacheStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str().as_bytes() == name)
     }
 
     /// The status of a request that used the cache, from pingora's phase.
