@@ -25,6 +25,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 SKIP_APT=1 bash "$HARNESS/setup.sh" >/dev/null
+bash "$ROOT/scripts/system-packages.sh"   # cmake for pingora's zlib-ng on a fresh machine
 (cd "$ROOT" && cargo build --release --locked --quiet)
 BIN=$ROOT/target/release/edgecache
 
