@@ -256,12 +256,28 @@ impl EdgeCache {
 
     /// Turns the cache on for one request.
     pub fn enable(&self, cache: &mut HttpCache) {
+        self.enable_with(cache, Some(self.predictor));
+    }
+
+    /// Turns the cache on for the subrequest of one slice. pingora's predictor remembers
+    /// uncacheable answers by URL alone, and every slice of an object shares its URL: one
+    /// slice's error would make every stored slice of the object bypass the cache. A slice
+    /// is looked up whatever another slice's answer was.
+    pub fn enable_for_slice(&self, cache: &mut HttpCache) {
+        self.enable_with(cache, None);
+    }
+
+    fn enable_with(
+        &self,
+        cache: &mut HttpCache,
+        predictor: Option<&'static (dyn CacheablePredictor + Sync)>,
+    ) {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
         cache.enable(
             self.storage,
             None::<&'static (dyn EvictionManager + Sync)>,
-            Some(self.predictor),
+            predictor,
             Some(self.lock),
             Some(overrides),
         );

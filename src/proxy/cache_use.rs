@@ -65,7 +65,11 @@ impl EdgeProxy {
         };
         ctx.cache_key = Some(primary);
         ctx.cache_status = Some(CacheStatus::Miss);
-        cache.enable(&mut session.cache);
+        if ctx.slice_fill.is_some() {
+            cache.enable_for_slice(&mut session.cache);
+        } else {
+            cache.enable(&mut session.cache);
+        }
     }
 
     /// The primary cache key of the object this request is for, as `use_cache` keys it;

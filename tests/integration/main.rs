@@ -50,6 +50,8 @@ mod purge;
 mod ranges;
 // Certificates and settings reloaded without a restart; a bad one is refused.
 mod reload;
+// What a broken origin or an odd range cannot do through slices.
+mod slice_guards;
 // Large objects as aligned slices: range misses fetch only what they cover.
 mod slices;
 // What one client can take: head, handshake and preface deadlines, per-client limits.
