@@ -3,24 +3,9 @@
 //! already stored, a multi-range request cannot make the PoP fetch a whole object, and the
 //! edges of ranges (If-Range past the end, empty objects) get the answer a whole object gets.
 
+use crate::harness::get;
 use crate::harness::origin::{pattern_range, Origin};
-use crate::harness::{get, pop_with_cache_config, CachingPop, Route};
-
-/// The slice size of these tests.
-const SLICE: u64 = 256 * 1024;
-
-/// A PoP whose `/bytes/` route slices at [`SLICE`].
-async fn slicing_pop(origin: &Origin) -> CachingPop {
-    pop_with_cache_config(origin, |config, _| {
-        config.add_sections("cache: { slice_size: 256KiB }");
-        config.add_routes([Route::at("/bytes/").with("slice", "true")]);
-    })
-    .await
-}
-
-fn range_of(index: u64) -> String {
-    format!("bytes={}-{}", index * SLICE, (index + 1) * SLICE - 1)
-}
+use crate::slices::{range_of, slicing_pop, SLICE};
 
 #[tokio::test]
 async fn a_206_that_is_not_the_slice_asked_for_is_a_502_and_never_stored() {

@@ -8,10 +8,10 @@ use crate::harness::origin::{pattern_range, versioned_range, Origin};
 use crate::harness::{get, pop_with_cache_config, send, CachingPop, Route};
 
 /// The slice size of these tests.
-const SLICE: u64 = 256 * 1024;
+pub(crate) const SLICE: u64 = 256 * 1024;
 
 /// A PoP whose `/bytes/` route slices at [`SLICE`].
-async fn slicing_pop(origin: &Origin) -> CachingPop {
+pub(crate) async fn slicing_pop(origin: &Origin) -> CachingPop {
     pop_with_cache_config(origin, |config, _| {
         config.add_sections("cache: { slice_size: 256KiB }");
         config.add_routes([Route::at("/bytes/").with("slice", "true")]);
@@ -19,7 +19,7 @@ async fn slicing_pop(origin: &Origin) -> CachingPop {
     .await
 }
 
-fn range_of(index: u64) -> String {
+pub(crate) fn range_of(index: u64) -> String {
     format!("bytes={}-{}", index * SLICE, (index + 1) * SLICE - 1)
 }
 
