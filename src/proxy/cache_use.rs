@@ -6,7 +6,9 @@ use http::header;
 use pingora::cache::{NoCacheReason, RespCacheable};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::proxy::Session;
+use std::future::Future;
 
 use super::context::RequestContext;
 use super::report::client_addr;
@@ -43,6 +45,13 @@ impl EdgeProxy {
             return;
         };
         let session_has_body = !session.is_body_empty();
+        if session_has_body && client_closed_the_stream(session) {
+            // The stream broke off, which also loses whether it had ended its body; nobody
+            // waits for an answer, so the request is dropped before it reaches the core.
+            ctx.client_gone = true;
+            ctx.cache_status = Some(CacheStatus::Bypass);
+            return;
+        }
         let req = session.req_header();
         let Some(host) = cache_key::request_host(req, tls) else {
             ctx.cache_status = Some(CacheStatus::Bypass);
@@ -234,6 +243,19 @@ impl EdgeProxy {
 /// The primary key of `req` on its route: a media URL by its object (every spelling of it
 /// is the one object the chain serves), any other by `cache::key::primary_key`. `None`
 /// when the media origin would refuse the path: nothing of it is stored.
+/// Whether the client has reset this HTTP/2 stream or closed its connection. The h2 state
+/// of such a stream no longer says whether its `END_STREAM` came, so `is_body_empty` is
+/// false for it even when the request had no body.
+fn client_closed_the_stream(session: &mut Session) -> bool {
+    let HttpSession::H2(h2) = session.as_downstream_mut() else {
+        return false;
+    };
+    // `idle` is ready once the stream is reset or its connection is gone; one poll reads
+    // that without waiting.
+    let mut waiting = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::pin!(h2.idle()).poll(&mut waiting).is_ready()
+}
+
 fn primary_of(
     req: &pingora::http::RequestHeader,
     ctx: &RequestContext,

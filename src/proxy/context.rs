@@ -88,6 +88,8 @@ pub struct RequestContext {
     pub(super) completion: Option<Completion>,
     /// The stored start, put before the rest's body once the rest is on its way.
     pub(super) held_prefix: Option<bytes::Bytes>,
+    /// The client closed the stream before the request was decided: it is not forwarded.
+    pub(super) client_gone: bool,
 }
 
 impl RequestContext {
@@ -130,6 +132,7 @@ impl RequestContext {
             span_short: false,
             completion: None,
             held_prefix: None,
+            client_gone: false,
         }
     }
 }

@@ -99,6 +99,13 @@ pub(super) async fn answer_failure(
     }
 }
 
+/// A client that went away is not a failure of the PoP: the access log records it (status
+/// 0 with the error), and no error line is written per stream, which a client closing
+/// connections full of requests could otherwise turn into a flood.
+pub(super) fn client_went_away(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream && status_for(e) == 0
+}
+
 /// The status a failure is answered with; 0 when the client itself went away.
 fn status_for(e: &Error) -> u16 {
     match e.etype() {

@@ -261,6 +261,14 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.client_gone {
+            let mut gone = Error::explain(
+                ErrorType::ConnectionClosed,
+                "the client closed the stream before it was forwarded",
+            );
+            gone.esource = ErrorSource::Downstream;
+            return Err(gone);
+        }
         if ctx.client_ip.is_none() {
             ctx.client_ip = client_addr(session).map(|a| a.ip());
         }
@@ -563,6 +571,11 @@ impl ProxyHttp for EdgeProxy {
             return false;
         }
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    /// Only a client that went away goes unlogged (see `failure::client_went_away`).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestContext, e: &Error) -> bool {
+        failure::client_went_away(e)
     }
 
     /// Answers with a short plain-text error: 502 when the core cannot be reached, 503 when

@@ -29,6 +29,8 @@ mod disk_cache;
 mod fleet;
 // Forwarding to the core: groups by route, no duplicate writes, request ids, body limits.
 mod forwarding;
+// Clients that leave with requests in flight cost the core nothing for stored objects.
+mod gone_clients;
 // The source tree keeps its layout rules (read from the imports).
 mod layout;
 // Listeners beyond the basics: IPv6, h2c, the connection gauge.
