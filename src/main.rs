@@ -10,12 +10,12 @@ use edgecache::config::units::ByteSize;
 use edgecache::config::Config;
 use edgecache::migrate::{self, bulk::MigrateOptions};
 use edgecache::{certs, config, devcert, logging, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE};
-use mimalloc::MiMalloc;
 
 /// Proxying allocates and frees many small buffers per request; mimalloc does that with
 /// less CPU than glibc's allocator (see benches/README.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static ALLOCATOR: MiMalloc = MiMalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // One TLS crypto provider for the whole process, installed before anything builds a
