@@ -240,9 +240,6 @@ impl EdgeProxy {
     }
 }
 
-/// The primary key of `req` on its route: a media URL by its object (every spelling of it
-/// is the one object the chain serves), any other by `cache::key::primary_key`. `None`
-/// when the media origin would refuse the path: nothing of it is stored.
 /// Whether the client has reset this HTTP/2 stream or closed its connection. The h2 state
 /// of such a stream no longer says whether its `END_STREAM` came, so `is_body_empty` is
 /// false for it even when the request had no body.
@@ -256,6 +253,9 @@ fn client_closed_the_stream(session: &mut Session) -> bool {
     std::pin::pin!(h2.idle()).poll(&mut waiting).is_ready()
 }
 
+/// The primary key of `req` on its route: a media URL by its object (every spelling of it
+/// is the one object the chain serves), any other by `cache::key::primary_key`. `None`
+/// when the media origin would refuse the path: nothing of it is stored.
 fn primary_of(
     req: &pingora::http::RequestHeader,
     ctx: &RequestContext,

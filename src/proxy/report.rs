@@ -41,7 +41,6 @@ impl ListenerCounters {
     }
 }
 
-/// Counts the request and writes its access-log line.
 /// How one slice was found, and what it cost the origin.
 fn count_slice(session: &Session, ctx: &RequestContext) {
     let m = metrics::get();
@@ -61,6 +60,7 @@ fn route_label(ctx: &RequestContext) -> &str {
     ctx.route.route().map_or("", |route| route.path.as_str())
 }
 
+/// Counts the request and writes its access-log line.
 pub(super) fn log_request(
     proxy: &EdgeProxy,
     session: &mut Session,
