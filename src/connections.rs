@@ -12,7 +12,8 @@
 //! connection). Each request head is read here, within `limits.client_header_timeout` of
 //! its first byte (of the accept, for a new connection), and handed to the request parser;
 //! a client that trickles its head is answered 408 and closed, so it cannot hold its slot.
-//! Everything else (HTTP/2, custom protocols) goes to pingora's own loop, with the deadline
+//! A plain request for a hit that pingora's path has answered before is answered here from
+//! the head it wrote (`proxy::fast_hits`). Everything else (HTTP/2, custom protocols) goes to pingora's own loop, with the deadline
 //! of `head_deadline.rs` on its first request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +37,7 @@ use pingora::server::ShutdownWatch;
 
 use crate::head_deadline::{HeadDeadlines, HEADER_TIMEOUT};
 use crate::metrics;
+use crate::proxy::fast_hits::{Answered, FastHits};
 use crate::proxy::ProxySettings;
 
 /// A `ServerApp` that counts and bounds the connections its inner app serves.
@@ -47,6 +49,8 @@ pub struct CountedApp<A> {
     settings: Arc<ArcSwap<ProxySettings>>,
     /// The first-request deadlines of connections handed to pingora's own loop.
     deadlines: Arc<HeadDeadlines>,
+    /// Answers plain hits in the HTTP/1 loop, without pingora's request path.
+    fast_hits: Option<Arc<FastHits>>,
 }
 
 impl<A> CountedApp<A> {
@@ -62,7 +66,14 @@ impl<A> CountedApp<A> {
             open: AtomicUsize::new(0),
             settings,
             deadlines,
+            fast_hits: None,
         }
+    }
+
+    /// Lets the HTTP/1 loop answer the plain hits `fast_hits` has recorded.
+    pub fn answering_plain_hits(mut self, fast_hits: Arc<FastHits>) -> Self {
+        self.fast_hits = Some(fast_hits);
+        self
     }
 }
 
@@ -114,10 +125,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
                 self.deadlines.head_arrived(cookie);
             }
         }
+        // Bytes of the next request that came with the previous one (pipelining).
+        let mut pending: Option<BytesMut> = None;
         loop {
             let limits = self.settings.load().limits;
             let idle = Duration::from_secs(limits.keepalive_secs);
-            let first = if fresh {
+            let first = if let Some(next) = pending.take() {
+                Some(next)
+            } else if fresh {
                 let deadline = accepted + limits.client_header_timeout;
                 wait_for_first_request(&mut stream, deadline, shutdown).await
             } else {
@@ -132,7 +147,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
                 Instant::now() + limits.client_header_timeout
             };
             let longest = limits.max_uri_length + limits.max_header_size + HEAD_LINE_SLACK;
-            let head = match read_head(&mut stream, first, deadline, longest).await {
+            let mut head = match read_head(&mut stream, first, deadline, longest).await {
                 HeadRead::Complete(head) => head,
                 HeadRead::Closed => return,
                 HeadRead::TimedOut => {
@@ -151,6 +166,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
                 }
             };
             fresh = false;
+            // What follows a head without a body is the next request: kept for it, since
+            // pingora would take it for this one's body and drop it. After a head that
+            // announces a body, everything goes to pingora, which frames it.
+            let mut searched = 0;
+            if let Some(end) = head_end(&head, &mut searched) {
+                if end < head.len() && !announces_body(&head[..end]) {
+                    pending = Some(head.split_off(end));
+                }
+            }
+            // pingora counts keep-alive reuses per connection; with a limit set, every
+            // request goes its way.
+            if let (Some(fast), None) = (&self.fast_hits, keepalive_request_limit) {
+                if !*shutdown.borrow() {
+                    match fast.answer(&mut stream, &head).await {
+                        Answered::Done => continue,
+                        Answered::Failed => return,
+                        Answered::No => {}
+                    }
+                }
+            }
             let mut session = ServerSession::new_http1(stream);
             match persistent.take() {
                 Some(settings) => {
@@ -303,6 +338,17 @@ fn head_end(buf: &[u8], searched: &mut usize) -> Option<usize> {
     }
     *searched = buf.len();
     None
+}
+
+/// Whether a request head has a `Content-Length` or `Transfer-Encoding` field, whatever
+/// its value: then the bytes after it are pingora's to frame.
+fn announces_body(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        let name = name.trim_ascii();
+        name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+    })
 }
 
 /// How long a connection accepted just before a shutdown (or a graceful upgrade's handover)

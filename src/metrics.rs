@@ -65,6 +65,13 @@ metrics! {
         "Response body bytes sent to clients.",
         &["listener"],
     );
+    /// Hits answered from the HTTP/1 connection loop with a stored response head (also
+    /// counted in `edgecache_requests_total` and the cache counters), by listener.
+    fast_hits: IntCounterVec = counter_vec(
+        "edgecache_fast_hits_total",
+        "Hits answered from the connection loop with a stored response head.",
+        &["listener"],
+    );
     /// Requests refused before proxying, by reason (`uri_too_long`, `headers_too_large`,
     /// `conflicting_framing`, `asterisk_target`, `bad_target`, `header_timeout`).
     rejected_requests: IntCounterVec = counter_vec(

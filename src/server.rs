@@ -29,6 +29,7 @@ use crate::head_deadline::HeadDeadlines;
 use crate::migrate::queue::{QueueError, WriteThroughQueue, WriteThroughService};
 use crate::origin::handoff::MediaOrigin;
 use crate::origin::server::MediaServer;
+use crate::proxy::fast_hits::FastHits;
 use crate::proxy::media_urls::MediaUrls;
 use crate::proxy::websocket::{GoingAway, GoingAwayService};
 use crate::proxy::{EdgeProxy, ProxySettings, ProxyShared};
@@ -395,8 +396,15 @@ fn add_listener(
 ) -> Result<(String, RunningListener), StartError> {
     let tls = listener.tls.is_some();
     let deadlines = HeadDeadlines::new(&listener.name);
+    let fast_hits = Arc::new(FastHits::new(&listener.name, shared.clone()));
     let mut proxy = HttpProxy::new(
-        EdgeProxy::new(&listener.name, tls, shared.clone(), deadlines.clone()),
+        EdgeProxy::new(
+            &listener.name,
+            tls,
+            shared.clone(),
+            deadlines.clone(),
+            fast_hits.clone(),
+        ),
         server.configuration.clone(),
     );
     proxy.handle_init_modules();
@@ -412,7 +420,8 @@ fn add_listener(
             proxy,
             shared.settings.clone(),
             deadlines.clone(),
-        ),
+        )
+        .answering_plain_hits(fast_hits),
     );
     // Also the key under which a handover passes this socket on.
     let address = bound.address.to_string();

@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -226,6 +226,34 @@ impl TieredStorage {
                 fills.remove(combined);
             }
         }
+    }
+
+    /// The object a lookup of `combined` would serve from memory now, when it is still
+    /// `expected`: in the memory tier, and with no newer copy arriving. Counted as a memory
+    /// hit that reads the whole body, since the caller answers with it.
+    pub fn memory_hit_if_current(
+        &self,
+        combined: &Hash,
+        expected: &Weak<MemObject>,
+    ) -> Option<Arc<MemObject>> {
+        if self.find_fill(combined, None).is_some() {
+            return None;
+        }
+        let object = self.memory.get(combined)?;
+        if !std::ptr::eq(Arc::as_ptr(&object), expected.as_ptr()) {
+            return None;
+        }
+        Tier::Memory.count_hit();
+        Tier::Memory
+            .counters()
+            .read_bytes
+            .inc_by(object.body.len() as u64);
+        Some(object)
+    }
+
+    /// The object the memory tier holds under `combined`, without counting a hit.
+    pub fn memory_object(&self, combined: &Hash) -> Option<Arc<MemObject>> {
+        self.memory.get(combined)
     }
 
     fn lookup_memory(&self, combined: &Hash) -> Option<(CacheMeta, HitHandler)> {

@@ -44,6 +44,12 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
+    /// A new id.
+    pub fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:016x}", self.run)
+    }
+
     /// The client's `X-Request-Id` when it is a sane token, or a new one.
     pub fn for_request(&self, req: &RequestHeader) -> String {
         if let Some(given) = req
@@ -54,8 +60,7 @@ impl RequestIds {
         {
             return given.to_string();
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{n:016x}", self.run)
+        self.next_id()
     }
 }
 

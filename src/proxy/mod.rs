@@ -15,7 +15,9 @@
 //! 4. `upstream_response_filter`, `response_cache_filter` (may it be kept),
 //!    `range_header_filter`, `response_filter` (`X-Cache-Status`, `X-Request-Id`),
 //!    `upstream_response_body_filter` (the group's total timeout).
-//! 5. `logging`: `report` counts the request and writes its access-log line.
+//! 5. `logging`: `report` counts the request and writes its access-log line; a plain hit
+//!    from the memory tier leaves its head with `fast_hits`, which answers the same request
+//!    again from the HTTP/1 connection loop without this path.
 //!
 //! Failures: `fail_to_connect` and `error_while_proxy` decide retries, `should_serve_stale`
 //! whether a stored response may stand in, `fail_to_proxy` the answer (`failure`).
@@ -28,6 +30,7 @@ pub mod client_limits;
 mod compression;
 mod context;
 mod failure;
+pub mod fast_hits;
 pub mod forward;
 mod head_revalidation;
 pub mod headers;
@@ -98,6 +101,8 @@ pub struct EdgeProxy {
     counters: ListenerCounters,
     /// The listener's first-request deadlines, met by each request that gets here.
     deadlines: Arc<HeadDeadlines>,
+    /// Where plain hits leave their head for the connection loop.
+    fast_hits: Arc<fast_hits::FastHits>,
 }
 
 /// The most ranges one request may ask for (pingora's default).
@@ -149,6 +154,7 @@ impl EdgeProxy {
         tls: bool,
         shared: Arc<ProxyShared>,
         deadlines: Arc<HeadDeadlines>,
+        fast_hits: Arc<fast_hits::FastHits>,
     ) -> Self {
         EdgeProxy {
             listener: listener.to_string(),
@@ -156,6 +162,7 @@ impl EdgeProxy {
             shared,
             counters: ListenerCounters::new(listener),
             deadlines,
+            fast_hits,
         }
     }
 
@@ -527,6 +534,9 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestContext) {
         self.hand_cache_file_to_copy(session, ctx);
         report::log_request(self, session, e, ctx);
+        if e.is_none() {
+            self.fast_hits.record(session, ctx);
+        }
     }
 
     /// A failed connect sent nothing, so any request may go to the next host.

@@ -130,7 +130,7 @@ pub(super) fn log_request(
         protocol: version_name(req.version),
         status,
         bytes,
-        duration_ms: (ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        duration_ms: rounded_ms(ctx.started),
         upstream: &ctx.upstream_label,
         upstream_status: ctx.upstream_status,
         cache: ctx.cache_status.map_or("", CacheStatus::as_str),
@@ -140,6 +140,53 @@ pub(super) fn log_request(
         request_id: &ctx.request_id,
     };
     proxy.shared.access_log.log(&record);
+}
+
+/// A request answered outside pingora's path (see `fast_hits`), for its access-log line.
+pub(super) struct Answer<'a> {
+    pub started: std::time::Instant,
+    pub started_at: SystemTime,
+    pub listener: &'a str,
+    pub client_ip: String,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes: usize,
+    pub cache: CacheStatus,
+    pub user_agent: &'a str,
+    pub referer: &'a str,
+    pub error: Option<String>,
+    pub request_id: &'a str,
+}
+
+/// Writes the access-log line of a `GET` over HTTP/1.1 answered outside pingora's path,
+/// with the fields `log_request` gives one answered inside it.
+pub(super) fn log_answer(log: &crate::access_log::AccessLogger, answer: Answer<'_>) {
+    let record = AccessRecord {
+        time: rfc3339(answer.started_at),
+        listener: answer.listener,
+        client_ip: answer.client_ip,
+        method: "GET",
+        host: answer.host,
+        path: answer.path,
+        protocol: version_name(http::Version::HTTP_11),
+        status: answer.status,
+        bytes: answer.bytes,
+        duration_ms: rounded_ms(answer.started),
+        upstream: "",
+        upstream_status: None,
+        cache: answer.cache.as_str(),
+        user_agent: answer.user_agent,
+        referer: answer.referer,
+        error: answer.error,
+        request_id: answer.request_id,
+    };
+    log.log(&record);
+}
+
+/// Milliseconds since `started`, to the microsecond.
+fn rounded_ms(started: std::time::Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
 pub(super) fn client_addr(session: &Session) -> Option<SocketAddr> {

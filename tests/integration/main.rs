@@ -27,6 +27,8 @@ mod deleted_media;
 mod disk_cache;
 // Purges reach every PoP: fan-out, outbox, purge log and catch-up.
 mod fleet;
+// Plain hits answered from the HTTP/1 connection loop, as pingora's path answers them.
+mod fast_hits;
 // Forwarding to the core: groups by route, no duplicate writes, request ids, body limits.
 mod forwarding;
 // Clients that leave with requests in flight cost the core nothing for stored objects.

@@ -1,0 +1,439 @@
+//! Hits answered from the HTTP/1 connection loop, without building a request for pingora.
+//!
+//! A fresh object in the memory tier gets, for a plain request, the same answer every time
+//! but for four fields: `Date`, `Age`, `X-Request-Id` and this PoP's `Cache-Status` entry.
+//! So when pingora's path answers such a request with a hit, `record` keeps the head it
+//! wrote without those four fields, under the exact bytes of the request's host, target and
+//! `Accept-Encoding`. The connection loop hands each request head to `answer`, which serves
+//! it from that head when the same bytes ask again and everything the answer depended on
+//! still holds: the same settings (no reload since), the same object still current in the
+//! memory tier with no newer copy arriving, and still fresh. Anything else, or any doubt,
+//! goes through pingora as before.
+//!
+//! "Plain" is decided on the raw head, the same way when recording and answering: a
+//! `GET` over HTTP/1.1 whose fields are all on a short list that no decision of the PoP
+//! reads (besides `Host` and `Accept-Encoding`, which are part of the lookup), so the
+//! answer cannot depend on anything else the client sent. Ranges, validators, cookies,
+//! credentials, bodies and cache directives all take pingora's path.
+
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hash as _, Hasher};
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora::cache::key::CacheHashKey;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use prometheus::IntCounter;
+use tokio::io::AsyncWriteExt;
+
+use super::context::RequestContext;
+use super::report::{self, ListenerCounters};
+use super::settings::ProxySettings;
+use super::ProxyShared;
+use crate::cache::memory::MemObject;
+use crate::cache::status_field::Entry;
+use crate::cache::{CacheStatus, Hash};
+use crate::metrics;
+
+/// Request fields that no decision of the PoP reads, besides `Host` and
+/// `Accept-Encoding`, which key the lookup. `Connection` is allowed with `keep-alive` only.
+const PLAIN_FIELDS: [&str; 11] = [
+    "host",
+    "accept-encoding",
+    "connection",
+    "user-agent",
+    "accept",
+    "accept-language",
+    "referer",
+    "sec-fetch-dest",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "dnt",
+];
+
+/// The most fields a plain request head may have.
+const MAX_FIELDS: usize = 24;
+
+/// Recorded heads kept per listener, at most.
+const MAX_RECORDED: u64 = 16_384;
+
+/// A plain request, as its raw head spells it.
+struct PlainGet<'h> {
+    host: &'h [u8],
+    target: &'h [u8],
+    accept_encoding: Option<&'h [u8]>,
+    user_agent: &'h [u8],
+    referer: &'h [u8],
+}
+
+/// Reads `head` (one whole request head, nothing after it) as a plain request, if it is one.
+fn plain_get(head: &[u8]) -> Option<PlainGet<'_>> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(length)) if length == head.len() => {}
+        _ => return None,
+    }
+    if request.method != Some("GET") || request.version != Some(1) {
+        return None;
+    }
+    let target = request.path?.as_bytes();
+    if !target.starts_with(b"/") {
+        return None;
+    }
+    let mut plain = PlainGet {
+        host: b"",
+        target,
+        accept_encoding: None,
+        user_agent: b"",
+        referer: b"",
+    };
+    let mut hosts = 0;
+    for field in request.headers.iter() {
+        let name = field.name;
+        if !PLAIN_FIELDS
+            .iter()
+            .any(|plain| name.eq_ignore_ascii_case(plain))
+        {
+            return None;
+        }
+        let value = field.value;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            plain.host = value;
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            if plain.accept_encoding.is_some() {
+                return None;
+            }
+            plain.accept_encoding = Some(value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            if !value.eq_ignore_ascii_case(b"keep-alive") {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            plain.user_agent = value;
+        } else if name.eq_ignore_ascii_case("referer") {
+            plain.referer = value;
+        }
+    }
+    (hosts == 1 && !plain.host.is_empty()).then_some(plain)
+}
+
+/// What a recorded hit was, and the head to answer with.
+struct Recorded {
+    host: Box<[u8]>,
+    target: Box<[u8]>,
+    accept_encoding: Option<Box<[u8]>>,
+    /// The settings it was answered under; a reload makes it useless.
+    settings: Arc<ProxySettings>,
+    combined: Hash,
+    object: Weak<MemObject>,
+    /// What `Age` counts from, and until when the object is fresh (pingora's measures).
+    epoch: SystemTime,
+    fresh_until: SystemTime,
+    /// The status line and every field but the four made per answer, each line ended.
+    head: Bytes,
+    body_length: usize,
+}
+
+/// How `answer` ended.
+pub enum Answered {
+    /// Answered: the connection may carry the next request.
+    Done,
+    /// Not a request this can answer: pingora's path takes it.
+    No,
+    /// The answer could not be written: the connection is done.
+    Failed,
+}
+
+/// One listener's recorded hits.
+pub struct FastHits {
+    listener: String,
+    shared: Arc<ProxyShared>,
+    recorded: moka::sync::Cache<u64, Arc<Recorded>>,
+    keys: std::collections::hash_map::RandomState,
+    counters: ListenerCounters,
+    answered: IntCounter,
+}
+
+impl FastHits {
+    pub fn new(listener: &str, shared: Arc<ProxyShared>) -> Self {
+        FastHits {
+            listener: listener.to_string(),
+            shared,
+            recorded: moka::sync::Cache::new(MAX_RECORDED),
+            keys: std::collections::hash_map::RandomState::new(),
+            counters: ListenerCounters::new(listener),
+            answered: metrics::get().fast_hits.with_label_values(&[listener]),
+        }
+    }
+
+    fn key(&self, host: &[u8], target: &[u8], accept_encoding: Option<&[u8]>) -> u64 {
+        let mut hasher = self.keys.build_hasher();
+        host.hash(&mut hasher);
+        target.hash(&mut hasher);
+        accept_encoding.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Keeps the head pingora wrote for this request when it was a plain hit from the
+    /// memory tier, answered whole.
+    pub(super) fn record(&self, session: &Session, ctx: &RequestContext) {
+        if !answered_whole_from_cache(session, ctx) {
+            return;
+        }
+        let Some(settings) = ctx.settings.clone() else {
+            return;
+        };
+        // A `Cache-Status` that shows the key would need it per answer.
+        let Some(policy) = settings.cache_policy.as_ref().filter(|p| !p.status_key) else {
+            return;
+        };
+        let Some(h1) = session.as_http1() else {
+            return;
+        };
+        let raw = h1.get_headers_raw_bytes();
+        let Some(plain) = plain_get(&raw) else {
+            return;
+        };
+        let (Some(storage), Some(written)) = (
+            self.shared.cache.as_ref().map(|c| c.storage),
+            session.response_written(),
+        ) else {
+            return;
+        };
+        let (Some(meta), Some(cache_key)) = (
+            session.cache.maybe_cache_meta(),
+            session.cache.maybe_cache_key(),
+        ) else {
+            return;
+        };
+        if meta.variance().is_some() || written.headers.contains_key(http::header::VARY) {
+            return;
+        }
+        let combined = cache_key.combined_bin();
+        let Some(object) = storage.memory_object(&combined) else {
+            return;
+        };
+        let body_length = object.body.len();
+        if session.body_bytes_sent() != body_length || object.meta.fresh_until != meta.fresh_until()
+        {
+            return;
+        }
+        let Some(head) = head_without_per_answer_fields(written, &policy.status_name) else {
+            return;
+        };
+        let recorded = Recorded {
+            host: plain.host.into(),
+            target: plain.target.into(),
+            accept_encoding: plain.accept_encoding.map(Into::into),
+            settings: settings.clone(),
+            combined,
+            object: Arc::downgrade(&object),
+            epoch: meta.epoch(),
+            fresh_until: meta.fresh_until(),
+            head,
+            body_length,
+        };
+        let key = self.key(plain.host, plain.target, plain.accept_encoding);
+        self.recorded.insert(key, Arc::new(recorded));
+    }
+
+    /// Answers the request in `head` from a recorded head, when it can (see the module
+    /// doc); `head` is the whole of what was read, so nothing of a next request is lost.
+    pub async fn answer(&self, stream: &mut Stream, head: &[u8]) -> Answered {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let Some(plain) = plain_get(head) else {
+            return Answered::No;
+        };
+        let key = self.key(plain.host, plain.target, plain.accept_encoding);
+        let Some(recorded) = self.recorded.get(&key) else {
+            return Answered::No;
+        };
+        let settings = self.shared.settings.load();
+        if *recorded.host != *plain.host
+            || *recorded.target != *plain.target
+            || recorded.accept_encoding.as_deref() != plain.accept_encoding
+            || !Arc::ptr_eq(&recorded.settings, &settings)
+            || head.len() > settings.limits.max_header_size
+            || plain.target.len() > settings.limits.max_uri_length
+            || started_at > recorded.fresh_until
+        {
+            return Answered::No;
+        }
+        let Some(policy) = settings.cache_policy.as_ref().filter(|p| !p.status_key) else {
+            return Answered::No;
+        };
+        let Some(storage) = self.shared.cache.as_ref().map(|c| c.storage) else {
+            return Answered::No;
+        };
+        let Some(object) = storage.memory_hit_if_current(&recorded.combined, &recorded.object)
+        else {
+            return Answered::No;
+        };
+        if object.body.len() != recorded.body_length {
+            return Answered::No;
+        }
+        let request_id = self.shared.request_ids.next_id();
+        let head_out = render(&recorded, policy, &request_id, started_at);
+        let timeout = settings.limits.client_body_timeout;
+        let written = tokio::time::timeout(timeout, async {
+            stream.write_all(&head_out).await?;
+            stream.write_all(&object.body).await?;
+            stream.flush().await
+        })
+        .await;
+        let error = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("writing the answer: {e}")),
+            Err(_) => Some("writing the answer timed out".to_string()),
+        };
+        let bytes = if error.is_none() {
+            object.body.len()
+        } else {
+            0
+        };
+        CacheStatus::Hit.count();
+        self.counters.count(200, bytes);
+        self.answered.inc();
+        if self.shared.access_log.enabled() {
+            let client_ip = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            report::log_answer(
+                &self.shared.access_log,
+                report::Answer {
+                    started,
+                    started_at,
+                    listener: &self.listener,
+                    client_ip,
+                    host: &text(plain.host),
+                    path: &text(plain.target),
+                    status: 200,
+                    bytes,
+                    cache: CacheStatus::Hit,
+                    user_agent: &text(plain.user_agent),
+                    referer: &text(plain.referer),
+                    error,
+                    request_id: &request_id,
+                },
+            );
+        }
+        if bytes == 0 && recorded.body_length > 0 {
+            return Answered::Failed;
+        }
+        Answered::Done
+    }
+}
+
+/// Whether pingora's path answered this request whole with a stored response that it
+/// neither changed for the request nor waited for.
+fn answered_whole_from_cache(session: &Session, ctx: &RequestContext) -> bool {
+    ctx.cache_status == Some(CacheStatus::Hit)
+        && ctx.upstream_sent.is_none()
+        && ctx.slice_fill.is_none()
+        && !ctx.served_from_slices
+        && ctx.stored_span.is_none()
+        && ctx.completion.is_none()
+        && ctx.body_work.is_none()
+        && ctx.route.client_limit.is_none()
+        && session.subrequest_ctx.is_none()
+        && session.cache.lock_duration().is_none()
+        && session.response_written().is_some_and(|r| r.status == 200)
+        && session.req_header().version == http::Version::HTTP_11
+}
+
+/// The head pingora wrote, as HTTP/1.1 bytes, without `Date`, `Age`, `X-Request-Id` and
+/// this PoP's `Cache-Status` entry (the last one; entries of caches before it stay).
+fn head_without_per_answer_fields(
+    written: &pingora::http::ResponseHeader,
+    name: &str,
+) -> Option<Bytes> {
+    let mut kept = written.clone();
+    let mut entries: Vec<_> = kept.headers.get_all(CACHE_STATUS).iter().cloned().collect();
+    // Ours is the last entry, and a hit's; the entries of caches before us stay.
+    let ours = entries.pop()?;
+    let hit = hit_entry(name, None).to_string();
+    if !ours.as_bytes().starts_with(hit.as_bytes()) {
+        return None;
+    }
+    let _ = kept.remove_header(&CACHE_STATUS);
+    for value in entries {
+        kept.append_header(CACHE_STATUS, value).ok()?;
+    }
+    for name in [http::header::DATE, http::header::AGE] {
+        let _ = kept.remove_header(&name);
+    }
+    let _ = kept.remove_header(&super::forward::X_REQUEST_ID);
+    // The answer's own `Connection` comes from the loop's keep-alive, which a plain
+    // request always asks for.
+    if kept
+        .headers
+        .get(http::header::CONNECTION)
+        .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+    {
+        return None;
+    }
+    // The status line as pingora writes it (the answer is HTTP/1.1 whatever the stored
+    // copy said), then the fields.
+    let mut head = BytesMut::with_capacity(512);
+    head.put_slice(b"HTTP/1.1 ");
+    head.put_slice(kept.status.as_str().as_bytes());
+    head.put_u8(b' ');
+    if let Some(reason) = kept.get_reason_phrase() {
+        head.put_slice(reason.as_bytes());
+    }
+    head.put_slice(b"\r\n");
+    kept.header_to_h1_wire(&mut head);
+    Some(head.freeze())
+}
+
+/// The recorded head with this answer's four fields and the blank line.
+fn render(
+    recorded: &Recorded,
+    policy: &crate::config::model::CachePolicy,
+    request_id: &str,
+    now: SystemTime,
+) -> BytesMut {
+    let age = now
+        .duration_since(recorded.epoch)
+        .unwrap_or_default()
+        .as_secs();
+    let ttl = recorded
+        .fresh_until
+        .duration_since(now)
+        .map_or(0, |left| i64::try_from(left.as_secs()).unwrap_or(i64::MAX));
+    let entry = hit_entry(&policy.status_name, Some(ttl));
+    let date = pingora::protocols::http::date::get_cached_date();
+    let mut out = BytesMut::with_capacity(recorded.head.len() + 160);
+    out.put_slice(&recorded.head);
+    out.put_slice(b"Date: ");
+    out.put_slice(date.as_bytes());
+    // Writing into a `BytesMut` cannot fail.
+    let _ = write!(
+        out,
+        "\r\nAge: {age}\r\nx-request-id: {request_id}\r\ncache-status: {entry}\r\n\r\n"
+    );
+    out
+}
+
+/// This PoP's `Cache-Status` entry for a hit, as `cache_use` writes it.
+fn hit_entry(name: &str, ttl: Option<i64>) -> Entry<'_> {
+    Entry {
+        name,
+        forward: None,
+        forward_status: None,
+        ttl,
+        stored: false,
+        collapsed: false,
+        key: None,
+    }
+}
+
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");

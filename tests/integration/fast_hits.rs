@@ -1,0 +1,222 @@
+//! Plain hits answered from the HTTP/1 connection loop (`proxy::fast_hits`): the same
+//! answer as pingora's path, field for field, and never where that path would answer
+//! differently (a purge, an expiry, a range, a validator). Pipelined requests are each
+//! answered, in order, whichever path takes them.
+
+use std::time::Duration;
+
+use crate::harness::client::{raw_exchange, Answer};
+use crate::harness::origin::Origin;
+use crate::harness::{get, pop_with_cache};
+
+const FAST: &str = "edgecache_fast_hits_total{listener=\"http\"}";
+
+/// Fields that differ from one answer to the next whichever path gives it.
+const PER_ANSWER: [&str; 4] = ["date", "age", "x-request-id", "cache-status"];
+
+/// The answer's fields but those made per answer, sorted, and `Cache-Status` without its
+/// `ttl` (which counts down).
+fn lasting_fields(answer: &Answer) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| !PER_ANSWER.contains(&name.as_str()))
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let status = answer.header("cache-status");
+    let without_ttl: Vec<&str> = status
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.starts_with("ttl="))
+        .collect();
+    fields.push(("cache-status".into(), without_ttl.join("; ")));
+    fields.sort();
+    fields
+}
+
+async fn fast_count(pop: &crate::harness::TestPop) -> f64 {
+    pop.edge.metric(FAST).await.unwrap_or(0.0)
+}
+
+/// Asks for `path` until the loop answers it (pingora's path records the head after its
+/// answer is sent, so the request right after it may still take that path).
+async fn until_fast(pop: &crate::harness::TestPop, path: &str) -> Answer {
+    let before = fast_count(pop).await;
+    for _ in 0..40 {
+        let answer = get(pop.setup.http(), path, &[]).await;
+        if fast_count(pop).await > before {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{path} was never answered from the loop");
+}
+
+#[tokio::test]
+async fn a_plain_hit_is_answered_from_the_loop_with_the_same_fields() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/fast/same?cc=public,max-age=600&h=X-Kept:one";
+    assert_eq!(
+        get(pop.setup.http(), path, &[]).await.cache_status(),
+        "MISS"
+    );
+    // pingora's path answers the first hit and leaves its head.
+    let slow = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(slow.cache_status(), "HIT");
+    assert_eq!(fast_count(&pop).await, 0.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fast = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(fast.cache_status(), "HIT");
+    assert_eq!(
+        fast_count(&pop).await,
+        1.0,
+        "the second hit took the loop's path"
+    );
+    assert_eq!(fast.status, 200);
+    assert_eq!(fast.body, slow.body);
+    assert_eq!(lasting_fields(&fast), lasting_fields(&slow));
+    // The per-answer fields are this answer's own.
+    assert_ne!(fast.header("x-request-id"), slow.header("x-request-id"));
+    assert_eq!(fast.header("x-request-id").len(), 32);
+    let age: u64 = fast.header("age").parse().expect("Age");
+    assert!((1..=3).contains(&age), "{age}");
+    let ttl: u64 = fast
+        .header("cache-status")
+        .split("ttl=")
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .expect("ttl");
+    assert!((596..=599).contains(&ttl), "{ttl}");
+    assert!(httpdate::parse_http_date(fast.header("date")).is_ok());
+    // A field off the plain list takes pingora's path, with the same answer.
+    let other = get(pop.setup.http(), path, &[("X-Anything", "1")]).await;
+    assert_eq!(fast_count(&pop).await, 1.0);
+    assert_eq!(lasting_fields(&other), lasting_fields(&fast));
+    assert_eq!(origin.hits_for("/fast/same"), 1);
+}
+
+#[tokio::test]
+async fn a_fast_hit_leaves_the_same_access_log_line_and_counts() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/fast/logged?cc=public,max-age=600";
+    get(pop.setup.http(), path, &[]).await;
+    until_fast(&pop, path).await;
+    let requests = "edgecache_requests_total{listener=\"http\",status_class=\"2xx\"}";
+    let hits = "edgecache_cache_responses_total{status=\"HIT\"}";
+    // The loop counts a request before `edgecache_fast_hits_total`, and pingora's path
+    // counts before it records: everything so far is counted.
+    let answered = pop.edge.metric(requests).await.unwrap_or(0.0);
+    let fast_before = fast_count(&pop).await;
+    let before = (pop.edge.metric(requests).await, pop.edge.metric(hits).await);
+    let fast = get(
+        pop.setup.http(),
+        path,
+        &[
+            ("User-Agent", "fast-agent"),
+            ("Referer", "https://r.example/"),
+        ],
+    )
+    .await;
+    assert_eq!(fast_count(&pop).await, fast_before + 1.0);
+    pop.edge.wait_metric(requests, answered + 1.0).await;
+    let after = (pop.edge.metric(requests).await, pop.edge.metric(hits).await);
+    assert_eq!(after.0, before.0.map(|n| n + 1.0), "requests counted");
+    assert_eq!(after.1, before.1.map(|n| n + 1.0), "hits counted");
+    let id = fast.header("x-request-id").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = pop.edge.stdout_text();
+        if let Some(line) = text.lines().find(|l| l.contains(&id)) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line for {id}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let record: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["path"], path);
+    assert_eq!(record["host"], pop.setup.http().to_string());
+    assert_eq!(record["protocol"], "HTTP/1.1");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["bytes"], fast.body.len());
+    assert_eq!(record["cache"], "HIT");
+    assert_eq!(record["upstream"], "");
+    assert_eq!(record["user_agent"], "fast-agent");
+    assert_eq!(record["referer"], "https://r.example/");
+    assert_eq!(record["client_ip"], "127.0.0.1");
+    assert_eq!(record["listener"], "http");
+}
+
+#[tokio::test]
+async fn purges_expiry_ranges_and_validators_take_pingoras_path() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let host = pop.setup.http().to_string();
+    let path = "/fast/guarded?cc=public,max-age=600&etag=v1";
+    get(pop.setup.http(), path, &[]).await;
+    let stored = until_fast(&pop, path).await;
+    let fast_before = fast_count(&pop).await;
+
+    // A range and a validator get pingora's answers.
+    let part = get(pop.setup.http(), path, &[("Range", "bytes=0-3")]).await;
+    assert_eq!((part.status, part.body.len()), (206, 4));
+    let etag = stored.header("etag").to_string();
+    assert!(!etag.is_empty());
+    let unchanged = get(pop.setup.http(), path, &[("If-None-Match", &etag)]).await;
+    assert_eq!(unchanged.status, 304);
+    assert_eq!(fast_count(&pop).await, fast_before);
+
+    // After a purge the next request goes to the core.
+    let (status, _) = pop
+        .purge(&format!(
+            "url=http%3A%2F%2F{host}%2Ffast%2Fguarded%3Fcc%3Dpublic%2Cmax-age%3D600%26etag%3Dv1"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        get(pop.setup.http(), path, &[]).await.cache_status(),
+        "MISS"
+    );
+    assert_eq!(fast_count(&pop).await, fast_before);
+    assert_eq!(origin.hits_for("/fast/guarded"), 2);
+
+    // An object past its freshness is not answered from the loop.
+    let short = "/fast/short?cc=public,max-age=1";
+    get(pop.setup.http(), short, &[]).await;
+    until_fast(&pop, short).await;
+    let fast_before = fast_count(&pop).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = get(pop.setup.http(), short, &[]).await;
+    assert_ne!(late.cache_status(), "HIT");
+    assert_eq!(fast_count(&pop).await, fast_before);
+    assert_eq!(origin.hits_for("/fast/short"), 2);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let host = pop.setup.http().to_string();
+    let path = "/fast/pipelined?cc=public,max-age=600";
+    get(pop.setup.http(), path, &[]).await;
+    until_fast(&pop, path).await;
+    let fast_before = fast_count(&pop).await;
+    let one = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let last = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(pop.setup.http(), format!("{one}{one}{last}").as_bytes()).await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 3, "{answer}");
+    assert_eq!(answer.matches("x-cache-status: HIT").count(), 3, "{answer}");
+    // Each head is answered on its own: the two plain ones from the loop, the last
+    // (`Connection: close`) by pingora.
+    assert_eq!(fast_count(&pop).await, fast_before + 2.0);
+}
