@@ -340,14 +340,16 @@ fn head_end(buf: &[u8], searched: &mut usize) -> Option<usize> {
     None
 }
 
-/// Whether a request head has a `Content-Length` or `Transfer-Encoding` field, whatever
-/// its value: then the bytes after it are pingora's to frame.
+/// Whether a request head has a `Content-Length`, `Transfer-Encoding` or `Upgrade` field,
+/// whatever its value: then the bytes after it are pingora's (a body to frame, or the
+/// upgraded protocol's first bytes).
 fn announces_body(head: &[u8]) -> bool {
     head.split(|b| *b == b'\n').skip(1).any(|line| {
         let name = line.split(|b| *b == b':').next().unwrap_or_default();
         let name = name.trim_ascii();
-        name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
+        [&b"content-length"[..], b"transfer-encoding", b"upgrade"]
+            .iter()
+            .any(|field| name.eq_ignore_ascii_case(field))
     })
 }
 
@@ -497,6 +499,27 @@ mod tests {
         // Empty lines before the request line are not its end.
         assert_eq!(end(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(22));
         assert_eq!(end(b"\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_head_that_announces_a_body_or_an_upgrade_keeps_what_follows_for_pingora() {
+        assert!(!announces_body(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        for field in [
+            "Content-Length: 0",
+            "content-length : 5",
+            "Transfer-Encoding: chunked",
+            "TRANSFER-ENCODING:\tchunked",
+            "Upgrade: websocket",
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nHost: a\r\n{field}\r\n\r\n");
+            assert!(announces_body(head.as_bytes()), "{field}");
+        }
+        // A bare line feed ends a line too.
+        assert!(announces_body(b"GET / HTTP/1.1\nContent-Length: 1\n\n"));
+        // The request line is no field.
+        assert!(!announces_body(
+            b"GET /content-length: HTTP/1.1\r\nHost: a\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -56,8 +56,14 @@ const PLAIN_FIELDS: [&str; 11] = [
 /// The most fields a plain request head may have.
 const MAX_FIELDS: usize = 24;
 
-/// Recorded heads kept per listener, at most.
-const MAX_RECORDED: u64 = 16_384;
+/// Bytes of recorded heads (with their request spellings) kept per listener, at most. One
+/// object can be asked for under many spellings (query padding, host case), each recorded
+/// on its own: the bound is on bytes, not entries.
+const MAX_RECORDED_BYTES: u64 = 8 << 20;
+
+/// The longest host, target and `Accept-Encoding` together that a recorded head is kept
+/// under; longer requests always take pingora's path.
+const MAX_SPELLING: usize = 1024;
 
 /// A plain request, as its raw head spells it.
 struct PlainGet<'h> {
@@ -127,7 +133,7 @@ struct Recorded {
     target: Box<[u8]>,
     accept_encoding: Option<Box<[u8]>>,
     /// The settings it was answered under; a reload makes it useless.
-    settings: Arc<ProxySettings>,
+    settings: Weak<ProxySettings>,
     combined: Hash,
     object: Weak<MemObject>,
     /// What `Age` counts from, and until when the object is fresh (pingora's measures).
@@ -136,6 +142,17 @@ struct Recorded {
     /// The status line and every field but the four made per answer, each line ended.
     head: Bytes,
     body_length: usize,
+}
+
+impl Recorded {
+    fn weight(&self) -> u32 {
+        let bytes = self.host.len()
+            + self.target.len()
+            + self.accept_encoding.as_ref().map_or(0, |a| a.len())
+            + self.head.len()
+            + std::mem::size_of::<Recorded>();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
 }
 
 /// How `answer` ended.
@@ -163,7 +180,10 @@ impl FastHits {
         FastHits {
             listener: listener.to_string(),
             shared,
-            recorded: moka::sync::Cache::new(MAX_RECORDED),
+            recorded: moka::sync::Cache::builder()
+                .max_capacity(MAX_RECORDED_BYTES)
+                .weigher(|_, recorded: &Arc<Recorded>| recorded.weight())
+                .build(),
             keys: std::collections::hash_map::RandomState::new(),
             counters: ListenerCounters::new(listener),
             answered: metrics::get().fast_hits.with_label_values(&[listener]),
@@ -194,10 +214,23 @@ impl FastHits {
         let Some(h1) = session.as_http1() else {
             return;
         };
+        // A cache-buster request must reach `admission`, whatever it looks like.
+        if settings
+            .cache_buster
+            .as_ref()
+            .is_some_and(|b| PLAIN_FIELDS.contains(&b.secret_header.as_str()))
+        {
+            return;
+        }
         let raw = h1.get_headers_raw_bytes();
         let Some(plain) = plain_get(&raw) else {
             return;
         };
+        let spelling =
+            plain.host.len() + plain.target.len() + plain.accept_encoding.map_or(0, <[u8]>::len);
+        if spelling > MAX_SPELLING {
+            return;
+        }
         let (Some(storage), Some(written)) = (
             self.shared.cache.as_ref().map(|c| c.storage),
             session.response_written(),
@@ -217,8 +250,28 @@ impl FastHits {
         let Some(object) = storage.memory_object(&combined) else {
             return;
         };
+        // The object served is the one in memory now: the same times of storing and of
+        // last validation, not another copy stored under the key since.
         let body_length = object.body.len();
-        if session.body_bytes_sent() != body_length || object.meta.fresh_until != meta.fresh_until()
+        if session.body_bytes_sent() != body_length
+            || object.meta.fresh_until != meta.fresh_until()
+            || object.meta.created != meta.created()
+            || object.meta.updated != meta.updated()
+        {
+            return;
+        }
+        // The loop writes the body as it is: only a head framing it by its length will do
+        // (an object stored without one goes out chunked).
+        if written
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+            || written
+                .headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .count()
+                != 1
+            || crate::wire::content_length(&written.headers) != Some(body_length as u64)
         {
             return;
         }
@@ -229,7 +282,7 @@ impl FastHits {
             host: plain.host.into(),
             target: plain.target.into(),
             accept_encoding: plain.accept_encoding.map(Into::into),
-            settings: settings.clone(),
+            settings: Arc::downgrade(&settings),
             combined,
             object: Arc::downgrade(&object),
             epoch: meta.epoch(),
@@ -257,7 +310,7 @@ impl FastHits {
         if *recorded.host != *plain.host
             || *recorded.target != *plain.target
             || recorded.accept_encoding.as_deref() != plain.accept_encoding
-            || !Arc::ptr_eq(&recorded.settings, &settings)
+            || !std::ptr::eq(recorded.settings.as_ptr(), Arc::as_ptr(&settings))
             || head.len() > settings.limits.max_header_size
             || plain.target.len() > settings.limits.max_uri_length
             || started_at > recorded.fresh_until
@@ -279,18 +332,14 @@ impl FastHits {
         }
         let request_id = self.shared.request_ids.next_id();
         let head_out = render(&recorded, policy, &request_id, started_at);
-        let timeout = settings.limits.client_body_timeout;
-        let written = tokio::time::timeout(timeout, async {
-            stream.write_all(&head_out).await?;
-            stream.write_all(&object.body).await?;
-            stream.flush().await
-        })
-        .await;
-        let error = match written {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("writing the answer: {e}")),
-            Err(_) => Some("writing the answer timed out".to_string()),
-        };
+        let error = write_answer(
+            stream,
+            &head_out,
+            &object.body,
+            settings.limits.client_body_timeout,
+        )
+        .await
+        .err();
         let bytes = if error.is_none() {
             object.body.len()
         } else {
@@ -329,6 +378,32 @@ impl FastHits {
             return Answered::Failed;
         }
         Answered::Done
+    }
+}
+
+/// How much of a body one write may carry, each within the idle timeout.
+const WRITE_PIECE: usize = 64 * 1024;
+
+/// Writes the head and the body, each piece within `idle` (a client reading slowly but
+/// steadily is not cut off), and flushes.
+async fn write_answer(
+    stream: &mut Stream,
+    head: &[u8],
+    body: &[u8],
+    idle: std::time::Duration,
+) -> Result<(), String> {
+    let pieces = std::iter::once(head).chain(body.chunks(WRITE_PIECE));
+    for piece in pieces {
+        match tokio::time::timeout(idle, stream.write_all(piece)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("writing the answer: {e}")),
+            Err(_) => return Err("writing the answer timed out".to_string()),
+        }
+    }
+    match tokio::time::timeout(idle, stream.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("writing the answer: {e}")),
+        Err(_) => Err("writing the answer timed out".to_string()),
     }
 }
 
@@ -437,3 +512,57 @@ fn hit_entry(name: &str, ttl: Option<i64>) -> Entry<'_> {
 }
 
 const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(head: &str) -> Option<(String, String, Option<String>)> {
+        plain_get(head.as_bytes()).map(|p| {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (text(p.host), text(p.target), p.accept_encoding.map(text))
+        })
+    }
+
+    #[test]
+    fn a_plain_get_is_read_from_its_raw_head() {
+        let got = plain(
+            "GET /a?b HTTP/1.1\r\nHost: h.example\r\nUser-Agent: x\r\nAccept-Encoding: gzip\r\n\
+             Connection: Keep-Alive\r\nsec-fetch-mode: no-cors\r\n\r\n",
+        );
+        assert_eq!(
+            got,
+            Some(("h.example".into(), "/a?b".into(), Some("gzip".into())))
+        );
+        // Bare line feeds end lines as they do for pingora.
+        assert!(plain("GET / HTTP/1.1\nHost: h\n\n").is_some());
+    }
+
+    #[test]
+    fn anything_else_is_not_plain() {
+        for head in [
+            "HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"a\"\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nCookie: a=b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nCache-Control: no-cache\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\nAccept-Encoding: br\r\n\r\n",
+            // More than one request, or less than one.
+            "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\n",
+            // A folded line.
+            "GET / HTTP/1.1\r\nHost: h\r\nUser-Agent: a\r\n b\r\n\r\n",
+        ] {
+            assert_eq!(plain(head), None, "{head:?}");
+        }
+    }
+}

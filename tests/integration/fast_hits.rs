@@ -220,3 +220,32 @@ async fn pipelined_requests_are_answered_in_order() {
     // (`Connection: close`) by pingora.
     assert_eq!(fast_count(&pop).await, fast_before + 2.0);
 }
+
+/// An object stored without `Content-Length` is answered chunked by pingora's path; the
+/// loop, which writes the body as it is, leaves it to that path.
+#[tokio::test]
+async fn an_object_stored_without_a_length_keeps_its_chunked_answers() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let host = pop.setup.http().to_string();
+    let path = "/bytes/3000?chunked=1&cc=public,max-age=600";
+    let first = get(pop.setup.http(), path, &[]).await;
+    assert_eq!((first.status, first.body.len()), (200, 3000));
+    assert_eq!(first.header("content-length"), "");
+    // Several hits on one connection, each read off the wire as sent.
+    let one = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let last = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    for _ in 0..3 {
+        let answer = raw_exchange(pop.setup.http(), format!("{one}{one}{last}").as_bytes()).await;
+        assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 3, "{answer}");
+        assert_eq!(
+            answer.matches("Transfer-Encoding: chunked").count()
+                + answer.matches("transfer-encoding: chunked").count(),
+            3,
+            "{answer}"
+        );
+        // Three chunked bodies, each ended by its last chunk.
+        assert_eq!(answer.matches("\r\n0\r\n\r\n").count(), 3, "{answer}");
+    }
+    assert_eq!(origin.hits_for("/bytes/3000"), 1);
+}
