@@ -32,6 +32,7 @@ use super::context::RequestContext;
 use super::report::{self, ListenerCounters};
 use super::settings::ProxySettings;
 use super::ProxyShared;
+use crate::access_log::AccessRecord;
 use crate::cache::memory::MemObject;
 use crate::cache::status_field::Entry;
 use crate::cache::{CacheStatus, Hash};
@@ -355,24 +356,27 @@ impl FastHits {
                 .map(|ip| ip.to_string())
                 .unwrap_or_default();
             let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-            report::log_answer(
-                &self.shared.access_log,
-                report::Answer {
-                    started,
-                    started_at,
-                    listener: &self.listener,
-                    client_ip,
-                    host: &text(plain.host),
-                    path: &text(plain.target),
-                    status: 200,
-                    bytes,
-                    cache: CacheStatus::Hit,
-                    user_agent: &text(plain.user_agent),
-                    referer: &text(plain.referer),
-                    error,
-                    request_id: &request_id,
-                },
-            );
+            let (host, path) = (text(plain.host), text(plain.target));
+            let (user_agent, referer) = (text(plain.user_agent), text(plain.referer));
+            self.shared.access_log.log(&AccessRecord {
+                time: report::rfc3339(started_at),
+                listener: &self.listener,
+                client_ip,
+                method: "GET",
+                host: &host,
+                path: &path,
+                protocol: "HTTP/1.1",
+                status: 200,
+                bytes,
+                duration_ms: report::rounded_ms(started),
+                upstream: "",
+                upstream_status: None,
+                cache: CacheStatus::Hit.as_str(),
+                user_agent: &user_agent,
+                referer: &referer,
+                error,
+                request_id: &request_id,
+            });
         }
         if bytes == 0 && recorded.body_length > 0 {
             return Answered::Failed;

@@ -142,50 +142,8 @@ pub(super) fn log_request(
     proxy.shared.access_log.log(&record);
 }
 
-/// A request answered outside pingora's path (see `fast_hits`), for its access-log line.
-pub(super) struct Answer<'a> {
-    pub started: std::time::Instant,
-    pub started_at: SystemTime,
-    pub listener: &'a str,
-    pub client_ip: String,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub bytes: usize,
-    pub cache: CacheStatus,
-    pub user_agent: &'a str,
-    pub referer: &'a str,
-    pub error: Option<String>,
-    pub request_id: &'a str,
-}
-
-/// Writes the access-log line of a `GET` over HTTP/1.1 answered outside pingora's path,
-/// with the fields `log_request` gives one answered inside it.
-pub(super) fn log_answer(log: &crate::access_log::AccessLogger, answer: Answer<'_>) {
-    let record = AccessRecord {
-        time: rfc3339(answer.started_at),
-        listener: answer.listener,
-        client_ip: answer.client_ip,
-        method: "GET",
-        host: answer.host,
-        path: answer.path,
-        protocol: version_name(http::Version::HTTP_11),
-        status: answer.status,
-        bytes: answer.bytes,
-        duration_ms: rounded_ms(answer.started),
-        upstream: "",
-        upstream_status: None,
-        cache: answer.cache.as_str(),
-        user_agent: answer.user_agent,
-        referer: answer.referer,
-        error: answer.error,
-        request_id: answer.request_id,
-    };
-    log.log(&record);
-}
-
 /// Milliseconds since `started`, to the microsecond.
-fn rounded_ms(started: std::time::Instant) -> f64 {
+pub(super) fn rounded_ms(started: std::time::Instant) -> f64 {
     (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
@@ -274,7 +232,7 @@ fn version_name(version: http::Version) -> &'static str {
     }
 }
 
-fn rfc3339(at: SystemTime) -> String {
+pub(super) fn rfc3339(at: SystemTime) -> String {
     let at = time::OffsetDateTime::from(at);
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
