@@ -385,24 +385,26 @@ impl FastHits {
     }
 }
 
-/// How much of a body one write may carry, each within the idle timeout.
-const WRITE_PIECE: usize = 64 * 1024;
-
-/// Writes the head and the body, each piece within `idle` (a client reading slowly but
-/// steadily is not cut off), and flushes.
+/// Writes the head and the body with as few writes as the socket takes (one, when it has
+/// room), each within `idle` (a client reading slowly but steadily is not cut off), and
+/// flushes.
 async fn write_answer(
     stream: &mut Stream,
-    head: &[u8],
-    body: &[u8],
+    mut head: &[u8],
+    mut body: &[u8],
     idle: std::time::Duration,
 ) -> Result<(), String> {
-    let pieces = std::iter::once(head).chain(body.chunks(WRITE_PIECE));
-    for piece in pieces {
-        match tokio::time::timeout(idle, stream.write_all(piece)).await {
-            Ok(Ok(())) => {}
+    while !head.is_empty() || !body.is_empty() {
+        let pieces = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let written = match tokio::time::timeout(idle, stream.write_vectored(&pieces)).await {
+            Ok(Ok(0)) => return Err("writing the answer: the connection closed".to_string()),
+            Ok(Ok(written)) => written,
             Ok(Err(e)) => return Err(format!("writing the answer: {e}")),
             Err(_) => return Err("writing the answer timed out".to_string()),
-        }
+        };
+        let from_head = written.min(head.len());
+        head = &head[from_head..];
+        body = body.get(written - from_head..).unwrap_or_default();
     }
     match tokio::time::timeout(idle, stream.flush()).await {
         Ok(Ok(())) => Ok(()),
