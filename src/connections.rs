@@ -13,8 +13,8 @@
 //! its first byte (of the accept, for a new connection), and handed to the request parser;
 //! a client that trickles its head is answered 408 and closed, so it cannot hold its slot.
 //! A plain request for a hit that pingora's path has answered before is answered here from
-//! the head it wrote (`proxy::fast_hits`). Everything else (HTTP/2, custom protocols) goes to pingora's own loop, with the deadline
-//! of `head_deadline.rs` on its first request.
+//! the head it wrote (`proxy::fast_hits`). Everything else (HTTP/2, custom protocols) goes
+//! to pingora's own loop, with the deadline of `head_deadline.rs` on its first request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

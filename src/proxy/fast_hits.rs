@@ -142,7 +142,6 @@ struct Recorded {
     fresh_until: SystemTime,
     /// The status line and every field but the four made per answer, each line ended.
     head: Bytes,
-    body_length: usize,
 }
 
 impl Recorded {
@@ -289,7 +288,6 @@ impl FastHits {
             epoch: meta.epoch(),
             fresh_until: meta.fresh_until(),
             head,
-            body_length,
         };
         let key = self.key(plain.host, plain.target, plain.accept_encoding);
         self.recorded.insert(key, Arc::new(recorded));
@@ -328,9 +326,6 @@ impl FastHits {
         else {
             return Answered::No;
         };
-        if object.body.len() != recorded.body_length {
-            return Answered::No;
-        }
         let request_id = self.shared.request_ids.next_id();
         let head_out = render(&recorded, policy, &request_id, started_at);
         let error = write_answer(
@@ -378,7 +373,7 @@ impl FastHits {
                 request_id: &request_id,
             });
         }
-        if bytes == 0 && recorded.body_length > 0 {
+        if bytes == 0 && !object.body.is_empty() {
             return Answered::Failed;
         }
         Answered::Done
