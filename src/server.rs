@@ -499,15 +499,31 @@ fn take_over_sockets(config: &Config, handover: Handover) -> Result<(), StartErr
     Ok(())
 }
 
-/// Per-connection socket buffers. pingora's default puts a 64 KiB read buffer in front of
-/// every client socket for the connection's whole life, idle keep-alive included: 5,000
-/// idle connections cost over 400 MiB. The HTTP/1 parser and rustls read into buffers of
-/// their own, so the socket is read directly; small writes are still coalesced.
+/// Per-connection socket buffers: none. pingora's defaults put a 64 KiB read buffer and a
+/// 1,460-byte write buffer in front of every client socket for the connection's whole life,
+/// idle keep-alive included (5,000 idle connections cost over 400 MiB with the first). The
+/// HTTP/1 parser, h2 and rustls read into buffers of their own, and h2 and rustls gather
+/// their writes; the HTTP/1 loop puts a write buffer in front of the socket only while
+/// pingora serves a request on it (`connections::request_buffer`).
 fn connection_buffers() -> L4BufferSettings {
-    L4BufferSettings::default().read(0)
+    L4BufferSettings::unbuffered()
 }
 
 /// Pingora counts these periods in whole seconds; `500ms` must not become no time at all.
 fn whole_seconds_up(duration: std::time::Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle keep-alive connection must not hold socket buffers: they would cost their
+    /// size for every connection for its whole life.
+    #[test]
+    fn client_sockets_carry_no_buffers_of_their_own() {
+        let buffers = connection_buffers();
+        assert_eq!(buffers.read_capacity(), 0);
+        assert_eq!(buffers.write_capacity(), 0);
+    }
 }
