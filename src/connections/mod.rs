@@ -127,12 +127,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
     ///
     /// Between requests the connection is only this loop's small state; everything a
     /// request needs is allocated for that request alone (`serve_request`, boxed).
-    async fn serve_http1(&self, mut stream: Stream, accepted: Instant, shutdown: &ShutdownWatch) {
+    ///
+    /// This is the whole task of most connections, so it owns what it needs rather than
+    /// borrowing it from a caller's frame that would sit beside it for the connection's life.
+    async fn serve_http1(slot: OpenGuard<A>, mut stream: Stream, mut shutdown: ShutdownWatch) {
+        let this = &slot.app;
+        let accepted = accepted_at(&stream);
         // This loop holds the first request to the deadline from here on, with a 408; a
         // TLS connection's watch (its handshake) is done.
         if stream.get_ssl_digest().is_some() {
             if let Some(cookie) = socket_cookie(&stream) {
-                self.deadlines.head_arrived(cookie);
+                this.deadlines.head_arrived(cookie);
             }
         }
         let mut state = KeepAlive {
@@ -144,17 +149,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
             let first = if let Some(next) = state.pending.take() {
                 Some(next)
             } else if state.fresh {
-                let deadline = accepted + self.settings.load().limits.client_header_timeout;
-                wait_for_first_request(&mut stream, deadline, shutdown).await
+                let deadline = accepted + this.settings.load().limits.client_header_timeout;
+                wait_for_first_request(&mut stream, deadline, &mut shutdown).await
             } else {
-                let idle = Duration::from_secs(self.settings.load().limits.keepalive_secs);
-                wait_for_request(&mut stream, idle, shutdown).await
+                let idle = Duration::from_secs(this.settings.load().limits.keepalive_secs);
+                wait_for_request(&mut stream, idle, &mut shutdown).await
             };
             let Some(first) = first else {
                 return;
             };
             let served =
-                Box::pin(self.serve_request(stream, first, &mut state, accepted, shutdown));
+                Box::pin(this.serve_request(stream, first, &mut state, accepted, &shutdown));
             match served.await {
                 Some(next) => stream = next,
                 None => return,
@@ -395,10 +400,9 @@ const FIRST_REQUEST_WAIT_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 async fn wait_for_first_request(
     stream: &mut Stream,
     deadline: Instant,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
 ) -> Option<BytesMut> {
     let mut byte = [0u8; 1];
-    let mut shutdown = shutdown.clone();
     let shortened = |deadline: tokio::time::Instant| {
         deadline.min(tokio::time::Instant::now() + FIRST_REQUEST_WAIT_AT_SHUTDOWN)
     };
@@ -429,13 +433,12 @@ async fn wait_for_first_request(
 async fn wait_for_request(
     stream: &mut Stream,
     idle: Duration,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
 ) -> Option<BytesMut> {
     if *shutdown.borrow() {
         return None;
     }
     let mut byte = [0u8; 1];
-    let mut shutdown = shutdown.clone();
     let read = tokio::select! {
         // A request that has arrived wins over a shutdown that arrives with it.
         biased;
@@ -449,37 +452,43 @@ async fn wait_for_request(
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
-    /// Serves one accepted connection, in the task of its own that `process_new` spawns.
-    async fn serve_connection(slot: OpenGuard<A>, mut session: Stream, shutdown: ShutdownWatch) {
-        let this = &slot.app;
-        let h2c = this
+    /// The protocol `session` speaks, as far as is known before reading from it: HTTP/1
+    /// (`Some(true)`) when TLS chose it or chose nothing, or when the listener takes no h2c;
+    /// HTTP/2 (`Some(false)`) when TLS chose it; `None` for a plain connection on an h2c
+    /// listener, which is HTTP/2 if it opens with the preface.
+    fn speaks_http1(&self, session: &Stream) -> Option<bool> {
+        let h2c = self
             .inner
             .server_options()
             .is_some_and(|o| o.h2c || o.force_custom);
+        let tls = session.get_ssl_digest().is_some();
+        match session.selected_alpn_proto() {
+            None | Some(ALPN::H1) if tls || !h2c => Some(true),
+            None | Some(ALPN::H1) => None,
+            Some(_) => Some(false),
+        }
+    }
+
+    /// Serves a connection that is not plainly HTTP/1, in the task `process_new` spawns:
+    /// HTTP/2 by ALPN, or a plain connection on an h2c listener.
+    async fn serve_other(slot: OpenGuard<A>, mut session: Stream, shutdown: ShutdownWatch) {
         let accepted = accepted_at(&session);
         let tls = session.get_ssl_digest().is_some();
-        let http1 = match session.selected_alpn_proto() {
-            None | Some(ALPN::H1) if tls || !h2c => true,
-            // A plain connection on an h2c listener: HTTP/2 if it opens with the preface.
-            None | Some(ALPN::H1) => {
-                let deadline = accepted + this.settings.load().limits.client_header_timeout;
-                match opens_with_h2_preface(&mut session, deadline).await {
-                    Some(h2) => !h2,
-                    None => {
-                        metrics::get()
-                            .rejected_requests
-                            .with_label_values(&[this.listener.as_str(), HEADER_TIMEOUT])
-                            .inc();
-                        return;
-                    }
+        if slot.app.speaks_http1(&session).is_none() {
+            let deadline = accepted + slot.app.settings.load().limits.client_header_timeout;
+            match opens_with_h2_preface(&mut session, deadline).await {
+                Some(true) => {}
+                Some(false) => return Self::serve_http1(slot, session, shutdown).await,
+                None => {
+                    metrics::get()
+                        .rejected_requests
+                        .with_label_values(&[slot.app.listener.as_str(), HEADER_TIMEOUT])
+                        .inc();
+                    return;
                 }
             }
-            Some(_) => false,
-        };
-        if http1 {
-            this.serve_http1(session, accepted, &shutdown).await;
-            return;
         }
+        let this = &slot.app;
         // A TLS connection's clock started before its handshake.
         if !tls {
             let deadline = accepted + this.settings.load().limits.client_header_timeout;
@@ -522,7 +531,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for CountedApp<A> {
         let slot = OpenGuard {
             app: Arc::clone(self),
         };
-        tokio::spawn(Self::serve_connection(slot, session, shutdown.clone()));
+        let shutdown = shutdown.clone();
+        if self.speaks_http1(&session) == Some(true) {
+            tokio::spawn(Self::serve_http1(slot, session, shutdown));
+        } else {
+            tokio::spawn(Self::serve_other(slot, session, shutdown));
+        }
         None
     }
 
