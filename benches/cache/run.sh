@@ -5,6 +5,7 @@
 #
 #   bash benches/cache/run.sh              (ROUNDS=3 DURATION=15 by default)
 #   SCENARIOS="a b c e f" ROUNDS=1 DURATION=5 bash benches/cache/run.sh
+#   EDGECACHE_BIN=/path/to/other/edgecache SCENARIOS=b bash benches/cache/run.sh
 #
 # The harness interleaves the targets round by round and reports each ratio as the median of
 # the per-round ratios edgecache / nginx. Both proxies run pinned to CPU 0, the load generator
@@ -26,8 +27,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 SKIP_APT=1 bash "$HARNESS/setup.sh" >/dev/null
 bash "$ROOT/scripts/system-packages.sh"   # cmake for pingora's zlib-ng on a fresh machine
-(cd "$ROOT" && cargo build --release --locked --quiet)
-BIN=$ROOT/target/release/edgecache
+# EDGECACHE_BIN: an already built binary to measure instead (to compare two builds).
+if [ -n "${EDGECACHE_BIN:-}" ]; then
+  BIN=$EDGECACHE_BIN
+else
+  (cd "$ROOT" && cargo build --release --locked --quiet)
+  BIN=$ROOT/target/release/edgecache
+fi
 
 cleanup() {
   [ -f "$BENCH/run/edgecache.pid" ] && kill "$(cat "$BENCH/run/edgecache.pid")" 2>/dev/null || true
