@@ -20,9 +20,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Transparent huge pages round each allocator region the process touches up to 2 MiB:
     // an idle PoP held 14 to 30 MiB more than it used, and the limits in the config would
-    // count for less than the memory taken. The flag holds for every thread started after
-    // it; mimalloc is built not to ask for huge pages before it (`no_thp`). A kernel
-    // without the call just keeps its default.
+    // count for less than the memory taken. The flag holds for the whole process (and what
+    // it starts); mimalloc is also built never to advise huge pages itself (`no_thp`). A
+    // kernel without the call just keeps its default.
     let _ = nix::sys::prctl::set_thp_disable(true);
     // One TLS crypto provider for the whole process, installed before anything builds a
     // rustls config.

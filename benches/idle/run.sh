@@ -4,6 +4,7 @@
 #
 #   bash benches/idle/run.sh                 (ROUNDS=2, N=5000 plain, N_TLS=1000 over TLS)
 #   EDGECACHE_BIN=/path/to/edgecache bash benches/idle/run.sh
+#   IDLE_OUT=/some/dir keeps the raw rows there
 #
 # Uses the shared harness's origin and nginx peer (../shared/bench/perf) and edgecache with
 # benches/cache/edgecache.yaml, both tiers configured. Each proxy is started afresh for every
@@ -66,13 +67,17 @@ start_nginx() {
 pss_kib() { local p t=0; for p in $PIDS; do t=$((t + $(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup"))); done; echo "$t"; }
 
 declare -A HTTP=([nginx]=8101 [edgecache]=8100) HTTPS=([nginx]=8443 [edgecache]=8440)
-OUT=$(mktemp -d)
+OUT=${IDLE_OUT:-$(mktemp -d)}
 for r in $(seq "$ROUNDS"); do
   for name in nginx edgecache; do
     for mode in http1 tls-http1 h2; do
       "start_$name"
       sleep 1
-      [ "$mode" = http1 ] && echo "$r $name idle_process_MiB $(awk -v k="$(pss_kib)" 'BEGIN{printf "%.1f", k/1024}')" >> "$OUT/rows"
+      if [ "$mode" = http1 ]; then
+        idle=$(awk -v k="$(pss_kib)" 'BEGIN{printf "%.1f", k/1024}')
+        echo "$r $name idle_process_MiB $idle" >> "$OUT/rows"
+        echo "round $r $name: idle process PSS $idle MiB"
+      fi
       port=${HTTPS[$name]}; n=$N_TLS
       [ "$mode" = http1 ] && { port=${HTTP[$name]}; n=$N; }
       # The first requests fill the cache and warm the process up; then the baseline.

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef, ALPN};
 use pingora::protocols::{
@@ -31,14 +32,16 @@ pub(super) const REQUEST_WRITE_BUFFER: usize = 1460;
 /// A stream with a write buffer in front of it for the length of one request.
 #[derive(Debug)]
 pub(super) struct RequestBuffered {
-    writer: BufWriter<Stream>,
+    /// `None` only once `unwrap` has taken the stream back; an `Option` so that this type
+    /// can flush on drop and still give its stream up.
+    writer: Option<BufWriter<Stream>>,
 }
 
 impl RequestBuffered {
     /// `stream`, whose writes now gather until flushed or until the buffer is full.
     pub(super) fn wrap(stream: Stream) -> Stream {
         Box::new(Self {
-            writer: BufWriter::with_capacity(REQUEST_WRITE_BUFFER, stream),
+            writer: Some(BufWriter::with_capacity(REQUEST_WRITE_BUFFER, stream)),
         })
     }
 
@@ -50,19 +53,47 @@ impl RequestBuffered {
             return Some(stream);
         }
         let mut buffered = stream.into_any().downcast::<Self>().ok()?;
+        let mut writer = buffered.writer.take()?;
         // Pingora flushes at the end of every response; this only guards against losing
         // bytes if it ever did not.
-        if !buffered.writer.buffer().is_empty() {
-            tokio::time::timeout(FLUSH_TIMEOUT, buffered.writer.flush())
+        if !writer.buffer().is_empty() {
+            tokio::time::timeout(FLUSH_TIMEOUT, writer.flush())
                 .await
                 .ok()?
                 .ok()?;
         }
-        Some(buffered.writer.into_inner())
+        Some(writer.into_inner())
     }
 
-    fn stream(&self) -> &Stream {
-        self.writer.get_ref()
+    fn stream(&self) -> Option<&Stream> {
+        self.writer.as_ref().map(BufWriter::get_ref)
+    }
+
+    fn stream_mut(&mut self) -> Option<&mut Stream> {
+        self.writer.as_mut().map(BufWriter::get_mut)
+    }
+
+    fn writer(self: Pin<&mut Self>) -> io::Result<Pin<&mut BufWriter<Stream>>> {
+        match &mut self.get_mut().writer {
+            Some(writer) => Ok(Pin::new(writer)),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the stream was taken back",
+            )),
+        }
+    }
+}
+
+/// Pingora drops a session it will not reuse without flushing it (an upstream that fails
+/// after the response head went out, say); its own socket buffer then sends what it can
+/// without waiting, and so does this one.
+impl Drop for RequestBuffered {
+    fn drop(&mut self) {
+        if let Some(writer) = &mut self.writer {
+            if !writer.buffer().is_empty() {
+                let _ = writer.flush().now_or_never();
+            }
+        }
     }
 }
 
@@ -72,111 +103,141 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl AsyncRead for RequestBuffered {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.writer).poll_read(cx, buf)
+        match self.writer() {
+            Ok(writer) => writer.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
 impl AsyncWrite for RequestBuffered {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.writer).poll_write(cx, buf)
+        match self.writer() {
+            Ok(writer) => writer.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.writer).poll_write_vectored(cx, bufs)
+        match self.writer() {
+            Ok(writer) => writer.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.writer.is_write_vectored()
+        self.writer.as_ref().is_some_and(|w| w.is_write_vectored())
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.writer).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.writer() {
+            Ok(writer) => writer.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.writer).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.writer() {
+            Ok(writer) => writer.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
 #[async_trait]
 impl Shutdown for RequestBuffered {
     async fn shutdown(&mut self) {
-        // What is still buffered goes out before the stream closes.
-        let _ = self.writer.flush().await;
-        Shutdown::shutdown(&mut **self.writer.get_mut()).await;
+        if let Some(writer) = &mut self.writer {
+            // What is still buffered goes out before the stream closes.
+            let _ = writer.flush().await;
+            Shutdown::shutdown(&mut **writer.get_mut()).await;
+        }
     }
 }
 
 impl UniqueID for RequestBuffered {
     fn id(&self) -> UniqueIDType {
-        self.stream().id()
+        self.stream().map_or(-1, |s| s.id())
     }
 }
 
 impl Ssl for RequestBuffered {
     fn get_ssl(&self) -> Option<&TlsRef> {
-        self.stream().get_ssl()
+        self.stream()?.get_ssl()
     }
 
     fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.stream().get_ssl_digest()
+        self.stream()?.get_ssl_digest()
     }
 
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.stream().selected_alpn_proto()
+        self.stream()?.selected_alpn_proto()
     }
 }
 
 impl GetTimingDigest for RequestBuffered {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.stream().get_timing_digest()
+        self.stream()
+            .map(|s| s.get_timing_digest())
+            .unwrap_or_default()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.stream().get_read_pending_time()
+        self.stream()
+            .map(|s| s.get_read_pending_time())
+            .unwrap_or_default()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.stream().get_write_pending_time()
+        self.stream()
+            .map(|s| s.get_write_pending_time())
+            .unwrap_or_default()
     }
 }
 
 impl GetProxyDigest for RequestBuffered {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.stream().get_proxy_digest()
+        self.stream()?.get_proxy_digest()
     }
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.writer.get_mut().set_proxy_digest(digest);
+        if let Some(stream) = self.stream_mut() {
+            stream.set_proxy_digest(digest);
+        }
     }
 }
 
 impl GetSocketDigest for RequestBuffered {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.stream().get_socket_digest()
+        self.stream()?.get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.writer.get_mut().set_socket_digest(digest);
+        if let Some(stream) = self.stream_mut() {
+            stream.set_socket_digest(digest);
+        }
     }
 }
 
 #[async_trait]
 impl Peek for RequestBuffered {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.writer.get_mut().try_peek(buf).await
+        match self.stream_mut() {
+            Some(stream) => stream.try_peek(buf).await,
+            None => Ok(false),
+        }
     }
 }
 
@@ -249,6 +310,21 @@ mod tests {
         // A stream that was never wrapped comes back as it is.
         let stream = RequestBuffered::unwrap(stream).await.expect("the stream");
         assert!(stream.as_any().is::<L4Stream>());
+    }
+
+    /// Pingora drops a session it will not reuse without flushing it (an upstream that fails
+    /// after the head was written); what the buffer holds must still reach the client, as
+    /// it would from pingora's own socket buffer.
+    #[tokio::test]
+    async fn dropping_the_stream_sends_what_it_buffered() {
+        let (mut client, stream) = connected().await;
+        let mut stream = RequestBuffered::wrap(stream);
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\n")
+            .await
+            .expect("write");
+        drop(stream);
+        assert_eq!(arrived(&mut client).await, b"HTTP/1.1 200 OK\r\n");
     }
 
     #[tokio::test]

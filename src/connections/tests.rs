@@ -56,9 +56,10 @@ async fn a_connection_task_stays_small_between_requests() {
     app.open.fetch_add(1, Ordering::AcqRel);
     let task = CountedApp::serve_http1(slot, stream, shutdown);
     // Pingora's own per-connection task is 8,832 bytes (TLS handshake state inline);
-    // this one, in an unoptimised build, is under 700.
+    // this one is 640 in an unoptimised build. The bound leaves room for compiler and
+    // dependency changes, not for state held between requests.
     let size = std::mem::size_of_val(&task);
-    assert!(size <= 768, "a connection's task future is {size} bytes");
+    assert!(size <= 1024, "a connection's task future is {size} bytes");
 }
 
 /// The slot is given back when the connection's task ends, and when it is dropped unrun.
