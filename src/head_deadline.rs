@@ -94,12 +94,13 @@ impl HeadDeadlines {
 pub const HEADER_TIMEOUT: &str = "header_timeout";
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use tokio::io::AsyncReadExt;
 
-    async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    /// A client socket and the server's end of it, over 127.0.0.1.
+    pub(crate) async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

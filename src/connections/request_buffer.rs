@@ -244,23 +244,9 @@ impl Peek for RequestBuffered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connections::tests::accepted_stream;
     use pingora::protocols::l4::stream::Stream as L4Stream;
     use tokio::io::AsyncReadExt;
-
-    async fn connected() -> (tokio::net::TcpStream, Stream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let client = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let mut server = L4Stream::from(server);
-        // What the listeners accept: a socket with no buffer of its own.
-        server.set_nodelay().expect("nodelay");
-        (client, Box::new(server))
-    }
 
     /// Bytes that have reached the client so far, without waiting for more.
     async fn arrived(client: &mut tokio::net::TcpStream) -> Vec<u8> {
@@ -276,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_writes_gather_until_the_flush() {
-        let (mut client, stream) = connected().await;
+        let (mut client, stream) = accepted_stream().await;
         let mut stream = RequestBuffered::wrap(stream);
         stream
             .write_all(b"HTTP/1.1 200 OK\r\n")
@@ -300,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn unwrapping_sends_what_is_still_buffered_and_leaves_no_buffer() {
-        let (mut client, stream) = connected().await;
+        let (mut client, stream) = accepted_stream().await;
         let mut stream = RequestBuffered::wrap(stream);
         stream.write_all(b"left over").await.expect("write");
         let stream = RequestBuffered::unwrap(stream).await.expect("the stream");
@@ -317,7 +303,7 @@ mod tests {
     /// it would from pingora's own socket buffer.
     #[tokio::test]
     async fn dropping_the_stream_sends_what_it_buffered() {
-        let (mut client, stream) = connected().await;
+        let (mut client, stream) = accepted_stream().await;
         let mut stream = RequestBuffered::wrap(stream);
         stream
             .write_all(b"HTTP/1.1 200 OK\r\n")
@@ -329,7 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_write_passes_straight_through() {
-        let (mut client, stream) = connected().await;
+        let (mut client, stream) = accepted_stream().await;
         let mut stream = RequestBuffered::wrap(stream);
         let body = vec![b'x'; REQUEST_WRITE_BUFFER * 2];
         stream.write_all(b"head").await.expect("write");
@@ -345,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_and_the_connection_identity_pass_through() {
-        let (mut client, stream) = connected().await;
+        let (mut client, stream) = accepted_stream().await;
         let id = stream.id();
         let mut stream = RequestBuffered::wrap(stream);
         assert_eq!(stream.id(), id);

@@ -30,15 +30,9 @@ fn counted_app() -> Arc<CountedApp<NoApp>> {
     ))
 }
 
-async fn accepted_stream() -> (tokio::net::TcpStream, Stream) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let client = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    let (server, _) = listener.accept().await.expect("accept");
+/// A client socket and the server's end of it as pingora's listener hands it over.
+pub(super) async fn accepted_stream() -> (tokio::net::TcpStream, Stream) {
+    let (client, server) = crate::head_deadline::tests::connected_pair().await;
     (client, Box::new(L4Stream::from(server)))
 }
 
