@@ -112,14 +112,15 @@ impl<A> Drop for OpenGuard<A> {
     }
 }
 
-/// What one HTTP/1 connection carries from one request to the next.
+/// What one HTTP/1 connection carries from one request to the next. It sits in every idle
+/// connection's task, so what is rarely there is boxed: 24 bytes instead of 120.
 struct KeepAlive {
     /// Whether no request has been read yet.
     fresh: bool,
     /// Bytes of the next request that came with the previous one (pipelining).
-    pending: Option<BytesMut>,
+    pending: Option<Box<BytesMut>>,
     /// What pingora's last request on the connection left for the next one.
-    persistent: Option<HttpPersistentSettings>,
+    persistent: Option<Box<HttpPersistentSettings>>,
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
@@ -147,7 +148,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
         };
         loop {
             let first = if let Some(next) = state.pending.take() {
-                Some(next)
+                Some(*next)
             } else if state.fresh {
                 let deadline = accepted + this.settings.load().limits.client_header_timeout;
                 wait_for_first_request(&mut stream, deadline, &mut shutdown).await
@@ -213,7 +214,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
         let mut searched = 0;
         if let Some(end) = head_end(&head, &mut searched) {
             if end < head.len() && !announces_body(&head[..end]) {
-                state.pending = Some(head.split_off(end));
+                state.pending = Some(Box::new(head.split_off(end)));
             }
         }
         // pingora counts keep-alive reuses per connection; with a limit set, every
@@ -229,7 +230,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
         }
         let mut session = ServerSession::new_http1(RequestBuffered::wrap(stream));
         match state.persistent.take() {
-            Some(settings) => HttpPersistentSettings::apply_to_session(settings, &mut session),
+            Some(settings) => HttpPersistentSettings::apply_to_session(*settings, &mut session),
             None => {
                 let idle = limits.keepalive_secs;
                 let keepalive = (!*shutdown.borrow()).then_some(idle);
@@ -242,7 +243,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
         }
         let reused = self.inner.process_new_http(session, shutdown).await?;
         let (next, settings) = reused.consume();
-        state.persistent = settings;
+        state.persistent = settings.map(Box::new);
         RequestBuffered::unwrap(next).await
     }
 }
