@@ -1,20 +1,23 @@
 //! Counts and bounds client connections per listener around pingora's HTTP app.
 //!
-//! Pingora hands each accepted connection (after TLS, if any) to `ServerApp::process_new`
-//! and keeps it there for its whole life: every keep-alive request of HTTP/1.1 and every
-//! stream of HTTP/2. Wrapping that call is the one place that sees connections open and
-//! close, so it is also where `limits.max_connections` is enforced: a connection beyond the
-//! limit is closed at once, before any request is read.
+//! Pingora hands each accepted connection (after TLS, if any) to `ServerApp::process_new`.
+//! That call is the one place that sees connections open, so it is where
+//! `limits.max_connections` is enforced: a connection beyond the limit is closed at once,
+//! before any request is read. An admitted connection moves to a task of its own, which
+//! holds its slot until it ends; pingora's listener task, whose future keeps the TLS
+//! handshake's state, ends there.
 //!
-//! It also runs the HTTP/1.x keep-alive loop itself, so that a connection waiting for its
-//! next request waits here, in a future of a few hundred bytes, and not inside pingora's
-//! request future, which is allocated whole for as long as it waits (tens of KiB per idle
+//! That task runs the HTTP/1.x keep-alive loop itself, so that a connection waiting for its
+//! next request waits in a future of a few hundred bytes, and not inside pingora's request
+//! future, which is allocated whole for as long as it waits (tens of KiB per idle
 //! connection). Each request head is read here, within `limits.client_header_timeout` of
 //! its first byte (of the accept, for a new connection), and handed to the request parser;
 //! a client that trickles its head is answered 408 and closed, so it cannot hold its slot.
 //! A plain request for a hit that pingora's path has answered before is answered here from
-//! the head it wrote (`proxy::fast_hits`). Everything else (HTTP/2, custom protocols) goes
-//! to pingora's own loop, with the deadline of `head_deadline.rs` on its first request.
+//! the head it wrote (`proxy::fast_hits`); any other request goes to pingora's path with a
+//! write buffer for its length alone (`request_buffer.rs`). Everything else (HTTP/2, custom
+//! protocols) goes to pingora's own loop, with the deadline of `head_deadline.rs` on its
+//! first request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -471,11 +474,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
     }
 
     /// Serves a connection that is not plainly HTTP/1, in the task `process_new` spawns:
-    /// HTTP/2 by ALPN, or a plain connection on an h2c listener.
-    async fn serve_other(slot: OpenGuard<A>, mut session: Stream, shutdown: ShutdownWatch) {
+    /// HTTP/2 by ALPN, or (`h2c_or_http1`) a plain connection on an h2c listener.
+    async fn serve_other(
+        slot: OpenGuard<A>,
+        mut session: Stream,
+        shutdown: ShutdownWatch,
+        h2c_or_http1: bool,
+    ) {
         let accepted = accepted_at(&session);
         let tls = session.get_ssl_digest().is_some();
-        if slot.app.speaks_http1(&session).is_none() {
+        if h2c_or_http1 {
             let deadline = accepted + slot.app.settings.load().limits.client_header_timeout;
             match opens_with_h2_preface(&mut session, deadline).await {
                 Some(true) => {}
@@ -533,11 +541,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for CountedApp<A> {
             app: Arc::clone(self),
         };
         let shutdown = shutdown.clone();
-        if self.speaks_http1(&session) == Some(true) {
-            tokio::spawn(Self::serve_http1(slot, session, shutdown));
-        } else {
-            tokio::spawn(Self::serve_other(slot, session, shutdown));
-        }
+        match self.speaks_http1(&session) {
+            Some(true) => tokio::spawn(Self::serve_http1(slot, session, shutdown)),
+            known => tokio::spawn(Self::serve_other(slot, session, shutdown, known.is_none())),
+        };
         None
     }
 

@@ -73,13 +73,17 @@ impl RequestBuffered {
         self.writer.as_mut().map(BufWriter::get_mut)
     }
 
-    fn writer(self: Pin<&mut Self>) -> io::Result<Pin<&mut BufWriter<Stream>>> {
+    /// `poll` on the buffered writer; an error once `unwrap` has taken the stream back.
+    fn poll_writer<T>(
+        self: Pin<&mut Self>,
+        poll: impl FnOnce(Pin<&mut BufWriter<Stream>>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         match &mut self.get_mut().writer {
-            Some(writer) => Ok(Pin::new(writer)),
-            None => Err(io::Error::new(
+            Some(writer) => poll(Pin::new(writer)),
+            None => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the stream was taken back",
-            )),
+            ))),
         }
     }
 }
@@ -107,10 +111,7 @@ impl AsyncRead for RequestBuffered {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.writer() {
-            Ok(writer) => writer.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_writer(|writer| writer.poll_read(cx, buf))
     }
 }
 
@@ -120,10 +121,7 @@ impl AsyncWrite for RequestBuffered {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.writer() {
-            Ok(writer) => writer.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_writer(|writer| writer.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -131,10 +129,7 @@ impl AsyncWrite for RequestBuffered {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.writer() {
-            Ok(writer) => writer.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_writer(|writer| writer.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -142,17 +137,11 @@ impl AsyncWrite for RequestBuffered {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.writer() {
-            Ok(writer) => writer.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_writer(|writer| writer.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.writer() {
-            Ok(writer) => writer.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_writer(|writer| writer.poll_shutdown(cx))
     }
 }
 
