@@ -275,32 +275,38 @@ struct Body {
 /// Whether an unencoded response is one the PoP compresses: a listed type, long enough (or
 /// of unknown length), and not `no-transform`.
 fn compressible(resp: &ResponseHeader, compression: &Compression) -> bool {
+    // Most answers are not of a listed type: that is decided first, on one field.
     let listed = resp
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|media_type| compression.types.contains(&media_type));
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .is_some_and(|media_type| {
+            compression
+                .types
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(media_type))
+        });
+    if !listed {
+        return false;
+    }
     let long_enough =
         crate::wire::content_length(&resp.headers).is_none_or(|len| len >= compression.min_length);
-    let no_transform = resp
-        .headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"));
+    let no_transform = || {
+        resp.headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+    };
     // A digest of the content (RFC 9530, RFC 3230) would no longer match a coded body.
-    let digested = ["content-digest", "repr-digest", "digest"]
-        .iter()
-        .any(|name| resp.headers.contains_key(*name));
-    listed && long_enough && !no_transform && !digested
+    let digested = || {
+        ["content-digest", "repr-digest", "digest"]
+            .iter()
+            .any(|name| resp.headers.contains_key(*name))
+    };
+    long_enough && !no_transform() && !digested()
 }
 
 /// Adds `Accept-Encoding` to `Vary` unless it is there (or `Vary: *` says it all).

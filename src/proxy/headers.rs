@@ -12,45 +12,60 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::model::{canonical_ip, TrustedProxies};
 
+// Spelled as `&str` for inserting (kept as written, without a copy) and as names for
+// lookups (no parse per request).
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_REAL_IP: &str = "x-real-ip";
+static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+static X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
+static X_REAL_IP_NAME: HeaderName = HeaderName::from_static(X_REAL_IP);
 
 /// Headers only meaningful between a client and the proxy it talks to.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
 ];
 
 /// Headers a client could use to make the core believe another host, scheme or address
 /// (Rack reads `X-Forwarded-Ssl` and `X-Forwarded-Scheme` before `X-Forwarded-Proto`;
 /// Rails reads `Client-IP`); only a trusted proxy in front of us may set them.
-const UNTRUSTED_FORWARDING: [&str; 18] = [
-    "forwarded",
-    "x-forwarded-host",
-    "x-forwarded-prefix",
-    "x-host",
-    "x-original-host",
+static UNTRUSTED_FORWARDING: [HeaderName; 18] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-host"),
     // Rewrites honoured by some frameworks: a known cache-poisoning vector.
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-    "x-forwarded-scheme",
-    "front-end-https",
-    "x-url-scheme",
-    "client-ip",
-    "true-client-ip",
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("true-client-ip"),
 ];
+
+/// The names of `set` that `headers` holds. Usually there are none, and one pass over the
+/// message's few fields is cheaper than looking up every name of the set on every request.
+fn present<T>(headers: &http::HeaderMap<T>, set: &[HeaderName]) -> Vec<HeaderName> {
+    headers
+        .keys()
+        .filter(|name| set.contains(name))
+        .cloned()
+        .collect()
+}
 
 /// The client's address as the core should see it.
 ///
@@ -91,7 +106,7 @@ pub fn set_forwarding(
     let peer_trusted = peer.is_some_and(|p| trusted.contains(&p));
     let existing_xff: Vec<String> = req
         .headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR_NAME)
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_string))
         .collect();
@@ -100,8 +115,8 @@ pub fn set_forwarding(
         client_ip(peer, &refs, trusted)
     });
 
-    let _ = req.remove_header(X_FORWARDED_FOR);
-    let _ = req.remove_header(X_REAL_IP);
+    let _ = req.remove_header(&X_FORWARDED_FOR_NAME);
+    let _ = req.remove_header(&X_REAL_IP_NAME);
     if let Some(peer) = peer.map(canonical_ip) {
         let chain = if peer_trusted && !existing_xff.is_empty() {
             format!("{}, {peer}", existing_xff.join(", "))
@@ -114,13 +129,13 @@ pub fn set_forwarding(
         let _ = req.insert_header(X_REAL_IP, client.to_string());
     }
 
-    let keep_proto = peer_trusted && req.headers.contains_key(X_FORWARDED_PROTO);
+    let keep_proto = peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO_NAME);
     if !keep_proto {
         let _ = req.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" });
     }
     if !peer_trusted {
-        for name in UNTRUSTED_FORWARDING {
-            let _ = req.remove_header(name);
+        for name in present(&req.headers, &UNTRUSTED_FORWARDING) {
+            let _ = req.remove_header(&name);
         }
     }
     client
@@ -143,7 +158,12 @@ pub fn effective_scheme_is_tls(
     if req.headers.contains_key("x-forwarded-host") || req.headers.contains_key("forwarded") {
         return None;
     }
-    let Some(proto) = req.headers.get_all(X_FORWARDED_PROTO).iter().next_back() else {
+    let Some(proto) = req
+        .headers
+        .get_all(&X_FORWARDED_PROTO_NAME)
+        .iter()
+        .next_back()
+    else {
         return Some(listener_tls);
     };
     let proto = proto.to_str().ok()?;
@@ -235,8 +255,8 @@ pub fn drop_connection_nominated(req: &mut RequestHeader) {
 /// request keeps `Connection: upgrade` and `Upgrade`, which the core needs to switch.
 pub fn strip_request_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
     drop_connection_nominated(req);
-    for name in HOP_BY_HOP {
-        let _ = req.remove_header(name);
+    for name in present(&req.headers, &HOP_BY_HOP) {
+        let _ = req.remove_header(&name);
     }
     if is_upgrade {
         let _ = req.insert_header(header::CONNECTION, "upgrade");
@@ -259,11 +279,11 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
             }
         }
     }
-    for name in HOP_BY_HOP {
-        if switching && name == "connection" {
+    for name in present(&resp.headers, &HOP_BY_HOP) {
+        if switching && name == header::CONNECTION {
             continue;
         }
-        let _ = resp.remove_header(name);
+        let _ = resp.remove_header(&name);
     }
     if switching {
         let _ = resp.insert_header(header::CONNECTION, "upgrade");
