@@ -394,19 +394,51 @@ fn announces_body(head: &[u8]) -> bool {
     })
 }
 
+/// How many bytes the read that finds a new request takes at most: an ordinary head whole.
+/// Reading a single byte first, to learn that a request has begun, would cost every request
+/// a second read (a second system call on plain TCP).
+const ARRIVAL_READ: usize = 4096;
+
+/// Reads what has arrived of the next request, once anything has; empty when the client
+/// closed. The read's buffer is on the stack only while the read is polled: the future that
+/// waits holds none of it, so neither does an idle connection.
+async fn read_arrival<S>(stream: &mut S) -> std::io::Result<BytesMut>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        let mut chunk = [0u8; ARRIVAL_READ];
+        let mut arrived = tokio::io::ReadBuf::new(&mut chunk);
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut arrived))?;
+        std::task::Poll::Ready(Ok(BytesMut::from(arrived.filled())))
+    })
+    .await
+}
+
+/// The first bytes of a request from a wait's read; `None` for a close, an error or the end
+/// of the wait.
+fn arrived<E>(read: Result<std::io::Result<BytesMut>, E>) -> Option<BytesMut> {
+    match read {
+        Ok(Ok(first)) if !first.is_empty() => Some(first),
+        _ => None,
+    }
+}
+
 /// How long a connection accepted just before a shutdown (or a graceful upgrade's handover)
 /// waits for its first request. Its client has sent or is sending one and has nowhere to
 /// retry it, unlike a kept-alive connection's client.
 const FIRST_REQUEST_WAIT_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 
-/// Waits for the first byte of a new connection's first request, until `deadline`; a
+/// Waits for the first bytes of a new connection's first request, until `deadline`; a
 /// shutdown only shortens the wait.
-async fn wait_for_first_request(
-    stream: &mut Stream,
+async fn wait_for_first_request<S>(
+    stream: &mut S,
     deadline: Instant,
     shutdown: &mut ShutdownWatch,
-) -> Option<BytesMut> {
-    let mut byte = [0u8; 1];
+) -> Option<BytesMut>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let shortened = |deadline: tokio::time::Instant| {
         deadline.min(tokio::time::Instant::now() + FIRST_REQUEST_WAIT_AT_SHUTDOWN)
     };
@@ -419,40 +451,36 @@ async fn wait_for_first_request(
     let read = loop {
         tokio::select! {
             biased;
-            read = tokio::time::timeout_at(deadline, stream.read(&mut byte)) => break read,
+            read = tokio::time::timeout_at(deadline, read_arrival(stream)) => break read,
             _ = shutdown.changed(), if watching => {
                 watching = false;
                 deadline = shortened(deadline);
             }
         }
     };
-    match read {
-        Ok(Ok(1)) => Some(BytesMut::from(&byte[..])),
-        _ => None,
-    }
+    arrived(read)
 }
 
-/// Waits, in a small future, for the first byte of the next request. `None` when the client
-/// closes, stays idle past `idle`, or the server is shutting down.
-async fn wait_for_request(
-    stream: &mut Stream,
+/// Waits, in a small future, for the first bytes of the next request. `None` when the
+/// client closes, stays idle past `idle`, or the server is shutting down.
+async fn wait_for_request<S>(
+    stream: &mut S,
     idle: Duration,
     shutdown: &mut ShutdownWatch,
-) -> Option<BytesMut> {
+) -> Option<BytesMut>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     if *shutdown.borrow() {
         return None;
     }
-    let mut byte = [0u8; 1];
     let read = tokio::select! {
         // A request that has arrived wins over a shutdown that arrives with it.
         biased;
-        read = tokio::time::timeout(idle, stream.read(&mut byte)) => read,
+        read = tokio::time::timeout(idle, read_arrival(stream)) => read,
         _ = shutdown.changed() => return None,
     };
-    match read {
-        Ok(Ok(1)) => Some(BytesMut::from(&byte[..])),
-        _ => None,
-    }
+    arrived(read)
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {

@@ -152,3 +152,67 @@ async fn a_trickled_head_times_out_and_a_long_one_is_refused() {
     let got = read_head(&mut server, BytesMut::new(), far, 40).await;
     assert_eq!(got, HeadRead::TooLong { line_ended: false });
 }
+
+/// A reader that counts the reads that returned bytes.
+struct CountedReads<R> {
+    inner: R,
+    with_bytes: usize,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountedReads<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.with_bytes += 1;
+        }
+        polled
+    }
+}
+
+/// A request head that has arrived whole is taken in one read, on a kept-alive connection
+/// and on a new one: learning that a request has begun must not cost every request a read
+/// (a system call on plain TCP) of its own.
+#[tokio::test]
+async fn a_head_that_arrived_whole_is_taken_in_one_read() {
+    let head = b"GET /media/a.png HTTP/1.1\r\nHost: example.test\r\nAccept: */*\r\n\r\n";
+    let far = Instant::now() + Duration::from_secs(5);
+    for kept_alive in [true, false] {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut server = CountedReads {
+            inner: server,
+            with_bytes: 0,
+        };
+        let (_tx, mut shutdown) = tokio::sync::watch::channel(false);
+        client.write_all(head).await.expect("write");
+        let first = if kept_alive {
+            wait_for_request(&mut server, Duration::from_secs(5), &mut shutdown).await
+        } else {
+            wait_for_first_request(&mut server, far, &mut shutdown).await
+        };
+        let first = first.expect("the request's first bytes");
+        let got = read_head(&mut server, first, far, 1024).await;
+        assert_eq!(got, HeadRead::Complete(BytesMut::from(&head[..])));
+        assert_eq!(server.with_bytes, 1, "reads that returned bytes");
+    }
+}
+
+/// The end of a connection, or of the wait, is no request.
+#[tokio::test]
+async fn a_close_or_the_end_of_the_wait_is_no_request() {
+    let (client, mut server) = tokio::io::duplex(64);
+    let (_tx, mut shutdown) = tokio::sync::watch::channel(false);
+    drop(client);
+    let closed = wait_for_request(&mut server, Duration::from_secs(5), &mut shutdown).await;
+    assert_eq!(closed, None);
+    let (_client, mut server) = tokio::io::duplex(64);
+    let idle = wait_for_request(&mut server, Duration::from_millis(20), &mut shutdown).await;
+    assert_eq!(idle, None);
+    let past = Instant::now() + Duration::from_millis(20);
+    let late = wait_for_first_request(&mut server, past, &mut shutdown).await;
+    assert_eq!(late, None);
+}
