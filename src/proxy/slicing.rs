@@ -85,6 +85,16 @@ impl SliceStream {
         }
     }
 
+    /// The next piece of a body whose length the slice's header announced, of which `sent`
+    /// bytes have come. A subrequest's task may end without its end marker once it has
+    /// sent the whole of what it announced (its own error answers do): that body is whole.
+    async fn announced_body(&mut self, announced: Option<u64>, sent: u64) -> Result<Option<Bytes>> {
+        match self.body().await {
+            Err(_) if self.handle.rx.is_closed() && announced == Some(sent) => Ok(None),
+            read => read,
+        }
+    }
+
     /// Lets the slice run to its end without a reader: a fill in progress completes and is
     /// stored for the next request.
     fn let_finish(self) {
@@ -542,11 +552,14 @@ async fn pass_on(
     }
     // A `HEAD` gets the header alone, whatever the slice's `GET` brought.
     let end = end || session.req_header().method == http::Method::HEAD;
+    let announced = crate::wire::content_length(&header.headers);
     session.write_response_header(header, end).await?;
     if end {
         return Ok(());
     }
-    while let Some(bytes) = stream.body().await? {
+    let mut sent = 0u64;
+    while let Some(bytes) = stream.announced_body(announced, sent).await? {
+        sent += bytes.len() as u64;
         session.write_response_body(Some(bytes), false).await?;
     }
     session.write_response_body(None, true).await
@@ -555,6 +568,60 @@ async fn pass_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slice whose subrequest sends `pieces` and then ends, with or without its end
+    /// marker.
+    fn slice_sending(pieces: &[&'static [u8]], marked_end: bool) -> SliceStream {
+        let (to_parent, rx) = tokio::sync::mpsc::channel(pieces.len() + 1);
+        let (tx, _input) = tokio::sync::mpsc::channel(1);
+        let (_wants_body, subreq_wants_body) = tokio::sync::oneshot::channel();
+        let (_error, subreq_proxy_error) = tokio::sync::oneshot::channel();
+        for piece in pieces {
+            let sent = to_parent.try_send(HttpTask::Body(Some(Bytes::from_static(piece)), false));
+            assert!(sent.is_ok(), "the channel holds every piece");
+        }
+        if marked_end {
+            assert!(to_parent.try_send(HttpTask::Done).is_ok());
+        }
+        SliceStream {
+            index: 0,
+            handle: SubrequestHandle {
+                tx,
+                rx,
+                subreq_wants_body,
+                subreq_proxy_error,
+            },
+            header_read: true,
+        }
+    }
+
+    /// Reads a passed-on body to its end: the bytes, or the error that broke it off.
+    async fn read_announced(slice: &mut SliceStream, announced: Option<u64>) -> Result<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Some(bytes) = slice.announced_body(announced, body.len() as u64).await? {
+            body.extend_from_slice(&bytes);
+        }
+        Ok(body)
+    }
+
+    /// A subrequest's own short answer (its 502) may end without the end marker once all
+    /// of it is sent: it is passed on whole and the client's connection stays usable. A
+    /// body that stops short of what it announced is still broken off.
+    #[tokio::test]
+    async fn a_passed_on_body_is_whole_at_its_announced_length() {
+        let mut whole = slice_sending(&[b"502 bad ", b"gateway\n"], false);
+        let got = read_announced(&mut whole, Some(16)).await;
+        assert_eq!(got.ok().as_deref(), Some(&b"502 bad gateway\n"[..]));
+
+        let mut marked = slice_sending(&[b"502 bad ", b"gateway\n"], true);
+        let got = read_announced(&mut marked, Some(16)).await;
+        assert_eq!(got.ok().as_deref(), Some(&b"502 bad gateway\n"[..]));
+
+        let mut short = slice_sending(&[b"502 bad "], false);
+        assert!(read_announced(&mut short, Some(16)).await.is_err());
+        let mut unannounced = slice_sending(&[b"502 bad "], false);
+        assert!(read_announced(&mut unannounced, None).await.is_err());
+    }
 
     #[test]
     fn the_slices_needed_cover_every_wanted_byte_once() {
