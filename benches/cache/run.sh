@@ -56,3 +56,36 @@ curl -sf http://127.0.0.1:9910/readyz >/dev/null || { echo "edgecache not ready"
 
 bash "$HARNESS/run.sh" nginx=http://127.0.0.1:8101,https://127.0.0.1:8443 \
   edgecache=http://127.0.0.1:8100,https://127.0.0.1:8440
+
+# The 20 MiB row on loopback measures the load generator as much as the proxy: a proxy that
+# sends its cache file with sendfile leaves the one copy of each byte to the receiving
+# client's core. What a proxy costs per byte is its own CPU time, measured here the way
+# benches/proxy_pass measures it per request: the proxy's user and system time around each
+# wrk run, per GB delivered.
+case " ${SCENARIOS:-a b c d1 d2 e f} " in
+  *" c "*)
+    # shellcheck source=../lib.sh
+    WORK=$BENCH . "$HERE/../lib.sh"
+    declare -A URL=([nginx]=http://127.0.0.1:8101 [edgecache]=http://127.0.0.1:8100)
+    declare -A PIDS=([nginx]="$(nginx_pids "$BENCH/run/nginx-cache.pid")" [edgecache]="$(cat "$BENCH/run/edgecache.pid")")
+    echo "| round | target | MB/s | proxy CPU ms per GB |"
+    echo "|---|---|---:|---:|"
+    for round in $(seq "${ROUNDS:-3}"); do
+      order="nginx edgecache"; [ $((round % 2)) -eq 0 ] && order="edgecache nginx"
+      for t in $order; do
+        before=$(cpu_ticks ${PIDS[$t]})
+        out=$(taskset -c 1 wrk -t1 -c8 -d"${DURATION:-15}s" --timeout 5s "${URL[$t]}/obj/video-20m.mp4")
+        after=$(cpu_ticks ${PIDS[$t]})
+        python3 - "$round" "$t" "$out" "$before" "$after" "$TICK_US" <<'PY'
+import re, sys
+round_, target, out, before, after, tick_us = sys.argv[1:]
+units = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+m = re.search(r"requests in ([\d.]+)s, ([\d.]+)([KMG]?B) read", out)
+seconds, amount = float(m.group(1)), float(m.group(2)) * units[m.group(3)]
+cpu_ms = (int(after) - int(before)) * int(tick_us) / 1000
+print(f"| {round_} | {target} | {amount / seconds / 1e6:,.0f} | {cpu_ms / (amount / 1e9):,.0f} |")
+PY
+      done
+    done
+    ;;
+esac

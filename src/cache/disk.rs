@@ -8,6 +8,9 @@
 //! into place only once complete; the meta file is renamed last, so an entry exists exactly
 //! when its meta file does. Every 256 KiB block of a body has a CRC-32 in the meta file and
 //! is checked as it is read: a truncated or damaged entry becomes a miss and is removed.
+//! The index remembers when a copy was last read whole and found good, for the one reader
+//! that sends bodies without reading them (`sendfile` from the connection loop), which
+//! relies on a recent check instead.
 //!
 //! The LRU order survives restarts through the meta files' modification times: a hit
 //! touches its meta file at most once a minute, and the start-up scan orders entries by it.
@@ -72,6 +75,18 @@ pub struct DiskObject {
     pub body_len: u64,
     crcs: Arc<[u32]>,
     file: Arc<File>,
+}
+
+impl DiskObject {
+    /// How many blocks (each with its checksum) the body has.
+    pub fn blocks(&self) -> usize {
+        self.crcs.len()
+    }
+
+    /// The body file, and where the body starts in it.
+    pub fn body_file(&self) -> (&File, u64) {
+        (&self.file, BODY_HEADER_LEN)
+    }
 }
 
 /// A body being written under `tmp/`.
@@ -317,6 +332,25 @@ impl DiskTier {
         })
     }
 
+    /// Records that every block of `object`'s body was just read and found good.
+    pub fn note_checked(&self, object: &DiskObject) {
+        self.index
+            .lock()
+            .note_checked(&object.combined, object.generation);
+    }
+
+    /// Whether every block of this copy's body was read and found good by this process
+    /// within `window`: a body sent without passing through the process (`sendfile`) is
+    /// not checked as it goes, so it must have been checked lately.
+    pub fn checked_within(&self, object: &DiskObject, window: std::time::Duration) -> bool {
+        self.index
+            .lock()
+            .peek(&object.combined)
+            .filter(|e| e.generation == object.generation)
+            .and_then(|e| e.checked)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
     /// Reads and checks one block of a body. A block that fails its checksum removes the
     /// entry.
     pub fn read_block(&self, object: &DiskObject, block: usize) -> Result<Bytes, String> {
@@ -473,6 +507,7 @@ impl DiskTier {
             url: Some(url.clone()),
             touched_secs: now_secs(),
             committed: Some(std::time::Instant::now()),
+            checked: None,
         };
         let mut index = self.index.lock();
         index.release(reserved);

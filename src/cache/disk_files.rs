@@ -354,6 +354,7 @@ fn pick_entries(
             url: None,
             touched_secs: mtime,
             committed: None,
+            checked: None,
         };
         match entries.get(&combined) {
             Some(kept) if kept.generation > generation => {

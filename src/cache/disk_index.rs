@@ -33,6 +33,8 @@ pub(super) struct DiskEntry {
     pub(super) touched_secs: u64,
     /// When this process committed it (`None` for entries found at start).
     pub(super) committed: Option<Instant>,
+    /// When this process last read every block of its body and found each one good.
+    pub(super) checked: Option<Instant>,
 }
 
 /// Bytes a file of `len` bytes takes on a filesystem whose blocks are `block` bytes.
@@ -106,6 +108,13 @@ impl DiskIndex {
         self.entries
             .peek_mut(combined)
             .filter(|e| e.generation == generation)
+    }
+
+    /// Records that every block of this copy's body was just read and found good.
+    pub(super) fn note_checked(&mut self, combined: &Hash, generation: u64) {
+        if let Some(live) = self.live_mut(combined, generation) {
+            live.checked = Some(Instant::now());
+        }
     }
 
     /// Records the URL read from an entry's meta file, if that copy is still indexed.
@@ -306,6 +315,7 @@ mod tests {
             url: None,
             touched_secs: 0,
             committed: None,
+            checked: None,
         }
     }
 

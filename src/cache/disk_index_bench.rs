@@ -76,6 +76,7 @@ fn filled_index() -> DiskIndex {
                 url: Some(Arc::from(url)),
                 touched_secs: 0,
                 committed: None,
+                checked: None,
             },
         );
     }

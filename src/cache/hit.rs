@@ -56,6 +56,9 @@ pub(super) struct DiskHit {
     pub(super) first: Option<Bytes>,
     pub(super) pos: u64,
     pub(super) end: u64,
+    /// Blocks read and found good in order from the first: when that is all of them, the
+    /// tier learns the copy was checked whole.
+    pub(super) checked_blocks: usize,
 }
 
 pub(super) struct PartialHit {
@@ -80,6 +83,12 @@ impl DiskHit {
                     .map_err(internal)?
             }
         };
+        if block == self.checked_blocks {
+            self.checked_blocks += 1;
+            if self.checked_blocks == self.object.blocks() {
+                self.disk.note_checked(&self.object);
+            }
+        }
         let block_start = block as u64 * BLOCK_SIZE as u64;
         let from = (self.pos - block_start) as usize;
         let to = (self.end.min(block_start + bytes.len() as u64) - block_start) as usize;

@@ -19,7 +19,7 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::Result;
 
-use super::disk::DiskTier;
+use super::disk::{DiskObject, DiskTier};
 use super::fill::{Fill, FillHome, FillWriter, Spool};
 use super::hit::{memory_hit, partial_hit, DiskHit, TieredHit};
 use super::memory::{MemObject, MemoryTier};
@@ -256,6 +256,33 @@ impl TieredStorage {
         self.memory.get(combined)
     }
 
+    /// The copy the disk tier holds under `combined`, without counting a hit; `None` when
+    /// a lookup would not serve it (the memory tier holds the object, or a copy is arriving).
+    pub fn disk_copy(&self, combined: &Hash) -> Option<DiskObject> {
+        if self.find_fill(combined, None).is_some() || self.memory.get(combined).is_some() {
+            return None;
+        }
+        self.disk.as_ref()?.lookup(combined)
+    }
+
+    /// The copy a lookup of `combined` would serve from disk now, when it is still the
+    /// `generation` expected and its body was checked whole within `checked_within`.
+    /// Counted as a disk hit that reads the whole body, since the caller answers with it.
+    pub fn disk_hit_if_current(
+        &self,
+        combined: &Hash,
+        generation: u64,
+        checked_within: std::time::Duration,
+    ) -> Option<DiskObject> {
+        let disk = self.disk.as_ref()?;
+        let object = self
+            .disk_copy(combined)
+            .filter(|o| o.generation == generation && disk.checked_within(o, checked_within))?;
+        Tier::Disk.count_hit();
+        Tier::Disk.counters().read_bytes.inc_by(object.body_len);
+        Some(object)
+    }
+
     fn lookup_memory(&self, combined: &Hash) -> Option<(CacheMeta, HitHandler)> {
         let object = self.memory.get(combined)?;
         Tier::Memory.count_hit();
@@ -305,6 +332,7 @@ impl TieredStorage {
                 first: Some(first),
                 pos: 0,
                 end,
+                checked_blocks: 0,
             }))),
         ))
     }

@@ -489,3 +489,80 @@ async fn holds_url_sees_arriving_and_stored_objects_and_nothing_after_a_purge() 
     let reopened = reopen(&cache, 64 << 20);
     assert!(reopened.holds_url(&large.primary_bin()));
 }
+
+/// The copy a disk lookup would serve, its generation, and whether it may be sent from
+/// its file when it must have been checked within an hour.
+fn offered_for_sending(cache: &Cache, k: &CacheKey) -> (u64, bool) {
+    let combined = k.combined_bin();
+    let generation = cache
+        .storage
+        .disk_copy(&combined)
+        .expect("a disk copy")
+        .generation;
+    let hour = std::time::Duration::from_secs(3600);
+    let offered = cache
+        .storage
+        .disk_hit_if_current(&combined, generation, hour)
+        .is_some();
+    (generation, offered)
+}
+
+#[tokio::test]
+async fn a_disk_copy_is_offered_for_sending_only_after_a_read_checked_it_whole() {
+    let cache = with_disk(64 << 20);
+    let k = key("/media/checked.mp4");
+    let data = body(3 * BLOCK_SIZE + 10, 21);
+    store(cache.storage, &k, &data).await;
+    let (generation, offered) = offered_for_sending(&cache, &k);
+    assert!(!offered, "offered before any read");
+    // A read that stops after the first block checks only that one.
+    let (_, mut hit) = lookup(cache.storage, &k).await.expect("hit");
+    assert_eq!(tier_of(&hit), "disk");
+    assert!(hit.read_body().await.expect("first block").is_some());
+    drop(hit);
+    assert!(
+        !offered_for_sending(&cache, &k).1,
+        "offered after one block"
+    );
+    // A read to the end checks every block.
+    let (_, mut hit) = lookup(cache.storage, &k).await.expect("hit");
+    assert_eq!(read_to_end(&mut hit).await.expect("read"), data);
+    assert_eq!(offered_for_sending(&cache, &k), (generation, true));
+    // Not another generation, and not once the check is older than asked for.
+    let combined = k.combined_bin();
+    let hour = std::time::Duration::from_secs(3600);
+    assert!(cache
+        .storage
+        .disk_hit_if_current(&combined, generation + 1, hour)
+        .is_none());
+    assert!(cache
+        .storage
+        .disk_hit_if_current(&combined, generation, std::time::Duration::ZERO)
+        .is_none());
+    // A copy stored again is a new one, unchecked.
+    store(cache.storage, &k, &data).await;
+    let (again, offered) = offered_for_sending(&cache, &k);
+    assert_ne!(again, generation);
+    assert!(!offered, "a new copy was offered unchecked");
+}
+
+#[tokio::test]
+async fn a_read_that_finds_damage_never_offers_the_copy_for_sending() {
+    let cache = with_disk(64 << 20);
+    let k = key("/media/damaged-last.mp4");
+    let data = body(2 * BLOCK_SIZE + 500, 22);
+    store(cache.storage, &k, &data).await;
+    let (generation, _) = offered_for_sending(&cache, &k);
+    flip(
+        &body_file(&cache),
+        BODY_HEADER_LEN + 2 * BLOCK_SIZE as u64 + 7,
+    );
+    let (_, mut hit) = lookup(cache.storage, &k).await.expect("hit");
+    assert!(read_to_end(&mut hit).await.is_err(), "damage read through");
+    let hour = std::time::Duration::from_secs(3600);
+    assert!(cache
+        .storage
+        .disk_hit_if_current(&k.combined_bin(), generation, hour)
+        .is_none());
+    assert_stored_nowhere(cache.storage, &k).await;
+}

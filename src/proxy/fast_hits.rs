@@ -10,6 +10,10 @@
 //! memory tier with no newer copy arriving, and still fresh. Anything else, or any doubt,
 //! goes through pingora as before.
 //!
+//! An object kept on disk only is answered the same way on plain TCP connections, its body
+//! sent from the entry file (`send_file`), when pingora's path has lately read that copy
+//! whole and found every block good (`DISK_CHECKED_WITHIN`).
+//!
 //! "Plain" is decided on the raw head, the same way when recording and answering: a
 //! `GET` over HTTP/1.1 whose fields are all on a short list that no decision of the PoP
 //! reads (besides `Host` and `Accept-Encoding`, which are part of the lookup), so the
@@ -29,33 +33,18 @@ use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 
 use super::context::RequestContext;
+use super::plain_request::{plain_get, PLAIN_FIELDS};
 use super::report::{self, ListenerCounters};
+use super::send_file;
 use super::settings::ProxySettings;
 use super::ProxyShared;
 use crate::access_log::AccessRecord;
+use crate::cache::disk::DiskObject;
 use crate::cache::memory::MemObject;
+use crate::cache::meta::StoredMeta;
 use crate::cache::status_field::Entry;
 use crate::cache::{CacheStatus, Hash};
 use crate::metrics;
-
-/// Request fields that no decision of the PoP reads, besides `Host` and
-/// `Accept-Encoding`, which key the lookup. `Connection` is allowed with `keep-alive` only.
-const PLAIN_FIELDS: [&str; 11] = [
-    "host",
-    "accept-encoding",
-    "connection",
-    "user-agent",
-    "accept",
-    "accept-language",
-    "referer",
-    "sec-fetch-dest",
-    "sec-fetch-mode",
-    "sec-fetch-site",
-    "dnt",
-];
-
-/// The most fields a plain request head may have.
-const MAX_FIELDS: usize = 24;
 
 /// Bytes of recorded heads (with their request spellings) kept per listener, at most. One
 /// object can be asked for under many spellings (query padding, host case), each recorded
@@ -66,67 +55,19 @@ const MAX_RECORDED_BYTES: u64 = 8 << 20;
 /// under; longer requests always take pingora's path.
 const MAX_SPELLING: usize = 1024;
 
-/// A plain request, as its raw head spells it.
-struct PlainGet<'h> {
-    host: &'h [u8],
-    target: &'h [u8],
-    accept_encoding: Option<&'h [u8]>,
-    user_agent: &'h [u8],
-    referer: &'h [u8],
+/// Where a recorded hit's body is.
+enum Source {
+    /// This object in the memory tier.
+    Memory(Weak<MemObject>),
+    /// This copy in the disk tier, sent from its file; plain connections only.
+    Disk { generation: u64 },
 }
 
-/// Reads `head` (one whole request head, nothing after it) as a plain request, if it is one.
-fn plain_get(head: &[u8]) -> Option<PlainGet<'_>> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut request = httparse::Request::new(&mut fields);
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(length)) if length == head.len() => {}
-        _ => return None,
-    }
-    if request.method != Some("GET") || request.version != Some(1) {
-        return None;
-    }
-    let target = request.path?.as_bytes();
-    if !target.starts_with(b"/") {
-        return None;
-    }
-    let mut plain = PlainGet {
-        host: b"",
-        target,
-        accept_encoding: None,
-        user_agent: b"",
-        referer: b"",
-    };
-    let mut hosts = 0;
-    for field in request.headers.iter() {
-        let name = field.name;
-        if !PLAIN_FIELDS
-            .iter()
-            .any(|plain| name.eq_ignore_ascii_case(plain))
-        {
-            return None;
-        }
-        let value = field.value;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            plain.host = value;
-        } else if name.eq_ignore_ascii_case("accept-encoding") {
-            if plain.accept_encoding.is_some() {
-                return None;
-            }
-            plain.accept_encoding = Some(value);
-        } else if name.eq_ignore_ascii_case("connection") {
-            if !value.eq_ignore_ascii_case(b"keep-alive") {
-                return None;
-            }
-        } else if name.eq_ignore_ascii_case("user-agent") {
-            plain.user_agent = value;
-        } else if name.eq_ignore_ascii_case("referer") {
-            plain.referer = value;
-        }
-    }
-    (hosts == 1 && !plain.host.is_empty()).then_some(plain)
-}
+/// A disk copy is sent without its blocks passing through the process, so without their
+/// checksums checked on the way: it is sent that way only when this process read it whole
+/// and found it good this long ago at most. Otherwise pingora's path serves it, checking
+/// every block, and that renews the check.
+const DISK_CHECKED_WITHIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What a recorded hit was, and the head to answer with.
 struct Recorded {
@@ -136,7 +77,7 @@ struct Recorded {
     /// The settings it was answered under; a reload makes it useless.
     settings: Weak<ProxySettings>,
     combined: Hash,
-    object: Weak<MemObject>,
+    source: Source,
     /// What `Age` counts from, and until when the object is fresh (pingora's measures).
     epoch: SystemTime,
     fresh_until: SystemTime,
@@ -153,6 +94,12 @@ impl Recorded {
             + std::mem::size_of::<Recorded>();
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
+}
+
+/// The body a recorded head is answered with.
+enum Served {
+    Memory(Arc<MemObject>),
+    Disk(Box<DiskObject>),
 }
 
 /// How `answer` ended.
@@ -247,17 +194,40 @@ impl FastHits {
             return;
         }
         let combined = cache_key.combined_bin();
-        let Some(object) = storage.memory_object(&combined) else {
-            return;
-        };
-        // The object served is the one in memory now: the same times of storing and of
+        // The copy served is the one a lookup finds now: the same times of storing and of
         // last validation, not another copy stored under the key since.
-        let body_length = object.body.len();
-        if session.body_bytes_sent() != body_length
-            || object.meta.fresh_until != meta.fresh_until()
-            || object.meta.created != meta.created()
-            || object.meta.updated != meta.updated()
-        {
+        let same_copy = |stored: &StoredMeta| {
+            stored.fresh_until == meta.fresh_until()
+                && stored.created == meta.created()
+                && stored.updated == meta.updated()
+        };
+        let (source, body_length) = if let Some(object) = storage.memory_object(&combined) {
+            if !same_copy(&object.meta) {
+                return;
+            }
+            (Source::Memory(Arc::downgrade(&object)), object.body.len())
+        } else {
+            // From disk only where the loop can send the file itself.
+            if session.digest().is_none_or(|d| d.ssl_digest.is_some()) {
+                return;
+            }
+            let Some(copy) = storage.disk_copy(&combined) else {
+                return;
+            };
+            let Ok(length) = usize::try_from(copy.body_len) else {
+                return;
+            };
+            if !same_copy(&copy.meta) {
+                return;
+            }
+            (
+                Source::Disk {
+                    generation: copy.generation,
+                },
+                length,
+            )
+        };
+        if session.body_bytes_sent() != body_length {
             return;
         }
         // The loop writes the body as it is: only a head framing it by its length will do
@@ -284,7 +254,7 @@ impl FastHits {
             accept_encoding: plain.accept_encoding.map(Into::into),
             settings: Arc::downgrade(&settings),
             combined,
-            object: Arc::downgrade(&object),
+            source,
             epoch: meta.epoch(),
             fresh_until: meta.fresh_until(),
             head,
@@ -322,25 +292,42 @@ impl FastHits {
         let Some(storage) = self.shared.cache.as_ref().map(|c| c.storage) else {
             return Answered::No;
         };
-        let Some(object) = storage.memory_hit_if_current(&recorded.combined, &recorded.object)
-        else {
+        let served = match &recorded.source {
+            Source::Memory(object) => storage
+                .memory_hit_if_current(&recorded.combined, object)
+                .map(Served::Memory),
+            Source::Disk { generation } if send_file::plain_socket(stream).is_some() => storage
+                .disk_hit_if_current(&recorded.combined, *generation, DISK_CHECKED_WITHIN)
+                .map(|copy| Served::Disk(Box::new(copy))),
+            Source::Disk { .. } => None,
+        };
+        let Some(served) = served else {
             return Answered::No;
         };
         let request_id = self.shared.request_ids.next_id();
         let head_out = render(&recorded, policy, &request_id, started_at);
-        let error = write_answer(
-            stream,
-            &head_out,
-            &object.body,
-            settings.limits.client_body_timeout,
-        )
-        .await
-        .err();
-        let bytes = if error.is_none() {
-            object.body.len()
-        } else {
-            0
+        let idle = settings.limits.client_body_timeout;
+        let (written, body_length) = match &served {
+            Served::Memory(object) => (
+                write_answer(stream, &head_out, &object.body, idle).await,
+                object.body.len(),
+            ),
+            Served::Disk(copy) => {
+                let (file, offset) = copy.body_file();
+                let length = usize::try_from(copy.body_len).unwrap_or(usize::MAX);
+                let sent = send_file::send_head_and_file(
+                    stream,
+                    &head_out,
+                    file,
+                    offset,
+                    copy.body_len,
+                    idle,
+                );
+                (sent.await, length)
+            }
         };
+        let error = written.err();
+        let bytes = if error.is_none() { body_length } else { 0 };
         CacheStatus::Hit.count();
         self.counters.count(200, bytes);
         self.answered.inc();
@@ -373,7 +360,7 @@ impl FastHits {
                 request_id: &request_id,
             });
         }
-        if bytes == 0 && !object.body.is_empty() {
+        if bytes == 0 && body_length != 0 {
             return Answered::Failed;
         }
         Answered::Done
@@ -513,57 +500,3 @@ fn hit_entry(name: &str, ttl: Option<i64>) -> Entry<'_> {
 }
 
 const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plain(head: &str) -> Option<(String, String, Option<String>)> {
-        plain_get(head.as_bytes()).map(|p| {
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            (text(p.host), text(p.target), p.accept_encoding.map(text))
-        })
-    }
-
-    #[test]
-    fn a_plain_get_is_read_from_its_raw_head() {
-        let got = plain(
-            "GET /a?b HTTP/1.1\r\nHost: h.example\r\nUser-Agent: x\r\nAccept-Encoding: gzip\r\n\
-             Connection: Keep-Alive\r\nsec-fetch-mode: no-cors\r\n\r\n",
-        );
-        assert_eq!(
-            got,
-            Some(("h.example".into(), "/a?b".into(), Some("gzip".into())))
-        );
-        // Bare line feeds end lines as they do for pingora.
-        assert!(plain("GET / HTTP/1.1\nHost: h\n\n").is_some());
-    }
-
-    #[test]
-    fn anything_else_is_not_plain() {
-        for head in [
-            "HEAD / HTTP/1.1\r\nHost: h\r\n\r\n",
-            "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
-            "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            "GET * HTTP/1.1\r\nHost: h\r\n\r\n",
-            "GET / HTTP/1.1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: \r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"a\"\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nCookie: a=b\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nCache-Control: no-cache\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-a\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\nAccept-Encoding: br\r\n\r\n",
-            // More than one request, or less than one.
-            "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\n",
-            // A folded line.
-            "GET / HTTP/1.1\r\nHost: h\r\nUser-Agent: a\r\n b\r\n\r\n",
-        ] {
-            assert_eq!(plain(head), None, "{head:?}");
-        }
-    }
-}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::harness::client::{raw_exchange, Answer};
-use crate::harness::origin::Origin;
+use crate::harness::origin::{pattern_range, Origin};
 use crate::harness::{get, pop_with_cache};
 
 const FAST: &str = "edgecache_fast_hits_total{listener=\"http\"}";
@@ -258,4 +258,86 @@ async fn a_large_body_goes_out_whole() {
     let fast = until_fast(&pop, path).await;
     assert_eq!(fast.header("content-length"), "250000");
     assert!(fast.body == first.body, "the loop's body differs");
+}
+
+/// An object kept on disk only (over the memory tier's object size) goes out from its file,
+/// byte for byte, with the fields pingora's path gives it, once pingora's path has read
+/// it whole and checked every block.
+#[tokio::test]
+async fn a_disk_copy_goes_out_from_its_file_with_the_same_fields() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/3000000?cc=public,max-age=600&h=X-Kept:disk";
+    let first = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(first.cache_status(), "MISS");
+    assert!(first.body == pattern_range(0..3_000_000));
+    let slow = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(slow.cache_status(), "HIT");
+    let read = "edgecache_cache_tier_read_bytes_total{tier=\"disk\"}";
+    let before = pop.edge.metric(read).await.unwrap_or(0.0);
+    let fast = until_fast(&pop, path).await;
+    assert_eq!(fast.status, 200);
+    assert!(fast.body == pattern_range(0..3_000_000), "the body differs");
+    assert_eq!(lasting_fields(&fast), lasting_fields(&slow));
+    assert_eq!(fast.header("x-kept"), "disk");
+    // Counted as a disk read of the whole body, like pingora's path.
+    let after = pop.edge.metric(read).await.unwrap_or(0.0);
+    assert!(after - before >= 3_000_000.0, "{before} -> {after}");
+    assert_eq!(origin.hits_for("/bytes/3000000"), 1);
+}
+
+/// Over TLS the body has to pass through the process to be encrypted: a disk copy keeps
+/// pingora's path there, block by block and checked.
+#[tokio::test]
+async fn a_disk_copy_over_tls_keeps_pingoras_path() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/2000000?cc=public,max-age=600";
+    let client = crate::harness::https_client(
+        &[pop.cert.pem.as_str()],
+        &["hachyderm.example"],
+        pop.setup.https(),
+        true,
+    );
+    let url = format!(
+        "https://hachyderm.example:{}{path}",
+        pop.setup.https().port()
+    );
+    for expected in ["MISS", "HIT", "HIT", "HIT", "HIT"] {
+        let resp = client.get(&url).send().await.expect("request");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+        assert_eq!(resp.headers()["x-cache-status"], expected);
+        let body = resp.bytes().await.expect("body");
+        assert!(
+            body == pattern_range(0..2_000_000),
+            "{expected}: body differs"
+        );
+    }
+    let tls_fast = "edgecache_fast_hits_total{listener=\"https\"}";
+    assert_eq!(pop.edge.metric(tls_fast).await.unwrap_or(0.0), 0.0);
+}
+
+/// A disk copy cut short after it was sent from its file once is a miss, never a short
+/// answer: its length is checked each time it is opened.
+#[tokio::test]
+async fn a_disk_copy_cut_short_after_a_fast_answer_is_a_miss() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let path = "/bytes/1500000?cc=public,max-age=600";
+    get(pop.setup.http(), path, &[]).await;
+    until_fast(&pop, path).await;
+    let bodies = crate::harness::entry_files(&pop, "body");
+    assert_eq!(bodies.len(), 1);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bodies[0])
+        .expect("body file");
+    file.set_len(700_000).expect("truncate");
+    let after = get(pop.setup.http(), path, &[]).await;
+    assert_eq!(after.cache_status(), "MISS");
+    assert!(
+        after.body == pattern_range(0..1_500_000),
+        "the body differs"
+    );
+    assert_eq!(origin.hits_for("/bytes/1500000"), 2);
 }

@@ -237,6 +237,34 @@ fn part_of_file(file: &Path) -> String {
     module_of(file).first().cloned().unwrap_or_default()
 }
 
+/// `unsafe` is denied crate-wide; the one place allowed it is borrowing pingora's socket
+/// by its descriptor (`proxy/send_file.rs`). Any other `allow` of it is a broken rule.
+#[test]
+fn unsafe_code_is_allowed_in_one_place_only() {
+    let mut files = Vec::new();
+    rust_files(&src_dir(), &mut files);
+    let mut allowed = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        let relative = file.strip_prefix(src_dir()).expect("under src");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains("unsafe_code") {
+                allowed.push(format!("{}:{}", relative.display(), n + 1));
+            }
+        }
+    }
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert!(allowed[0].starts_with("proxy/send_file.rs:"), "{allowed:?}");
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("read Cargo.toml");
+    assert!(
+        manifest.contains("unsafe_code = \"deny\""),
+        "the crate no longer denies unsafe"
+    );
+}
+
 #[test]
 fn parts_import_only_downward() {
     let mut broken = Vec::new();
