@@ -59,8 +59,13 @@ const MAX_SPELLING: usize = 1024;
 enum Source {
     /// This object in the memory tier.
     Memory(Weak<MemObject>),
-    /// This copy in the disk tier, sent from its file; plain connections only.
-    Disk { generation: u64 },
+    /// This copy in the disk tier, sent from its file; plain connections only. A 304
+    /// rewrites a copy's meta file in place, so its times tell a refreshed copy apart.
+    Disk {
+        generation: u64,
+        created: SystemTime,
+        updated: SystemTime,
+    },
 }
 
 /// A disk copy is sent without its blocks passing through the process, so without their
@@ -195,11 +200,13 @@ impl FastHits {
         }
         let combined = cache_key.combined_bin();
         // The copy served is the one a lookup finds now: the same times of storing and of
-        // last validation, not another copy stored under the key since.
+        // last validation, not another copy stored under the key since. The tiers keep
+        // pingora's epoch as the time of last validation (`StoredMeta::from_cache_meta`),
+        // which differs from its `updated` once a 304 refreshed the copy.
         let same_copy = |stored: &StoredMeta| {
             stored.fresh_until == meta.fresh_until()
                 && stored.created == meta.created()
-                && stored.updated == meta.updated()
+                && stored.updated == meta.epoch()
         };
         let (source, body_length) = if let Some(object) = storage.memory_object(&combined) {
             if !same_copy(&object.meta) {
@@ -223,6 +230,8 @@ impl FastHits {
             (
                 Source::Disk {
                     generation: copy.generation,
+                    created: copy.meta.created,
+                    updated: copy.meta.updated,
                 },
                 length,
             )
@@ -296,8 +305,17 @@ impl FastHits {
             Source::Memory(object) => storage
                 .memory_hit_if_current(&recorded.combined, object)
                 .map(Served::Memory),
-            Source::Disk { generation } if send_file::plain_socket(stream).is_some() => storage
+            Source::Disk {
+                generation,
+                created,
+                updated,
+            } if send_file::plain_socket(stream).is_some() => storage
                 .disk_hit_if_current(&recorded.combined, *generation, DISK_CHECKED_WITHIN)
+                .filter(|copy| {
+                    copy.meta.created == *created
+                        && copy.meta.updated == *updated
+                        && copy.meta.fresh_until == recorded.fresh_until
+                })
                 .map(|copy| Served::Disk(Box::new(copy))),
             Source::Disk { .. } => None,
         };

@@ -341,3 +341,34 @@ async fn a_disk_copy_cut_short_after_a_fast_answer_is_a_miss() {
     );
     assert_eq!(origin.hits_for("/bytes/1500000"), 2);
 }
+
+/// A copy refreshed by a 304 keeps its body but takes the 304's fields: after the refresh
+/// the loop answers again, with those, never with the head it recorded before. From memory
+/// (a new object in the tier) and from disk (the meta file rewritten in place) alike.
+#[tokio::test]
+async fn a_copy_refreshed_by_a_304_is_answered_again_with_its_new_fields() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    for size in [1_000u64, 1_500_000] {
+        let path = format!("/bytes/{size}?cc=public,max-age=2&etag=v1&hit_header=X-Count");
+        let first = get(pop.setup.http(), &path, &[]).await;
+        assert_eq!(first.header("x-count"), "1");
+        let fast = until_fast(&pop, &path).await;
+        assert_eq!(fast.header("x-count"), "1");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let refreshed = get(pop.setup.http(), &path, &[]).await;
+        assert_eq!(refreshed.cache_status(), "REVALIDATED");
+        assert_eq!(refreshed.header("x-count"), "2");
+        let again = until_fast(&pop, &path).await;
+        assert_eq!(
+            again.header("x-count"),
+            "2",
+            "{size}: an answer from before the 304"
+        );
+        assert!(
+            again.body == pattern_range(0..size),
+            "{size}: the body differs"
+        );
+        assert_eq!(origin.hits_for(&format!("/bytes/{size}")), 2);
+    }
+}
