@@ -377,12 +377,17 @@ impl DiskTier {
         match outcome {
             Ok(()) => Ok(Bytes::from(buf)),
             Err(message) => {
-                tracing::warn!(entry = %hex::encode(object.combined), problem = %message, "removing a damaged disk cache entry");
-                metrics::get().cache_disk_corrupt.inc();
-                self.remove_generation(&object.combined, object.generation);
+                self.drop_damaged(object, &message);
                 Err(message)
             }
         }
+    }
+
+    /// Takes out a copy found damaged, and says so.
+    pub fn drop_damaged(&self, object: &DiskObject, problem: &str) {
+        tracing::warn!(entry = %hex::encode(object.combined), problem = %problem, "removing a damaged disk cache entry");
+        metrics::get().cache_disk_corrupt.inc();
+        self.remove_generation(&object.combined, object.generation);
     }
 
     /// Reads a whole (small) body, every block checked.

@@ -266,21 +266,30 @@ impl TieredStorage {
     }
 
     /// The copy a lookup of `combined` would serve from disk now, when it is still the
-    /// `generation` expected and its body was checked whole within `checked_within`.
+    /// `generation` expected, as `expected` has it, and its body was checked whole within
+    /// `checked_within`.
     /// Counted as a disk hit that reads the whole body, since the caller answers with it.
     pub fn disk_hit_if_current(
         &self,
         combined: &Hash,
         generation: u64,
         checked_within: std::time::Duration,
+        expected: impl FnOnce(&DiskObject) -> bool,
     ) -> Option<DiskObject> {
         let disk = self.disk.as_ref()?;
-        let object = self
-            .disk_copy(combined)
-            .filter(|o| o.generation == generation && disk.checked_within(o, checked_within))?;
+        let object = self.disk_copy(combined).filter(|o| {
+            o.generation == generation && disk.checked_within(o, checked_within) && expected(o)
+        })?;
         Tier::Disk.count_hit();
         Tier::Disk.counters().read_bytes.inc_by(object.body_len);
         Some(object)
+    }
+
+    /// Takes out a disk copy found damaged by a reader that does not check blocks.
+    pub fn drop_damaged_disk_copy(&self, copy: &DiskObject, problem: &str) {
+        if let Some(disk) = &self.disk {
+            disk.drop_damaged(copy, problem);
+        }
     }
 
     fn lookup_memory(&self, combined: &Hash) -> Option<(CacheMeta, HitHandler)> {

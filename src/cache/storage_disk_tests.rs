@@ -502,7 +502,7 @@ fn offered_for_sending(cache: &Cache, k: &CacheKey) -> (u64, bool) {
     let hour = std::time::Duration::from_secs(3600);
     let offered = cache
         .storage
-        .disk_hit_if_current(&combined, generation, hour)
+        .disk_hit_if_current(&combined, generation, hour, |_| true)
         .is_some();
     (generation, offered)
 }
@@ -533,11 +533,11 @@ async fn a_disk_copy_is_offered_for_sending_only_after_a_read_checked_it_whole()
     let hour = std::time::Duration::from_secs(3600);
     assert!(cache
         .storage
-        .disk_hit_if_current(&combined, generation + 1, hour)
+        .disk_hit_if_current(&combined, generation + 1, hour, |_| true)
         .is_none());
     assert!(cache
         .storage
-        .disk_hit_if_current(&combined, generation, std::time::Duration::ZERO)
+        .disk_hit_if_current(&combined, generation, std::time::Duration::ZERO, |_| true)
         .is_none());
     // A copy stored again is a new one, unchecked.
     store(cache.storage, &k, &data).await;
@@ -562,7 +562,23 @@ async fn a_read_that_finds_damage_never_offers_the_copy_for_sending() {
     let hour = std::time::Duration::from_secs(3600);
     assert!(cache
         .storage
-        .disk_hit_if_current(&k.combined_bin(), generation, hour)
+        .disk_hit_if_current(&k.combined_bin(), generation, hour, |_| true)
         .is_none());
     assert_stored_nowhere(cache.storage, &k).await;
+}
+
+#[tokio::test]
+async fn a_read_from_past_the_first_block_never_offers_the_copy_for_sending() {
+    let cache = with_disk(64 << 20);
+    let k = key("/media/ranged.mp4");
+    let data = body(3 * BLOCK_SIZE, 23);
+    store(cache.storage, &k, &data).await;
+    // A range from the second block to the end reads every block but the first.
+    let (_, mut hit) = lookup(cache.storage, &k).await.expect("hit");
+    hit.seek(BLOCK_SIZE, None).expect("seek");
+    assert_eq!(
+        read_to_end(&mut hit).await.expect("read"),
+        data[BLOCK_SIZE..]
+    );
+    assert!(!offered_for_sending(&cache, &k).1, "offered after a range");
 }

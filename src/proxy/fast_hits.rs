@@ -104,7 +104,7 @@ impl Recorded {
 /// The body a recorded head is answered with.
 enum Served {
     Memory(Arc<MemObject>),
-    Disk(Box<DiskObject>),
+    Disk(Box<(DiskObject, send_file::FileSender)>),
 }
 
 /// How `answer` ended.
@@ -309,15 +309,25 @@ impl FastHits {
                 generation,
                 created,
                 updated,
-            } if send_file::plain_socket(stream).is_some() => storage
-                .disk_hit_if_current(&recorded.combined, *generation, DISK_CHECKED_WITHIN)
-                .filter(|copy| {
-                    copy.meta.created == *created
-                        && copy.meta.updated == *updated
-                        && copy.meta.fresh_until == recorded.fresh_until
+            } => {
+                // Made first: when it cannot be, nothing is counted and pingora answers.
+                let sender = send_file::FileSender::for_stream(stream);
+                sender.and_then(|sender| {
+                    let same_times = |copy: &DiskObject| {
+                        copy.meta.created == *created
+                            && copy.meta.updated == *updated
+                            && copy.meta.fresh_until == recorded.fresh_until
+                    };
+                    storage
+                        .disk_hit_if_current(
+                            &recorded.combined,
+                            *generation,
+                            DISK_CHECKED_WITHIN,
+                            same_times,
+                        )
+                        .map(|copy| Served::Disk(Box::new((copy, sender))))
                 })
-                .map(|copy| Served::Disk(Box::new(copy))),
-            Source::Disk { .. } => None,
+            }
         };
         let Some(served) = served else {
             return Answered::No;
@@ -330,18 +340,17 @@ impl FastHits {
                 write_answer(stream, &head_out, &object.body, idle).await,
                 object.body.len(),
             ),
-            Served::Disk(copy) => {
+            Served::Disk(disk) => {
+                let (copy, sender) = disk.as_ref();
                 let (file, offset) = copy.body_file();
                 let length = usize::try_from(copy.body_len).unwrap_or(usize::MAX);
-                let sent = send_file::send_head_and_file(
-                    stream,
-                    &head_out,
-                    file,
-                    offset,
-                    copy.body_len,
-                    idle,
-                );
-                (sent.await, length)
+                let sent = sender
+                    .send(stream, &head_out, file, offset, copy.body_len, idle)
+                    .await;
+                if sent == Err(send_file::SendError::FileEndedEarly) {
+                    storage.drop_damaged_disk_copy(copy, "the body file ended while it was sent");
+                }
+                (sent.map_err(|e| e.to_string()), length)
             }
         };
         let error = written.err();

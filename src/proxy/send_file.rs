@@ -5,8 +5,8 @@
 //!
 //! pingora owns the accepted socket and lends it only by descriptor number. Borrowing that
 //! number for the length of a `&` borrow of the stream is the one `unsafe` block in the
-//! crate; everything after it works on an owned duplicate of the descriptor, registered
-//! with the runtime on its own so the send can wait for room in the socket buffer.
+//! crate; everything after it works on an owned duplicate of the descriptor (`FileSender`),
+//! made before anything is written, so that failing to make it costs nothing.
 
 use std::fs::File;
 use std::io;
@@ -15,14 +15,29 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{GetSocketDigest, Stream};
 use tokio::io::{AsyncWriteExt, Interest};
 
-/// The plain TCP (or Unix) connection under `stream`, if that is what it is.
-pub fn plain_socket(stream: &Stream) -> Option<&L4Stream> {
+/// Why a send ended early.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum SendError {
+    /// The file was shorter than the stretch to send: the copy is damaged.
+    #[error("the body file ended early")]
+    FileEndedEarly,
+    /// The client went, stopped reading for the idle time, or the socket failed.
+    #[error("writing the answer: {0}")]
+    Client(String),
+}
+
+/// The plain TCP connection under `stream`, if that is what it is.
+fn plain_tcp(stream: &Stream) -> Option<&L4Stream> {
     // `as_ref` first: the box itself is an `IO` too, and would downcast as the box.
     let plain = stream.as_ref().as_any().downcast_ref::<L4Stream>()?;
-    (plain.as_raw_fd() >= 0).then_some(plain)
+    let tcp = plain
+        .get_socket_digest()
+        .and_then(|digest| digest.peer_addr().map(|peer| peer.as_inet().is_some()))
+        .unwrap_or(false);
+    tcp.then_some(plain)
 }
 
 /// The socket of a plain connection, for as long as the connection is borrowed.
@@ -38,80 +53,88 @@ fn borrowed_socket(plain: &L4Stream) -> Option<BorrowedFd<'_>> {
     Some(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
-/// Writes `head` through the stream, then `len` bytes of `file` from `offset` with
-/// `sendfile`, each wait for the client within `idle` (a client reading slowly but steadily
-/// is not cut off). The caller has checked that `stream` is a plain connection.
-pub async fn send_head_and_file(
-    stream: &mut Stream,
-    head: &[u8],
-    file: &File,
-    offset: u64,
-    len: u64,
-    idle: Duration,
-) -> Result<(), String> {
-    let within = |what: &'static str| move |_| format!("{what} timed out");
-    tokio::time::timeout(idle, async {
-        stream.write_all(head).await?;
-        stream.flush().await
-    })
-    .await
-    .map_err(within("writing the answer"))?
-    .map_err(|e| format!("writing the answer: {e}"))?;
-    if len == 0 {
-        return Ok(());
-    }
-    let socket = plain_socket(stream)
-        .and_then(borrowed_socket)
-        .ok_or("the connection has no socket of its own")?
-        .try_clone_to_owned()
-        .map_err(|e| format!("duplicating the socket: {e}"))?;
-    // Registered with the runtime under the duplicate's own number; dropping it closes
-    // only the duplicate.
-    let socket = tokio::net::TcpStream::from_std(std::net::TcpStream::from(socket))
-        .map_err(|e| format!("registering the socket: {e}"))?;
-    send_file_range(&socket, file, offset, len, idle).await
+/// A plain connection's socket made ready to send files to: a duplicate of its descriptor,
+/// registered with the runtime under its own number so a send can wait for room in the
+/// socket buffer. Dropping it closes only the duplicate.
+pub struct FileSender {
+    socket: tokio::net::TcpStream,
 }
 
-/// Sends `len` bytes of `file` from `offset` to the socket.
-async fn send_file_range(
-    socket: &tokio::net::TcpStream,
-    file: &File,
-    offset: u64,
-    len: u64,
-    idle: Duration,
-) -> Result<(), String> {
-    let end = offset
-        .checked_add(len)
-        .and_then(|end| i64::try_from(end).ok())
-        .ok_or("the body's stretch of the file is out of range")?;
-    let mut position = i64::try_from(offset).map_err(|_| "the body's offset is out of range")?;
-    while position < end {
-        tokio::time::timeout(idle, socket.writable())
-            .await
-            .map_err(|_| "writing the answer timed out".to_string())?
-            .map_err(|e| format!("writing the answer: {e}"))?;
-        // One call sends what the socket buffer takes; the kernel caps it anyway.
-        let count = usize::try_from(end - position).unwrap_or(usize::MAX);
-        let sent = socket.try_io(Interest::WRITABLE, || {
-            nix::sys::sendfile::sendfile64(socket, file, Some(&mut position), count)
-                .map_err(io::Error::from)
-        });
-        match sent {
-            Ok(0) => return Err("the body file ended early".to_string()),
-            Ok(_) => {}
-            // The socket buffer is full: wait for room.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.raw_os_error() == Some(Errno::EINTR as i32) => {}
-            Err(e) => return Err(format!("writing the answer: {e}")),
-        }
+impl FileSender {
+    /// `None` when the connection is not plain TCP, or the duplicate cannot be made or
+    /// registered (out of descriptors): nothing has been written then, so the request can
+    /// still be answered another way.
+    pub fn for_stream(stream: &Stream) -> Option<FileSender> {
+        let duplicate = borrowed_socket(plain_tcp(stream)?)?
+            .try_clone_to_owned()
+            .map_err(|e| tracing::debug!(error = %e, "cannot duplicate a client socket"))
+            .ok()?;
+        let socket = tokio::net::TcpStream::from_std(std::net::TcpStream::from(duplicate))
+            .map_err(|e| tracing::debug!(error = %e, "cannot register a client socket"))
+            .ok()?;
+        Some(FileSender { socket })
     }
-    Ok(())
+
+    /// Writes `head` through the stream, then `len` bytes of `file` from `offset` with
+    /// `sendfile`, each wait for the client within `idle` (a client reading slowly but
+    /// steadily is not cut off). `stream` must be the one this sender was made for.
+    pub async fn send(
+        &self,
+        stream: &mut Stream,
+        head: &[u8],
+        file: &File,
+        offset: u64,
+        len: u64,
+        idle: Duration,
+    ) -> Result<(), SendError> {
+        let timed_out = || SendError::Client("timed out".to_string());
+        tokio::time::timeout(idle, async {
+            stream.write_all(head).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| SendError::Client(e.to_string()))?;
+        let end = offset
+            .checked_add(len)
+            .and_then(|end| i64::try_from(end).ok())
+            .ok_or(SendError::FileEndedEarly)?;
+        let mut position = i64::try_from(offset).map_err(|_| SendError::FileEndedEarly)?;
+        while position < end {
+            tokio::time::timeout(idle, self.socket.writable())
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| SendError::Client(e.to_string()))?;
+            // At most this much per call: reading the file may block the thread on a cold
+            // page cache, as a block read does on pingora's path.
+            let count = usize::try_from(end - position)
+                .unwrap_or(MAX_PER_CALL)
+                .min(MAX_PER_CALL);
+            let sent = self.socket.try_io(Interest::WRITABLE, || {
+                nix::sys::sendfile::sendfile64(&self.socket, file, Some(&mut position), count)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => return Err(SendError::FileEndedEarly),
+                Ok(_) => {}
+                // The socket buffer is full: wait for room.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.raw_os_error() == Some(Errno::EINTR as i32) => {}
+                Err(e) => return Err(SendError::Client(e.to_string())),
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The most one `sendfile` call is asked to send.
+const MAX_PER_CALL: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use tokio::io::AsyncReadExt;
 
     /// A connected pair: the accepted side as pingora would hold it, and the client.
     async fn connected() -> (Stream, std::net::TcpStream) {
@@ -121,7 +144,11 @@ mod tests {
         let address = listener.local_addr().expect("address");
         let client = std::net::TcpStream::connect(address).expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        (Box::new(L4Stream::from(server)), client)
+        let mut server = L4Stream::from(server);
+        // As pingora's listener does for every connection it accepts.
+        let digest = pingora::protocols::SocketDigest::from_raw_fd(server.as_raw_fd());
+        server.set_socket_digest(digest);
+        (Box::new(server), client)
     }
 
     fn file_of(bytes: &[u8]) -> File {
@@ -131,41 +158,79 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_head_and_the_files_stretch_arrive_in_order_and_whole() {
+    async fn the_head_and_the_files_stretch_arrive_whole_and_the_connection_reads_on() {
         // Larger than any socket buffer, so the send waits for the reader many times.
         let body: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
         let file = file_of(&body);
         let (mut server, mut client) = connected().await;
-        assert!(plain_socket(&server).is_some());
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).expect("read");
-            got
-        });
+        let sender = FileSender::for_stream(&server).expect("a plain TCP connection");
         let (offset, len) = (5u64, body.len() as u64 - 9);
-        send_head_and_file(
-            &mut server,
-            b"HEAD\r\n",
-            &file,
-            offset,
-            len,
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("sent");
-        drop(server);
-        let got = reader.join().expect("reader");
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; 6 + len as usize];
+            client.read_exact(&mut got).expect("read");
+            // The next request on the same connection.
+            client.write_all(b"NEXT").expect("write");
+            (got, client)
+        });
+        sender
+            .send(
+                &mut server,
+                b"HEAD\r\n",
+                &file,
+                offset,
+                len,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("sent");
+        drop(sender);
+        let (got, _client) = reader.join().expect("reader");
         assert_eq!(&got[..6], b"HEAD\r\n");
         assert!(got[6..] == body[5..body.len() - 4], "the body differs");
+        // The connection's own registration still wakes its reader once the duplicate is
+        // gone.
+        let mut next = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut next))
+            .await
+            .expect("the next request was seen")
+            .expect("read");
+        assert_eq!(&next, b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_mid_send_ends_the_send_with_its_error() {
+        let body = vec![3u8; 32 << 20];
+        let file = file_of(&body);
+        let (mut server, mut client) = connected().await;
+        let sender = FileSender::for_stream(&server).expect("a plain TCP connection");
+        let reader = std::thread::spawn(move || {
+            let mut some = vec![0u8; 1 << 20];
+            client.read_exact(&mut some).expect("read");
+            drop(client);
+        });
+        let outcome = sender
+            .send(
+                &mut server,
+                b"H",
+                &file,
+                0,
+                body.len() as u64,
+                Duration::from_secs(10),
+            )
+            .await;
+        reader.join().expect("reader");
+        assert!(matches!(outcome, Err(SendError::Client(_))), "{outcome:?}");
     }
 
     #[tokio::test]
     async fn a_file_shorter_than_its_stretch_is_an_error_not_a_hang() {
         let file = file_of(b"0123456789");
         let (mut server, _client) = connected().await;
-        let outcome =
-            send_head_and_file(&mut server, b"H", &file, 2, 100, Duration::from_secs(5)).await;
-        assert_eq!(outcome, Err("the body file ended early".to_string()));
+        let sender = FileSender::for_stream(&server).expect("a plain TCP connection");
+        let outcome = sender
+            .send(&mut server, b"H", &file, 2, 100, Duration::from_secs(5))
+            .await;
+        assert_eq!(outcome, Err(SendError::FileEndedEarly));
     }
 
     #[tokio::test]
@@ -173,15 +238,29 @@ mod tests {
         let body = vec![7u8; 32 << 20];
         let file = file_of(&body);
         let (mut server, _client) = connected().await;
-        let outcome = send_head_and_file(
-            &mut server,
-            b"H",
-            &file,
-            0,
-            body.len() as u64,
-            Duration::from_millis(300),
-        )
-        .await;
-        assert_eq!(outcome, Err("writing the answer timed out".to_string()));
+        let sender = FileSender::for_stream(&server).expect("a plain TCP connection");
+        let outcome = sender
+            .send(
+                &mut server,
+                b"H",
+                &file,
+                0,
+                body.len() as u64,
+                Duration::from_millis(300),
+            )
+            .await;
+        assert_eq!(outcome, Err(SendError::Client("timed out".to_string())));
+    }
+
+    #[tokio::test]
+    async fn only_a_tcp_connection_gets_a_file_sender() {
+        let (one, _other) = tokio::net::UnixStream::pair().expect("socket pair");
+        let mut unix = L4Stream::from(one);
+        let digest = pingora::protocols::SocketDigest::from_raw_fd(unix.as_raw_fd());
+        unix.set_socket_digest(digest);
+        let unix: Stream = Box::new(unix);
+        assert!(FileSender::for_stream(&unix).is_none());
+        let (tcp, _client) = connected().await;
+        assert!(FileSender::for_stream(&tcp).is_some());
     }
 }
