@@ -151,6 +151,17 @@ mod tests {
         (Box::new(server), client)
     }
 
+    /// Sends a one-byte head and the first `len` bytes of `file`.
+    async fn send_whole(
+        server: &mut Stream,
+        file: &File,
+        len: usize,
+        idle: Duration,
+    ) -> Result<(), SendError> {
+        let sender = FileSender::for_stream(server).expect("a plain TCP connection");
+        sender.send(server, b"H", file, 0, len as u64, idle).await
+    }
+
     fn file_of(bytes: &[u8]) -> File {
         let mut file = tempfile::tempfile().expect("temp file");
         file.write_all(bytes).expect("write");
@@ -202,22 +213,12 @@ mod tests {
         let body = vec![3u8; 32 << 20];
         let file = file_of(&body);
         let (mut server, mut client) = connected().await;
-        let sender = FileSender::for_stream(&server).expect("a plain TCP connection");
         let reader = std::thread::spawn(move || {
             let mut some = vec![0u8; 1 << 20];
             client.read_exact(&mut some).expect("read");
             drop(client);
         });
-        let outcome = sender
-            .send(
-                &mut server,
-                b"H",
-                &file,
-                0,
-                body.len() as u64,
-                Duration::from_secs(10),
-            )
-            .await;
+        let outcome = send_whole(&mut server, &file, body.len(), Duration::from_secs(10)).await;
         reader.join().expect("reader");
         assert!(matches!(outcome, Err(SendError::Client(_))), "{outcome:?}");
     }
@@ -238,17 +239,7 @@ mod tests {
         let body = vec![7u8; 32 << 20];
         let file = file_of(&body);
         let (mut server, _client) = connected().await;
-        let sender = FileSender::for_stream(&server).expect("a plain TCP connection");
-        let outcome = sender
-            .send(
-                &mut server,
-                b"H",
-                &file,
-                0,
-                body.len() as u64,
-                Duration::from_millis(300),
-            )
-            .await;
+        let outcome = send_whole(&mut server, &file, body.len(), Duration::from_millis(300)).await;
         assert_eq!(outcome, Err(SendError::Client("timed out".to_string())));
     }
 
