@@ -220,6 +220,10 @@ fn new_server(config: &Config, handover: bool) -> Server {
         )),
         upstream_keepalive_pool_size: config.core.keepalive_pool_size,
         upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
+        // One thread has no one to steal from: its runtime is then a single-threaded one,
+        // which schedules a connection's tasks back to back (HTTP/2 answers batch into fewer
+        // writes) and skips the multi-threaded scheduler's bookkeeping.
+        work_stealing: config.server.threads > 1,
         ..ServerConf::default()
     };
     let options = pingora::server::configuration::Opt {
