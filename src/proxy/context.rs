@@ -90,6 +90,9 @@ pub struct RequestContext {
     pub(super) held_prefix: Option<bytes::Bytes>,
     /// The client closed the stream before the request was decided: it is not forwarded.
     pub(super) client_gone: bool,
+    /// Body bytes the core sent, when `direct` forwarded the request (pingora counts
+    /// its own path's).
+    pub(super) upstream_body_received: Option<u64>,
 }
 
 impl RequestContext {
@@ -133,6 +136,7 @@ impl RequestContext {
             completion: None,
             held_prefix: None,
             client_gone: false,
+            upstream_body_received: None,
         }
     }
 }

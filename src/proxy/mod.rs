@@ -11,7 +11,9 @@
 //! 3. On a miss: `upstream_peer` (`peer`: the media origin for a media route, else a core
 //!    host from `crate::upstream`), `connected_to_upstream`, `upstream_request_filter` ([`headers`]:
 //!    who the client is, no hop-by-hop; `head_revalidation`: a `HEAD` revalidates with a
-//!    `HEAD`), `request_body_filter` (the route's body limit).
+//!    `HEAD`), `request_body_filter` (the route's body limit). Before them,
+//!    `proxy_upstream_filter` forwards a body-less request no cache takes part in itself
+//!    (`direct`): the same hooks, over its own connections instead of pingora's pool.
 //! 4. `upstream_response_filter`, `response_cache_filter` (may it be kept),
 //!    `range_header_filter`, `response_filter` (`X-Cache-Status`, `X-Request-Id`),
 //!    `upstream_response_body_filter` (the group's total timeout).
@@ -29,6 +31,7 @@ mod cache_use;
 pub mod client_limits;
 mod compression;
 mod context;
+mod direct;
 mod failure;
 pub mod fast_hits;
 pub mod forward;
@@ -50,6 +53,7 @@ pub mod websocket;
 
 pub use body_coding::CodingSlots;
 pub use context::RequestContext;
+pub use direct::DirectPool;
 use report::{client_addr, ListenerCounters};
 pub use settings::{LimitsSnapshot, ProxySettings};
 
@@ -93,6 +97,8 @@ pub struct ProxyShared {
     pub purger: Arc<crate::fleet::Purger>,
     /// Bodies being compressed or decompressed now.
     pub coding_slots: CodingSlots,
+    /// Idle connections to core hosts for requests forwarded without pingora's pool.
+    pub direct_pool: direct::DirectPool,
 }
 
 /// The proxy of one listener.
@@ -165,6 +171,14 @@ impl EdgeProxy {
             counters: ListenerCounters::new(listener),
             deadlines,
             fast_hits,
+        }
+    }
+
+    /// A connection to the request's core host (new, or a pooled one still open) says it
+    /// is reachable, whatever its last health check found.
+    fn note_connected(&self, ctx: &RequestContext) {
+        if let (Some(group), Some(host)) = (&ctx.group, ctx.current_host) {
+            group.connected(host);
         }
     }
 
@@ -287,8 +301,20 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    /// A connection to a core host (new, or a pooled one still open) says it is reachable,
-    /// whatever its last health check found.
+    /// A body-less request no cache takes part in is forwarded here (`direct`); `false`
+    /// when it was answered.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        match self.forward_directly(session, ctx).await? {
+            direct::Direct::Answered => Ok(false),
+            direct::Direct::NotTaken => Ok(true),
+        }
+    }
+
+    /// A connection to a core host was made or reused (`note_connected`).
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -299,9 +325,7 @@ impl ProxyHttp for EdgeProxy {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        if let (Some(group), Some(host)) = (&ctx.group, ctx.current_host) {
-            group.connected(host);
-        }
+        self.note_connected(ctx);
         Ok(())
     }
 

@@ -79,7 +79,10 @@ pub(super) fn log_request(
             .inc_by(ctx.body_bytes);
         m.upstream_body_bytes
             .with_label_values(&[name, "down"])
-            .inc_by(session.upstream_body_bytes_received() as u64);
+            .inc_by(
+                ctx.upstream_body_received
+                    .unwrap_or(session.upstream_body_bytes_received() as u64),
+            );
     }
     // A slice is a part of its client's request, which is counted and logged itself.
     if ctx.slice_fill.is_some() {

@@ -524,3 +524,45 @@ async fn a_host_that_never_answers_is_tried_by_one_request_at_a_time() {
     );
     drop(fillers);
 }
+
+#[tokio::test]
+async fn forwarded_gets_share_a_core_connection_that_may_close_between_them() {
+    let web = Origin::start().await;
+    let address = web.address;
+    let (edge, setup) = edge_with_groups(&[address], address, vec![]).await;
+    // Signed in: never cached, so every one is forwarded.
+    let signed_in = [("authorization", "Bearer t")];
+    let first = crate::harness::client::get(setup.http(), "/api/v1/accounts/1", &signed_in).await;
+    assert_eq!(first.status, 200);
+    let second = crate::harness::client::get(setup.http(), "/api/v1/accounts/2", &signed_in).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        first.json()["peer"],
+        second.json()["peer"],
+        "the second request must reuse the first one's connection to the core"
+    );
+    let received = edge
+        .metric(r#"edgecache_upstream_body_bytes_total{direction="down",group="web"}"#)
+        .await
+        .unwrap_or(0.0);
+    let bodies = (first.body.len() + second.body.len()) as f64;
+    assert_eq!(received, bodies, "body bytes from the core are counted");
+
+    // The core restarts: the idle connection the PoP kept is closed under it.
+    drop(web);
+    // The dropped origin's listener closes as its task is cancelled.
+    for _ in 0..100 {
+        if std::net::TcpListener::bind(address).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let web = Origin::start_at(address).await;
+    for n in 3..6 {
+        let answer =
+            crate::harness::client::get(setup.http(), &format!("/api/v1/accounts/{n}"), &signed_in)
+                .await;
+        assert_eq!(answer.status, 200, "request {n} after the restart");
+    }
+    assert_eq!(web.hits(), 3);
+}
