@@ -137,6 +137,14 @@ metrics! {
         "Responses from the core, by group, host and status class.",
         &["group", "host", "status_class"],
     );
+    /// Responses from the core to requests forwarded over edgecache's own connections
+    /// (body-less, no cache; `proxy::direct`), by group. The rest of
+    /// `edgecache_upstream_responses_total` came through pingora's upstream path.
+    direct_forwards: IntCounterVec = counter_vec(
+        "edgecache_direct_forwards_total",
+        "Responses from the core to requests forwarded over edgecache's own connections.",
+        &["group"],
+    );
     /// Body bytes to and from the core, by group and direction (`up`, `down`).
     upstream_body_bytes: IntCounterVec = counter_vec(
         "edgecache_upstream_body_bytes_total",

@@ -34,6 +34,7 @@ use tokio::io::AsyncReadExt;
 
 use super::context::RequestContext;
 use super::EdgeProxy;
+use crate::metrics;
 
 /// How long an idle connection is kept when its group names no idle timeout.
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
@@ -141,6 +142,18 @@ impl EdgeProxy {
             && !req.headers.contains_key("http2-settings")
             && req.raw_path().starts_with(b"/")
             && one_plain_host
+            && self.dialled_by_the_os(ctx)
+    }
+
+    /// Whether the request's group is reached through the OS, not the embedded mesh (whose
+    /// connector only pingora's path uses). Known before a host is picked, so a request
+    /// left to pingora's path never has a host picked for it twice.
+    fn dialled_by_the_os(&self, ctx: &RequestContext) -> bool {
+        let group = match &ctx.group {
+            Some(group) => Some(group),
+            None => self.shared.core.group(ctx.route.upstream()),
+        };
+        group.is_some_and(|group| group.mesh_connector().is_none())
     }
 
     /// Forwards the request when it is one this covers.
@@ -152,13 +165,10 @@ impl EdgeProxy {
         if !self.may_forward_directly(session, ctx) {
             return Ok(Direct::NotTaken);
         }
-        let Ok(peer) = self.upstream_peer(session, ctx).await else {
-            // pingora's path asks again and answers the failure itself.
-            return Ok(Direct::NotTaken);
-        };
-        let host = match peer._address.as_inet() {
-            Some(host) if peer.options.custom_l4.is_none() && !peer.is_tls() => *host,
-            _ => return Ok(Direct::NotTaken),
+        // No host to send it to is answered as pingora's path answers it (`fail_to_proxy`).
+        let peer = self.upstream_peer(session, ctx).await?;
+        let Some(&host) = peer._address.as_inet() else {
+            return Error::e_explain(ErrorType::InternalError, "a core host without an address");
         };
         let pool = &self.shared.direct_pool;
         let idle_timeout = peer.options.idle_timeout.unwrap_or(DEFAULT_IDLE);
@@ -194,6 +204,12 @@ impl EdgeProxy {
                 };
             }
         };
+        if let Some(group) = &ctx.group {
+            metrics::get()
+                .direct_forwards
+                .with_label_values(&[group.name.as_str()])
+                .inc();
+        }
         self.pass_response(session, &mut upstream, head, ctx)
             .await?;
         if let Some(stream) = upstream.reuse().await {

@@ -547,6 +547,7 @@ async fn forwarded_gets_share_a_core_connection_that_may_close_between_them() {
         .unwrap_or(0.0);
     let bodies = (first.body.len() + second.body.len()) as f64;
     assert_eq!(received, bodies, "body bytes from the core are counted");
+    assert_eq!(direct_forwards(&edge).await, 2.0);
 
     // The core restarts: the idle connection the PoP kept is closed under it.
     drop(web);
@@ -565,4 +566,42 @@ async fn forwarded_gets_share_a_core_connection_that_may_close_between_them() {
         assert_eq!(answer.status, 200, "request {n} after the restart");
     }
     assert_eq!(web.hits(), 3);
+    // The first after the restart goes through pingora's path instead when the close had
+    // not arrived before its request was written.
+    let direct = direct_forwards(&edge).await;
+    assert!((4.0..=5.0).contains(&direct), "{direct}");
+}
+
+async fn direct_forwards(edge: &Edge) -> f64 {
+    edge.metric(r#"edgecache_direct_forwards_total{group="web"}"#)
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn only_body_less_requests_the_cache_leaves_alone_are_forwarded_directly() {
+    let origin = Origin::start().await;
+    let pop = crate::harness::pops::pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let signed_in = [("authorization", "Bearer t")];
+    let path = "/api/v1/timelines/home?cc=public,max-age=60";
+    let answer = crate::harness::client::get(http, path, &signed_in).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.cache_status(), "BYPASS");
+    let head = crate::harness::client::send(reqwest::Method::HEAD, http, path, &signed_in).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(direct_forwards(&pop.edge).await, 2.0);
+
+    // A response the cache keeps is fetched by pingora's path, which fills the cache.
+    let kept = crate::harness::client::get(http, "/@alice?cc=public,max-age=60", &[]).await;
+    assert_eq!(kept.cache_status(), "MISS");
+    // So is a request with a body.
+    let posted = send(
+        http,
+        "POST /api/v1/statuses HTTP/1.1\r\nHost: a.example\r\nAuthorization: Bearer t\r\nContent-Length: 7\r\nConnection: close\r\n\r\nstatus=",
+    )
+    .await;
+    assert!(posted.starts_with("HTTP/1.1 200"), "{posted}");
+    assert_eq!(direct_forwards(&pop.edge).await, 2.0);
+    assert_eq!(origin.hits(), 4);
 }
