@@ -138,7 +138,7 @@ pub fn build(
         going_away,
         purger: media.purger,
         coding_slots: Default::default(),
-        direct_pool: crate::proxy::DirectPool::new(config.core.keepalive_pool_size),
+        direct_idle_limit: config.core.keepalive_pool_size,
     });
     let restart_only = RestartOnly::of(&config);
     let listeners = std::mem::take(&mut config.listeners);

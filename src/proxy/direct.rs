@@ -6,105 +6,53 @@
 //! `GET` or `HEAD` without a body that no cache takes part in needs none of it: one request
 //! head goes up, one response comes down. So `proxy_upstream_filter` hands such a request
 //! here, after pingora has parsed it and every earlier hook has run, and it is forwarded with
-//! the same hooks pingora's path would call, in the same order (`upstream_peer`,
+//! the hooks pingora's path would call, in the same order (`upstream_peer`,
 //! `fail_to_connect`, `upstream_request_filter`, `error_while_proxy`,
 //! `upstream_response_filter`, `response_filter`, `upstream_response_body_filter`), over
-//! pingora's own HTTP/1 client on a connection from [`DirectPool`]. What the client gets is
-//! what pingora's path would have sent.
+//! pingora's own HTTP/1 client on a connection from the listener's
+//! [`IdlePool`](crate::upstream::idle::IdlePool). What the client gets is what pingora's
+//! path would have sent; a client that hangs up while the core works ends the exchange, as
+//! there.
 //!
-//! Anything this does not cover stays on pingora's path: requests with a body, ranges kept
-//! by the cache, websockets, media, HTTP/2 clients, requests whose target is not in origin
-//! form, and embedded-mesh hosts. A failure before the client was sent anything that pingora
-//! would retry (another host after a failed connect, or a pooled connection the host had
-//! closed) is handed back to pingora's path, which retries it as it would its own.
+//! Anything this does not cover stays on pingora's path: requests with a body, cache fills
+//! and revalidations, websockets, media, HTTP/2 clients, targets not in origin form, a
+//! `Connection` field naming anything but `keep-alive` or `close` (pingora's path judges
+//! those), and groups reached through the embedded mesh. A failure before the client was
+//! sent anything that pingora would retry (another host after a failed connect, or a pooled
+//! connection the host had closed) is handed back to pingora's path, which retries it as it
+//! would its own. One difference is deliberate: a `101` to a request that asked for no
+//! upgrade is a 502 here, where pingora's path would pass the switch on.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::FutureExt;
 use http::header;
-use parking_lot::Mutex;
 use pingora::connectors::TransportConnector;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
-use pingora::protocols::Stream;
 use pingora::proxy::{ProxyHttp, Session};
-use tokio::io::AsyncReadExt;
 
 use super::context::RequestContext;
 use super::EdgeProxy;
 use crate::metrics;
+use crate::upstream::idle::IdlePool;
 
 /// How long an idle connection is kept when its group names no idle timeout.
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
-/// Idle connections to core hosts, at most `max_idle` of them in all.
-pub struct DirectPool {
+/// One listener's connections for forwarding directly.
+pub(super) struct DirectForwarding {
     connector: TransportConnector,
-    max_idle: usize,
-    idle: Mutex<IdleConnections>,
+    idle: IdlePool,
 }
 
-#[derive(Default)]
-struct IdleConnections {
-    count: usize,
-    by_host: HashMap<SocketAddr, Vec<(Stream, Instant)>>,
-}
-
-impl DirectPool {
-    pub fn new(max_idle: usize) -> DirectPool {
-        DirectPool {
+impl DirectForwarding {
+    /// Keeps up to `max_idle` idle connections (`core.keepalive_pool_size`).
+    pub(super) fn new(max_idle: usize) -> DirectForwarding {
+        DirectForwarding {
             connector: TransportConnector::new(None),
-            max_idle,
-            idle: Mutex::new(IdleConnections::default()),
+            idle: IdlePool::new(max_idle),
         }
     }
-
-    /// The most recently idle connection to `host` that is still open and was idle less
-    /// than `idle_timeout`; older and closed ones are dropped on the way.
-    fn take(&self, host: SocketAddr, idle_timeout: Duration) -> Option<Stream> {
-        let mut idle = self.idle.lock();
-        let IdleConnections { count, by_host } = &mut *idle;
-        let waiting = by_host.get_mut(&host)?;
-        while let Some((mut stream, since)) = waiting.pop() {
-            *count -= 1;
-            if since.elapsed() < idle_timeout && still_quiet(&mut stream) {
-                return Some(stream);
-            }
-        }
-        None
-    }
-
-    /// Keeps `stream` for the next request to `host`, unless the pool is full.
-    fn give_back(&self, host: SocketAddr, stream: Stream) {
-        let mut idle = self.idle.lock();
-        if idle.count >= self.max_idle {
-            return;
-        }
-        idle.count += 1;
-        idle.by_host
-            .entry(host)
-            .or_default()
-            .push((stream, Instant::now()));
-    }
-
-    /// Idle connections kept now.
-    #[cfg(test)]
-    fn idle_count(&self) -> usize {
-        self.idle.lock().count
-    }
-}
-
-/// Whether an idle connection has nothing to read: a host that closed it, or sent
-/// something unasked, has made it useless.
-fn still_quiet(stream: &mut Stream) -> bool {
-    let mut byte = [0u8; 1];
-    // `unconstrained`: the runtime's cooperative budget must not make a ready read look
-    // pending.
-    tokio::task::unconstrained(stream.read(&mut byte))
-        .now_or_never()
-        .is_none()
 }
 
 /// How a request handed here ended.
@@ -113,6 +61,18 @@ pub(super) enum Direct {
     Answered,
     /// Not forwarded here: pingora's path takes it, as if this had never run.
     NotTaken,
+}
+
+/// How the exchange of heads failed.
+enum HeadsFailed {
+    /// On the way to or from the core; `interim_sent`: an interim response already
+    /// reached the client, so nothing may be retried.
+    Core {
+        error: Box<Error>,
+        interim_sent: bool,
+    },
+    /// The client hung up or broke the connection.
+    Client(Box<Error>),
 }
 
 impl EdgeProxy {
@@ -125,6 +85,13 @@ impl EdgeProxy {
             .next()
             .is_some_and(|host| !host.as_bytes().contains(&b'@'))
             && hosts.next().is_none();
+        let connection_plain = req.headers.get_all(header::CONNECTION).iter().all(|value| {
+            value.to_str().is_ok_and(|value| {
+                value.split(',').map(str::trim).all(|token| {
+                    token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
+                })
+            })
+        });
         !session.cache.enabled()
             && !session.cache.bypassing()
             && session.subrequest_ctx.is_none()
@@ -142,6 +109,7 @@ impl EdgeProxy {
             && !req.headers.contains_key("http2-settings")
             && req.raw_path().starts_with(b"/")
             && one_plain_host
+            && connection_plain
             && self.dialled_by_the_os(ctx)
     }
 
@@ -170,14 +138,15 @@ impl EdgeProxy {
         let Some(&host) = peer._address.as_inet() else {
             return Error::e_explain(ErrorType::InternalError, "a core host without an address");
         };
-        let pool = &self.shared.direct_pool;
+        let connections = &self.direct;
         let idle_timeout = peer.options.idle_timeout.unwrap_or(DEFAULT_IDLE);
-        let (stream, reused) = match pool.take(host, idle_timeout) {
+        let (stream, reused) = match connections.idle.take(host, idle_timeout) {
             Some(stream) => (stream, true),
-            None => match pool.connector.new_stream(&*peer).await {
+            None => match connections.connector.new_stream(&*peer).await {
                 Ok(stream) => (stream, false),
-                Err(e) => {
-                    let e = self.fail_to_connect(session, &peer, ctx, e);
+                Err(mut e) => {
+                    e.as_up();
+                    let e = self.fail_to_connect(session, &peer, ctx, e).into_up();
                     return if e.retry() {
                         Ok(Direct::NotTaken)
                     } else {
@@ -195,8 +164,15 @@ impl EdgeProxy {
         upstream.write_timeout = peer.options.write_timeout;
         let head = match self.exchange_heads(session, &mut upstream, req, ctx).await {
             Ok(head) => head,
-            Err(e) => {
-                let e = self.error_while_proxy(&peer, session, e.into_up(), ctx, reused);
+            Err(HeadsFailed::Client(e)) => return Err(e.into_down()),
+            Err(HeadsFailed::Core {
+                error,
+                interim_sent,
+            }) => {
+                let mut e = self.error_while_proxy(&peer, session, error.into_up(), ctx, reused);
+                if interim_sent {
+                    e.set_retry(false);
+                }
                 return if e.retry() {
                     Ok(Direct::NotTaken)
                 } else {
@@ -213,43 +189,77 @@ impl EdgeProxy {
         self.pass_response(session, &mut upstream, head, ctx)
             .await?;
         if let Some(stream) = upstream.reuse().await {
-            pool.give_back(host, stream);
+            connections.idle.give_back(host, stream);
         }
         Ok(Direct::Answered)
     }
 
     /// Sends the request head and reads the final response head, passing interim ones on
-    /// as pingora's path does. Nothing has reached the client when this fails.
+    /// as pingora's path does, and watching the client meanwhile.
     async fn exchange_heads(
         &self,
         session: &mut Session,
         upstream: &mut UpstreamSession,
         req: RequestHeader,
         ctx: &mut RequestContext,
-    ) -> Result<Box<ResponseHeader>> {
-        upstream.write_request_header(Box::new(req)).await?;
-        upstream.finish_body().await?;
+    ) -> std::result::Result<Box<ResponseHeader>, HeadsFailed> {
+        let core = |error, interim_sent| HeadsFailed::Core {
+            error,
+            interim_sent,
+        };
+        upstream
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| core(e, false))?;
+        upstream.finish_body().await.map_err(|e| core(e, false))?;
+        let mut interim_sent = false;
+        // The client's side is watched until it sends anything but a close: pipelined
+        // bytes are kept by pingora for the next request.
+        let mut watching = true;
         loop {
-            upstream.read_response().await?;
-            let head = upstream
-                .resp_header()
-                .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response head"))?
-                .clone();
+            let read = tokio::select! {
+                read = upstream.read_response() => read,
+                idle = session.downstream_session.read_body_or_idle(true), if watching => {
+                    match idle {
+                        Err(e) => return Err(HeadsFailed::Client(e)),
+                        Ok(_) => {
+                            watching = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            read.map_err(|e| core(e, interim_sent))?;
+            let mut head = match upstream.resp_header() {
+                Some(head) => Box::new(head.clone()),
+                None => {
+                    let e = Error::explain(ErrorType::InvalidHTTPHeader, "no response head");
+                    return Err(core(e, interim_sent));
+                }
+            };
             let status = head.status.as_u16();
             if status == 101 {
-                // Nothing here asked to switch protocols.
-                return Error::e_explain(
+                let e = Error::explain(
                     ErrorType::InvalidHTTPHeader,
                     "101 from the core to a request that asked for no upgrade",
                 );
+                return Err(core(e, interim_sent));
             }
             if !(100..200).contains(&status) {
                 upstream.respect_keepalive();
-                return Ok(Box::new(head));
+                return Ok(head);
             }
-            let mut interim = head;
-            self.upstream_response_filter(session, &mut interim, ctx)
-                .await?;
+            self.upstream_response_filter(session, &mut head, ctx)
+                .await
+                .map_err(|e| core(e, interim_sent))?;
+            self.response_filter(session, &mut head, ctx)
+                .await
+                .map_err(|e| core(e, interim_sent))?;
+            session
+                .write_response_header(head, false)
+                .await
+                .map_err(HeadsFailed::Client)?;
+            interim_sent = true;
         }
     }
 
@@ -265,23 +275,26 @@ impl EdgeProxy {
             .await?;
         let no_body = session.req_header().method == http::Method::HEAD
             || matches!(head.status.as_u16(), 204 | 304);
+        let ended = no_body || upstream.is_body_done();
         // A body that ends when the core closes goes out chunked, so the client's
         // connection outlives it.
-        if !no_body
+        if !ended
             && !head.headers.contains_key(header::TRANSFER_ENCODING)
             && !head.headers.contains_key(header::CONTENT_LENGTH)
-            && !upstream.is_body_done()
         {
             head.set_version(http::Version::HTTP_11);
             head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
         self.response_filter(session, &mut head, ctx).await?;
         session
-            .write_response_header(head, false)
+            .write_response_header(head, ended)
             .await
             .map_err(|e| e.into_down())?;
         ctx.upstream_body_received = Some(0);
-        loop {
+        // A response without a body is whole with its head, as on pingora's path: no body
+        // filter runs for it.
+        let mut end = ended;
+        while !end {
             let mut piece = match upstream.read_body_bytes().await {
                 Ok(piece) => piece,
                 Err(mut e) => {
@@ -292,132 +305,14 @@ impl EdgeProxy {
             };
             let received = piece.as_ref().map_or(0, |p| p.len() as u64);
             ctx.upstream_body_received = ctx.upstream_body_received.map(|n| n + received);
-            let end = piece.is_none() || upstream.is_body_done();
+            end = piece.is_none() || upstream.is_body_done();
             self.upstream_response_body_filter(session, &mut piece, end, ctx)?;
             session
                 .write_response_body(piece, end)
                 .await
                 .map_err(|e| e.into_down())?;
-            if end {
-                break;
-            }
         }
         session.finish_body().await.map_err(|e| e.into_down())?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pingora::protocols::l4::stream::Stream as L4Stream;
-    use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// A connected pair: our end as pingora's stream, and the host's end.
-    async fn connection(listener: &TcpListener) -> (Stream, TcpStream) {
-        let address = listener.local_addr().expect("address");
-        let ours = TcpStream::connect(address).await.expect("connect");
-        let (theirs, _) = listener.accept().await.expect("accept");
-        (Box::new(L4Stream::from(ours)), theirs)
-    }
-
-    async fn listener() -> TcpListener {
-        TcpListener::bind("127.0.0.1:0").await.expect("bind")
-    }
-
-    #[tokio::test]
-    async fn a_connection_given_back_is_taken_for_its_host_only() {
-        let (a, b) = (listener().await, listener().await);
-        let pool = DirectPool::new(8);
-        let (stream, _host_end) = connection(&a).await;
-        let host_a = a.local_addr().expect("address");
-        let host_b = b.local_addr().expect("address");
-        pool.give_back(host_a, stream);
-        assert_eq!(pool.idle_count(), 1);
-        assert!(pool.take(host_b, DEFAULT_IDLE).is_none());
-        assert!(pool.take(host_a, DEFAULT_IDLE).is_some());
-        assert!(pool.take(host_a, DEFAULT_IDLE).is_none());
-        assert_eq!(pool.idle_count(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_pool_keeps_no_more_than_its_limit() {
-        let a = listener().await;
-        let host = a.local_addr().expect("address");
-        let pool = DirectPool::new(2);
-        let mut host_ends = Vec::new();
-        for _ in 0..3 {
-            let (stream, theirs) = connection(&a).await;
-            host_ends.push(theirs);
-            pool.give_back(host, stream);
-        }
-        assert_eq!(pool.idle_count(), 2);
-        assert!(pool.take(host, DEFAULT_IDLE).is_some());
-        assert!(pool.take(host, DEFAULT_IDLE).is_some());
-        assert!(pool.take(host, DEFAULT_IDLE).is_none());
-    }
-
-    #[tokio::test]
-    async fn connections_the_host_closed_or_wrote_on_are_never_handed_out() {
-        let a = listener().await;
-        let host = a.local_addr().expect("address");
-        let pool = DirectPool::new(8);
-        let (closed, theirs) = connection(&a).await;
-        drop(theirs);
-        let (chatty, mut theirs_chatty) = connection(&a).await;
-        theirs_chatty
-            .write_all(b"HTTP/1.1 200 OK\r\n")
-            .await
-            .expect("write");
-        pool.give_back(host, closed);
-        pool.give_back(host, chatty);
-        // Let the close and the bytes arrive.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(pool.take(host, DEFAULT_IDLE).is_none());
-        assert_eq!(pool.idle_count(), 0, "both are dropped on the way");
-    }
-
-    #[tokio::test]
-    async fn a_connection_idle_past_the_timeout_is_dropped() {
-        let a = listener().await;
-        let host = a.local_addr().expect("address");
-        let pool = DirectPool::new(8);
-        let (stream, _theirs) = connection(&a).await;
-        pool.give_back(host, stream);
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(pool.take(host, Duration::from_millis(10)).is_none());
-        assert_eq!(pool.idle_count(), 0);
-    }
-
-    #[tokio::test]
-    async fn takers_on_many_tasks_never_share_a_connection() {
-        let a = listener().await;
-        let host = a.local_addr().expect("address");
-        let pool = std::sync::Arc::new(DirectPool::new(64));
-        let mut host_ends = Vec::new();
-        for _ in 0..32 {
-            let (stream, theirs) = connection(&a).await;
-            host_ends.push(theirs);
-            pool.give_back(host, stream);
-        }
-        let mut takers = Vec::new();
-        for _ in 0..8 {
-            let pool = pool.clone();
-            takers.push(tokio::spawn(async move {
-                let mut taken = Vec::new();
-                while let Some(stream) = pool.take(host, DEFAULT_IDLE) {
-                    taken.push(stream);
-                    tokio::task::yield_now().await;
-                }
-                taken.len()
-            }));
-        }
-        let mut total = 0;
-        for taker in takers {
-            total += taker.await.expect("taker");
-        }
-        assert_eq!(total, 32);
-        assert_eq!(pool.idle_count(), 0);
     }
 }

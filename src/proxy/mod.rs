@@ -53,7 +53,6 @@ pub mod websocket;
 
 pub use body_coding::CodingSlots;
 pub use context::RequestContext;
-pub use direct::DirectPool;
 use report::{client_addr, ListenerCounters};
 pub use settings::{LimitsSnapshot, ProxySettings};
 
@@ -97,8 +96,9 @@ pub struct ProxyShared {
     pub purger: Arc<crate::fleet::Purger>,
     /// Bodies being compressed or decompressed now.
     pub coding_slots: CodingSlots,
-    /// Idle connections to core hosts for requests forwarded without pingora's pool.
-    pub direct_pool: direct::DirectPool,
+    /// Idle connections each listener keeps for forwarding directly
+    /// (`core.keepalive_pool_size`).
+    pub direct_idle_limit: usize,
 }
 
 /// The proxy of one listener.
@@ -111,6 +111,8 @@ pub struct EdgeProxy {
     deadlines: Arc<HeadDeadlines>,
     /// Where plain hits leave their head for the connection loop.
     fast_hits: Arc<fast_hits::FastHits>,
+    /// The listener's connections for forwarding body-less requests itself.
+    direct: direct::DirectForwarding,
 }
 
 /// The most ranges one request may ask for (pingora's default).
@@ -165,6 +167,7 @@ impl EdgeProxy {
         fast_hits: Arc<fast_hits::FastHits>,
     ) -> Self {
         EdgeProxy {
+            direct: direct::DirectForwarding::new(shared.direct_idle_limit),
             listener: listener.to_string(),
             tls,
             shared,

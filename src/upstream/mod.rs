@@ -6,6 +6,7 @@
 //! that actually ran rather than pingora's optimistic initial "healthy". Hosts are dialled
 //! by the OS or through the embedded tailnet node in [`mesh`].
 
+pub mod idle;
 pub mod mesh;
 
 use std::collections::BTreeMap;

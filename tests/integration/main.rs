@@ -23,6 +23,8 @@ mod conformance;
 mod dashboards;
 // Deleted media stays deleted: tombstones across purges, restarts and the fleet.
 mod deleted_media;
+// Body-less requests forwarded over the PoP's own core connections, as pingora's path does.
+mod direct_forwarding;
 // The disk tier: persistence across kill -9, damaged and partial entries, its bounds.
 mod disk_cache;
 // Purges reach every PoP: fan-out, outbox, purge log and catch-up.

@@ -1,0 +1,239 @@
+//! Body-less requests the cache leaves alone are forwarded over the PoP's own connections
+//! to the core (`proxy::direct`): what the client gets must be what pingora's path sends,
+//! whatever the core answers, and a connection is kept only when it is clean.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::client::raw_exchange;
+use crate::harness::edge::Edge;
+use crate::harness::edge_with_groups;
+
+/// A core that answers every request head with the same bytes, then closes the
+/// connection when `close` is set; it counts requests and the connections that carried
+/// any (health checks connect without one).
+struct ScriptedCore {
+    address: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedCore {
+    async fn start(answer: &'static [u8], close: bool) -> ScriptedCore {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (opened, asked) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (opened, asked) = (opened.clone(), asked.clone());
+                tokio::spawn(async move {
+                    let mut carried = false;
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            if !carried {
+                                carried = true;
+                                opened.fetch_add(1, Ordering::SeqCst);
+                            }
+                            asked.fetch_add(1, Ordering::SeqCst);
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            if close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedCore {
+            address,
+            connections,
+            requests,
+            task,
+        }
+    }
+}
+
+impl Drop for ScriptedCore {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn direct_forwards(edge: &Edge) -> f64 {
+    edge.metric(r#"edgecache_direct_forwards_total{group="web"}"#)
+        .await
+        .unwrap_or(0.0)
+}
+
+const TWO_GETS: &str = "GET /api/v1/a HTTP/1.1\r\nHost: a.example\r\n\r\nGET /api/v1/b HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn a_body_that_ends_with_the_core_connection_goes_out_chunked_on_a_kept_connection() {
+    let core = ScriptedCore::start(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello",
+        true,
+    )
+    .await;
+    let (edge, setup) = edge_with_groups(&[core.address], core.address, vec![]).await;
+    let answer = raw_exchange(setup.http(), TWO_GETS.as_bytes()).await;
+    let lower = answer.to_ascii_lowercase();
+    assert_eq!(lower.matches("http/1.1 200").count(), 2, "{answer}");
+    assert_eq!(
+        lower.matches("transfer-encoding: chunked").count(),
+        2,
+        "{answer}"
+    );
+    assert_eq!(
+        answer.matches("5\r\nhello\r\n0\r\n\r\n").count(),
+        2,
+        "{answer}"
+    );
+    assert_eq!(direct_forwards(&edge).await, 2.0);
+    // A close-delimited body leaves nothing to reuse.
+    assert_eq!(core.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_early_hints_answer_reaches_the_client_before_the_final_one() {
+    let core = ScriptedCore::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </packs/app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let (edge, setup) = edge_with_groups(&[core.address], core.address, vec![]).await;
+    let answer = raw_exchange(setup.http(), TWO_GETS.as_bytes()).await;
+    let lower = answer.to_ascii_lowercase();
+    assert_eq!(lower.matches("http/1.1 103").count(), 2, "{answer}");
+    assert_eq!(
+        lower.matches("link: </packs/app.css>").count(),
+        2,
+        "{answer}"
+    );
+    let hints = lower.find("http/1.1 103").unwrap_or(usize::MAX);
+    let last = lower.find("http/1.1 200").unwrap_or(0);
+    assert!(hints < last, "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    assert_eq!(direct_forwards(&edge).await, 2.0);
+    // Both went over one connection to the core.
+    assert_eq!(core.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(core.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_the_core_closes_the_client_connection() {
+    let core = ScriptedCore::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly twenty bytes...",
+        true,
+    )
+    .await;
+    let (edge, setup) = edge_with_groups(&[core.address], core.address, vec![]).await;
+    let answer = raw_exchange(setup.http(), TWO_GETS.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("only twenty bytes..."), "{answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "the second request must not be answered on a connection whose last answer broke: {answer}"
+    );
+    assert_eq!(direct_forwards(&edge).await, 1.0);
+    assert_eq!(core.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_switch_of_protocols_nobody_asked_for_is_a_502() {
+    let core = ScriptedCore::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        false,
+    )
+    .await;
+    let (_edge, setup) = edge_with_groups(&[core.address], core.address, vec![]).await;
+    let answer = raw_exchange(
+        setup.http(),
+        b"GET /api/v1/a HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_connection_field_naming_forwarding_headers_is_left_to_pingoras_path() {
+    let core = ScriptedCore::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    let (edge, setup) = edge_with_groups(&[core.address], core.address, vec![]).await;
+    let answer = raw_exchange(
+        setup.http(),
+        b"GET /api/v1/a HTTP/1.1\r\nHost: a.example\r\nConnection: close, X-Forwarded-For\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(core.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(direct_forwards(&edge).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_the_core_works_ends_the_exchange() {
+    // A core that reads the request and never answers, keeping the connection open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    // Health checks connect and leave without a byte; the request's connection is the
+    // one that carried bytes.
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let core = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut total = 0;
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                if total > 0 {
+                    let _ = closed.send(std::time::Instant::now());
+                }
+            });
+        }
+    });
+    let (edge, setup) = edge_with_groups(&[address], address, vec![]).await;
+    let mut client = tokio::net::TcpStream::connect(setup.http())
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /api/v1/slow HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .expect("send");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(client);
+    let left = std::time::Instant::now();
+    // Well before the group's 3 s read timeout would end it anyway.
+    let closed = tokio::time::timeout(std::time::Duration::from_millis(1500), closed_rx.recv())
+        .await
+        .expect("the PoP closes the core connection when the client leaves")
+        .expect("the core saw the request");
+    assert!(closed >= left);
+    assert_eq!(direct_forwards(&edge).await, 0.0, "no answer came");
+    core.abort();
+}
