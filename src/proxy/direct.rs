@@ -11,8 +11,8 @@
 //! `upstream_response_filter`, `response_filter`, `upstream_response_body_filter`), over
 //! pingora's own HTTP/1 client on a connection from the listener's
 //! [`IdlePool`](crate::upstream::idle::IdlePool). What the client gets is what pingora's
-//! path would have sent; a client that hangs up while the core works ends the exchange, as
-//! there.
+//! path would have sent; a client that hangs up while the core works, before or during
+//! the body, ends the exchange, as there.
 //!
 //! Anything this does not cover stays on pingora's path: requests with a body, cache fills
 //! and revalidations, websockets, media, HTTP/2 clients, targets not in origin form, a
@@ -73,7 +73,21 @@ enum HeadsFailed {
     },
     /// The client hung up or broke the connection.
     Client(Box<Error>),
+    /// One of our hooks refused an interim response.
+    Hook(Box<Error>),
 }
+
+/// What watching the client's side while the core works found. pingora's read of an idle
+/// client fails when the client closed or reset the connection, and also when it sent
+/// more (pipelining is off on these connections): both end the exchange, as on pingora's
+/// path. It yields no bytes here; if it ever did, the watch would stop and the exchange
+/// go on.
+fn client_still_there(idle: Result<Option<bytes::Bytes>>) -> Result<()> {
+    idle.map(|_| ())
+}
+
+/// pingora's path refuses a `Connection` field naming this many tokens or more.
+const MAX_CONNECTION_TOKENS: usize = 10;
 
 impl EdgeProxy {
     /// Whether `session`'s request is one this forwarding covers (see the module's doc).
@@ -85,13 +99,15 @@ impl EdgeProxy {
             .next()
             .is_some_and(|host| !host.as_bytes().contains(&b'@'))
             && hosts.next().is_none();
+        let mut tokens = 0;
         let connection_plain = req.headers.get_all(header::CONNECTION).iter().all(|value| {
             value.to_str().is_ok_and(|value| {
                 value.split(',').map(str::trim).all(|token| {
+                    tokens += 1;
                     token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
                 })
             })
-        });
+        }) && tokens < MAX_CONNECTION_TOKENS;
         !session.cache.enabled()
             && !session.cache.bypassing()
             && session.subrequest_ctx.is_none()
@@ -165,6 +181,7 @@ impl EdgeProxy {
         let head = match self.exchange_heads(session, &mut upstream, req, ctx).await {
             Ok(head) => head,
             Err(HeadsFailed::Client(e)) => return Err(e.into_down()),
+            Err(HeadsFailed::Hook(e)) => return Err(e),
             Err(HeadsFailed::Core {
                 error,
                 interim_sent,
@@ -213,16 +230,14 @@ impl EdgeProxy {
             .map_err(|e| core(e, false))?;
         upstream.finish_body().await.map_err(|e| core(e, false))?;
         let mut interim_sent = false;
-        // The client's side is watched until it sends anything but a close: pipelined
-        // bytes are kept by pingora for the next request.
         let mut watching = true;
         loop {
             let read = tokio::select! {
                 read = upstream.read_response() => read,
                 idle = session.downstream_session.read_body_or_idle(true), if watching => {
-                    match idle {
+                    match client_still_there(idle) {
                         Err(e) => return Err(HeadsFailed::Client(e)),
-                        Ok(_) => {
+                        Ok(()) => {
                             watching = false;
                             continue;
                         }
@@ -251,10 +266,10 @@ impl EdgeProxy {
             }
             self.upstream_response_filter(session, &mut head, ctx)
                 .await
-                .map_err(|e| core(e, interim_sent))?;
+                .map_err(HeadsFailed::Hook)?;
             self.response_filter(session, &mut head, ctx)
                 .await
-                .map_err(|e| core(e, interim_sent))?;
+                .map_err(HeadsFailed::Hook)?;
             session
                 .write_response_header(head, false)
                 .await
@@ -294,8 +309,17 @@ impl EdgeProxy {
         // A response without a body is whole with its head, as on pingora's path: no body
         // filter runs for it.
         let mut end = ended;
+        let mut watching = true;
         while !end {
-            let mut piece = match upstream.read_body_bytes().await {
+            let read = tokio::select! {
+                read = upstream.read_body_bytes() => read,
+                idle = session.downstream_session.read_body_or_idle(true), if watching => {
+                    client_still_there(idle).map_err(|e| e.into_down())?;
+                    watching = false;
+                    continue;
+                }
+            };
+            let mut piece = match read {
                 Ok(piece) => piece,
                 Err(mut e) => {
                     // The answer has begun: nothing can be retried.

@@ -189,17 +189,22 @@ async fn a_connection_field_naming_forwarding_headers_is_left_to_pingoras_path()
     assert_eq!(direct_forwards(&edge).await, 0.0);
 }
 
-#[tokio::test]
-async fn a_client_that_leaves_while_the_core_works_ends_the_exchange() {
-    // A core that reads the request and never answers, keeping the connection open.
+/// A core that reads a request, writes `answer` (perhaps nothing, perhaps a head and part
+/// of a body) and then waits; it reports when the PoP closes a connection that carried a
+/// request (health checks connect and leave without a byte).
+async fn stalling_core(
+    answer: &'static [u8],
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<std::time::Instant>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
-    // Health checks connect and leave without a byte; the request's connection is the
-    // one that carried bytes.
-    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let core = tokio::spawn(async move {
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let closed = closed_tx.clone();
             tokio::spawn(async move {
@@ -207,6 +212,9 @@ async fn a_client_that_leaves_while_the_core_works_ends_the_exchange() {
                 let mut total = 0;
                 while let Ok(n) = stream.read(&mut buf).await {
                     if n == 0 {
+                        break;
+                    }
+                    if total == 0 && stream.write_all(answer).await.is_err() {
                         break;
                     }
                     total += n;
@@ -217,6 +225,13 @@ async fn a_client_that_leaves_while_the_core_works_ends_the_exchange() {
             });
         }
     });
+    (address, closed_rx, task)
+}
+
+/// Sends one request and leaves 300 ms later; the PoP must close its connection to the
+/// core within 1.5 s of that (the group's read timeout would do it at 3 s).
+async fn leave_and_see_the_core_connection_closed(answer: &'static [u8]) -> Edge {
+    let (address, mut closed_rx, core) = stalling_core(answer).await;
     let (edge, setup) = edge_with_groups(&[address], address, vec![]).await;
     let mut client = tokio::net::TcpStream::connect(setup.http())
         .await
@@ -227,13 +242,29 @@ async fn a_client_that_leaves_while_the_core_works_ends_the_exchange() {
         .expect("send");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     drop(client);
-    let left = std::time::Instant::now();
-    // Well before the group's 3 s read timeout would end it anyway.
-    let closed = tokio::time::timeout(std::time::Duration::from_millis(1500), closed_rx.recv())
+    tokio::time::timeout(std::time::Duration::from_millis(1500), closed_rx.recv())
         .await
-        .expect("the PoP closes the core connection when the client leaves")
+        .expect("the PoP closes the core connection soon after the client leaves")
         .expect("the core saw the request");
-    assert!(closed >= left);
-    assert_eq!(direct_forwards(&edge).await, 0.0, "no answer came");
     core.abort();
+    edge
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_the_core_works_ends_the_exchange() {
+    let edge = leave_and_see_the_core_connection_closed(b"").await;
+    assert_eq!(direct_forwards(&edge).await, 0.0, "no answer came");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_during_a_slow_body_ends_the_exchange() {
+    let edge = leave_and_see_the_core_connection_closed(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst",
+    )
+    .await;
+    assert_eq!(
+        direct_forwards(&edge).await,
+        1.0,
+        "the head came the direct way"
+    );
 }
