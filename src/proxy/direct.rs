@@ -92,8 +92,26 @@ const MAX_CONNECTION_TOKENS: usize = 10;
 impl EdgeProxy {
     /// Whether `session`'s request is one this forwarding covers (see the module's doc).
     fn may_forward_directly(&self, session: &mut Session, ctx: &RequestContext) -> bool {
-        let body_empty = session.is_body_empty();
+        // The cheap refusals first: this runs for every request that goes upstream.
         let req = session.req_header();
+        let plain_read = !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.subrequest_ctx.is_none()
+            && !ctx.websocket
+            && !ctx.client_gone
+            && ctx.slice_fill.is_none()
+            && ctx.route.media().is_none()
+            && req.version == http::Version::HTTP_11
+            && (req.method == http::Method::GET || req.method == http::Method::HEAD)
+            && !req.headers.contains_key(header::CONTENT_LENGTH)
+            && !req.headers.contains_key(header::TRANSFER_ENCODING)
+            && !req.headers.contains_key(header::EXPECT)
+            && !req.headers.contains_key(header::UPGRADE)
+            && !req.headers.contains_key("http2-settings")
+            && req.raw_path().starts_with(b"/");
+        if !plain_read {
+            return false;
+        }
         let mut hosts = req.headers.get_all(header::HOST).iter();
         let one_plain_host = hosts
             .next()
@@ -108,25 +126,7 @@ impl EdgeProxy {
                 })
             })
         }) && tokens < MAX_CONNECTION_TOKENS;
-        !session.cache.enabled()
-            && !session.cache.bypassing()
-            && session.subrequest_ctx.is_none()
-            && !ctx.websocket
-            && !ctx.client_gone
-            && ctx.slice_fill.is_none()
-            && ctx.route.media().is_none()
-            && req.version == http::Version::HTTP_11
-            && (req.method == http::Method::GET || req.method == http::Method::HEAD)
-            && body_empty
-            && !req.headers.contains_key(header::CONTENT_LENGTH)
-            && !req.headers.contains_key(header::TRANSFER_ENCODING)
-            && !req.headers.contains_key(header::EXPECT)
-            && !req.headers.contains_key(header::UPGRADE)
-            && !req.headers.contains_key("http2-settings")
-            && req.raw_path().starts_with(b"/")
-            && one_plain_host
-            && connection_plain
-            && self.dialled_by_the_os(ctx)
+        one_plain_host && connection_plain && session.is_body_empty() && self.dialled_by_the_os(ctx)
     }
 
     /// Whether the request's group is reached through the OS, not the embedded mesh (whose

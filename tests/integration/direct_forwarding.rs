@@ -79,7 +79,8 @@ impl Drop for ScriptedCore {
     }
 }
 
-async fn direct_forwards(edge: &Edge) -> f64 {
+/// Responses that came over the direct path, in the `web` group.
+pub(crate) async fn direct_forwards(edge: &Edge) -> f64 {
     edge.metric(r#"edgecache_direct_forwards_total{group="web"}"#)
         .await
         .unwrap_or(0.0)

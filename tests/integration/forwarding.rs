@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
+use crate::direct_forwarding::direct_forwards;
 use crate::harness::client::raw_exchange;
 use crate::harness::edge::{Edge, EdgeSetup, TestCert};
 use crate::harness::origin::Origin;
@@ -570,12 +571,6 @@ async fn forwarded_gets_share_a_core_connection_that_may_close_between_them() {
     // not arrived before its request was written.
     let direct = direct_forwards(&edge).await;
     assert!((4.0..=5.0).contains(&direct), "{direct}");
-}
-
-async fn direct_forwards(edge: &Edge) -> f64 {
-    edge.metric(r#"edgecache_direct_forwards_total{group="web"}"#)
-        .await
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
