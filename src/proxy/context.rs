@@ -20,8 +20,9 @@ pub struct RequestContext {
     pub(super) started_at: SystemTime,
     pub(super) client_ip: Option<IpAddr>,
     pub(super) group: Option<Arc<CoreGroup>>,
-    /// Core hosts this request could not connect to, so a retry goes elsewhere.
-    pub(super) connect_failed: Vec<SocketAddr>,
+    /// Core hosts that failed this request (refused the connect, or broke the connection
+    /// before answering), so a retry goes elsewhere.
+    pub(super) failed_hosts: Vec<SocketAddr>,
     /// The embedded mesh was not connected, so no host was tried.
     pub(super) mesh_down: bool,
     /// The host of the current attempt.
@@ -103,7 +104,7 @@ impl RequestContext {
             started_at: SystemTime::now(),
             client_ip: None,
             group: None,
-            connect_failed: Vec::new(),
+            failed_hosts: Vec::new(),
             mesh_down: false,
             current_host: None,
             upstream_label: String::new(),

@@ -8,7 +8,7 @@
 
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
-use pingora::{ErrorSource, ErrorType};
+use pingora::{ErrorSource, ErrorType, RetryType};
 
 use super::context::RequestContext;
 use super::forward;
@@ -35,10 +35,10 @@ pub(super) fn connect_failed(
             group.eject(host);
             group.connect_failed(host);
         }
-        ctx.connect_failed.push(host);
+        ctx.failed_hosts.push(host);
     }
     let hosts = ctx.group.as_ref().map_or(0, |g| g.host_count());
-    let retry = ctx.connect_failed.len() < hosts && retry_allowed(session, ctx);
+    let retry = ctx.failed_hosts.len() < hosts && retry_allowed(session, ctx);
     e.set_retry(retry);
     if retry {
         count_retry(ctx);
@@ -47,25 +47,49 @@ pub(super) fn connect_failed(
 }
 
 /// A failure on a connection that was already carrying this request: retried only for
-/// the group's retry methods, on a reused connection (the host may have closed it while
-/// idle), and before any body byte was read.
+/// the group's retry methods, before any byte of the request body was read, and only when
+/// the connection broke before any response came (pingora marks those `ReusedOnly`).
+///
+/// A reused connection may have been closed by the host while idle, so the request is
+/// tried again, on the same host if no other is left. A new connection broken by the host
+/// means the host is failing (a crashing core process resets what it had accepted): the
+/// request goes to another host if one is left, as nginx's `proxy_next_upstream error`
+/// does, and never to the same host again.
 pub(super) fn failed_while_proxying(
     peer: &HttpPeer,
     session: &Session,
     e: Box<Error>,
-    ctx: &RequestContext,
+    ctx: &mut RequestContext,
     client_reused: bool,
 ) -> Box<Error> {
     let mut e = e.more_context(format!("Peer: {peer}"));
-    if retry_allowed(session, ctx) {
-        e.retry.decide_reuse(client_reused);
-        if e.retry() {
-            count_retry(ctx);
-        }
-    } else {
+    if !retry_allowed(session, ctx) {
         e.set_retry(false);
+        return e;
+    }
+    let before_any_response = matches!(e.retry, RetryType::ReusedOnly);
+    e.retry.decide_reuse(client_reused);
+    if before_any_response && set_aside_for_retry(ctx) {
+        e.set_retry(true);
+    }
+    if e.retry() {
+        count_retry(ctx);
     }
     e
+}
+
+/// Leaves the current host out of this request's next pick when another host is left to
+/// try; whether one is.
+fn set_aside_for_retry(ctx: &mut RequestContext) -> bool {
+    let (Some(group), Some(host)) = (&ctx.group, ctx.current_host) else {
+        return false;
+    };
+    let untried = group.host_count().saturating_sub(ctx.failed_hosts.len());
+    if ctx.failed_hosts.contains(&host) || untried < 2 {
+        return false;
+    }
+    ctx.failed_hosts.push(host);
+    true
 }
 
 /// Answers with a short plain-text error: 502 when the core cannot be reached, 503 when no

@@ -61,7 +61,7 @@ impl EdgeProxy {
             ctx.mesh_down = true;
             return Err(Error::explain(ErrorType::ConnectNoRoute, problem).into_up());
         }
-        let Some((peer, label)) = group.pick(&ctx.connect_failed) else {
+        let Some((peer, label)) = group.pick(&ctx.failed_hosts) else {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 format!("no healthy host left in upstream group {}", group.name),

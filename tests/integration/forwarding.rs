@@ -55,7 +55,17 @@ struct Hangup {
 }
 
 impl Hangup {
+    /// Hangs up with a FIN: the PoP reads the end of the connection.
     async fn start() -> Hangup {
+        Hangup::spawn(false).await
+    }
+
+    /// Hangs up with a RST: the PoP's read fails with "connection reset".
+    async fn start_resetting() -> Hangup {
+        Hangup::spawn(true).await
+    }
+
+    async fn spawn(reset: bool) -> Hangup {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -75,6 +85,9 @@ impl Hangup {
                         seen.extend_from_slice(&buf[..n]);
                         if seen.windows(4).any(|w| w == b"\r\n\r\n") {
                             counter.fetch_add(1, Ordering::SeqCst);
+                            if reset {
+                                let _ = stream.set_zero_linger();
+                            }
                             return;
                         }
                     }
@@ -134,6 +147,48 @@ async fn a_post_that_failed_at_a_host_is_never_sent_again() {
         good_posts += hits;
     }
     assert_eq!(good_posts + failed, 6);
+}
+
+/// Sends GETs to a group of a host that hangs up on every request and a good one: each
+/// must be answered, by the good host, once.
+async fn gets_a_host_hung_up_on_are_answered_by_the_other(hangup: Hangup) {
+    let good = Origin::start().await;
+    let (_edge, setup) =
+        edge_with_groups(&[hangup.address, good.address], good.address, vec![]).await;
+    for n in 0..6 {
+        let request = format!(
+            "GET /api/v1/accounts/{n} HTTP/1.1\r\nHost: a.example\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n"
+        );
+        let answer = send(setup.http(), &request).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "GET {n}: {answer}");
+        assert_eq!(good.hits_for(&format!("/api/v1/accounts/{n}")), 1);
+    }
+    // Round robin sent some to the host that hangs up, each on a new connection.
+    assert!(hangup.requests.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test]
+async fn a_get_a_host_hung_up_on_goes_to_another_host() {
+    gets_a_host_hung_up_on_are_answered_by_the_other(Hangup::start().await).await;
+}
+
+#[tokio::test]
+async fn a_get_a_host_reset_goes_to_another_host() {
+    gets_a_host_hung_up_on_are_answered_by_the_other(Hangup::start_resetting().await).await;
+}
+
+#[tokio::test]
+async fn a_get_a_lone_host_hung_up_on_is_a_502_sent_once() {
+    let hangup = Hangup::start().await;
+    let (_edge, setup) = edge_with_groups(&[hangup.address], hangup.address, vec![]).await;
+    let answer = send(
+        setup.http(),
+        "GET /api/v1/accounts/1 HTTP/1.1\r\nHost: a.example\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    // A host that broke a new connection is not sent the same request again.
+    assert_eq!(hangup.requests.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -384,7 +439,11 @@ async fn killing_a_host_under_load_fails_no_get() {
     let mut total_ok = 0;
     for worker in workers {
         let (ok, failed) = worker.await.expect("worker");
-        assert!(failed.is_empty(), "failed GETs: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "failed GETs: {failed:?}\nedge log:\n{}",
+            edge.stderr_text()
+        );
         total_ok += ok;
     }
     eprintln!(
