@@ -44,6 +44,7 @@ use crate::proxy::fast_hits::{Answered, FastHits};
 use crate::proxy::ProxySettings;
 use request_buffer::RequestBuffered;
 
+mod h2;
 mod request_buffer;
 
 /// A `ServerApp` that counts and bounds the connections its inner app serves.
@@ -532,10 +533,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
             let left = deadline.saturating_duration_since(Instant::now());
             this.deadlines.watch(session.id(), left);
         }
-        let mut reused = ServerApp::process_new(&this.inner, session, &shutdown).await;
-        while let Some(session) = reused {
-            reused = ServerApp::process_new(&this.inner, session, &shutdown).await;
-        }
+        this.serve_h2(session, shutdown).await;
     }
 }
 

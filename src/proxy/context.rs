@@ -25,6 +25,8 @@ pub struct RequestContext {
     pub(super) failed_hosts: Vec<SocketAddr>,
     /// The embedded mesh was not connected, so no host was tried.
     pub(super) mesh_down: bool,
+    /// A plain HTTP/2 request's spelling as it arrived (`FastHits::note_h2_request`).
+    pub(super) h2_spelling: Option<Box<super::fast_hits::Spelling>>,
     /// The host of the current attempt.
     pub(super) current_host: Option<SocketAddr>,
     pub(super) upstream_label: String,
@@ -106,6 +108,7 @@ impl RequestContext {
             group: None,
             failed_hosts: Vec::new(),
             mesh_down: false,
+            h2_spelling: None,
             current_host: None,
             upstream_label: String::new(),
             upstream_sent: None,

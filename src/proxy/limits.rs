@@ -79,12 +79,7 @@ pub fn check_request(
     }
     let header_size = match raw_header {
         Some(raw) => raw.len().saturating_sub(first_line_len(raw)),
-        // HTTP/2: count as HPACK does, name + value + 32 per field.
-        None => req
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum(),
+        None => hpack_size(&req.headers),
     };
     if header_size > max_header_size {
         return Some(Rejection::HeadersTooLarge);
@@ -95,6 +90,14 @@ pub fn check_request(
         }
     }
     None
+}
+
+/// The size of HTTP/2 fields as HPACK counts it: name + value + 32 per field.
+pub(super) fn hpack_size(fields: &http::HeaderMap) -> usize {
+    fields
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 /// `http://…` or `https://…`, in any case (RFC 9112 §3.2.2).

@@ -214,6 +214,7 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
+        ctx.h2_spelling = self.fast_hits.note_h2_request(session);
         self.take_slice_order(session, ctx);
         if self.admit(session, ctx).await? {
             return Ok(true);

@@ -31,6 +31,8 @@ mod disk_cache;
 mod fleet;
 // Plain hits answered from the HTTP/1 connection loop, as pingora's path answers them.
 mod fast_hits;
+// Plain hits over HTTP/2 answered from the loop that accepts the streams.
+mod fast_hits_h2;
 // Forwarding to the core: groups by route, no duplicate writes, request ids, body limits.
 mod forwarding;
 // Clients that leave with requests in flight cost the core nothing for stored objects.

@@ -19,6 +19,10 @@
 //! reads (besides `Host` and `Accept-Encoding`, which are part of the lookup), so the
 //! answer cannot depend on anything else the client sent. Ranges, validators, cookies,
 //! credentials, bodies and cache directives all take pingora's path.
+//!
+//! HTTP/2 streams are answered the same way from the memory tier (`h2`), in the loop that
+//! accepts them, under heads recorded from HTTP/2 answers: the two protocols' heads differ,
+//! so each is kept apart.
 
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash as _, Hasher};
@@ -32,8 +36,12 @@ use pingora::proxy::Session;
 use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 
+mod h2;
+
+pub use h2::Spelling;
+
 use super::context::RequestContext;
-use super::plain_request::{plain_get, PLAIN_FIELDS};
+use super::plain_request::{plain_get, PlainGet, PLAIN_FIELDS};
 use super::report::{self, ListenerCounters};
 use super::send_file;
 use super::settings::ProxySettings;
@@ -86,8 +94,29 @@ struct Recorded {
     /// What `Age` counts from, and until when the object is fresh (pingora's measures).
     epoch: SystemTime,
     fresh_until: SystemTime,
-    /// The status line and every field but the four made per answer, each line ended.
-    head: Bytes,
+    head: RecordedHead,
+}
+
+/// A recorded answer's head without the four fields made per answer.
+enum RecordedHead {
+    /// The status line and every field, each line ended, as HTTP/1.1 sends them.
+    Http1(Bytes),
+    /// The fields as HTTP/2 sends them.
+    Http2(Box<pingora::http::ResponseHeader>),
+}
+
+impl RecordedHead {
+    fn len(&self) -> usize {
+        match self {
+            RecordedHead::Http1(head) => head.len(),
+            // Each field and 32 bytes beside it (about what the map spends on an entry),
+            // and the head itself.
+            RecordedHead::Http2(head) => {
+                super::limits::hpack_size(&head.headers)
+                    + std::mem::size_of::<pingora::http::ResponseHeader>()
+            }
+        }
+    }
 }
 
 impl Recorded {
@@ -142,8 +171,9 @@ impl FastHits {
         }
     }
 
-    fn key(&self, host: &[u8], target: &[u8], accept_encoding: Option<&[u8]>) -> u64 {
+    fn key(&self, http2: bool, host: &[u8], target: &[u8], accept_encoding: Option<&[u8]>) -> u64 {
         let mut hasher = self.keys.build_hasher();
+        http2.hash(&mut hasher);
         host.hash(&mut hasher);
         target.hash(&mut hasher);
         accept_encoding.hash(&mut hasher);
@@ -163,9 +193,6 @@ impl FastHits {
         let Some(policy) = settings.cache_policy.as_ref().filter(|p| !p.status_key) else {
             return;
         };
-        let Some(h1) = session.as_http1() else {
-            return;
-        };
         // A cache-buster request must reach `admission`, whatever it looks like.
         if settings
             .cache_buster
@@ -174,12 +201,26 @@ impl FastHits {
         {
             return;
         }
-        let raw = h1.get_headers_raw_bytes();
-        let Some(plain) = plain_get(&raw) else {
-            return;
+        // The request as the client sent it: HTTP/1's raw head, or what `note_h2_request`
+        // kept of an HTTP/2 one before any hook changed it.
+        let raw;
+        let (http2, host, target, accept_encoding) = match session.as_http1() {
+            Some(h1) => {
+                raw = h1.get_headers_raw_bytes();
+                let Some(plain) = plain_get(&raw) else {
+                    return;
+                };
+                (false, plain.host, plain.target, plain.accept_encoding)
+            }
+            None => {
+                let Some(spelling) = ctx.h2_spelling.as_deref() else {
+                    return;
+                };
+                let accept_encoding = spelling.accept_encoding.as_deref();
+                (true, &*spelling.host, &*spelling.target, accept_encoding)
+            }
         };
-        let spelling =
-            plain.host.len() + plain.target.len() + plain.accept_encoding.map_or(0, <[u8]>::len);
+        let spelling = host.len() + target.len() + accept_encoding.map_or(0, <[u8]>::len);
         if spelling > MAX_SPELLING {
             return;
         }
@@ -215,7 +256,7 @@ impl FastHits {
             (Source::Memory(Arc::downgrade(&object)), object.body.len())
         } else {
             // From disk only where the loop can send the file itself.
-            if session.digest().is_none_or(|d| d.ssl_digest.is_some()) {
+            if http2 || session.digest().is_none_or(|d| d.ssl_digest.is_some()) {
                 return;
             }
             let Some(copy) = storage.disk_copy(&combined) else {
@@ -236,7 +277,8 @@ impl FastHits {
                 length,
             )
         };
-        if session.body_bytes_sent() != body_length {
+        if session.body_bytes_sent() != body_length || (http2 && body_length > h2::MAX_QUEUED_BODY)
+        {
             return;
         }
         // The loop writes the body as it is: only a head framing it by its length will do
@@ -254,13 +296,21 @@ impl FastHits {
         {
             return;
         }
-        let Some(head) = head_without_per_answer_fields(written, &policy.status_name) else {
+        let Some(kept) = without_per_answer_fields(written, &policy.status_name) else {
             return;
         };
+        let head = if http2 {
+            RecordedHead::Http2(Box::new(kept))
+        } else {
+            match http1_head(kept) {
+                Some(head) => RecordedHead::Http1(head),
+                None => return,
+            }
+        };
         let recorded = Recorded {
-            host: plain.host.into(),
-            target: plain.target.into(),
-            accept_encoding: plain.accept_encoding.map(Into::into),
+            host: host.into(),
+            target: target.into(),
+            accept_encoding: accept_encoding.map(Into::into),
             settings: Arc::downgrade(&settings),
             combined,
             source,
@@ -268,7 +318,7 @@ impl FastHits {
             fresh_until: meta.fresh_until(),
             head,
         };
-        let key = self.key(plain.host, plain.target, plain.accept_encoding);
+        let key = self.key(http2, host, target, accept_encoding);
         self.recorded.insert(key, Arc::new(recorded));
     }
 
@@ -280,8 +330,11 @@ impl FastHits {
         let Some(plain) = plain_get(head) else {
             return Answered::No;
         };
-        let key = self.key(plain.host, plain.target, plain.accept_encoding);
+        let key = self.key(false, plain.host, plain.target, plain.accept_encoding);
         let Some(recorded) = self.recorded.get(&key) else {
+            return Answered::No;
+        };
+        let RecordedHead::Http1(recorded_head) = &recorded.head else {
             return Answered::No;
         };
         let settings = self.shared.settings.load();
@@ -333,7 +386,7 @@ impl FastHits {
             return Answered::No;
         };
         let request_id = self.shared.request_ids.next_id();
-        let head_out = render(&recorded, policy, &request_id, started_at);
+        let head_out = render(&recorded, recorded_head, policy, &request_id, started_at);
         let idle = settings.limits.client_body_timeout;
         let (written, body_length) = match &served {
             Served::Memory(object) => (
@@ -353,45 +406,74 @@ impl FastHits {
                 (sent.map_err(|e| e.to_string()), length)
             }
         };
-        let error = written.err();
-        let bytes = if error.is_none() { body_length } else { 0 };
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        self.account(&AnswerDone {
+            plain: &plain,
+            protocol: "HTTP/1.1",
+            client,
+            request_id: &request_id,
+            started,
+            started_at,
+            body_length,
+            error: written.err(),
+        })
+    }
+
+    /// Counts and logs an answer as any hit is; whether it was written whole.
+    fn account(&self, done: &AnswerDone<'_>) -> Answered {
+        let bytes = if done.error.is_none() {
+            done.body_length
+        } else {
+            0
+        };
         CacheStatus::Hit.count();
         self.counters.count(200, bytes);
         self.answered.inc();
         if self.shared.access_log.enabled() {
-            let client_ip = stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-                .map(|ip| ip.to_string())
-                .unwrap_or_default();
             let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let plain = done.plain;
             let (host, path) = (text(plain.host), text(plain.target));
             let (user_agent, referer) = (text(plain.user_agent), text(plain.referer));
             self.shared.access_log.log(&AccessRecord {
-                time: report::rfc3339(started_at),
+                time: report::rfc3339(done.started_at),
                 listener: &self.listener,
-                client_ip,
+                client_ip: done.client.map(|ip| ip.to_string()).unwrap_or_default(),
                 method: "GET",
                 host: &host,
                 path: &path,
-                protocol: "HTTP/1.1",
+                protocol: done.protocol,
                 status: 200,
                 bytes,
-                duration_ms: report::rounded_ms(started),
+                duration_ms: report::rounded_ms(done.started),
                 upstream: "",
                 upstream_status: None,
                 cache: CacheStatus::Hit.as_str(),
                 user_agent: &user_agent,
                 referer: &referer,
-                error,
-                request_id: &request_id,
+                error: done.error.clone(),
+                request_id: done.request_id,
             });
         }
-        if bytes == 0 && body_length != 0 {
+        if bytes == 0 && done.body_length != 0 {
             return Answered::Failed;
         }
         Answered::Done
     }
+}
+
+/// What `account` counts and logs of one answer.
+struct AnswerDone<'a> {
+    plain: &'a PlainGet<'a>,
+    protocol: &'static str,
+    client: Option<std::net::IpAddr>,
+    request_id: &'a str,
+    started: Instant,
+    started_at: SystemTime,
+    body_length: usize,
+    /// Why the answer was not written whole.
+    error: Option<String>,
 }
 
 /// Writes the head and the body with as few writes as the socket takes (one, when it has
@@ -436,15 +518,18 @@ fn answered_whole_from_cache(session: &Session, ctx: &RequestContext) -> bool {
         && session.subrequest_ctx.is_none()
         && session.cache.lock_duration().is_none()
         && session.response_written().is_some_and(|r| r.status == 200)
-        && session.req_header().version == http::Version::HTTP_11
+        && matches!(
+            session.req_header().version,
+            http::Version::HTTP_11 | http::Version::HTTP_2
+        )
 }
 
-/// The head pingora wrote, as HTTP/1.1 bytes, without `Date`, `Age`, `X-Request-Id` and
-/// this PoP's `Cache-Status` entry (the last one; entries of caches before it stay).
-fn head_without_per_answer_fields(
+/// The head pingora wrote without `Date`, `Age`, `X-Request-Id` and this PoP's
+/// `Cache-Status` entry (the last one; entries of caches before it stay).
+fn without_per_answer_fields(
     written: &pingora::http::ResponseHeader,
     name: &str,
-) -> Option<Bytes> {
+) -> Option<pingora::http::ResponseHeader> {
     let mut kept = written.clone();
     let mut entries: Vec<_> = kept.headers.get_all(CACHE_STATUS).iter().cloned().collect();
     // Ours is the last entry, and a hit's; the entries of caches before us stay.
@@ -461,6 +546,11 @@ fn head_without_per_answer_fields(
         let _ = kept.remove_header(&name);
     }
     let _ = kept.remove_header(&super::forward::X_REQUEST_ID);
+    Some(kept)
+}
+
+/// A head without the per-answer fields as HTTP/1.1 bytes, when it fits the loop.
+fn http1_head(kept: pingora::http::ResponseHeader) -> Option<Bytes> {
     // The answer's own `Connection` comes from the loop's keep-alive, which a plain
     // request always asks for.
     if kept
@@ -484,25 +574,30 @@ fn head_without_per_answer_fields(
     Some(head.freeze())
 }
 
-/// The recorded head with this answer's four fields and the blank line.
+impl Recorded {
+    /// This answer's `Age` and this PoP's `Cache-Status` entry, at `now`.
+    fn age_and_entry<'p>(&self, status_name: &'p str, now: SystemTime) -> (u64, Entry<'p>) {
+        let age = now.duration_since(self.epoch).unwrap_or_default().as_secs();
+        let ttl = self
+            .fresh_until
+            .duration_since(now)
+            .map_or(0, |left| i64::try_from(left.as_secs()).unwrap_or(i64::MAX));
+        (age, hit_entry(status_name, Some(ttl)))
+    }
+}
+
+/// The recorded HTTP/1.1 `head` with this answer's four fields and the blank line.
 fn render(
     recorded: &Recorded,
+    head: &[u8],
     policy: &crate::config::model::CachePolicy,
     request_id: &str,
     now: SystemTime,
 ) -> BytesMut {
-    let age = now
-        .duration_since(recorded.epoch)
-        .unwrap_or_default()
-        .as_secs();
-    let ttl = recorded
-        .fresh_until
-        .duration_since(now)
-        .map_or(0, |left| i64::try_from(left.as_secs()).unwrap_or(i64::MAX));
-    let entry = hit_entry(&policy.status_name, Some(ttl));
+    let (age, entry) = recorded.age_and_entry(&policy.status_name, now);
     let date = pingora::protocols::http::date::get_cached_date();
-    let mut out = BytesMut::with_capacity(recorded.head.len() + 160);
-    out.put_slice(&recorded.head);
+    let mut out = BytesMut::with_capacity(head.len() + 160);
+    out.put_slice(head);
     out.put_slice(b"Date: ");
     out.put_slice(date.as_bytes());
     // Writing into a `BytesMut` cannot fail.
