@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
 use pingora::protocols::http::ServerSession;
@@ -21,6 +22,7 @@ use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
+use super::held_writes::HeldWrites;
 use super::CountedApp;
 use crate::proxy::fast_hits::Answered;
 
@@ -74,7 +76,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
             .socket_digest
             .as_ref()
             .and_then(|s| s.socket_cookie().ok());
-        let mut connection = match handshake(stream, self.inner.h2_options()).await {
+        let (stream, hold) = HeldWrites::new(stream);
+        let mut connection = match handshake(Box::new(stream), self.inner.h2_options()).await {
             Ok(connection) => connection,
             Err(e) => {
                 tracing::debug!(error = %e, "HTTP/2 handshake failed");
@@ -89,9 +92,22 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
         let mut draining = false;
         let mut refused = 0;
         let mut first = true;
+        // Whether the last poll gave a stream, so that others may have arrived with it.
+        let mut more_may_be_ready = false;
         loop {
             let next = if draining {
                 HttpSession::from_h2_conn(&mut connection, digest.clone()).await
+            } else if std::mem::take(&mut more_may_be_ready) {
+                // Take a stream that has already arrived without writing the answers queued
+                // so far; when none has, the poll below writes them all at once.
+                hold.store(true, Ordering::Relaxed);
+                let arrived =
+                    HttpSession::from_h2_conn(&mut connection, digest.clone()).now_or_never();
+                hold.store(false, Ordering::Relaxed);
+                match arrived {
+                    Some(next) => next,
+                    None => continue,
+                }
             } else {
                 tokio::select! {
                     // The signal first, so that one arriving with a stream is not missed;
@@ -108,6 +124,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> CountedApp<A> {
                     }
                 }
             };
+            more_may_be_ready = true;
             let mut session = match next {
                 // Clients often close the socket without ending HTTP/2 first: not logged.
                 Err(e) => {

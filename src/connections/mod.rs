@@ -45,6 +45,7 @@ use crate::proxy::ProxySettings;
 use request_buffer::RequestBuffered;
 
 mod h2;
+mod held_writes;
 mod request_buffer;
 
 /// A `ServerApp` that counts and bounds the connections its inner app serves.
