@@ -63,31 +63,17 @@ impl FastHits {
         let Some(plain) = plain_h2_get(request, tls) else {
             return Answered::No;
         };
-        let key = self.key(true, plain.host, plain.target, plain.accept_encoding);
-        let Some(recorded) = self.recorded.get(&key) else {
+        let header_size = hpack_size(&request.headers);
+        let Some((recorded, settings)) = self.usable(true, &plain, header_size, started_at) else {
             return Answered::No;
         };
         let RecordedHead::Http2(recorded_head) = &recorded.head else {
             return Answered::No;
         };
-        let settings = self.shared.settings.load();
-        if *recorded.host != *plain.host
-            || *recorded.target != *plain.target
-            || recorded.accept_encoding.as_deref() != plain.accept_encoding
-            || !std::ptr::eq(
-                recorded.settings.as_ptr(),
-                std::sync::Arc::as_ptr(&settings),
-            )
-            || plain.target.len() > settings.limits.max_uri_length
-            || hpack_size(&request.headers) > settings.limits.max_header_size
-            || started_at > recorded.fresh_until
-        {
-            return Answered::No;
-        }
-        let Some(policy) = settings.cache_policy.as_ref().filter(|p| !p.status_key) else {
-            return Answered::No;
-        };
-        let Some(storage) = self.shared.cache.as_ref().map(|c| c.storage) else {
+        let (Some(policy), Some(storage)) = (
+            settings.cache_policy.as_ref(),
+            self.shared.cache.as_ref().map(|c| c.storage),
+        ) else {
             return Answered::No;
         };
         let Source::Memory(object) = &recorded.source else {

@@ -322,6 +322,34 @@ impl FastHits {
         self.recorded.insert(key, Arc::new(recorded));
     }
 
+    /// The head recorded for `plain` (over HTTP/2 or not) with the settings in force, when
+    /// it may still answer it: recorded under the same spelling and these settings, still
+    /// fresh at `now`, for a request within the limits (`header_size`: its fields as the
+    /// limits count them) on a PoP whose `Cache-Status` shows no key.
+    fn usable(
+        &self,
+        http2: bool,
+        plain: &PlainGet<'_>,
+        header_size: usize,
+        now: SystemTime,
+    ) -> Option<(Arc<Recorded>, arc_swap::Guard<Arc<ProxySettings>>)> {
+        let key = self.key(http2, plain.host, plain.target, plain.accept_encoding);
+        let recorded = self.recorded.get(&key)?;
+        let settings = self.shared.settings.load();
+        let usable = *recorded.host == *plain.host
+            && *recorded.target == *plain.target
+            && recorded.accept_encoding.as_deref() == plain.accept_encoding
+            && std::ptr::eq(recorded.settings.as_ptr(), Arc::as_ptr(&settings))
+            && header_size <= settings.limits.max_header_size
+            && plain.target.len() <= settings.limits.max_uri_length
+            && now <= recorded.fresh_until
+            && settings
+                .cache_policy
+                .as_ref()
+                .is_some_and(|p| !p.status_key);
+        usable.then_some((recorded, settings))
+    }
+
     /// Answers the request in `head` from a recorded head, when it can (see the module
     /// doc); `head` is the whole of what was read, so nothing of a next request is lost.
     pub async fn answer(&self, stream: &mut Stream, head: &[u8]) -> Answered {
@@ -330,28 +358,16 @@ impl FastHits {
         let Some(plain) = plain_get(head) else {
             return Answered::No;
         };
-        let key = self.key(false, plain.host, plain.target, plain.accept_encoding);
-        let Some(recorded) = self.recorded.get(&key) else {
+        let Some((recorded, settings)) = self.usable(false, &plain, head.len(), started_at) else {
             return Answered::No;
         };
         let RecordedHead::Http1(recorded_head) = &recorded.head else {
             return Answered::No;
         };
-        let settings = self.shared.settings.load();
-        if *recorded.host != *plain.host
-            || *recorded.target != *plain.target
-            || recorded.accept_encoding.as_deref() != plain.accept_encoding
-            || !std::ptr::eq(recorded.settings.as_ptr(), Arc::as_ptr(&settings))
-            || head.len() > settings.limits.max_header_size
-            || plain.target.len() > settings.limits.max_uri_length
-            || started_at > recorded.fresh_until
-        {
-            return Answered::No;
-        }
-        let Some(policy) = settings.cache_policy.as_ref().filter(|p| !p.status_key) else {
-            return Answered::No;
-        };
-        let Some(storage) = self.shared.cache.as_ref().map(|c| c.storage) else {
+        let (Some(policy), Some(storage)) = (
+            settings.cache_policy.as_ref(),
+            self.shared.cache.as_ref().map(|c| c.storage),
+        ) else {
             return Answered::No;
         };
         let served = match &recorded.source {
