@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::origin::Origin;
+use crate::harness::scripted::ScriptedCore;
 use crate::harness::{get, pop_with_cache, pop_with_cache_config, raw_exchange, send, Route};
 
 #[tokio::test]
@@ -580,52 +581,20 @@ async fn cache_status_tells_collapsed_requests_and_stale_answers_apart() {
     assert!(ttl.is_some_and(|t| t < 0), "{ttl:?}");
 }
 
-/// An origin that answers every request with a `103 Early Hints` and a cacheable `200`
-/// in one write, so the edge reads both at once.
-async fn early_hints_origin() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    head.extend_from_slice(&buf[..n]);
-                    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        continue;
-                    }
-                    head.clear();
-                    let answer = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\
-                                   X-Interim: 1\r\n\r\n\
-                                   HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
-                                   Cache-Control: max-age=600\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
+/// An answer of a `103 Early Hints` and a cacheable `200` in one write, so the edge reads
+/// both at once.
+const EARLY_HINTS_THEN_OK: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\
+                                    X-Interim: 1\r\n\r\n\
+                                    HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+                                    Cache-Control: max-age=600\r\n\r\nok";
 
 #[tokio::test]
 async fn an_interim_response_reaches_the_client_and_is_never_stored() {
     let origin = Origin::start().await;
-    let early = early_hints_origin().await;
+    let early = ScriptedCore::start(EARLY_HINTS_THEN_OK, false).await;
     let pop = pop_with_cache_config(&origin, |config, _| {
         for group in config.core.groups.values_mut() {
-            group.hosts = vec![early.to_string()];
+            group.hosts = vec![early.address.to_string()];
         }
     })
     .await;

@@ -7,6 +7,7 @@ pub mod edge;
 pub mod origin;
 pub mod pops;
 pub mod s3;
+pub mod scripted;
 
 pub use client::*;
 pub use config::*;
