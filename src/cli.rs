@@ -66,16 +66,25 @@ pub enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Purge a URL (or, with --prefix, every URL under it) on this PoP and every PoP of
-    /// its fleet, through the local admin listener; prints the per-PoP result.
+    /// Purge a URL (with --prefix, every URL under it; with --tag, every object with that
+    /// cache tag) on this PoP and every PoP of its fleet, through the local admin listener;
+    /// prints the per-PoP result.
     Purge {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// `https://media.example/system/...`; without a scheme both schemes are purged.
+        /// `https://media.example/system/...` (without a scheme both schemes are purged),
+        /// or with --tag a tag: a `Cache-Groups` or `Surrogate-Key` name, or a media path's
+        /// own (`media_attachments:110123456`, `accounts:1`).
         url: String,
         /// Purge every URL that starts with this one.
-        #[arg(long, conflicts_with = "deleted")]
+        #[arg(long, conflicts_with_all = ["deleted", "tag"])]
         prefix: bool,
+        /// Purge every object tagged with this name.
+        #[arg(long, conflicts_with = "deleted")]
+        tag: bool,
+        /// With --tag: on this host only (every host without it).
+        #[arg(long, requires = "tag")]
+        host: Option<String>,
         /// The media at this URL was deleted: every PoP also keeps a tombstone for its key,
         /// so no legacy place, queued copy or `migrate` brings it back.
         #[arg(long)]

@@ -8,6 +8,7 @@ use edgecache::admin::client as admin_client;
 use edgecache::cli::{Cli, Command};
 use edgecache::config::units::ByteSize;
 use edgecache::config::Config;
+use edgecache::fleet::{PurgeKind, PurgeTarget};
 use edgecache::migrate::{self, bulk::MigrateOptions};
 use edgecache::{certs, config, devcert, logging, server, upgrade, EXIT_CONFIG, EXIT_UNAVAILABLE};
 
@@ -50,10 +51,24 @@ fn main() -> ExitCode {
             config,
             url,
             prefix,
+            tag,
+            host,
             deleted,
-        } => ask_admin(&config, |admin, token| {
-            admin_client::request_purge(admin, token, &url, prefix, deleted)
-        }),
+        } => {
+            let kind = match (prefix, tag) {
+                (true, _) => PurgeKind::Prefix,
+                (_, true) => PurgeKind::Tag,
+                _ => PurgeKind::Url,
+            };
+            let target = PurgeTarget {
+                kind,
+                value: url,
+                host,
+            };
+            ask_admin(&config, |admin, token| {
+                admin_client::request_purge(admin, token, &target, deleted)
+            })
+        }
         Command::Migrate {
             config,
             from,

@@ -274,6 +274,17 @@ metrics! {
         "Objects a tier holds now.",
         &["tier"],
     );
+    /// Objects a tier holds with cache tags, each filed in the tier's tag index.
+    cache_tier_tagged_objects: IntGaugeVec = gauge_vec(
+        "edgecache_cache_tier_tagged_objects",
+        "Objects a tier holds with cache tags, filed in its tag index.",
+        &["tier"],
+    );
+    /// Responses not stored because their cache tags were too many or too long.
+    cache_tags_refused: IntCounter = counter(
+        "edgecache_cache_tags_refused_total",
+        "Responses not stored because their cache tags were too many or too long.",
+    );
     /// Objects a tier dropped to stay within its size.
     cache_tier_evictions: IntCounterVec = counter_vec(
         "edgecache_cache_tier_evictions_total",
@@ -296,8 +307,8 @@ metrics! {
         "Seconds a request waited for another request's fetch of the same object.",
         &[0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
     );
-    /// Objects removed by purge requests, by kind (`url`, `prefix`, `invalidation`: a
-    /// successful unsafe request through this PoP; `changed_slices`: the slices of an
+    /// Objects removed by purge requests, by kind (`url`, `prefix`, `tag`, `invalidation`:
+    /// a successful unsafe request through this PoP; `changed_slices`: the slices of an
     /// object that changed at its origin).
     cache_purged_objects: IntCounterVec = counter_vec(
         "edgecache_cache_purged_objects_total",

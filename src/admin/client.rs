@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::fleet::PurgeTarget;
+
 /// How long the CLI waits to connect, and for the whole answer (a reload reads every
 /// certificate; an upgrade waits for the successor to be ready).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,17 +55,19 @@ pub fn request_upgrade(
     admin_post(address, token, "/upgrade")
 }
 
-/// Asks the PoP at `address` to purge `value` (a URL, or a URL prefix) here and on every
-/// other PoP of its fleet; returns its JSON report.
+/// Asks the PoP at `address` to purge `target` (a URL, a URL prefix or a tag) here and on
+/// every other PoP of its fleet; returns its JSON report.
 pub fn request_purge(
     address: SocketAddr,
     token: Option<&str>,
-    value: &str,
-    prefix: bool,
+    target: &PurgeTarget,
     deleted: bool,
 ) -> Result<String, AdminRequestError> {
     let mut query = form_urlencoded::Serializer::new(String::new());
-    query.append_pair(if prefix { "prefix" } else { "url" }, value);
+    query.append_pair(target.kind.query_name(), &target.value);
+    if let Some(host) = &target.host {
+        query.append_pair("host", host);
+    }
     if deleted {
         query.append_pair("deleted", "1");
     }

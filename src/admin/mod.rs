@@ -19,7 +19,8 @@ use pingora::protocols::http::ServerSession;
 
 use crate::cache::EdgeCache;
 use crate::fleet::{
-    Purge, PurgeFailure, PurgeKind, PurgeSource, Purger, FLEET_ORIGIN_HEADER, PURGE_ID_HEADER,
+    Purge, PurgeFailure, PurgeKind, PurgeSource, PurgeTarget, Purger, FLEET_ORIGIN_HEADER,
+    PURGE_ID_HEADER,
 };
 use crate::metrics;
 use crate::reload::Reloader;
@@ -38,6 +39,46 @@ pub struct AdminApp {
     pub purger: Arc<Purger>,
     /// Starts this process's successor for a graceful upgrade.
     pub upgrader: Arc<Upgrader>,
+}
+
+/// What a purge's query asks for: exactly one of `url`, `prefix` or `tag`; `deleted` with
+/// a URL only; `host` with a tag only. A problem is said in one line.
+fn purge_query(query: &str) -> Result<(PurgeTarget, bool), String> {
+    let mut asked: Vec<(PurgeKind, String)> = Vec::new();
+    let mut host = None;
+    let mut deleted = false;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "url" => asked.push((PurgeKind::Url, value.into_owned())),
+            "prefix" => asked.push((PurgeKind::Prefix, value.into_owned())),
+            "tag" => asked.push((PurgeKind::Tag, value.into_owned())),
+            "host" => host = Some(value.to_ascii_lowercase()),
+            "deleted" => deleted = matches!(value.as_ref(), "1" | "true" | "yes"),
+            _ => {}
+        }
+    }
+    let [(kind, value)] = <[_; 1]>::try_from(asked)
+        .map_err(|_| "give exactly one of ?url=, ?prefix= or ?tag=".to_string())?;
+    if deleted && kind != PurgeKind::Url {
+        return Err("deleted applies to one URL (?url=), not a prefix or a tag".to_string());
+    }
+    if kind == PurgeKind::Tag {
+        crate::cache::tags::check_tag(&value).map_err(|e| format!("{value:?}: {e}"))?;
+    }
+    if host.is_some() && kind != PurgeKind::Tag {
+        return Err("host applies to a tag (?tag=); a URL names its own host".to_string());
+    }
+    if let Some(host) = &host {
+        let valid = !host.is_empty()
+            && host.len() <= 255
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+        if !valid {
+            return Err(format!("{host:?} is not a host name"));
+        }
+    }
+    Ok((PurgeTarget { kind, value, host }, deleted))
 }
 
 /// An id for a purge a peer sent without one: unique, so each such purge is logged.
@@ -145,7 +186,8 @@ impl AdminApp {
     }
 
     /// `POST /purge?url=<url>` removes one URL (every variant), `?prefix=<url prefix>`
-    /// everything under it, from both tiers. Always needs the admin token.
+    /// everything under it, `?tag=<tag>` every object with that cache tag (`&host=<host>`:
+    /// on that host only), from both tiers. Always needs the admin token.
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if self.token.load().is_none() {
             return text(
@@ -157,32 +199,9 @@ impl AdminApp {
             return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
         }
         let query = session.req_header().uri.query().unwrap_or("");
-        let mut url = None;
-        let mut prefix = None;
-        let mut deleted = false;
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            match name.as_ref() {
-                "url" => url = Some(value.into_owned()),
-                "prefix" => prefix = Some(value.into_owned()),
-                "deleted" => deleted = matches!(value.as_ref(), "1" | "true" | "yes"),
-                _ => {}
-            }
-        }
-        if deleted && prefix.is_some() {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "deleted applies to one URL (?url=), not a prefix\n",
-            );
-        }
-        let (kind, value) = match (url, prefix) {
-            (Some(url), None) => (PurgeKind::Url, url),
-            (None, Some(prefix)) => (PurgeKind::Prefix, prefix),
-            _ => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "give exactly one of ?url= or ?prefix=\n",
-                )
-            }
+        let (target, deleted) = match purge_query(query) {
+            Ok(asked) => asked,
+            Err(problem) => return text(StatusCode::BAD_REQUEST, format!("{problem}\n")),
         };
         // A purge a peer passes on is applied here and goes no further.
         let header = |name: &str| {
@@ -198,16 +217,17 @@ impl AdminApp {
                 let purge = Purge {
                     // Peers always name their purges.
                     id: header(PURGE_ID_HEADER).unwrap_or_else(|| unnamed_purge_id(&origin)),
-                    kind,
-                    value,
+                    kind: target.kind,
+                    value: target.value,
                     origin,
                     deleted,
+                    host: target.host,
                 };
                 self.purger.purge_from_peer(&purge, PurgeSource::Peer).await
             }
             None => {
                 self.purger
-                    .purge(kind, &value, deleted, PurgeSource::Admin)
+                    .purge(&target, deleted, PurgeSource::Admin)
                     .await
             }
         };

@@ -127,7 +127,7 @@ impl DiskTier {
             max_entries: usize::try_from(settings.max_entries).unwrap_or(usize::MAX),
         });
         for (combined, entry) in entries {
-            index.insert(combined, entry);
+            index.insert(combined, entry, Box::new([]));
         }
         let now_nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -183,7 +183,7 @@ impl DiskTier {
                 if known.is_some_and(|known| known >= entry.generation) {
                     continue;
                 }
-                victims.extend(index.insert(*combined, entry.clone()));
+                victims.extend(index.insert(*combined, entry.clone(), Box::new([])));
                 adopted += 1;
             }
             victims.extend(self.evict_to_fit(&mut index));
@@ -263,7 +263,12 @@ impl DiskTier {
             Ok(object) => {
                 let touched = {
                     let mut index = self.index.lock();
-                    index.learn_url(combined, entry.generation, object.url.clone());
+                    index.learn(
+                        combined,
+                        entry.generation,
+                        object.url.clone(),
+                        object.meta.tags.hashes(),
+                    );
                     index.touch(combined, entry.generation, now_secs(), TOUCH_INTERVAL_SECS)
                 };
                 if touched {
@@ -516,7 +521,10 @@ impl DiskTier {
         };
         let mut index = self.index.lock();
         index.release(reserved);
-        let mut victims: Vec<Removed> = index.insert(*combined, entry).into_iter().collect();
+        let mut victims: Vec<Removed> = index
+            .insert(*combined, entry, meta.tags.hashes())
+            .into_iter()
+            .collect();
         victims.extend(self.evict_to_fit(&mut index));
         drop(index);
         self.delete_files(&victims);
@@ -561,6 +569,7 @@ impl DiskTier {
         }
         let size = self.entry_allocation(record.body_len, bytes.len() as u64);
         index.resize(combined, entry.generation, size);
+        index.retag(combined, entry.generation, meta.tags.hashes());
         // A longer meta file may have crossed into another block.
         let victims = self.evict_to_fit(&mut index);
         drop(index);
@@ -576,9 +585,9 @@ impl DiskTier {
 
     /// Publishes the tier's size to the metrics.
     pub fn report(&self) {
-        let (objects, used) = {
+        let (objects, used, tagged) = {
             let index = self.index.lock();
-            (index.len(), index.claimed())
+            (index.len(), index.claimed(), index.tagged_entries())
         };
         let m = metrics::get();
         m.cache_tier_bytes
@@ -587,6 +596,9 @@ impl DiskTier {
         m.cache_tier_objects
             .with_label_values(&["disk"])
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
+        m.cache_tier_tagged_objects
+            .with_label_values(&["disk"])
+            .set(i64::try_from(tagged).unwrap_or(i64::MAX));
     }
 }
 

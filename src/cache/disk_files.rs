@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::codec::{Reader, Writer};
 use super::disk_index::{allocated, DiskEntry};
 use super::meta::StoredMeta;
+use super::tags::{Tags, MAX_TAGS};
 use super::{CacheError, Hash};
 
 /// The on-disk format's directory; a different format lives in a different directory, and
@@ -144,6 +145,12 @@ pub(super) fn encode_meta_file(record: &MetaRecord) -> Vec<u8> {
         payload.u32(*crc);
     }
     record.meta.encode(&mut payload);
+    // After the meta, so that a file written before tags existed reads as untagged.
+    let tags: Vec<&str> = record.meta.tags.iter().collect();
+    payload.u16(u16::try_from(tags.len()).unwrap_or(u16::MAX));
+    for tag in tags {
+        payload.bytes(tag.as_bytes());
+    }
     let payload = payload.into_inner();
     let mut out = Vec::with_capacity(payload.len() + 16);
     out.extend_from_slice(META_MAGIC);
@@ -218,7 +225,10 @@ pub(super) fn decode_meta_file(bytes: &[u8]) -> Result<MetaRecord, String> {
     for _ in 0..count {
         crcs.push(input.u32()?);
     }
-    let meta = StoredMeta::decode(&mut input)?;
+    let mut meta = StoredMeta::decode(&mut input)?;
+    if input.remaining() > 0 {
+        meta.tags = decode_tags(&mut input)?;
+    }
     Ok(MetaRecord {
         generation,
         primary,
@@ -228,6 +238,22 @@ pub(super) fn decode_meta_file(bytes: &[u8]) -> Result<MetaRecord, String> {
         crcs,
         meta,
     })
+}
+
+fn decode_tags(input: &mut Reader) -> Result<Tags, String> {
+    let count = usize::from(input.u16()?);
+    if count > MAX_TAGS {
+        return Err(format!("{count} cache tags"));
+    }
+    let mut tags = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tag = std::str::from_utf8(input.bytes()?).map_err(|_| "a tag is not UTF-8")?;
+        tags.push(tag);
+    }
+    if input.remaining() > 0 {
+        return Err(format!("{} bytes after the tags", input.remaining()));
+    }
+    Tags::new(tags).map_err(|e| e.to_string())
 }
 
 /// Parses `<primary>-<combined>-<generation>.<ext>`.
@@ -410,18 +436,24 @@ mod tests {
                     "\\PC{0,64}",
                     Just(body_len),
                     Just(crcs),
-                    stored_meta(),
+                    (
+                        stored_meta(),
+                        proptest::collection::vec("[ -~]{1,40}", 0..MAX_TAGS),
+                    ),
                 )
             })
             .prop_map(
-                |(generation, primary, combined, url, body_len, crcs, meta)| MetaRecord {
-                    generation,
-                    primary,
-                    combined,
-                    url,
-                    body_len,
-                    crcs,
-                    meta,
+                |(generation, primary, combined, url, body_len, crcs, (mut meta, tags))| {
+                    meta.tags = Tags::new(tags).expect("valid tags");
+                    MetaRecord {
+                        generation,
+                        primary,
+                        combined,
+                        url,
+                        body_len,
+                        crcs,
+                        meta,
+                    }
                 },
             )
     }
@@ -434,6 +466,34 @@ mod tests {
         out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         out.extend_from_slice(payload);
         out
+    }
+
+    #[test]
+    fn a_meta_file_written_before_tags_reads_as_untagged() {
+        let mut record = MetaRecord {
+            generation: 3,
+            primary: [1; 16],
+            combined: [2; 16],
+            url: "https://example.social/a".to_string(),
+            body_len: 5,
+            crcs: vec![9],
+            meta: StoredMeta::bare(),
+        };
+        record.meta.tags = Tags::new(["post-1"]).expect("tag");
+        let mut payload = Writer::default();
+        payload.u64(record.generation);
+        payload.bytes_fixed(&record.primary);
+        payload.bytes_fixed(&record.combined);
+        payload.bytes(record.url.as_bytes());
+        payload.u64(record.body_len);
+        payload.u32(BLOCK_SIZE as u32);
+        payload.u32(1);
+        payload.u32(9);
+        record.meta.encode(&mut payload);
+        let old = decode_meta_file(&framed(&payload.into_inner())).expect("decodes");
+        assert!(old.meta.tags.is_empty());
+        let new = decode_meta_file(&encode_meta_file(&record)).expect("decodes");
+        assert_eq!(new.meta.tags, record.meta.tags);
     }
 
     proptest! {

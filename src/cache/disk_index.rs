@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use lru::LruCache;
 
+use super::tag_index::TagIndex;
 use super::Hash;
 
 /// What the index keeps per entry.
@@ -28,7 +29,7 @@ pub(super) struct DiskEntry {
     /// Bytes the filesystem allocates for both files.
     pub(super) size: u64,
     /// Known once the meta file has been read (entries found by the start-up scan are not
-    /// read until used).
+    /// read until used); so are its tags, filed in the index's tag index from then on.
     pub(super) url: Option<Arc<str>>,
     pub(super) touched_secs: u64,
     /// When this process committed it (`None` for entries found at start).
@@ -67,6 +68,10 @@ pub(super) struct DiskIndex {
     /// Allocated bytes promised to bodies still being written.
     reserved: u64,
     bounds: Bounds,
+    /// The entries whose tags are known, by tag.
+    tags: TagIndex,
+    /// Entries whose meta file has not been read yet (URL and tags unknown).
+    unread: usize,
 }
 
 impl DiskIndex {
@@ -77,7 +82,28 @@ impl DiskIndex {
             used: 0,
             reserved: 0,
             bounds,
+            tags: TagIndex::default(),
+            unread: 0,
         }
+    }
+
+    /// Entries whose URL and tags are not known yet.
+    pub(super) fn unread(&self) -> usize {
+        self.unread
+    }
+
+    /// The entries (with their generations) filed under a tag with this hash.
+    pub(super) fn tagged(&self, tag: u64) -> Vec<(Hash, &DiskEntry)> {
+        self.tags
+            .tagged(tag)
+            .into_iter()
+            .filter_map(|combined| Some((combined, self.entries.peek(&combined)?)))
+            .collect()
+    }
+
+    /// Entries filed in the tag index.
+    pub(super) fn tagged_entries(&self) -> usize {
+        self.tags.len()
     }
 
     pub(super) fn len(&self) -> usize {
@@ -117,10 +143,33 @@ impl DiskIndex {
         }
     }
 
-    /// Records the URL read from an entry's meta file, if that copy is still indexed.
-    pub(super) fn learn_url(&mut self, combined: &Hash, generation: u64, url: Arc<str>) {
-        if let Some(live) = self.live_mut(combined, generation) {
-            live.url.get_or_insert(url);
+    /// Records the URL and tags read from an entry's meta file, if that copy is still
+    /// indexed and they were not known.
+    pub(super) fn learn(
+        &mut self,
+        combined: &Hash,
+        generation: u64,
+        url: Arc<str>,
+        tags: Box<[u64]>,
+    ) {
+        let Some(live) = self.live_mut(combined, generation) else {
+            return;
+        };
+        if live.url.is_some() {
+            return;
+        }
+        live.url = Some(url);
+        self.unread = self.unread.saturating_sub(1);
+        self.tags.insert(*combined, generation, tags);
+    }
+
+    /// Files an entry's tags anew after its meta file was rewritten.
+    pub(super) fn retag(&mut self, combined: &Hash, generation: u64, tags: Box<[u64]>) {
+        if self
+            .live_mut(combined, generation)
+            .is_some_and(|e| e.url.is_some())
+        {
+            self.tags.insert(*combined, generation, tags);
         }
     }
 
@@ -155,14 +204,30 @@ impl DiskIndex {
         live.size = size;
     }
 
-    /// Adds an entry as the most recently used. Returns the copy it replaces, unless that is
-    /// the same generation (the same files).
-    pub(super) fn insert(&mut self, combined: Hash, entry: DiskEntry) -> Option<Removed> {
+    /// Adds an entry as the most recently used, with its tags when its URL is known.
+    /// Returns the copy it replaces, unless that is the same generation (the same files).
+    pub(super) fn insert(
+        &mut self,
+        combined: Hash,
+        entry: DiskEntry,
+        tags: Box<[u64]>,
+    ) -> Option<Removed> {
         let (primary, generation) = (entry.primary, entry.generation);
         self.used += entry.size;
+        if entry.url.is_some() {
+            self.tags.insert(combined, generation, tags);
+        } else {
+            self.unread += 1;
+        }
         let replaced = self.entries.push(combined, entry);
         if let Some((_, old)) = &replaced {
             self.used = self.used.saturating_sub(old.size);
+            if old.url.is_none() {
+                self.unread = self.unread.saturating_sub(1);
+            }
+            if old.generation != generation {
+                self.tags.remove(&combined, old.generation);
+            }
             // Never in practice (the variant hash covers the URL), but the set must not
             // keep a pair with no entry.
             if old.primary != primary {
@@ -215,6 +280,10 @@ impl DiskIndex {
     fn forget(&mut self, (combined, entry): &Removed) {
         self.used = self.used.saturating_sub(entry.size);
         self.by_url.remove(&(entry.primary, *combined));
+        if entry.url.is_none() {
+            self.unread = self.unread.saturating_sub(1);
+        }
+        self.tags.remove(combined, entry.generation);
     }
 
     /// Promises `bytes` to a body being written, unless bodies in flight would then claim
@@ -300,6 +369,13 @@ impl DiskIndex {
         assert_eq!(from_entries, self.by_url, "URL set and entries disagree");
         let bytes: u64 = self.entries.iter().map(|(_, e)| e.size).sum();
         assert_eq!(bytes, self.used, "byte count and entries disagree");
+        let unread = self.entries.iter().filter(|(_, e)| e.url.is_none()).count();
+        assert_eq!(unread, self.unread, "unread count and entries disagree");
+        self.tags.assert_consistent();
+        assert!(
+            self.tags.len() <= self.entries.len() - unread,
+            "tags of entries gone"
+        );
     }
 }
 
@@ -345,11 +421,11 @@ mod tests {
     fn a_url_purge_takes_every_variant_of_that_url_and_nothing_else() {
         let mut index = index(u64::MAX, 100);
         for n in 0..3 {
-            index.insert(variant(1, n), entry(1, 1, 8192));
+            index.insert(variant(1, n), entry(1, 1, 8192), Box::new([]));
         }
-        index.insert(variant(2, 0), entry(2, 1, 8192));
+        index.insert(variant(2, 0), entry(2, 1, 8192), Box::new([]));
         // The neighbours in the URL set's order must survive.
-        index.insert(variant(0, 0), entry(0, 1, 8192));
+        index.insert(variant(0, 0), entry(0, 1, 8192), Box::new([]));
         let removed = index.remove_url(&[1; 16]);
         assert_eq!(removed.len(), 3);
         assert!(removed.iter().all(|(_, e)| e.primary == [1; 16]));
@@ -362,13 +438,17 @@ mod tests {
     #[test]
     fn a_newer_copy_replaces_the_older_and_is_counted_once() {
         let mut index = index(u64::MAX, 100);
-        assert!(index.insert(variant(1, 0), entry(1, 1, 8192)).is_none());
-        let replaced = index.insert(variant(1, 0), entry(1, 2, 12288));
+        assert!(index
+            .insert(variant(1, 0), entry(1, 1, 8192), Box::new([]))
+            .is_none());
+        let replaced = index.insert(variant(1, 0), entry(1, 2, 12288), Box::new([]));
         assert_eq!(replaced.map(|(_, e)| e.generation), Some(1));
         assert_eq!((index.len(), index.used()), (1, 12288));
         // The same copy again (the scan after an upgrade finds what is indexed): nothing
         // to delete.
-        assert!(index.insert(variant(1, 0), entry(1, 2, 12288)).is_none());
+        assert!(index
+            .insert(variant(1, 0), entry(1, 2, 12288), Box::new([]))
+            .is_none());
         // An older generation is not removed by a check against the newer one.
         assert!(index.remove_generation(&variant(1, 0), 1).is_none());
         assert!(index.remove_generation(&variant(1, 0), 2).is_some());
@@ -379,7 +459,7 @@ mod tests {
     fn eviction_keeps_both_bytes_and_entries_within_bounds() {
         let mut index = index(10 * 8192, 4);
         for n in 0..8 {
-            index.insert(variant(n, 0), entry(n, 1, 8192));
+            index.insert(variant(n, 0), entry(n, 1, 8192), Box::new([]));
             index.evict_to_fit();
             index.assert_consistent();
         }
@@ -400,7 +480,7 @@ mod tests {
     fn index_by_bytes_only() -> DiskIndex {
         let mut index = index(3 * 8192, 1000);
         for n in 0..5 {
-            index.insert(variant(n, 0), entry(n, 1, 8192));
+            index.insert(variant(n, 0), entry(n, 1, 8192), Box::new([]));
             index.evict_to_fit();
         }
         index
@@ -420,7 +500,7 @@ mod tests {
         let mut index = index(u64::MAX, 1000);
         for p in 0..50 {
             for n in 0..3 {
-                index.insert(variant(p, n), entry(p, 1, 4096));
+                index.insert(variant(p, n), entry(p, 1, 4096), Box::new([]));
             }
         }
         let mut seen = BTreeSet::new();
@@ -466,7 +546,7 @@ mod tests {
                 0 | 1 => {
                     generation += 1;
                     let size = 4096 * (1 + steps.next(4));
-                    index.insert(combined, entry(primary, generation, size));
+                    index.insert(combined, entry(primary, generation, size), Box::new([]));
                     index.evict_to_fit();
                 }
                 2 => {

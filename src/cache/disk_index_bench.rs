@@ -78,6 +78,7 @@ fn filled_index() -> DiskIndex {
                 committed: None,
                 checked: None,
             },
+            Box::new([]),
         );
     }
     index

@@ -1,13 +1,15 @@
 //! Taking entries out of the disk tier: one object, every variant of a URL, every URL under
-//! a prefix (a purge), the least recently used (eviction); the index first, then the files.
+//! a prefix or with a tag (purges), the least recently used (eviction); the index first,
+//! then the files.
 
 use std::fs;
 use std::io;
 use std::sync::Arc;
 
 use super::disk::{DiskTier, ENTRIES_PER_LOCK};
-use super::disk_files::read_meta_file;
-use super::disk_index::{DiskIndex, Removed, UrlKey};
+use super::disk_files::{read_meta_file, MetaRecord};
+use super::disk_index::{DiskEntry, DiskIndex, Removed, UrlKey};
+use super::tags::{purge_matches, tag_hash, url_host};
 use super::Hash;
 use crate::metrics;
 
@@ -42,9 +44,62 @@ impl DiskTier {
     /// this walks every entry, a chunk at a time with the lock let go in between: hits go on
     /// while it runs. An entry committed behind the walk while it runs is left, which is
     /// right: a fill that began before this purge checks the purge itself when it commits.
-    /// Entries not yet read since start have their meta file read (outside the lock) to
-    /// learn their URL.
     pub fn remove_prefix(&self, prefix: &str) -> usize {
+        self.remove_walking(
+            |entry| {
+                entry
+                    .url
+                    .as_ref()
+                    .is_some_and(|url| url.starts_with(prefix))
+            },
+            |record| record.url.starts_with(prefix),
+        )
+    }
+
+    /// Removes every entry tagged `tag` (on `host`, or any host): those filed under it in
+    /// the tag index and, while some entries found at start have not been read, those of
+    /// them whose meta file says so. Reading them files their tags, so only the first purge
+    /// after a start walks.
+    pub fn remove_tagged(&self, tag: &str, host: Option<&str>) -> usize {
+        let (doomed, unread) = {
+            let index = self.index.lock();
+            let doomed: Vec<(Hash, u64)> = index
+                .tagged(tag_hash(tag))
+                .into_iter()
+                .filter(|(_, entry)| {
+                    let url = entry.url.as_deref().unwrap_or_default();
+                    host.is_none_or(|h| url_host(url).eq_ignore_ascii_case(h))
+                })
+                .map(|(combined, entry)| (combined, entry.generation))
+                .collect();
+            (doomed, index.unread())
+        };
+        let victims: Vec<Removed> = {
+            let mut index = self.index.lock();
+            doomed
+                .iter()
+                .filter_map(|(combined, generation)| index.remove_generation(combined, *generation))
+                .collect()
+        };
+        self.delete_files(&victims);
+        let mut removed = victims.len();
+        if unread > 0 {
+            removed += self.remove_walking(
+                |_| false,
+                |record| purge_matches(&record.meta.tags, &record.url, tag, host),
+            );
+        }
+        removed
+    }
+
+    /// Walks every entry and removes those `known` picks (URL known) or, for entries not
+    /// read since start, whose meta file `read` picks. The meta files read (outside the
+    /// lock) teach the index their entries' URLs and tags.
+    fn remove_walking(
+        &self,
+        known: impl Fn(&DiskEntry) -> bool,
+        read: impl Fn(&MetaRecord) -> bool,
+    ) -> usize {
         let mut cursor: Option<UrlKey> = None;
         let mut removed = 0;
         loop {
@@ -54,12 +109,10 @@ impl DiskTier {
                 .index
                 .lock()
                 .walk_chunk(cursor, ENTRIES_PER_LOCK, |combined, entry| {
-                    match &entry.url {
-                        Some(url) if url.starts_with(prefix) => {
-                            doomed.push((*combined, entry.generation));
-                        }
-                        Some(_) => {}
-                        None => unread.push((*combined, entry.primary, entry.generation)),
+                    if entry.url.is_none() {
+                        unread.push((*combined, entry.primary, entry.generation));
+                    } else if known(entry) {
+                        doomed.push((*combined, entry.generation));
                     }
                 });
             let mut learnt = Vec::new();
@@ -67,10 +120,11 @@ impl DiskTier {
                 let path = self.entry_path(&primary, &combined, generation, "meta");
                 match read_meta_file(&path) {
                     Ok(record) => {
-                        if record.url.starts_with(prefix) {
+                        if read(&record) {
                             doomed.push((combined, generation));
                         }
-                        learnt.push((combined, generation, Arc::<str>::from(record.url)));
+                        let tags = record.meta.tags.hashes();
+                        learnt.push((combined, generation, Arc::<str>::from(record.url), tags));
                     }
                     // An unreadable meta file is damage: its entry goes with the purge.
                     Err(_) => doomed.push((combined, generation)),
@@ -78,8 +132,8 @@ impl DiskTier {
             }
             let victims: Vec<Removed> = {
                 let mut index = self.index.lock();
-                for (combined, generation, url) in learnt {
-                    index.learn_url(&combined, generation, url);
+                for (combined, generation, url, tags) in learnt {
+                    index.learn(&combined, generation, url, tags);
                 }
                 doomed
                     .iter()

@@ -22,6 +22,7 @@ use super::disk::{DiskTier, TempBody, BODY_HEADER_LEN};
 use super::disk_files::BLOCK_SIZE;
 use super::memory::{MemObject, MemoryTier};
 use super::meta::StoredMeta;
+use super::tags::Tags;
 use super::tier::Tier;
 use super::{internal, Hash};
 use crate::metrics;
@@ -33,7 +34,14 @@ pub(super) trait FillHome: Send + Sync {
     fn memory(&self) -> &MemoryTier;
     fn disk(&self) -> Option<&DiskTier>;
     /// Whether a purge since count `since` covers this object.
-    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool;
+    fn purged_since(
+        &self,
+        since: u64,
+        primary: &Hash,
+        combined: &Hash,
+        url: &str,
+        tags: &Tags,
+    ) -> bool;
     /// The fill `id` of `combined` is over (committed, failed or dropped).
     fn fill_ended(&self, combined: &Hash, id: u64);
 }
@@ -226,6 +234,7 @@ impl FillWriter {
             &fill.primary,
             &self.combined,
             &fill.url,
+            &fill.meta.tags,
         ) {
             storage.memory().remove(&self.combined);
             if let Some(disk) = storage.disk() {

@@ -13,6 +13,7 @@ use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 
 use super::codec::{Reader, Writer};
+use super::tags::Tags;
 
 /// The freshness facts and the response header of one stored object.
 #[derive(Debug, Clone)]
@@ -30,6 +31,10 @@ pub struct StoredMeta {
     /// through its decoder, and Vary variants are checked against it: rebuilding without
     /// it would make every variant stored before the refresh look outdated.
     pub pingora_internal: Option<Vec<u8>>,
+    /// What a purge by tag finds it under. They arrive with the meta pingora stores (in its
+    /// extensions, where the proxy puts them) and are not handed back in `to_cache_meta`:
+    /// every meta pingora stores again was made anew by the proxy, tags included.
+    pub tags: Tags,
 }
 
 /// pingora's encoding of an empty response header, to decode `pingora_internal` against.
@@ -53,6 +58,7 @@ impl StoredMeta {
             pingora_internal: (meta.provenance() != meta.created())
                 .then(|| meta.serialize().ok().map(|(internal, _)| internal))
                 .flatten(),
+            tags: meta.extensions().get::<Tags>().cloned().unwrap_or_default(),
         }
     }
 
@@ -91,6 +97,7 @@ impl StoredMeta {
             variance: None,
             header: ResponseHeader::build(200, None).expect("status"),
             pingora_internal: None,
+            tags: Tags::default(),
         }
     }
 
@@ -107,7 +114,7 @@ impl StoredMeta {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 32)
             .sum();
-        headers + 128
+        headers + self.tags.weight() + 128
     }
 
     pub fn encode(&self, out: &mut Writer) {
@@ -179,6 +186,8 @@ impl StoredMeta {
             variance,
             header,
             pingora_internal,
+            // Kept after the meta in the disk tier's file (see `disk_files`).
+            tags: Tags::default(),
         })
     }
 }
@@ -228,6 +237,7 @@ pub(super) mod tests {
                         variance,
                         header,
                         pingora_internal: internal,
+                        tags: Tags::default(),
                     }
                 },
             )
@@ -251,6 +261,7 @@ pub(super) mod tests {
             && a.stale_if_error_sec == b.stale_if_error_sec
             && a.variance == b.variance
             && a.pingora_internal == b.pingora_internal
+            && a.tags == b.tags
             && a.header.status == b.header.status
             && fields(&a.header) == fields(&b.header)
     }
@@ -331,6 +342,7 @@ pub(super) mod tests {
             variance: Some([7; 16]),
             header,
             pingora_internal: None,
+            tags: Tags::default(),
         };
         let mut out = Writer::default();
         meta.encode(&mut out);

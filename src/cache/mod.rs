@@ -33,6 +33,8 @@ pub mod storage;
 mod storage_disk_tests;
 #[cfg(test)]
 mod storage_tests;
+mod tag_index;
+pub mod tags;
 mod tier;
 
 use std::path::PathBuf;
@@ -75,6 +77,8 @@ pub enum CacheError {
 pub enum PurgeError {
     #[error("{0:?} is not a URL of the form [https://]host/path")]
     Url(String),
+    #[error("{0:?} is not a cache tag: {1}")]
+    Tag(String, tags::TagError),
 }
 
 /// The primary key hashes `url` is stored under: one per scheme it may have.
@@ -350,6 +354,18 @@ impl EdgeCache {
         crate::metrics::get()
             .cache_purged_objects
             .with_label_values(&["prefix"])
+            .inc_by(purged as u64);
+        Ok(purged)
+    }
+
+    /// Removes every object tagged `tag` from both tiers: on `host` only (as the key spells
+    /// hosts: lower case, with a port other than the scheme's), or on every host.
+    pub fn purge_tag(&self, tag: &str, host: Option<&str>) -> Result<usize, PurgeError> {
+        tags::check_tag(tag).map_err(|e| PurgeError::Tag(tag.to_string(), e))?;
+        let purged = self.storage.purge_tag(tag, host);
+        crate::metrics::get()
+            .cache_purged_objects
+            .with_label_values(&["tag"])
             .inc_by(purged as u64);
         Ok(purged)
     }

@@ -24,6 +24,7 @@ use super::fill::{Fill, FillHome, FillWriter, Spool};
 use super::hit::{memory_hit, partial_hit, DiskHit, TieredHit};
 use super::memory::{MemObject, MemoryTier};
 use super::meta::StoredMeta;
+use super::tags::{purge_matches, Tags};
 use super::tier::{Tier, MEMORY_MISSES};
 use super::{internal, Hash};
 use crate::metrics;
@@ -47,6 +48,8 @@ enum PurgeMatch {
     Url(Hash),
     Prefix(String),
     Object(Hash),
+    /// A tag, on one host or every host.
+    Tag(String, Option<String>),
 }
 
 /// Purges remembered for the check above; older ones count as matching everything.
@@ -123,6 +126,17 @@ impl TieredStorage {
         memory.max(disk)
     }
 
+    /// Removes every object tagged `tag` (on `host`, or on any host) from both tiers,
+    /// through each tier's tag index.
+    pub fn purge_tag(&self, tag: &str, host: Option<&str>) -> usize {
+        let _in_progress =
+            self.record_purge(PurgeMatch::Tag(tag.to_string(), host.map(str::to_string)));
+        self.abandon_fills(|fill| purge_matches(&fill.meta.tags, &fill.url, tag, host));
+        let memory = self.memory.remove_tagged(tag, host);
+        let disk = self.disk.as_ref().map_or(0, |d| d.remove_tagged(tag, host));
+        memory.max(disk)
+    }
+
     /// Logs a purge as it begins; it counts as in progress until the guard is dropped.
     fn record_purge(&self, what: PurgeMatch) -> PurgeInProgress<'_> {
         let mut log = self.purge_log.lock();
@@ -147,7 +161,14 @@ impl TieredStorage {
     }
 
     /// Whether a purge since count `since` covers this object.
-    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool {
+    fn purged_since(
+        &self,
+        since: u64,
+        primary: &Hash,
+        combined: &Hash,
+        url: &str,
+        tags: &Tags,
+    ) -> bool {
         if self.purges.load(Ordering::SeqCst) == since {
             return false;
         }
@@ -167,6 +188,7 @@ impl TieredStorage {
                 PurgeMatch::Url(p) => p == primary,
                 PurgeMatch::Prefix(prefix) => url.starts_with(prefix.as_str()),
                 PurgeMatch::Object(c) => c == combined,
+                PurgeMatch::Tag(tag, host) => purge_matches(tags, url, tag, host.as_deref()),
             })
     }
 
@@ -321,8 +343,9 @@ impl TieredStorage {
             };
             let hit = memory_hit(&promoted, Tier::Disk);
             let (primary, url) = (promoted.primary, promoted.url.clone());
+            let tags = promoted.meta.tags.clone();
             self.memory.insert(*combined, promoted);
-            if self.purged_since(purges, &primary, combined, &url) {
+            if self.purged_since(purges, &primary, combined, &url, &tags) {
                 self.memory.remove(combined);
             }
             return Some(hit);
@@ -356,8 +379,15 @@ impl FillHome for TieredStorage {
         self.disk.as_ref()
     }
 
-    fn purged_since(&self, since: u64, primary: &Hash, combined: &Hash, url: &str) -> bool {
-        TieredStorage::purged_since(self, since, primary, combined, url)
+    fn purged_since(
+        &self,
+        since: u64,
+        primary: &Hash,
+        combined: &Hash,
+        url: &str,
+        tags: &Tags,
+    ) -> bool {
+        TieredStorage::purged_since(self, since, primary, combined, url, tags)
     }
 
     fn fill_ended(&self, combined: &Hash, id: u64) {
@@ -389,7 +419,7 @@ impl TieredStorage {
         let stored = StoredMeta::from_cache_meta(meta);
         let memory = self.memory.update_meta(&combined, &stored);
         let (primary, _, url) = key_hashes(key);
-        if self.purged_since(purges, &primary, &combined, &url) {
+        if self.purged_since(purges, &primary, &combined, &url, &stored.tags) {
             self.memory.remove(&combined);
         }
         let disk = self

@@ -17,11 +17,11 @@ use tokio::sync::Barrier;
 use super::disk::BODY_HEADER_LEN;
 use super::disk_files::BLOCK_SIZE;
 use super::storage_tests::{
-    assert_stored_nowhere, begin, body, entry_files, key, lookup, meta, purge, read_to_end, reopen,
-    span, spool_files, store, tier_of, with_disk, Cache, Purge, MEMORY_MAX_OBJECT, SITE,
+    assert_stored_nowhere, begin, body, entry_files, key, lookup, purge, read_to_end, reopen, span,
+    spool_files, store, tagged_meta, tier_of, with_disk, Cache, Purge, MEMORY_MAX_OBJECT, SITE,
 };
 
-const PURGES: [Purge; 3] = [Purge::Object, Purge::Url, Purge::Prefix];
+const PURGES: [Purge; 4] = [Purge::Object, Purge::Url, Purge::Prefix, Purge::Tag];
 
 #[tokio::test]
 async fn fills_into_a_small_disk_tier_stay_within_its_bound() {
@@ -276,13 +276,13 @@ async fn purges_racing_promotions_and_meta_updates_leave_nothing_stored() {
             tokio::spawn(async move {
                 start.wait().await;
                 storage
-                    .update_meta(&k, &meta(size(n)), &span())
+                    .update_meta(&k, &tagged_meta(&k, size(n)), &span())
                     .await
                     .expect("update")
             })
         };
         start.wait().await;
-        purge(storage, &k, PURGES[n % 3]).await;
+        purge(storage, &k, PURGES[n % PURGES.len()]).await;
         // Either order is right, as long as a hit that won the race has the right bytes.
         if let Some(got) = looker.await.expect("looker task") {
             assert_eq!(got, body(size(n), n as u8), "object {n} read other bytes");
@@ -346,7 +346,7 @@ async fn one_key_race(cache: &Cache, size: usize) {
         tokio::spawn(async move {
             let mut n = 0;
             while !fills_done.load(Ordering::Acquire) {
-                purge(storage, &k, PURGES[n % 3]).await;
+                purge(storage, &k, PURGES[n % PURGES.len()]).await;
                 n += 1;
                 tokio::task::yield_now().await;
             }
@@ -416,6 +416,60 @@ async fn a_lookup_during_a_prefix_purge_does_not_bring_back_a_purged_object() {
         lookup(storage, &target).await.is_none(),
         "the purged object is served"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_purge_after_a_restart_reads_unread_entries_once_and_then_only_the_tagged() {
+    let cache = with_disk(1 << 30);
+    for n in 0..3_000u32 {
+        store(cache.storage, &key(&format!("/walk/{n:05}.png")), b"x").await;
+    }
+    let target = key("/walk/target.png");
+    let data = body(2000, 16);
+    store(cache.storage, &target, &data).await;
+    let own = super::storage_tests::own_tag(&target);
+    // A restart: entries found on disk, none read yet, the target promoted while the
+    // purge walks them.
+    let storage = reopen(&cache, 1 << 30);
+    let disk = storage.disk.as_ref().expect("disk tier");
+    assert_eq!(disk.index_for_tests().unread(), 3_001);
+    let purging = std::thread::spawn(move || storage.purge_tag(&own, None));
+    while !purging.is_finished() {
+        if let Some((_, mut hit)) = lookup(storage, &target).await {
+            assert_eq!(read_to_end(&mut hit).await.expect("read"), data);
+        }
+    }
+    assert_eq!(purging.join().expect("purge thread"), 1);
+    assert!(
+        lookup(storage, &target).await.is_none(),
+        "the purged object is served"
+    );
+    {
+        let index = disk.index_for_tests();
+        assert_eq!(index.unread(), 0, "the walk read every entry");
+        assert_eq!(index.tagged_entries(), 3_000);
+        index.assert_consistent();
+    }
+    // Now the index answers: a purge of another object's tag walks nothing.
+    let other = key("/walk/00007.png");
+    assert_eq!(
+        storage.purge_tag(
+            &super::storage_tests::own_tag(&other),
+            Some("example.social")
+        ),
+        1
+    );
+    assert_eq!(
+        storage.purge_tag("path:/walk/00008.png", Some("other.social")),
+        0
+    );
+    assert_eq!(storage.purge_tag("every-object", None), 2_999);
+    assert!(
+        entry_files(&cache).0.is_empty(),
+        "{:?}",
+        entry_files(&cache).0
+    );
+    disk.index_for_tests().assert_consistent();
 }
 
 #[tokio::test]

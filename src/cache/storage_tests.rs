@@ -1,5 +1,5 @@
 //! `TieredStorage` driven only through pingora's `Storage`, `HandleMiss` and `HandleHit`
-//! traits (plus its URL and prefix purges), the way the proxy drives it: complete fills
+//! traits (plus its URL, prefix and tag purges), the way the proxy drives it: complete fills
 //! become hits in the right tier, readers tail a fill as it arrives, a purge during a fill
 //! or a fill that breaks off leaves nothing stored, and no reader ever gets a short body.
 //! Eviction, damaged files and racing purges are in `storage_disk_tests.rs`.
@@ -21,6 +21,7 @@ use super::disk_files::BLOCK_SIZE;
 use super::hit::TieredHit;
 use super::memory::MemoryTier;
 use super::storage::TieredStorage;
+use super::tags::Tags;
 use super::EdgeCache;
 use crate::config::model::DiskTierSettings;
 
@@ -92,13 +93,28 @@ pub(super) fn body(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// The tag every test object carries: its own path, so a purge of it removes that object
+/// alone (on `SITE`'s host).
+pub(super) fn own_tag(key: &CacheKey) -> String {
+    let url = key.primary_key_str().expect("key has its URL");
+    format!("path:{}", &url[SITE.len()..])
+}
+
+/// [`meta`] with the object's own tag, as the proxy's meta carries its tags.
+pub(super) fn tagged_meta(key: &CacheKey, len: usize) -> CacheMeta {
+    let mut meta = meta(len);
+    let tags = Tags::new([own_tag(key), "every-object".to_string()]).expect("valid tags");
+    meta.extensions_mut().insert(tags);
+    meta
+}
+
 pub(super) async fn begin(
     storage: &'static TieredStorage,
     key: &CacheKey,
     len: usize,
 ) -> MissHandler {
     storage
-        .get_miss_handler(key, &meta(len), &span())
+        .get_miss_handler(key, &tagged_meta(key, len), &span())
         .await
         .expect("miss handler")
 }
@@ -208,9 +224,11 @@ pub(super) enum Purge {
     Object,
     Url,
     Prefix,
+    Tag,
 }
 
-/// Purges `key` the way the admin API (`Url`, `Prefix`) or pingora (`Object`) would.
+/// Purges `key` the way the admin API (`Url`, `Prefix`, `Tag`) or pingora (`Object`)
+/// would.
 pub(super) async fn purge(storage: &'static TieredStorage, key: &CacheKey, how: Purge) {
     match how {
         Purge::Object => {
@@ -230,6 +248,9 @@ pub(super) async fn purge(storage: &'static TieredStorage, key: &CacheKey, how: 
             let url = key.primary_key_str().expect("key has its URL");
             let folder = &url[..=url.rfind('/').expect("URL has a path")];
             storage.purge_prefix(folder);
+        }
+        Purge::Tag => {
+            storage.purge_tag(&own_tag(key), Some("example.social"));
         }
     }
 }

@@ -13,6 +13,7 @@ fn purge(n: u64) -> Purge {
         origin: "fra".to_string(),
         // Every other entry says its media was deleted, so both forms round trip.
         deleted: n.is_multiple_of(2),
+        host: None,
     }
 }
 
@@ -127,17 +128,23 @@ fn a_line_cut_by_a_crash_is_skipped() {
 fn any_purge() -> impl Strategy<Value = Purge> {
     (
         "\\PC{0,30}",
-        prop_oneof![Just(PurgeKind::Url), Just(PurgeKind::Prefix)],
+        prop_oneof![
+            Just(PurgeKind::Url),
+            Just(PurgeKind::Prefix),
+            Just(PurgeKind::Tag)
+        ],
         "\\PC{0,60}",
         "\\PC{0,10}",
         any::<bool>(),
+        proptest::option::of("[a-z0-9.:-]{1,20}"),
     )
-        .prop_map(|(id, kind, value, origin, deleted)| Purge {
+        .prop_map(|(id, kind, value, origin, deleted, host)| Purge {
             id,
             kind,
             value,
             origin,
             deleted,
+            host,
         })
 }
 

@@ -60,13 +60,16 @@ pub enum FleetError {
 pub enum PurgeKind {
     Url,
     Prefix,
+    /// Every object with a cache tag, on one host (`Purge::host`) or every host.
+    Tag,
 }
 
 impl PurgeKind {
-    fn query_name(self) -> &'static str {
+    pub fn query_name(self) -> &'static str {
         match self {
             PurgeKind::Url => "url",
             PurgeKind::Prefix => "prefix",
+            PurgeKind::Tag => "tag",
         }
     }
 }
@@ -83,6 +86,47 @@ pub struct Purge {
     /// The media at this URL was deleted: every PoP lays a tombstone for its key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// For a tag, the one host it is purged on (every host without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// What a purge removes: a URL, every URL under a prefix, or every object with a tag (on
+/// `host`, or on every host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeTarget {
+    pub kind: PurgeKind,
+    pub value: String,
+    pub host: Option<String>,
+}
+
+impl PurgeTarget {
+    pub fn url(url: &str) -> PurgeTarget {
+        PurgeTarget {
+            kind: PurgeKind::Url,
+            value: url.to_string(),
+            host: None,
+        }
+    }
+
+    pub fn tag(tag: &str, host: Option<&str>) -> PurgeTarget {
+        PurgeTarget {
+            kind: PurgeKind::Tag,
+            value: tag.to_string(),
+            host: host.map(str::to_string),
+        }
+    }
+}
+
+impl Purge {
+    /// What this purge removes.
+    pub fn target(&self) -> PurgeTarget {
+        PurgeTarget {
+            kind: self.kind,
+            value: self.value.clone(),
+            host: self.host.clone(),
+        }
+    }
 }
 
 /// What happened to a purge at one PoP.
@@ -205,13 +249,14 @@ impl Fleet {
     }
 
     /// A purge this PoP received from outside, with a new id.
-    fn new_purge(&self, kind: PurgeKind, value: &str, deleted: bool) -> Purge {
+    fn new_purge(&self, target: &PurgeTarget, deleted: bool) -> Purge {
         Purge {
             id: self.next_id(),
-            kind,
-            value: value.to_string(),
+            kind: target.kind,
+            value: target.value.clone(),
             origin: self.name.clone(),
             deleted,
+            host: target.host.clone(),
         }
     }
 
@@ -229,11 +274,10 @@ impl Fleet {
     /// returns its id and what each peer did.
     async fn send(
         &self,
-        kind: PurgeKind,
-        value: &str,
+        target: &PurgeTarget,
         deleted: bool,
     ) -> Result<(String, Vec<(String, Delivery)>), FleetError> {
-        let purge = self.new_purge(kind, value, deleted);
+        let purge = self.new_purge(target, deleted);
         self.record(&purge).await?;
         let deliveries = self.fan_out(&purge).await?;
         Ok((purge.id, deliveries))
@@ -284,13 +328,16 @@ impl Fleet {
 
     async fn deliver(&self, peer: &FleetPeer, purge: &Purge) -> Result<(), DeliveryError> {
         let url = format!("http://{}/purge", peer.admin);
-        let request = self
+        let mut request = self
             .client
             .post(&url)
             .query(&[(purge.kind.query_name(), purge.value.as_str())])
             .query(&[("deleted", if purge.deleted { "1" } else { "0" })])
             .header(FLEET_ORIGIN_HEADER, &purge.origin)
             .header(PURGE_ID_HEADER, &purge.id);
+        if let Some(host) = &purge.host {
+            request = request.query(&[("host", host.as_str())]);
+        }
         let request = self.with_token(request);
         let temporary = |reason: String| DeliveryError {
             reason,

@@ -225,6 +225,7 @@ mod tests {
             value: "media.example/system/a.png".to_string(),
             origin: "fra".to_string(),
             deleted: false,
+            host: None,
         }
     }
 

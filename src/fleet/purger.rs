@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Delivery, Fleet, FleetError, Purge, PurgeKind};
+use super::{Delivery, Fleet, FleetError, Purge, PurgeKind, PurgeTarget};
 use crate::cache::{EdgeCache, PurgeError};
 use crate::metrics;
 use crate::store::{ObjectKey, Tombstones};
@@ -97,41 +97,42 @@ impl Purger {
     /// Applies a purge received from outside here, logs it and sends it to every peer.
     pub async fn purge(
         &self,
-        kind: PurgeKind,
-        value: &str,
+        target: &PurgeTarget,
         deleted: bool,
         source: PurgeSource,
     ) -> Result<PurgeReport, PurgeFailure> {
         // The form every PoP keys it under travels, so none needs to work it out again.
-        let canonical = self.canonical(kind, value);
-        let value = canonical.as_deref().unwrap_or(value);
-        let deleted = deleted && self.confirmed_deleted(kind, value, source).await;
-        let purged = self.apply_here(kind, value, deleted, source)?;
+        let target = self.canonical(target);
+        let deleted = deleted && self.confirmed_deleted(&target, source).await;
+        let purged = self.apply_here(&target, deleted, source)?;
         let mut report = PurgeReport {
             id: None,
             purged,
             pops: vec![(self.name.clone(), Delivery::Purged)],
         };
         if let Some(fleet) = &self.fleet {
-            let (id, deliveries) = fleet.send(kind, value, deleted).await?;
+            let (id, deliveries) = fleet.send(&target, deleted).await?;
             report.pops.extend(deliveries);
             report.id = Some(id);
         }
-        tracing::info!(?kind, value, deleted, purged, source = source.label(), id = ?report.id, "purged");
+        tracing::info!(kind = ?target.kind, value = %target.value, host = ?target.host, deleted, purged, source = source.label(), id = ?report.id, "purged");
         Ok(report)
     }
 
-    /// Passes a URL purge already applied here on to every peer, through the log and the
+    /// Passes a purge already applied here on to every peer, through the log and the
     /// outboxes like any other (an invalidation: this PoP removed its copies before
     /// answering). Without a fleet there is nothing to do.
-    pub async fn pass_on(&self, value: &str, source: PurgeSource) -> Result<(), PurgeFailure> {
+    pub async fn pass_on(
+        &self,
+        target: &PurgeTarget,
+        source: PurgeSource,
+    ) -> Result<(), PurgeFailure> {
         let Some(fleet) = &self.fleet else {
             return Ok(());
         };
-        let canonical = self.canonical(PurgeKind::Url, value);
-        let value = canonical.as_deref().unwrap_or(value);
-        let (id, _) = fleet.send(PurgeKind::Url, value, false).await?;
-        tracing::debug!(value, source = source.label(), id, "passed on");
+        let target = self.canonical(target);
+        let (id, _) = fleet.send(&target, false).await?;
+        tracing::debug!(kind = ?target.kind, value = %target.value, source = source.label(), id, "passed on");
         Ok(())
     }
 
@@ -142,11 +143,11 @@ impl Purger {
         purge: &Purge,
         source: PurgeSource,
     ) -> Result<PurgeReport, PurgeFailure> {
-        let purged = self.apply_here(purge.kind, &purge.value, purge.deleted, source)?;
+        let purged = self.apply_here(&purge.target(), purge.deleted, source)?;
         if let Some(fleet) = &self.fleet {
             fleet.record(purge).await?;
         }
-        tracing::info!(kind = ?purge.kind, value = %purge.value, purged, source = source.label(), id = %purge.id, origin = %purge.origin, "purged");
+        tracing::info!(kind = ?purge.kind, value = %purge.value, host = ?purge.host, purged, source = source.label(), id = %purge.id, origin = %purge.origin, "purged");
         Ok(PurgeReport {
             id: Some(purge.id.clone()),
             purged,
@@ -156,10 +157,11 @@ impl Purger {
 
     /// Whether a purge that says its media was deleted is believed: an operator's always;
     /// the cache buster's only when the media is gone from the store Mastodon writes to.
-    async fn confirmed_deleted(&self, kind: PurgeKind, url: &str, source: PurgeSource) -> bool {
-        if kind != PurgeKind::Url || source != PurgeSource::CacheBuster {
+    async fn confirmed_deleted(&self, target: &PurgeTarget, source: PurgeSource) -> bool {
+        if target.kind != PurgeKind::Url || source != PurgeSource::CacheBuster {
             return true;
         }
+        let url = target.value.as_str();
         let Some(presence) = &self.presence else {
             return false;
         };
@@ -193,30 +195,38 @@ impl Purger {
         }
     }
 
-    fn canonical(&self, kind: PurgeKind, value: &str) -> Option<String> {
-        match kind {
-            PurgeKind::Url => self.urls.as_ref()?.canonical(value),
-            PurgeKind::Prefix => None,
+    /// `target` in the form the cache keys it under: a media URL in its one spelling.
+    fn canonical(&self, target: &PurgeTarget) -> PurgeTarget {
+        let canonical = match target.kind {
+            PurgeKind::Url => self.urls.as_ref().and_then(|u| u.canonical(&target.value)),
+            PurgeKind::Prefix | PurgeKind::Tag => None,
+        };
+        match canonical {
+            Some(value) => PurgeTarget {
+                value,
+                ..target.clone()
+            },
+            None => target.clone(),
         }
     }
 
     fn apply_here(
         &self,
-        kind: PurgeKind,
-        value: &str,
+        target: &PurgeTarget,
         deleted: bool,
         source: PurgeSource,
     ) -> Result<usize, PurgeFailure> {
         // A peer that keys differently (an older version) may send another spelling.
-        let canonical = self.canonical(kind, value);
-        let value = canonical.as_deref().unwrap_or(value);
-        if deleted && kind == PurgeKind::Url {
+        let target = self.canonical(target);
+        let value = target.value.as_str();
+        if deleted && target.kind == PurgeKind::Url {
             self.lay_tombstone(value);
         }
         let purged = match &self.cache {
-            Some(cache) => match kind {
+            Some(cache) => match target.kind {
                 PurgeKind::Url => cache.purge_url(value)?,
                 PurgeKind::Prefix => cache.purge_prefix(value)?,
+                PurgeKind::Tag => cache.purge_tag(value, target.host.as_deref())?,
             },
             None => 0,
         };

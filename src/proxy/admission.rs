@@ -13,7 +13,7 @@ use super::route::RouteDecision;
 use super::settings::LimitsSnapshot;
 use super::{buster, forward, headers, limits, EdgeProxy, ProxySettings};
 use crate::cache::policy;
-use crate::fleet::{PurgeFailure, PurgeKind, PurgeSource};
+use crate::fleet::{PurgeFailure, PurgeSource, PurgeTarget};
 use crate::metrics;
 
 impl EdgeProxy {
@@ -124,7 +124,7 @@ impl EdgeProxy {
             .shared
             .purger
             // Mastodon busts a URL when it deleted (or replaced) its media.
-            .purge(PurgeKind::Url, &target, true, PurgeSource::CacheBuster)
+            .purge(&PurgeTarget::url(&target), true, PurgeSource::CacheBuster)
             .await;
         match outcome {
             Ok(report) => {

@@ -15,9 +15,9 @@ use super::report::client_addr;
 use super::{headers, EdgeProxy, X_CACHE_STATUS};
 use crate::cache::key as cache_key;
 use crate::cache::status_field::{Entry, Forward};
-use crate::cache::{policy, CacheStatus};
+use crate::cache::{policy, tags, CacheStatus};
 use crate::config::model::{CachePolicy, Invalidation};
-use crate::fleet::PurgeSource;
+use crate::fleet::{PurgeKind, PurgeSource, PurgeTarget};
 use crate::metrics;
 use crate::store::ObjectKey;
 
@@ -128,13 +128,29 @@ impl EdgeProxy {
             .map(|target| format!("{host}{target}"))
             .collect();
         urls.dedup();
-        for url in urls {
-            match cache.invalidate_url(&url) {
-                Ok(purged) => tracing::debug!(url, purged, method = %req.method, "invalidated"),
-                Err(e) => tracing::debug!(url, error = %e, "not a URL to invalidate"),
+        let urls = urls.iter().map(|url| PurgeTarget::url(url));
+        // RFC 9875 §3: the groups it names, on this origin; past the bound, left alone.
+        let groups = tags::group_list(resp, tags::CACHE_GROUP_INVALIDATION);
+        let groups = groups
+            .iter()
+            .filter(|group| tags::check_tag(group).is_ok())
+            .take(tags::MAX_TAGS)
+            .map(|group| PurgeTarget::tag(group, Some(&host)));
+        for target in urls.chain(groups) {
+            let done = match target.kind {
+                PurgeKind::Tag => cache.purge_tag(&target.value, target.host.as_deref()),
+                _ => cache.invalidate_url(&target.value),
+            };
+            match done {
+                Ok(purged) => {
+                    tracing::debug!(value = %target.value, purged, method = %req.method, "invalidated")
+                }
+                Err(e) => {
+                    tracing::debug!(value = %target.value, error = %e, "nothing to invalidate")
+                }
             }
             if policy.invalidation == Invalidation::Fleet {
-                pass_on_to_the_fleet(&self.shared.purger, url);
+                pass_on_to_the_fleet(&self.shared.purger, target);
             }
         }
     }
@@ -168,7 +184,25 @@ impl EdgeProxy {
         let Some(policy) = &settings.cache_policy else {
             return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
         };
-        let decision = policy::response_cacheable(resp, ctx.route.freshness(), policy);
+        let mut decision = policy::response_cacheable(resp, ctx.route.freshness(), policy);
+        if let RespCacheable::Cacheable(meta) = &mut decision {
+            // The path's tag on media routes, where Mastodon's layout gives one.
+            let derived = ctx
+                .route
+                .media()
+                .and(ctx.cache_key.as_deref())
+                .and_then(tags::mastodon_media_tag);
+            match tags::of_response(resp, derived) {
+                Ok(tags) => {
+                    meta.extensions_mut().insert(tags);
+                }
+                Err(e) => {
+                    metrics::get().cache_tags_refused.inc();
+                    tracing::debug!(error = %e, "not stored: its cache tags are out of bounds");
+                    return RespCacheable::Uncacheable(NoCacheReason::Custom("cache tags"));
+                }
+            }
+        }
         if matches!(decision, RespCacheable::Cacheable(_))
             && self.shared.cache.as_ref().is_some_and(|c| {
                 // A coded body lost its `Content-Length`: the core's stated one counts.
@@ -283,7 +317,7 @@ static FLEET_INVALIDATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::
 
 /// Passes an invalidation this PoP applied on to its peers, in the background, within
 /// [`FLEET_INVALIDATIONS_IN_FLIGHT`].
-fn pass_on_to_the_fleet(purger: &std::sync::Arc<crate::fleet::Purger>, url: String) {
+fn pass_on_to_the_fleet(purger: &std::sync::Arc<crate::fleet::Purger>, target: PurgeTarget) {
     use std::sync::atomic::Ordering;
     if FLEET_INVALIDATIONS.fetch_add(1, Ordering::AcqRel) >= FLEET_INVALIDATIONS_IN_FLIGHT {
         FLEET_INVALIDATIONS.fetch_sub(1, Ordering::AcqRel);
@@ -292,8 +326,8 @@ fn pass_on_to_the_fleet(purger: &std::sync::Arc<crate::fleet::Purger>, url: Stri
     }
     let purger = purger.clone();
     tokio::spawn(async move {
-        if let Err(e) = purger.pass_on(&url, PurgeSource::Invalidation).await {
-            tracing::warn!(url, error = %e, "invalidation not passed to the fleet");
+        if let Err(e) = purger.pass_on(&target, PurgeSource::Invalidation).await {
+            tracing::warn!(value = %target.value, error = %e, "invalidation not passed to the fleet");
         }
         FLEET_INVALIDATIONS.fetch_sub(1, Ordering::AcqRel);
     });

@@ -29,6 +29,8 @@ mod direct_forwarding;
 mod disk_cache;
 // Purges reach every PoP: fan-out, outbox, purge log and catch-up.
 mod fleet;
+// Purging a tag on 10,000 objects over three PoPs, one of them down during the purge.
+mod fleet_tags;
 // Plain hits answered from the HTTP/1 connection loop, as pingora's path answers them.
 mod fast_hits;
 // Plain hits over HTTP/2 answered from the loop that accepts the streams.
@@ -58,6 +60,8 @@ mod purge;
 mod ranges;
 // Certificates and settings reloaded without a restart; a bad one is refused.
 mod reload;
+// Purging by cache tag: tags from fields and media paths, invalidation by group.
+mod tags;
 // What a broken origin or an odd range cannot do through slices.
 mod slice_guards;
 // Large objects as aligned slices: range misses fetch only what they cover.

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod edge;
+pub mod fleet;
 pub mod origin;
 pub mod pops;
 pub mod s3;
