@@ -105,6 +105,14 @@ pub fn build(
         .as_ref()
         .map(|settings| EdgeCache::open(&settings.storage).map(Arc::new))
         .transpose()?;
+    if let Some(cache) = &cache {
+        cache
+            .read_unread_disk_entries_in_background()
+            .map_err(|e| CacheError::Io {
+                what: "cannot start the thread that reads disk entries".to_string(),
+                source: e,
+            })?;
+    }
     add_background(
         &mut server,
         "graceful upgrade",

@@ -268,8 +268,9 @@ impl AdminApp {
         }
     }
 
-    /// `GET /fleet/purges?after=N&limit=M`: this PoP's purge log after entry N, for peers
-    /// catching up. Needs the admin token.
+    /// `GET /fleet/purges?after=N&limit=M&kinds=url,prefix,tag`: this PoP's purge log after
+    /// entry N, for peers catching up; tag purges only for a peer whose `kinds` names them.
+    /// Needs the admin token.
     async fn purge_log(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if self.token.load().is_none() || !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
@@ -280,9 +281,15 @@ impl AdminApp {
         let query = session.req_header().uri.query().unwrap_or("");
         let mut after = 0u64;
         let mut limit = 1000usize;
+        // A reader names the kinds it can apply; one that names none predates tag purges.
+        let mut with_tags = false;
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             let parsed = match name.as_ref() {
                 "after" => value.parse().map(|v| after = v).is_ok(),
+                "kinds" => {
+                    with_tags = value.split(',').any(|kind| kind.trim() == "tag");
+                    true
+                }
                 "limit" => value
                     .parse()
                     .map(|v: usize| limit = v.clamp(1, 10_000))
@@ -297,7 +304,7 @@ impl AdminApp {
             }
         }
         let log = fleet.log.clone();
-        match tokio::task::spawn_blocking(move || log.read_after(after, limit)).await {
+        match tokio::task::spawn_blocking(move || log.read_after(after, limit, with_tags)).await {
             Ok(Ok(page)) => match serde_json::to_vec(&page) {
                 Ok(body) => json(body),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

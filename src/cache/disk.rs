@@ -53,7 +53,7 @@ const TOUCH_INTERVAL_SECS: u64 = 60;
 /// Work over every entry (a prefix purge, taking in another process's entries) holds the
 /// index lock for this many entries at a time and lets go in between, so hits are never
 /// held up for the whole walk.
-pub(super) const ENTRIES_PER_LOCK: usize = 1024;
+pub const ENTRIES_PER_LOCK: usize = 1024;
 
 pub struct DiskTier {
     root: PathBuf,
@@ -263,12 +263,18 @@ impl DiskTier {
             Ok(object) => {
                 let touched = {
                     let mut index = self.index.lock();
-                    index.learn(
+                    let purged = index.learn(
                         combined,
                         entry.generation,
                         object.url.clone(),
-                        object.meta.tags.hashes(),
+                        &object.meta.tags,
                     );
+                    if let Some(purged) = purged {
+                        // A tag purge since start named it: gone, as if purged then.
+                        drop(index);
+                        self.delete_files(&[purged]);
+                        return None;
+                    }
                     index.touch(combined, entry.generation, now_secs(), TOUCH_INTERVAL_SECS)
                 };
                 if touched {

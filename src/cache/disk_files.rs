@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::codec::{Reader, Writer};
 use super::disk_index::{allocated, DiskEntry};
 use super::meta::StoredMeta;
-use super::tags::{Tags, MAX_TAGS};
+use super::tags::{mastodon_media_tag, of_response, Tags, MAX_TAGS};
 use super::{CacheError, Hash};
 
 /// The on-disk format's directory; a different format lives in a different directory, and
@@ -226,9 +226,13 @@ pub(super) fn decode_meta_file(bytes: &[u8]) -> Result<MetaRecord, String> {
         crcs.push(input.u32()?);
     }
     let mut meta = StoredMeta::decode(&mut input)?;
-    if input.remaining() > 0 {
-        meta.tags = decode_tags(&mut input)?;
-    }
+    meta.tags = if input.remaining() > 0 {
+        decode_tags(&mut input)?
+    } else {
+        // Written before tags were kept: they are what the stored fields and the path
+        // name, as the proxy would have filed them.
+        of_response(&meta.header, mastodon_media_tag(&url)).map_err(|e| e.to_string())?
+    };
     Ok(MetaRecord {
         generation,
         primary,
@@ -469,7 +473,7 @@ mod tests {
     }
 
     #[test]
-    fn a_meta_file_written_before_tags_reads_as_untagged() {
+    fn a_meta_file_written_before_tags_takes_the_tags_its_fields_and_path_give() {
         let mut record = MetaRecord {
             generation: 3,
             primary: [1; 16],
@@ -492,6 +496,27 @@ mod tests {
         record.meta.encode(&mut payload);
         let old = decode_meta_file(&framed(&payload.into_inner())).expect("decodes");
         assert!(old.meta.tags.is_empty());
+        // An old file's stored fields and path still give its tags.
+        record.url =
+            "https://example.social/system/accounts/avatars/000/000/001/original/a.png".to_string();
+        record
+            .meta
+            .header
+            .insert_header("Surrogate-Key", "user-1")
+            .expect("field");
+        let mut payload = Writer::default();
+        payload.u64(record.generation);
+        payload.bytes_fixed(&record.primary);
+        payload.bytes_fixed(&record.combined);
+        payload.bytes(record.url.as_bytes());
+        payload.u64(record.body_len);
+        payload.u32(BLOCK_SIZE as u32);
+        payload.u32(1);
+        payload.u32(9);
+        record.meta.encode(&mut payload);
+        let old = decode_meta_file(&framed(&payload.into_inner())).expect("decodes");
+        let tags: Vec<&str> = old.meta.tags.iter().collect();
+        assert_eq!(tags, ["accounts:1", "user-1"]);
         let new = decode_meta_file(&encode_meta_file(&record)).expect("decodes");
         assert_eq!(new.meta.tags, record.meta.tags);
     }

@@ -19,6 +19,7 @@ use std::time::Instant;
 use lru::LruCache;
 
 use super::tag_index::TagIndex;
+use super::tags::{purge_matches, Tags};
 use super::Hash;
 
 /// What the index keeps per entry.
@@ -72,7 +73,13 @@ pub(super) struct DiskIndex {
     tags: TagIndex,
     /// Entries whose meta file has not been read yet (URL and tags unknown).
     unread: usize,
+    /// Tag purges (tag, host) applied while entries were unread, checked against each as it
+    /// is read; dropped once every entry has been read.
+    purges_of_unread: Vec<(String, Option<String>)>,
 }
+
+/// Tag purges remembered for unread entries at most; past it a tag purge reads them.
+const MAX_PURGES_OF_UNREAD: usize = 4096;
 
 impl DiskIndex {
     pub(super) fn new(bounds: Bounds) -> Self {
@@ -84,6 +91,7 @@ impl DiskIndex {
             bounds,
             tags: TagIndex::default(),
             unread: 0,
+            purges_of_unread: Vec::new(),
         }
     }
 
@@ -144,23 +152,48 @@ impl DiskIndex {
     }
 
     /// Records the URL and tags read from an entry's meta file, if that copy is still
-    /// indexed and they were not known.
+    /// indexed and they were not known. An entry a tag purge since start names is taken
+    /// out instead, and returned for its files to be deleted.
     pub(super) fn learn(
         &mut self,
         combined: &Hash,
         generation: u64,
         url: Arc<str>,
-        tags: Box<[u64]>,
-    ) {
-        let Some(live) = self.live_mut(combined, generation) else {
-            return;
-        };
+        tags: &Tags,
+    ) -> Option<Removed> {
+        let live = self.live_mut(combined, generation)?;
         if live.url.is_some() {
-            return;
+            return None;
         }
-        live.url = Some(url);
+        live.url = Some(url.clone());
         self.unread = self.unread.saturating_sub(1);
-        self.tags.insert(*combined, generation, tags);
+        let purged = self
+            .purges_of_unread
+            .iter()
+            .any(|(tag, host)| purge_matches(tags, &url, tag, host.as_deref()));
+        if self.unread == 0 {
+            self.purges_of_unread = Vec::new();
+        }
+        if purged {
+            return self.remove(combined);
+        }
+        self.tags.insert(*combined, generation, tags.hashes());
+        None
+    }
+
+    /// Remembers a tag purge for the entries not read yet, which are filed only when read:
+    /// each is checked against it then. `false` when too many are remembered already (the
+    /// purge must then read them itself).
+    pub(super) fn purge_unread(&mut self, tag: &str, host: Option<&str>) -> bool {
+        if self.unread == 0 {
+            return true;
+        }
+        if self.purges_of_unread.len() >= MAX_PURGES_OF_UNREAD {
+            return false;
+        }
+        self.purges_of_unread
+            .push((tag.to_string(), host.map(str::to_string)));
+        true
     }
 
     /// Files an entry's tags anew after its meta file was rewritten.
@@ -282,6 +315,9 @@ impl DiskIndex {
         self.by_url.remove(&(entry.primary, *combined));
         if entry.url.is_none() {
             self.unread = self.unread.saturating_sub(1);
+            if self.unread == 0 {
+                self.purges_of_unread = Vec::new();
+            }
         }
         self.tags.remove(combined, entry.generation);
     }

@@ -57,12 +57,12 @@ impl DiskTier {
     }
 
     /// Removes every entry tagged `tag` (on `host`, or any host): those filed under it in
-    /// the tag index and, while some entries found at start have not been read, those of
-    /// them whose meta file says so. Reading them files their tags, so only the first purge
-    /// after a start walks.
+    /// the tag index now, and entries not read since start as they are read (the purge is
+    /// remembered for them in the same step, so none slips between). Visits only the
+    /// entries tagged, unless too many purges wait for unread entries: then it reads them.
     pub fn remove_tagged(&self, tag: &str, host: Option<&str>) -> usize {
-        let (doomed, unread) = {
-            let index = self.index.lock();
+        let (victims, walk) = {
+            let mut index = self.index.lock();
             let doomed: Vec<(Hash, u64)> = index
                 .tagged(tag_hash(tag))
                 .into_iter()
@@ -72,24 +72,88 @@ impl DiskTier {
                 })
                 .map(|(combined, entry)| (combined, entry.generation))
                 .collect();
-            (doomed, index.unread())
-        };
-        let victims: Vec<Removed> = {
-            let mut index = self.index.lock();
-            doomed
+            let victims: Vec<Removed> = doomed
                 .iter()
                 .filter_map(|(combined, generation)| index.remove_generation(combined, *generation))
-                .collect()
+                .collect();
+            (victims, !index.purge_unread(tag, host))
         };
         self.delete_files(&victims);
         let mut removed = victims.len();
-        if unread > 0 {
+        if walk {
             removed += self.remove_walking(
                 |_| false,
                 |record| purge_matches(&record.meta.tags, &record.url, tag, host),
             );
         }
         removed
+    }
+
+    /// Reads the meta files of up to `limit` entries not read since start, from `cursor`
+    /// on, so that they are filed by tag (and those a tag purge named since start go);
+    /// returns the cursor to go on from, or `None` at the end. Blocking: for a thread of
+    /// its own, not a request.
+    pub(super) fn read_unread(&self, cursor: Option<UrlKey>, limit: usize) -> Option<UrlKey> {
+        let mut unread: Vec<(Hash, Hash, u64)> = Vec::new();
+        let next = self
+            .index
+            .lock()
+            .walk_chunk(cursor, limit, |combined, entry| {
+                if entry.url.is_none() {
+                    unread.push((*combined, entry.primary, entry.generation));
+                }
+            });
+        let mut doomed = Vec::new();
+        let learnt = self.read_metas(unread, &mut doomed);
+        let victims = self.learn_and_remove(learnt, &doomed);
+        self.delete_files(&victims);
+        next
+    }
+
+    /// Entries not read since start.
+    pub fn unread(&self) -> usize {
+        self.index.lock().unread()
+    }
+
+    /// Reads the meta files of `unread` entries (outside the lock): what each says, and
+    /// in `damaged` those whose file cannot be read.
+    fn read_metas(
+        &self,
+        unread: Vec<(Hash, Hash, u64)>,
+        damaged: &mut Vec<(Hash, u64)>,
+    ) -> Vec<(Hash, u64, MetaRecord)> {
+        let mut learnt = Vec::new();
+        for (combined, primary, generation) in unread {
+            let path = self.entry_path(&primary, &combined, generation, "meta");
+            match read_meta_file(&path) {
+                Ok(record) => learnt.push((combined, generation, record)),
+                // An unreadable meta file is damage: its entry goes.
+                Err(problem) if !problem.not_damage => damaged.push((combined, generation)),
+                Err(_) => {}
+            }
+        }
+        learnt
+    }
+
+    /// Teaches the index what `learnt` entries hold, then takes out `doomed`; what left the
+    /// index, for its files to be deleted.
+    fn learn_and_remove(
+        &self,
+        learnt: Vec<(Hash, u64, MetaRecord)>,
+        doomed: &[(Hash, u64)],
+    ) -> Vec<Removed> {
+        let mut index = self.index.lock();
+        let mut victims = Vec::new();
+        for (combined, generation, record) in learnt {
+            let url = Arc::<str>::from(record.url);
+            victims.extend(index.learn(&combined, generation, url, &record.meta.tags));
+        }
+        victims.extend(
+            doomed.iter().filter_map(|(combined, generation)| {
+                index.remove_generation(combined, *generation)
+            }),
+        );
+        victims
     }
 
     /// Walks every entry and removes those `known` picks (URL known) or, for entries not
@@ -116,32 +180,16 @@ impl DiskTier {
                     }
                 });
             let mut learnt = Vec::new();
-            for (combined, primary, generation) in unread {
-                let path = self.entry_path(&primary, &combined, generation, "meta");
-                match read_meta_file(&path) {
-                    Ok(record) => {
-                        if read(&record) {
-                            doomed.push((combined, generation));
-                        }
-                        let tags = record.meta.tags.hashes();
-                        learnt.push((combined, generation, Arc::<str>::from(record.url), tags));
-                    }
-                    // An unreadable meta file is damage: its entry goes with the purge.
-                    Err(_) => doomed.push((combined, generation)),
+            let mut damaged = Vec::new();
+            for (combined, generation, record) in self.read_metas(unread, &mut damaged) {
+                if read(&record) {
+                    doomed.push((combined, generation));
                 }
+                learnt.push((combined, generation, record));
             }
-            let victims: Vec<Removed> = {
-                let mut index = self.index.lock();
-                for (combined, generation, url, tags) in learnt {
-                    index.learn(&combined, generation, url, tags);
-                }
-                doomed
-                    .iter()
-                    .filter_map(|(combined, generation)| {
-                        index.remove_generation(combined, *generation)
-                    })
-                    .collect()
-            };
+            // An unreadable meta file is damage: its entry goes with the purge.
+            doomed.extend(damaged);
+            let victims = self.learn_and_remove(learnt, &doomed);
             removed += victims.len();
             self.delete_files(&victims);
             match next {

@@ -8,6 +8,7 @@ use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 
 use super::meta::StoredMeta;
+use super::tags::Tags;
 
 /// Fields a 304 never changes in the stored response: what says how to read the stored
 /// body (`Content-Length`, `Content-Encoding`, `Content-Range` are the stored body's, not
@@ -117,6 +118,10 @@ pub fn refreshed(stored: &CacheMeta, fresh: &CacheMeta) -> CacheMeta {
     );
     // Age counts from when the fresh response was received, less any Age it came with.
     meta.set_epoch_override(fresh.epoch());
+    // Its tags, as the fresh response names them.
+    if let Some(tags) = fresh.extensions().get::<Tags>() {
+        meta.extensions_mut().insert(tags.clone());
+    }
     meta
 }
 
@@ -288,5 +293,19 @@ mod tests {
         let kept = StoredMeta::from_cache_meta(&meta).to_cache_meta();
         assert_eq!((kept.created(), kept.provenance()), (created, created));
         assert_eq!(kept.epoch(), received);
+    }
+
+    #[test]
+    fn a_refreshed_object_takes_the_tags_of_the_fresh_response() {
+        let now = std::time::SystemTime::now();
+        let mut stored = CacheMeta::new(now, now, 0, 0, response(200, &[]));
+        stored
+            .extensions_mut()
+            .insert(Tags::new(["old"]).expect("tags"));
+        let mut fresh = CacheMeta::new(now, now, 0, 0, response(200, &[]));
+        let tags = Tags::new(["post-1", "user-2"]).expect("tags");
+        fresh.extensions_mut().insert(tags.clone());
+        let kept = StoredMeta::from_cache_meta(&refreshed(&stored, &fresh));
+        assert_eq!(kept.tags, tags);
     }
 }

@@ -213,6 +213,38 @@ impl EdgeCache {
             .map_or(0, |disk| disk.adopt_unindexed())
     }
 
+    /// Starts a thread that reads the meta files of disk entries found at start, a chunk at
+    /// a time, so each is filed by tag and a tag purge never has to read them; it looks
+    /// again now and then for entries taken in later (after a graceful upgrade).
+    pub fn read_unread_disk_entries_in_background(&self) -> std::io::Result<()> {
+        let Some(disk) = self.storage.disk.as_ref() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("edgecache-disk-read".to_string())
+            .spawn(move || loop {
+                let started = std::time::Instant::now();
+                let before = disk.unread();
+                let mut cursor = None;
+                while disk.unread() > 0 {
+                    cursor = disk.read_unread(cursor, disk::ENTRIES_PER_LOCK);
+                    if cursor.is_none() {
+                        break;
+                    }
+                }
+                if before > 0 {
+                    tracing::info!(
+                        entries = before,
+                        left = disk.unread(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "disk cache entries found at start read and filed by tag"
+                    );
+                }
+                std::thread::sleep(Duration::from_secs(10));
+            })
+            .map(|_| ())
+    }
+
     /// Whether the disk tier would keep the body of this response, by its stated length
     /// (a response without one may outgrow it).
     pub fn disk_tier_keeps(&self, resp: &ResponseHeader) -> bool {

@@ -17,8 +17,9 @@ use tokio::sync::Barrier;
 use super::disk::BODY_HEADER_LEN;
 use super::disk_files::BLOCK_SIZE;
 use super::storage_tests::{
-    assert_stored_nowhere, begin, body, entry_files, key, lookup, purge, read_to_end, reopen, span,
-    spool_files, store, tagged_meta, tier_of, with_disk, Cache, Purge, MEMORY_MAX_OBJECT, SITE,
+    assert_stored_nowhere, begin, body, entry_files, key, lookup, own_tag, purge, read_to_end,
+    reopen, span, spool_files, store, tagged_meta, tier_of, with_disk, Cache, Purge,
+    MEMORY_MAX_OBJECT, SITE,
 };
 
 const PURGES: [Purge; 4] = [Purge::Object, Purge::Url, Purge::Prefix, Purge::Tag];
@@ -419,44 +420,53 @@ async fn a_lookup_during_a_prefix_purge_does_not_bring_back_a_purged_object() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tag_purge_after_a_restart_reads_unread_entries_once_and_then_only_the_tagged() {
+async fn a_tag_purge_after_a_restart_reaches_entries_not_yet_read_whenever_they_are_read() {
     let cache = with_disk(1 << 30);
     for n in 0..3_000u32 {
         store(cache.storage, &key(&format!("/walk/{n:05}.png")), b"x").await;
     }
-    let target = key("/walk/target.png");
+    let (looked_up, read_later) = (key("/walk/target.png"), key("/walk/later.png"));
     let data = body(2000, 16);
-    store(cache.storage, &target, &data).await;
-    let own = super::storage_tests::own_tag(&target);
-    // A restart: entries found on disk, none read yet, the target promoted while the
-    // purge walks them.
+    store(cache.storage, &looked_up, &data).await;
+    store(cache.storage, &read_later, &data).await;
+    // A restart: every entry found on disk, none read yet.
     let storage = reopen(&cache, 1 << 30);
     let disk = storage.disk.as_ref().expect("disk tier");
+    assert_eq!(disk.index_for_tests().unread(), 3_002);
+    // Neither is filed yet, so the purge removes nothing now; it visits no entry.
+    assert_eq!(storage.purge_tag(&own_tag(&looked_up), None), 0);
+    assert_eq!(
+        storage.purge_tag(&own_tag(&read_later), Some("example.social")),
+        0
+    );
+    // The first read of an entry a purge named since start finds it gone.
+    assert!(
+        lookup(storage, &looked_up).await.is_none(),
+        "the purged object is served"
+    );
     assert_eq!(disk.index_for_tests().unread(), 3_001);
-    let purging = std::thread::spawn(move || storage.purge_tag(&own, None));
-    while !purging.is_finished() {
-        if let Some((_, mut hit)) = lookup(storage, &target).await {
-            assert_eq!(read_to_end(&mut hit).await.expect("read"), data);
+    // As does the reading of every entry, which files the rest by tag.
+    let mut cursor = None;
+    loop {
+        cursor = disk.read_unread(cursor, 1024);
+        if cursor.is_none() {
+            break;
         }
     }
-    assert_eq!(purging.join().expect("purge thread"), 1);
     assert!(
-        lookup(storage, &target).await.is_none(),
+        lookup(storage, &read_later).await.is_none(),
         "the purged object is served"
     );
     {
         let index = disk.index_for_tests();
-        assert_eq!(index.unread(), 0, "the walk read every entry");
+        assert_eq!(index.unread(), 0, "every entry was read");
         assert_eq!(index.tagged_entries(), 3_000);
         index.assert_consistent();
     }
-    // Now the index answers: a purge of another object's tag walks nothing.
+    // Now the index answers.
     let other = key("/walk/00007.png");
     assert_eq!(
-        storage.purge_tag(
-            &super::storage_tests::own_tag(&other),
-            Some("example.social")
-        ),
+        storage.purge_tag(&own_tag(&other), Some("example.social")),
         1
     );
     assert_eq!(

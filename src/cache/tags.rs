@@ -12,7 +12,7 @@
 //! [`MAX_TAG_LEN`], is not stored at all, since a copy the index could not find would
 //! outlive the purge meant for it.
 
-use std::hash::{Hash as _, Hasher as _};
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
 use pingora::http::ResponseHeader;
@@ -92,14 +92,14 @@ impl Tags {
     }
 }
 
-/// The hash an index files a tag under. Two tags with one hash only cost a purge a look at
-/// the other's objects: every match is checked against the object's own tags.
+/// The hash an index files a tag under: SipHash with keys drawn at start, so that nobody
+/// outside can make two tags collide (the disk tier's index knows only the hashes; the
+/// memory tier checks each object's own tags as well). The indexes live in memory, so the
+/// hashes never need to agree between runs.
 pub fn tag_hash(tag: &str) -> u64 {
-    // SipHash with fixed keys: the same in every run, which nothing here needs, but it
-    // keeps the index's order reproducible in tests.
-    let mut hasher = std::hash::DefaultHasher::new();
-    tag.hash(&mut hasher);
-    hasher.finish()
+    static KEYS: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    KEYS.hash_one(tag)
 }
 
 /// Whether `tag` may be a tag: 1 to [`MAX_TAG_LEN`] bytes of visible ASCII or space (what

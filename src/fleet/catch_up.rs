@@ -18,13 +18,59 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::log::LogPage;
+use super::log::LogEntry;
 use super::{replace_file, Fleet, PurgeFailure, PurgeSource, Purger};
 use crate::config::model::FleetPeer;
 use crate::metrics;
 
 /// Entries asked for per read.
 const PAGE: usize = 1000;
+
+/// A page of a peer's log as read here: the entries this version can apply, and how far
+/// the page went (entries of a kind a later version made are passed over).
+struct ReadPage {
+    log_id: String,
+    oldest: u64,
+    head: u64,
+    entries: Vec<LogEntry>,
+    /// Entries the page held, readable or not.
+    read: usize,
+    /// The last entry's number (0 for an empty page).
+    last_seq: u64,
+}
+
+/// Reads a page entry by entry, so one entry this version cannot parse does not stop it
+/// from reading the rest.
+fn parse_page(body: &[u8]) -> Result<ReadPage, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct RawPage {
+        log_id: String,
+        oldest: u64,
+        head: u64,
+        entries: Vec<serde_json::Value>,
+    }
+    let raw: RawPage = serde_json::from_slice(body)?;
+    let read = raw.entries.len();
+    let last_seq = raw
+        .entries
+        .iter()
+        .filter_map(|e| e.get("seq")?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let entries = raw
+        .entries
+        .into_iter()
+        .filter_map(|e| serde_json::from_value::<LogEntry>(e).ok())
+        .collect();
+    Ok(ReadPage {
+        log_id: raw.log_id,
+        oldest: raw.oldest,
+        head: raw.head,
+        entries,
+        read,
+        last_seq,
+    })
+}
 
 /// Where this PoP has read a peer's log up to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -69,13 +115,13 @@ impl CatchUpService {
         .map_err(std::io::Error::other)?
     }
 
-    async fn read_page(&self, peer: &FleetPeer, after: u64) -> Result<LogPage, String> {
+    async fn read_page(&self, peer: &FleetPeer, after: u64) -> Result<ReadPage, String> {
         let url = format!("http://{}/fleet/purges", peer.admin);
-        let request = self
-            .fleet
-            .client
-            .get(&url)
-            .query(&[("after", after.to_string()), ("limit", PAGE.to_string())]);
+        let request = self.fleet.client.get(&url).query(&[
+            ("after", after.to_string()),
+            ("limit", PAGE.to_string()),
+            ("kinds", "url,prefix,tag".to_string()),
+        ]);
         let request = self.fleet.with_token(request);
         let resp = request
             .send()
@@ -88,8 +134,7 @@ impl CatchUpService {
             .bytes()
             .await
             .map_err(|e| format!("{}: purge log cut short: {e}", peer.name))?;
-        serde_json::from_slice(&body)
-            .map_err(|e| format!("{}: unreadable purge log: {e}", peer.name))
+        parse_page(&body).map_err(|e| format!("{}: unreadable purge log: {e}", peer.name))
     }
 
     /// Reads `peer`'s log to its end and applies what this PoP lacks; returns how many
@@ -127,7 +172,7 @@ impl CatchUpService {
                     .inc();
                 tracing::error!(peer = %peer.name, read_up_to = cursor.seq, oldest_kept = page.oldest, "purges were dropped from the peer's log before this PoP read them; some purged objects may still be cached here");
             }
-            let full = page.entries.len() >= PAGE;
+            let full = page.read >= PAGE;
             for entry in &page.entries {
                 if !self.fleet.log.contains(&entry.purge.id) {
                     match self
@@ -151,6 +196,8 @@ impl CatchUpService {
                 }
                 cursor.seq = entry.seq;
             }
+            // Past entries of kinds this version cannot apply, too.
+            cursor.seq = cursor.seq.max(page.last_seq);
             if saved.as_ref() != Some(&cursor) {
                 self.save_cursor(peer, &cursor)
                     .await
@@ -191,5 +238,28 @@ impl pingora::services::background::BackgroundService for CatchUpService {
             _ = futures_util::future::join_all(followers) => {}
             _ = shutdown.wait_for(|going| *going) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_of_an_unknown_kind_is_passed_over_and_the_rest_are_read() {
+        let body = br#"{"log_id":"a","oldest":1,"head":9,"entries":[
+            {"seq":3,"id":"3-x","kind":"url","value":"example.social/a","origin":"fra"},
+            {"seq":4,"id":"4-x","kind":"a-later-kind","value":"v","origin":"fra"},
+            {"seq":5,"id":"5-x","kind":"tag","value":"post-1","origin":"fra","host":"example.social"}
+        ]}"#;
+        let page = parse_page(body).expect("page");
+        let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![3, 5]);
+        assert_eq!((page.read, page.last_seq, page.head), (3, 5, 9));
+        assert_eq!(
+            page.entries[1].purge.host.as_deref(),
+            Some("example.social")
+        );
+        assert!(parse_page(b"{\"log_id\":1}").is_err());
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::{FleetError, Purge};
+use super::{FleetError, Purge, PurgeKind};
 
 /// Entries per segment file; whole segments are dropped once older than the retention.
 const SEGMENT_ENTRIES: u64 = 10_000;
@@ -285,8 +285,14 @@ impl PurgeLog {
         Ok(true)
     }
 
-    /// Up to `limit` entries after `after`, oldest first.
-    pub fn read_after(&self, after: u64, limit: usize) -> Result<LogPage, FleetError> {
+    /// Up to `limit` entries after `after`, oldest first; tag purges only `with_tags` (a reader of an
+    /// older version cannot parse them, and would stop reading at the first one).
+    pub fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+        with_tags: bool,
+    ) -> Result<LogPage, FleetError> {
         let (head, oldest, paths) = {
             let mut state = self.state.lock();
             self.locked(|| self.refresh(&mut state))
@@ -322,7 +328,8 @@ impl PurgeLog {
                 Err(e) => return Err(FleetError::State(path, e)),
             };
             for entry in found {
-                if entry.seq > after && entry.seq <= head && entries.len() < limit {
+                let readable = with_tags || entry.purge.kind != PurgeKind::Tag;
+                if entry.seq > after && entry.seq <= head && entries.len() < limit && readable {
                     entries.push(entry);
                 }
             }

@@ -18,6 +18,29 @@ fn purge(n: u64) -> Purge {
 }
 
 #[test]
+fn a_reader_that_takes_no_tag_purges_gets_the_others_and_a_full_page_when_more_follow() {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = PurgeLog::open(dir.path(), 100_000).expect("open");
+    for n in 1..=10 {
+        let mut purge = purge(n);
+        if n <= 6 {
+            purge.kind = PurgeKind::Tag;
+            purge.deleted = false;
+        }
+        assert!(log.append(&purge).expect("append"));
+    }
+    let page = log.read_after(0, 3, false).expect("read");
+    let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![7, 8, 9]);
+    assert_eq!(page.head, 10);
+    let page = log.read_after(9, 3, false).expect("read");
+    assert_eq!(page.entries.len(), 1);
+    let page = log.read_after(0, 3, true).expect("read");
+    let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+#[test]
 fn entries_are_numbered_kept_once_and_read_after_a_cursor() {
     let dir = tempfile::tempdir().expect("dir");
     let log = PurgeLog::open(dir.path(), 100_000).expect("open");
@@ -28,13 +51,13 @@ fn entries_are_numbered_kept_once_and_read_after_a_cursor() {
         !log.append(&purge(3)).expect("append"),
         "a repeat is logged once"
     );
-    let page = log.read_after(2, 100).expect("read");
+    let page = log.read_after(2, 100, true).expect("read");
     assert_eq!(page.head, 5);
     assert_eq!(page.oldest, 1);
     let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![3, 4, 5]);
     assert_eq!(page.entries[0].purge.value, purge(3).value);
-    assert_eq!(log.read_after(3, 1).expect("read").entries.len(), 1);
+    assert_eq!(log.read_after(3, 1, true).expect("read").entries.len(), 1);
 
     // Reopened (a restart): the same id, head and ids.
     let id = page.log_id.clone();
@@ -43,7 +66,7 @@ fn entries_are_numbered_kept_once_and_read_after_a_cursor() {
     assert!(log.contains(&purge(4).id));
     assert!(!log.append(&purge(4)).expect("append"));
     assert!(log.append(&purge(6)).expect("append"));
-    let page = log.read_after(5, 100).expect("read");
+    let page = log.read_after(5, 100, true).expect("read");
     assert_eq!(page.log_id, id);
     assert_eq!(page.entries.len(), 1);
     assert_eq!(page.entries[0].seq, 6);
@@ -62,7 +85,7 @@ fn two_processes_appending_to_one_log_never_share_a_number() {
     // A purge the other one logged is not logged again.
     assert!(!new.append(&purge(1)).expect("append"));
     for log in [&old, &new] {
-        let page = log.read_after(0, 100).expect("read");
+        let page = log.read_after(0, 100, true).expect("read");
         let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
         let values: Vec<String> = page.entries.iter().map(|e| e.purge.value.clone()).collect();
@@ -79,7 +102,7 @@ fn old_segments_are_dropped_past_the_retention() {
     for n in 1..=total {
         log.append(&purge(n)).expect("append");
     }
-    let page = log.read_after(0, 10).expect("read");
+    let page = log.read_after(0, 10, true).expect("read");
     assert_eq!(page.head, total);
     assert!(page.oldest > SEGMENT_ENTRIES, "oldest {}", page.oldest);
     assert_eq!(page.entries[0].seq, page.oldest);
@@ -108,7 +131,7 @@ fn a_line_cut_by_a_crash_is_skipped() {
     file.write_all(b"{\"seq\":2,\"id\":\"cut").expect("write");
     drop(file);
     let log = PurgeLog::open(dir.path(), 100_000).expect("reopen");
-    let page = log.read_after(0, 10).expect("read");
+    let page = log.read_after(0, 10, true).expect("read");
     assert_eq!(page.head, 1);
     assert_eq!(page.entries.len(), 1);
     // The next entry is whole, not glued to the cut line.
@@ -116,7 +139,7 @@ fn a_line_cut_by_a_crash_is_skipped() {
     drop(log);
     let log = PurgeLog::open(dir.path(), 100_000).expect("reopen");
     let seqs: Vec<u64> = log
-        .read_after(0, 10)
+        .read_after(0, 10, true)
         .expect("read")
         .entries
         .iter()
@@ -239,7 +262,7 @@ proptest! {
         for n in 1..=2 {
             let _ = log.append(&purge(n));
         }
-        if let Ok(page) = log.read_after(0, 1000) {
+        if let Ok(page) = log.read_after(0, 1000, true) {
             prop_assert!(page.entries.iter().all(|e| e.seq <= page.head));
         }
     }
@@ -256,7 +279,7 @@ fn a_sequence_number_at_the_top_of_the_range_refuses_appends_without_panicking()
     std::fs::write(dir.path().join(format!("log/segment-{:020}.jsonl", 1)), top).expect("segment");
     let log = PurgeLog::open(dir.path(), 100_000).expect("open");
     assert!(log.append(&purge(2)).is_err());
-    assert_eq!(log.read_after(0, 10).expect("read").head, u64::MAX);
+    assert_eq!(log.read_after(0, 10, true).expect("read").head, u64::MAX);
 }
 
 #[test]
@@ -270,7 +293,7 @@ fn an_empty_segment_named_past_the_head_takes_the_next_entry_under_its_number() 
     .expect("segment");
     let log = PurgeLog::open(dir.path(), 100_000).expect("open");
     assert!(log.append(&purge(1)).expect("append"));
-    let page = log.read_after(0, 10).expect("read");
+    let page = log.read_after(0, 10, true).expect("read");
     let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1000]);
 }

@@ -136,7 +136,8 @@ impl EdgeProxy {
             .filter(|group| tags::check_tag(group).is_ok())
             .take(tags::MAX_TAGS)
             .map(|group| PurgeTarget::tag(group, Some(&host)));
-        for target in urls.chain(groups) {
+        let targets: Vec<PurgeTarget> = urls.chain(groups).collect();
+        for target in &targets {
             let done = match target.kind {
                 PurgeKind::Tag => cache.purge_tag(&target.value, target.host.as_deref()),
                 _ => cache.invalidate_url(&target.value),
@@ -149,9 +150,9 @@ impl EdgeProxy {
                     tracing::debug!(value = %target.value, error = %e, "nothing to invalidate")
                 }
             }
-            if policy.invalidation == Invalidation::Fleet {
-                pass_on_to_the_fleet(&self.shared.purger, target);
-            }
+        }
+        if policy.invalidation == Invalidation::Fleet {
+            pass_on_to_the_fleet(&self.shared.purger, targets);
         }
     }
 
@@ -309,25 +310,30 @@ fn primary_of(
     }
 }
 
-/// Invalidations being passed to the fleet at once, at most; past it they are dropped and
-/// counted, so a burst of writes cannot pile up tasks and outbox files without bound.
+/// Answers whose invalidations are being passed to the fleet at once, at most; past it they
+/// are dropped and counted, so a burst of writes cannot pile up tasks and outbox files
+/// without bound.
 const FLEET_INVALIDATIONS_IN_FLIGHT: usize = 64;
 
 static FLEET_INVALIDATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Passes an invalidation this PoP applied on to its peers, in the background, within
-/// [`FLEET_INVALIDATIONS_IN_FLIGHT`].
-fn pass_on_to_the_fleet(purger: &std::sync::Arc<crate::fleet::Purger>, target: PurgeTarget) {
+/// Passes the invalidations of one answer (its URLs and groups), applied here, on to the
+/// peers in the background: one task per answer, within [`FLEET_INVALIDATIONS_IN_FLIGHT`].
+fn pass_on_to_the_fleet(purger: &std::sync::Arc<crate::fleet::Purger>, targets: Vec<PurgeTarget>) {
     use std::sync::atomic::Ordering;
     if FLEET_INVALIDATIONS.fetch_add(1, Ordering::AcqRel) >= FLEET_INVALIDATIONS_IN_FLIGHT {
         FLEET_INVALIDATIONS.fetch_sub(1, Ordering::AcqRel);
-        metrics::get().invalidations_not_passed_on.inc();
+        metrics::get()
+            .invalidations_not_passed_on
+            .inc_by(targets.len() as u64);
         return;
     }
     let purger = purger.clone();
     tokio::spawn(async move {
-        if let Err(e) = purger.pass_on(&target, PurgeSource::Invalidation).await {
-            tracing::warn!(value = %target.value, error = %e, "invalidation not passed to the fleet");
+        for target in &targets {
+            if let Err(e) = purger.pass_on(target, PurgeSource::Invalidation).await {
+                tracing::warn!(value = %target.value, error = %e, "invalidation not passed to the fleet");
+            }
         }
         FLEET_INVALIDATIONS.fetch_sub(1, Ordering::AcqRel);
     });

@@ -116,6 +116,31 @@ async fn a_tag_on_ten_thousand_objects_over_three_pops_is_purged_everywhere() {
     }
     assert_eq!(total, OBJECTS as f64);
     assert_only_the_tag_went(&pops).await;
+    // A reader that names no kinds (a PoP of an older version, which could not parse a tag
+    // purge) is not given one; a reader that names them is.
+    for (kinds, expected) in [(None, 0), (Some("url,prefix,tag"), 1)] {
+        let mut request = reqwest::Client::new()
+            .get(format!("http://{}/fleet/purges", pops[1].setup.admin()))
+            .query(&[("after", "0")])
+            .bearer_auth(crate::harness::ADMIN_TOKEN);
+        if let Some(kinds) = kinds {
+            request = request.query(&[("kinds", kinds)]);
+        }
+        let page: serde_json::Value = request
+            .send()
+            .await
+            .expect("log page")
+            .json()
+            .await
+            .expect("json");
+        let tags = page["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["kind"] == "tag")
+            .count();
+        assert_eq!(tags, expected, "{kinds:?}: {page}");
+    }
     eprintln!(
         "tag purge: {OBJECTS} objects over 3 PoPs (filled in {filled:?}) purged on all three in {answered:?}"
     );

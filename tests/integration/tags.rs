@@ -4,7 +4,7 @@
 
 use crate::harness::origin::Origin;
 use crate::harness::{
-    get, kill_and_restart, media_pop, pop_with_cache, restartable_pop_with_cache, ADMIN_TOKEN,
+    get, kill_and_restart, media_pop, pop_with_cache, restartable_pop_with_cache, send, ADMIN_TOKEN,
 };
 
 /// The `purged` count of a purge report, or -1 when the answer is not one.
@@ -67,6 +67,22 @@ async fn a_tag_from_cache_groups_or_surrogate_key_purges_its_objects_before_and_
             .await,
         Some(2.0)
     );
+}
+
+#[tokio::test]
+async fn a_stale_copy_freshened_by_a_head_keeps_its_tags() {
+    let origin = Origin::start().await;
+    let pop = pop_with_cache(&origin, "").await;
+    let http = pop.setup.http();
+    let path = r#"/bytes/3000?cc=max-age=1&h=Cache-Groups:"g-head""#;
+    assert_eq!(get(http, path, &[]).await.cache_status(), "MISS");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let answered = send(reqwest::Method::HEAD, http, path, &[]).await;
+    assert_eq!(answered.cache_status(), "EXPIRED");
+    assert_eq!(get(http, path, &[]).await.cache_status(), "HIT");
+    let (status, body) = pop.purge("tag=g-head").await;
+    assert_eq!((status, purged(&body)), (200, 1), "{body}");
+    assert_eq!(get(http, path, &[]).await.cache_status(), "MISS");
 }
 
 #[tokio::test]
