@@ -40,6 +40,7 @@ use super::disk_files::{
     MetaRecord, BLOCK_SIZE,
 };
 use super::disk_index::{allocated, Bounds, DiskEntry, DiskIndex, Removed};
+use super::disk_removal::count_late_tag_purges;
 use super::meta::StoredMeta;
 use super::{CacheError, Hash};
 use crate::config::model::DiskTierSettings;
@@ -273,6 +274,7 @@ impl DiskTier {
                         // A tag purge since start named it: gone, as if purged then.
                         drop(index);
                         self.delete_files(&[purged]);
+                        count_late_tag_purges(1);
                         return None;
                     }
                     index.touch(combined, entry.generation, now_secs(), TOUCH_INTERVAL_SECS)

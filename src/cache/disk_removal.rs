@@ -91,9 +91,14 @@ impl DiskTier {
 
     /// Reads the meta files of up to `limit` entries not read since start, from `cursor`
     /// on, so that they are filed by tag (and those a tag purge named since start go);
-    /// returns the cursor to go on from, or `None` at the end. Blocking: for a thread of
-    /// its own, not a request.
-    pub(super) fn read_unread(&self, cursor: Option<UrlKey>, limit: usize) -> Option<UrlKey> {
+    /// returns the cursor to go on from (or `None` at the end) and how many of those read
+    /// went for a tag purge made since start. Blocking: for a thread of its own, not a
+    /// request.
+    pub(super) fn read_unread(
+        &self,
+        cursor: Option<UrlKey>,
+        limit: usize,
+    ) -> (Option<UrlKey>, usize) {
         let mut unread: Vec<(Hash, Hash, u64)> = Vec::new();
         let next = self
             .index
@@ -105,9 +110,10 @@ impl DiskTier {
             });
         let mut doomed = Vec::new();
         let learnt = self.read_metas(unread, &mut doomed);
-        let victims = self.learn_and_remove(learnt, &doomed);
+        let (victims, purged_by_tag) = self.learn_and_remove(learnt, &doomed);
         self.delete_files(&victims);
-        next
+        count_late_tag_purges(purged_by_tag);
+        (next, purged_by_tag)
     }
 
     /// Entries not read since start.
@@ -136,24 +142,26 @@ impl DiskTier {
     }
 
     /// Teaches the index what `learnt` entries hold, then takes out `doomed`; what left the
-    /// index, for its files to be deleted.
+    /// index, for its files to be deleted, and how many of those a tag purge made since
+    /// start named (counted as tag purges here, when they really go).
     fn learn_and_remove(
         &self,
         learnt: Vec<(Hash, u64, MetaRecord)>,
         doomed: &[(Hash, u64)],
-    ) -> Vec<Removed> {
+    ) -> (Vec<Removed>, usize) {
         let mut index = self.index.lock();
         let mut victims = Vec::new();
         for (combined, generation, record) in learnt {
             let url = Arc::<str>::from(record.url);
             victims.extend(index.learn(&combined, generation, url, &record.meta.tags));
         }
+        let purged_by_tag = victims.len();
         victims.extend(
             doomed.iter().filter_map(|(combined, generation)| {
                 index.remove_generation(combined, *generation)
             }),
         );
-        victims
+        (victims, purged_by_tag)
     }
 
     /// Walks every entry and removes those `known` picks (URL known) or, for entries not
@@ -189,8 +197,9 @@ impl DiskTier {
             }
             // An unreadable meta file is damage: its entry goes with the purge.
             doomed.extend(damaged);
-            let victims = self.learn_and_remove(learnt, &doomed);
-            removed += victims.len();
+            let (victims, purged_by_earlier_tag) = self.learn_and_remove(learnt, &doomed);
+            removed += victims.len() - purged_by_earlier_tag;
+            count_late_tag_purges(purged_by_earlier_tag);
             self.delete_files(&victims);
             match next {
                 Some(next) => cursor = Some(next),
@@ -224,5 +233,16 @@ impl DiskTier {
                 }
             }
         }
+    }
+}
+
+/// Counts entries that a tag purge made while they were unread named, removed as they are
+/// read: the purge itself could not count them.
+pub(super) fn count_late_tag_purges(removed: usize) {
+    if removed > 0 {
+        metrics::get()
+            .cache_purged_objects
+            .with_label_values(&["tag"])
+            .inc_by(removed as u64);
     }
 }

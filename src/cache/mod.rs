@@ -227,7 +227,7 @@ impl EdgeCache {
                 let before = disk.unread();
                 let mut cursor = None;
                 while disk.unread() > 0 {
-                    cursor = disk.read_unread(cursor, disk::ENTRIES_PER_LOCK);
+                    (cursor, _) = disk.read_unread(cursor, disk::ENTRIES_PER_LOCK);
                     if cursor.is_none() {
                         break;
                     }
