@@ -40,7 +40,6 @@ use super::disk_files::{
     MetaRecord, BLOCK_SIZE,
 };
 use super::disk_index::{allocated, Bounds, DiskEntry, DiskIndex, Removed};
-use super::disk_removal::count_late_tag_purges;
 use super::meta::StoredMeta;
 use super::{CacheError, Hash};
 use crate::config::model::DiskTierSettings;
@@ -614,5 +613,16 @@ impl TempBody {
     /// Removes the unfinished body file.
     pub fn discard(self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Counts entries that a tag purge made while they were unread named, removed as they are
+/// read: the purge itself could not count them.
+pub(super) fn count_late_tag_purges(removed: usize) {
+    if removed > 0 {
+        metrics::get()
+            .cache_purged_objects
+            .with_label_values(&["tag"])
+            .inc_by(removed as u64);
     }
 }

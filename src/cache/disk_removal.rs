@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::sync::Arc;
 
-use super::disk::{DiskTier, ENTRIES_PER_LOCK};
+use super::disk::{count_late_tag_purges, DiskTier, ENTRIES_PER_LOCK};
 use super::disk_files::{read_meta_file, MetaRecord};
 use super::disk_index::{DiskEntry, DiskIndex, Removed, UrlKey};
 use super::tags::{purge_matches, tag_hash, url_host};
@@ -233,16 +233,5 @@ impl DiskTier {
                 }
             }
         }
-    }
-}
-
-/// Counts entries that a tag purge made while they were unread named, removed as they are
-/// read: the purge itself could not count them.
-pub(super) fn count_late_tag_purges(removed: usize) {
-    if removed > 0 {
-        metrics::get()
-            .cache_purged_objects
-            .with_label_values(&["tag"])
-            .inc_by(removed as u64);
     }
 }
