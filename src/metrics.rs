@@ -274,6 +274,19 @@ metrics! {
         "Objects a tier holds now.",
         &["tier"],
     );
+    /// Cacheable misses sent to a shield PoP, by shield group and host.
+    shield_requests: IntCounterVec = counter_vec(
+        "edgecache_shield_requests_total",
+        "Cacheable misses sent to a shield PoP, by shield group and host.",
+        &["group", "shield"],
+    );
+    /// Requests that went on without their shield: `connect` (it could not be reached),
+    /// `error` (it failed before answering), `none_left` (no shield host in rotation).
+    shield_skipped: IntCounterVec = counter_vec(
+        "edgecache_shield_skipped_total",
+        "Requests that went on to their origin without a shield, by reason.",
+        &["group", "reason"],
+    );
     /// Objects a tier holds with cache tags, each filed in the tier's tag index.
     cache_tier_tagged_objects: IntGaugeVec = gauge_vec(
         "edgecache_cache_tier_tagged_objects",

@@ -417,7 +417,8 @@ fn add_listener(
             shared.clone(),
             deadlines.clone(),
             fast_hits.clone(),
-        ),
+        )
+        .serving_as_shield(listener.shield),
         server.configuration.clone(),
     );
     proxy.handle_init_modules();

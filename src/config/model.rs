@@ -68,6 +68,8 @@ pub struct FleetPeer {
     pub name: String,
     /// `host:port` of its admin listener.
     pub admin: String,
+    /// `host:port` of its shield listener, when it serves as a shield.
+    pub shield: Option<String>,
 }
 
 /// How Mastodon's cache-buster requests are recognised.
@@ -105,6 +107,8 @@ pub struct Listener {
     pub address: SocketAddr,
     pub tls: Option<ListenerTls>,
     pub h2c: bool,
+    /// Serves other PoPs as their shield: its requests never take a shield hop.
+    pub shield: bool,
 }
 
 pub struct ListenerTls {
@@ -370,8 +374,27 @@ pub struct Route {
     pub media: Option<MediaRoute>,
     /// The core group; `None`: the default group.
     pub upstream: Option<String>,
+    /// The shield PoPs a cacheable miss asks first.
+    pub shield: Option<Shield>,
     pub max_body_size: Option<u64>,
     pub client_limit: Option<ClientLimit>,
+}
+
+/// Other PoPs that a cacheable miss asks before the core or the media chain, so that the
+/// fleet fetches each object from its origin once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shield {
+    /// The core group of their shield listeners, made at config load (`shield:<names>`).
+    pub group: String,
+    /// Their fleet names, in the order written.
+    pub pops: Vec<String>,
+}
+
+impl Shield {
+    /// The name of the group made for these PoPs.
+    pub fn group_name(pops: &[String]) -> String {
+        format!("shield:{}", pops.join(","))
+    }
 }
 
 /// What one client may ask of a route.

@@ -88,7 +88,6 @@ impl Config {
         let server = server_settings(&mut check, &parsed.server);
         let listeners = listeners(&mut check, &parsed.listeners);
         let admin = admin(&mut check, &parsed.admin);
-        let core = core::core(&mut check, &parsed.core);
         let trusted_proxies = trusted_proxies(&mut check, &parsed.proxy);
         let hide_response_headers = hidden_headers(&mut check, &parsed.proxy);
         let limits = limits(&mut check, &parsed.limits);
@@ -118,8 +117,11 @@ impl Config {
             has_queue: write_through.is_some(),
             groups: &parsed.core.groups,
             largest_object: cache.as_ref().map(|c| c.storage.max_object_size()),
+            fleet: parsed.fleet.as_ref(),
         };
         let sites = sites::sites(&mut check, &parsed.sites, &referable);
+        let shields = shield_plan(&sites, parsed.fleet.as_ref());
+        let core = core::core(&mut check, &parsed.core, &shields);
 
         if let Some(admin) = &admin {
             for (i, listener) in listeners.iter().enumerate() {
@@ -157,6 +159,28 @@ impl Config {
             }),
         }
     }
+}
+
+/// The sets of shield PoPs the routes name, and where each of those PoPs listens.
+fn shield_plan(
+    sites: &crate::config::model::Sites,
+    fleet: Option<&file::FleetFile>,
+) -> core::ShieldPlan {
+    let mut plan = core::ShieldPlan::default();
+    let routes = sites.sites.iter().flat_map(|site| &site.routes);
+    for shield in routes.filter_map(|route| route.shield.as_ref()) {
+        plan.sets.insert(shield.pops.clone());
+    }
+    for (i, peer) in fleet.map_or(&[][..], |f| &f.peers).iter().enumerate() {
+        let named = plan.sets.iter().any(|set| set.contains(&peer.name));
+        if let (true, Some(address)) = (named, &peer.shield) {
+            plan.addresses.insert(
+                peer.name.clone(),
+                (format!("fleet.peers[{i}].shield"), address.clone()),
+            );
+        }
+    }
+    plan
 }
 
 fn server_settings(check: &mut Checker, server: &file::ServerFile) -> ServerSettings {
@@ -221,6 +245,12 @@ fn listeners(check: &mut Checker, files: &[file::ListenerFile]) -> Vec<Listener>
                 "h2c is for plain listeners; TLS listeners offer h2 through ALPN",
             );
         }
+        if listener.shield && listener.tls.is_some() {
+            check.problem(
+                &format!("{key}.shield"),
+                "a shield listener takes plain HTTP from the other PoPs over the mesh; leave out tls",
+            );
+        }
         let tls = listener
             .tls
             .as_ref()
@@ -231,6 +261,7 @@ fn listeners(check: &mut Checker, files: &[file::ListenerFile]) -> Vec<Listener>
                 address,
                 tls,
                 h2c: listener.h2c,
+                shield: listener.shield,
             });
         }
     }

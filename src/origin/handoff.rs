@@ -283,6 +283,7 @@ mod tests {
             upstream: None,
             max_body_size: None,
             client_limit: None,
+            shield: None,
         })
     }
 

@@ -29,6 +29,8 @@ pub struct RequestContext {
     pub(super) h2_spelling: Option<Box<super::fast_hits::Spelling>>,
     /// The host of the current attempt.
     pub(super) current_host: Option<SocketAddr>,
+    /// Where the request stands with its route's shield.
+    pub(super) shield: ShieldState,
     pub(super) upstream_label: String,
     pub(super) upstream_sent: Option<Instant>,
     pub(super) upstream_status: Option<u16>,
@@ -110,6 +112,7 @@ impl RequestContext {
             mesh_down: false,
             h2_spelling: None,
             current_host: None,
+            shield: Default::default(),
             upstream_label: String::new(),
             upstream_sent: None,
             upstream_status: None,
@@ -143,4 +146,16 @@ impl RequestContext {
             upstream_body_received: None,
         }
     }
+}
+
+/// Where one request stands with its route's shield.
+#[derive(Default)]
+pub(super) struct ShieldState {
+    /// The request came on a shield hop (or says so): it takes none itself.
+    pub(super) arrived_by_hop: bool,
+    pub(super) group: Option<Arc<CoreGroup>>,
+    /// The shield host this attempt went to.
+    pub(super) current: Option<SocketAddr>,
+    /// Shield hosts that failed this request.
+    pub(super) failed: Vec<SocketAddr>,
 }

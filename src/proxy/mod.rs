@@ -47,6 +47,7 @@ mod report;
 pub mod route;
 mod send_file;
 mod settings;
+pub mod shield;
 mod slice_fill;
 mod slicing;
 pub mod websocket;
@@ -113,6 +114,8 @@ pub struct EdgeProxy {
     fast_hits: Arc<fast_hits::FastHits>,
     /// The listener's connections for forwarding body-less requests itself.
     direct: direct::DirectForwarding,
+    /// Serves other PoPs as their shield: no request here takes a shield hop.
+    shield_listener: bool,
 }
 
 /// The most ranges one request may ask for (pingora's default).
@@ -174,7 +177,14 @@ impl EdgeProxy {
             counters: ListenerCounters::new(listener),
             deadlines,
             fast_hits,
+            shield_listener: false,
         }
+    }
+
+    /// This listener serves other PoPs as their shield.
+    pub fn serving_as_shield(mut self, shield: bool) -> Self {
+        self.shield_listener = shield;
+        self
     }
 
     /// A connection to the request's core host (new, or a pooled one still open) says it
@@ -215,6 +225,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
     ) -> Result<bool> {
         ctx.h2_spelling = self.fast_hits.note_h2_request(session);
+        self.note_shield_hop(session, ctx);
         self.take_slice_order(session, ctx);
         if self.admit(session, ctx).await? {
             return Ok(true);
@@ -299,6 +310,9 @@ impl ProxyHttp for EdgeProxy {
         if ctx.client_ip.is_none() {
             ctx.client_ip = client_addr(session).map(|a| a.ip());
         }
+        if let Some(shield) = self.shield_peer(session, ctx) {
+            return Ok(shield);
+        }
         match self.media_peer(ctx, session.cache.enabled()) {
             Some(media) => Ok(media),
             None => self.core_peer(ctx),
@@ -329,7 +343,11 @@ impl ProxyHttp for EdgeProxy {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        self.note_connected(ctx);
+        if ctx.shield.current.is_some() {
+            self.note_shield_connected(ctx);
+        } else {
+            self.note_connected(ctx);
+        }
         Ok(())
     }
 
@@ -347,6 +365,7 @@ impl ProxyHttp for EdgeProxy {
         self.ask_for_slice(upstream_request, ctx)?;
         self.ask_for_the_rest(upstream_request, ctx)?;
         upstream_request.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
+        self.mark_shield_hop(upstream_request, ctx)?;
         // Only the proxy lodges routes: inserting replaces any ticket a client sent.
         if let Some(ticket) = &ctx.media_ticket {
             upstream_request.insert_header(MEDIA_TICKET, ticket.header_value())?;
@@ -577,7 +596,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         e: Box<Error>,
     ) -> Box<Error> {
-        failure::connect_failed(session, ctx, e)
+        match shield::shield_failed(session, ctx, e, true) {
+            Ok(e) => e,
+            Err(e) => failure::connect_failed(session, ctx, e),
+        }
     }
 
     /// A failure on a connection that was already carrying this request; see
@@ -590,7 +612,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         client_reused: bool,
     ) -> Box<Error> {
-        failure::failed_while_proxying(peer, session, e, ctx, client_reused)
+        match shield::shield_failed(session, ctx, e, false) {
+            Ok(e) => e,
+            Err(e) => failure::failed_while_proxying(peer, session, e, ctx, client_reused),
+        }
     }
 
     /// Stale content may be served while one request refreshes it (when the response

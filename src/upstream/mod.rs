@@ -363,6 +363,30 @@ impl CoreGroup {
             .find(|h| h.address == address)
             .map(|h| h.label.clone())
             .unwrap_or_else(|| address.to_string());
+        Some((self.peer(address), label))
+    }
+
+    /// The host `key` belongs to, by rendezvous hashing over the hosts in rotation and not
+    /// `tried`: every PoP picks the same host for a key while they see the same hosts, and
+    /// a host taken out moves only its own keys (to the next host of each key's order).
+    /// `None` when no host is left: the caller goes elsewhere rather than trying one.
+    pub fn pick_for_key(&self, key: &str, tried: &[SocketAddr]) -> Option<(HttpPeer, String)> {
+        let now = Instant::now();
+        let host = self
+            .hosts
+            .iter()
+            .filter(|h| {
+                !tried.contains(&h.address)
+                    && h.state.load(Ordering::Relaxed) != DOWN
+                    && !h.ejected.load(Ordering::Relaxed)
+                    && !h.known_down(now)
+            })
+            .max_by_key(|h| rendezvous_weight(&h.label, key))?;
+        Some((self.peer(host.address), host.label.clone()))
+    }
+
+    /// A peer for one of the group's hosts, with the group's timeouts.
+    fn peer(&self, address: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(address, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
@@ -377,8 +401,22 @@ impl CoreGroup {
             .mesh_connector
             .clone()
             .map(|c| c as Arc<dyn L4Connect + Send + Sync>);
-        Some((peer, label))
+        peer
     }
+}
+
+/// A host's weight for a key in rendezvous hashing: FNV-1a over both, then a 64-bit mix, so
+/// every PoP (whatever its build) ranks hosts alike.
+fn rendezvous_weight(host: &str, key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in host.bytes().chain([0xff]).chain(key.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // The finaliser of splitmix64: FNV's low bits alone spread similar keys poorly.
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 impl CoreGroup {
@@ -442,5 +480,37 @@ impl CoreUpstreams {
     /// one host whose last health check passed.
     pub fn ready(&self) -> bool {
         self.default().is_some_and(|g| g.any_host_up())
+    }
+}
+
+#[cfg(test)]
+mod rendezvous_tests {
+    use super::rendezvous_weight;
+
+    fn owner<'a>(hosts: &[&'a str], key: &str) -> &'a str {
+        hosts
+            .iter()
+            .copied()
+            .max_by_key(|h| rendezvous_weight(h, key))
+            .expect("a host")
+    }
+
+    #[test]
+    fn keys_spread_over_hosts_and_a_host_gone_moves_only_its_own() {
+        let hosts = ["fra-1", "ewr-1", "nrt-1"];
+        let keys: Vec<String> = (0..3000)
+            .map(|n| format!("https://example.social/system/media_attachments/files/{n}/a.png"))
+            .collect();
+        let before: Vec<&str> = keys.iter().map(|k| owner(&hosts, k)).collect();
+        for host in hosts {
+            let share = before.iter().filter(|h| **h == host).count();
+            assert!((800..1200).contains(&share), "{host} owns {share} of 3000");
+        }
+        let after: Vec<&str> = keys.iter().map(|k| owner(&["fra-1", "nrt-1"], k)).collect();
+        for (was, now) in before.iter().zip(&after) {
+            if *was != "ewr-1" {
+                assert_eq!(was, now, "a key of a host still there moved");
+            }
+        }
     }
 }

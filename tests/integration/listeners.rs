@@ -33,6 +33,7 @@ async fn an_ipv6_listener_serves_and_reports_the_ipv6_client() {
             address: "[::1]:0".to_string(),
             h2c: false,
             tls: None,
+            shield: false,
         },
     );
     let path = setup.write_config(&config);
@@ -247,6 +248,7 @@ async fn port_zero_listeners_get_ports_of_their_own_and_are_reported_once_listen
         address: "127.0.0.1:0".to_string(),
         h2c: false,
         tls: None,
+        shield: false,
     });
     let path = setup.write_config(&config);
     let edge = Edge::start(&setup, &path).await;

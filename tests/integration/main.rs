@@ -66,6 +66,8 @@ mod tags;
 mod slice_guards;
 // Large objects as aligned slices: range misses fetch only what they cover.
 mod slices;
+// The shield tier: PoPs that ask another PoP before the core.
+mod shield;
 // What one client can take: head, handshake and preface deadlines, per-client limits.
 mod slow_clients;
 // HTTPS: certificates by SNI, a default without SNI, TLS 1.2 and 1.3, ALPN.

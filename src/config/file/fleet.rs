@@ -43,6 +43,10 @@ pub struct FleetPeerFile {
     pub name: String,
     /// `host:port` of the peer's admin listener.
     pub admin: String,
+    /// `host:port` of the peer's shield listener (over the mesh), when it is a shield this
+    /// PoP may name in a site's or route's `shield`.
+    #[serde(default)]
+    pub shield: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

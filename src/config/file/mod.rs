@@ -106,6 +106,10 @@ pub struct ListenerFile {
     /// Accept HTTP/2 with prior knowledge (h2c) on a plain listener.
     #[serde(default)]
     pub h2c: bool,
+    /// Serves the other PoPs as their shield (plain HTTP, on a mesh address): a request
+    /// here never takes a shield hop itself.
+    #[serde(default)]
+    pub shield: bool,
 }
 
 #[derive(Debug, Deserialize)]

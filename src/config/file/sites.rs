@@ -12,6 +12,10 @@ pub struct SiteFile {
     /// absent: every host no other site claims.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Fleet peers (by name) a cacheable miss asks before the core or the media chain, on
+    /// every route that does not say otherwise.
+    #[serde(default)]
+    pub shield: Option<Vec<String>>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
 }
@@ -21,6 +25,10 @@ pub struct SiteFile {
 pub struct RouteFile {
     /// A path prefix; the longest matching prefix wins.
     pub path: String,
+    /// Fleet peers (by name) a cacheable miss asks first, in place of the site's; `[]`:
+    /// none on this route.
+    #[serde(default)]
+    pub shield: Option<Vec<String>>,
     /// `false`: never cached (websockets, private APIs).
     #[serde(default = "defaults::enabled")]
     pub cache: bool,

@@ -39,7 +39,13 @@ impl StandIns {
     }
 }
 
-pub(super) fn core(check: &mut Checker, core: &file::CoreFile) -> Option<Core> {
+/// The core's groups, and one more for each set of shield PoPs the routes name (`shields`,
+/// their `host:port` from `fleet.peers`), dialled the way the core's hosts are.
+pub(super) fn core(
+    check: &mut Checker,
+    core: &file::CoreFile,
+    shields: &ShieldPlan,
+) -> Option<Core> {
     if core.groups.is_empty() {
         check.problem("core.groups", "define at least one upstream group");
         return None;
@@ -77,6 +83,15 @@ pub(super) fn core(check: &mut Checker, core: &file::CoreFile) -> Option<Core> {
             "core.default_group",
             format!("no upstream group named {default_group:?} (set core.default_group to one of the groups)"),
         );
+    }
+    if let Some(template) = groups.get(&default_group).cloned() {
+        let mut parsing = HostParsing {
+            embedded,
+            stand_ins: &mut stand_ins,
+        };
+        for group in shield_groups(check, shields, &template, &mut parsing) {
+            groups.insert(group.name.clone(), group);
+        }
     }
     Some(Core {
         default_group,
@@ -136,6 +151,67 @@ fn upstream_group(
             path: group.health.path.clone(),
         },
     })
+}
+
+/// The shield PoPs each route names, and where their shield listeners are.
+#[derive(Default)]
+pub(super) struct ShieldPlan {
+    /// Each set of PoPs some route names.
+    pub(super) sets: std::collections::BTreeSet<Vec<String>>,
+    /// Each shield peer's `host:port`, with the key it is written under.
+    pub(super) addresses: BTreeMap<String, (String, String)>,
+}
+
+/// One group per set of shield PoPs, with the default group's timeouts; its hosts are
+/// checked with a TCP connect. A shield is asked first and skipped when it fails, so a
+/// request may always go on to the core after it (GET and HEAD only take this hop).
+fn shield_groups(
+    check: &mut Checker,
+    shields: &ShieldPlan,
+    template: &UpstreamGroup,
+    parsing: &mut HostParsing,
+) -> Vec<UpstreamGroup> {
+    let mut hosts: BTreeMap<&str, UpstreamHost> = BTreeMap::new();
+    for (pop, (key, text)) in &shields.addresses {
+        let parsed = if parsing.embedded {
+            mesh_host(text, parsing.stand_ins)
+        } else {
+            resolve_host(text).map(|address| (address, None))
+        };
+        match parsed {
+            Ok((address, mesh_name)) => {
+                hosts.insert(
+                    pop,
+                    UpstreamHost {
+                        label: pop.clone(),
+                        address,
+                        mesh_name,
+                    },
+                );
+            }
+            Err(message) => check.problem(key, message),
+        }
+    }
+    shields
+        .sets
+        .iter()
+        .filter_map(|pops| {
+            let members: Vec<UpstreamHost> = pops
+                .iter()
+                .filter_map(|pop| hosts.get(pop.as_str()).cloned())
+                .collect();
+            (members.len() == pops.len()).then(|| UpstreamGroup {
+                name: crate::config::model::Shield::group_name(pops),
+                hosts: members,
+                health: HealthCheck {
+                    interval: template.health.interval,
+                    path: None,
+                },
+                retry_methods: vec![http::Method::GET, http::Method::HEAD],
+                ..template.clone()
+            })
+        })
+        .collect()
 }
 
 /// The group's hosts, each parsed once (a tailnet name stands in as a 100::/64 address).

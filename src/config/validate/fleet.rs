@@ -78,12 +78,7 @@ fn peers(check: &mut Checker, fleet: &file::FleetFile) -> Vec<FleetPeer> {
                 ),
             );
         }
-        let valid_address = peer
-            .admin
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-            && !peer.admin.contains('/');
-        if !valid_address {
+        if !is_host_and_port(&peer.admin) {
             check.problem(
                 &format!("{key}.admin"),
                 format!(
@@ -92,9 +87,18 @@ fn peers(check: &mut Checker, fleet: &file::FleetFile) -> Vec<FleetPeer> {
                 ),
             );
         }
+        if let Some(shield) = peer.shield.as_ref().filter(|s| !is_host_and_port(s)) {
+            check.problem(
+                &format!("{key}.shield"),
+                format!(
+                    "invalid shield address {shield:?}: expected host:port of the peer's shield listener"
+                ),
+            );
+        }
         peers.push(FleetPeer {
             name: peer.name.clone(),
             admin: peer.admin.clone(),
+            shield: peer.shield.clone(),
         });
     }
     peers
@@ -147,4 +151,12 @@ pub(super) fn cache_buster(
         secret_header: secret_header?,
         secret: secret?,
     })
+}
+
+/// `host:port`, without a scheme or a path.
+fn is_host_and_port(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        && !address.contains('/')
 }

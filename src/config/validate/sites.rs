@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{client_limits, media, valid_server_name, Checker};
 use crate::config::file;
-use crate::config::model::{Route, Site, Sites};
+use crate::config::model::{Route, Shield, Site, Sites};
 
 /// What a route may refer to elsewhere in the file.
 pub(super) struct Referable<'a> {
@@ -16,6 +16,8 @@ pub(super) struct Referable<'a> {
     pub(super) groups: &'a BTreeMap<String, file::UpstreamGroupFile>,
     /// The largest object a cache tier keeps; `None` without a cache.
     pub(super) largest_object: Option<u64>,
+    /// The fleet, whose peers a `shield` names.
+    pub(super) fleet: Option<&'a file::FleetFile>,
 }
 
 pub(super) fn sites(check: &mut Checker, files: &[file::SiteFile], refs: &Referable<'_>) -> Sites {
@@ -34,9 +36,17 @@ pub(super) fn sites(check: &mut Checker, files: &[file::SiteFile], refs: &Refera
         }
         let hosts = hosts(check, i, site, &sites);
         let mut routes: Vec<Arc<Route>> = Vec::new();
+        let site_shield = site
+            .shield
+            .as_ref()
+            .map(|pops| (format!("sites[{i}].shield"), pops));
+        if let Some((key, pops)) = &site_shield {
+            shield_pops(check, key, pops, refs);
+        }
         for (j, file) in site.routes.iter().enumerate() {
             let key = format!("sites[{i}].routes[{j}]");
-            let route = route(check, &key, file, next_route_id, refs, &routes);
+            let inherited = site_shield.as_ref().map(|(_, pops)| *pops);
+            let route = route(check, &key, file, next_route_id, refs, &routes, inherited);
             routes.push(Arc::new(route));
             next_route_id += 1;
         }
@@ -79,6 +89,7 @@ fn route(
     id: usize,
     refs: &Referable<'_>,
     earlier: &[Arc<Route>],
+    site_shield: Option<&Vec<String>>,
 ) -> Route {
     if !route.path.starts_with('/') {
         check.problem(&format!("{key}.path"), "must start with /");
@@ -130,6 +141,26 @@ fn route(
             refs.largest_object,
         );
     }
+    if let Some(pops) = &route.shield {
+        shield_pops(check, &format!("{key}.shield"), pops, refs);
+        if !route.cache && !pops.is_empty() {
+            check.problem(
+                &format!("{key}.shield"),
+                "a route with cache: false never asks a shield",
+            );
+        }
+    }
+    // The route's own list wins; a route that never caches takes no shield from its site.
+    let shield = match (&route.shield, site_shield) {
+        (Some(own), _) => Some(own),
+        (None, inherited) if route.cache => inherited,
+        (None, _) => None,
+    }
+    .filter(|pops| !pops.is_empty())
+    .map(|pops| Shield {
+        group: Shield::group_name(pops),
+        pops: pops.clone(),
+    });
     let client_limit = route
         .client_limit
         .as_ref()
@@ -144,7 +175,38 @@ fn route(
         slice: slice_enabled.then(|| route.slice_size.map(|size| size.bytes())),
         media,
         upstream: route.upstream.clone(),
+        shield,
         max_body_size: route.max_body_size.map(|size| size.0),
         client_limit,
+    }
+}
+
+/// A `shield` list: fleet peers, each once, each with a shield listener, never this PoP.
+fn shield_pops(check: &mut Checker, key: &str, pops: &[String], refs: &Referable<'_>) {
+    let Some(fleet) = refs.fleet else {
+        if !pops.is_empty() {
+            check.problem(key, "a shield is a fleet peer: configure fleet first");
+        }
+        return;
+    };
+    for (k, pop) in pops.iter().enumerate() {
+        let item = format!("{key}[{k}]");
+        if *pop == fleet.name {
+            check.problem(
+                &item,
+                format!("{pop} is this PoP: a PoP cannot be its own shield"),
+            );
+        } else if pops[..k].contains(pop) {
+            check.problem(&item, format!("{pop} is listed twice"));
+        } else {
+            match fleet.peers.iter().find(|p| p.name == *pop) {
+                None => check.problem(&item, format!("no fleet peer is named {pop:?}")),
+                Some(peer) if peer.shield.is_none() => check.problem(
+                    &item,
+                    format!("fleet peer {pop} has no shield address (fleet.peers[].shield)"),
+                ),
+                Some(_) => {}
+            }
+        }
     }
 }

@@ -37,6 +37,9 @@ pub struct Listener {
     pub h2c: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// Serves the other PoPs as their shield.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shield: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -221,6 +224,9 @@ pub struct Disk {
 pub struct Site {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Fleet peers a cacheable miss asks first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shield: Option<Vec<String>>,
     pub routes: Vec<Route>,
 }
 
@@ -385,12 +391,14 @@ impl Config {
             address: http.to_string(),
             h2c: false,
             tls: None,
+            shield: false,
         }];
         if !certs.is_empty() {
             listeners.push(Listener {
                 name: "https".to_string(),
                 address: https.to_string(),
                 h2c: false,
+                shield: false,
                 tls: Some(Tls {
                     certificates: certs
                         .iter()
@@ -509,6 +517,7 @@ impl Config {
         } else {
             self.sites.push(Site {
                 hosts: Vec::new(),
+                shield: None,
                 routes: routes.into_iter().collect(),
             });
         }

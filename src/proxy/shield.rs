@@ -1,0 +1,126 @@
+//! The shield hop: on a route with a `shield`, a cacheable miss asks another PoP (its shield
+//! listener, over the mesh) before the core or the media chain. The shield caches and
+//! collapses like any PoP, so PoPs missing one object cause one fetch from its origin. Its
+//! host is picked by the object's key (rendezvous hashing), so with several shields each
+//! object is stored once among them.
+//!
+//! A shield that cannot be reached, or fails before it answers, is skipped: the request
+//! goes on to the next shield for its key, then to the core or the chain, within the
+//! group's connect timeout. Only requests the cache takes part in take the hop (never one
+//! signed in or otherwise bypassing the cache), and never twice: the hop is marked in
+//! [`SHIELD_HOP`], and a request that carries it, or arrives on a shield listener, goes
+//! straight to its origin.
+
+use http::HeaderName;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::context::RequestContext;
+use super::EdgeProxy;
+use crate::cache::CacheStatus;
+use crate::metrics;
+
+/// Marks a request one PoP sends its shield; its value is the sending PoP's name.
+pub const SHIELD_HOP: HeaderName = HeaderName::from_static("x-edgecache-shield-hop");
+
+impl EdgeProxy {
+    /// Notes whether the request came on a shield hop, and takes the marker off: it goes
+    /// to no core, and a client's copy of it only keeps its own request from the shield.
+    pub(super) fn note_shield_hop(&self, session: &mut Session, ctx: &mut RequestContext) {
+        let req = session.req_header_mut();
+        ctx.shield.arrived_by_hop = self.shield_listener || req.headers.contains_key(&SHIELD_HOP);
+        req.remove_header(&SHIELD_HOP);
+    }
+
+    /// The shield host this attempt asks, when the request takes the hop: the route has a
+    /// shield, the cache takes part, the request did not come on a hop, and a shield host
+    /// is left for its key.
+    pub(super) fn shield_peer(
+        &self,
+        session: &Session,
+        ctx: &mut RequestContext,
+    ) -> Option<Box<HttpPeer>> {
+        ctx.shield.current = None;
+        if ctx.shield.arrived_by_hop
+            || ctx.websocket
+            || !session.cache.enabled()
+            || ctx.cache_status != Some(CacheStatus::Miss)
+        {
+            return None;
+        }
+        let shield = ctx.route.route()?.shield.as_ref()?;
+        let group = match &ctx.shield.group {
+            Some(group) => group.clone(),
+            // Missing only after a reload named new shields, which take a restart.
+            None => self.shared.core.groups.get(&shield.group)?.clone(),
+        };
+        let key = ctx.cache_key.as_deref()?;
+        let Some((peer, label)) = group.pick_for_key(key, &ctx.shield.failed) else {
+            metrics::get()
+                .shield_skipped
+                .with_label_values(&[group.name.as_str(), "none_left"])
+                .inc();
+            return None;
+        };
+        ctx.shield.current = peer._address.as_inet().copied();
+        ctx.shield.group = Some(group.clone());
+        ctx.upstream_label = format!("shield {label}");
+        metrics::get()
+            .shield_requests
+            .with_label_values(&[group.name.as_str(), label.as_str()])
+            .inc();
+        Some(Box::new(peer))
+    }
+
+    /// Marks a request on its way to a shield, with this PoP's name.
+    pub(super) fn mark_shield_hop(
+        &self,
+        upstream_request: &mut RequestHeader,
+        ctx: &RequestContext,
+    ) -> Result<()> {
+        if ctx.shield.current.is_some() {
+            upstream_request.insert_header(SHIELD_HOP, self.shared.purger.name.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// A connection to the shield host was made or reused: it is reachable.
+    pub(super) fn note_shield_connected(&self, ctx: &RequestContext) {
+        if let (Some(group), Some(host)) = (&ctx.shield.group, ctx.shield.current) {
+            group.connected(host);
+        }
+    }
+}
+
+/// A failure of a shield attempt, before anything was sent to the client: the shield is
+/// set aside for this request and the request goes on (to the next shield for its key,
+/// then its origin). `None` when the failed attempt did not go to a shield.
+pub(super) fn shield_failed(
+    session: &Session,
+    ctx: &mut RequestContext,
+    mut e: Box<Error>,
+    connecting: bool,
+) -> Result<Box<Error>, Box<Error>> {
+    let Some(host) = ctx.shield.current.take() else {
+        return Err(e);
+    };
+    let group = ctx.shield.group.clone();
+    let group_name = group.as_ref().map_or("", |g| g.name.as_str());
+    if let Some(group) = &group {
+        if connecting {
+            group.eject(host);
+            group.connect_failed(host);
+        }
+    }
+    ctx.shield.failed.push(host);
+    // Once the shield has begun to answer, nothing may be asked again.
+    let answered = ctx.upstream_status.is_some() || session.response_written().is_some();
+    let reason = if connecting { "connect" } else { "error" };
+    tracing::warn!(shield = %ctx.upstream_label, error = %e, answered, "shield failed; going on without it");
+    metrics::get()
+        .shield_skipped
+        .with_label_values(&[group_name, reason])
+        .inc();
+    e.set_retry(!answered);
+    Ok(e)
+}

@@ -1,0 +1,466 @@
+//! The shield tier: PoPs that name a shield ask it before the core, so many PoPs missing
+//! one object cost the origin one request; a shield that is gone is skipped without a
+//! failed request; several shields each store their own share; a hop is never taken twice,
+//! and requests the cache stays out of never take it.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::harness::fleet::*;
+use crate::harness::origin::{pattern_range, seen_headers, Origin};
+use crate::harness::{get, run_binary, EdgeSetup, Route};
+
+/// The shield's PoP name in these tests.
+const SHIELD: &str = "shd";
+
+/// PoPs `edges` behind one shield, [`SHIELD`], which they name for the media host.
+async fn shielded(origin: &Origin, edges: &[&'static str]) -> Vec<FleetPop> {
+    let names: Vec<&'static str> = std::iter::once(SHIELD)
+        .chain(edges.iter().copied())
+        .collect();
+    let plan = FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        ..FleetPlan::default()
+    };
+    start_fleet(origin, &names, &plan).await
+}
+
+fn shield_requests(group: &str, shield: &str) -> String {
+    format!("edgecache_shield_requests_total{{group=\"{group}\",shield=\"{shield}\"}}")
+}
+
+/// GETs each (PoP, path) at once, up to `at_once` in flight; the status and body of each
+/// (status 0: the request itself failed).
+async fn get_many(
+    pops: &[&FleetPop],
+    paths: &[(usize, String)],
+    at_once: usize,
+) -> Vec<(u16, Vec<u8>)> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    futures_util::stream::iter(paths.iter().map(|(pop, path)| {
+        let url = format!("http://{}{path}", pops[*pop].setup.http());
+        let client = client.clone();
+        async move {
+            let Ok(resp) = client.get(&url).header("Host", MEDIA_HOST).send().await else {
+                return (0, Vec::new());
+            };
+            let status = resp.status().as_u16();
+            match resp.bytes().await {
+                Ok(body) => (status, body.to_vec()),
+                Err(_) => (0, Vec::new()),
+            }
+        }
+    }))
+    .buffer_unordered(at_once)
+    .collect()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_misses_over_three_pops_cost_the_origin_one_request() {
+    let origin = Origin::start().await;
+    let pops = shielded(&origin, &["fra", "ewr", "nrt"]).await;
+    let edges: Vec<&FleetPop> = pops[1..].iter().collect();
+    // The origin takes its time, so every request arrives while the object is fetched.
+    let path = "/slow/400?cc=public,max-age=3600";
+    let paths: Vec<(usize, String)> = (0..100).map(|n| (n % 3, path.to_string())).collect();
+    let answers = get_many(&edges, &paths, 100).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert!(
+        answers.iter().all(|(_, body)| *body == answers[0].1),
+        "the answers differ"
+    );
+    assert_eq!(
+        origin.hits_for("/slow/400"),
+        1,
+        "the origin was asked more than once"
+    );
+    // Each PoP asked its shield once, and the hop's marker never reached the origin.
+    for pop in &edges {
+        assert_eq!(
+            pop.edge()
+                .metric(&shield_requests("shield:shd", SHIELD))
+                .await,
+            Some(1.0),
+            "{}",
+            pop.name
+        );
+    }
+    let seen: serde_json::Value = serde_json::from_slice(&answers[0].1).expect("the origin's JSON");
+    assert!(
+        seen_headers(&seen, "x-edgecache-shield-hop").is_empty(),
+        "{seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_killed_under_load_is_skipped_and_no_request_fails() {
+    let origin = Origin::start().await;
+    let mut pops = shielded(&origin, &["fra", "ewr", "nrt"]).await;
+    let round = |round: usize| -> Vec<(usize, String)> {
+        (0..90)
+            .map(|n| {
+                (
+                    n % 3,
+                    format!("/objects/{round}/{}?cc=public,max-age=3600", n / 3),
+                )
+            })
+            .collect()
+    };
+    // Warm: through the shield.
+    {
+        let edges: Vec<&FleetPop> = pops[1..].iter().collect();
+        let answers = get_many(&edges, &round(0), 16).await;
+        assert!(answers.iter().all(|(s, _)| *s == 200));
+        assert_eq!(origin.hits(), 30, "each object once, through the shield");
+    }
+    // Rounds of new objects keep coming while the shield is killed.
+    let (shield, rest) = pops.split_at_mut(1);
+    let edges: Vec<&FleetPop> = rest.iter().collect();
+    let load = async {
+        let mut statuses = Vec::new();
+        for n in 1..=12 {
+            statuses.extend(
+                get_many(&edges, &round(n), 16)
+                    .await
+                    .into_iter()
+                    .map(|a| a.0),
+            );
+        }
+        statuses
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        shield[0].kill().await;
+        Instant::now()
+    };
+    let (statuses, killed_at) = tokio::join!(load, kill);
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {statuses:?}",
+        statuses.len()
+    );
+    // After the kill, a new object goes straight to the core at once.
+    let started = Instant::now();
+    let answer = edges[0].get("/after/kill?cc=public,max-age=3600").await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200);
+    assert_eq!(origin.hits_for("/after/kill"), 1);
+    let mut skipped = 0.0;
+    for pop in &edges {
+        for reason in ["connect", "error", "none_left"] {
+            let sample = format!(
+                "edgecache_shield_skipped_total{{group=\"shield:shd\",reason=\"{reason}\"}}"
+            );
+            skipped += pop.edge().metric(&sample).await.unwrap_or(0.0);
+        }
+    }
+    assert!(skipped > 0.0, "no request went on without the shield");
+    eprintln!(
+        "shield killed: {} requests over 3 PoPs, 0 failed; a miss after the kill took {took:?} ({:?} after it)",
+        statuses.len(),
+        killed_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shields_each_store_their_share_once() {
+    let origin = Origin::start().await;
+    let plan = FleetPlan {
+        shields: &["sha", "shb"],
+        site_shield: &|pop| pop.starts_with("pop").then(|| vec!["sha", "shb"]),
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &["sha", "shb", "pop1", "pop2"], &plan).await;
+    let edges: Vec<&FleetPop> = pops[2..].iter().collect();
+    const OBJECTS: usize = 60;
+    let paths = |pop: usize| -> Vec<(usize, String)> {
+        (0..OBJECTS)
+            .map(|n| (pop, format!("/spread/{n}?cc=public,max-age=3600")))
+            .collect()
+    };
+    for pop in 0..2 {
+        let answers = get_many(&edges, &paths(pop), 8).await;
+        assert!(answers.iter().all(|(s, _)| *s == 200));
+    }
+    assert_eq!(
+        origin.hits(),
+        OBJECTS,
+        "each object fetched once for both PoPs"
+    );
+    // Both PoPs sent each object to the same shield, and the shields split the objects.
+    let group = "shield:sha,shb";
+    let mut shares = Vec::new();
+    for shield in ["sha", "shb"] {
+        let first = edges[0]
+            .edge()
+            .metric(&shield_requests(group, shield))
+            .await
+            .unwrap_or(0.0);
+        let second = edges[1]
+            .edge()
+            .metric(&shield_requests(group, shield))
+            .await
+            .unwrap_or(0.0);
+        assert_eq!(
+            first, second,
+            "the PoPs picked different shields for some object"
+        );
+        shares.push(first);
+    }
+    assert_eq!(shares.iter().sum::<f64>(), OBJECTS as f64);
+    assert!(shares.iter().all(|s| *s >= 10.0), "shares {shares:?}");
+    // What each shield holds is its share: no object is stored on both.
+    for (shield, share) in pops[..2].iter().zip(&shares) {
+        let held = shield
+            .edge()
+            .metric("edgecache_cache_tier_objects{tier=\"memory\"}")
+            .await
+            .unwrap_or(0.0);
+        assert_eq!(held, *share, "{} holds {held}", shield.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pops_naming_each_other_on_plain_listeners_make_one_hop_not_a_loop() {
+    let origin = Origin::start().await;
+    // Each names the other as its shield, at the other's public listener: only the hop's
+    // marker stops the request there.
+    let plan = FleetPlan {
+        site_shield: &|pop| Some(vec![if pop == "fra" { "ewr" } else { "fra" }]),
+        shields_on_public_listeners: true,
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &["fra", "ewr"], &plan).await;
+    // fra started first, and checks ewr every second.
+    pops[0]
+        .edge()
+        .wait_metric(
+            "edgecache_core_host_up{group=\"shield:ewr\",host=\"ewr\"}",
+            1.0,
+        )
+        .await;
+    let path = "/loop/1?cc=public,max-age=3600";
+    let answer = pops[0].get(path).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(origin.hits_for("/loop/1"), 1);
+    assert_eq!(
+        pops[0]
+            .edge()
+            .metric(&shield_requests("shield:ewr", "ewr"))
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        pops[1]
+            .edge()
+            .metric(&shield_requests("shield:fra", "fra"))
+            .await,
+        None,
+        "ewr passed the hop on"
+    );
+    // ewr stored what it fetched for fra.
+    assert_eq!(pops[1].get(path).await.cache_status(), "HIT");
+    assert_eq!(origin.hits_for("/loop/1"), 1);
+    // A client's own marker takes nothing past the PoP: it never reaches the origin.
+    let marked = get(
+        pops[0].setup.http(),
+        "/loop/2?cc=public,max-age=3600",
+        &[("Host", MEDIA_HOST), ("X-Edgecache-Shield-Hop", "nrt")],
+    )
+    .await;
+    let seen: serde_json::Value = serde_json::from_slice(&marked.body).expect("JSON");
+    assert!(
+        seen_headers(&seen, "x-edgecache-shield-hop").is_empty(),
+        "{seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_in_and_uncacheable_requests_never_take_the_hop() {
+    let origin = Origin::start().await;
+    let plan = FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        change_config: &|pop, config| {
+            if pop != SHIELD {
+                let site = config.sites.last_mut().expect("the media host's site");
+                site.routes.push(Route::at("/api/").cache(false));
+            }
+        },
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
+    let fra = &pops[1];
+    let cacheable = "?cc=public,max-age=3600";
+    let requests: [(&str, &[(&str, &str)]); 4] = [
+        ("/signed-in/token", &[("Authorization", "Bearer abc")]),
+        ("/signed-in/cookie", &[("Cookie", "_session_id=abc")]),
+        ("/api/v1/timelines/home", &[]),
+        ("/public/after", &[]),
+    ];
+    for (path, headers) in requests {
+        let mut all = vec![("Host", MEDIA_HOST)];
+        all.extend_from_slice(headers);
+        let answer = get(fra.setup.http(), &format!("{path}{cacheable}"), &all).await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(origin.hits_for(path), 1, "{path}");
+    }
+    // Only the public request took the hop.
+    assert_eq!(
+        fra.edge()
+            .metric(&shield_requests("shield:shd", SHIELD))
+            .await,
+        Some(1.0)
+    );
+    let post = crate::harness::send(
+        reqwest::Method::POST,
+        fra.setup.http(),
+        "/api/v1/statuses",
+        &[("Host", MEDIA_HOST)],
+    )
+    .await;
+    assert_eq!(post.status, 200);
+    assert_eq!(
+        fra.edge()
+            .metric(&shield_requests("shield:shd", SHIELD))
+            .await,
+        Some(1.0),
+        "a POST took the hop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_travel_through_the_shield_as_slices() {
+    const SLICE: u64 = 256 * 1024;
+    let origin = Origin::start().await;
+    let plan = FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        change_cache: &|cache| {
+            cache.more.insert("slice_size".into(), "256KiB".into());
+        },
+        change_config: &|pop, config| {
+            let bytes = Route::at("/bytes/").with("slice", "true");
+            if pop == SHIELD {
+                config.add_routes([bytes]);
+            } else {
+                let site = config.sites.last_mut().expect("the media host's site");
+                site.routes.push(bytes);
+            }
+        },
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &[SHIELD, "fra", "ewr"], &plan).await;
+    let size = 3_000_000u64;
+    let path = format!("/bytes/{size}?cc=public,max-age=600");
+    let range_of = |i: u64| format!("bytes={}-{}", i * SLICE, (i + 1) * SLICE - 1);
+    // A seek into the middle on fra (slice 7), then on ewr a range over slices 6 and 7.
+    let seek = get(
+        pops[1].setup.http(),
+        &path,
+        &[("Host", MEDIA_HOST), ("Range", "bytes=2000000-2000099")],
+    )
+    .await;
+    assert_eq!(seek.status, 206);
+    assert!(seek.body == pattern_range(2_000_000..2_000_100));
+    let wider = get(
+        pops[2].setup.http(),
+        &path,
+        &[("Host", MEDIA_HOST), ("Range", "bytes=1700000-2000099")],
+    )
+    .await;
+    assert_eq!(wider.status, 206);
+    assert!(wider.body == pattern_range(1_700_000..2_000_100));
+    // The origin saw each slice once, whichever PoP wanted it, and nothing else.
+    assert_eq!(
+        origin.ranges_for(&format!("/bytes/{size}")),
+        vec![range_of(7), range_of(6)]
+    );
+}
+
+#[test]
+fn shield_settings_that_cannot_work_name_file_line_and_key() {
+    let setup = EdgeSetup::new();
+    let (http, admin) = setup.configured_http_and_admin();
+    let token = setup.path("admin.token");
+    std::fs::write(&token, "a-token-of-enough-length-for-the-admin").expect("token");
+    let config = format!(
+        "listeners:
+  - name: http
+    address: \"{http}\"
+  - name: shield
+    address: \"127.0.0.1:9\"
+    shield: true
+    tls:
+      certificates: []
+admin:
+  address: \"{admin}\"
+  token_file: {token}
+core:
+  groups:
+    web:
+      hosts: [\"127.0.0.1:3000\"]
+fleet:
+  name: fra
+  state_dir: fleet
+  peers:
+    - {{ name: ewr, admin: \"127.0.0.1:9901\", shield: \"127.0.0.1:9902\" }}
+    - {{ name: nrt, admin: \"127.0.0.1:9903\" }}
+    - {{ name: iad, admin: \"127.0.0.1:9904\", shield: \"http://iad/\" }}
+sites:
+  - shield: [fra]
+    routes:
+      - path: /
+        shield: [nrt, zzz, ewr, ewr]
+      - path: /api/
+        cache: false
+        shield: [ewr]
+",
+        token = token.display()
+    );
+    let path = setup.write_config_text(&config);
+    let path = path.to_str().expect("utf-8");
+    let (code, _, stderr) = run_binary(&["check-config", path]);
+    assert_eq!(code, 64, "{stderr}");
+    for expected in [
+        ":6: listeners[1].shield: a shield listener takes plain HTTP from the other PoPs over the mesh; leave out tls",
+        ":22: fleet.peers[2].shield: invalid shield address \"http://iad/\"",
+        ":24: sites[0].shield[0]: fra is this PoP: a PoP cannot be its own shield",
+        ":27: sites[0].routes[0].shield[0]: fleet peer nrt has no shield address (fleet.peers[].shield)",
+        ":27: sites[0].routes[0].shield[1]: no fleet peer is named \"zzz\"",
+        ":27: sites[0].routes[0].shield[3]: ewr is listed twice",
+        ":30: sites[0].routes[1].shield: a route with cache: false never asks a shield",
+    ] {
+        assert!(
+            stderr.contains(&format!("{path}{expected}")),
+            "wanted {expected:?} in {stderr}"
+        );
+    }
+
+    // A shield is a fleet peer: without a fleet there is none to name.
+    let config = format!(
+        "listeners:\n  - name: http\n    address: \"{http}\"\nadmin:\n  address: \"{admin}\"\ncore:\n  groups:\n    web:\n      hosts: [\"127.0.0.1:3000\"]\nsites:\n  - shield: [ewr]\n    routes:\n      - path: /\n"
+    );
+    let path = setup.write_config_text(&config);
+    let path = path.to_str().expect("utf-8");
+    let (code, _, stderr) = run_binary(&["check-config", path]);
+    assert_eq!(code, 64, "{stderr}");
+    let expected =
+        format!("{path}:11: sites[0].shield: a shield is a fleet peer: configure fleet first");
+    assert!(
+        stderr.contains(&expected),
+        "wanted {expected:?} in {stderr}"
+    );
+}
