@@ -210,7 +210,7 @@ fn the_commented_example_config_loads() {
     let (code, stdout, stderr) = run_binary(&["check-config", path.to_str().expect("utf-8")]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("ok (3 listeners, 2 core groups)"),
+        stdout.contains("ok (4 listeners, 2 core groups)"),
         "{stdout}"
     );
 }

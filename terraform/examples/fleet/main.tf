@@ -26,6 +26,7 @@ module "pop" {
   mesh_cidrs           = var.mesh_cidrs
   operator_ssh_cidrs   = var.operator_ssh_cidrs
   admin_port           = var.admin_port
+  shield_port          = each.value.shield ? var.shield_port : null
 }
 
 module "inventory" {
@@ -39,6 +40,7 @@ module "inventory" {
       public_ipv6   = pop.public_ipv6
       mesh_hostname = pop.mesh_hostname
       fqdn          = pop.fqdn
+      shield        = module.fleet.pops[name].shield
     }
   }
 }

@@ -1,9 +1,10 @@
 variable "pops" {
-  description = "The fleet: PoP name (e.g. \"fra-1\") => its Linode region and, optionally, plan and extra tags. One entry per PoP; adding a region is adding an entry."
+  description = "The fleet: PoP name (e.g. \"fra-1\") => its Linode region and, optionally, plan, extra tags and `shield = true` (the PoP near the core that the others ask before it). One entry per PoP; adding a region is adding an entry."
   type = map(object({
     region        = string
     instance_type = optional(string)
     extra_tags    = optional(list(string), [])
+    shield        = optional(bool, false)
   }))
 }
 
@@ -61,6 +62,12 @@ variable "admin_port" {
   description = "TCP port of edgecache's admin listener on every PoP."
   type        = number
   default     = 9901
+}
+
+variable "shield_port" {
+  description = "TCP port of edgecache's shield listener on the PoPs marked shield, reachable only from mesh_cidrs."
+  type        = number
+  default     = 9902
 }
 
 variable "extra_tags" {

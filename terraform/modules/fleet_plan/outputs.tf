@@ -3,6 +3,11 @@ output "pops" {
   value       = local.pops
 }
 
+output "shields" {
+  description = "The PoPs marked as shields, sorted: the others name them in their sites."
+  value       = local.shields
+}
+
 output "regions" {
   description = "The Linode regions the fleet runs in, sorted."
   value       = local.regions

@@ -1,9 +1,10 @@
 variable "pops" {
-  description = "The fleet: one entry per PoP, keyed by its fleet name (e.g. \"fra-1\"), with the Linode region it runs in and, optionally, its own plan and extra tags. Adding a region is adding an entry."
+  description = "The fleet: one entry per PoP, keyed by its fleet name (e.g. \"fra-1\"), with the Linode region it runs in and, optionally, its own plan, extra tags and `shield = true` for a PoP the others ask before the core (one near the core). Adding a region is adding an entry."
   type = map(object({
     region        = string
     instance_type = optional(string)
     extra_tags    = optional(list(string), [])
+    shield        = optional(bool, false)
   }))
 
   validation {

@@ -10,6 +10,7 @@ locals {
       edgecache_public_fqdn   = pop.fqdn
       edgecache_public_ipv4   = pop.public_ipv4
       edgecache_public_ipv6   = pop.public_ipv6
+      edgecache_shield        = pop.shield
     }
   }
 

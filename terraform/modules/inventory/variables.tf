@@ -1,11 +1,12 @@
 variable "pops" {
-  description = "The PoPs as built: for each PoP name, its region, public addresses, mesh host name and DNS name."
+  description = "The PoPs as built: for each PoP name, its region, public addresses, mesh host name, DNS name and whether it is a shield."
   type = map(object({
     region        = string
     public_ipv4   = string
     public_ipv6   = string
     mesh_hostname = string
     fqdn          = string
+    shield        = optional(bool, false)
   }))
 
   validation {

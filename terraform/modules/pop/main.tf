@@ -12,6 +12,7 @@ module "settings" {
   mesh_cidrs             = var.mesh_cidrs
   operator_ssh_cidrs     = var.operator_ssh_cidrs
   admin_port             = var.admin_port
+  shield_port            = var.shield_port
   allow_tailscale_direct = var.allow_tailscale_direct
   tailscale_udp_port     = var.tailscale_udp_port
   extra_tags             = var.extra_tags

@@ -74,6 +74,12 @@ variable "admin_port" {
   default     = 9901
 }
 
+variable "shield_port" {
+  description = "TCP port of edgecache's shield listener when this PoP shields the others (reachable only from mesh_cidrs); null when it does not."
+  type        = number
+  default     = null
+}
+
 variable "allow_tailscale_direct" {
   description = "Open tailscale_udp_port to the internet so the mesh node can connect directly instead of through relays."
   type        = bool

@@ -31,6 +31,10 @@ locals {
     { label = "ssh-from-mesh", protocol = "TCP", ports = "22", ipv4 = local.mesh_ipv4, ipv6 = local.mesh_ipv6 },
   ]
 
+  shield_rules = var.shield_port == null ? [] : [
+    { label = "shield-from-mesh", protocol = "TCP", ports = tostring(var.shield_port), ipv4 = local.mesh_ipv4, ipv6 = local.mesh_ipv6 },
+  ]
+
   tailscale_rules = var.allow_tailscale_direct ? [
     { label = "tailscale-direct", protocol = "UDP", ports = tostring(var.tailscale_udp_port), ipv4 = local.anywhere_ipv4, ipv6 = local.anywhere_ipv6 },
   ] : []
@@ -41,7 +45,7 @@ locals {
 
   # Everything not listed here is dropped by the firewall's inbound policy.
   firewall_inbound_rules = [
-    for rule in concat(local.public_rules, local.mesh_rules, local.tailscale_rules, local.operator_rules) :
+    for rule in concat(local.public_rules, local.mesh_rules, local.shield_rules, local.tailscale_rules, local.operator_rules) :
     merge(rule, { action = "ACCEPT" })
   ]
 }

@@ -126,6 +126,17 @@ variable "admin_port" {
   }
 }
 
+variable "shield_port" {
+  description = "TCP port of edgecache's shield listener on a PoP that shields the others; reachable only from mesh_cidrs. null: the PoP is no shield."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.shield_port == null ? true : (var.shield_port >= 1 && var.shield_port <= 65535 && floor(var.shield_port) == var.shield_port && !contains([22, 80, 443, var.admin_port], var.shield_port))
+    error_message = "shield_port must be a TCP port from 1 to 65535 other than 22, 80, 443 and admin_port."
+  }
+}
+
 variable "allow_tailscale_direct" {
   description = "Open tailscale_udp_port to the internet so the PoP's mesh node can make direct connections instead of going through relays."
   type        = bool

@@ -100,3 +100,25 @@ run "rejects_a_bad_default_instance_type" {
 
   expect_failures = [var.default_instance_type]
 }
+
+run "marks_the_shields" {
+  command = plan
+
+  variables {
+    pops = {
+      fra-1 = { region = "eu-central", shield = true }
+      ord-1 = { region = "us-ord" }
+      sin-1 = { region = "sg-sin-2" }
+    }
+  }
+
+  assert {
+    condition     = output.shields == tolist(["fra-1"])
+    error_message = "shields must list the PoPs marked shield"
+  }
+
+  assert {
+    condition     = output.pops["fra-1"].shield && !output.pops["ord-1"].shield
+    error_message = "each PoP must say whether it is a shield, false unless marked"
+  }
+}

@@ -13,6 +13,7 @@ variables {
       public_ipv6   = "2001:db8::10"
       mesh_hostname = "edgecache-fra-1"
       fqdn          = "fra-1.pops.example.social"
+      shield        = true
     }
   }
 }
@@ -35,8 +36,14 @@ run "renders_an_ansible_inventory" {
       edgecache_public_fqdn   = "fra-1.pops.example.social"
       edgecache_public_ipv4   = "198.51.100.10"
       edgecache_public_ipv6   = "2001:db8::10"
+      edgecache_shield        = true
     }
     error_message = "each host must carry the variables the Ansible roles read"
+  }
+
+  assert {
+    condition     = yamldecode(output.yaml).all.children.edgecache_pops.hosts["ord-1"].edgecache_shield == false
+    error_message = "a PoP not marked shield must be no shield"
   }
 
   assert {

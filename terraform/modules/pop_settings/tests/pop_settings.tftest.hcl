@@ -146,6 +146,41 @@ run "custom_admin_port_and_no_tailscale_direct" {
   }
 }
 
+run "a_shield_opens_its_port_to_the_mesh_only" {
+  command = plan
+
+  variables {
+    shield_port = 9902
+  }
+
+  assert {
+    condition = [
+      for rule in output.firewall.inbound_rules : { label = rule.label, ipv4 = rule.ipv4, ipv6 = rule.ipv6 }
+      if rule.ports == "9902"
+    ] == [{ label = "shield-from-mesh", ipv4 = ["100.64.0.0/10"], ipv6 = ["fd7a:115c:a1e0::/48"] }]
+    error_message = "a shield's port must have exactly one rule, open only to the Tailscale ranges"
+  }
+}
+
+run "no_shield_port_without_a_shield" {
+  command = plan
+
+  assert {
+    condition     = !anytrue([for rule in output.firewall.inbound_rules : rule.label == "shield-from-mesh"])
+    error_message = "a PoP that is no shield must not open a shield port"
+  }
+}
+
+run "rejects_a_shield_port_on_the_admin_port" {
+  command = plan
+
+  variables {
+    shield_port = 9901
+  }
+
+  expect_failures = [var.shield_port]
+}
+
 run "tailscale_direct_port_is_udp_from_anywhere" {
   command = plan
 
