@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use crate::harness::fleet::*;
 use crate::harness::origin::{pattern_range, seen_headers, Origin};
-use crate::harness::{get, run_binary, EdgeSetup, Route};
+use crate::harness::{get, run_binary, EdgeSetup, MediaRoute, Route, Store};
 
 /// The shield's PoP name in these tests.
 const SHIELD: &str = "shd";
@@ -463,4 +463,77 @@ sites:
         stderr.contains(&expected),
         "wanted {expected:?} in {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_miss_asks_the_shield_whose_chain_finds_it_once() {
+    let origin = Origin::start().await;
+    // Only the shield's store holds the file: a PoP that skipped the hop would answer 404.
+    let (shield_store, empty_store) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let key = "media_attachments/files/110/123/456/original/a.png";
+    let file = shield_store.path().join(key);
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("dirs");
+    let image: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &image).expect("file");
+    let (shield_dir, edge_dir) = (
+        shield_store.path().to_path_buf(),
+        empty_store.path().to_path_buf(),
+    );
+    let plan = FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        change_config: &|pop, config| {
+            let dir = if pop == SHIELD {
+                &shield_dir
+            } else {
+                &edge_dir
+            };
+            config
+                .stores
+                .insert("disk".to_string(), Store::directory(dir));
+            let media = Route {
+                media: Some(MediaRoute {
+                    chain: vec!["disk".to_string()],
+                    ..MediaRoute::default()
+                }),
+                ..Route::at("/system/")
+            };
+            if pop == SHIELD {
+                config.add_routes([media]);
+            } else {
+                config
+                    .sites
+                    .last_mut()
+                    .expect("the media host's site")
+                    .routes
+                    .push(media);
+            }
+        },
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &[SHIELD, "fra", "ewr"], &plan).await;
+    let path = format!("/system/{key}");
+    for pop in &pops[1..] {
+        let answer = pop.get(&path).await;
+        assert_eq!(answer.status, 200, "{}", pop.name);
+        assert!(answer.body == image, "{} served other bytes", pop.name);
+        assert_eq!(
+            pop.edge()
+                .metric(&shield_requests("shield:shd", SHIELD))
+                .await,
+            Some(1.0)
+        );
+    }
+    // The shield's chain was asked once; the second PoP's miss was a hit there.
+    assert_eq!(
+        pops[0]
+            .edge()
+            .metric("edgecache_media_step_lookups_total{outcome=\"hit\",store=\"disk\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(origin.hits(), 0, "the core was asked for media");
 }
