@@ -542,12 +542,14 @@ impl ProxyHttp for EdgeProxy {
             upstream_response.insert_header(forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         }
         // Our own targeted field is for PoPs only: it stays in the stored copy, which is
-        // judged again on revalidation, and never reaches a client.
+        // judged again on revalidation, and never reaches a client. A shield's clients are
+        // PoPs, which judge their copy by it too.
         if let Some(field) = self
             .settings(ctx)
             .cache_policy
             .as_ref()
             .and_then(|p| p.own_targeted_field.as_ref())
+            .filter(|_| !self.shield_listener)
         {
             upstream_response.remove_header(field);
         }

@@ -537,3 +537,72 @@ async fn a_media_miss_asks_the_shield_whose_chain_finds_it_once() {
     );
     assert_eq!(origin.hits(), 0, "the core was asked for media");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_of_pops_naming_each_other_on_plain_listeners_make_one_hop() {
+    const SLICE: u64 = 256 * 1024;
+    let origin = Origin::start().await;
+    let plan = FleetPlan {
+        site_shield: &|pop| Some(vec![if pop == "fra" { "ewr" } else { "fra" }]),
+        shields_on_public_listeners: true,
+        change_cache: &|cache| {
+            cache.more.insert("slice_size".into(), "256KiB".into());
+        },
+        change_config: &|_, config| {
+            let site = config.sites.last_mut().expect("the media host's site");
+            site.routes.push(Route::at("/bytes/").with("slice", "true"));
+        },
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &["fra", "ewr"], &plan).await;
+    pops[0]
+        .edge()
+        .wait_metric(
+            "edgecache_core_host_up{group=\"shield:ewr\",host=\"ewr\"}",
+            1.0,
+        )
+        .await;
+    let size = 3_000_000u64;
+    let answer = get(
+        pops[0].setup.http(),
+        &format!("/bytes/{size}?cc=public,max-age=600"),
+        &[("Host", MEDIA_HOST), ("Range", "bytes=1700000-2000099")],
+    )
+    .await;
+    assert_eq!(answer.status, 206);
+    assert!(answer.body == pattern_range(1_700_000..2_000_100));
+    let range_of = |i: u64| format!("bytes={}-{}", i * SLICE, (i + 1) * SLICE - 1);
+    let mut ranges = origin.ranges_for(&format!("/bytes/{size}"));
+    ranges.sort();
+    assert_eq!(ranges, vec![range_of(6), range_of(7)]);
+    // ewr fetched both slices for fra and asked nobody: its slices took no hop back.
+    assert_eq!(
+        pops[1]
+            .edge()
+            .metric(&shield_requests("shield:fra", "fra"))
+            .await,
+        None,
+        "ewr passed a slice on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pops_own_cache_field_reaches_the_pop_through_the_shield() {
+    let origin = Origin::start().await;
+    let pops = shielded(&origin, &["fra"]).await;
+    // Shared caches elsewhere may keep it; PoPs of this fleet must not.
+    let path = "/own-field/1?cc=public,max-age=300&h=Edgecache-Cache-Control:no-store";
+    for _ in 0..2 {
+        let answer = pops[1].get(path).await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.headers.get("edgecache-cache-control").is_none(),
+            "the field reached a client"
+        );
+    }
+    assert_eq!(
+        origin.hits_for("/own-field/1"),
+        2,
+        "a PoP stored what its own field forbids"
+    );
+}
