@@ -73,7 +73,8 @@ metrics! {
         &["listener"],
     );
     /// Requests refused before proxying, by reason (`uri_too_long`, `headers_too_large`,
-    /// `conflicting_framing`, `asterisk_target`, `bad_target`, `header_timeout`).
+    /// `conflicting_framing`, `asterisk_target`, `bad_target`, `header_timeout`,
+    /// `shield_listener`: what a shield listener does not take).
     rejected_requests: IntCounterVec = counter_vec(
         "edgecache_rejected_requests_total",
         "Requests refused before proxying, by reason.",

@@ -33,6 +33,9 @@ impl EdgeProxy {
         {
             return Ok(true);
         }
+        if self.refuse_on_shield_listener(session, ctx).await? {
+            return Ok(true);
+        }
         headers::drop_connection_nominated(session.req_header_mut());
         let req = session.req_header();
         ctx.route = RouteDecision::decide(&settings, req, self.tls);
@@ -174,7 +177,7 @@ impl EdgeProxy {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let client = headers::client_ip(peer, &forwarded, &settings.trusted_proxies);
+        let client = headers::client_ip(peer, &forwarded, self.trusted_proxies(settings));
         match limiter.check(client) {
             Verdict::Allowed(slot) => {
                 ctx.client_slot = slot;

@@ -39,7 +39,7 @@ impl EdgeProxy {
             session.req_header(),
             peer,
             self.tls,
-            &settings.trusted_proxies,
+            self.trusted_proxies(&settings),
         ) else {
             ctx.cache_status = Some(CacheStatus::Bypass);
             return;
@@ -87,7 +87,8 @@ impl EdgeProxy {
         let settings = self.settings(ctx);
         let peer = client_addr(session).map(|a| a.ip());
         let req = session.req_header();
-        let tls = headers::effective_scheme_is_tls(req, peer, self.tls, &settings.trusted_proxies)?;
+        let tls =
+            headers::effective_scheme_is_tls(req, peer, self.tls, self.trusted_proxies(&settings))?;
         let host = cache_key::request_host(req, tls)?;
         primary_of(req, ctx, tls, &host)
     }

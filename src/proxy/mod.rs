@@ -375,7 +375,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_request,
             peer,
             self.tls,
-            &self.settings(ctx).trusted_proxies,
+            self.trusted_proxies(&self.settings(ctx)),
         );
         ctx.upstream_sent = Some(Instant::now());
         Ok(())

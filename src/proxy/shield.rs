@@ -11,19 +11,80 @@
 //! [`SHIELD_HOP`], and a request that carries it, or arrives on a shield listener, goes
 //! straight to its origin.
 
-use http::HeaderName;
+use std::sync::LazyLock;
+
+use http::{header, HeaderName, Method};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::context::RequestContext;
-use super::EdgeProxy;
+use super::report::respond;
+use super::{EdgeProxy, ProxySettings};
 use crate::cache::CacheStatus;
+use crate::config::model::TrustedProxies;
 use crate::metrics;
 
 /// Marks a request one PoP sends its shield; its value is the sending PoP's name.
 pub const SHIELD_HOP: HeaderName = HeaderName::from_static("x-edgecache-shield-hop");
 
+/// Everyone: on a shield listener, whose clients are the other PoPs over the mesh.
+static EVERY_CLIENT: LazyLock<TrustedProxies> = LazyLock::new(|| {
+    TrustedProxies::new(vec![
+        ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+    ])
+});
+
 impl EdgeProxy {
+    /// Whose `X-Forwarded-For` and `-Proto` are believed. On a shield listener, every
+    /// client's: they are the other PoPs, which set them from their own clients, so the
+    /// core sees each client's address, per-client limits count clients rather than PoPs,
+    /// and the shield keys objects by the scheme the client used. Elsewhere, the configured
+    /// trusted proxies'.
+    pub(super) fn trusted_proxies<'a>(&self, settings: &'a ProxySettings) -> &'a TrustedProxies {
+        if self.shield_listener {
+            &EVERY_CLIENT
+        } else {
+            &settings.trusted_proxies
+        }
+    }
+
+    /// On a shield listener, refuses what no PoP sends on a shield hop (anything but a GET
+    /// or HEAD, credentials, an upgrade): the listener believes its clients' forwarding
+    /// headers, so it takes only what the cache may share. `true` when refused.
+    pub(super) async fn refuse_on_shield_listener(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        if !self.shield_listener {
+            return Ok(false);
+        }
+        let req = session.req_header();
+        let refusal = if req.method != Method::GET && req.method != Method::HEAD {
+            Some((405, "405 a shield listener takes GET and HEAD only\n"))
+        } else if req.headers.contains_key(header::AUTHORIZATION)
+            || req.headers.contains_key(header::UPGRADE)
+        {
+            Some((
+                403,
+                "403 a shield listener takes no credentials or upgrades\n",
+            ))
+        } else {
+            None
+        };
+        let Some((status, message)) = refusal else {
+            return Ok(false);
+        };
+        metrics::get()
+            .rejected_requests
+            .with_label_values(&[self.listener.as_str(), "shield_listener"])
+            .inc();
+        session.set_keepalive(None);
+        respond(session, ctx, status, message).await?;
+        Ok(true)
+    }
+
     /// Notes whether the request came on a shield hop, and takes the marker off: it goes
     /// to no core, and a client's copy of it only keeps its own request from the shield.
     pub(super) fn note_shield_hop(&self, session: &mut Session, ctx: &mut RequestContext) {

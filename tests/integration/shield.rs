@@ -606,3 +606,76 @@ async fn the_pops_own_cache_field_reaches_the_pop_through_the_shield() {
         "a PoP stored what its own field forbids"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shield_believes_the_pops_forwarding_headers_and_takes_only_shareable_requests() {
+    let origin = Origin::start().await;
+    let plan = FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        // fra sits behind a load balancer it trusts; the shield trusts nobody by config.
+        change_config: &|pop, config| {
+            if pop != SHIELD {
+                config.add_sections("proxy:\n  trusted_proxies: [\"127.0.0.1\"]\n");
+            }
+        },
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
+    let answer = get(
+        pops[1].setup.http(),
+        "/forwarded/1?cc=public,max-age=300",
+        &[
+            ("Host", MEDIA_HOST),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        pops[1]
+            .edge()
+            .metric(&shield_requests("shield:shd", SHIELD))
+            .await,
+        Some(1.0)
+    );
+    // The core sees the client and its scheme through both PoPs.
+    let seen: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+    let forwarded_for = seen_headers(&seen, "x-forwarded-for");
+    assert!(
+        forwarded_for.len() == 1 && forwarded_for[0].starts_with("203.0.113.9,"),
+        "{forwarded_for:?}"
+    );
+    assert_eq!(seen_headers(&seen, "x-forwarded-proto"), vec!["https"]);
+    // The shield keyed it https: a purge of the https URL there removes it.
+    let shield_listener = pops[0].shield.expect("shield listener");
+    let again = get(
+        shield_listener,
+        "/forwarded/1?cc=public,max-age=300",
+        &[("Host", MEDIA_HOST), ("X-Forwarded-Proto", "https")],
+    )
+    .await;
+    assert_eq!(again.cache_status(), "HIT");
+
+    // What no PoP sends on a hop is refused there.
+    let post = crate::harness::send(
+        reqwest::Method::POST,
+        shield_listener,
+        "/api/v1/statuses",
+        &[("Host", MEDIA_HOST)],
+    )
+    .await;
+    assert_eq!(post.status, 405);
+    let signed_in = get(
+        shield_listener,
+        "/api/v1/timelines/home",
+        &[("Host", MEDIA_HOST), ("Authorization", "Bearer abc")],
+    )
+    .await;
+    assert_eq!(signed_in.status, 403);
+    assert_eq!(
+        origin.hits_for("/api/v1/statuses") + origin.hits_for("/api/v1/timelines/home"),
+        0
+    );
+}
