@@ -153,9 +153,27 @@ impl EdgeProxy {
     }
 }
 
+/// A 502 or 503 from a shield: it could not reach its origin, or is in trouble itself. This
+/// PoP may still reach the core, so the answer is dropped (before the cache or the client
+/// sees it) and the request goes on without that shield. A 504 is passed on: the origin
+/// is slow, which asking it again would not cure.
+pub(super) fn refuse_failed_shield_answer(
+    resp: &ResponseHeader,
+    ctx: &RequestContext,
+) -> Result<()> {
+    let status = resp.status.as_u16();
+    if ctx.shield.current.is_some() && matches!(status, 502 | 503) {
+        return Error::e_explain(
+            ErrorType::HTTPStatus(status),
+            "the shield answered with an error of its own",
+        );
+    }
+    Ok(())
+}
+
 /// A failure of a shield attempt, before anything was sent to the client: the shield is
 /// set aside for this request and the request goes on (to the next shield for its key,
-/// then its origin). `None` when the failed attempt did not go to a shield.
+/// then its origin). `Err` when the failed attempt did not go to a shield.
 pub(super) fn shield_failed(
     session: &Session,
     ctx: &mut RequestContext,
@@ -167,8 +185,14 @@ pub(super) fn shield_failed(
     };
     let group = ctx.shield.group.clone();
     let group_name = group.as_ref().map_or("", |g| g.name.as_str());
+    let timed_out = matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+    );
     if let Some(group) = &group {
-        if connecting {
+        // One that cannot be reached, or hangs, is set aside for the next requests too
+        // (until its health check passes, and for a while even when it is the only one).
+        if connecting || timed_out {
             group.eject(host);
             group.connect_failed(host);
         }
@@ -176,7 +200,12 @@ pub(super) fn shield_failed(
     ctx.shield.failed.push(host);
     // Once the shield has begun to answer, nothing may be asked again.
     let answered = ctx.upstream_status.is_some() || session.response_written().is_some();
-    let reason = if connecting { "connect" } else { "error" };
+    let reason = match e.etype() {
+        _ if connecting => "connect",
+        ErrorType::HTTPStatus(_) => "status",
+        _ if timed_out => "timeout",
+        _ => "error",
+    };
     tracing::warn!(shield = %ctx.upstream_label, error = %e, answered, "shield failed; going on without it");
     metrics::get()
         .shield_skipped

@@ -679,3 +679,44 @@ async fn the_shield_believes_the_pops_forwarding_headers_and_takes_only_shareabl
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_cut_off_from_the_core_is_skipped_for_the_pops_own_way() {
+    let origin = Origin::start().await;
+    // The shield's way to the core is broken (nothing listens where it looks for it).
+    let nowhere = crate::harness::free_address();
+    let plan = FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        change_config: &|pop, config| {
+            if pop == SHIELD {
+                config.group("web").hosts = vec![nowhere.to_string()];
+            }
+        },
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
+    let answer = pops[1].get("/cut-off/1?cc=public,max-age=300").await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(origin.hits_for("/cut-off/1"), 1);
+    assert_eq!(
+        pops[1]
+            .edge()
+            .metric("edgecache_shield_skipped_total{group=\"shield:shd\",reason=\"status\"}")
+            .await,
+        Some(1.0)
+    );
+    // Stored here as the core sent it: the next one is a hit.
+    assert_eq!(
+        pops[1]
+            .get("/cut-off/1?cc=public,max-age=300")
+            .await
+            .cache_status(),
+        "HIT"
+    );
+}

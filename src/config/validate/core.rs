@@ -162,9 +162,13 @@ pub(super) struct ShieldPlan {
     pub(super) addresses: BTreeMap<String, (String, String)>,
 }
 
-/// One group per set of shield PoPs, with the default group's timeouts; its hosts are
-/// checked with a TCP connect. A shield is asked first and skipped when it fails, so a
-/// request may always go on to the core after it (GET and HEAD only take this hop).
+/// What a PoP waits for a shield beyond the shield's own connect and read timeouts.
+const SHIELD_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One group per set of shield PoPs, with the default group's timeouts (reads a little
+/// longer); its hosts are checked with a TCP connect. A shield is asked first and skipped
+/// when it fails, so a request may always go on to the core after it (GET and HEAD only
+/// take this hop).
 fn shield_groups(
     check: &mut Checker,
     shields: &ShieldPlan,
@@ -208,6 +212,9 @@ fn shield_groups(
                     path: None,
                 },
                 retry_methods: vec![http::Method::GET, http::Method::HEAD],
+                // Longer than the shield's own wait for the core, so that a slow core's 504
+                // arrives from the shield before this PoP gives up and asks the core itself.
+                read_timeout: template.read_timeout + template.connect_timeout + SHIELD_MARGIN,
                 ..template.clone()
             })
         })
