@@ -282,8 +282,9 @@ metrics! {
         &["group", "shield"],
     );
     /// Requests that went on without their shield: `connect` (it could not be reached),
-    /// `timeout`, `status` (it answered 502 or 503), `error` (it failed before answering),
-    /// `none_left` (no shield host in rotation).
+    /// `timeout`, `status` (it answered 502 or 503), `purged` (its copy predates a purge
+    /// made here), `error` (it failed before answering), `none_left` (no shield host in
+    /// rotation).
     shield_skipped: IntCounterVec = counter_vec(
         "edgecache_shield_skipped_total",
         "Requests that went on to their origin without a shield, by reason.",

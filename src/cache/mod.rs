@@ -26,6 +26,7 @@ pub mod memory;
 pub mod meta;
 pub mod partial;
 pub mod policy;
+pub mod recent_purges;
 pub mod slices;
 pub mod status_field;
 pub mod storage;
@@ -201,6 +202,8 @@ pub struct EdgeCache {
     predictor: &'static (dyn CacheablePredictor + Sync),
     max_object_size: usize,
     lock_timeout: Duration,
+    /// What was purged here lately, for judging copies a shield answers with.
+    pub recent_purges: &'static recent_purges::RecentPurges,
 }
 
 impl EdgeCache {
@@ -287,6 +290,7 @@ impl EdgeCache {
             predictor,
             max_object_size: usize::try_from(max_object_size).unwrap_or(usize::MAX),
             lock_timeout: settings.lock_timeout,
+            recent_purges: Box::leak(Box::default()),
         })
     }
 
@@ -346,7 +350,11 @@ impl EdgeCache {
     /// Removes every variant of `url` from both tiers. A URL without a scheme is purged for
     /// both `http` and `https`. Returns how many objects went.
     pub fn purge_url(&self, url: &str) -> Result<usize, PurgeError> {
-        let purged = url_primaries(url)?
+        let primaries = url_primaries(url)?;
+        for primary in &primaries {
+            self.recent_purges.url(*primary);
+        }
+        let purged = primaries
             .iter()
             .map(|primary| self.storage.purge_url(primary))
             .sum();
@@ -361,7 +369,12 @@ impl EdgeCache {
     /// invalidation runs on every successful POST, and a purge of what is not here would
     /// still walk the memory tier and count against fills in flight.
     pub fn invalidate_url(&self, url: &str) -> Result<usize, PurgeError> {
-        let purged = url_primaries(url)?
+        let primaries = url_primaries(url)?;
+        // Remembered even when not stored here: a shield may hold it.
+        for primary in &primaries {
+            self.recent_purges.url(*primary);
+        }
+        let purged = primaries
             .iter()
             .filter(|primary| self.storage.holds_url(primary))
             .map(|primary| self.storage.purge_url(primary))
@@ -379,9 +392,9 @@ impl EdgeCache {
         let mut purged = 0;
         for (tls, host, rest) in split_url(prefix)? {
             let scheme = if tls { "https" } else { "http" };
-            purged += self
-                .storage
-                .purge_prefix(&format!("{scheme}://{host}{rest}"));
+            let prefix = format!("{scheme}://{host}{rest}");
+            self.recent_purges.prefix(prefix.clone());
+            purged += self.storage.purge_prefix(&prefix);
         }
         crate::metrics::get()
             .cache_purged_objects
@@ -394,6 +407,7 @@ impl EdgeCache {
     /// hosts: lower case, with a port other than the scheme's), or on every host.
     pub fn purge_tag(&self, tag: &str, host: Option<&str>) -> Result<usize, PurgeError> {
         tags::check_tag(tag).map_err(|e| PurgeError::Tag(tag.to_string(), e))?;
+        self.recent_purges.tag(tag, host);
         let purged = self.storage.purge_tag(tag, host);
         crate::metrics::get()
             .cache_purged_objects

@@ -188,13 +188,7 @@ impl EdgeProxy {
         };
         let mut decision = policy::response_cacheable(resp, ctx.route.freshness(), policy);
         if let RespCacheable::Cacheable(meta) = &mut decision {
-            // The path's tag on media routes, where Mastodon's layout gives one.
-            let derived = ctx
-                .route
-                .media()
-                .and(ctx.cache_key.as_deref())
-                .and_then(tags::mastodon_media_tag);
-            match tags::of_response(resp, derived) {
+            match response_tags(resp, ctx) {
                 Ok(tags) => {
                     meta.extensions_mut().insert(tags);
                 }
@@ -441,6 +435,20 @@ fn same_authority(uri: &http::Uri, host: &str, tls: bool) -> Option<String> {
             .map_or("/", |pq| pq.as_str())
             .to_string()
     })
+}
+
+/// The cache tags a response is stored with: the fields' and, on media routes where
+/// Mastodon's layout gives one, the path's.
+pub(super) fn response_tags(
+    resp: &ResponseHeader,
+    ctx: &RequestContext,
+) -> Result<tags::Tags, tags::TagError> {
+    let derived = ctx
+        .route
+        .media()
+        .and(ctx.cache_key.as_deref())
+        .and_then(tags::mastodon_media_tag);
+    tags::of_response(resp, derived)
 }
 
 #[cfg(test)]

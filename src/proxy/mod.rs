@@ -414,7 +414,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        shield::refuse_failed_shield_answer(upstream_response, ctx)?;
+        self.refuse_shield_answer(upstream_response, ctx)?;
         let status = upstream_response.status.as_u16();
         if let (Some(sent), Some(group)) = (ctx.upstream_sent, &ctx.group) {
             let m = metrics::get();

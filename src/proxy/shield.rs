@@ -12,6 +12,7 @@
 //! straight to its origin.
 
 use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderName, Method};
 use pingora::prelude::*;
@@ -153,22 +154,51 @@ impl EdgeProxy {
     }
 }
 
-/// A 502 or 503 from a shield: it could not reach its origin, or is in trouble itself. This
-/// PoP may still reach the core, so the answer is dropped (before the cache or the client
-/// sees it) and the request goes on without that shield. A 504 is passed on: the origin
-/// is slow, which asking it again would not cure.
-pub(super) fn refuse_failed_shield_answer(
-    resp: &ResponseHeader,
-    ctx: &RequestContext,
-) -> Result<()> {
-    let status = resp.status.as_u16();
-    if ctx.shield.current.is_some() && matches!(status, 502 | 503) {
-        return Error::e_explain(
-            ErrorType::HTTPStatus(status),
-            "the shield answered with an error of its own",
-        );
+/// Why a shield's answer was dropped when its copy predates a purge made here.
+const PREDATES_A_PURGE: &str = "shield copy predates a purge";
+
+impl EdgeProxy {
+    /// Drops a shield's answer, before the cache or the client sees it, for the request to
+    /// go on without that shield:
+    /// - a 502 or 503: the shield could not reach its origin, or is in trouble itself,
+    ///   while this PoP may still reach the core. A 504 is passed on: the origin is slow,
+    ///   which asking it again would not cure.
+    /// - a copy the shield fetched from its origin before a purge made here that names it:
+    ///   purges reach the PoPs one by one, so the shield may not have had that one yet.
+    ///   The copy's fetch time is its `Age` ago, less a second for `Age`'s rounding.
+    pub(super) fn refuse_shield_answer(
+        &self,
+        resp: &ResponseHeader,
+        ctx: &RequestContext,
+    ) -> Result<()> {
+        if ctx.shield.current.is_none() {
+            return Ok(());
+        }
+        let status = resp.status.as_u16();
+        if matches!(status, 502 | 503) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(status),
+                "the shield answered with an error of its own",
+            );
+        }
+        let (Some(cache), Some(key)) = (&self.shared.cache, ctx.cache_key.as_deref()) else {
+            return Ok(());
+        };
+        let age = resp
+            .headers
+            .get(header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let fetched = SystemTime::now()
+            .checked_sub(Duration::from_secs(age.saturating_add(1)))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let tags = super::cache_use::response_tags(resp, ctx).unwrap_or_default();
+        if cache.recent_purges.named_since(fetched, key, &tags) {
+            return Error::e_explain(ErrorType::Custom(PREDATES_A_PURGE), "going to the origin");
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A failure of a shield attempt, before anything was sent to the client: the shield is
@@ -203,6 +233,7 @@ pub(super) fn shield_failed(
     let reason = match e.etype() {
         _ if connecting => "connect",
         ErrorType::HTTPStatus(_) => "status",
+        ErrorType::Custom(PREDATES_A_PURGE) => "purged",
         _ if timed_out => "timeout",
         _ => "error",
     };

@@ -720,3 +720,83 @@ async fn a_shield_cut_off_from_the_core_is_skipped_for_the_pops_own_way() {
         "HIT"
     );
 }
+
+/// Points this PoP's purges for `peer` at a port nobody listens on: they wait in its
+/// outbox, as while a link to that peer is down.
+fn purges_for_peer_go_nowhere(config: &mut crate::harness::Config, peer: &str) {
+    let nowhere = crate::harness::free_address().to_string();
+    let peers = config
+        .sections
+        .get_mut("fleet")
+        .and_then(|fleet| fleet.get_mut("peers"))
+        .and_then(|peers| peers.as_sequence_mut())
+        .expect("fleet peers");
+    for entry in peers
+        .iter_mut()
+        .filter(|p| p["name"].as_str() == Some(peer))
+    {
+        entry["admin"] = nowhere.clone().into();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shields_copy_older_than_a_purge_made_here_is_not_taken() {
+    let origin = Origin::start().await;
+    let plan = FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        change_config: &|pop, config| {
+            if pop == "fra" {
+                purges_for_peer_go_nowhere(config, SHIELD);
+            }
+        },
+        ..FleetPlan::default()
+    };
+    let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
+    let fra = &pops[1];
+    let by_url = "/purged/url?cc=public,max-age=3600";
+    let by_tag = "/purged/tag?cc=public,max-age=3600&h=Surrogate-Key:post-7";
+    for path in [by_url, by_tag] {
+        assert_eq!(fra.get(path).await.status, 200);
+    }
+    assert_eq!(origin.hits(), 2);
+    // The purges reach fra's cache; the shield has not had them.
+    let url = format!("http://{MEDIA_HOST}{by_url}");
+    let (status, report) = admin_purge(fra, &url).await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["pops"][SHIELD]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("queued"),
+        "{report}"
+    );
+    let (status, report) = admin_purge_query(fra, &[("tag", "post-7")]).await;
+    assert_eq!(status, 200, "{report}");
+    // Each miss asks the shield, whose copy predates the purge: it goes to the core.
+    for path in [by_url, by_tag] {
+        let answer = fra.get(path).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cache_status(), "MISS");
+    }
+    assert_eq!(
+        origin.hits_for("/purged/url"),
+        2,
+        "the purged copy came back from the shield"
+    );
+    assert_eq!(
+        origin.hits_for("/purged/tag"),
+        2,
+        "the purged copy came back from the shield"
+    );
+    assert_eq!(
+        fra.edge()
+            .metric("edgecache_shield_skipped_total{group=\"shield:shd\",reason=\"purged\"}")
+            .await,
+        Some(2.0)
+    );
+    // What the core sent now is kept: the next ones are hits.
+    for path in [by_url, by_tag] {
+        assert_eq!(fra.get(path).await.cache_status(), "HIT");
+    }
+}
