@@ -158,4 +158,6 @@ pub(super) struct ShieldState {
     pub(super) current: Option<SocketAddr>,
     /// Shield hosts that failed this request.
     pub(super) failed: Vec<SocketAddr>,
+    /// Pooled connections to a shield found closed (by the shield, while idle) so far.
+    pub(super) closed_idle: u8,
 }

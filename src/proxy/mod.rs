@@ -599,7 +599,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         e: Box<Error>,
     ) -> Box<Error> {
-        match shield::shield_failed(session, ctx, e, true) {
+        match shield::shield_failed(session, ctx, e, true, false) {
             Ok(e) => e,
             Err(e) => failure::connect_failed(session, ctx, e),
         }
@@ -615,7 +615,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         client_reused: bool,
     ) -> Box<Error> {
-        match shield::shield_failed(session, ctx, e, false) {
+        match shield::shield_failed(session, ctx, e, false, client_reused) {
             Ok(e) => e,
             Err(e) => failure::failed_while_proxying(peer, session, e, ctx, client_reused),
         }

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use http::{header, HeaderName, Method};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use pingora::RetryType;
 
 use super::context::RequestContext;
 use super::report::respond;
@@ -154,6 +155,9 @@ impl EdgeProxy {
     }
 }
 
+/// Pooled connections found closed after which a request stops asking the same shield.
+const MAX_CLOSED_IDLE: u8 = 2;
+
 /// Why a shield's answer was dropped when its copy predates a purge made here.
 const PREDATES_A_PURGE: &str = "shield copy predates a purge";
 
@@ -209,10 +213,21 @@ pub(super) fn shield_failed(
     ctx: &mut RequestContext,
     mut e: Box<Error>,
     connecting: bool,
+    reused: bool,
 ) -> Result<Box<Error>, Box<Error>> {
     let Some(host) = ctx.shield.current.take() else {
         return Err(e);
     };
+    // A pooled connection the shield closed while idle says nothing about the shield: the
+    // request asks it again on another connection (twice at most).
+    if reused
+        && matches!(e.retry, RetryType::ReusedOnly)
+        && ctx.shield.closed_idle < MAX_CLOSED_IDLE
+    {
+        ctx.shield.closed_idle += 1;
+        e.set_retry(true);
+        return Ok(e);
+    }
     let group = ctx.shield.group.clone();
     let group_name = group.as_ref().map_or("", |g| g.name.as_str());
     let timed_out = matches!(
