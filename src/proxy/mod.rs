@@ -416,7 +416,12 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         self.refuse_shield_answer(upstream_response, ctx)?;
         let status = upstream_response.status.as_u16();
-        if let (Some(sent), Some(group)) = (ctx.upstream_sent, &ctx.group) {
+        // A shield's answer is counted under its shield group.
+        let group = match ctx.shield.current {
+            Some(_) => ctx.shield.group.as_ref(),
+            None => ctx.group.as_ref(),
+        };
+        if let (Some(sent), Some(group)) = (ctx.upstream_sent, group) {
             let m = metrics::get();
             let labels = [group.name.as_str(), ctx.upstream_label.as_str()];
             m.upstream_response_seconds

@@ -127,7 +127,7 @@ impl EdgeProxy {
         };
         ctx.shield.current = peer._address.as_inet().copied();
         ctx.shield.group = Some(group.clone());
-        ctx.upstream_label = format!("shield {label}");
+        ctx.upstream_label = label.clone();
         metrics::get()
             .shield_requests
             .with_label_values(&[group.name.as_str(), label.as_str()])

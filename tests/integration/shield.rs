@@ -94,6 +94,8 @@ async fn a_hundred_misses_over_three_pops_cost_the_origin_one_request() {
             "{}",
             pop.name
         );
+        let answered = "edgecache_upstream_responses_total{group=\"shield:shd\",host=\"shd\",status_class=\"2xx\"}";
+        assert_eq!(pop.edge().metric(answered).await, Some(1.0), "{}", pop.name);
     }
     let seen: serde_json::Value = serde_json::from_slice(&answers[0].1).expect("the origin's JSON");
     assert!(
