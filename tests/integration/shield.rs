@@ -14,17 +14,21 @@ use crate::harness::{get, run_binary, EdgeSetup, MediaRoute, Route, Store};
 /// The shield's PoP name in these tests.
 const SHIELD: &str = "shd";
 
+/// A fleet plan with one shield, [`SHIELD`], which every other PoP names for the media host.
+fn one_shield() -> FleetPlan<'static> {
+    FleetPlan {
+        shields: &[SHIELD],
+        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
+        ..FleetPlan::default()
+    }
+}
+
 /// PoPs `edges` behind one shield, [`SHIELD`], which they name for the media host.
 async fn shielded(origin: &Origin, edges: &[&'static str]) -> Vec<FleetPop> {
     let names: Vec<&'static str> = std::iter::once(SHIELD)
         .chain(edges.iter().copied())
         .collect();
-    let plan = FleetPlan {
-        shields: &[SHIELD],
-        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
-        ..FleetPlan::default()
-    };
-    start_fleet(origin, &names, &plan).await
+    start_fleet(origin, &names, &one_shield()).await
 }
 
 fn shield_requests(group: &str, shield: &str) -> String {
@@ -293,15 +297,13 @@ async fn pops_naming_each_other_on_plain_listeners_make_one_hop_not_a_loop() {
 async fn signed_in_and_uncacheable_requests_never_take_the_hop() {
     let origin = Origin::start().await;
     let plan = FleetPlan {
-        shields: &[SHIELD],
-        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
         change_config: &|pop, config| {
             if pop != SHIELD {
                 let site = config.sites.last_mut().expect("the media host's site");
                 site.routes.push(Route::at("/api/").cache(false));
             }
         },
-        ..FleetPlan::default()
+        ..one_shield()
     };
     let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
     let fra = &pops[1];
@@ -348,8 +350,6 @@ async fn slices_travel_through_the_shield_as_slices() {
     const SLICE: u64 = 256 * 1024;
     let origin = Origin::start().await;
     let plan = FleetPlan {
-        shields: &[SHIELD],
-        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
         change_cache: &|cache| {
             cache.more.insert("slice_size".into(), "256KiB".into());
         },
@@ -362,7 +362,7 @@ async fn slices_travel_through_the_shield_as_slices() {
                 site.routes.push(bytes);
             }
         },
-        ..FleetPlan::default()
+        ..one_shield()
     };
     let pops = start_fleet(&origin, &[SHIELD, "fra", "ewr"], &plan).await;
     let size = 3_000_000u64;
@@ -485,8 +485,6 @@ async fn a_media_miss_asks_the_shield_whose_chain_finds_it_once() {
         empty_store.path().to_path_buf(),
     );
     let plan = FleetPlan {
-        shields: &[SHIELD],
-        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
         change_config: &|pop, config| {
             let dir = if pop == SHIELD {
                 &shield_dir
@@ -514,7 +512,7 @@ async fn a_media_miss_asks_the_shield_whose_chain_finds_it_once() {
                     .push(media);
             }
         },
-        ..FleetPlan::default()
+        ..one_shield()
     };
     let pops = start_fleet(&origin, &[SHIELD, "fra", "ewr"], &plan).await;
     let path = format!("/system/{key}");
@@ -613,15 +611,13 @@ async fn the_pops_own_cache_field_reaches_the_pop_through_the_shield() {
 async fn the_shield_believes_the_pops_forwarding_headers_and_takes_only_shareable_requests() {
     let origin = Origin::start().await;
     let plan = FleetPlan {
-        shields: &[SHIELD],
-        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
         // fra sits behind a load balancer it trusts; the shield trusts nobody by config.
         change_config: &|pop, config| {
             if pop != SHIELD {
                 config.add_sections("proxy:\n  trusted_proxies: [\"127.0.0.1\"]\n");
             }
         },
-        ..FleetPlan::default()
+        ..one_shield()
     };
     let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
     let answer = get(
@@ -688,14 +684,12 @@ async fn a_shield_cut_off_from_the_core_is_skipped_for_the_pops_own_way() {
     // The shield's way to the core is broken (nothing listens where it looks for it).
     let nowhere = crate::harness::free_address();
     let plan = FleetPlan {
-        shields: &[SHIELD],
-        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
         change_config: &|pop, config| {
             if pop == SHIELD {
                 config.group("web").hosts = vec![nowhere.to_string()];
             }
         },
-        ..FleetPlan::default()
+        ..one_shield()
     };
     let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
     let answer = pops[1].get("/cut-off/1?cc=public,max-age=300").await;
@@ -745,14 +739,12 @@ fn purges_for_peer_go_nowhere(config: &mut crate::harness::Config, peer: &str) {
 async fn a_shields_copy_older_than_a_purge_made_here_is_not_taken() {
     let origin = Origin::start().await;
     let plan = FleetPlan {
-        shields: &[SHIELD],
-        site_shield: &|pop| (pop != SHIELD).then(|| vec![SHIELD]),
         change_config: &|pop, config| {
             if pop == "fra" {
                 purges_for_peer_go_nowhere(config, SHIELD);
             }
         },
-        ..FleetPlan::default()
+        ..one_shield()
     };
     let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
     let fra = &pops[1];
