@@ -57,6 +57,28 @@ static UNTRUSTED_FORWARDING: [HeaderName; 18] = [
     HeaderName::from_static("true-client-ip"),
 ];
 
+/// Narrows what a shield's client (another PoP) forwards to what a PoP itself sets: the
+/// client that PoP settled on (its `X-Real-IP`) as the only `X-Forwarded-For` entry, and
+/// `X-Forwarded-Proto`. Whatever else could make the core believe another host, scheme or
+/// address is dropped, as from any client that is not a trusted proxy, so what a PoP let
+/// through from a proxy it trusts cannot reach the shield's cache, and no entry a client
+/// wrote itself can pass for its address.
+pub fn narrow_to_the_pops_client(req: &mut RequestHeader) {
+    for name in present(&req.headers, &UNTRUSTED_FORWARDING) {
+        let _ = req.remove_header(&name);
+    }
+    let client = req
+        .headers
+        .get(&X_REAL_IP_NAME)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    let _ = req.remove_header(&X_REAL_IP_NAME);
+    let _ = req.remove_header(&X_FORWARDED_FOR_NAME);
+    if let Some(client) = client {
+        let _ = req.insert_header(X_FORWARDED_FOR, canonical_ip(client).to_string());
+    }
+}
+
 /// The names of `set` that `headers` holds. Usually there are none, and one pass over the
 /// message's few fields is cheaper than looking up every name of the set on every request.
 fn present<T>(headers: &http::HeaderMap<T>, set: &[HeaderName]) -> Vec<HeaderName> {
@@ -301,6 +323,38 @@ fn is_end_to_end_essential(name: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shield_keeps_only_the_client_the_pop_settled_on_and_its_scheme() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        for (name, value) in [
+            ("x-forwarded-for", "198.51.100.66, 203.0.113.9, 10.0.0.1"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-ssl", "on"),
+            ("forwarded", "for=198.51.100.66;proto=http"),
+            ("x-forwarded-host", "evil.example"),
+        ] {
+            req.append_header(name, value).expect("header");
+        }
+        narrow_to_the_pops_client(&mut req);
+        assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+        for gone in [
+            "x-real-ip",
+            "x-forwarded-ssl",
+            "forwarded",
+            "x-forwarded-host",
+        ] {
+            assert!(!req.headers.contains_key(gone), "{gone} kept");
+        }
+        // Without a client from the PoP, the PoP is the client.
+        let mut bare = RequestHeader::build("GET", b"/", None).expect("request");
+        bare.append_header("x-forwarded-for", "198.51.100.66")
+            .expect("header");
+        narrow_to_the_pops_client(&mut bare);
+        assert!(!bare.headers.contains_key("x-forwarded-for"));
+    }
+
     use super::*;
 
     fn trusted() -> TrustedProxies {

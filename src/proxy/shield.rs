@@ -39,9 +39,10 @@ static EVERY_CLIENT: LazyLock<TrustedProxies> = LazyLock::new(|| {
 
 impl EdgeProxy {
     /// Whose `X-Forwarded-For` and `-Proto` are believed. On a shield listener, every
-    /// client's: they are the other PoPs, which set them from their own clients, so the
-    /// core sees each client's address, per-client limits count clients rather than PoPs,
-    /// and the shield keys objects by the scheme the client used. Elsewhere, the configured
+    /// client's: they are the other PoPs, whose forwarding is narrowed on arrival to the
+    /// client each settled on and its scheme (`narrow_to_the_pops_client`), so the core
+    /// sees each client's address, per-client limits count clients rather than PoPs, and
+    /// the shield keys objects by the scheme the client used. Elsewhere, the configured
     /// trusted proxies'.
     pub(super) fn trusted_proxies<'a>(&self, settings: &'a ProxySettings) -> &'a TrustedProxies {
         if self.shield_listener {
@@ -93,6 +94,9 @@ impl EdgeProxy {
         let req = session.req_header_mut();
         ctx.shield.arrived_by_hop = self.shield_listener || req.headers.contains_key(&SHIELD_HOP);
         req.remove_header(&SHIELD_HOP);
+        if self.shield_listener {
+            super::headers::narrow_to_the_pops_client(req);
+        }
     }
 
     /// The shield host this attempt asks, when the request takes the hop: the route has a

@@ -625,8 +625,11 @@ async fn the_shield_believes_the_pops_forwarding_headers_and_takes_only_shareabl
         "/forwarded/1?cc=public,max-age=300",
         &[
             ("Host", MEDIA_HOST),
-            ("X-Forwarded-For", "203.0.113.9"),
+            // The entry left of the client's is the client's own word: fra skips it.
+            ("X-Forwarded-For", "198.51.100.66, 203.0.113.9"),
             ("X-Forwarded-Proto", "https"),
+            // fra keeps what its load balancer says; the shield takes it from no PoP.
+            ("X-Forwarded-Ssl", "on"),
         ],
     )
     .await;
@@ -638,13 +641,14 @@ async fn the_shield_believes_the_pops_forwarding_headers_and_takes_only_shareabl
             .await,
         Some(1.0)
     );
-    // The core sees the client and its scheme through both PoPs.
+    // The core sees the client fra settled on, and its scheme, through both PoPs.
     let seen: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
-    let forwarded_for = seen_headers(&seen, "x-forwarded-for");
-    assert!(
-        forwarded_for.len() == 1 && forwarded_for[0].starts_with("203.0.113.9,"),
-        "{forwarded_for:?}"
+    assert_eq!(seen_headers(&seen, "x-real-ip"), vec!["203.0.113.9"]);
+    assert_eq!(
+        seen_headers(&seen, "x-forwarded-for"),
+        vec!["203.0.113.9, 127.0.0.1"]
     );
+    assert!(seen_headers(&seen, "x-forwarded-ssl").is_empty(), "{seen}");
     assert_eq!(seen_headers(&seen, "x-forwarded-proto"), vec!["https"]);
     // The shield keyed it https: a purge of the https URL there removes it.
     let shield_listener = pops[0].shield.expect("shield listener");
