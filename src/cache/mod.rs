@@ -339,7 +339,9 @@ impl EdgeCache {
     /// Removes everything stored under the primary key `primary` (every variant and slice)
     /// from both tiers; how many objects went.
     pub fn purge_key(&self, primary: &str) -> usize {
-        let purged = self.storage.purge_url(&Self::key(primary).primary_bin());
+        let hash = Self::key(primary).primary_bin();
+        self.recent_purges.url(hash);
+        let purged = self.storage.purge_url(&hash);
         crate::metrics::get()
             .cache_purged_objects
             .with_label_values(&["changed_slices"])

@@ -635,6 +635,16 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         error: Option<&Error>,
     ) -> bool {
+        // A shield's own 502 or 503 is not served stale over: the answer is dropped for the
+        // core's (`refuse_shield_answer`), and only if that fails too is stale served.
+        if ctx.shield.current.is_some()
+            && matches!(
+                error.map(|e| e.etype()),
+                Some(ErrorType::HTTPStatus(502 | 503))
+            )
+        {
+            return false;
+        }
         // A 5xx from the core reaches us only here, as an error that carries its status.
         if let Some(ErrorType::HTTPStatus(status)) = error.map(|e| e.etype()) {
             ctx.upstream_status = Some(*status);

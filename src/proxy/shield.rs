@@ -12,7 +12,7 @@
 //! straight to its origin.
 
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::{header, HeaderName, Method};
 use pingora::prelude::*;
@@ -189,18 +189,16 @@ impl EdgeProxy {
                 "the shield answered with an error of its own",
             );
         }
+        // A 304 refreshes this PoP's own copy, which was stored after any purge naming it.
+        if status == 304 {
+            return Ok(());
+        }
         let (Some(cache), Some(key)) = (&self.shared.cache, ctx.cache_key.as_deref()) else {
             return Ok(());
         };
-        let age = resp
-            .headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let fetched = SystemTime::now()
-            .checked_sub(Duration::from_secs(age.saturating_add(1)))
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        // `Age` read as the cache reads it when it judges the copy's freshness.
+        let age = crate::cache::policy::upstream_age(resp);
+        let fetched = Instant::now().checked_sub(age + Duration::from_secs(1));
         let tags = super::cache_use::response_tags(resp, ctx).unwrap_or_default();
         if cache.recent_purges.named_since(fetched, key, &tags) {
             return Error::e_explain(ErrorType::Custom(PREDATES_A_PURGE), "going to the origin");
@@ -239,9 +237,10 @@ pub(super) fn shield_failed(
         ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
     );
     if let Some(group) = &group {
-        // One that cannot be reached, or hangs, is set aside for the next requests too
-        // (until its health check passes, and for a while even when it is the only one).
-        if connecting || timed_out {
+        // One that cannot be reached is set aside for the next requests too (until its
+        // health check passes, and for a while even when it is the only one). One that is
+        // slow to answer is not: its origin may be the slow one.
+        if connecting {
             group.eject(host);
             group.connect_failed(host);
         }

@@ -798,3 +798,38 @@ async fn a_shields_copy_older_than_a_purge_made_here_is_not_taken() {
         assert_eq!(fra.get(path).await.cache_status(), "HIT");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_is_refreshed_from_the_core_when_the_shield_cannot_reach_it() {
+    let origin = Origin::start().await;
+    // The shield has a core of its own, which goes away; it serves nothing stale itself.
+    let shields_core = Origin::start().await;
+    let shields_core_address = shields_core.address;
+    let plan = FleetPlan {
+        change_config: &|pop, config| {
+            if pop == SHIELD {
+                config.group("web").hosts = vec![shields_core_address.to_string()];
+                config
+                    .cache()
+                    .more
+                    .insert("serve_stale_on_error".into(), "0s".into());
+            }
+        },
+        ..one_shield()
+    };
+    let pops = start_fleet(&origin, &[SHIELD, "fra"], &plan).await;
+    let path = "/stale/1?cc=public,max-age=1";
+    assert_eq!(pops[1].get(path).await.status, 200);
+    assert_eq!(shields_core.hits_for("/stale/1"), 1);
+    drop(shields_core);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // fra's copy is stale; the shield answers its revalidation with a 502 of its own.
+    let answer = pops[1].get(path).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        origin.hits_for("/stale/1"),
+        1,
+        "fra served its stale copy rather than asking the core ({})",
+        answer.cache_status()
+    );
+}
