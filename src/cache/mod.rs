@@ -33,6 +33,8 @@ pub mod storage;
 #[cfg(test)]
 mod storage_disk_tests;
 #[cfg(test)]
+mod storage_purge_tests;
+#[cfg(test)]
 mod storage_tests;
 mod tag_index;
 pub mod tags;

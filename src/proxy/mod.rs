@@ -42,6 +42,7 @@ pub mod media_urls;
 mod partial;
 mod peer;
 mod plain_request;
+mod range_answer;
 mod range_body;
 mod report;
 pub mod route;
@@ -67,7 +68,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLogger;
@@ -76,7 +77,6 @@ use crate::cache::key as cache_key;
 use crate::cache::partial::StoredSpan;
 use crate::cache::{policy, slices, EdgeCache};
 use crate::head_deadline::HeadDeadlines;
-use crate::metrics;
 use crate::origin::handoff::{MediaOrigin, MEDIA_TICKET};
 use crate::upstream::CoreUpstreams;
 
@@ -128,40 +128,6 @@ const X_CACHE_STATUS: http::header::HeaderName =
     http::header::HeaderName::from_static("x-cache-status");
 
 impl EdgeProxy {
-    /// The range answer to `req` from a whole response `resp` (rewritten to the answer's
-    /// header), as pingora's range filter decides it, except where `If-Range` carries or
-    /// meets a weak entity-tag: then the whole response is sent; and a zero-length suffix
-    /// range (`-0`) is unsatisfiable, not an empty part.
-    fn judge_range(&self, req: &RequestHeader, resp: &mut ResponseHeader) -> RangeType {
-        // No range of an empty representation is satisfiable (RFC 9110 §14.1.1); pingora
-        // would answer a suffix with a part ending before it starts.
-        if req.headers.contains_key(http::header::RANGE)
-            && !policy::if_range_never_matches(req, resp)
-            && crate::wire::content_length(&resp.headers) == Some(0)
-        {
-            let mut none = req.clone();
-            if none.insert_header(http::header::RANGE, "bytes=").is_ok() {
-                return range_header_filter(&none, resp, MAX_RANGES);
-            }
-        }
-        if policy::if_range_never_matches(req, resp) {
-            let mut whole = req.clone();
-            let _ = whole.remove_header(&http::header::RANGE);
-            return range_header_filter(&whole, resp, MAX_RANGES);
-        }
-        let satisfiable = req
-            .headers
-            .get(http::header::RANGE)
-            .and_then(|range| policy::without_empty_suffixes(range.as_bytes()));
-        if let Some(range) = satisfiable {
-            let mut cleaned = req.clone();
-            if cleaned.insert_header(http::header::RANGE, range).is_ok() {
-                return range_header_filter(&cleaned, resp, MAX_RANGES);
-            }
-        }
-        range_header_filter(req, resp, MAX_RANGES)
-    }
-
     pub fn new(
         listener: &str,
         tls: bool,
@@ -416,25 +382,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         self.refuse_shield_answer(upstream_response, ctx)?;
         let status = upstream_response.status.as_u16();
-        // A shield's answer is counted under its shield group.
-        let group = match ctx.shield.current {
-            Some(_) => ctx.shield.group.as_ref(),
-            None => ctx.group.as_ref(),
-        };
-        if let (Some(sent), Some(group)) = (ctx.upstream_sent, group) {
-            let m = metrics::get();
-            let labels = [group.name.as_str(), ctx.upstream_label.as_str()];
-            m.upstream_response_seconds
-                .with_label_values(&labels)
-                .observe(sent.elapsed().as_secs_f64());
-            m.upstream_responses
-                .with_label_values(&[labels[0], labels[1], report::status_class(status)])
-                .inc();
-            if status == 101 && ctx.websocket && !ctx.websocket_open {
-                ctx.websocket_open = true;
-                m.open_websockets.with_label_values(&[labels[0]]).inc();
-            }
-        }
+        report::count_upstream_answer(ctx, status);
         ctx.upstream_status = Some(status);
         self.invalidate_after_unsafe(session, upstream_response, ctx);
         if !session.cache.enabled() {
@@ -635,18 +583,13 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
         error: Option<&Error>,
     ) -> bool {
-        // A shield's own 502 or 503 is not served stale over: the answer is dropped for the
-        // core's (`refuse_shield_answer`), and only if that fails too is stale served.
-        if ctx.shield.current.is_some()
-            && matches!(
-                error.map(|e| e.etype()),
-                Some(ErrorType::HTTPStatus(502 | 503))
-            )
-        {
-            return false;
-        }
         // A 5xx from the core reaches us only here, as an error that carries its status.
         if let Some(ErrorType::HTTPStatus(status)) = error.map(|e| e.etype()) {
+            // A shield's own trouble is not served stale over: the answer is dropped for
+            // the core's (`refuse_shield_answer`), and only if that fails too is stale served.
+            if shield::skipped_for(ctx, *status) {
+                return false;
+            }
             ctx.upstream_status = Some(*status);
         }
         // pingora's background revalidation would not know the request is for a slice.

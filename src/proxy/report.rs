@@ -260,3 +260,27 @@ pub(super) fn status_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// Counts an answer from the core, the media origin or a shield (under its shield group)
+/// by group and host, with the time it took and an opened websocket.
+pub(super) fn count_upstream_answer(ctx: &mut RequestContext, status: u16) {
+    let group = match ctx.shield.current {
+        Some(_) => ctx.shield.group.as_ref(),
+        None => ctx.group.as_ref(),
+    };
+    let (Some(sent), Some(group)) = (ctx.upstream_sent, group) else {
+        return;
+    };
+    let m = metrics::get();
+    let labels = [group.name.as_str(), ctx.upstream_label.as_str()];
+    m.upstream_response_seconds
+        .with_label_values(&labels)
+        .observe(sent.elapsed().as_secs_f64());
+    m.upstream_responses
+        .with_label_values(&[labels[0], labels[1], status_class(status)])
+        .inc();
+    if status == 101 && ctx.websocket && !ctx.websocket_open {
+        ctx.websocket_open = true;
+        m.open_websockets.with_label_values(&[labels[0]]).inc();
+    }
+}

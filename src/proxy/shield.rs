@@ -168,9 +168,7 @@ const PREDATES_A_PURGE: &str = "shield copy predates a purge";
 impl EdgeProxy {
     /// Drops a shield's answer, before the cache or the client sees it, for the request to
     /// go on without that shield:
-    /// - a 502 or 503: the shield could not reach its origin, or is in trouble itself,
-    ///   while this PoP may still reach the core. A 504 is passed on: the origin is slow,
-    ///   which asking it again would not cure.
+    /// - a 502 or 503, the shield's own trouble ([`skipped_for`]);
     /// - a copy the shield fetched from its origin before a purge made here that names it:
     ///   purges reach the PoPs one by one, so the shield may not have had that one yet.
     ///   The copy's fetch time is its `Age` ago, less a second for `Age`'s rounding.
@@ -183,7 +181,7 @@ impl EdgeProxy {
             return Ok(());
         }
         let status = resp.status.as_u16();
-        if matches!(status, 502 | 503) {
+        if skipped_for(ctx, status) {
             return Error::e_explain(
                 ErrorType::HTTPStatus(status),
                 "the shield answered with an error of its own",
@@ -205,6 +203,14 @@ impl EdgeProxy {
         }
         Ok(())
     }
+}
+
+/// Whether a shield's answer with `status` is its own trouble (502: it could not reach its
+/// origin; 503: it is in trouble itself), which this PoP goes on without, since it may
+/// still reach the core. A 504 is not: the origin is slow, which asking it again would not
+/// cure.
+pub(super) fn skipped_for(ctx: &RequestContext, status: u16) -> bool {
+    ctx.shield.current.is_some() && matches!(status, 502 | 503)
 }
 
 /// A failure of a shield attempt, before anything was sent to the client: the shield is
