@@ -68,6 +68,8 @@ mod slice_guards;
 mod slices;
 // The shield tier: PoPs that ask another PoP before the core.
 mod shield;
+// A shield that fails, and purges that have not reached it yet.
+mod shield_failures;
 // What one client can take: head, handshake and preface deadlines, per-client limits.
 mod slow_clients;
 // HTTPS: certificates by SNI, a default without SNI, TLS 1.2 and 1.3, ALPN.
